@@ -1,0 +1,1 @@
+"""stagewise ledger: the journal, Merkle epochs, leaderboard queries and the chain client."""

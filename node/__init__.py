@@ -1,0 +1,1 @@
+"""stagewise node: stage servers, TOPLOC proofs, receipts, wallets, the worker and the validator."""

@@ -1,0 +1,86 @@
+"""The `stagewise` command.
+
+Each area of the node keeps its own commands in a module with a `register(subparsers)` function; this
+file only assembles them. Command modules must import heavy libraries (torch, web3) inside their
+handlers, so that `stagewise --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from node import settings
+
+# Modules that add sub-commands. Each exposes `register(subparsers) -> None`; every parser it adds sets
+# `func=handler`, where `handler(args) -> int` returns the exit status.
+COMMAND_MODULES: tuple[str, ...] = (
+    "ledger.cli",
+    "ledger.chain_cli",
+    "node.wallet_cli",
+    "node.toploc.cli",
+    "node.pipeline.cli",
+    "node.worker_cli",
+    "node.validator.cli",
+    "node.devnet",
+)
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as one line, exit status 1, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stagewise",
+        description="Verified pipeline-parallel LLM inference: stage workers, validators and the ledger.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help=f"where keys, caches and the default SQLite ledger live (env {settings.HOME_ENV}, default ~/.stagewise)",
+    )
+    parser.add_argument(
+        "--db", help=f"SQLAlchemy URL of the ledger (env {settings.DB_ENV}, default a SQLite file in the data dir)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name != name:
+                raise
+            continue  # an area that is not built yet
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.data_dir:
+        os.environ[settings.HOME_ENV] = args.data_dir
+    if args.db:
+        os.environ[settings.DB_ENV] = args.db
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from node.signing import SignatureError, SigningKey, recover_digest, recover_message
+
+
+def test_message_signature_matches_eth_account():
+    key = SigningKey(bytes(range(1, 33)))
+    message = b"hello stage 1"
+    ours = key.sign_message(message)
+    theirs = Account.sign_message(encode_defunct(message), private_key=key.secret).signature
+    assert ours == bytes(theirs)
+    assert recover_message(message, ours) == key.address == Account.from_key(key.secret).address
+
+
+def test_tampered_message_recovers_someone_else():
+    key = SigningKey.generate()
+    signature = key.sign_message(b"reward 10")
+    assert recover_message(b"reward 11", signature) != key.address
+
+
+def test_malformed_signature_is_a_clear_error():
+    with pytest.raises(SignatureError):
+        recover_digest(b"\x00" * 32, b"\x01" * 10)
+    with pytest.raises(SignatureError):
+        recover_digest(b"\x00" * 32, b"\x01" * 64 + b"\x05")
+
+
+def test_repr_hides_the_secret():
+    key = SigningKey(bytes(range(1, 33)))
+    assert key.secret.hex() not in repr(key)
