@@ -1,0 +1,23 @@
+"""The web dashboard: static HTML and a little JavaScript over the validator's public API.
+
+Nothing is built: `dashboard/` is served as it is, and the page fetches the same JSON that the CLI and
+other clients read (leaderboard, slashes, groups, epochs), so what a person sees is what the API says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+DASHBOARD_DIR = Path(__file__).with_name("dashboard")
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(DASHBOARD_DIR / "index.html")
+
+
+def register_dashboard(app: web.Application) -> None:
+    """Serve the dashboard at `/` and its assets under `/dashboard/`."""
+    app.router.add_get("/", _index)
+    app.router.add_static("/dashboard/", DASHBOARD_DIR)
