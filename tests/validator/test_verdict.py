@@ -1,0 +1,69 @@
+"""The verdict rule (I4) as examples: who is blamed, who is paid, who is slashed."""
+
+import pytest
+
+from node.validator.verdict import Findings, Outcome, Reason, Tariff, decide, soft_invalidation
+
+TARIFF = Tariff(wei_per_work_unit=10, slash_wei=1000)
+WORK = (40, 40, 40)
+
+
+def test_all_proofs_and_sampling_hold_pays_every_stage_by_work():
+    verdict = decide(Findings((True, True, True), True, (10, 20, 30)), TARIFF)
+    assert verdict.outcome is Outcome.ACCEPTED
+    assert verdict.rewards_wei == (100, 200, 300)
+    assert verdict.blamed_stage is None and verdict.slash_wei == 0
+
+
+def test_first_failing_stage_is_blamed_and_later_stages_get_nothing():
+    verdict = decide(Findings((True, False, False), None, WORK), TARIFF)
+    assert verdict.outcome is Outcome.REJECTED
+    assert (verdict.blamed_stage, verdict.reason) == (1, Reason.PROOF)
+    assert verdict.rewards_wei == (400, 0, 0)
+    assert verdict.slash_wei == 1000
+
+
+def test_stage_zero_failing_pays_nobody():
+    verdict = decide(Findings((False, True, True), True, WORK), TARIFF)
+    assert verdict.blamed_stage == 0
+    assert verdict.rewards_wei == (0, 0, 0)
+
+
+def test_sampling_failure_blames_the_last_stage():
+    verdict = decide(Findings((True, True, True), False, WORK), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (2, Reason.SAMPLING)
+    assert verdict.rewards_wei == (400, 400, 0)
+
+
+def test_sampling_is_not_consulted_when_a_stage_failed():
+    verdict = decide(Findings((True, True, False), False, WORK), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (2, Reason.PROOF)
+
+
+def test_a_complaint_blames_the_sender_it_names_even_with_valid_proofs():
+    verdict = decide(Findings((True, None, None), None, WORK, complained_senders=(1,)), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (1, Reason.COMPLAINT)
+    assert verdict.rewards_wei == (400, 0, 0)
+
+
+def test_an_earlier_proof_failure_wins_over_a_later_complaint():
+    verdict = decide(Findings((False, True, None), None, WORK, complained_senders=(1,)), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (0, Reason.PROOF)
+
+
+def test_an_unchecked_stage_cannot_be_accepted():
+    with pytest.raises(ValueError):
+        decide(Findings((True, None, True), True, WORK), TARIFF)
+
+
+def test_soft_invalidation_pays_and_slashes_nobody():
+    verdict = soft_invalidation(3)
+    assert verdict.outcome is Outcome.SOFT_INVALIDATED
+    assert verdict.rewards_wei == (0, 0, 0) and verdict.slash_wei == 0
+
+
+def test_verdict_round_trips_through_json_form():
+    verdict = decide(Findings((True, False, True), None, WORK), TARIFF)
+    from node.validator.verdict import Verdict
+
+    assert Verdict.from_dict(verdict.to_dict()) == verdict
