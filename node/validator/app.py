@@ -1,0 +1,41 @@
+"""The validator's aiohttp application, composable.
+
+`build_app(node, registrars=...)` returns an app with the validator's routes (api.py), JSON errors, a
+request body limit (413 beyond it), metrics, health and the OpenAPI document. Other parts of the node add
+their own routes by passing registrars, callables `registrar(app) -> None` that run before the app is
+frozen; orchestration keeps its state in `app[ORCHESTRATOR]` and describes its routes for /openapi.json by
+adding path items to `app[OPENAPI_EXTRA_PATHS]`.
+
+State every handler can reach: `app[NODE]` (the `ValidatorNode`: ledger, config, metrics, models, chain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from node.validator.errors import json_errors
+
+NODE: web.AppKey[Any] = web.AppKey("validator_node", object)
+ORCHESTRATOR: web.AppKey[Any] = web.AppKey("orchestrator", object)
+OPENAPI_EXTRA_PATHS: web.AppKey[dict] = web.AppKey("openapi_extra_paths", dict)
+
+Registrar = Callable[[web.Application], None]
+
+
+def build_app(node: Any, registrars: Iterable[Registrar] = (), *, dashboard: bool = True) -> web.Application:
+    from node.validator import api
+
+    app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_body_bytes)
+    app[NODE] = node
+    app[OPENAPI_EXTRA_PATHS] = {}
+    api.register(app)
+    for registrar in registrars:
+        registrar(app)
+    if dashboard:
+        from node.validator.dashboard import register_dashboard
+
+        register_dashboard(app)
+    return app

@@ -1,0 +1,40 @@
+"""How a validator node is set up: one frozen value built from flags and environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from node.validator.verdict import Tariff
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    model_dirs: tuple[Path, ...] = ()
+    """Models this validator can replay; a bundle for any other model_id is refused at intake."""
+    sample_rate: float = 1.0
+    """Fraction of jobs replayed; the rest are accepted unreplayed (see docs/validator.md)."""
+    sample_secret: bytes = b""
+    """Keeps the choice of replayed jobs unpredictable to workers while deterministic for this node."""
+    epoch_seconds: float = 60.0
+    epoch_entries: int = 1000
+    admin_token: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    tariff: Tariff = field(default_factory=Tariff)
+    min_stake_wei: int = 1
+    """A receipt signer needs at least this much stake (I3)."""
+    bundle_deadline_seconds: float = 600.0
+    """A job registered by the orchestrator without a complete bundle by then is soft-invalidated."""
+    claim_lease_seconds: float = 120.0
+    """A claimed job whose validator has not finished by then (it crashed) is taken again."""
+    validator_id: str = "validator"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError("sample_rate must be in [0, 1]")
+        if self.epoch_seconds <= 0 or self.epoch_entries <= 0:
+            raise ValueError("epochs close after a positive number of seconds or entries")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1 KiB")

@@ -1,0 +1,108 @@
+"""Replay a bundle: one prefill of the whole model, then every stage's proofs and the sampling (I4).
+
+The validator feeds prompt + output[:-1] (the last sampled token is never fed back) through the full
+model once (`node.pipeline.model.replay`), which yields the hidden states at every stage boundary and the
+logits at every position. Each boundary tensor is split the way the stage proved it (the proof schedule
+in INTERFACES.md: the prefill block, then decode rows in chunks of 32) and checked against the stage's
+committed proofs; the logits of the positions that produced output tokens check the sampling.
+
+`findings_of` returns the `Findings` that `verdict.decide` judges and the figures behind them, which go
+into the evidence (node/evidence.py) so that anyone can see why.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, Sequence
+
+from node.job import JobSpec
+from node.validator.verdict import Findings
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    findings: Findings
+    figures: dict[str, Any]
+    seconds: float
+
+
+def findings_of(
+    model: Any,
+    spec: JobSpec,
+    output_token_ids: Sequence[int],
+    stage_proofs: Sequence[Sequence[bytes]],
+    complained_senders: Sequence[int] = (),
+) -> ReplayReport:
+    """Check every stage's proofs and the sampling of one job against one replay of `model`."""
+    import torch
+
+    from node.pipeline.model import replay
+    from node.receipts import processed_token_count
+    from node.toploc import verify_proofs
+    from node.toploc.sampling import verify_sampling
+
+    started = time.perf_counter()
+    prompt = list(spec.prompt_token_ids)
+    output = list(output_token_ids)
+    boundaries = [stage.layer_end for stage in spec.stages]
+    tokens = prompt + output[:-1]
+    work = processed_token_count(spec, output)
+    work_units = tuple(stage.num_layers * work for stage in spec.stages)
+    # A complaint stops the job at the sender: stages from there on sent nothing worth checking.
+    stop_at = min(complained_senders, default=len(spec.stages))
+    with torch.inference_mode():
+        hidden, logits = replay(model, tokens, boundaries)
+        proofs_ok: list[bool | None] = []
+        stage_figures: list[Any] = []
+        p = len(prompt)
+        for stage, (boundary, proofs) in enumerate(zip(hidden, stage_proofs)):
+            if stage >= stop_at:
+                proofs_ok.append(None)
+                stage_figures.append(None)
+                continue
+            check = verify_proofs(boundary[:p], boundary[p:], list(proofs))
+            proofs_ok.append(bool(check.ok))
+            stage_figures.append(_jsonable(check))
+        sampling_ok: bool | None = None
+        sampling_figures: Any = None
+        if stop_at == len(spec.stages) and all(proofs_ok) and output:
+            check = verify_sampling(logits[p - 1 :], output, spec.sampling, spec.seed, first_position=p)
+            sampling_ok = bool(check.ok)
+            sampling_figures = _sampling_summary(check)
+        elif stop_at == len(spec.stages) and all(proofs_ok):
+            sampling_ok = True
+    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(sorted(set(complained_senders))))
+    seconds = time.perf_counter() - started
+    figures = {"stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens)}
+    return ReplayReport(findings, figures, seconds)
+
+
+def _sampling_summary(check: Any) -> dict[str, Any]:
+    gaps = list(check.score_gaps)
+    return {
+        "ok": bool(check.ok),
+        "first_failure": check.first_failure,
+        "reason": check.reason,
+        "margin": check.margin,
+        "max_gap": max(gaps) if gaps else None,
+        "failing_gap": gaps[check.first_failure] if check.first_failure is not None else None,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        return _jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return str(value)
