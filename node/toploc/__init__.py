@@ -1,0 +1,1 @@
+"""TOPLOC proofs: per-stage activation proofs and the Gumbel sampling proof."""

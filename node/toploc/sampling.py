@@ -1,0 +1,284 @@
+"""The sampling proof: Gumbel-max sampling with counter-based noise, and its verifier.
+
+The last stage picks each token as `argmax(logits/T + G)` over the top-k/top-p-filtered vocabulary, where
+`G[position, v]` is Gumbel noise that depends on nothing but `(seed, position, v)`. The noise is made by
+a counter-based integer hash (no RNG state), so a validator that replays the job regenerates exactly the
+same noise on any device, in any batch layout, and can check every sampled token against its own
+recomputed logits. The seed is the orchestrator's (PROTOCOL I1), so a worker cannot shop for noise.
+
+The hash is Chris Wellons' `triple32` (a 32-bit bijective mixer with very low bias), evaluated in int64
+torch arithmetic on values kept below 2**32. Multiplications by 32-bit constants are split into 16-bit
+halves so no intermediate ever exceeds 2**49: the result is exact and bit-identical on every backend,
+with no reliance on overflow behaviour. Noise for vocabulary id v at a position is
+`triple32(triple32(v + k_v) ^ triple32(position ^ k_p))`, with k_v, k_p derived from the 64-bit seed.
+The top 24 bits give `u = (bits + 0.5) / 2**24`, strictly inside (0, 1), and `G = -log(-log(u))` is
+computed in float64 and rounded to float32.
+
+Positions are absolute indices in the sequence of the token being generated: P for the first generated
+token of a P-token prompt. Verification rows follow the same convention: `verify_sampling(logits, tokens,
+..., first_position)` takes `logits[i]` as the replayed logits that predict `tokens[i]`, generated at
+position `first_position + i` (the replay's logits at sequence index `first_position + i - 1`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from node.job import SamplingParams
+from node.toploc.thresholds import SAMPLING
+
+_MASK32 = 0xFFFFFFFF
+_SEED_SALT = 0x9E3779B9
+_POSITION_SALT = 0x85EBCA6B
+_UNIFORM_BITS = 24
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def _mul32(x, constant: int):
+    """`x * constant mod 2**32` for x in [0, 2**32), without any intermediate above 2**49."""
+    low = x * (constant & 0xFFFF)
+    high = (x * (constant >> 16)) & 0xFFFF
+    return (low + (high << 16)) & _MASK32
+
+
+def _triple32(x):
+    """Wellons' triple32 mixer. Works on Python ints and on int64 tensors holding 32-bit values."""
+    x = x ^ (x >> 17)
+    x = _mul32(x, 0xED5AD4BB)
+    x = x ^ (x >> 11)
+    x = _mul32(x, 0xAC4C1B51)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x31848BAB)
+    x = x ^ (x >> 14)
+    return x
+
+
+def _seed_keys(seed: int) -> tuple[int, int]:
+    if not (isinstance(seed, int) and 0 <= seed < 2**64):
+        raise ValueError("seed must be an integer in [0, 2**64)")
+    low, high = seed & _MASK32, seed >> 32
+    vocab_key = _triple32(low ^ _triple32(high ^ _SEED_SALT))
+    position_key = _triple32(vocab_key ^ _POSITION_SALT ^ _triple32(high))
+    return vocab_key, position_key
+
+
+def _mul32_(x: torch.Tensor, constant: int, scratch: torch.Tensor) -> None:
+    """In place: x = x * constant mod 2**32 (same arithmetic as _mul32, no allocation)."""
+    torch.mul(x, constant >> 16, out=scratch)
+    scratch.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    x.mul_(constant & 0xFFFF).add_(scratch).bitwise_and_(_MASK32)
+
+
+def _xorshift_(x: torch.Tensor, shift: int, scratch: torch.Tensor) -> None:
+    torch.bitwise_right_shift(x, shift, out=scratch)
+    x.bitwise_xor_(scratch)
+
+
+def _triple32_(x: torch.Tensor) -> None:
+    """In-place triple32 on an int64 tensor of 32-bit values: the hot path of the noise."""
+    scratch = torch.empty_like(x)
+    _xorshift_(x, 17, scratch)
+    _mul32_(x, 0xED5AD4BB, scratch)
+    _xorshift_(x, 11, scratch)
+    _mul32_(x, 0xAC4C1B51, scratch)
+    _xorshift_(x, 15, scratch)
+    _mul32_(x, 0x31848BAB, scratch)
+    _xorshift_(x, 14, scratch)
+
+
+def _check_positions(positions: torch.Tensor) -> torch.Tensor:
+    positions = torch.as_tensor(positions, dtype=torch.int64)
+    if positions.dim() != 1:
+        raise ValueError("positions must be a 1-D tensor")
+    if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) > _MASK32):
+        raise ValueError("positions must be in [0, 2**32)")
+    return positions
+
+
+def _bits_block(per_id: torch.Tensor, per_position: torch.Tensor) -> torch.Tensor:
+    block = per_id.unsqueeze(0) ^ per_position.unsqueeze(1)
+    _triple32_(block)
+    return block
+
+
+def _row_keys(seed: int, positions: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    vocab_key, position_key = _seed_keys(seed)
+    ids = torch.arange(vocab, dtype=torch.int64, device=positions.device)
+    return _triple32((ids + vocab_key) & _MASK32), _triple32(positions ^ position_key)
+
+
+def noise_bits(seed: int, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The raw 32-bit hash values [N, V] (int64 holding uint32): the integer stream behind the noise."""
+    positions = _check_positions(positions)
+    per_id, per_position = _row_keys(seed, positions, vocab)
+    return _bits_block(per_id, per_position)
+
+
+def gumbel_noise(seed: int, positions: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [N, V] float32 on positions' device, a pure function of (seed, position, id)."""
+    positions = _check_positions(positions)
+    per_id, per_position = _row_keys(seed, positions, vocab)
+    out = torch.empty((positions.numel(), vocab), dtype=torch.float32, device=positions.device)
+    # Blocks of rows keep the int64 working set small (fresh 100 MB temporaries cost more than the math).
+    rows_per_block = max(1, _BLOCK_ELEMENTS // max(vocab, 1)) if positions.device.type == "cpu" else len(out)
+    for start in range(0, positions.numel(), rows_per_block):
+        bits = _bits_block(per_id, per_position[start : start + rows_per_block])
+        uniform = bits.bitwise_right_shift_(32 - _UNIFORM_BITS).to(torch.float64)
+        uniform.add_(0.5).mul_(1.0 / (1 << _UNIFORM_BITS))
+        out[start : start + rows_per_block] = uniform.log_().neg_().log_().neg_()
+    return out
+
+
+def filter_mask(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Which ids survive top-k then top-p, for temperature-scaled scores [B, V] (bool [B, V]).
+
+    Ties are kept together, so the set never depends on sort order: top-k keeps every id whose score
+    reaches the k-th largest; top-p keeps every id whose strictly-more-probable mass is below top_p.
+    """
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    vocab = scores.shape[-1]
+    if 0 < params.top_k < vocab:
+        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
+        keep = scores >= kth
+    if params.top_p < 1.0:
+        masked = torch.where(keep, scores.double(), float("-inf"))
+        mass_above = _mass_strictly_above(masked, masked)
+        keep = keep & (mass_above < params.top_p)
+    return keep
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, seed: int, positions: torch.Tensor
+) -> torch.LongTensor:
+    """The next token per row of logits [B, V]: argmax at temperature 0 (lowest id on ties), otherwise
+    `argmax(logits/T + G)` over the top-k/top-p-filtered ids. `positions[b]` is the absolute position of
+    the token being generated for row b."""
+    if logits.dim() != 2:
+        raise ValueError("logits must be [batch, vocab]")
+    positions = torch.as_tensor(positions, dtype=torch.int64, device=logits.device)
+    if positions.shape != (logits.shape[0],):
+        raise ValueError("positions must have one entry per row of logits")
+    scores = logits.float()
+    if params.temperature == 0.0:
+        return scores.argmax(dim=-1)
+    scores = scores / params.temperature
+    keep = filter_mask(scores, params)
+    perturbed = torch.where(keep, scores + gumbel_noise(seed, positions, scores.shape[-1]), float("-inf"))
+    return perturbed.argmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class SamplingCheck:
+    """The verdict on a run of sampled tokens, with the figures behind it.
+
+    `score_gaps[i]`: how far (in logit units, i.e. scaled back by T) the claimed token's perturbed score
+    falls short of the best surely-eligible one (temperature 0: of the largest logit); negative when it
+    is the best by that much. `in_filter[i]`: whether it lies in the top-k/top-p set within the margin.
+    A position fails when its gap exceeds `margin` or it is outside the filtered set.
+    """
+
+    ok: bool
+    first_failure: int | None
+    score_gaps: tuple[float, ...]
+    in_filter: tuple[bool, ...]
+    margin: float
+    reason: str | None = None
+
+
+def verify_sampling(
+    logits: torch.Tensor,
+    tokens: Sequence[int] | torch.Tensor,
+    params: SamplingParams,
+    seed: int,
+    first_position: int,
+    margin: float | None = None,
+) -> SamplingCheck:
+    """Check claimed tokens against replayed logits [N, V]; row i predicts tokens[i] at
+    position first_position + i. `margin` (logit units) defaults to thresholds.SAMPLING.logit_margin."""
+    margin = SAMPLING.logit_margin if margin is None else float(margin)
+    if logits.dim() != 2:
+        raise ValueError("logits must be [positions, vocab]")
+    tokens = torch.as_tensor(tokens, dtype=torch.int64, device=logits.device).reshape(-1)
+    count, vocab = logits.shape
+    if tokens.numel() != count:
+        raise ValueError(f"{tokens.numel()} tokens but {count} rows of logits")
+    if count == 0:
+        return SamplingCheck(True, None, (), (), margin)
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        raise ValueError("a claimed token id is outside the vocabulary")
+    rows = torch.arange(count, device=logits.device)
+    scores = logits.double()
+
+    if params.temperature == 0.0:
+        gaps = scores.max(dim=-1).values - scores[rows, tokens]
+        in_filter = torch.ones(count, dtype=torch.bool, device=logits.device)
+        return _verdict(gaps, in_filter, margin, "greedy")
+
+    temperature = params.temperature
+    scores = scores / temperature
+    slack = margin / temperature
+    possibly = torch.ones(count, dtype=torch.bool, device=logits.device)  # the claimed token
+    surely = torch.ones_like(scores, dtype=torch.bool)  # every id that was certainly eligible
+    claimed = scores[rows, tokens]
+    if 0 < params.top_k < vocab:
+        top = torch.topk(scores, min(params.top_k + 1, vocab), dim=-1).values
+        kth = top[:, params.top_k - 1]
+        possibly &= claimed + slack >= kth
+        surely &= scores - slack > top[:, params.top_k].unsqueeze(1)
+        eligible = scores + slack >= kth.unsqueeze(1)  # generous normaliser for top-p
+    else:
+        eligible = torch.ones_like(scores, dtype=torch.bool)
+    if params.top_p < 1.0:
+        log_top_p = math.log(params.top_p)
+        masked = torch.where(eligible, scores, float("-inf"))
+        above_claimed = _mass_strictly_above(masked, (claimed + slack).unsqueeze(1)).squeeze(1)
+        possibly &= torch.log(above_claimed) - slack < log_top_p
+        above_each = _mass_strictly_above(masked, scores - slack)
+        surely &= torch.log(above_each) + slack < log_top_p
+    positions = torch.arange(count, device=logits.device) + first_position
+    perturbed = scores + gumbel_noise(seed, positions, vocab).double()
+    best = torch.where(surely, perturbed, float("-inf")).max(dim=-1).values
+    gaps = (best - perturbed[rows, tokens]) * temperature
+    return _verdict(gaps, possibly, margin, "gumbel")
+
+
+def _verdict(gaps: torch.Tensor, in_filter: torch.Tensor, margin: float, mode: str) -> SamplingCheck:
+    passed = (gaps <= margin) & in_filter
+    failures = (~passed).nonzero().flatten()
+    first = int(failures[0]) if failures.numel() else None
+    reason = None
+    if first is not None:
+        if not bool(in_filter[first]):
+            reason = f"token {first} lies outside the top-k/top-p set"
+        elif mode == "greedy":
+            reason = f"token {first} is not the argmax (logit gap {float(gaps[first]):.4g} > {margin})"
+        else:
+            reason = f"token {first} is not the Gumbel argmax (score gap {float(gaps[first]):.4g} > {margin})"
+    return SamplingCheck(
+        ok=first is None,
+        first_failure=first,
+        score_gaps=tuple(float(g) for g in gaps.cpu()),
+        in_filter=tuple(bool(b) for b in in_filter.cpu()),
+        margin=margin,
+        reason=reason,
+    )
+
+
+def _mass_strictly_above(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Per row, the softmax(scores) probability mass of ids whose score is strictly above each threshold.
+
+    scores [B, V] (-inf = excluded), thresholds [B, Q] -> [B, Q] float64. Suffix sums over the ascending
+    sort, so tiny masses keep their precision.
+    """
+    scores = scores.double()
+    probs = torch.softmax(scores, dim=-1)
+    ordered, order = torch.sort(scores, dim=-1, stable=True)
+    sorted_probs = probs.gather(-1, order)
+    suffix = torch.flip(torch.cumsum(torch.flip(sorted_probs, [-1]), -1), [-1])
+    suffix = torch.cat([suffix, torch.zeros_like(suffix[:, :1])], dim=-1)
+    index = torch.searchsorted(ordered.contiguous(), thresholds.double().contiguous(), right=True)
+    return suffix.gather(-1, index)
