@@ -1,0 +1,133 @@
+"""Registration and heartbeats: only staked, fresh, correctly signed workers are kept, and only while alive."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from node.signing import SigningKey
+from node.validator.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
+from node.validator.worker_messages import (
+    Capacity,
+    MessageError,
+    make_heartbeat,
+    make_registration,
+    parse_signed_heartbeat,
+    parse_signed_registration,
+)
+
+NOW = 1_800_000_000.0
+CAPACITY = Capacity(memory_bytes=8 << 30, layer_tokens_per_s=5000.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def keys() -> list[SigningKey]:
+    return [SigningKey(bytes([i + 1]) * 32) for i in range(3)]
+
+
+def registry_for(stakes: dict, clock: Clock, **policy) -> Registry:
+    return Registry(stake_lookup(stakes), RegistryPolicy(min_stake_wei=10**18, **policy), clock)
+
+
+async def test_a_staked_worker_registers_and_the_wire_form_round_trips(keys):
+    clock = Clock()
+    registry = registry_for({keys[0].address: 2 * 10**18}, clock)
+    signed = make_registration(keys[0], CAPACITY, "eu-west", "http://127.0.0.1:9001/", now=NOW)
+    parsed = parse_signed_registration(signed.to_json())
+    assert parsed == dataclasses.replace(signed, message=dataclasses.replace(signed.message, stage_url="http://127.0.0.1:9001"))
+    record = await registry.register(parsed)
+    assert (record.address, record.region, record.stake_wei) == (keys[0].address, "eu-west", 2 * 10**18)
+    assert registry.healthy() == (record,)
+
+
+async def test_unstaked_and_understaked_keys_are_refused(keys):
+    registry = registry_for({keys[1].address: 10**17}, Clock())
+    for key in keys[:2]:
+        with pytest.raises(RegistrationRefused) as refused:
+            await registry.register(make_registration(key, CAPACITY, "eu", "http://h:1", now=NOW))
+        assert refused.value.code == "insufficient_stake" and refused.value.status == 403
+    assert registry.all() == ()
+
+
+async def test_replayed_and_stale_messages_are_refused(keys):
+    clock = Clock()
+    registry = registry_for({keys[0].address: 10**18}, clock, max_clock_skew_s=60)
+    signed = make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW)
+    await registry.register(signed)
+    with pytest.raises(RegistrationRefused) as replayed:
+        await registry.register(signed)
+    assert replayed.value.code == "replayed_message"
+    with pytest.raises(RegistrationRefused) as stale:
+        await registry.register(make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW - 61))
+    assert stale.value.code == "stale_message"
+
+
+async def test_a_worker_that_stops_heartbeating_is_no_longer_healthy(keys):
+    clock = Clock()
+    registry = registry_for({k.address: 10**18 for k in keys}, clock, heartbeat_timeout_s=10)
+    for key in keys[:2]:
+        await registry.register(make_registration(key, CAPACITY, "eu", "http://h:1", now=clock.now))
+    for _ in range(3):
+        clock.now += 6
+        await registry.heartbeat(make_heartbeat(keys[0], in_flight=2, now=clock.now))
+    assert [r.address for r in registry.healthy()] == [keys[0].address]
+    assert registry.get(keys[0].address).in_flight == 2
+    with pytest.raises(RegistrationRefused) as unknown:
+        await registry.heartbeat(make_heartbeat(keys[2], now=clock.now))
+    assert unknown.value.status == 404
+
+
+async def test_a_worker_whose_stake_fell_is_dropped_at_its_next_heartbeat(keys):
+    stakes = {keys[0].address: 10**18}
+    clock = Clock()
+    registry = Registry(stake_lookup(type("Chain", (), {"stake_of": lambda self, a: stakes.get(a, 0)})()),
+                        RegistryPolicy(min_stake_wei=10**18), clock)
+    await registry.register(make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW))
+    stakes[keys[0].address] = 0  # slashed or unstaked
+    with pytest.raises(RegistrationRefused):
+        await registry.heartbeat(make_heartbeat(keys[0], now=NOW + 1))
+    assert registry.all() == ()
+
+
+def test_a_message_signed_by_another_key_is_refused(keys):
+    signed = make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW).to_json()
+    forged = make_registration(keys[1], CAPACITY, "eu", "http://h:1", now=NOW).to_json()
+    signed["signature"] = forged["signature"]
+    with pytest.raises(MessageError, match="not by"):
+        parse_signed_registration(signed)
+
+
+@pytest.mark.parametrize(
+    "mutate, words",
+    [
+        (lambda m: m["message"].pop("region"), "missing field(s) ['region']"),
+        (lambda m: m["message"].update(extra=1), "unknown field(s) ['extra']"),
+        (lambda m: m["message"]["capacity"].update(memory_bytes=-1), "memory_bytes"),
+        (lambda m: m["message"]["capacity"].update(layer_tokens_per_s="fast"), "layer_tokens_per_s"),
+        (lambda m: m["message"].update(stage_url="ftp://x"), "stage_url"),
+        (lambda m: m["message"].update(address="0x12"), "not an Ethereum address"),
+        (lambda m: m["message"].update(kind="stagewise/heartbeat"), "kind"),
+        (lambda m: m.update(signature="0xzz"), "not hex"),
+        (lambda m: m.update(signature="0x" + "00" * 64), "65 bytes"),
+    ],
+)
+def test_malformed_registrations_name_what_is_wrong(keys, mutate, words):
+    data = make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW).to_json()
+    mutate(data)
+    with pytest.raises(MessageError) as error:
+        parse_signed_registration(data)
+    assert words in str(error.value)
+
+
+def test_heartbeat_round_trips(keys):
+    signed = make_heartbeat(keys[0], in_flight=3, now=NOW)
+    assert parse_signed_heartbeat(signed.to_json()) == signed
