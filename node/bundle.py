@@ -1,0 +1,381 @@
+"""The bundle: everything a validator needs to judge one job, in one canonical, versioned JSON document.
+
+bundle = job spec + for every stage (its signed receipt and the proofs it committed to) + the output
+tokens + any signed handoff complaints (PROTOCOL I2). Any stage may submit it; the job id is the
+idempotency key (I3), so submitting the same bundle twice is one ledger record.
+
+A bundle arrives from the network, so `Bundle.from_json` treats it as hostile: unknown fields, missing
+fields, wrong types, duplicate keys, NaN, oversized values and stages out of order all raise `BundleError`
+with a message naming the place. Checking that it is *true* is separate and cheap to call in order:
+`check_receipts` (every receipt is exactly what the spec, output and proofs imply), `recover_signers` and
+`check_signers` (every receipt and complaint is signed by the worker the spec assigns).
+
+Wire form (version 1; bytes are 0x-hex):
+    {"version": 1, "spec": {JobSpec.to_dict()},
+     "stages": [{"receipt": {StageReceipt.to_json()}, "signature": "0x…65 bytes", "proofs": ["0x…", …]}, …],
+     "output_token_ids": [int, …],
+     "complaints": [{HandoffComplaint.to_json()}, …]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+from node.job import JobSpec, JobSpecError
+from node.receipts import (
+    ReceiptDomain,
+    ReceiptError,
+    StageReceipt,
+    expected_receipt,
+    keccak,
+    parse_hex,
+)
+from node.signing import SIGNATURE_LENGTH, SignatureError, SigningKey, recover_digest
+
+BUNDLE_VERSION = 1
+MAX_STAGES = 256
+MAX_PROOF_BYTES = 4096
+MAX_PROOFS_PER_STAGE = 4 + (1 << 16) // 32  # the prefill proof + one per 32 decode rows of the longest job
+DECODE_CHUNK = 32  # decode rows per proof (INTERFACES.md, proof schedule)
+
+COMPLAINT_TYPE = (
+    "HandoffComplaint(bytes32 jobId,uint32 complainerStage,uint32 senderStage,uint32 chunkIndex,"
+    "bytes32 claimedProofDigest,bytes32 rebuiltProofDigest)"
+)
+COMPLAINT_TYPEHASH = keccak(COMPLAINT_TYPE.encode())
+
+
+class BundleError(ValueError):
+    """A bundle that is malformed, inconsistent with its spec, or not signed by the assigned workers."""
+
+
+@dataclass(frozen=True)
+class SignedStage:
+    """One stage's part of a bundle: its receipt, the signature over it, and the proofs the receipt digests."""
+
+    receipt: StageReceipt
+    signature: bytes
+    proofs: tuple[bytes, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "receipt": self.receipt.to_json(),
+            "signature": "0x" + self.signature.hex(),
+            "proofs": ["0x" + proof.hex() for proof in self.proofs],
+        }
+
+
+@dataclass(frozen=True)
+class HandoffComplaint:
+    """Stage `complainer_stage` refuses the job: the proof it rebuilt from the bytes it received for chunk
+    `chunk_index` differs from the proof `sender_stage` signed for it (PROTOCOL I2).
+
+    `sender_signature` is the sender's own signature over its claimed chunk proof, as the pipeline's handoff
+    carries it (kept as evidence, checked by the validator's replay); `signature` is the complainer's
+    EIP-712 signature over this complaint.
+    """
+
+    job_id: bytes
+    complainer_stage: int
+    sender_stage: int
+    chunk_index: int
+    claimed_proof: bytes
+    rebuilt_proof: bytes
+    sender_signature: bytes
+    signature: bytes
+
+    def struct_hash(self) -> bytes:
+        return keccak(
+            COMPLAINT_TYPEHASH
+            + self.job_id
+            + self.complainer_stage.to_bytes(32, "big")
+            + self.sender_stage.to_bytes(32, "big")
+            + self.chunk_index.to_bytes(32, "big")
+            + keccak(self.claimed_proof)
+            + keccak(self.rebuilt_proof)
+        )
+
+    def digest(self, domain: ReceiptDomain) -> bytes:
+        return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            f.name: ("0x" + value.hex()) if isinstance(value := getattr(self, f.name), bytes) else value
+            for f in fields(self)
+        }
+
+
+def sign_complaint(
+    key: SigningKey,
+    domain: ReceiptDomain,
+    *,
+    job_id: bytes,
+    complainer_stage: int,
+    chunk_index: int,
+    claimed_proof: bytes,
+    rebuilt_proof: bytes,
+    sender_signature: bytes,
+) -> HandoffComplaint:
+    """The complaint the receiving stage signs; the sender is always the stage just before it."""
+    unsigned = HandoffComplaint(
+        job_id, complainer_stage, complainer_stage - 1, chunk_index, claimed_proof, rebuilt_proof,
+        sender_signature, b"",
+    )
+    return HandoffComplaint(**{**unsigned.__dict__, "signature": key.sign_digest(unsigned.digest(domain))})
+
+
+@dataclass(frozen=True)
+class Bundle:
+    spec: JobSpec
+    stages: tuple[SignedStage, ...]
+    output_token_ids: tuple[int, ...]
+    complaints: tuple[HandoffComplaint, ...] = ()
+
+    @property
+    def job_id(self) -> bytes:
+        return self.spec.job_id
+
+    @property
+    def job_id_hex(self) -> str:
+        return self.spec.job_id_hex
+
+    @property
+    def complete(self) -> bool:
+        """Every stage signed and nobody complained: a bundle the validator can reward."""
+        return len(self.stages) == len(self.spec.stages) and not self.complaints
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": BUNDLE_VERSION,
+            "spec": self.spec.to_dict(),
+            "stages": [stage.to_json() for stage in self.stages],
+            "output_token_ids": list(self.output_token_ids),
+            "complaints": [complaint.to_json() for complaint in self.complaints],
+        }
+
+    def to_json(self) -> str:
+        """Canonical: compact, sorted keys, so equal bundles are equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Bundle":
+        """Parse an untrusted JSON document; any defect raises BundleError naming where it is."""
+        if isinstance(text, (bytes, bytearray)):
+            try:
+                text = bytes(text).decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise BundleError(f"bundle is not valid JSON: not UTF-8 ({error.reason})") from None
+        _check_nesting(text)
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BundleError(f"bundle is not valid JSON: {error}") from None
+        except RecursionError:
+            raise BundleError("bundle JSON is nested too deeply") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Bundle":
+        if not isinstance(data, dict):
+            raise BundleError("a bundle is a JSON object")
+        if "version" not in data:
+            raise BundleError("bundle: missing field 'version'")
+        if data["version"] != BUNDLE_VERSION:
+            raise BundleError(f"unsupported bundle version {data['version']!r} (this node reads {BUNDLE_VERSION})")
+        _check_keys("bundle", data, {"version", "spec", "stages", "output_token_ids", "complaints"}, optional={"complaints"})
+        try:
+            spec = JobSpec.from_dict(data["spec"])
+        except (JobSpecError, TypeError) as error:
+            raise BundleError(f"bundle spec: {error}") from None
+        if len(spec.stages) > MAX_STAGES:
+            raise BundleError(f"bundle spec has {len(spec.stages)} stages, at most {MAX_STAGES}")
+
+        raw_stages = data["stages"]
+        if not isinstance(raw_stages, list):
+            raise BundleError("bundle stages must be a list")
+        if len(raw_stages) > len(spec.stages):
+            raise BundleError(f"bundle has {len(raw_stages)} stage entries for a {len(spec.stages)}-stage job")
+        stages = tuple(_parse_stage(index, raw) for index, raw in enumerate(raw_stages))
+
+        output = data["output_token_ids"]
+        if not (isinstance(output, list) and all(_is_uint32(t) for t in output)):
+            raise BundleError("bundle output_token_ids must be a list of integers in [0, 2**32)")
+        if len(output) > spec.sampling.max_new_tokens:
+            raise BundleError(
+                f"bundle has {len(output)} output tokens, more than max_new_tokens={spec.sampling.max_new_tokens}"
+            )
+
+        raw_complaints = data.get("complaints", [])
+        if not isinstance(raw_complaints, list):
+            raise BundleError("bundle complaints must be a list")
+        complaints = tuple(_parse_complaint(index, raw, spec) for index, raw in enumerate(raw_complaints))
+        if not complaints:
+            if len(stages) != len(spec.stages):
+                raise BundleError(
+                    f"bundle has receipts for {len(stages)} of {len(spec.stages)} stages and no complaint"
+                )
+            if not output:
+                raise BundleError("a complete bundle has at least one output token")
+        return cls(spec, stages, tuple(output), complaints)
+
+
+def _parse_stage(index: int, raw: Any) -> SignedStage:
+    where = f"stages[{index}]"
+    if not isinstance(raw, dict):
+        raise BundleError(f"bundle {where} must be an object")
+    _check_keys(f"bundle {where}", raw, {"receipt", "signature", "proofs"})
+    try:
+        receipt = StageReceipt.from_json(raw["receipt"])
+        signature = parse_hex(raw["signature"], f"{where}.signature", length=SIGNATURE_LENGTH)
+        proofs_raw = raw["proofs"]
+        if not isinstance(proofs_raw, list):
+            raise BundleError(f"bundle {where}.proofs must be a list")
+        if len(proofs_raw) > MAX_PROOFS_PER_STAGE:
+            raise BundleError(f"bundle {where} has {len(proofs_raw)} proofs, at most {MAX_PROOFS_PER_STAGE}")
+        proofs = tuple(
+            parse_hex(proof, f"{where}.proofs[{i}]", max_length=MAX_PROOF_BYTES) for i, proof in enumerate(proofs_raw)
+        )
+    except (ReceiptError, TypeError) as error:
+        raise BundleError(f"bundle {where}: {error}") from None
+    if receipt.stage_index != index:
+        raise BundleError(f"bundle {where} holds the receipt of stage {receipt.stage_index}; stages must be in order")
+    return SignedStage(receipt, signature, proofs)
+
+
+def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
+    where = f"complaints[{index}]"
+    if not isinstance(raw, dict):
+        raise BundleError(f"bundle {where} must be an object")
+    names = [f.name for f in fields(HandoffComplaint)]
+    _check_keys(f"bundle {where}", raw, set(names))
+    try:
+        values = {
+            "job_id": parse_hex(raw["job_id"], f"{where}.job_id", length=32),
+            "claimed_proof": parse_hex(raw["claimed_proof"], f"{where}.claimed_proof", max_length=MAX_PROOF_BYTES),
+            "rebuilt_proof": parse_hex(raw["rebuilt_proof"], f"{where}.rebuilt_proof", max_length=MAX_PROOF_BYTES),
+            "sender_signature": parse_hex(raw["sender_signature"], f"{where}.sender_signature", length=SIGNATURE_LENGTH),
+            "signature": parse_hex(raw["signature"], f"{where}.signature", length=SIGNATURE_LENGTH),
+        }
+    except ReceiptError as error:
+        raise BundleError(f"bundle {error}") from None
+    for name in ("complainer_stage", "sender_stage", "chunk_index"):
+        if not _is_uint32(raw[name]):
+            raise BundleError(f"bundle {where}.{name} must be an integer in [0, 2**32)")
+        values[name] = raw[name]
+    if not 1 <= values["complainer_stage"] < len(spec.stages):
+        raise BundleError(f"bundle {where}.complainer_stage {values['complainer_stage']} is not a receiving stage")
+    if values["sender_stage"] != values["complainer_stage"] - 1:
+        raise BundleError(f"bundle {where}: a stage can only complain about the stage just before it")
+    if values["job_id"] != spec.job_id:
+        raise BundleError(f"bundle {where}.job_id is not this bundle's job")
+    return HandoffComplaint(**values)
+
+
+def expected_proof_count(output_token_count: int) -> int:
+    """One proof for the prefill block, then one per 32 decode rows (the last sampled token is not fed back)."""
+    decode_rows = max(output_token_count - 1, 0)
+    return 1 + -(-decode_rows // DECODE_CHUNK)
+
+
+def check_receipts(bundle: Bundle) -> None:
+    """Every receipt is exactly the one the spec, the output tokens and the stage's proofs imply.
+
+    Raises BundleError naming the stage and the fields that differ (job id, group, stage index, layer range,
+    model id, proofs and tokens digests, token count, work units). Only complete bundles are checked for the
+    number of proofs: a job stopped by a complaint ends early.
+    """
+    for index, stage in enumerate(bundle.stages):
+        expected = expected_receipt(bundle.spec, index, bundle.output_token_ids, stage.proofs)
+        if stage.receipt != expected:
+            differing = [f.name for f in fields(StageReceipt) if getattr(stage.receipt, f.name) != getattr(expected, f.name)]
+            raise BundleError(f"stage {index} receipt does not match the job: {', '.join(differing)} differ")
+        if bundle.complete and len(stage.proofs) != expected_proof_count(len(bundle.output_token_ids)):
+            raise BundleError(
+                f"stage {index} has {len(stage.proofs)} proofs; {len(bundle.output_token_ids)} output tokens "
+                f"need {expected_proof_count(len(bundle.output_token_ids))}"
+            )
+
+
+def recover_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:
+    """The address that signed each stage's receipt, in stage order (BundleError if one does not recover)."""
+    signers = []
+    for index, stage in enumerate(bundle.stages):
+        try:
+            signers.append(recover_digest(stage.receipt.digest(domain), stage.signature))
+        except SignatureError as error:
+            raise BundleError(f"stage {index} signature: {error}") from None
+    return tuple(signers)
+
+
+def check_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:
+    """Every receipt and every complaint is signed, for this domain, by the worker the spec assigns to that
+    stage (I3); returns the receipt signers. Stake is the validator's to check."""
+    signers = recover_signers(bundle, domain)
+    for index, signer in enumerate(signers):
+        assigned = bundle.spec.stages[index].worker
+        if signer != assigned:
+            raise BundleError(f"stage {index} receipt is signed by {signer}, not by its assigned worker {assigned}")
+    for index, complaint in enumerate(bundle.complaints):
+        try:
+            signer = recover_digest(complaint.digest(domain), complaint.signature)
+        except SignatureError as error:
+            raise BundleError(f"complaints[{index}] signature: {error}") from None
+        assigned = bundle.spec.stages[complaint.complainer_stage].worker
+        if signer != assigned:
+            raise BundleError(f"complaints[{index}] is signed by {signer}, not by stage {complaint.complainer_stage}'s worker {assigned}")
+    return signers
+
+
+def verify_bundle(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:
+    """`check_receipts` then `check_signers`: the bundle says what its spec says and the right keys signed it."""
+    check_receipts(bundle)
+    return check_signers(bundle, domain)
+
+
+def _check_keys(where: str, data: dict, allowed: set[str], optional: set[str] = frozenset()) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise BundleError(f"{where}: unknown field(s) {sorted(unknown)}")
+    missing = allowed - set(optional) - set(data)
+    if missing:
+        raise BundleError(f"{where}: missing field(s) {sorted(missing)}")
+
+
+def _is_uint32(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise BundleError(f"bundle JSON repeats the key {duplicate!r}")
+    return data
+
+
+# Importing eth-account (py_ecc) raises Python's recursion limit to 100000, deep enough for json's C scanner
+# to overflow the C stack and kill the process on "[[[[…". A bundle is 5 levels deep; refuse depth first.
+MAX_JSON_DEPTH = 16
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _check_nesting(text: str) -> None:
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BundleError(f"bundle JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+        elif token in "]}":
+            depth -= 1
+
+
+def _no_constants(name: str) -> float:
+    raise BundleError(f"bundle JSON contains {name}, which is not a number")
+

@@ -1,0 +1,182 @@
+"""Bundles: canonical JSON round trips, hostile input refused with clear errors, receipts tied to the spec."""
+
+import dataclasses
+import json
+
+import pytest
+
+from node.bundle import (
+    Bundle,
+    BundleError,
+    SignedStage,
+    check_receipts,
+    check_signers,
+    recover_signers,
+    sign_complaint,
+    verify_bundle,
+)
+from node.receipts import ReceiptDomain, expected_receipt, sign_receipt
+from node.signing import SigningKey
+
+from .conftest import CONTRACT, make_bundle
+
+
+def test_json_round_trip_is_canonical(bundle):
+    text = bundle.to_json()
+    again = Bundle.from_json(text)
+    assert again == bundle
+    assert again.to_json() == text
+    assert again.job_id == bundle.spec.job_id
+    assert Bundle.from_json(text.encode()) == bundle
+
+
+def test_signers_are_the_assigned_workers(bundle, keys, domain):
+    assert recover_signers(bundle, domain) == tuple(k.address for k in keys)
+    assert verify_bundle(bundle, domain) == tuple(k.address for k in keys)
+
+
+def test_a_stage_signed_by_someone_else_is_refused(bundle, domain):
+    intruder = SigningKey.generate()
+    stage = bundle.stages[1]
+    forged = dataclasses.replace(stage, signature=sign_receipt(intruder, stage.receipt, domain))
+    tampered = dataclasses.replace(bundle, stages=(bundle.stages[0], forged, bundle.stages[2]))
+    check_receipts(tampered)  # the receipt itself is what the spec implies...
+    with pytest.raises(BundleError, match=f"stage 1 receipt is signed by {intruder.address}"):
+        check_signers(tampered, domain)  # ...but the wrong key signed it
+
+
+def test_a_bundle_for_another_deployment_is_refused(bundle):
+    other = ReceiptDomain(chain_id=1, verifying_contract=CONTRACT)
+    with pytest.raises(BundleError, match="not by its assigned worker"):
+        check_signers(bundle, other)
+
+
+def test_receipt_that_disagrees_with_the_spec_is_named(bundle, keys, domain):
+    stage = bundle.stages[2]
+    lying = dataclasses.replace(stage.receipt, work_units=stage.receipt.work_units * 2)
+    signed = SignedStage(lying, sign_receipt(keys[2], lying, domain), stage.proofs)
+    tampered = dataclasses.replace(bundle, stages=bundle.stages[:2] + (signed,))
+    with pytest.raises(BundleError, match="stage 2 receipt does not match the job: work_units differ"):
+        check_receipts(tampered)
+
+
+def test_swapped_proofs_break_the_digest(bundle):
+    stage = bundle.stages[0]
+    swapped = dataclasses.replace(stage, proofs=stage.proofs[::-1])
+    tampered = dataclasses.replace(bundle, stages=(swapped,) + bundle.stages[1:])
+    with pytest.raises(BundleError, match="proofs_digest differ"):
+        check_receipts(tampered)
+
+
+def test_changed_output_breaks_the_last_receipt(bundle):
+    tampered = dataclasses.replace(bundle, output_token_ids=bundle.output_token_ids[:-1] + (5,))
+    with pytest.raises(BundleError, match="stage 2 receipt does not match the job: tokens_digest differ"):
+        check_receipts(tampered)
+
+
+def test_wrong_number_of_proofs_is_refused(keys, domain):
+    bundle = make_bundle(keys, domain)
+    spec, output = bundle.spec, bundle.output_token_ids
+    proofs = bundle.stages[1].proofs[:-1]
+    receipt = expected_receipt(spec, 1, output, proofs)
+    short = SignedStage(receipt, sign_receipt(keys[1], receipt, domain), proofs)
+    tampered = dataclasses.replace(bundle, stages=(bundle.stages[0], short, bundle.stages[2]))
+    with pytest.raises(BundleError, match="stage 1 has 2 proofs; 40 output tokens need 3"):
+        check_receipts(tampered)
+
+
+def test_a_complaint_round_trips_and_names_its_signer(bundle, keys, domain):
+    complaint = sign_complaint(
+        keys[1], domain, job_id=bundle.job_id, complainer_stage=1, chunk_index=0,
+        claimed_proof=b"\x01" * 258, rebuilt_proof=b"\x02" * 258, sender_signature=b"\x03" * 65,
+    )
+    stopped = Bundle(bundle.spec, bundle.stages[:1], (), (complaint,))
+    assert not stopped.complete
+    again = Bundle.from_json(stopped.to_json())
+    assert again == stopped and again.complaints[0].sender_stage == 0
+    check_signers(again, domain)
+    forged = dataclasses.replace(complaint, signature=sign_complaint(
+        keys[2], domain, job_id=bundle.job_id, complainer_stage=1, chunk_index=0,
+        claimed_proof=b"\x01" * 258, rebuilt_proof=b"\x02" * 258, sender_signature=b"\x03" * 65,
+    ).signature)
+    with pytest.raises(BundleError, match="complaints\\[0\\] is signed by"):
+        check_signers(dataclasses.replace(stopped, complaints=(forged,)), domain)
+
+
+def _mutate(bundle, path, value):
+    data = json.loads(bundle.to_json())
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("version",), 2, "unsupported bundle version 2"),
+        (("version",), KeyError, "missing field 'version'"),
+        (("surprise",), 1, "unknown field\\(s\\) \\['surprise'\\]"),
+        (("stages",), KeyError, "missing field\\(s\\) \\['stages'\\]"),
+        (("stages",), "many", "stages must be a list"),
+        (("stages", 0, "signature"), "0x1234", "stages\\[0\\].signature must be 65 bytes"),
+        (("stages", 1, "signature"), 12, "stages\\[1\\].signature must be a 0x-prefixed hex string"),
+        (("stages", 1, "proofs", 0), "0xzz", "stages\\[1\\].proofs\\[0\\] is not valid hex"),
+        (("stages", 1, "proofs"), {}, "stages\\[1\\].proofs must be a list"),
+        (("stages", 1, "receipt", "stage_index"), 0, "holds the receipt of stage 0"),
+        (("stages", 2, "receipt", "token_count"), "40", "token_count must be an integer"),
+        (("stages", 2, "receipt", "colour"), "red", "unknown field"),
+        (("stages", 2), [], "stages\\[2\\] must be an object"),
+        (("output_token_ids",), [1, -2], "output_token_ids must be a list of integers"),
+        (("output_token_ids",), [1.5], "output_token_ids must be a list of integers"),
+        (("output_token_ids",), list(range(81)), "more than max_new_tokens=80"),
+        (("output_token_ids",), [], "at least one output token"),
+        (("spec", "seed"), -1, "bundle spec: seed"),
+        (("spec", "stages", 0, "worker"), "0x12", "bundle spec: stage worker"),
+        (("complaints",), "none", "complaints must be a list"),
+    ],
+)
+def test_malformed_bundles_are_rejected_with_clear_errors(bundle, path, value, message):
+    with pytest.raises(BundleError, match=message):
+        Bundle.from_json(_mutate(bundle, path, value))
+
+
+def test_a_missing_stage_without_complaint_is_incomplete(bundle):
+    data = json.loads(bundle.to_json())
+    data["stages"].pop()
+    with pytest.raises(BundleError, match="receipts for 2 of 3 stages and no complaint"):
+        Bundle.from_dict(data)
+    data["stages"] *= 2
+    with pytest.raises(BundleError, match="4 stage entries for a 3-stage job"):
+        Bundle.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{", "not valid JSON"),
+        ("[1, 2]", "a bundle is a JSON object"),
+        ('{"version": 1, "version": 1}', "repeats the key 'version'"),
+        ('{"version": NaN}', "NaN"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 16"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_unparseable_input_is_a_bundle_error(text, message):
+    with pytest.raises(BundleError, match=message):
+        Bundle.from_json(text)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(keys, domain):
+    bundle = make_bundle(keys, domain)
+    spec = dataclasses.replace(bundle.spec, group_id="[{" * 30)
+    stages = []
+    for index, key in enumerate(keys):
+        receipt = expected_receipt(spec, index, bundle.output_token_ids, bundle.stages[index].proofs)
+        stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), bundle.stages[index].proofs))
+    odd = Bundle(spec, tuple(stages), bundle.output_token_ids)
+    assert Bundle.from_json(odd.to_json()) == odd
