@@ -371,7 +371,7 @@ def _check_nesting(text: str) -> None:
         if token in "[{":
             depth += 1
             if depth > MAX_JSON_DEPTH:
-                raise BundleError(f"bundle JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+                raise BundleError(f"bundle JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
         elif token in "]}":
             depth -= 1
 
