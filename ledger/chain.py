@@ -263,6 +263,7 @@ class TxResult:
     tx_hash: str
     block_number: int
     gas_used: int
+    fee: int  # wei the sender paid for gas
     events: tuple[ChainEvent, ...] = ()
     contract_address: str | None = None
 
@@ -638,6 +639,7 @@ class ChainClient:
             tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
             block_number=int(receipt["blockNumber"]),
             gas_used=int(receipt["gasUsed"]),
+            fee=int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice") or 0),
             events=events,
             contract_address=to_checksum_address(contract_address) if contract_address else None,
         )

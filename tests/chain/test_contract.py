@@ -1,0 +1,251 @@
+"""The staking contract's rules, each run on the in-process EVM and on anvil."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from eth_hash.auto import keccak
+
+from ledger.chain import (
+    Anchored,
+    Artifact,
+    ChainClient,
+    Claimed,
+    ContractRevert,
+    Slashed,
+    Staked,
+    UnstakeRequested,
+    Withdrawn,
+)
+from node.signing import SigningKey
+from tests.chain.conftest import UNBONDING_DELAY
+from tests.chain.rewards_tree import rewards_root
+
+ETHER = 10**18
+
+
+def reverts(name: str):
+    """Expect a ContractRevert naming the custom error `name`."""
+    return pytest.raises(ContractRevert, match=rf"reverted with {name}\(")
+
+
+def test_stake_unbond_and_withdraw(chain: ChainClient):
+    worker = chain.dev_keys[2]
+    with reverts("ZeroAmount"):
+        chain.stake(worker, 0)
+    staked = chain.stake(worker, 3 * ETHER)
+    assert staked.events == (Staked(*_where(staked), worker=worker.address, amount=3 * ETHER, total_stake=3 * ETHER),)
+    assert chain.stake_of(worker.address) == 3 * ETHER
+
+    with reverts("InsufficientStake"):
+        chain.request_unstake(worker, 4 * ETHER)
+    with reverts("NothingToWithdraw"):
+        chain.withdraw(worker)
+    requested = chain.request_unstake(worker, 2 * ETHER)
+    (event,) = requested.events
+    assert isinstance(event, UnstakeRequested) and event.total_unbonding == 2 * ETHER
+    assert event.release_at == chain.timestamp() + UNBONDING_DELAY
+    info = chain.stake_info(worker.address)
+    assert (info.active, info.unbonding, info.release_at) == (1 * ETHER, 2 * ETHER, event.release_at)
+
+    with reverts("UnbondingNotElapsed") as early:
+        chain.withdraw(worker)
+    assert early.value.args_["releaseAt"] == event.release_at
+
+    chain.advance_time(UNBONDING_DELAY + 1)
+    before = chain.balance_of(worker.address)
+    withdrawn = chain.withdraw(worker)
+    assert withdrawn.events == (Withdrawn(*_where(withdrawn), worker=worker.address, amount=2 * ETHER),)
+    assert chain.balance_of(worker.address) == before + 2 * ETHER - withdrawn.fee
+    assert chain.stake_info(worker.address).slashable == 1 * ETHER
+    with reverts("NothingToWithdraw"):
+        chain.withdraw(worker)
+
+
+def test_only_the_owner_keeps_the_validator_set(chain: ChainClient):
+    owner, stranger, newcomer = chain.dev_keys[0], chain.dev_keys[2], chain.dev_keys[3]
+    for call in (
+        lambda: chain.add_validator(stranger, stranger.address),
+        lambda: chain.remove_validator(stranger, owner.address),
+        lambda: chain.set_treasury(stranger, stranger.address),
+    ):
+        with reverts("NotOwner"):
+            call()
+    with reverts("ZeroAddress"):
+        chain.add_validator(owner, "0x" + "00" * 20)
+    with reverts("ValidatorAlreadyAdded"):
+        chain.add_validator(owner, owner.address)
+    with reverts("ValidatorNotFound"):
+        chain.remove_validator(owner, newcomer.address)
+
+    with reverts("NotValidator"):
+        chain.anchor(newcomer, 1, keccak(b"e"), keccak(b"r"), 1)
+    chain.add_validator(owner, newcomer.address)
+    assert chain.is_validator(newcomer.address)
+    chain.anchor(newcomer, 1, keccak(b"e"), keccak(b"r"), 1)
+    chain.remove_validator(owner, newcomer.address)
+    with reverts("NotValidator"):
+        chain.anchor(newcomer, 2, keccak(b"e"), keccak(b"r"), 1)
+    with reverts("NotValidator"):
+        chain.slash(newcomer, owner.address, 1, keccak(b"evidence"))
+
+
+def test_slash_takes_active_then_unbonding_stake_never_more_once_per_evidence(chain: ChainClient):
+    validator, treasury, worker = chain.dev_keys[0], chain.dev_keys[1].address, chain.dev_keys[2]
+    chain.stake(worker, 100)
+    chain.request_unstake(worker, 60)  # active 40, unbonding 60
+    evidence = keccak(b"bundle 1, stage 0")
+    with reverts("SlashExceedsStake") as too_much:
+        chain.slash(validator, worker.address, 101, evidence)
+    assert too_much.value.args_ == {"amount": 101, "slashable": 100}
+    with reverts("ZeroAmount"):
+        chain.slash(validator, worker.address, 0, evidence)
+
+    treasury_before = chain.balance_of(treasury)
+    slashed = chain.slash(validator, worker.address, 70, evidence)
+    assert slashed.events == (
+        Slashed(*_where(slashed), worker=worker.address, evidence_hash=evidence, validator=validator.address, amount=70),
+    )
+    info = chain.stake_info(worker.address)
+    assert (info.active, info.unbonding) == (0, 30)
+    assert chain.balance_of(treasury) == treasury_before + 70
+    assert chain.evidence_used(evidence)
+
+    with reverts("EvidenceAlreadyUsed"):
+        chain.slash(validator, worker.address, 1, evidence)
+    chain.slash(validator, worker.address, 30, keccak(b"bundle 2, stage 1"))
+    assert chain.stake_info(worker.address).slashable == 0
+    assert chain.balance_of(treasury) == treasury_before + 100
+    chain.advance_time(UNBONDING_DELAY + 1)
+    with reverts("NothingToWithdraw"):
+        chain.withdraw(worker)
+
+
+def test_anchor_epochs_strictly_increase(chain: ChainClient):
+    validator = chain.dev_keys[0]
+    assert chain.latest_anchor().count == 0
+    first = chain.anchor(validator, 0, keccak(b"entries 0"), keccak(b"rewards 0"), 10)
+    assert first.events == (
+        Anchored(
+            *_where(first),
+            epoch=0,
+            entries_root=keccak(b"entries 0"),
+            rewards_root=keccak(b"rewards 0"),
+            entry_count=10,
+            validator=validator.address,
+        ),
+    )
+    for stale in (0,):
+        with reverts("EpochNotIncreasing"):
+            chain.anchor(validator, stale, keccak(b"x"), keccak(b"y"), 1)
+    chain.anchor(validator, 7, keccak(b"entries 7"), keccak(b"rewards 7"), 3)
+    with reverts("EpochNotIncreasing") as stale:
+        chain.anchor(validator, 6, keccak(b"x"), keccak(b"y"), 1)
+    assert stale.value.args_ == {"epoch": 6, "latestEpoch": 7}
+    latest = chain.latest_anchor()
+    assert (latest.count, latest.latest_epoch, latest.rewards_root) == (2, 7, keccak(b"rewards 7"))
+    assert chain.entries_root_of(0) == keccak(b"entries 0")
+    assert chain.entries_root_of(7) == keccak(b"entries 7")
+
+
+def test_claim_pays_cumulative_rewards_once_against_the_latest_root(chain: ChainClient):
+    validator, funder = chain.dev_keys[0], chain.dev_keys[1]
+    alice, bob = chain.dev_keys[2], chain.dev_keys[3]
+    with reverts("NoRewardsRoot"):
+        chain.claim(alice, 1, [])
+
+    root, proofs = rewards_root({alice.address: 500, bob.address: 300, chain.dev_keys[4].address: 7})
+    chain.anchor(validator, 1, keccak(b"entries 1"), root, 3)
+    with reverts("InsufficientRewardPool"):
+        chain.claim(alice, 500, proofs[alice.address])
+    chain.fund_rewards(funder, 1_000)
+    assert chain.reward_pool() == 1_000
+    with reverts("InvalidProof"):
+        chain.claim(alice, 501, proofs[alice.address])
+    with reverts("InvalidProof"):
+        chain.claim(bob, 500, proofs[alice.address])  # someone else's leaf
+
+    before = chain.balance_of(alice.address)
+    claimed = chain.claim(alice, 500, proofs[alice.address])
+    assert claimed.events == (Claimed(*_where(claimed), account=alice.address, amount=500, cumulative_amount=500),)
+    assert chain.balance_of(alice.address) == before + 500 - claimed.fee
+    with reverts("NothingToClaim"):
+        chain.claim(alice, 500, proofs[alice.address])
+
+    # The next epoch's root carries cumulative amounts: only the difference is paid, old roots are dead.
+    root2, proofs2 = rewards_root({alice.address: 800, bob.address: 300})
+    chain.anchor(validator, 2, keccak(b"entries 2"), root2, 2)
+    with reverts("InvalidProof"):
+        chain.claim(bob, 300, proofs[bob.address])
+    again = chain.claim(alice, 800, proofs2[alice.address])
+    assert again.events[0].amount == 300 and chain.claimed_of(alice.address) == 800
+    assert chain.reward_pool() == 200
+    with reverts("InsufficientRewardPool") as short:
+        chain.claim(bob, 300, proofs2[bob.address])
+    assert short.value.args_ == {"payout": 300, "pool": 200}
+
+
+def test_reentrant_withdraw_and_claim_are_refused_by_the_lock(chain: ChainClient):
+    owner, worker = chain.dev_keys[0], chain.dev_keys[2]
+    artifact = Artifact.load("test/ReentrantAttacker")
+    attacker_address = chain.deploy_artifact(worker, artifact, chain.address).contract_address
+    attacker = chain.contract_at(artifact, attacker_address)
+
+    chain.transact(worker, attacker.functions.stake(), value=1_000)
+    chain.transact(worker, attacker.functions.requestUnstake(1_000))
+    chain.stake(chain.dev_keys[3], 5_000)  # other people's money the attacker would like to take
+    chain.advance_time(UNBONDING_DELAY + 1)
+    chain.transact(worker, attacker.functions.attackWithdraw())
+    assert chain.balance_of(attacker_address) == 1_000
+    assert attacker.functions.reentrySucceeded().call() == 0
+    assert chain.errors.decode(attacker.functions.reentryError().call()).name == "ReentrantCall"
+    assert chain.balance_of(chain.address) == 5_000
+
+    root, proofs = rewards_root({attacker_address: 400, worker.address: 1})
+    chain.anchor(owner, 1, keccak(b"entries"), root, 2)
+    chain.fund_rewards(owner, 1_000)
+    chain.transact(worker, attacker.functions.attackClaim(400, proofs[attacker_address]))
+    assert chain.balance_of(attacker_address) == 1_400
+    assert attacker.functions.reentrySucceeded().call() == 0
+    assert chain.errors.decode(attacker.functions.reentryError().call()).name == "ReentrantCall"
+    assert chain.reward_pool() == 600
+
+
+def test_concurrent_senders_share_one_nonce_counter(chain: ChainClient):
+    worker = chain.dev_keys[2]
+    errors: list[BaseException] = []
+
+    def stake_once() -> None:
+        try:
+            chain.stake(worker, 1)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=stake_once) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert chain.stake_of(worker.address) == 4
+
+
+def test_fund_lets_a_fresh_key_stake_and_events_replay_in_order(chain: ChainClient):
+    start = chain.block_number + 1
+    fresh = SigningKey.generate()
+    chain.fund(fresh.address, ETHER)
+    assert chain.balance_of(fresh.address) == ETHER
+    chain.stake(fresh, ETHER // 2)
+    chain.request_unstake(fresh, ETHER // 4)
+    chain.slash(chain.dev_keys[0], fresh.address, 5, keccak(b"e"))
+    events = chain.events_since(start)
+    assert [type(e).__name__ for e in events] == ["Staked", "UnstakeRequested", "Slashed"]
+    assert all(e.worker == fresh.address for e in events)
+    assert [e.block_number for e in events] == sorted(e.block_number for e in events)
+    assert chain.events_since(chain.block_number + 1) == []
+
+
+def _where(result) -> tuple[int, int, str]:
+    """The (block_number, log_index, tx_hash) of the first event of a one-transaction result."""
+    return result.events[0].block_number, result.events[0].log_index, result.tx_hash
