@@ -1,0 +1,123 @@
+"""Epoch roots and claim proofs, as pure functions of journal data.
+
+An epoch covers the journal entries [first_seq, last_seq] that follow the previous epoch. It commits to:
+- `entries_root`: the Merkle root of those entries' hashes, in journal order;
+- `rewards_root`: the Merkle root of one leaf per worker that has ever been rewarded, holding the worker's
+  *cumulative* reward up to and including `last_seq`, leaves ordered by address (lowercase hex).
+Cumulative means every reward ever credited, net of nothing: slashes take from stake on chain and never
+from rewards, so the amount a worker can claim only grows and the contract pays the difference to what it
+has already paid. The store keeps per-worker totals; `verify` recomputes these roots from the journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ledger import merkle
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + value.hex()
+
+
+def _bytes(value: str) -> bytes:
+    return bytes.fromhex(value[2:] if value.startswith("0x") else value)
+
+
+def reward_order(cumulative: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The rewards tree's leaves in order: workers with a positive cumulative reward, by address."""
+    return sorted(((w, a) for w, a in cumulative.items() if a > 0), key=lambda item: item[0].lower())
+
+
+def rewards_root(cumulative: Mapping[str, int]) -> str:
+    return _hex(merkle.root([merkle.reward_leaf(w, a) for w, a in reward_order(cumulative)]))
+
+
+def entries_root(entry_hashes: Sequence[str]) -> str:
+    return _hex(merkle.root([_bytes(h) for h in entry_hashes]))
+
+
+@dataclass(frozen=True)
+class RewardProof:
+    """What a worker sends to the contract's claim(): its cumulative amount and the path to the root."""
+
+    epoch: int
+    worker: str
+    cumulative: int
+    proof: tuple[str, ...]
+    rewards_root: str
+
+    def verify(self) -> bool:
+        return merkle.verify_reward(self.worker, self.cumulative, [_bytes(p) for p in self.proof], _bytes(self.rewards_root))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "worker": self.worker,
+            "cumulative": str(self.cumulative),
+            "proof": list(self.proof),
+            "rewards_root": self.rewards_root,
+        }
+
+
+@dataclass(frozen=True)
+class EntryProof:
+    """That the journal entry at `seq` (hash `entry_hash`) is part of epoch `epoch`."""
+
+    epoch: int
+    seq: int
+    entry_hash: str
+    proof: tuple[str, ...]
+    entries_root: str
+
+    def verify(self) -> bool:
+        return merkle.verify_entry(_bytes(self.entry_hash), [_bytes(p) for p in self.proof], _bytes(self.entries_root))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "entry_hash": self.entry_hash,
+            "proof": list(self.proof),
+            "entries_root": self.entries_root,
+        }
+
+
+def reward_proof(epoch: int, cumulative: Mapping[str, int], worker: str) -> RewardProof | None:
+    """The claim proof for `worker` in an epoch whose leaves are `cumulative`; None if it has no leaf."""
+    order = reward_order(cumulative)
+    index = next((i for i, (w, _) in enumerate(order) if w.lower() == worker.lower()), None)
+    if index is None:
+        return None
+    leaves = [merkle.reward_leaf(w, a) for w, a in order]
+    path = merkle.proof(leaves, index)
+    return RewardProof(
+        epoch=epoch,
+        worker=order[index][0],
+        cumulative=order[index][1],
+        proof=tuple(_hex(p) for p in path),
+        rewards_root=_hex(merkle.root(leaves)),
+    )
+
+
+def entry_proof(epoch: int, first_seq: int, entry_hashes: Sequence[str], seq: int) -> EntryProof:
+    """The inclusion proof of the entry at `seq` in an epoch starting at `first_seq`."""
+    index = seq - first_seq
+    leaves = [_bytes(h) for h in entry_hashes]
+    path = merkle.proof(leaves, index)
+    return EntryProof(
+        epoch=epoch,
+        seq=seq,
+        entry_hash=entry_hashes[index],
+        proof=tuple(_hex(p) for p in path),
+        entries_root=_hex(merkle.root(leaves)),
+    )
+
+
+def add_rewards(cumulative: dict[str, int], rewards: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Credit (worker, amount) pairs into a running cumulative map, in place; returns it."""
+    for worker, amount in rewards:
+        cumulative[worker] = cumulative.get(worker, 0) + amount
+    return cumulative

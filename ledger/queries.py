@@ -1,0 +1,246 @@
+"""The ledger's read side: leaderboard, slashing history, one worker's history, epochs. Paginated.
+
+Every query reads indexed rows only, never aggregates the journal: the leaderboard walks the
+`ix_workers_rank` index of the per-worker totals that each append keeps current; histories walk
+`ix_journal_worker_seq` / `ix_journal_kind_seq` backwards (newest first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ledger import journal
+from ledger.journal import Entry
+from ledger.models import Epoch, JournalEntry, Verdict, Worker
+
+T = TypeVar("T")
+MAX_PAGE = 500
+_J = JournalEntry.__table__
+_W = Worker.__table__
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "items": [item.to_json() for item in self.items],  # type: ignore[attr-defined]
+            "total": self.total,
+            "offset": self.offset,
+            "limit": self.limit,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerStanding:
+    """A worker's line on the leaderboard."""
+
+    rank: int
+    address: str
+    rewards: int
+    accepted_jobs: int
+    work_units: int
+    slashes: int
+    slashed_amount: int
+    stake: int
+    stake_block: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "address": self.address,
+            "rewards": str(self.rewards),
+            "accepted_jobs": self.accepted_jobs,
+            "work_units": self.work_units,
+            "slashes": self.slashes,
+            "slashed_amount": str(self.slashed_amount),
+            "stake": str(self.stake),
+            "stake_block": self.stake_block,
+        }
+
+
+@dataclass(frozen=True)
+class SlashRecord:
+    """One slash: who, how much, for which job and stage, and the evidence that convicted them."""
+
+    seq: int
+    worker: str
+    amount: int
+    job_id: str | None
+    stage: int | None
+    evidence_hash: str
+    evidence: dict[str, Any] | None
+    reason: str | None
+    at_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "worker": self.worker,
+            "amount": str(self.amount),
+            "job_id": self.job_id,
+            "stage": self.stage,
+            "evidence_hash": self.evidence_hash,
+            "evidence": self.evidence,
+            "reason": self.reason,
+            "at_ms": self.at_ms,
+        }
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    number: int
+    first_seq: int
+    last_seq: int
+    entry_count: int
+    entries_root: str
+    rewards_root: str
+    total_rewards: int
+    closed_at: dt.datetime
+    anchor_tx: str | None
+    anchored_at: dt.datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "entry_count": self.entry_count,
+            "entries_root": self.entries_root,
+            "rewards_root": self.rewards_root,
+            "total_rewards": str(self.total_rewards),
+            "closed_at": self.closed_at.isoformat(),
+            "anchor_tx": self.anchor_tx,
+            "anchored_at": self.anchored_at.isoformat() if self.anchored_at else None,
+        }
+
+
+def _page_args(offset: int, limit: int) -> tuple[int, int]:
+    if offset < 0 or limit < 1:
+        raise ValueError("offset must be >= 0 and limit >= 1")
+    return offset, min(limit, MAX_PAGE)
+
+
+def _standing(rank: int, row: Any) -> WorkerStanding:
+    return WorkerStanding(
+        rank=rank,
+        address=row.address,
+        rewards=row.rewards,
+        accepted_jobs=row.accepted_jobs,
+        work_units=row.work_units,
+        slashes=row.slashes,
+        slashed_amount=row.slashed_amount,
+        stake=row.stake,
+        stake_block=row.stake_block,
+    )
+
+
+async def leaderboard(conn: AsyncConnection, offset: int = 0, limit: int = 50) -> Page[WorkerStanding]:
+    """Workers by total reward, highest first (ties: by address, descending); rank 1 is the top."""
+    offset, limit = _page_args(offset, limit)
+    rows = (
+        await conn.execute(
+            select(_W).order_by(_W.c.rewards.desc(), _W.c.address.desc()).offset(offset).limit(limit)
+        )
+    ).all()
+    total = (await conn.execute(select(func.count()).select_from(_W))).scalar_one()
+    return Page([_standing(offset + i + 1, r) for i, r in enumerate(rows)], total, offset, limit)
+
+
+async def worker_standing(conn: AsyncConnection, address: str) -> WorkerStanding | None:
+    """One worker's leaderboard line, with its rank."""
+    row = (await conn.execute(select(_W).where(_W.c.address == address))).one_or_none()
+    if row is None:
+        return None
+    ahead = (
+        await conn.execute(
+            select(func.count())
+            .select_from(_W)
+            .where(or_(_W.c.rewards > row.rewards, and_(_W.c.rewards == row.rewards, _W.c.address > row.address)))
+        )
+    ).scalar_one()
+    return _standing(ahead + 1, row)
+
+
+async def worker_history(
+    conn: AsyncConnection, address: str, offset: int = 0, limit: int = 50, kinds: Sequence[str] | None = None
+) -> Page[Entry]:
+    """A worker's journal entries, newest first, optionally only some kinds."""
+    offset, limit = _page_args(offset, limit)
+    where = [_J.c.worker == address]
+    if kinds:
+        where.append(_J.c.kind.in_(list(kinds)))
+    rows = (
+        await conn.execute(select(_J).where(*where).order_by(_J.c.seq.desc()).offset(offset).limit(limit))
+    ).all()
+    total = (await conn.execute(select(func.count()).select_from(_J).where(*where))).scalar_one()
+    return Page([journal.entry_from_row(r) for r in rows], total, offset, limit)
+
+
+async def slashes(
+    conn: AsyncConnection, offset: int = 0, limit: int = 50, worker: str | None = None
+) -> Page[SlashRecord]:
+    """Slashes, newest first (all workers, or one), with the evidence figures and the verdict's reason."""
+    offset, limit = _page_args(offset, limit)
+    where = [_J.c.kind == journal.SLASH]
+    if worker is not None:
+        where.append(_J.c.worker == worker)
+    v = Verdict.__table__
+    rows = (
+        await conn.execute(
+            select(_J, v.c.reason)
+            .select_from(_J.outerjoin(v, v.c.job_id == _J.c.job_id))
+            .where(*where)
+            .order_by(_J.c.seq.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    total = (await conn.execute(select(func.count()).select_from(_J).where(*where))).scalar_one()
+    items = [
+        SlashRecord(r.seq, r.worker, r.amount, r.job_id, r.stage, r.evidence_hash, r.data, r.reason, r.at_ms)
+        for r in rows
+    ]
+    return Page(items, total, offset, limit)
+
+
+def _epoch(row: Any) -> EpochRecord:
+    return EpochRecord(
+        number=row.number,
+        first_seq=row.first_seq,
+        last_seq=row.last_seq,
+        entry_count=row.entry_count,
+        entries_root=row.entries_root,
+        rewards_root=row.rewards_root,
+        total_rewards=row.total_rewards,
+        closed_at=row.closed_at,
+        anchor_tx=row.anchor_tx,
+        anchored_at=row.anchored_at,
+    )
+
+
+async def epochs(conn: AsyncConnection, offset: int = 0, limit: int = 50) -> Page[EpochRecord]:
+    """Closed epochs, newest first."""
+    offset, limit = _page_args(offset, limit)
+    t = Epoch.__table__
+    rows = (await conn.execute(select(t).order_by(t.c.number.desc()).offset(offset).limit(limit))).all()
+    total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+    return Page([_epoch(r) for r in rows], total, offset, limit)
+
+
+async def epoch(conn: AsyncConnection, number: int | None = None) -> EpochRecord | None:
+    """Epoch `number`, or the latest closed one."""
+    t = Epoch.__table__
+    query = select(t).order_by(t.c.number.desc()).limit(1) if number is None else select(t).where(t.c.number == number)
+    row = (await conn.execute(query)).one_or_none()
+    return None if row is None else _epoch(row)
