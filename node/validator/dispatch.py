@@ -1,0 +1,214 @@
+"""Task dispatch: turn tasks into jobs with orchestrator seeds and keep every group busy.
+
+Each task becomes a `SequenceRun` with a seed the orchestrator derives from its own secret and a counter
+(I1: HMAC-SHA256(secret, counter), never anything a worker says), and runs as one or more jobs: the first on
+whichever group has room, continuations after a stage failure on the group that replaced it
+(rerouting.py). Every group holds up to `sequences_per_group` sequences in flight, so its pipeline stays
+full; as soon as one finishes the next task starts. Finished tasks are decoded, checked against their
+reference answer and counted in `Progress`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.job import JobSpec, SamplingParams
+from node.validator.grouping import Group
+from node.validator.orchestrator import Orchestrator
+from node.validator.pipeline_driver import StageFailure
+from node.validator.progress import Progress, TaskResult
+from node.validator.rerouting import SequenceRun, continuation_spec
+from node.validator.tasks import Task, Tokenizer
+
+log = logging.getLogger(__name__)
+
+JobHook = Callable[[JobSpec], Awaitable[None]]
+
+
+class SeedSchedule:
+    """Seeds from a validator secret and a job counter: unpredictable to workers, reproducible by the node.
+
+    `seed(n) = first 8 bytes of HMAC-SHA256(secret, "stagewise/seed" || n)` as a big-endian integer. Without a
+    given secret a fresh 32-byte one comes from the OS CSPRNG.
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secret if secret is not None else os.urandom(32)
+        if len(self._secret) < 16:
+            raise ValueError("a seed secret has at least 16 bytes")
+        self._counter = 0
+
+    def seed(self, counter: int) -> int:
+        digest = hmac.new(self._secret, b"stagewise/seed" + counter.to_bytes(8, "big"), hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big")
+
+    def next(self) -> int:
+        self._counter += 1
+        return self.seed(self._counter)
+
+    def __repr__(self) -> str:
+        return f"SeedSchedule(counter={self._counter})"  # never the secret
+
+
+@dataclass(frozen=True)
+class DispatchPolicy:
+    sequences_per_group: int = 4
+    max_new_tokens: int = 32
+    sampling: SamplingParams = SamplingParams()
+    max_reroutes: int = 8
+    """A sequence that has lost this many stages is given up (recorded as failed, the run goes on)."""
+    idle_poll_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.sequences_per_group < 1:
+            raise ValueError("sequences_per_group must be at least 1")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        tasks: Iterable[Task],
+        tokenizer: Tokenizer,
+        seeds: SeedSchedule,
+        policy: DispatchPolicy = DispatchPolicy(),
+        on_job: JobHook | None = None,
+        results_path: Path | None = None,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.tokenizer = tokenizer
+        self.seeds = seeds
+        self.policy = policy
+        self.on_job = on_job
+        self.results_path = results_path
+        self._tasks = deque(tasks)
+        self.progress = Progress(tasks_total=len(self._tasks))
+        orchestrator.progress = self.progress
+        self._retry: deque[SequenceRun] = deque()
+        self._active: dict[asyncio.Task, tuple[SequenceRun, str]] = {}
+
+    async def run(self) -> Progress:
+        """Dispatch every task to completion (or failure) and return the figures."""
+        try:
+            while self._tasks or self._retry or self._active:
+                self._fill()
+                if not self._active:
+                    await self._wait_for_groups()
+                    continue
+                done, _ = await asyncio.wait(
+                    self._active, timeout=self.policy.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for finished in done:
+                    run, group_id = self._active.pop(finished)
+                    await self._settle(run, group_id, finished)
+        finally:
+            for task in self._active:
+                task.cancel()
+        return self.progress
+
+    def _fill(self) -> None:
+        load: dict[str, int] = {}
+        for _, group_id in self._active.values():
+            load[group_id] = load.get(group_id, 0) + 1
+        for group in self.orchestrator.grouping.groups:
+            while load.get(group.group_id, 0) < self.policy.sequences_per_group:
+                run = self._next_run()
+                if run is None:
+                    return
+                self._start(run, group)
+                load[group.group_id] = load.get(group.group_id, 0) + 1
+
+    def _next_run(self) -> SequenceRun | None:
+        if self._retry:
+            return self._retry.popleft()
+        if not self._tasks:
+            return None
+        task = self._tasks.popleft()
+        prompt = task.prompt_token_ids or tuple(self.tokenizer.encode_prompt(task.prompt or ""))
+        return SequenceRun(
+            task=task,
+            prompt_token_ids=tuple(prompt),
+            seed=self.seeds.next(),
+            max_new_tokens=task.max_new_tokens or self.policy.max_new_tokens,
+        )
+
+    def _start(self, run: SequenceRun, group: Group) -> None:
+        task = asyncio.create_task(self._advance(run, group), name=f"sequence {run.task.task_id} on {group.group_id}")
+        self._active[task] = (run, group.group_id)
+
+    async def _advance(self, run: SequenceRun, group: Group) -> None:
+        spec = continuation_spec(run, group, self.orchestrator.model_id, self.policy.sampling)
+        run.job_ids.append(spec.job_id_hex)
+        run.groups.append(group.group_id)
+        if self.on_job is not None:
+            await self.on_job(spec)
+        base = len(run.generated)
+        self.progress.job_started(group.group_id)
+
+        def sink(token_ids) -> None:
+            run.generated.extend(int(t) for t in token_ids)
+
+        try:
+            output = await self.orchestrator.driver.run(group, spec, sink)
+        finally:
+            self.progress.job_ended(group.group_id, len(run.generated) - base)
+        run.generated[base:] = list(output)
+
+    async def _settle(self, run: SequenceRun, group_id: str, finished: asyncio.Task) -> None:
+        error = finished.exception()
+        if error is None:
+            self._finish(run, None)
+            return
+        if not isinstance(error, StageFailure):
+            log.error("sequence %s failed on %s: %r", run.task.task_id, group_id, error)
+            self._finish(run, f"{type(error).__name__}: {error}")
+            return
+        run.reroutes += 1
+        log.warning(
+            "sequence %s lost a stage on %s after %d tokens: %s", run.task.task_id, group_id, len(run.generated), error
+        )
+        if run.reroutes > self.policy.max_reroutes:
+            self._finish(run, f"gave up after {run.reroutes} stage failures: {error}")
+            return
+        await self.orchestrator.worker_failed(error.worker, error.reason)
+        if run.finished(self.policy.sampling.stop_ids):
+            self._finish(run, None)  # the last token had arrived before the stage failed
+            return
+        successor = self.orchestrator.successor(group_id)
+        if successor is not None:
+            self._start(run, successor)  # rerouted: the same sequence continues on the repaired group
+        else:
+            self._retry.appendleft(run)  # the group is gone: continue on the next group with room
+
+    def _finish(self, run: SequenceRun, error: str | None) -> None:
+        text = self.tokenizer.decode(run.generated)
+        result = TaskResult(
+            task_id=run.task.task_id,
+            output_token_ids=tuple(run.generated),
+            output_text=text,
+            correct=None if error else run.task.check(text),
+            job_ids=tuple(run.job_ids),
+            groups=tuple(run.groups),
+            reroutes=run.reroutes,
+            error=error,
+        )
+        self.progress.task_finished(result)
+        if self.results_path is not None:
+            with open(self.results_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(result.to_json()) + "\n")
+
+    async def _wait_for_groups(self) -> None:
+        async with self.orchestrator.changed:
+            try:
+                await asyncio.wait_for(self.orchestrator.changed.wait(), timeout=self.policy.idle_poll_s)
+            except asyncio.TimeoutError:
+                pass

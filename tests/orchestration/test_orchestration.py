@@ -1,0 +1,158 @@
+"""The orchestrator end to end, in process: workers register, groups form, tasks run, a stage dies."""
+
+from __future__ import annotations
+
+import torch
+
+from node.job import SamplingParams
+from node.pipeline.weights import load_stage, model_id
+from node.toploc.sampling import sample_next
+from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
+from node.validator.grouping import GroupingPolicy, ModelShape
+from node.validator.orchestrator import Orchestrator
+from node.validator.registry import Registry, RegistryPolicy, stake_lookup
+from node.validator.tasks import ByteTokenizer, Task
+from node.validator.worker_messages import make_heartbeat, make_registration
+
+from .conftest import CAPACITIES, MIB
+from .local_pipeline import LocalPipeline, LocalWorker
+
+SAMPLING = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=12, stop_ids=())
+SECRET = b"orchestration-test-secret-32-bytes"
+SHAPE = ModelShape(num_layers=10, layer_bytes=4 * MIB)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def start(model_dir, worker_keys, policy=GroupingPolicy(stages_per_group=2), clock=None):
+    clock = clock or Clock()
+    registry = Registry(
+        stake_lookup({k.address: 10**18 for k in worker_keys}), RegistryPolicy(heartbeat_timeout_s=30), clock
+    )
+    workers = {k.address: LocalWorker(k.address, model_dir) for k in worker_keys}
+    driver = LocalPipeline(model_dir, workers)
+    orchestrator = Orchestrator(registry, driver, model_id(model_dir), SHAPE, policy)
+    for key, capacity in zip(worker_keys, CAPACITIES):
+        await orchestrator.register(make_registration(key, capacity, "eu", f"http://127.0.0.1:{9000}", now=clock.now))
+    return orchestrator, workers, clock
+
+
+def tasks(count: int = 6) -> list[Task]:
+    return [Task(f"t{i}", prompt_token_ids=tuple(range(3 + i, 10 + 2 * i))) for i in range(count)]
+
+
+def generate_alone(model_dir, prompt, seed) -> list[int]:
+    """The reference: the whole model in one piece, token by token, same sampler and seed."""
+    model = load_stage(model_dir)
+    cache = model.new_cache()
+    hidden = model(torch.tensor(prompt), [cache])
+    out = []
+    for position in range(len(prompt), len(prompt) + SAMPLING.max_new_tokens):
+        token = int(sample_next(model.logits(hidden[-1:]), SAMPLING, seed, torch.tensor([position]))[0])
+        out.append(token)
+        hidden = model(torch.tensor([token]), [cache])
+    return out
+
+
+async def run_tasks(orchestrator, sequences_per_group=2):
+    dispatcher = Dispatcher(
+        orchestrator, tasks(), ByteTokenizer(256), SeedSchedule(SECRET),
+        DispatchPolicy(sequences_per_group=sequences_per_group, sampling=SAMPLING, max_new_tokens=12),
+    )
+    progress = await dispatcher.run()
+    return {r.task_id: r for r in progress.results}, progress
+
+
+async def test_five_unequal_workers_form_groups_that_cover_every_layer_in_proportion(model_dir, worker_keys):
+    orchestrator, _, _ = await start(model_dir, worker_keys)
+    groups = orchestrator.grouping.groups
+    assert len(groups) == 2 and len(orchestrator.grouping.spares) == 1
+    for group in groups:
+        assert group.stages[0].layer_start == 0 and group.stages[-1].layer_end == 10
+        assert all(a.layer_end == b.layer_start for a, b in zip(group.stages, group.stages[1:]))
+        fast, slow = group.stages  # fastest first
+        assert fast.num_layers >= slow.num_layers
+        share = fast.layer_tokens_per_s / (fast.layer_tokens_per_s + slow.layer_tokens_per_s)
+        assert abs(fast.num_layers - 10 * share) <= 1
+    assignment = orchestrator.assignment(groups[0].stages[1].worker).to_json()
+    assert assignment["status"] == "assigned" and assignment["stage_index"] == 1
+    assert orchestrator.assignment(orchestrator.grouping.spares[0]).to_json()["status"] == "spare"
+
+
+async def test_tasks_run_on_every_group_with_orchestrator_seeds_and_the_tokens_of_the_whole_model(model_dir, worker_keys):
+    orchestrator, _, _ = await start(model_dir, worker_keys)
+    results, progress = await run_tasks(orchestrator)
+    assert progress.tasks_done == 6 and progress.tokens == 6 * 12 and progress.reroutes == 0
+    assert {g for r in results.values() for g in r.groups} == {g.group_id for g in orchestrator.grouping.groups}
+    seeds = SeedSchedule(SECRET)
+    for i, task in enumerate(tasks()):
+        assert list(results[task.task_id].output_token_ids) == generate_alone(model_dir, task.prompt_token_ids, seeds.seed(i + 1))
+
+
+async def test_killing_a_stage_mid_job_reroutes_to_a_spare_and_the_tokens_do_not_change(model_dir, worker_keys):
+    reference, _ = await run_tasks((await start(model_dir, worker_keys))[0])
+
+    orchestrator, workers, _ = await start(model_dir, worker_keys)
+    before = orchestrator.grouping
+    victim_group = before.groups[0]
+    victim = victim_group.stages[1].worker
+    workers[victim].kill_after_steps = 9  # dies after a few decode steps of its first sequences
+    results, progress = await run_tasks(orchestrator)
+
+    assert progress.tasks_done == 6 and progress.tasks_failed == 0
+    assert {t: r.output_token_ids for t, r in results.items()} == {t: r.output_token_ids for t, r in reference.items()}
+    rerouted = [r for r in results.values() if r.reroutes]
+    assert rerouted and all(len(r.job_ids) == len(r.groups) >= 2 for r in rerouted)
+    # the group kept its layer ranges and got the spare in the dead worker's place
+    repaired = orchestrator.successor(victim_group.group_id)
+    assert repaired is not None and repaired.group_id != victim_group.group_id
+    assert [(s.layer_start, s.layer_end) for s in repaired.stages] == [(s.layer_start, s.layer_end) for s in victim_group.stages]
+    assert repaired.stages[1].worker == before.spares[0] and repaired.stages[0].worker == victim_group.stages[0].worker
+    assert orchestrator.registry.get(victim) is None
+    assert all(r.groups[-1] == repaired.group_id for r in rerouted)
+
+
+async def test_a_continuation_job_names_the_replacement_and_carries_the_history_as_prompt(model_dir, worker_keys):
+    orchestrator, workers, _ = await start(model_dir, worker_keys, policy=GroupingPolicy(stages_per_group=4))
+    (group,) = orchestrator.grouping.groups
+    spare = orchestrator.grouping.spares[0]
+    workers[group.stages[2].worker].kill_after_steps = 6
+    specs = []
+
+    async def record(spec):
+        specs.append(spec)
+
+    dispatcher = Dispatcher(
+        orchestrator, tasks(1), ByteTokenizer(256), SeedSchedule(SECRET),
+        DispatchPolicy(sequences_per_group=1, sampling=SAMPLING, max_new_tokens=12), on_job=record,
+    )
+    (result,) = (await dispatcher.run()).results
+    first, second = specs
+    assert second.seed == first.seed  # I1: the orchestrator's seed, unchanged by rerouting
+    done = len(second.prompt_token_ids) - len(first.prompt_token_ids)
+    assert 0 < done < 12
+    assert second.prompt_token_ids == first.prompt_token_ids + result.output_token_ids[:done]
+    assert second.sampling.max_new_tokens == 12 - done
+    assert second.stages[2].worker == spare and second.stages[:2] == first.stages[:2]
+    assert result.job_ids == (first.job_id_hex, second.job_id_hex)
+
+
+async def test_a_worker_that_stops_heartbeating_is_dropped_from_assignment(model_dir, worker_keys):
+    orchestrator, _, clock = await start(model_dir, worker_keys)
+    silent = orchestrator.grouping.groups[1].stages[0].worker
+    for _ in range(4):
+        clock.now += 10
+        for key in worker_keys:
+            if key.address != silent:
+                await orchestrator.heartbeat(make_heartbeat(key, now=clock.now))
+        await orchestrator.refresh()
+    assert orchestrator.assignment(silent).group is None
+    assert silent not in {w for g in orchestrator.grouping.groups for w in g.workers}
+    assert len(orchestrator.grouping.groups) == 2  # the spare took its place
+    assert orchestrator.grouping.spares == ()
