@@ -1,0 +1,88 @@
+"""`stagewise ledger ...` against a real database, including an audit that catches a tampered row."""
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import text
+
+from ledger import journal
+from ledger.store import Ledger
+from node.cli import main
+from tests.ledger.helpers import address, h32
+
+A, B = address(1), address(2)
+
+
+async def _fill(url: str) -> None:
+    async with await Ledger.open(url) as ledger:
+        await ledger.set_stake(A, 32 * 10**18, block=1)
+        await ledger.append(
+            [journal.reward(A if i % 2 else B, 10**15 * (i + 1), job_id=h32(i), stage=0, work_units=100) for i in range(6)]
+        )
+        await ledger.close_epoch()
+        await ledger.append([journal.slash(B, 10**17, evidence_hash=h32(99), job_id=h32(7), stage=1, data={"exp": 41})])
+
+
+async def _sql(url: str, statement: str) -> None:
+    async with await Ledger.open(url) as ledger:
+        async with ledger.transaction() as tx:
+            await tx.conn.execute(text(statement))
+
+
+@pytest.fixture
+def filled(db_url, monkeypatch):
+    asyncio.run(_fill(db_url))
+    monkeypatch.setenv("STAGEWISE_DB", db_url)
+    return db_url
+
+
+def test_verify_passes_on_an_untouched_ledger(filled, capsys):
+    assert main(["ledger", "verify"]) == 0
+    assert "ok: 7 journal entries and 1 epochs check out" in capsys.readouterr().out
+
+
+def test_verify_names_the_row_edited_behind_the_stores_back(filled, capsys):
+    # Someone with database access doubles a reward, keeping the column's storage format.
+    amount = "'" + f"{8 * 10**15:078d}" + "'" if filled.startswith("sqlite") else str(8 * 10**15)
+    asyncio.run(_sql(filled, f"UPDATE journal SET amount = {amount} WHERE seq = 4"))
+    assert main(["ledger", "verify", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["first_bad_seq"] == 4
+    assert "entry 4 (reward" in report["problem"] and "hash to" in report["problem"]
+    assert main(["ledger", "verify"]) == 1
+    assert "MISMATCH at entry 4" in capsys.readouterr().out
+
+
+def test_verify_notices_a_deleted_entry_and_a_forged_epoch_root(filled, capsys):
+    asyncio.run(_sql(filled, f"UPDATE epochs SET rewards_root = '{h32(5)}' WHERE number = 1"))
+    assert main(["ledger", "verify"]) == 1
+    assert "epoch 1: rewards root" in capsys.readouterr().out
+    asyncio.run(_sql(filled, f"UPDATE epochs SET rewards_root = '{h32(5)}' WHERE number = 1"))
+    asyncio.run(_sql(filled, "DELETE FROM journal WHERE seq = 2"))
+    assert main(["ledger", "verify"]) == 1
+    assert "entry 2 is missing" in capsys.readouterr().out
+
+
+def test_reading_commands(filled, capsys):
+    assert main(["ledger", "leaderboard", "--json"]) == 0
+    board = json.loads(capsys.readouterr().out)
+    assert [w["address"] for w in board["items"]] == [A, B] and board["items"][0]["rank"] == 1
+    assert main(["ledger", "slashes"]) == 0
+    out = capsys.readouterr().out
+    assert B in out and '"exp": 41' in out and "1 of 1 slashes" in out
+    assert main(["ledger", "worker", A.lower()]) == 0
+    out = capsys.readouterr().out
+    assert "rank 1" in out and "stake 32 ETH" in out and "3 of 3 entries" in out
+    assert main(["ledger", "epochs", "--close"]) == 0
+    assert "closed epoch 2 over entries 7..7" in capsys.readouterr().out
+    assert main(["ledger", "proof", A]) == 0
+    proof = json.loads(capsys.readouterr().out)
+    assert proof["epoch"] == 2 and int(proof["cumulative"]) == 10**15 * (2 + 4 + 6)
+
+
+def test_user_errors_are_one_line(filled, capsys):
+    assert main(["ledger", "worker", "0xnot-an-address"]) == 1
+    assert "not an Ethereum address" in capsys.readouterr().err
+    assert main(["ledger", "worker", address(77)]) == 1
+    assert "no worker" in capsys.readouterr().err
