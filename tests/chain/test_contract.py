@@ -20,7 +20,7 @@ from ledger.chain import (
 )
 from node.signing import SigningKey
 from tests.chain.conftest import UNBONDING_DELAY
-from tests.chain.rewards_tree import rewards_root
+from ledger import epochs
 
 ETHER = 10**18
 
@@ -244,6 +244,14 @@ def test_fund_lets_a_fresh_key_stake_and_events_replay_in_order(chain: ChainClie
     assert all(e.worker == fresh.address for e in events)
     assert [e.block_number for e in events] == sorted(e.block_number for e in events)
     assert chain.events_since(chain.block_number + 1) == []
+
+
+def rewards_root(cumulative: dict[str, int]) -> tuple[bytes, dict[str, list[bytes]]]:
+    """The rewards root and every worker's claim proof, made by the ledger (what validators anchor)."""
+    proofs = {worker: epochs.reward_proof(1, cumulative, worker) for worker in cumulative}
+    assert all(p.verify() for p in proofs.values())
+    root = bytes.fromhex(epochs.rewards_root(cumulative)[2:])
+    return root, {w: [bytes.fromhex(h[2:]) for h in p.proof] for w, p in proofs.items()}
 
 
 def _where(result) -> tuple[int, int, str]:
