@@ -1,0 +1,108 @@
+"""The orchestration routes on the validator's app: what a worker and `stagewise groups` see over HTTP."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from node.signing import SigningKey
+from node.validator.app import build_app
+from node.validator.config import ValidatorConfig
+from node.validator.grouping import GroupingPolicy, ModelShape
+from node.validator.orchestrator import Orchestrator
+from node.validator.orchestrator_api import orchestration_registrar
+from node.validator.registry import Registry, RegistryPolicy, stake_lookup
+from node.validator.worker_messages import Capacity, make_heartbeat, make_registration
+
+from .conftest import CAPACITIES, MIB
+from .local_pipeline import LocalPipeline, LocalWorker
+
+UNSTAKED = SigningKey(b"\x77" * 32)
+
+
+@pytest.fixture
+async def served(model_dir, worker_keys):
+    registry = Registry(stake_lookup({k.address: 10**18 for k in worker_keys}), RegistryPolicy(min_stake_wei=10**18))
+    driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in worker_keys})
+    orchestrator = Orchestrator(registry, driver, "0x" + "ab" * 32, ModelShape(10, 4 * MIB), GroupingPolicy(stages_per_group=2))
+    node = SimpleNamespace(config=ValidatorConfig())  # the orchestration routes never touch the ledger
+    app = build_app(node, registrars=[orchestration_registrar(orchestrator)], dashboard=False)
+    async with TestClient(TestServer(app)) as client:
+        yield client, orchestrator
+
+
+async def test_workers_register_over_http_and_groups_list_their_stages(served, worker_keys):
+    client, _ = served
+    for key, capacity in zip(worker_keys, CAPACITIES):
+        response = await client.post("/v1/workers/register", json=make_registration(key, capacity, "eu", "http://127.0.0.1:9100").to_json())
+        assert response.status == 201, await response.text()
+    groups = await (await client.get("/v1/groups")).json()
+    assert len(groups["groups"]) == 2 and len(groups["spares"]) == 1 and len(groups["workers"]) == 5
+    stage = groups["groups"][0]["stages"][1]
+    assert set(stage) == {"index", "worker", "layer_start", "layer_end", "region", "layer_tokens_per_s"}
+    assignment = await (await client.get(f"/v1/workers/{stage['worker'].lower()}/assignment")).json()
+    assert (assignment["status"], assignment["stage_index"], assignment["layer_end"]) == ("assigned", 1, 10)
+    beat = await client.post("/v1/workers/heartbeat", json=make_heartbeat(worker_keys[0], in_flight=1).to_json())
+    assert beat.status == 200 and (await beat.json())["worker"]["in_flight"] == 1
+    spec = await (await client.get("/openapi.json")).json()
+    assert "/v1/workers/register" in spec["paths"] and "/v1/groups" in spec["paths"]
+    assert (await (await client.get("/v1/orchestrator/progress")).json()) == {"running": False}
+
+
+async def test_an_unstaked_key_is_refused_and_nothing_is_kept(served):
+    client, orchestrator = served
+    response = await client.post("/v1/workers/register", json=make_registration(UNSTAKED, CAPACITIES[0], "eu", "http://h:1").to_json())
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "insufficient_stake"
+    assert orchestrator.registry.all() == ()
+
+
+async def test_a_replayed_registration_is_refused(served, worker_keys):
+    client, _ = served
+    body = make_registration(worker_keys[0], CAPACITIES[0], "eu", "http://h:1").to_json()
+    assert (await client.post("/v1/workers/register", json=body)).status == 201
+    again = await client.post("/v1/workers/register", json=body)
+    assert again.status == 409 and (await again.json())["error"]["code"] == "replayed_message"
+
+
+def _mutations(key: SigningKey):
+    good = make_registration(key, Capacity(8 * MIB, 100.0), "eu", "http://h:1").to_json()
+    missing = {**good, "message": {k: v for k, v in good["message"].items() if k != "capacity"}}
+    stale = make_registration(key, Capacity(8 * MIB, 100.0), "eu", "http://h:1", now=time.time() - 3600).to_json()
+    forged = {**good, "signature": make_registration(UNSTAKED, Capacity(8 * MIB, 100.0), "eu", "http://h:1").to_json()["signature"]}
+    return [
+        (b"", 400, "malformed_json", "empty"),
+        (b"{not json", 400, "malformed_json", "not valid JSON"),
+        (b"[1, 2]", 400, "malformed_json", "JSON object"),
+        (missing, 400, "bad_message", "missing field(s) ['capacity']"),
+        ({**good, "extra": 1}, 400, "bad_message", "unknown field(s) ['extra']"),
+        (forged, 400, "bad_message", "signature is by"),
+        (stale, 400, "stale_message", "from the validator's clock"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+async def test_bad_registrations_get_clear_json_errors(served, worker_keys, case):
+    client, orchestrator = served
+    body, status, code, words = _mutations(worker_keys[0])[case]
+    if isinstance(body, bytes):
+        response = await client.post("/v1/workers/register", data=body, headers={"Content-Type": "application/json"})
+    else:
+        response = await client.post("/v1/workers/register", json=body)
+    assert response.status == status
+    error = (await response.json())["error"]
+    assert error["code"] == code and words in error["message"]
+    assert orchestrator.registry.all() == ()
+
+
+async def test_assignment_of_unknown_or_malformed_addresses(served):
+    client, _ = served
+    unknown = await client.get("/v1/workers/0x" + "11" * 20 + "/assignment")
+    assert unknown.status == 404 and (await unknown.json())["error"]["code"] == "not_registered"
+    bad = await client.get("/v1/workers/0x12/assignment")
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_address"
+    beat = await client.post("/v1/workers/heartbeat", json=make_heartbeat(UNSTAKED).to_json())
+    assert beat.status == 404 and (await beat.json())["error"]["code"] == "not_registered"
