@@ -1,0 +1,627 @@
+"""A stage worker: one staked key serving one stage, signing a receipt for every job it computes.
+
+What `stagewise worker run` does, in order, stopping with one clear message at the first thing that fails
+(and undoing what it started, so nothing is left half-done):
+
+1. unlock the keystore (node/wallet.py);
+2. ask the validator where the chain is (GET /health: chain id, staking contract, minimum stake), unless
+   flags say so, and read this key's stake on chain: no stake, or too little, stops here with the amount
+   missing and the command that stakes it;
+3. start the stage server (node/pipeline) and add this worker's route to it:
+   GET /v1/jobs/{job_id}/receipt -> this stage's signed receipt and proofs for that job;
+4. register with the validator's orchestrator (POST /v1/workers/register, signed), which assigns a stage
+   and prepares it on the stage server: the server loads only that stage's layers;
+5. keep heartbeating (POST /v1/workers/heartbeat, signed; re-register if the validator forgot us) and follow
+   the assignment (GET /v1/workers/{address}/assignment) for the log;
+6. at the end of every job, sign the stage's EIP-712 receipt from what the stage computed; the LAST stage
+   collects every other stage's signed receipt and proofs from their workers and submits the bundle
+   (POST /v1/bundles) with retries. The job id makes resubmission harmless (I3);
+7. on SIGTERM/SIGINT: stop taking jobs, let in-flight sequences finish for a grace period, fail the rest
+   with a log line each, finish pending bundle submissions, exit 0.
+
+Signed receipts are also written to `<data dir>/receipts/<address>/<job id>.json`, so a worker that
+restarts can still serve them to the stage that assembles the bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from node import settings
+from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers
+from node.job import JobSpec
+from node.receipts import ReceiptDomain, ReceiptError, StageReceipt, expected_receipt, parse_hex, sign_receipt
+from node.signing import SIGNATURE_LENGTH, SigningKey
+
+log = logging.getLogger("stagewise.worker")
+
+RECEIPT_ROUTE = "/v1/jobs/{job_id}/receipt"
+
+
+class WorkerError(Exception):
+    """Why the worker cannot start or go on: one line a person can act on."""
+
+
+class ValidatorUnreachable(WorkerError):
+    """No answer from the validator (connection refused, timeout, not HTTP)."""
+
+
+class ValidatorRefused(WorkerError):
+    """The validator answered with a JSON error."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"the validator refused ({status} {code}): {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------------------ stake
+
+
+@dataclass(frozen=True)
+class StakeStatus:
+    address: str
+    staked_wei: int
+    required_wei: int
+    chain_id: int
+    contract: str
+
+    @property
+    def missing_wei(self) -> int:
+        return max(self.required_wei - self.staked_wei, 0)
+
+    @property
+    def enough(self) -> bool:
+        return self.staked_wei >= self.required_wei and self.staked_wei > 0
+
+    def explain(self) -> str:
+        if self.enough:
+            return f"{self.address} stakes {format_wei(self.staked_wei)} on chain {self.chain_id} (minimum {format_wei(self.required_wei)})"
+        have = "no stake" if self.staked_wei == 0 else f"only {format_wei(self.staked_wei)} staked"
+        return (
+            f"{self.address} has {have} on chain {self.chain_id} (contract {self.contract}); "
+            f"{format_wei(max(self.missing_wei, 1))} more is needed (minimum {format_wei(self.required_wei)}). "
+            f"Stake with: stagewise chain stake --keystore KEYSTORE --amount {max(self.missing_wei, 1)}wei"
+        )
+
+
+def format_wei(wei: int) -> str:
+    """'1.5 ETH (1500000000000000000 wei)' for people, exact wei for copying."""
+    if wei >= 10**15:
+        return f"{wei / 10**18:g} ETH ({wei} wei)"
+    return f"{wei} wei"
+
+
+def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> StakeStatus:
+    """The key's active stake on the staking contract (blocking; web3). WorkerError when the chain cannot
+    be reached or holds no such contract."""
+    from ledger.chain import ChainClient, ChainError
+
+    try:
+        chain = ChainClient.connect(rpc_url, address=contract, request_timeout=10.0)
+        staked = chain.stake_of(address)
+        return StakeStatus(address, staked, required_wei, chain.chain_id, chain.address)
+    except ChainError as error:
+        raise WorkerError(f"chain at {rpc_url}: {error}") from None
+    except WorkerError:
+        raise
+    except Exception as error:  # requests/web3 connection errors come in many classes
+        raise WorkerError(f"cannot reach the chain at {rpc_url}: {_short(error)}") from None
+
+
+# --------------------------------------------------------------------------------- validator client
+
+
+class ValidatorClient:
+    """The worker's side of the validator's HTTP API (routes in INTERFACES.md)."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, timeout_s: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = session
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None) -> Any:
+        url = self.base_url + path
+        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        if data is not None:
+            kwargs["data"] = data
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        elif body is not None:
+            kwargs["json"] = body
+        try:
+            async with self.session.request(method, url, **kwargs) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+            raise ValidatorUnreachable(f"cannot reach the validator at {self.base_url}: {_short(error)}") from None
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = None
+        if status >= 400:
+            error = payload.get("error") if isinstance(payload, dict) else None
+            if isinstance(error, dict):
+                raise ValidatorRefused(status, str(error.get("code", "error")), str(error.get("message", "")))
+            raise ValidatorRefused(status, "http_error", raw[:200].decode("utf-8", "replace"))
+        if payload is None and raw:
+            raise ValidatorUnreachable(f"{url} did not answer JSON; is {self.base_url} a stagewise validator?")
+        return payload
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            payload = await self.request("GET", "/health")
+        except ValidatorRefused as refused:
+            if refused.status == 503:  # degraded still says who it is
+                return {"status": "degraded"}
+            raise
+        return payload if isinstance(payload, dict) else {}
+
+    async def register(self, signed: Any) -> Any:
+        return await self.request("POST", "/v1/workers/register", signed.to_json())
+
+    async def heartbeat(self, signed: Any) -> Any:
+        return await self.request("POST", "/v1/workers/heartbeat", signed.to_json())
+
+    async def assignment(self, address: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v1/workers/{address}/assignment")
+
+    async def stage_urls(self) -> dict[str, str]:
+        """Worker address -> stage server URL, from GET /v1/groups."""
+        payload = await self.request("GET", "/v1/groups")
+        workers = payload.get("workers", []) if isinstance(payload, dict) else []
+        return {w["address"]: w["stage_url"] for w in workers if isinstance(w, dict) and "stage_url" in w}
+
+    async def submit_bundle(
+        self, bundle: Bundle, attempts: int = 8, first_delay_s: float = 0.5, max_delay_s: float = 30.0
+    ) -> dict[str, Any]:
+        """POST the bundle until the validator has it. Retries only what a retry can fix (unreachable, 5xx,
+        429); a 409 (already recorded) counts as delivered; other refusals are final."""
+        body = bundle.to_json().encode()
+        delay = first_delay_s
+        for attempt in range(1, attempts + 1):
+            try:
+                result = await self.request("POST", "/v1/bundles", data=body)
+                return result if isinstance(result, dict) else {}
+            except ValidatorRefused as refused:
+                if refused.status == 409:
+                    return {"job_id": bundle.job_id_hex, "status": "duplicate"}
+                if refused.status < 500 and refused.status != 429:
+                    raise
+                problem: WorkerError = refused
+            except ValidatorUnreachable as unreachable:
+                problem = unreachable
+            if attempt == attempts:
+                raise WorkerError(f"bundle {bundle.job_id_hex} not delivered after {attempts} attempts: {problem}")
+            log.warning("bundle %s: attempt %d/%d failed (%s); retrying in %.1fs", bundle.job_id_hex, attempt, attempts, problem, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+        raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------- receipts
+
+
+@dataclass(frozen=True)
+class SignedJob:
+    """A receipt this worker signed, with what it needs to assemble the bundle if it is the last stage."""
+
+    spec: JobSpec
+    stage: SignedStage
+    output_token_ids: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.spec.job_id_hex,
+            "spec": self.spec.to_dict(),
+            "stage": self.stage.to_json(),
+            "output_token_ids": list(self.output_token_ids),
+        }
+
+
+class ReceiptBook:
+    """Signs this worker's receipts and keeps them by job id (in memory, and on disk when given a folder)."""
+
+    def __init__(self, key: SigningKey, domain: ReceiptDomain, directory: Path | None = None) -> None:
+        self.key = key
+        self.domain = domain
+        self.directory = directory
+        self._jobs: dict[str, SignedJob] = {}
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def sign(
+        self, spec: JobSpec, stage_index: int, output_token_ids: Sequence[int], proofs: Sequence[bytes]
+    ) -> SignedJob:
+        """Sign the one receipt the spec, output and proofs imply, after checking this stage is ours."""
+        if not 0 <= stage_index < len(spec.stages):
+            raise WorkerError(f"job {spec.job_id_hex}: no stage {stage_index} in a {len(spec.stages)}-stage job")
+        if spec.stages[stage_index].worker != self.key.address:
+            raise WorkerError(
+                f"job {spec.job_id_hex}: stage {stage_index} is assigned to {spec.stages[stage_index].worker}, not to us"
+            )
+        receipt = expected_receipt(spec, stage_index, output_token_ids, proofs)
+        signed = SignedJob(
+            spec,
+            SignedStage(receipt, sign_receipt(self.key, receipt, self.domain), tuple(proofs)),
+            tuple(output_token_ids),
+        )
+        self._jobs[spec.job_id_hex] = signed
+        if self.directory is not None:
+            path = self.directory / f"{spec.job_id_hex}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(signed.to_json()))
+            os.replace(tmp, path)
+        return signed
+
+    def get(self, job_id_hex: str) -> SignedJob | None:
+        job_id_hex = job_id_hex.lower()
+        found = self._jobs.get(job_id_hex)
+        if found is None and self.directory is not None:
+            path = self.directory / f"{job_id_hex}.json"
+            if path.exists():
+                found = _parse_signed_job(json.loads(path.read_text()))
+                self._jobs[job_id_hex] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
+def _parse_signed_job(data: dict[str, Any]) -> SignedJob:
+    spec = JobSpec.from_dict(data["spec"])
+    return SignedJob(spec, parse_signed_stage(data["stage"]), tuple(data["output_token_ids"]))
+
+
+def parse_signed_stage(data: Any) -> SignedStage:
+    """A peer's stage entry (same shape as in a bundle); BundleError when malformed."""
+    if not isinstance(data, dict) or set(data) != {"receipt", "signature", "proofs"}:
+        raise BundleError("a stage entry is an object with receipt, signature and proofs")
+    try:
+        receipt = StageReceipt.from_json(data["receipt"])
+        signature = parse_hex(data["signature"], "signature", length=SIGNATURE_LENGTH)
+        if not isinstance(data["proofs"], list):
+            raise BundleError("proofs must be a list")
+        proofs = tuple(parse_hex(p, f"proofs[{i}]") for i, p in enumerate(data["proofs"]))
+    except ReceiptError as error:
+        raise BundleError(str(error)) from None
+    return SignedStage(receipt, signature, proofs)
+
+
+def receipt_routes(book: ReceiptBook) -> list[Any]:
+    """The worker's own route on its stage server: GET /v1/jobs/{job_id}/receipt."""
+    from aiohttp import web
+
+    async def get_receipt(request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        if not (job_id.startswith("0x") and len(job_id) == 66):
+            return _error(400, "bad_job_id", "a job id is 0x and 64 hex digits")
+        signed = book.get(job_id)
+        if signed is None:
+            return _error(404, "unknown_job", f"no receipt for job {job_id} (yet)")
+        return web.json_response(signed.to_json())
+
+    return [web.get(RECEIPT_ROUTE, get_receipt)]
+
+
+def _error(status: int, code: str, message: str):
+    from aiohttp import web
+
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+# --------------------------------------------------------------------------------- bundle assembly
+
+
+StageFetcher = Callable[[int], Awaitable[SignedStage]]
+
+
+async def fetch_peer_stage(
+    session: aiohttp.ClientSession, stage_url: str, job_id_hex: str, *, wait_s: float = 30.0, poll_s: float = 0.2
+) -> SignedStage:
+    """A peer stage's signed receipt for a job, waiting up to `wait_s` for it to finish signing."""
+    url = stage_url.rstrip("/") + RECEIPT_ROUTE.format(job_id=job_id_hex)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    last = "no answer"
+    while True:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status == 200:
+                    return parse_signed_stage((await response.json())["stage"])
+                last = f"HTTP {response.status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as error:
+            last = _short(error)
+        if loop.time() >= deadline:
+            raise WorkerError(f"no signed receipt for job {job_id_hex} from {stage_url} within {wait_s:.0f}s ({last})")
+        await asyncio.sleep(poll_s)
+
+
+async def assemble_bundle(own: SignedJob, own_index: int, fetch: StageFetcher, domain: ReceiptDomain) -> Bundle:
+    """Our signed stage plus every other stage's, fetched concurrently, checked as the validator will."""
+    spec = own.spec
+    others = [i for i in range(len(spec.stages)) if i != own_index]
+    fetched = dict(zip(others, await asyncio.gather(*(fetch(i) for i in others))))
+    fetched[own_index] = own.stage
+    bundle = Bundle(spec, tuple(fetched[i] for i in range(len(spec.stages))), own.output_token_ids)
+    try:
+        check_receipts(bundle)
+        check_signers(bundle, domain)
+    except BundleError as error:
+        raise WorkerError(f"bundle {spec.job_id_hex} does not hold together: {error}") from None
+    return bundle
+
+
+# ----------------------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    keystore: Path
+    validator_url: str
+    password_file: Path | None = None
+    rpc_url: str | None = None
+    contract: str | None = None
+    min_stake_wei: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    public_url: str | None = None
+    memory_bytes: int = 8 << 30
+    layer_tokens_per_s: float = 1000.0
+    region: str = "local"
+    model_dirs: tuple[Path, ...] = ()
+    device: str = "cpu"
+    heartbeat_s: float = 5.0
+    grace_s: float = 30.0
+    submit_attempts: int = 8
+    peer_wait_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ChainInfo:
+    rpc_url: str
+    chain_id: int | None
+    contract: str
+    min_stake_wei: int
+
+
+def chain_info(config: WorkerConfig, health: dict[str, Any]) -> ChainInfo:
+    """Where the stake lives: flags first, then what the validator's /health says about its chain."""
+    chain = health.get("chain") if isinstance(health.get("chain"), dict) else {}
+    rpc_url = config.rpc_url or chain.get("rpc_url")
+    contract = config.contract or chain.get("staking_contract") or chain.get("contract")
+    if not rpc_url:
+        raise WorkerError("no chain to check the stake on: pass --rpc-url (the validator does not publish one)")
+    if not contract:
+        raise WorkerError("no staking contract: pass --contract (the validator does not publish one)")
+    minimum = config.min_stake_wei
+    if minimum is None:
+        minimum = int(health.get("min_stake_wei") or chain.get("min_stake_wei") or 1)
+    chain_id = chain.get("chain_id")
+    return ChainInfo(rpc_url, int(chain_id) if chain_id is not None else None, contract, minimum)
+
+
+@dataclass
+class WorkerState:
+    """What the running worker knows; read by the heartbeat loop and the log."""
+
+    assignment: dict[str, Any] | None = None
+    submitted: int = 0
+    failed_submissions: int = 0
+    pending: set[asyncio.Task] = field(default_factory=set)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests), or no signals here
+            pass
+
+
+def receipts_dir(address: str) -> Path:
+    return settings.data_dir() / "receipts" / address
+
+
+class Worker:
+    """One running worker: the stage server, the receipt book, registration, heartbeats and submissions."""
+
+    def __init__(self, config: WorkerConfig, key: SigningKey, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.key = key
+        self.session = session
+        self.validator = ValidatorClient(config.validator_url, session)
+        self.state = WorkerState()
+        self.book: ReceiptBook | None = None
+        self.domain: ReceiptDomain | None = None
+        self.server: Any = None
+        self.stage_url: str | None = None
+
+    # ----------------------------------------------------------------- start-up checks
+
+    async def check_stake(self) -> tuple[StakeStatus, ReceiptDomain]:
+        health = await self.validator.health()
+        info = chain_info(self.config, health)
+        status = await asyncio.to_thread(read_stake, info.rpc_url, info.contract, self.key.address, info.min_stake_wei)
+        if info.chain_id is not None and info.chain_id != status.chain_id:
+            raise WorkerError(
+                f"the validator is on chain {info.chain_id} but {info.rpc_url} is chain {status.chain_id}: check --rpc-url"
+            )
+        if not status.enough:
+            raise WorkerError(status.explain())
+        return status, ReceiptDomain(status.chain_id, status.contract)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Everything up to a registered worker; on failure, whatever was started is stopped again."""
+        status, self.domain = await self.check_stake()
+        log.info("%s", status.explain())
+        self.book = ReceiptBook(self.key, self.domain, receipts_dir(self.key.address))
+        self.server = await start_stage_server(self.config, self.key, self._on_stage_result, receipt_routes(self.book))
+        self.stage_url = self.config.public_url or self.server.url
+        try:
+            await self.register()
+        except BaseException:
+            await self.server.stop()
+            raise
+
+    async def register(self) -> None:
+        from node.validator.worker_messages import Capacity, make_registration
+
+        signed = make_registration(
+            self.key,
+            Capacity(self.config.memory_bytes, self.config.layer_tokens_per_s),
+            self.config.region,
+            self.stage_url,
+        )
+        await self.validator.register(signed)
+        log.info("registered with %s as %s, stage server %s", self.config.validator_url, self.key.address, self.stage_url)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Heartbeat and follow the assignment until `stop` is set, then shut down cleanly."""
+        try:
+            while not stop.is_set():
+                await self._beat()
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.config.heartbeat_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self.shutdown()
+
+    async def _beat(self) -> None:
+        from node.validator.worker_messages import make_heartbeat
+
+        try:
+            await self.validator.heartbeat(make_heartbeat(self.key, in_flight=self._in_flight()))
+        except ValidatorRefused as refused:
+            if refused.code == "not_registered":
+                log.warning("the validator forgot this worker (restarted?); registering again")
+                await self.register()
+            elif refused.code == "insufficient_stake":
+                raise WorkerError(f"stake fell below the validator's minimum: {refused.message}") from None
+            else:
+                log.warning("heartbeat refused: %s", refused)
+            return
+        except ValidatorUnreachable as unreachable:
+            log.warning("heartbeat: %s (retrying)", unreachable)
+            return
+        try:
+            assignment = await self.validator.assignment(self.key.address)
+        except WorkerError as error:
+            log.debug("assignment: %s", error)
+            return
+        if assignment != self.state.assignment:
+            self.state.assignment = assignment
+            if assignment.get("status") == "assigned":
+                log.info(
+                    "assigned: group %s stage %s, layers [%s, %s)", assignment.get("group_id"),
+                    assignment.get("stage_index"), assignment.get("layer_start"), assignment.get("layer_end"),
+                )
+            else:
+                log.info("no stage for now (%s); waiting for the orchestrator", assignment.get("status"))
+
+    def _in_flight(self) -> int:
+        count = getattr(self.server, "in_flight", 0)
+        return int(count() if callable(count) else count)
+
+    async def shutdown(self) -> None:
+        """Stop taking jobs; give in-flight sequences `grace_s` to finish, fail the rest; deliver bundles."""
+        log.info("stopping: %d sequence(s) in flight, %d bundle(s) being delivered", self._in_flight(), len(self.state.pending))
+        if self.server is not None:
+            await self.server.stop(grace_s=self.config.grace_s)
+        if self.state.pending:
+            done, pending = await asyncio.wait(self.state.pending, timeout=self.config.grace_s)
+            for task in pending:
+                task.cancel()
+                log.error("bundle delivery abandoned at shutdown: %s", task.get_name())
+        log.info("stopped: %d bundle(s) delivered, %d failed", self.state.submitted, self.state.failed_submissions)
+
+    # ----------------------------------------------------------------- jobs
+
+    def _on_stage_result(self, result: Any) -> None:
+        """The stage server finished a job: sign our receipt; the last stage also delivers the bundle."""
+        assert self.book is not None
+        spec: JobSpec = result.spec
+        try:
+            signed = self.book.sign(spec, result.stage_index, result.output_token_ids, result.proofs)
+        except (WorkerError, ReceiptError) as error:
+            log.error("job %s: not signing: %s", spec.job_id_hex, error)
+            return
+        log.info("job %s: stage %d signed (%d proofs)", spec.job_id_hex, result.stage_index, len(result.proofs))
+        if result.stage_index == len(spec.stages) - 1:
+            task = asyncio.get_running_loop().create_task(self._deliver(signed, result.stage_index), name=spec.job_id_hex)
+            self.state.pending.add(task)
+            task.add_done_callback(self.state.pending.discard)
+
+    async def _deliver(self, signed: SignedJob, stage_index: int) -> None:
+        assert self.domain is not None
+        spec = signed.spec
+        try:
+            urls = await self._stage_urls(spec)
+
+            async def fetch(index: int) -> SignedStage:
+                return await fetch_peer_stage(self.session, urls[index], spec.job_id_hex, wait_s=self.config.peer_wait_s)
+
+            bundle = await assemble_bundle(signed, stage_index, fetch, self.domain)
+            result = await self.validator.submit_bundle(bundle, attempts=self.config.submit_attempts)
+            self.state.submitted += 1
+            log.info("job %s: bundle delivered (%s)", spec.job_id_hex, result.get("status", "accepted"))
+        except WorkerError as error:
+            self.state.failed_submissions += 1
+            log.error("job %s: bundle not delivered: %s", spec.job_id_hex, error)
+
+    async def _stage_urls(self, spec: JobSpec) -> dict[int, str]:
+        known = getattr(self.server, "peer_urls", None)
+        urls: dict[str, str] = dict(known() if callable(known) else known or {})
+        missing = [s.worker for s in spec.stages if s.worker not in urls and s.worker != self.key.address]
+        if missing:
+            urls.update(await self.validator.stage_urls())
+        result = {}
+        for index, stage in enumerate(spec.stages):
+            if stage.worker == self.key.address:
+                continue
+            if stage.worker not in urls:
+                raise WorkerError(f"no stage server URL known for stage {index} ({stage.worker})")
+            result[index] = urls[stage.worker]
+        return result
+
+
+async def run_worker(config: WorkerConfig, key: SigningKey, stop: asyncio.Event | None = None) -> None:
+    """Start (all checks first), then serve until SIGTERM/SIGINT or `stop`."""
+    stop = stop or asyncio.Event()
+    install_stop_signals(stop)
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(config, key, session)
+        await worker.start()
+        await worker.run(stop)
+
+
+async def start_stage_server(config: WorkerConfig, key: SigningKey, on_result: Callable[[Any], None], routes: list[Any]) -> Any:
+    """Start node/pipeline's stage server with our result hook and routes; it loads layers when the
+    orchestrator prepares its stage."""
+    try:
+        from node.pipeline.server import StageServer  # type: ignore[import-not-found]
+    except ImportError as error:
+        raise WorkerError(f"the stage server is not available in this build: {error}") from None
+    server = StageServer(key, host=config.host, port=config.port, model_dirs=config.model_dirs,
+                         device=config.device, on_result=on_result, extra_routes=routes)
+    await server.start()
+    return server
