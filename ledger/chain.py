@@ -478,9 +478,9 @@ class ChainClient:
 
     # ----------------------------------------------------------------- reads
 
-    def stake_of(self, address: str) -> int:
+    def stake_of(self, address: str, block: int | str = "latest") -> int:
         """Active stake in wei (what stands behind a worker's receipts; unbonding stake does not)."""
-        return int(self.contract.functions.stakeOf(to_checksum_address(address)).call())
+        return int(self.contract.functions.stakeOf(to_checksum_address(address)).call(block_identifier=block))
 
     def stake_info(self, address: str) -> StakeInfo:
         address = to_checksum_address(address)
