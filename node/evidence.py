@@ -117,8 +117,8 @@ class EvidenceCheck:
 
 
 def _describe(verdict: Verdict) -> str:
-    if verdict.outcome is Outcome.REJECTED:
-        return f"rejected, stage {verdict.blamed_stage} blamed ({verdict.reason.value}), slash {verdict.slash_wei} wei"
+    if verdict.outcome is Outcome.BLAMED:
+        return f"blamed stage {verdict.blamed_stage} ({verdict.reason.value}), slash {verdict.slash_wei} wei"
     if verdict.outcome is Outcome.ACCEPTED:
         return f"accepted, rewards {list(verdict.rewards_wei)} wei"
     return "soft-invalidated (incomplete)"
@@ -132,7 +132,7 @@ def recompute(evidence: Evidence, model: Any) -> EvidenceCheck:
     if evidence.verdict.outcome is Outcome.SOFT_INVALIDATED:
         findings = evidence.findings or Findings((None,) * len(evidence.verdict.rewards_wei), None, (0,) * len(evidence.verdict.rewards_wei))
         return EvidenceCheck(evidence.verdict, evidence.verdict, findings, 0.0)
-    bundle = Bundle.from_json(evidence.bundle)
+    bundle = Bundle.from_dict(evidence.bundle)
     report = findings_of(
         model,
         bundle.spec,

@@ -15,7 +15,7 @@ import time
 from aiohttp import web
 
 from node.validator.app import NODE
-from node.validator.errors import ApiError, read_json_object
+from node.validator.errors import ApiError
 
 _JOB_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -42,8 +42,8 @@ async def submit_bundle(request: web.Request) -> web.Response:
     node = request.app[NODE]
     node.metrics.bundles_received.inc()
     try:
-        data = await read_json_object(request)
-        result = await node.submit_bundle(data)
+        body = await request.read()  # past client_max_size: 413
+        result = await node.submit_bundle(body)
     except ApiError as error:
         node.metrics.bundles_refused.labels(error.code).inc()
         raise

@@ -7,9 +7,8 @@ shape. A client can branch on `code`, a person reads `message`.
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -48,8 +47,9 @@ async def json_errors(
         return await handler(request)
     except ApiError as error:
         return error_response(error.status, error.code, error.message)
-    except web.HTTPRequestEntityTooLarge as error:
-        return error_response(413, "body_too_large", f"request body exceeds {error.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        limit = getattr(request, "_client_max_size", None)
+        return error_response(413, "body_too_large", f"the request body is larger than this node accepts ({limit} bytes)")
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -57,21 +57,3 @@ async def json_errors(
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; the request changed nothing it could not undo")
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
-    body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
-    if not body:
-        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "malformed_json", f"the body must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

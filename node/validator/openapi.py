@@ -79,7 +79,7 @@ SCHEMAS: dict[str, Any] = {
     "Verdict": {
         "type": "object",
         "properties": {
-            "outcome": {"enum": ["accepted", "rejected", "soft_invalidated"]},
+            "outcome": {"enum": ["accepted", "blamed", "soft_invalidated"]},
             "blamed_stage": {"type": ["integer", "null"]},
             "reason": {"type": ["string", "null"]},
             "rewards_wei": {"type": "array", "items": WEI},

@@ -25,7 +25,7 @@ from typing import Any
 
 class Outcome(str, Enum):
     ACCEPTED = "accepted"
-    REJECTED = "rejected"  # hard invalidation: a stage is blamed and slashed
+    BLAMED = "blamed"  # hard invalidation: a stage is blamed and slashed
     SOFT_INVALIDATED = "soft_invalidated"  # incomplete by the deadline: nobody paid, nobody slashed
 
 
@@ -88,7 +88,7 @@ class Verdict:
     blamed_stage: int | None
     reason: Reason | None
     rewards_wei: tuple[int, ...]  # one per stage; 0 for a stage that is not paid
-    slash_wei: int  # taken from the blamed stage's worker; 0 unless rejected
+    slash_wei: int  # taken from the blamed stage's worker; 0 unless blamed
 
     @property
     def accepted(self) -> bool:
@@ -142,7 +142,7 @@ def decide(findings: Findings, tariff: Tariff) -> Verdict:
         findings.work_units[s] * tariff.wei_per_work_unit if s < blamed and findings.stage_proofs_ok[s] else 0
         for s in range(n)
     )
-    return Verdict(Outcome.REJECTED, blamed, reason, rewards, tariff.slash_wei)
+    return Verdict(Outcome.BLAMED, blamed, reason, rewards, tariff.slash_wei)
 
 
 def soft_invalidation(num_stages: int) -> Verdict:

@@ -17,7 +17,7 @@ def test_all_proofs_and_sampling_hold_pays_every_stage_by_work():
 
 def test_first_failing_stage_is_blamed_and_later_stages_get_nothing():
     verdict = decide(Findings((True, False, False), None, WORK), TARIFF)
-    assert verdict.outcome is Outcome.REJECTED
+    assert verdict.outcome is Outcome.BLAMED
     assert (verdict.blamed_stage, verdict.reason) == (1, Reason.PROOF)
     assert verdict.rewards_wei == (400, 0, 0)
     assert verdict.slash_wei == 1000

@@ -1,0 +1,441 @@
+"""The validator node: what the API calls, and the loops that validate, close epochs and reach the chain.
+
+One `ValidatorNode` per process. Its state lives in the ledger (several processes may share one), so a
+node can be killed at any point: a bundle is stored before the API answers, a claimed job is taken again
+after the claim's lease, and a verdict is written in one transaction with its journal entries and the
+chain transactions it owes (outbox), which are sent afterwards, exactly once (outbox.py).
+
+Loops started by `start()` (each a task; `stop()` cancels them):
+- validation (`validators` of them): claim a job, replay it in a thread, decide, commit;
+- epochs (epochs_task.py): close an epoch every `epoch_seconds` or `epoch_entries` entries, owe its anchor;
+- outbox (outbox.py): send owed slashes and anchors, retry while the chain is unreachable;
+- stake (stake_follower.py): follow Staked/Unstake/Slashed events into the ledger's worker stakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ledger import journal
+from ledger.models import JOB_DONE, JOB_PENDING, Worker
+from ledger.store import Ledger, StageRecord
+from node.bundle import Bundle
+from node.evidence import Evidence, complained_senders, evidence_hash
+from node.job import JobSpec
+from node.receipts import ReceiptDomain
+from node.signing import SigningKey
+from node.validator.config import ValidatorConfig
+from node.validator.errors import ApiError
+from node.validator.intake import admit
+from node.validator.metrics import ValidatorMetrics
+from node.validator.models import ReplayModels
+from node.validator.queue import ClaimedJob, JobQueue, utcnow
+from node.validator.replay import findings_of
+from node.validator.spot_check import is_replayed
+from node.validator.verdict import Findings, Outcome, Verdict, decide
+
+log = logging.getLogger(__name__)
+
+STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done"}
+SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
+
+
+class ValidatorNode:
+    def __init__(
+        self,
+        config: ValidatorConfig,
+        ledger: Ledger,
+        *,
+        domain: ReceiptDomain,
+        models: ReplayModels,
+        chain: Any = None,
+        chain_key: SigningKey | None = None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.domain = domain
+        self.models = models
+        self.chain = chain
+        self.chain_key = chain_key
+        self.metrics = ValidatorMetrics()
+        self.queue = JobQueue(ledger.write_engine, config.validator_id, config.claim_lease_seconds)
+        # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
+        self.spec_guard: SpecGuard | None = None
+        self.wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._started = time.monotonic()
+
+    @property
+    def address(self) -> str | None:
+        return self.chain_key.address if self.chain_key else None
+
+    # ------------------------------------------------------------------ intake
+
+    async def submit_bundle(self, body: bytes) -> dict[str, Any]:
+        admitted = await admit(
+            body,
+            known_models=self.models.ids,
+            domain=self.domain,
+            stake_of=self.stakes_of,
+            min_stake_wei=self.config.min_stake_wei,
+        )
+        bundle = admitted.bundle
+        if self.spec_guard is not None:
+            reason = await self.spec_guard(bundle.spec)
+            if reason:
+                raise ApiError(403, "unassigned_job", reason)
+        stages = [
+            StageRecord(
+                stage=index,
+                worker=signer,
+                layer_start=stage.receipt.layer_start,
+                layer_end=stage.receipt.layer_end,
+                token_count=stage.receipt.token_count,
+                work_units=stage.receipt.work_units,
+                signature="0x" + stage.signature.hex(),
+            )
+            for index, (stage, signer) in enumerate(zip(bundle.stages, admitted.signers))
+        ]
+        stored = await self.ledger.record_bundle(
+            bundle.job_id_hex,
+            bundle.to_json(),
+            stages,
+            group_id=bundle.spec.group_id[:66],
+            model_id=bundle.spec.model_id,
+        )
+        if not stored:
+            raise ApiError(409, "duplicate_bundle", f"job {bundle.job_id_hex} was already submitted; nothing changed")
+        self.metrics.bundles_queued.inc()
+        self.wake.set()
+        log.info("bundle for job %s queued (%d stages)", bundle.job_id_hex, len(bundle.stages))
+        return {"job_id": bundle.job_id_hex, "status": "queued"}
+
+    async def stakes_of(self, addresses: list[str]) -> dict[str, int]:
+        """Stakes as the ledger follows them from chain events."""
+        async with self.ledger.reading() as conn:
+            rows = (await conn.execute(select(Worker.address, Worker.stake).where(Worker.address.in_(addresses)))).all()
+        return {row.address: row.stake for row in rows}
+
+    # ------------------------------------------------------------------ validation
+
+    async def validate_next(self, *, reclaim_own: bool = False) -> str | None:
+        """Validate one job if there is one; returns its id (None when the queue is empty)."""
+        claimed = await self.queue.claim(reclaim_own=reclaim_own)
+        if claimed is None:
+            return None
+        try:
+            verdict, evidence = await self._judge(claimed)
+        except Exception as error:  # not the bundle's fault (it passed intake): give the job back
+            log.exception("validation of %s failed; released for another try", claimed.job_id)
+            await self.queue.release(claimed.job_id, f"{type(error).__name__}: {error}")
+            raise
+        await self._commit(claimed, verdict, evidence)
+        return claimed.job_id
+
+    async def _judge(self, claimed: ClaimedJob) -> tuple[Verdict, Evidence]:
+        bundle = Bundle.from_json(claimed.bundle_json)
+        spec = bundle.spec
+        complaints = complained_senders(bundle)
+        replayed = is_replayed(bundle.job_id, self.config.sample_secret, self.config.sample_rate)
+        figures: dict[str, Any] = {}
+        if complaints:
+            # The receiver refused the job (I2): the sender it names is blamed; nobody is paid.
+            from node.receipts import processed_token_count
+
+            n = len(spec.stages)
+            tokens = processed_token_count(spec, bundle.output_token_ids)
+            work = tuple(s.num_layers * tokens for s in spec.stages)
+            findings = Findings((None,) * n, None, work, complaints)
+            verdict = decide(findings, self.config.tariff)
+            replayed = False
+        elif not replayed:
+            findings = None
+            from node.receipts import processed_token_count
+
+            tokens = processed_token_count(spec, bundle.output_token_ids)
+            rewards = tuple(s.num_layers * tokens * self.config.tariff.wei_per_work_unit for s in spec.stages)
+            verdict = Verdict(Outcome.ACCEPTED, None, None, rewards, 0)
+            self.metrics.sampled_out.inc()
+        else:
+            model = await self.models.get(spec.model_id)
+            report = await asyncio.to_thread(
+                findings_of,
+                model,
+                spec,
+                bundle.output_token_ids,
+                [stage.proofs for stage in bundle.stages],
+                complaints,
+            )
+            self.metrics.replay_seconds.observe(report.seconds)
+            findings, figures = report.findings, report.figures
+            verdict = decide(findings, self.config.tariff)
+        evidence = Evidence(
+            model_id=spec.model_id,
+            bundle=bundle.to_dict(),
+            tariff=self.config.tariff,
+            findings=findings,
+            figures=figures,
+            verdict=verdict,
+            replayed=replayed,
+        )
+        return verdict, evidence
+
+    async def _commit(self, claimed: ClaimedJob, verdict: Verdict, evidence: Evidence) -> None:
+        spec = JobSpec.from_dict(evidence.bundle["spec"])
+        job_id = claimed.job_id
+        digest = "0x" + evidence_hash(evidence).hex()
+        stored = {k: v for k, v in evidence.to_dict().items() if k != "bundle"}
+        stored["evidence_hash"] = digest
+        entries: list[journal.NewEntry] = []
+        for index, amount in enumerate(verdict.rewards_wei):
+            if amount > 0:
+                units = evidence.findings.work_units[index] if evidence.findings else amount // max(1, evidence.tariff.wei_per_work_unit)
+                entries.append(
+                    journal.reward(spec.stages[index].worker, amount, job_id=job_id, stage=index, work_units=units)
+                )
+        slash_payload = None
+        if verdict.outcome is Outcome.BLAMED:
+            blamed = spec.stages[verdict.blamed_stage].worker
+            stage_figures = (evidence.figures.get("stages") or [None] * len(spec.stages))[verdict.blamed_stage]
+            entries.append(
+                journal.slash(
+                    blamed,
+                    verdict.slash_wei,
+                    evidence_hash=digest,
+                    job_id=job_id,
+                    stage=verdict.blamed_stage,
+                    data={"reason": verdict.reason.value, "figures": stage_figures},
+                )
+            )
+            slash_payload = {
+                "worker": blamed,
+                "amount": str(verdict.slash_wei),
+                "evidence_hash": digest,
+                "job_id": job_id,
+                "stage": verdict.blamed_stage,
+            }
+        elif verdict.outcome is Outcome.SOFT_INVALIDATED:
+            entries.append(journal.soft_invalidation(job_id))
+        async with self.ledger.transaction() as tx:
+            if not await self.queue.finish(tx.conn, job_id):
+                log.warning("job %s: our claim lapsed and another validator took it; verdict dropped", job_id)
+                return
+            written = await tx.record_verdict(
+                job_id,
+                verdict.outcome.value,
+                blamed_stage=verdict.blamed_stage,
+                reason=verdict.reason.value if verdict.reason else None,
+                figures=stored,
+                validator=self.address,
+            )
+            if not written:
+                log.warning("job %s already has a verdict; nothing more written", job_id)
+                return
+            await tx.append(entries)
+            if slash_payload is not None:
+                await tx.enqueue("slash", digest, slash_payload)
+        self.metrics.verdicts.labels(verdict.outcome.value, verdict.reason.value if verdict.reason else "").inc()
+        self.metrics.verdict_latency.observe((utcnow() - _aware(claimed.received_at)).total_seconds())
+        if slash_payload is not None:
+            self.metrics.slashes.inc()
+        log.info(
+            "job %s: %s%s", job_id, verdict.outcome.value,
+            f", stage {verdict.blamed_stage} blamed ({verdict.reason.value})" if verdict.blamed_stage is not None else "",
+        )
+
+    async def run_validation(self, *, idle_seconds: float = 1.0) -> None:
+        """Validate jobs until cancelled; reclaims this validator id's own unfinished jobs first."""
+        reclaim = True
+        while True:
+            try:
+                job_id = await self.validate_next(reclaim_own=reclaim)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                job_id = None
+                await asyncio.sleep(idle_seconds)
+            reclaim = False
+            if job_id is None:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), idle_seconds)
+                except asyncio.TimeoutError:
+                    pass
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, *, validators: int = 1) -> None:
+        from node.validator.epochs_task import run_epochs
+        from node.validator.outbox import run_outbox
+        from node.validator.stake_follower import run_stake_follower
+
+        loop = asyncio.get_running_loop()
+        for _ in range(validators):
+            self._tasks.append(loop.create_task(self.run_validation(), name="validation"))
+        self._tasks.append(loop.create_task(run_epochs(self), name="epochs"))
+        if self.chain is not None:
+            self._tasks.append(loop.create_task(run_outbox(self), name="outbox"))
+            self._tasks.append(loop.create_task(run_stake_follower(self), name="stake"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # ------------------------------------------------------------------ epochs
+
+    async def close_epoch(self, *, force: bool = False) -> dict[str, Any] | None:
+        """Close an epoch over the entries since the last one and owe its anchor, in one transaction."""
+        async with self.ledger.transaction() as tx:
+            record = await tx.close_epoch()
+            if record is None:
+                return None
+            await tx.enqueue(
+                "anchor",
+                str(record.number),
+                {
+                    "epoch": record.number,
+                    "entries_root": record.entries_root,
+                    "rewards_root": record.rewards_root,
+                    "entry_count": record.entry_count,
+                },
+            )
+        log.info("epoch %d closed (%d entries); anchor owed", record.number, record.entry_count)
+        return record.to_json()
+
+    # ------------------------------------------------------------------ reads
+
+    async def job(self, job_id: str) -> dict[str, Any] | None:
+        record = await self.ledger.job(job_id)
+        if record is None:
+            return None
+        verdict = await self.ledger.verdict(job_id)
+        receipts = await self.ledger.receipts(job_id)
+        return {
+            "job_id": record.job_id,
+            "status": STATUS_NAMES.get(record.status, record.status),
+            "model_id": record.model_id,
+            "group_id": record.group_id,
+            "received_at": record.received_at.isoformat(),
+            "attempts": record.attempts,
+            "stages": [
+                {
+                    "stage": r.stage,
+                    "worker": r.worker,
+                    "layer_start": r.layer_start,
+                    "layer_end": r.layer_end,
+                    "token_count": r.token_count,
+                    "work_units": r.work_units,
+                }
+                for r in receipts
+            ],
+            "verdict": None if verdict is None else _verdict_json(verdict),
+        }
+
+    async def jobs(self, *, limit: int, status: str | None) -> list[dict[str, Any]]:
+        from ledger.models import Job, Verdict as VerdictRow
+
+        wanted = {v: k for k, v in STATUS_NAMES.items()}.get(status) if status else None
+        query = (
+            select(Job.job_id, Job.status, Job.group_id, Job.received_at, VerdictRow.outcome, VerdictRow.blamed_stage)
+            .select_from(Job.__table__.outerjoin(VerdictRow.__table__, VerdictRow.job_id == Job.job_id))
+            .order_by(Job.received_at.desc())
+            .limit(limit)
+        )
+        if wanted:
+            query = query.where(Job.status == wanted)
+        async with self.ledger.reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            {
+                "job_id": r.job_id,
+                "status": STATUS_NAMES.get(r.status, r.status),
+                "group_id": r.group_id,
+                "received_at": r.received_at.isoformat(),
+                "outcome": r.outcome,
+                "blamed_stage": r.blamed_stage,
+            }
+            for r in rows
+        ]
+
+    async def evidence(self, job_id: str) -> dict[str, Any] | None:
+        record = await self.ledger.job(job_id)
+        verdict = await self.ledger.verdict(job_id)
+        if record is None or verdict is None or not verdict.figures or "verdict" not in verdict.figures:
+            return None
+        document = {k: v for k, v in verdict.figures.items() if k != "evidence_hash"}
+        document["bundle"] = json.loads(record.bundle)
+        return document
+
+    async def leaderboard(self, *, limit: int) -> list[dict[str, Any]]:
+        return (await self.ledger.leaderboard(0, limit)).to_json()["items"]
+
+    async def slashes(self, *, limit: int) -> list[dict[str, Any]]:
+        items = (await self.ledger.slashes(0, limit)).to_json()["items"]
+        sent = {row.key: row for row in await self.ledger.outbox() if row.kind == "slash"}
+        for item in items:
+            row = sent.get(item["evidence_hash"])
+            item["chain_status"] = row.status if row else None
+            item["chain_tx"] = row.tx_hash if row else None
+        return items
+
+    async def worker(self, address: str) -> dict[str, Any] | None:
+        standing = await self.ledger.worker(address)
+        if standing is None:
+            return None
+        history = await self.ledger.worker_history(address, 0, 20)
+        return {**standing.to_json(), "recent_entries": [e.to_json() for e in history.items]}
+
+    async def epochs(self, *, limit: int) -> list[dict[str, Any]]:
+        return (await self.ledger.epochs(0, limit)).to_json()["items"]
+
+    async def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {
+            "status": "ok",
+            "validator": self.address,
+            "validator_id": self.config.validator_id,
+            "models": sorted(self.models.ids),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+        try:
+            report["queue_depth"] = await self.queue.depth()
+            report["journal_seq"] = (await self.ledger.head())[0]
+        except Exception as error:
+            report.update(status="degraded", ledger_error=f"{type(error).__name__}: {error}")
+        return report
+
+    async def refresh_gauges(self) -> None:
+        try:
+            self.metrics.queue_depth.set(await self.queue.depth())
+        except Exception:
+            pass
+
+
+def _verdict_json(record: Any) -> dict[str, Any]:
+    figures = record.figures or {}
+    stored = figures.get("verdict") or {}
+    return {
+        "outcome": record.outcome,
+        "blamed_stage": record.blamed_stage,
+        "reason": record.reason,
+        "rewards_wei": stored.get("rewards_wei"),
+        "slash_wei": stored.get("slash_wei"),
+        "replayed": figures.get("replayed"),
+        "evidence_hash": figures.get("evidence_hash"),
+        "validator": record.validator,
+        "decided_at": record.decided_at.isoformat(),
+    }
+
+
+def _aware(value):
+    import datetime as dt
+
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)

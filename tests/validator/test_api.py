@@ -1,0 +1,163 @@
+"""The validator API as a client sees it: intake, JSON errors for every kind of bad input, reads, admin."""
+
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import func, select
+
+from ledger.models import Job
+from node.receipts import sign_receipt
+from node.signing import SigningKey
+from node.validator.app import build_app
+from tests.validator.conftest import ADMIN_TOKEN, TEST_DOMAIN, make_config
+from tests.validator.factory import signed_bundle
+
+OUTPUT = [5, 9, 3, 7]
+
+
+async def job_count(ledger) -> int:
+    async with ledger.reading() as conn:
+        return (await conn.execute(select(func.count()).select_from(Job))).scalar_one()
+
+
+def bundle_json(group, **spec_kw) -> dict:
+    return signed_bundle(group, group.spec([1, 2, 3, 4], **spec_kw), OUTPUT).to_dict()
+
+
+async def assert_error(response, status: int, *codes: str) -> dict:
+    assert response.status == status, await response.text()
+    body = await response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    if codes:
+        assert body["error"]["code"] in codes, body
+    assert body["error"]["message"]
+    return body
+
+
+async def test_a_bundle_is_stored_before_the_answer_and_a_replay_is_refused(client, group, ledger):
+    document = bundle_json(group)
+    response = await client.post("/v1/bundles", json=document)
+    assert response.status == 202, await response.text()
+    job_id = (await response.json())["job_id"]
+    assert (await ledger.job(job_id)).status == "pending"
+
+    job = await (await client.get(f"/v1/jobs/{job_id}")).json()
+    assert job["status"] == "queued" and job["verdict"] is None
+    assert [s["worker"] for s in job["stages"]] == [k.address for k in group.keys]
+
+    await assert_error(await client.post("/v1/bundles", json=document), 409, "duplicate_bundle")
+    assert await job_count(ledger) == 1
+
+
+def _mutations(group, other_key):
+    good = bundle_json(group)
+
+    def edit(fn):
+        doc = json.loads(json.dumps(good))
+        fn(doc)
+        return json.dumps(doc)
+
+    def resign_stage1(doc):
+        from node.bundle import Bundle
+
+        bundle = Bundle.from_dict(doc)
+        receipt = bundle.stages[1].receipt
+        doc["stages"][1]["signature"] = "0x" + sign_receipt(other_key, receipt, TEST_DOMAIN).hex()
+
+    yield "not json", "{nope", 400, ("malformed_json",)
+    yield "empty body", "", 400, ("malformed_json",)
+    yield "a list", "[1, 2]", 400, ("malformed_bundle",)
+    yield "NaN", json.dumps(good).replace('"seed": 7', '"seed": NaN'), 400, ("malformed_json", "malformed_bundle")
+    yield "unknown field", edit(lambda d: d.update(extra=1)), 400, ("malformed_bundle",)
+    yield "wrong type", edit(lambda d: d.update(output_token_ids="abc")), 400, ("malformed_bundle",)
+    yield "negative seed", edit(lambda d: d["spec"].update(seed=-1)), 400, ("malformed_bundle",)
+    yield "unknown model", edit(lambda d: d["spec"].update(model_id="0x" + "11" * 32)), 422, ("unknown_model",)
+    yield "job id not its spec", edit(lambda d: d["spec"].update(seed=8)), 422, ("receipt_mismatch",)
+    yield "tampered output", edit(lambda d: d.update(output_token_ids=[5, 9, 3, 8])), 422, ("receipt_mismatch",)
+    yield "bad signature", edit(lambda d: d["stages"][0].update(signature="0x" + "00" * 65)), 403, ("bad_signature",)
+    yield "unassigned signer", edit(resign_stage1), 403, ("unassigned_signer",)
+
+
+async def test_bad_input_gets_a_json_error_and_changes_nothing(client, group, ledger, node):
+    other = SigningKey((0x9999).to_bytes(32, "big"))
+    for name, body, status, codes in _mutations(group, other):
+        response = await client.post("/v1/bundles", data=body, headers={"Content-Type": "application/json"})
+        await assert_error(response, status, *codes)
+    assert await job_count(ledger) == 0
+    text = node.metrics.render().decode()
+    assert 'stagewise_bundles_refused_total{reason="unknown_model"} 1.0' in text
+    assert 'stagewise_bundles_refused_total{reason="receipt_mismatch"} 2.0' in text
+
+
+async def test_an_unstaked_signer_is_refused(client, group, ledger):
+    await ledger.set_stake(group.keys[2].address, 0)
+    await assert_error(await client.post("/v1/bundles", json=bundle_json(group)), 403, "unstaked_signer")
+    assert await job_count(ledger) == 0
+
+
+async def test_an_oversized_body_gets_413(ledger, model_dir, group):
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+
+    node = ValidatorNode(make_config(model_dir, max_body_bytes=2048), ledger, domain=TEST_DOMAIN,
+                         models=ReplayModels([model_dir]))
+    async with TestClient(TestServer(build_app(node))) as small:
+        await assert_error(await small.post("/v1/bundles", data=b"x" * 5000), 413, "body_too_large")
+    assert await job_count(ledger) == 0
+
+
+async def test_reads_and_routes_answer_json(client):
+    await assert_error(await client.get("/v1/jobs/0x" + "00" * 32), 404, "unknown_job")
+    await assert_error(await client.get("/v1/jobs/123"), 400, "bad_job_id")
+    await assert_error(await client.get("/v1/workers/0x" + "00" * 20), 404, "unknown_worker")
+    await assert_error(await client.get("/v1/leaderboard?limit=0"), 400, "bad_query")
+    await assert_error(await client.get("/v1/nowhere"), 404, "not_found")
+    await assert_error(await client.delete("/v1/bundles"), 405, "method_not_allowed")
+    for path in ("/v1/slashes", "/v1/epochs", "/v1/jobs"):
+        body = await (await client.get(path)).json()
+        assert body == {"items": []}
+    board = (await (await client.get("/v1/leaderboard")).json())["items"]
+    assert len(board) == 3 and all(row["rewards"] == "0" and row["stake"] == str(10**18) for row in board)
+    health = await client.get("/health")
+    assert health.status == 200 and (await health.json())["status"] == "ok"
+    document = await (await client.get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.") and "/v1/bundles" in document["paths"]
+    metrics = await client.get("/metrics")
+    assert "stagewise_queue_depth" in await metrics.text()
+
+
+async def test_admin_actions_need_the_token(client, node, group):
+    await assert_error(await client.post("/v1/admin/epochs/close"), 401, "unauthorized")
+    bad = {"Authorization": "Bearer wrong"}
+    await assert_error(await client.post("/v1/admin/epochs/close", headers=bad), 401, "unauthorized")
+    good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    await assert_error(await client.post("/v1/admin/epochs/close", headers=good), 409, "nothing_to_close")
+
+
+async def test_unreplayed_job_pays_every_stage_and_shows_on_the_leaderboard(ledger, model_dir, group, worker_keys):
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+    from tests.validator.conftest import stake_all
+
+    await stake_all(ledger, worker_keys)
+    node = ValidatorNode(make_config(model_dir, sample_rate=0.0), ledger, domain=TEST_DOMAIN,
+                         models=ReplayModels([model_dir]))
+    async with TestClient(TestServer(build_app(node))) as client:
+        job_id = (await (await client.post("/v1/bundles", json=bundle_json(group))).json())["job_id"]
+        assert await node.validate_next() == job_id
+        assert await node.validate_next() is None
+        job = await (await client.get(f"/v1/jobs/{job_id}")).json()
+        assert job["status"] == "done"
+        assert job["verdict"]["outcome"] == "accepted" and job["verdict"]["replayed"] is False
+        # 4 prompt tokens + 3 fed-back outputs = 7 positions; 2 layers per stage; 1 gwei per unit.
+        assert job["verdict"]["rewards_wei"] == [str(2 * 7 * 10**9)] * 3
+        board = (await (await client.get("/v1/leaderboard")).json())["items"]
+        assert {row["address"] for row in board} == {k.address for k in worker_keys}
+        assert all(row["rewards"] == str(14 * 10**9) for row in board)
+        closed = await client.post("/v1/admin/epochs/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert closed.status == 201
+        epochs = (await (await client.get("/v1/epochs")).json())["items"]
+        assert epochs[0]["entry_count"] >= 3 and epochs[0]["anchor_tx"] is None
+        evidence = await (await client.get(f"/v1/jobs/{job_id}/evidence")).json()
+        assert evidence["replayed"] is False and evidence["bundle"]["spec"]["seed"] == 7
