@@ -9,7 +9,7 @@ Loops started by `start()` (each a task; `stop()` cancels them):
 - validation (`validators` of them): claim a job, replay it in a thread, decide, commit;
 - epochs (epochs_task.py): close an epoch every `epoch_seconds` or `epoch_entries` entries, owe its anchor;
 - outbox (outbox.py): send owed slashes and anchors, retry while the chain is unreachable;
-- stake (stake_follower.py): follow Staked/Unstake/Slashed events into the ledger's worker stakes.
+- chain sync (ledger/chain_sync.py): follow staking events into the ledger's worker stakes and journal.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class ValidatorNode:
     def start(self, *, validators: int = 1) -> None:
         from node.validator.epochs_task import run_epochs
         from node.validator.outbox import run_outbox
-        from node.validator.stake_follower import run_stake_follower
+        from ledger.chain_sync import ChainSync
 
         loop = asyncio.get_running_loop()
         for _ in range(validators):
@@ -282,7 +282,7 @@ class ValidatorNode:
         self._tasks.append(loop.create_task(run_epochs(self), name="epochs"))
         if self.chain is not None:
             self._tasks.append(loop.create_task(run_outbox(self), name="outbox"))
-            self._tasks.append(loop.create_task(run_stake_follower(self), name="stake"))
+            self._tasks.append(loop.create_task(ChainSync(self.chain, self.ledger).run(interval=1.0), name="chain-sync"))
 
     async def stop(self) -> None:
         for task in self._tasks:
