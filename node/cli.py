@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "node.pipeline.cli",
     "node.worker_cli",
     "node.validator.cli",
+    "node.validator.groups_cli",
     "node.devnet",
 )
 
