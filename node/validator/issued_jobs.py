@@ -1,0 +1,32 @@
+"""The jobs this validator's orchestrator issued, so bundles for any other spec can be refused.
+
+A worker could otherwise invent a job (its own prompt, its own seed) and be paid for it: PROTOCOL I1 says the
+seed is the orchestrator's, and the validator enforces it at intake through `ValidatorNode.spec_guard`.
+The record is in memory: after a restart the guard knows only the jobs issued since (a bundle of an
+earlier job is refused, and that job is soft-invalidated at its deadline like any unfinished one).
+"""
+
+from __future__ import annotations
+
+from node.job import JobSpec
+
+
+class IssuedJobs:
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+
+    async def record(self, spec: JobSpec) -> None:
+        """The dispatcher's `on_job` hook: called before a job is sent to its group."""
+        self._ids.add(spec.job_id_hex)
+
+    def __contains__(self, job_id_hex: str) -> bool:
+        return job_id_hex in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    async def guard(self, spec: JobSpec) -> str | None:
+        """`ValidatorNode.spec_guard`: None to accept, else why the bundle is refused."""
+        if spec.job_id_hex in self._ids:
+            return None
+        return f"job {spec.job_id_hex} was not issued by this validator's orchestrator (seeds are the orchestrator's, I1)"

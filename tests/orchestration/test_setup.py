@@ -1,0 +1,105 @@
+"""`stagewise validator run --tasks FILE`'s orchestration, wired from flags, run to the end on a task file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from node.validator.config import ValidatorConfig
+from node.validator.orchestration_setup import add_orchestration_options, build_orchestration, shape_of_model
+from node.validator.tasks import TaskError, load_tasks, resolve_task_file
+from node.validator.worker_messages import make_registration
+
+from .conftest import CAPACITIES
+from .local_pipeline import LocalPipeline, LocalWorker
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_orchestration_options(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_the_bundled_task_set_loads_and_its_checkers_work():
+    tasks = load_tasks(resolve_task_file("arithmetic"))
+    assert len(tasks) >= 50 and all(t.checker == "number" and t.answer for t in tasks)
+    six_sevens = next(t for t in tasks if t.prompt.startswith("What is 6 * 7?"))
+    assert six_sevens.check("The answer is 42.") is True
+    assert six_sevens.check("It is 41, or maybe 42") is False
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ('{"prompt": "hi", "answer": "1"}', "answer and checker come together"),
+        ('{"prompt": "hi", "answer": "1", "checker": "vibes"}', "checker must be one of"),
+        ('{"prompt_token_ids": [], "id": "x"}', "non-empty list"),
+        ('{"prompt": "a", "prompt_token_ids": [1]}', "exactly one of"),
+        ('{"prompt": "a", "colour": "red"}', "unknown field(s) ['colour']"),
+        ("[1]", "a task is a JSON object"),
+        ("{oops", "line"),
+    ],
+)
+def test_a_bad_task_line_is_named_with_its_line_number(tmp_path, line, words):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text('{"prompt": "fine"}\n' + line + "\n")
+    with pytest.raises(TaskError) as error:
+        load_tasks(path)
+    assert f"{path}:2:" in str(error.value) and words in str(error.value)
+
+
+def test_the_model_shape_comes_from_the_weights(model_dir):
+    shape = shape_of_model(model_dir)
+    assert shape.num_layers == 10
+    # tiny llama: hidden 64, intermediate 128, 4 heads, 2 kv heads, fp32: q,o 64x64, k,v 64x32, mlp 3x64x128, 2 norms
+    per_layer = 4 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64)
+    assert shape.layer_bytes == int(per_layer * 1.25)
+    assert shape.edge_bytes == 4 * (2 * 256 * 64 + 64)
+
+
+async def test_tasks_from_a_file_run_on_groups_formed_from_registered_workers(tmp_path, model_dir, worker_keys):
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "checker": "number"}) for i in range(4)))
+    results = tmp_path / "results.jsonl"
+    args = parse("--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "5", "--results", str(results),
+                 "--temperature", "0.7", "--regroup-interval", "0.05")
+    stakes = {k.address: 10**18 for k in worker_keys}
+    node = SimpleNamespace(config=ValidatorConfig(), spec_guard=None)
+
+    async def stakes_of(addresses):
+        return {a: stakes[a] for a in addresses if a in stakes}
+
+    node.stakes_of = stakes_of
+    driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in worker_keys})
+    orchestration = build_orchestration(args, node, model_dir, driver=driver)
+    for key, capacity in zip(worker_keys, CAPACITIES):
+        await orchestration.orchestrator.register(make_registration(key, capacity, "eu", "http://127.0.0.1:1"))
+    await orchestration.start()
+    try:
+        await orchestration.wait_dispatched()
+    finally:
+        await orchestration.stop()
+    progress = orchestration.dispatcher.progress
+    assert (progress.tasks_done, progress.checked, progress.tokens) == (4, 4, 20)
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(line["task_id"] for line in lines) == ["q0", "q1", "q2", "q3"]
+    assert all(len(line["output_token_ids"]) == 5 and line["correct"] in (True, False) for line in lines)
+    # the node now refuses bundles of jobs this orchestrator did not issue (I1)
+    issued = {job for line in lines for job in line["job_ids"]}
+    assert len(orchestration.issued) == len(issued) == 4
+    assert node.spec_guard is not None
+
+
+async def test_the_spec_guard_refuses_jobs_the_orchestrator_did_not_issue():
+    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.validator.issued_jobs import IssuedJobs
+
+    issued = IssuedJobs()
+    spec = JobSpec("0x" + "ab" * 32, (1, 2, 3), SamplingParams(), 7, "g-1", (StageAssignment("0x" + "11" * 20, 0, 4),))
+    forged = JobSpec("0x" + "ab" * 32, (1, 2, 3), SamplingParams(), 8, "g-1", (StageAssignment("0x" + "11" * 20, 0, 4),))
+    await issued.record(spec)
+    assert await issued.guard(spec) is None
+    assert "not issued" in await issued.guard(forged)
