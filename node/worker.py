@@ -59,11 +59,12 @@ class ValidatorUnreachable(WorkerError):
 class ValidatorRefused(WorkerError):
     """The validator answered with a JSON error."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, payload: Any = None) -> None:
         super().__init__(f"the validator refused ({status} {code}): {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.payload = payload
 
 
 # ------------------------------------------------------------------------------------------------ stake
@@ -152,8 +153,8 @@ class ValidatorClient:
         if status >= 400:
             error = payload.get("error") if isinstance(payload, dict) else None
             if isinstance(error, dict):
-                raise ValidatorRefused(status, str(error.get("code", "error")), str(error.get("message", "")))
-            raise ValidatorRefused(status, "http_error", raw[:200].decode("utf-8", "replace"))
+                raise ValidatorRefused(status, str(error.get("code", "error")), str(error.get("message", "")), payload)
+            raise ValidatorRefused(status, "http_error", raw[:200].decode("utf-8", "replace"), payload)
         if payload is None and raw:
             raise ValidatorUnreachable(f"{url} did not answer JSON; is {self.base_url} a stagewise validator?")
         return payload
@@ -162,8 +163,9 @@ class ValidatorClient:
         try:
             payload = await self.request("GET", "/health")
         except ValidatorRefused as refused:
-            if refused.status == 503:  # degraded still says who it is
-                return {"status": "degraded"}
+            if refused.status == 503 and isinstance(refused.payload, dict):  # degraded still says where its chain is
+                log.warning("the validator reports itself degraded: %s", refused.payload.get("ledger_error", "no reason given"))
+                return refused.payload
             raise
         return payload if isinstance(payload, dict) else {}
 
@@ -194,7 +196,7 @@ class ValidatorClient:
                 result = await self.request("POST", "/v1/bundles", data=body)
                 return result if isinstance(result, dict) else {}
             except ValidatorRefused as refused:
-                if refused.status == 409:
+                if refused.status == 409 and refused.code == "duplicate_bundle":
                     return {"job_id": bundle.job_id_hex, "status": "duplicate"}
                 if refused.status < 500 and refused.status != 429:
                     raise
