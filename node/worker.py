@@ -77,6 +77,7 @@ class StakeStatus:
     required_wei: int
     chain_id: int
     contract: str
+    rpc_url: str = ""
 
     @property
     def missing_wei(self) -> int:
@@ -93,7 +94,8 @@ class StakeStatus:
         return (
             f"{self.address} has {have} on chain {self.chain_id} (contract {self.contract}); "
             f"{format_wei(max(self.missing_wei, 1))} more is needed (minimum {format_wei(self.required_wei)}). "
-            f"Stake with: stagewise chain stake --keystore KEYSTORE --amount {max(self.missing_wei, 1)}wei"
+            f"Stake it with: stagewise stake {max(self.missing_wei, 1)}wei --keystore KEYSTORE"
+            f" --rpc-url {self.rpc_url or 'RPC_URL'} --contract {self.contract}"
         )
 
 
@@ -112,7 +114,7 @@ def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> 
     try:
         chain = ChainClient.connect(rpc_url, address=contract, request_timeout=10.0)
         staked = chain.stake_of(address)
-        return StakeStatus(address, staked, required_wei, chain.chain_id, chain.address)
+        return StakeStatus(address, staked, required_wei, chain.chain_id, chain.address, rpc_url)
     except ChainError as error:
         raise WorkerError(f"chain at {rpc_url}: {error}") from None
     except WorkerError:

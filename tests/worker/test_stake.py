@@ -13,6 +13,7 @@ def test_unstaked_key_is_told_what_is_missing(served_chain, worker_key):
     assert status.missing_wei == 10**18
     message = status.explain()
     assert "no stake" in message and "1 ETH (1000000000000000000 wei) more is needed" in message
+    assert f"stagewise stake 1000000000000000000wei --keystore KEYSTORE --rpc-url {url} --contract {chain.address}" in message
 
 
 def test_partial_and_full_stake(served_chain, worker_key):
