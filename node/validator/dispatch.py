@@ -26,7 +26,7 @@ from node.validator.grouping import Group
 from node.validator.orchestrator import Orchestrator
 from node.validator.pipeline_driver import StageFailure
 from node.validator.progress import Progress, TaskResult
-from node.validator.rerouting import SequenceRun, continuation_spec
+from node.validator.rerouting import HistoryCheck, SequenceRun, continuation_spec
 from node.validator.tasks import Task, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Dispatcher:
         policy: DispatchPolicy = DispatchPolicy(),
         on_job: JobHook | None = None,
         results_path: Path | None = None,
+        history_check: HistoryCheck | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.tokenizer = tokenizer
@@ -90,6 +91,7 @@ class Dispatcher:
         self.policy = policy
         self.on_job = on_job
         self.results_path = results_path
+        self.history_check = history_check
         self._tasks = deque(tasks)
         self.progress = Progress(tasks_total=len(self._tasks))
         orchestrator.progress = self.progress
@@ -180,6 +182,14 @@ class Dispatcher:
             self._finish(run, f"gave up after {run.reroutes} stage failures: {error}")
             return
         await self.orchestrator.worker_failed(error.worker, error.reason)
+        if self.history_check is not None and run.generated:
+            kept = await self.history_check(run, self.policy.sampling)
+            if kept < len(run.generated):
+                log.warning(
+                    "sequence %s: history from the failed job rejected after %d of %d tokens",
+                    run.task.task_id, kept, len(run.generated),
+                )
+                del run.generated[kept:]
         if run.finished(self.policy.sampling.stop_ids):
             self._finish(run, None)  # the last token had arrived before the stage failed
             return

@@ -164,6 +164,7 @@ def build_orchestration(
             ),
             on_job=issued.record,
             results_path=args.results,
+            history_check=_history_check(node, orchestrator.model_id, model_dir),
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
     return Orchestration(orchestrator, dispatcher, issued)
@@ -222,6 +223,27 @@ def _seed_secret(path: Path | None) -> bytes | None:
     if value:
         return bytes.fromhex(value.removeprefix("0x"))
     return None
+
+
+def _history_check(node: Any, model_id: str, model_dir: Path):
+    """Check an interrupted job's tokens with the validator's own copy of the model before reusing them."""
+    from node.validator.rerouting import verified_prefix
+
+    models = getattr(node, "models", None)
+    loaded: dict[str, Any] = {}
+
+    async def check(run, sampling) -> int:
+        if models is not None and model_id in getattr(models, "ids", ()):
+            model = await models.get(model_id)
+        else:
+            if "model" not in loaded:
+                from node.pipeline.weights import load_stage
+
+                loaded["model"] = await asyncio.to_thread(load_stage, model_dir)
+            model = loaded["model"]
+        return await asyncio.to_thread(verified_prefix, model, run, sampling)
+
+    return check
 
 
 def _ledger_stake(node: Any) -> StakeLookup:

@@ -21,6 +21,10 @@ Receipts and the ledger, with the JobSpec as it is (no protocol change):
   slashes nobody). So the dropped worker is paid nothing for the cut job, and nobody is paid twice for the
   prefix: the stages that stayed are paid for re-reading it as the continuation's prefill, not for the
   interrupted decode steps.
+* The history comes from the interrupted job's last stage, which nobody will verify (its job is never
+  bundled), and becomes the continuation's *prompt*, which the validator does not check. So before it is
+  reused, the orchestrator checks it with the sampling proof over its own replay (`verified_prefix`): a
+  stage that injects tokens and then drops out only loses the tokens after the first bad one.
 * Who did which part is in the orchestrator's record of the sequence: the chain of job ids
   (`SequenceRun.job_ids`) and, per job, the stages' workers in its spec.
 
@@ -31,7 +35,9 @@ the report of issue 8 proposes it rather than changing PROTOCOL.md here.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from node.job import JobSpec, SamplingParams, StageAssignment
 from node.validator.grouping import Group
@@ -76,3 +82,35 @@ def continuation_spec(run: SequenceRun, group: Group, model_id: str, sampling: S
         group_id=group.group_id,
         stages=tuple(StageAssignment(s.worker, s.layer_start, s.layer_end) for s in group.stages),
     )
+
+
+HistoryCheck = Callable[["SequenceRun", SamplingParams], Awaitable[int]]
+
+
+def verified_prefix(model: Any, run: SequenceRun, sampling: SamplingParams) -> int:
+    """How many of `run.generated` pass the sampling proof against a replay of the whole model (blocking).
+
+    One forward over prompt + history gives the logits that predicted every generated token; the first token
+    the verifier rejects, and everything after it, is dropped. A stop token ends the history there.
+    """
+    import torch
+
+    from node.pipeline.model import replay
+    from node.toploc.sampling import verify_sampling
+
+    history = list(run.generated)
+    for index, token in enumerate(history):
+        if token in sampling.stop_ids:
+            history = history[: index + 1]
+            break
+    if not history:
+        return 0
+    vocab = model.config.vocab_size
+    if any(not 0 <= t < vocab for t in history):
+        history = history[: next(i for i, t in enumerate(history) if not 0 <= t < vocab)]
+        if not history:
+            return 0
+    prompt = list(run.prompt_token_ids)
+    _, logits = replay(model, prompt + history[:-1], [model.config.num_layers])
+    check = verify_sampling(logits[len(prompt) - 1 :], torch.tensor(history), sampling, run.seed, len(prompt))
+    return len(history) if check.ok else int(check.first_failure)

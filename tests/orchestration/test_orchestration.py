@@ -10,6 +10,7 @@ from node.toploc.sampling import sample_next
 from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
 from node.validator.grouping import GroupingPolicy, ModelShape
 from node.validator.orchestrator import Orchestrator
+from node.validator.pipeline_driver import StageFailure
 from node.validator.registry import Registry, RegistryPolicy, stake_lookup
 from node.validator.tasks import ByteTokenizer, Task
 from node.validator.worker_messages import make_heartbeat, make_registration
@@ -156,3 +157,48 @@ async def test_a_worker_that_stops_heartbeating_is_dropped_from_assignment(model
     assert silent not in {w for g in orchestrator.grouping.groups for w in g.workers}
     assert len(orchestrator.grouping.groups) == 2  # the spare took its place
     assert orchestrator.grouping.spares == ()
+
+
+class LyingPipeline(LocalPipeline):
+    """The last stage reports a made-up token, then drops out: the history must not be trusted blindly."""
+
+    lied = False
+
+    async def run(self, group, spec, on_tokens):
+        if self.lied:
+            return await super().run(group, spec, on_tokens)
+        seen = []
+
+        def sink(ids):
+            seen.extend(ids)
+            on_tokens(ids)
+            if len(seen) == 4:
+                self.lied = True
+                on_tokens([(ids[-1] + 1) % 256, 7, 7])
+                raise StageFailure(group.stages[-1].worker, "went away")
+
+        return await super().run(group, spec, sink)
+
+
+async def test_a_history_with_injected_tokens_is_cut_at_the_first_bad_one(model_dir, worker_keys):
+    from node.pipeline.weights import load_stage
+    from node.validator.rerouting import verified_prefix
+
+    reference, _ = await run_tasks((await start(model_dir, worker_keys))[0])
+    orchestrator, workers, _ = await start(model_dir, worker_keys)
+    orchestrator.driver = LyingPipeline(model_dir, workers)
+    model = load_stage(model_dir)
+    checked = []
+
+    async def check(run, sampling):
+        kept = verified_prefix(model, run, sampling)
+        checked.append((len(run.generated), kept))
+        return kept
+
+    dispatcher = Dispatcher(
+        orchestrator, tasks(), ByteTokenizer(256), SeedSchedule(SECRET),
+        DispatchPolicy(sequences_per_group=2, sampling=SAMPLING, max_new_tokens=12), history_check=check,
+    )
+    progress = await dispatcher.run()
+    assert checked and all(entry == (7, 4) for entry in checked)  # 4 honest tokens kept, 3 injected cut
+    assert {r.task_id: r.output_token_ids for r in progress.results} == {t: r.output_token_ids for t, r in reference.items()}
