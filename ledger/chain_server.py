@@ -32,6 +32,8 @@ from web3 import EthereumTesterProvider
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
+TESTER_CHAIN_ID = 131277322940537  # eth-tester's py-evm chain
+ANVIL_CHAIN_ID = 31337
 
 
 class EmbeddedProvider(EthereumTesterProvider):

@@ -1,0 +1,56 @@
+"""The embedded chain served over loopback JSON-RPC: another process's ChainClient works through it."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from ledger.chain import ChainClient, ContractRevert, Staked
+from ledger.chain_server import ChainServer, ThreadedChainServer
+from node.signing import SigningKey
+
+
+def test_a_client_by_url_shares_the_in_process_chain():
+    local = ChainClient.embedded(unbonding_delay=10)
+    with ThreadedChainServer(local.w3) as server:
+        remote = ChainClient.connect(server.url, address=local.address)
+        assert remote.chain_id == local.chain_id
+        worker = SigningKey.generate()
+        local.fund(worker.address, 10**18)  # the devnet funds a worker key; the worker process stakes by URL
+
+        staked = remote.stake(worker, 10**17)
+        assert isinstance(staked.events[0], Staked)
+        assert local.stake_of(worker.address) == 10**17
+        with pytest.raises(ContractRevert, match="NotValidator") as refused:
+            remote.anchor(worker, 1, bytes(32), bytes(32), 0)
+        assert refused.value.args_ == {"caller": worker.address}
+
+        remote.request_unstake(worker, 10**17)
+        with pytest.raises(ContractRevert, match="UnbondingNotElapsed"):
+            remote.withdraw(worker)
+        remote.advance_time(11)  # evm_increaseTime works through the server, as on anvil
+        assert remote.withdraw(worker).events[0].amount == 10**17
+        assert [type(e).__name__ for e in remote.events_since(staked.block_number)] == [
+            "Staked",
+            "UnstakeRequested",
+            "Withdrawn",
+        ]
+
+
+async def test_bad_requests_get_json_rpc_errors():
+    local = ChainClient.embedded(deploy=False)
+    async with ChainServer(local.w3) as server, aiohttp.ClientSession() as http:
+        async def post(body):
+            async with http.post(server.url, data=body, headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 200
+                return await response.json()
+
+        assert (await post(b"{not json"))["error"]["code"] == -32700
+        assert (await post(b'{"jsonrpc": "2.0", "id": 1, "method": "eth_nope", "params": []}'))["error"]["code"] == -32601
+        assert (await post(b'{"jsonrpc": "2.0", "id": 2}'))["error"]["code"] == -32600
+        batch = await post(
+            b'[{"jsonrpc": "2.0", "id": 3, "method": "eth_chainId", "params": []},'
+            b' {"jsonrpc": "2.0", "id": 4, "method": "eth_blockNumber", "params": []}]'
+        )
+        assert [a["id"] for a in batch] == [3, 4]
+        assert int(batch[0]["result"], 16) == local.chain_id

@@ -1,0 +1,108 @@
+"""The chain commands, end to end against anvil, signing with keystore files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pytest
+from eth_hash.auto import keccak
+
+from ledger import epochs
+from ledger.chain import ChainClient
+from ledger import chain_cli
+from ledger.chain_cli import parse_amount
+from node import wallet
+from node.cli import CommandError
+from node.signing import SigningKey
+
+PASSWORD = "correct horse battery staple"
+
+
+def keystore_for(tmp_path, name: str, key: SigningKey):
+    return wallet.create_keystore(tmp_path / f"{name}.json", PASSWORD, key, scrypt_n=2).path
+
+
+def main(argv: list[str]) -> int:
+    """`stagewise ARGV` with only the chain commands assembled (as node.cli.main runs them)."""
+    parser = argparse.ArgumentParser(prog="stagewise")
+    chain_cli.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def run(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 0
+    out = capsys.readouterr().out.strip()
+    assert "\n" not in out, "each command confirms in one line"
+    return out
+
+
+def test_parse_amount_is_exact():
+    assert parse_amount("1.5") == 1_500_000_000_000_000_000
+    assert parse_amount("20gwei") == 20 * 10**9
+    assert parse_amount("1000wei") == 1000
+    assert parse_amount("0.000000000000000001eth") == 1
+    with pytest.raises(Exception, match="whole"):
+        parse_amount("0.5wei")
+    with pytest.raises(Exception, match="not an amount"):
+        parse_amount("lots")
+
+
+def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    monkeypatch.setenv("STAGEWISE_RPC_URL", anvil.url)
+    owner, worker = anvil.keys[0], SigningKey.generate()
+    owner_ks, worker_ks = keystore_for(tmp_path, "owner", owner), keystore_for(tmp_path, "worker", worker)
+
+    out = run(capsys, "chain", "deploy", "--keystore", str(owner_ks), "--unbonding-delay", "30")
+    assert out.startswith("deployed StagewiseStaking at 0x") and owner.address in out
+    contract = json.loads((tmp_path / "home" / "chain.json").read_text())["contract"]
+    chain = ChainClient.connect(anvil.url, address=contract, dev_keys=anvil.keys)
+    assert chain.is_validator(owner.address)
+
+    assert "sent 3 ETH" in run(capsys, "chain", "fund", worker.address, "3")
+    out = run(capsys, "stake", "2", "--keystore", str(worker_ks))
+    assert f"staked 2 ETH ({2 * 10**18} wei) from {worker.address}" in out
+    out = run(capsys, "chain", "unstake", "--amount", "0.5eth", "--keystore", str(worker_ks))
+    assert "unbonding 0.5 ETH" in out and "withdrawable from" in out
+
+    assert main(["withdraw", "--keystore", str(worker_ks)]) == 1
+    assert "can withdraw from" in capsys.readouterr().err
+    chain.advance_time(31)
+    assert "withdrew 0.5 ETH" in run(capsys, "withdraw", "--keystore", str(worker_ks))
+    assert chain.stake_info(worker.address).active == int(1.5 * 10**18)
+
+    proof = epochs.reward_proof(1, {worker.address: 12_345, owner.address: 1}, worker.address)
+    chain.anchor(owner, 1, keccak(b"entries"), bytes.fromhex(proof.rewards_root[2:]), 2)
+    chain.fund_rewards(owner, 10**18)
+    proof_file = tmp_path / "proof.json"
+    proof_file.write_text(json.dumps(proof.to_json()))
+    out = run(capsys, "claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks))
+    assert f"claimed 12345 wei for {worker.address}" in out
+    assert "nothing to claim" in run(capsys, "claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks))
+    assert "active 1.5 ETH" in run(capsys, "chain", "info", worker.address)
+
+
+def test_errors_are_one_line_and_keep_keys_secret(anvil, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    key = SigningKey.generate()
+    ks = keystore_for(tmp_path, "k", key)
+    chain = ChainClient.connect(anvil.url, dev_keys=anvil.keys)
+    chain.deploy(anvil.keys[0], validators=[anvil.keys[0].address])
+    chain.fund(key.address, 10**18)
+    base = ["--rpc-url", anvil.url, "--contract", chain.address, "--keystore", str(ks)]
+
+    assert main(["unstake", "1", *base]) == 1
+    err = capsys.readouterr().err
+    assert "InsufficientStake" in err and key.secret.hex() not in err
+    assert main(["stake", "1", "--rpc-url", "http://127.0.0.1:9", "--contract", chain.address, "--keystore", str(ks)]) == 1
+    assert "cannot reach the chain" in capsys.readouterr().err
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", "wrong")
+    assert main(["stake", "1", *base]) == 1
+    assert "wrong password" in capsys.readouterr().err
