@@ -57,6 +57,7 @@ class ValidatorNode:
         models: ReplayModels,
         chain: Any = None,
         chain_key: SigningKey | None = None,
+        rpc_url: str | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -64,6 +65,7 @@ class ValidatorNode:
         self.models = models
         self.chain = chain
         self.chain_key = chain_key
+        self.rpc_url = rpc_url  # what workers are told (GET /health) to reach the chain
         self.metrics = ValidatorMetrics()
         self.queue = JobQueue(ledger.write_engine, config.validator_id, config.claim_lease_seconds)
         # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
@@ -367,13 +369,7 @@ class ValidatorNode:
         ]
 
     async def evidence(self, job_id: str) -> dict[str, Any] | None:
-        record = await self.ledger.job(job_id)
-        verdict = await self.ledger.verdict(job_id)
-        if record is None or verdict is None or not verdict.figures or "verdict" not in verdict.figures:
-            return None
-        document = {k: v for k, v in verdict.figures.items() if k != "evidence_hash"}
-        document["bundle"] = json.loads(record.bundle)
-        return document
+        return await evidence_document(self.ledger, job_id)
 
     async def leaderboard(self, *, limit: int) -> list[dict[str, Any]]:
         return (await self.ledger.leaderboard(0, limit)).to_json()["items"]
@@ -403,6 +399,13 @@ class ValidatorNode:
             "validator": self.address,
             "validator_id": self.config.validator_id,
             "models": sorted(self.models.ids),
+            "min_stake_wei": str(self.config.min_stake_wei),
+            "chain": {
+                "chain_id": self.domain.chain_id,
+                "staking_contract": self.domain.verifying_contract,
+                "rpc_url": self.rpc_url,
+                "min_stake_wei": str(self.config.min_stake_wei),
+            },
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
         try:
@@ -417,6 +420,17 @@ class ValidatorNode:
             self.metrics.queue_depth.set(await self.queue.depth())
         except Exception:
             pass
+
+
+async def evidence_document(ledger: Ledger, job_id: str) -> dict[str, Any] | None:
+    """The evidence of a job's verdict (node/evidence.py): the stored bundle plus what the verdict kept."""
+    record = await ledger.job(job_id)
+    verdict = await ledger.verdict(job_id)
+    if record is None or verdict is None or not verdict.figures or "verdict" not in verdict.figures:
+        return None
+    document = {k: v for k, v in verdict.figures.items() if k != "evidence_hash"}
+    document["bundle"] = json.loads(record.bundle)
+    return document
 
 
 def _verdict_json(record: Any) -> dict[str, Any]:

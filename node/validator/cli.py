@@ -1,0 +1,305 @@
+"""`stagewise validator …` and `stagewise verify-evidence`.
+
+    stagewise validator run --model-dir DIR [--embedded-chain | --rpc-url URL --contract ADDR] [--db URL]
+    stagewise validator evidence JOB_ID [-o FILE]      # from the ledger (--db)
+    stagewise verify-evidence FILE --model-dir DIR     # recompute a verdict from its evidence alone (I5)
+
+Every flag of `validator run` also reads an environment variable (shown in --help), so a container is
+configured by its environment. Orchestration (worker registration, groups, dispatch:
+node/validator/orchestration_setup.py) adds its flags and routes to the same process and app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("stagewise.validator")
+
+ORCHESTRATION_MODULE = "node.validator.orchestration_setup"
+
+
+def _env(name: str, default=None):
+    return os.environ.get(name, default)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    validator = subparsers.add_parser(
+        "validator", help="run a validator node, export evidence", description="The validator node."
+    )
+    commands = validator.add_subparsers(title="validator commands", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="serve the validator API and validate bundles",
+        description="Serve the validator API, validate queued bundles (replay + verdict), write rewards and "
+        "slashes to the ledger, close epochs and send slashes and anchors to the chain.",
+    )
+    run.add_argument("--model-dir", type=Path, action="append", default=None,
+                     help="a model directory this validator replays (repeatable; env STAGEWISE_MODEL_DIRS, ':'-separated)")
+    run.add_argument("--model", choices=["smollm2"], default=_env("STAGEWISE_MODEL"),
+                     help="a bundled model to replay: smollm2 = SmolLM2-135M-Instruct (env STAGEWISE_MODEL)")
+    chain = run.add_argument_group("chain")
+    chain.add_argument("--embedded-chain", action="store_true", default=_env("STAGEWISE_EMBEDDED_CHAIN") == "1",
+                       help="start an in-process EVM, deploy the contract and serve it on loopback (env STAGEWISE_EMBEDDED_CHAIN=1)")
+    chain.add_argument("--rpc-url", default=_env("STAGEWISE_RPC_URL"), help="chain JSON-RPC URL (env STAGEWISE_RPC_URL)")
+    chain.add_argument("--contract", default=_env("STAGEWISE_CONTRACT"), help="staking contract address (env STAGEWISE_CONTRACT)")
+    chain.add_argument("--no-chain", action="store_true", default=_env("STAGEWISE_NO_CHAIN") == "1",
+                       help="run without a chain: stakes come from the ledger only, nothing is sent (needs --chain-id and --contract for receipts)")
+    chain.add_argument("--chain-id", type=int, default=_env_int("STAGEWISE_CHAIN_ID", 0) or None,
+                       help="chain id of the receipts' EIP-712 domain with --no-chain (env STAGEWISE_CHAIN_ID)")
+    chain.add_argument("--keystore", type=Path, default=_env("STAGEWISE_VALIDATOR_KEYSTORE"),
+                       help="the validator's keystore v3 file, for slashes and anchors (env STAGEWISE_VALIDATOR_KEYSTORE)")
+    chain.add_argument("--password-file", type=Path, help="keystore password file (else $STAGEWISE_KEYSTORE_PASSWORD)")
+    run.add_argument("--host", default=_env("STAGEWISE_HOST", "127.0.0.1"), help="listen address (env STAGEWISE_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=_env_int("STAGEWISE_PORT", 8700), help="listen port, 0 = any free one (env STAGEWISE_PORT, default 8700)")
+    run.add_argument("--sample-rate", type=float, default=_env_float("STAGEWISE_SAMPLE_RATE", 1.0),
+                     help="fraction of jobs replayed, the rest accepted unreplayed; see docs/validator.md (env STAGEWISE_SAMPLE_RATE, default 1)")
+    run.add_argument("--sample-secret", default=_env("STAGEWISE_SAMPLE_SECRET", ""),
+                     help="secret that makes the replayed jobs unpredictable to workers (env STAGEWISE_SAMPLE_SECRET)")
+    run.add_argument("--epoch-seconds", type=float, default=_env_float("STAGEWISE_EPOCH_SECONDS", 60.0),
+                     help="close an epoch at least this often (env STAGEWISE_EPOCH_SECONDS, default 60)")
+    run.add_argument("--epoch-entries", type=int, default=_env_int("STAGEWISE_EPOCH_ENTRIES", 1000),
+                     help="close an epoch once this many entries wait (env STAGEWISE_EPOCH_ENTRIES, default 1000)")
+    run.add_argument("--admin-token", default=_env("STAGEWISE_ADMIN_TOKEN"),
+                     help="bearer token for admin actions; none = admin disabled (env STAGEWISE_ADMIN_TOKEN)")
+    run.add_argument("--validator-id", default=_env("STAGEWISE_VALIDATOR_ID"),
+                     help="name of this process's queue claims; keep it across restarts to reclaim at once (env STAGEWISE_VALIDATOR_ID, default host:port)")
+    run.add_argument("--lease-seconds", type=float, default=_env_float("STAGEWISE_LEASE_SECONDS", 120.0),
+                     help="a claimed job unfinished after this long is taken again (env STAGEWISE_LEASE_SECONDS, default 120)")
+    run.add_argument("--wei-per-work-unit", type=int, default=_env_int("STAGEWISE_WEI_PER_WORK_UNIT", 10**9),
+                     help="reward per layer x token (env STAGEWISE_WEI_PER_WORK_UNIT, default 1 gwei)")
+    run.add_argument("--slash-wei", type=int, default=_env_int("STAGEWISE_SLASH_WEI", 10**16),
+                     help="stake taken from a blamed worker (env STAGEWISE_SLASH_WEI, default 0.01 ether)")
+    run.add_argument("--min-stake-wei", type=int, default=_env_int("STAGEWISE_MIN_STAKE_WEI", 1),
+                     help="stake a receipt signer needs (env STAGEWISE_MIN_STAKE_WEI, default 1 wei)")
+    run.add_argument("--max-body-bytes", type=int, default=_env_int("STAGEWISE_MAX_BODY_BYTES", 8 * 1024 * 1024),
+                     help="largest request body accepted; larger gets 413 (env STAGEWISE_MAX_BODY_BYTES, default 8 MiB)")
+    run.add_argument("--validation-workers", type=int, default=_env_int("STAGEWISE_VALIDATION_WORKERS", 1),
+                     help="concurrent validations in this process (env STAGEWISE_VALIDATION_WORKERS, default 1)")
+    run.add_argument("--no-orchestration", action="store_true", default=_env("STAGEWISE_NO_ORCHESTRATION") == "1",
+                     help="validate only: no worker registration, groups or dispatch, and bundles of any job are "
+                     "taken (a second validator on a shared ledger; env STAGEWISE_NO_ORCHESTRATION=1)")
+    setup = _orchestration_setup()
+    if setup is not None:
+        setup.add_orchestration_options(run)
+    run.set_defaults(func=_run)
+
+    evidence = commands.add_parser("evidence", help="export the evidence of a job's verdict as JSON",
+                                   description="Print (or write) the evidence of a job's verdict from the ledger (--db).")
+    evidence.add_argument("job_id", help="0x-prefixed job id")
+    evidence.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    evidence.set_defaults(func=_evidence)
+
+    verify = subparsers.add_parser(
+        "verify-evidence",
+        help="recompute a verdict from its evidence file (I5)",
+        description="Replay the evidence's bundle on the model and check that the stored verdict is the one the "
+        "evidence implies. Exit 0 when it is, 1 when it is not.",
+    )
+    verify.add_argument("file", type=Path, help="evidence JSON (GET /v1/jobs/{id}/evidence or `stagewise validator evidence`)")
+    verify.add_argument("--model-dir", type=Path, help="the model (its manifest must hash to the evidence's model id)")
+    verify.add_argument("--model", choices=["smollm2"], help="a bundled model instead of --model-dir")
+    verify.set_defaults(func=_verify_evidence)
+
+
+def _orchestration_setup():
+    """node.validator.orchestration_setup when it is installed (it is part of the same package)."""
+    try:
+        return importlib.import_module(ORCHESTRATION_MODULE)
+    except ModuleNotFoundError as error:
+        if error.name != ORCHESTRATION_MODULE:
+            raise
+        return None
+
+
+def _model_dirs(args) -> list[Path]:
+    dirs = list(args.model_dir or [])
+    if not dirs and _env("STAGEWISE_MODEL_DIRS"):
+        dirs = [Path(p) for p in _env("STAGEWISE_MODEL_DIRS").split(":") if p]
+    if getattr(args, "model", None) == "smollm2":
+        from node.pipeline.smollm2 import smollm2_dir
+
+        dirs.append(smollm2_dir())
+    return dirs
+
+
+def _run(args) -> int:
+    from node.cli import CommandError
+
+    dirs = _model_dirs(args)
+    if not dirs:
+        raise CommandError("no model to replay: pass --model-dir DIR or --model smollm2")
+    for path in dirs:
+        if not (Path(path) / "config.json").is_file():
+            raise CommandError(f"{path} is not a model directory (no config.json)")
+    modes = sum([bool(args.embedded_chain), bool(args.rpc_url), bool(args.no_chain)])
+    if modes != 1:
+        raise CommandError("choose one chain: --embedded-chain, --rpc-url URL --contract ADDR, or --no-chain")
+    if args.rpc_url and not args.contract:
+        raise CommandError("--rpc-url needs --contract (the staking contract's address)")
+    if args.no_chain and not (args.chain_id and args.contract):
+        raise CommandError("--no-chain needs --chain-id and --contract for the receipts' EIP-712 domain")
+    try:
+        asyncio.run(_serve(args, dirs))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(args, dirs: list[Path]) -> None:
+    from aiohttp import web
+
+    from ledger.store import Ledger
+    from node.receipts import ReceiptDomain
+    from node.validator.app import build_app
+    from node.validator.config import ValidatorConfig
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+    from node.validator.verdict import Tariff
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    chain = key = rpc_url = None
+    chain_server = None
+    if args.embedded_chain:
+        from ledger.chain import ChainClient
+        from ledger.chain_server import ChainServer
+
+        chain = await asyncio.to_thread(ChainClient.embedded)
+        key = chain.dev_keys[0]
+        chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)
+        rpc_url = await chain_server.start()
+        log.info("embedded chain %d served at %s, staking contract %s", chain.chain_id, rpc_url, chain.address)
+        domain = ReceiptDomain(chain.chain_id, chain.address)
+    elif args.rpc_url:
+        from ledger.chain import ChainClient
+
+        chain = await asyncio.to_thread(ChainClient.connect, args.rpc_url, address=args.contract)
+        key = _validator_key(args)
+        rpc_url = args.rpc_url
+        domain = ReceiptDomain(await asyncio.to_thread(lambda: chain.chain_id), chain.address)
+    else:
+        domain = ReceiptDomain(args.chain_id, args.contract)
+
+    ledger = await Ledger.open()
+    models = ReplayModels(dirs)
+    config = ValidatorConfig(
+        model_dirs=tuple(dirs),
+        sample_rate=args.sample_rate,
+        sample_secret=args.sample_secret.encode(),
+        epoch_seconds=args.epoch_seconds,
+        epoch_entries=args.epoch_entries,
+        admin_token=args.admin_token,
+        max_body_bytes=args.max_body_bytes,
+        tariff=Tariff(args.wei_per_work_unit, args.slash_wei),
+        min_stake_wei=args.min_stake_wei,
+        claim_lease_seconds=args.lease_seconds,
+        validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
+    )
+    node = ValidatorNode(config, ledger, domain=domain, models=models, chain=chain, chain_key=key, rpc_url=rpc_url)
+    setup = None if args.no_orchestration else _orchestration_setup()
+    orchestration = setup.build_orchestration(args, node, dirs[0]) if setup is not None else None
+    app = build_app(node, [orchestration.registrar] if orchestration is not None else [])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
+    print(json.dumps({"event": "listening", "url": f"http://{args.host}:{port}", "validator_id": config.validator_id,
+                      "chain_id": domain.chain_id, "contract": domain.verifying_contract, "rpc_url": rpc_url,
+                      "models": sorted(models.ids)}), flush=True)
+    log.info("validator %s listening on http://%s:%d (models %s)", config.validator_id, args.host, port, ", ".join(sorted(models.ids)))
+    node.start(validators=args.validation_workers)
+    if orchestration is not None:
+        await orchestration.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        if orchestration is not None:
+            await orchestration.stop()
+        await node.stop()
+        await runner.cleanup()
+        if chain_server is not None:
+            await chain_server.stop()
+        await ledger.close()
+
+
+def _validator_key(args):
+    from node.cli import CommandError
+
+    if os.environ.get("STAGEWISE_VALIDATOR_KEY"):
+        from node.wallet import parse_private_key
+
+        return parse_private_key(os.environ["STAGEWISE_VALIDATOR_KEY"])
+    if not args.keystore:
+        raise CommandError("the validator needs its key to slash and anchor: --keystore FILE (or STAGEWISE_VALIDATOR_KEY)")
+    from node.wallet import unlock
+
+    return unlock(args.keystore, args.password_file)
+
+
+def _evidence(args) -> int:
+    from node.cli import CommandError
+
+    async def fetch():
+        from ledger.store import Ledger
+        from node.validator.node import evidence_document
+
+        async with await Ledger.open() as ledger:
+            return await evidence_document(ledger, args.job_id)
+
+    document = asyncio.run(fetch())
+    if document is None:
+        raise CommandError(f"job {args.job_id} is unknown to this ledger or has no verdict yet")
+    text = json.dumps(document, indent=1, sort_keys=True)
+    if args.output:
+        args.output.write_text(text + "\n")
+        print(f"wrote evidence of {args.job_id} to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def _verify_evidence(args) -> int:
+    from node.cli import CommandError
+    from node.evidence import Evidence, EvidenceError, check_evidence
+
+    try:
+        evidence = Evidence.from_dict(json.loads(args.file.read_text()))
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot read evidence {args.file}: {error}") from None
+    dirs = _model_dirs(args)
+    if not dirs:
+        raise CommandError("pass --model-dir DIR (or --model smollm2): the verdict is recomputed by replaying the model")
+    try:
+        check = check_evidence(evidence, str(dirs[0]))
+    except EvidenceError as error:
+        raise CommandError(str(error)) from None
+    print(f"job {evidence.job_id}: {check.explain()} (replay {check.replay_seconds:.2f} s)")
+    if not evidence.replayed and check.matches:
+        print("note: this job was accepted without replay (--sample-rate); the replay above confirms it")
+    return 0 if check.matches else 1
