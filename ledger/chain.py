@@ -609,9 +609,9 @@ class ChainClient:
         )
         del tx["from"]
         with self._send_lock:
-            nonce = self._nonces.get(sender)
-            if nonce is None:
-                nonce = int(self.w3.eth.get_transaction_count(sender, "pending"))
+            # The local counter covers our own transactions the node has not counted yet; the node's count
+            # covers another client (or process) that sent with the same key meanwhile.
+            nonce = max(self._nonces.get(sender, 0), int(self.w3.eth.get_transaction_count(sender, "pending")))
             tx["nonce"] = nonce
             signed = account.sign_transaction(tx)
             try:

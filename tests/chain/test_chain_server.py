@@ -21,16 +21,21 @@ def test_a_client_by_url_shares_the_in_process_chain():
         staked = remote.stake(worker, 10**17)
         assert isinstance(staked.events[0], Staked)
         assert local.stake_of(worker.address) == 10**17
+        local.stake(worker, 1)  # two clients, one key: each picks up the nonce the other used
+        remote.stake(worker, 1)
+        assert local.stake_of(worker.address) == 10**17 + 2
         with pytest.raises(ContractRevert, match="NotValidator") as refused:
             remote.anchor(worker, 1, bytes(32), bytes(32), 0)
         assert refused.value.args_ == {"caller": worker.address}
 
-        remote.request_unstake(worker, 10**17)
+        remote.request_unstake(worker, 10**17 + 2)
         with pytest.raises(ContractRevert, match="UnbondingNotElapsed"):
             remote.withdraw(worker)
         remote.advance_time(11)  # evm_increaseTime works through the server, as on anvil
-        assert remote.withdraw(worker).events[0].amount == 10**17
+        assert remote.withdraw(worker).events[0].amount == 10**17 + 2
         assert [type(e).__name__ for e in remote.events_since(staked.block_number)] == [
+            "Staked",
+            "Staked",
             "Staked",
             "UnstakeRequested",
             "Withdrawn",
