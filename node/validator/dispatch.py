@@ -24,7 +24,7 @@ from pathlib import Path
 from node.job import JobSpec, SamplingParams
 from node.validator.grouping import Group
 from node.validator.orchestrator import Orchestrator
-from node.validator.pipeline_driver import StageFailure
+from node.validator.pipeline_driver import JobInterrupted, StageFailure
 from node.validator.progress import Progress, TaskResult
 from node.validator.rerouting import HistoryCheck, SequenceRun, continuation_spec
 from node.validator.tasks import Task, Tokenizer
@@ -170,18 +170,19 @@ class Dispatcher:
         if error is None:
             self._finish(run, None)
             return
-        if not isinstance(error, StageFailure):
+        if not isinstance(error, (StageFailure, JobInterrupted)):
             log.error("sequence %s failed on %s: %r", run.task.task_id, group_id, error)
             self._finish(run, f"{type(error).__name__}: {error}")
             return
         run.reroutes += 1
         log.warning(
-            "sequence %s lost a stage on %s after %d tokens: %s", run.task.task_id, group_id, len(run.generated), error
+            "sequence %s interrupted on %s after %d tokens: %s", run.task.task_id, group_id, len(run.generated), error
         )
         if run.reroutes > self.policy.max_reroutes:
-            self._finish(run, f"gave up after {run.reroutes} stage failures: {error}")
+            self._finish(run, f"gave up after {run.reroutes} interruptions: {error}")
             return
-        await self.orchestrator.worker_failed(error.worker, error.reason)
+        if isinstance(error, StageFailure):
+            await self.orchestrator.worker_failed(error.worker, error.reason)
         if self.history_check is not None and run.generated:
             kept = await self.history_check(run, self.policy.sampling)
             if kept < len(run.generated):

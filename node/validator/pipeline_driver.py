@@ -4,7 +4,8 @@ The orchestrator decides *who* serves *which* layers and *what* to compute; a `P
 to the stage servers: `prepare` a group (each worker loads its layer range and learns its neighbours),
 `run` a job on it to the end (reporting tokens as the last stage samples them, so a job cut short still
 leaves its history behind) and `release` a group that no longer exists. A stage that stops answering
-surfaces as `StageFailure` naming its worker: the orchestrator then reroutes (node/validator/rerouting.py).
+surfaces as `StageFailure` naming its worker: the orchestrator then reroutes (node/validator/rerouting.py);
+a failure nobody can be blamed for is `JobInterrupted`, and the sequence continues as if rerouted.
 
 `node.validator.stage_control.HttpPipelineDriver` drives the real stage servers of node/pipeline over HTTP.
 """
@@ -28,6 +29,10 @@ class StageFailure(Exception):
         super().__init__(f"stage worker {worker} failed: {reason}")
         self.worker = worker
         self.reason = reason
+
+
+class JobInterrupted(Exception):
+    """A job failed and no stage can be blamed for it (a stall, a reassignment): run it again, drop nobody."""
 
 
 class PipelineDriver(Protocol):
