@@ -1,0 +1,78 @@
+"""A small HTTP client for stage servers: what the orchestrator, the local pipeline and the CLI call.
+
+Every method maps to one route of server.py and raises `StageClientError` (status, code, message) for a
+JSON error, or for a server that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from node.job import JobSpec
+from node.pipeline.assignment import Assignment
+from node.pipeline.sequence import StageResult
+
+
+class StageClientError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{code}: {message}" if status == 0 else f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class StageClient:
+    def __init__(self, url: str, session: aiohttp.ClientSession):
+        self.url = url.rstrip("/")
+        self.session = session
+
+    async def _call(self, method: str, path: str, body: Any = None, timeout_s: float = 600.0) -> Any:
+        try:
+            async with self.session.request(
+                method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                data = await response.json(content_type=None)
+                if response.status >= 400:
+                    error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
+                    raise StageClientError(response.status, error.get("code", "error"), error.get("message", str(data)))
+                return data
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise StageClientError(0, "unreachable", f"{self.url}: {type(error).__name__}: {error}") from None
+
+    async def health(self) -> dict:
+        return await self._call("GET", "/health", timeout_s=10)
+
+    async def assign(self, assignment: Assignment) -> dict:
+        """PUT /v1/assignment: returns once the layers are loaded (may take a while for big models)."""
+        return await self._call("PUT", "/v1/assignment", assignment.to_dict())
+
+    async def release(self) -> dict:
+        return await self._call("DELETE", "/v1/assignment")
+
+    async def submit(self, spec: JobSpec) -> str:
+        return (await self._call("POST", "/v1/jobs", {"spec": spec.to_dict()}))["job_id"]
+
+    async def status(self, job_id: str) -> dict:
+        return await self._call("GET", f"/v1/jobs/{job_id}")
+
+    async def stage_result(self, job_id: str) -> StageResult:
+        return StageResult.from_json(await self._call("GET", f"/v1/jobs/{job_id}/stage-result"))
+
+    async def stats(self) -> dict:
+        return await self._call("GET", "/v1/stats")
+
+    async def stream(self, job_id: str) -> AsyncIterator[dict]:
+        """Events of a job at stage 0: {"tokens": [...]}, then {"done": ...} or {"error": ...}."""
+        try:
+            async with self.session.get(f"{self.url}/v1/jobs/{job_id}/stream", timeout=aiohttp.ClientTimeout(total=None)) as response:
+                if response.status >= 400:
+                    data = await response.json(content_type=None)
+                    error = data.get("error", {})
+                    raise StageClientError(response.status, error.get("code", "error"), error.get("message", ""))
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except aiohttp.ClientError as error:
+            raise StageClientError(0, "unreachable", f"{self.url}: {error}") from None

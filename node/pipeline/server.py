@@ -1,0 +1,874 @@
+"""A stage server: one process hosting one stage of one group, over aiohttp.
+
+The orchestrator assigns a stage (`PUT /v1/assignment`): the server loads that layer range of the model
+whose `model_id` the assignment names (from its `model_dirs`), opens its link to the next stage and accepts
+one from the previous stage (link.py). Jobs enter at stage 0 (`POST /v1/jobs`), travel the ring
+0 -> 1 -> ... -> S-1 -> 0 as hidden states, and come back to stage 0 as sampled tokens.
+
+The schedule is asynchronous and micro-batched: stage 0 runs the sequences whose next token has arrived in
+micro-batches of about in-flight / S sequences, so while it embeds one micro-batch the other stages work on
+the others; every stage batches whatever has arrived. Sequences join and leave between steps. Compute runs on
+one thread per stage, so the event loop keeps sending and receiving while the layers run.
+
+Each job ends in order: the last stage samples a stop token (or the budget runs out) and tells stage 0;
+stage 0 closes its proofs and sends `end` down the ring; every stage checks its predecessor's last proof
+chunk, closes its own, hands its `StageResult` to the `on_result` hook (and to
+`GET /v1/jobs/{job_id}/stage-result`) and passes `end` on; the last stage answers stage 0 with `closed`.
+A failure (handoff mismatch, malformed frame, lost or stalled neighbour) fails only the sequences it touches
+and travels the ring as `abort`, carrying the signed complaint when there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import torch
+from aiohttp import web
+
+from node.job import JobSpec, JobSpecError
+from node.pipeline.assignment import Assignment, AssignmentError
+from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
+from node.pipeline.handoff import Complaint, tokens_message
+from node.pipeline.link import LINK_PATH, MAX_MESSAGE_BYTES, HandshakeError, OutboundLink, check_hello, sign_hello
+from node.pipeline.sequence import DONE, FAILED, RUNNING, SAMPLED, SequenceFailed, SequenceState, StageResult
+from node.pipeline.weights import load_stage, model_id
+from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message, hex_bytes
+from node.signing import SignatureError, SigningKey, recover_message
+
+log = logging.getLogger("stagewise.pipeline")
+
+ResultHook = Callable[[StageResult], Any]
+ComplaintHook = Callable[[Complaint], Any]
+
+
+class PipelineError(Exception):
+    """A request the stage server cannot serve: `status` and `code` for the JSON error."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class JobHandle:
+    """Stage 0's view of a submitted job: stream `events()` or await `wait()`.
+
+    Events are dicts: {"tokens": [...]} as tokens arrive, then {"done": true, "finish_reason",
+    "output_token_ids"} once every stage closed the job, or {"error": {...}, "complaint": {...} | None}.
+    """
+
+    job_id: str
+    spec: JobSpec
+    output: list[int] = field(default_factory=list)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str | None = None
+    complaint: Complaint | None = None
+    finish_reason: str | None = None
+    _events: list[dict] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _push(self, event: dict) -> None:
+        self._events.append(event)
+        self._changed.set()
+
+    async def events(self):
+        index = 0
+        while True:
+            while index < len(self._events):
+                event = self._events[index]
+                index += 1
+                yield event
+                if "done" in event or "error" in event:
+                    return
+            self._changed.clear()
+            if index < len(self._events):
+                continue
+            await self._changed.wait()
+
+    async def wait(self) -> tuple[int, ...]:
+        """The output token ids; raises PipelineError when the job failed."""
+        await self.finished.wait()
+        if self.error is not None:
+            raise PipelineError(502, "job_failed", self.error)
+        return tuple(self.output)
+
+
+class StageServer:
+    def __init__(
+        self,
+        key: SigningKey,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model_dirs: Iterable[str | Path] = (),
+        device: str = "cpu",
+        on_result: ResultHook | None = None,
+        extra_routes: Iterable[Any] = (),
+        *,
+        attn_impl: str = "sdpa",
+        dtype: torch.dtype = torch.float32,
+        micro_batches: int | None = None,
+        max_prefill_rows: int = 4096,
+        stall_timeout_s: float = 120.0,
+        on_complaint: ComplaintHook | None = None,
+        tamper: Tamper | None = None,
+        keep_finished: int = 4096,
+        public_url: str | None = None,
+    ):
+        self.key = key
+        self.host, self.port = host, port
+        self.model_dirs = [Path(d) for d in model_dirs]
+        self.device, self.attn_impl, self.dtype = device, attn_impl, dtype
+        self.on_result, self.on_complaint = on_result, on_complaint
+        self.extra_routes = list(extra_routes)
+        self.micro_batches = micro_batches
+        self.max_prefill_rows = max_prefill_rows
+        self.stall_timeout_s = stall_timeout_s
+        self.tamper = tamper
+        self.keep_finished = keep_finished
+        self.public_url = public_url
+        self.assignment: Assignment | None = None
+        self.engine: StageEngine | None = None
+        self._loaded: tuple[str, int, int] | None = None
+        self._model_ids: dict[Path, str] = {}
+        self.sequences: dict[str, SequenceState] = {}
+        self.results: dict[str, StageResult] = {}
+        self.handles: dict[str, JobHandle] = {}
+        self._finished_order: collections.deque[str] = collections.deque()
+        self._ready: dict[str, StepInput] = {}  # stage 0: the next input of each sequence, in arrival order
+        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._outbound: OutboundLink | None = None
+        self._inbound_ws: web.WebSocketResponse | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-compute")
+        self._stepping: set[str] = set()  # jobs in the step now running (their caches stay until it ends)
+        self._assign_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self.bytes_received = 0
+        self.frames_received = 0
+        self.url = ""
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 << 20)
+        app.add_routes([
+            web.get("/health", self._http_health),
+            web.get("/v1/assignment", self._http_get_assignment),
+            web.put("/v1/assignment", self._http_put_assignment),
+            web.delete("/v1/assignment", self._http_delete_assignment),
+            web.post("/v1/jobs", self._http_post_job),
+            web.get("/v1/jobs/{job_id}", self._http_get_job),
+            web.get("/v1/jobs/{job_id}/stream", self._http_stream_job),
+            web.get("/v1/jobs/{job_id}/stage-result", self._http_stage_result),
+            web.get("/v1/stats", self._http_stats),
+            web.get(LINK_PATH, self._http_link),
+        ])
+        if self.extra_routes:
+            app.add_routes(self.extra_routes)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+        self.port = port
+        self.url = self.public_url or f"http://{self.host}:{port}"
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._schedule(), name="stage-schedule"),
+                       loop.create_task(self._watch_stalls(), name="stage-stalls")]
+        log.info("stage server %s listening on %s", self.key.address, self.url)
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop taking jobs; give in-flight sequences `grace_s` seconds, fail the rest; close links."""
+        self._stopping = True
+        deadline = time.monotonic() + grace_s
+        while self.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for seq in list(self.sequences.values()):
+            if seq.active:
+                self._fail(seq, SequenceFailed("the stage server is shutting down"))
+        await self._close_links()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def in_flight(self) -> int:
+        return sum(1 for seq in self.sequences.values() if seq.active)
+
+    def peer_urls(self) -> dict[str, str]:
+        return {s.worker: s.url for s in self.assignment.stages} if self.assignment else {}
+
+    @property
+    def link_up(self) -> bool:
+        return self._outbound is not None and self._outbound.connected.is_set()
+
+    async def wait_linked(self, timeout_s: float = 30.0) -> None:
+        """Wait until the link to the next stage is up (the previous stage's link is its own business)."""
+        if self.assignment is None:
+            raise PipelineError(409, "not_assigned", "no stage assigned")
+        if self.assignment.num_stages == 1:
+            return
+        await asyncio.wait_for(self._outbound.connected.wait(), timeout_s)
+
+    # ------------------------------------------------------------------------------------------ assignment
+
+    async def assign(self, assignment: Assignment) -> None:
+        """Serve `assignment`: load the layers (unless already loaded), (re)point the links."""
+        if assignment.me.worker != self.key.address:
+            raise AssignmentError(f"stage {assignment.stage_index} is assigned to {assignment.me.worker}, this server is {self.key.address}")
+        async with self._assign_lock:
+            wanted = (assignment.model_id, assignment.me.layer_start, assignment.me.layer_end)
+            old = self.assignment
+            if self._loaded != wanted or self.engine is None:
+                model_dir = await self._find_model(assignment.model_id)
+                started = time.monotonic()
+                model = await asyncio.get_running_loop().run_in_executor(
+                    self._executor,
+                    lambda: load_stage(model_dir, wanted[1], wanted[2], attn_impl=self.attn_impl, dtype=self.dtype, device=self.device),
+                )
+                if model.config.num_layers != assignment.stages[-1].layer_end:
+                    raise AssignmentError(f"the group covers {assignment.stages[-1].layer_end} layers, the model has {model.config.num_layers}")
+                log.info("loaded layers [%d, %d) of %s in %.1f s", wanted[1], wanted[2], model_dir, time.monotonic() - started)
+                self._fail_all("the stage was reassigned")
+                self.engine = StageEngine(model, assignment, self.key, self.tamper)
+                self._loaded = wanted
+            else:
+                if old is not None and (old.group_id, old.stage_index, old.num_stages) != (assignment.group_id, assignment.stage_index, assignment.num_stages):
+                    self._fail_all("the stage was reassigned")
+                self.engine.assignment = assignment
+            self.assignment = assignment
+            relink = old is None or old.stages[old.next_index] != assignment.stages[assignment.next_index] or old.group_id != assignment.group_id
+            if relink or self._outbound is None:
+                await self._close_outbound()
+                if assignment.num_stages > 1:
+                    self._outbound = OutboundLink(self.key, assignment, on_lost=self._on_outbound_lost)
+                    self._outbound.start()
+            if old is not None and old.stages[old.previous_index] != assignment.stages[assignment.previous_index]:
+                await self._close_inbound("the previous stage was replaced")
+
+    async def release(self) -> None:
+        async with self._assign_lock:
+            self._fail_all("the stage was released")
+            await self._close_links()
+            self.assignment, self.engine, self._loaded = None, None, None
+
+    async def _find_model(self, wanted: str) -> Path:
+        for directory in self.model_dirs:
+            if directory not in self._model_ids:
+                self._model_ids[directory] = await asyncio.get_running_loop().run_in_executor(None, model_id, directory)
+            if self._model_ids[directory] == wanted:
+                return directory
+        raise PipelineError(404, "unknown_model", f"model {wanted} is not among this server's model directories")
+
+    async def _close_outbound(self) -> None:
+        if self._outbound is not None:
+            link, self._outbound = self._outbound, None
+            await link.close()
+
+    async def _close_inbound(self, reason: str) -> None:
+        if self._inbound_ws is not None and not self._inbound_ws.closed:
+            await self._inbound_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=reason.encode()[:120])
+
+    async def _close_links(self) -> None:
+        await self._close_outbound()
+        await self._close_inbound("the stage is closing")
+
+    # ------------------------------------------------------------------------------------------ jobs at stage 0
+
+    def submit(self, spec: JobSpec) -> JobHandle:
+        """Start a job on this group (stage 0 only); returns its handle at once."""
+        a = self._require_assignment()
+        if self._stopping:
+            raise PipelineError(503, "stopping", "the stage server is shutting down")
+        if not a.is_first:
+            raise PipelineError(409, "not_stage_zero", f"jobs enter at stage 0; this is stage {a.stage_index}")
+        try:
+            a.check_spec(spec)
+        except AssignmentError as error:
+            raise PipelineError(422, "wrong_group", str(error)) from None
+        if a.num_stages > 1 and not self.link_up:
+            raise PipelineError(503, "link_down", f"stage 1 is not connected: {self._outbound.last_error if self._outbound else 'no link'}")
+        job = spec.job_id_hex
+        if job in self.sequences and self.sequences[job].status != FAILED:
+            raise PipelineError(409, "duplicate_job", f"job {job} is already here")
+        try:
+            seq = self.engine.open(spec)
+        except SequenceFailed as error:
+            raise PipelineError(422, "bad_job", error.reason) from None
+        self.sequences[job] = seq
+        handle = JobHandle(job, spec)
+        self.handles[job] = handle
+        self._send_text(encode_message("job", spec=spec.to_dict()))
+        self._ready[job] = StepInput(seq, 0, torch.tensor(spec.prompt_token_ids, dtype=torch.long))
+        self._wake.set()
+        return handle
+
+    # ------------------------------------------------------------------------------------------ the schedule
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                items = self._take_work()
+                if not items:
+                    break
+                engine = self.engine
+                self._stepping = {item.seq.job_id_hex for item in items}
+                try:
+                    outputs = await loop.run_in_executor(self._executor, engine.step, items)
+                except Exception as error:  # a bug or an OOM must not take the stage down
+                    log.exception("step failed")
+                    self._stepping = set()
+                    for item in items:
+                        if item.seq.active:
+                            self._fail(item.seq, SequenceFailed(f"stage {self.assignment.stage_index} step failed: {error}"))
+                    continue
+                self._stepping = set()
+                for item in items:
+                    if not item.seq.active:
+                        item.seq.cache = None
+                if engine is self.engine:
+                    self._after_step(outputs)
+
+    def _take_work(self) -> list[StepInput]:
+        """Apply queued messages in order; return the next micro-batch (possibly empty)."""
+        if self.engine is None:
+            self._inbox.clear()
+            return []
+        batch: list[StepInput] = []
+        while self._inbox:
+            kind, payload = self._inbox[0]
+            if kind == "frame":
+                self._inbox.popleft()
+                batch.extend(self._frame_items(payload))
+                continue
+            if batch and kind == "msg" and payload.get("type") in ("end", "abort"):
+                break  # finish the rows that came before it first
+            self._inbox.popleft()
+            self._handle(kind, payload)
+        if self.assignment.is_first:
+            batch = self._micro_batch()
+        return batch
+
+    def _micro_batch(self) -> list[StepInput]:
+        if not self._ready:
+            return []
+        groups = self.micro_batches or self.assignment.num_stages
+        active = max(1, self.in_flight())
+        size = max(1, math.ceil(active / groups))
+        batch, rows = [], 0
+        for job in list(self._ready):
+            item = self._ready[job]
+            count = item.inputs.shape[0]
+            if batch and (len(batch) >= size or rows + count > self.max_prefill_rows):
+                break
+            batch.append(self._ready.pop(job))
+            rows += count
+        return batch
+
+    def _frame_items(self, data: bytes) -> list[StepInput]:
+        try:
+            frame = decode_frame(data, self.engine.model.config.hidden_size)
+        except FrameError as error:
+            self._malformed(data, str(error))
+            return []
+        items = []
+        for entry, rows in frame.split():
+            seq = self.sequences.get("0x" + entry.job_id.hex())
+            if seq is None or not seq.active:
+                continue  # already failed here; its abort is on its way round
+            items.append(StepInput(seq, entry.start, rows))
+        return items
+
+    def _malformed(self, data: bytes, reason: str) -> None:
+        """A frame that does not decode fails the sequences its header names, or all when it names none."""
+        import struct
+
+        jobs: list[str] = []
+        try:
+            count = struct.unpack_from("<H", data, 10)[0]
+            jobs = ["0x" + data[12 + 40 * i : 44 + 40 * i].hex() for i in range(count) if len(data) >= 52 + 40 * i]
+        except struct.error:
+            pass
+        targets = [self.sequences[j] for j in jobs if j in self.sequences] or [s for s in self.sequences.values() if s.active]
+        log.warning("malformed frame from stage %d: %s", self.assignment.previous_index, reason)
+        for seq in targets:
+            if seq.active:
+                self._fail(seq, SequenceFailed(f"malformed frame from stage {self.assignment.previous_index}: {reason}"))
+
+    def _after_step(self, outputs) -> None:
+        a = self.assignment
+        entries, claims, tokens = [], [], []
+        for out in outputs:
+            seq = out.seq
+            if not seq.active:
+                continue
+            if out.failure is not None:
+                self._fail(seq, out.failure)
+                continue
+            if a.is_last:
+                seq.output.append(out.token)
+                reason = finish_reason(seq, out.token)
+                if reason is None and seq.cache.length + 1 >= self.engine.model.config.max_position_embeddings:
+                    reason = "length"
+                if reason is not None:
+                    seq.status, seq.finish_reason = SAMPLED, reason
+                tokens.append([seq.job_id_hex, seq.cache.length, out.token, reason])
+            else:
+                entries.append((seq.job_id, out.start, out.rows))
+                claims.extend((seq, claim) for claim in out.claims)
+        if entries:
+            self._send_bytes(encode_frame(entries, a.wire_dtype))
+        for seq, (chunk, proof, signature) in claims:
+            if seq.active:
+                self._send_text(encode_message("proof", job=seq.job_id_hex, chunk=chunk, proof="0x" + proof.hex(), signature="0x" + signature.hex()))
+        if tokens:
+            if a.num_stages == 1:
+                self._on_tokens(tokens)
+            else:
+                signature = self.key.sign_message(tokens_message(tokens))
+                self._send_text(encode_message("tokens", entries=tokens, signature="0x" + signature.hex()))
+        if not a.is_first:
+            for out in outputs:
+                if out.seq.active:
+                    self._guard(out.seq, self.engine.check_claims, out.seq)
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "lost":
+            self._fail_all(payload)
+            return
+        handler = getattr(self, "_on_" + payload["type"], None)
+        if handler is None:
+            log.warning("ignoring unknown message type %r from stage %d", payload["type"], self.assignment.previous_index)
+            return
+        try:
+            handler(payload)
+        except (FrameError, KeyError, TypeError, ValueError, JobSpecError) as error:
+            job = payload.get("job")
+            seq = self.sequences.get(job) if isinstance(job, str) else None
+            log.warning("bad %r message from stage %d: %s", payload["type"], self.assignment.previous_index, error)
+            if seq is not None and seq.active:
+                self._fail(seq, SequenceFailed(f"malformed {payload['type']} message: {error}"))
+
+    def _on_job(self, message: dict) -> None:
+        spec = JobSpec.from_dict(message["spec"])
+        job = spec.job_id_hex
+        try:
+            self.assignment.check_spec(spec)
+            seq = self.engine.open(spec)
+        except (AssignmentError, SequenceFailed) as error:
+            self.sequences[job] = failed = SequenceState(spec, spec.job_id, None, None, None)
+            self._fail(failed, SequenceFailed(f"stage {self.assignment.stage_index} refuses the job: {error}"))
+            return
+        if job in self.sequences and self.sequences[job].active:
+            self._fail(self.sequences[job], SequenceFailed("job started twice"))
+            return
+        self.sequences[job] = seq
+        if not self.assignment.is_last:
+            self._send_text(encode_message("job", spec=message["spec"]))
+
+    def _on_proof(self, message: dict) -> None:
+        seq = self._sequence(message)
+        if seq is None:
+            return
+        chunk = message["chunk"]
+        if not isinstance(chunk, int) or chunk < 0:
+            raise ValueError("chunk must be a non-negative integer")
+        proof = hex_bytes(message["proof"], "proof")
+        signature = hex_bytes(message["signature"], "signature", 65)
+        self._guard(seq, self.engine.record_claim, seq, chunk, proof, signature)
+        if seq.active:
+            self._guard(seq, self.engine.check_claims, seq)
+
+    def _on_tokens(self, entries: list, signature: bytes | None = None) -> None:
+        """Stage 0: the last stage's sampled tokens (each message signed by it, checked before use)."""
+        if isinstance(entries, dict):  # the JSON message
+            message = entries
+            entries = message["entries"]
+            signature = hex_bytes(message["signature"], "signature", 65)
+            if not isinstance(entries, list):
+                raise ValueError("entries must be a list")
+            last = self.assignment.stages[-1].worker
+            try:
+                signer = recover_message(tokens_message(entries), signature)
+            except SignatureError as error:
+                signer = f"nobody ({error})"
+            if signer != last:
+                for entry in entries:
+                    seq = self.sequences.get(entry[0]) if isinstance(entry, list) and entry else None
+                    if seq is not None and seq.active:
+                        self._fail(seq, SequenceFailed(f"token frame signed by {signer}, not by the last stage {last}"))
+                return
+        for entry in entries:
+            job, position, token, reason = entry
+            seq = self.sequences.get(job)
+            if seq is None or not seq.active:
+                continue
+            if position != seq.cache.length or not isinstance(token, int) or not 0 <= token < self.engine.model.config.vocab_size:
+                self._fail(seq, SequenceFailed(f"token frame for position {position}, expected {seq.cache.length}"))
+                continue
+            if self.assignment.num_stages > 1:
+                seq.output.append(token)
+            seq.last_progress = time.monotonic()
+            handle = self.handles.get(job)
+            if handle is not None:
+                handle.output.append(token)
+                handle._push({"tokens": [token]})
+            if reason is None:
+                self._ready[job] = StepInput(seq, position, torch.tensor([token], dtype=torch.long))
+            else:
+                seq.finish_reason = reason
+                self._end_here(seq, output=list(seq.output))
+        self._wake.set()
+
+    def _on_end(self, message: dict) -> None:
+        seq = self._sequence(message)
+        if seq is None:
+            return
+        output = message["output"]
+        if not (isinstance(output, list) and all(isinstance(t, int) for t in output)):
+            raise ValueError("output must be a list of token ids")
+        if self.assignment.is_last and output != seq.output:
+            self._fail(seq, SequenceFailed("stage 0 reports an output that differs from the tokens this stage sampled"))
+            return
+        seq.finish_reason = message.get("reason")
+        self._end_here(seq, output)
+
+    def _end_here(self, seq: SequenceState, output: list[int]) -> None:
+        """Close this stage's part of a finished job and pass `end` (or, from the last stage, `closed`) on."""
+        a = self.assignment
+        try:
+            self.engine.finish_inbound(seq)
+            seq.output = list(output)
+            claim = self.engine.finish_outbound(seq)
+            result = self.engine.result(seq)
+        except SequenceFailed as failure:
+            self._fail(seq, failure)
+            return
+        if claim is not None and not a.is_last:
+            chunk, proof, signature = claim
+            self._send_text(encode_message("proof", job=seq.job_id_hex, chunk=chunk, proof="0x" + proof.hex(), signature="0x" + signature.hex()))
+        seq.status, seq.cache = DONE, None
+        self._ready.pop(seq.job_id_hex, None)
+        self._publish(result)
+        if a.num_stages == 1:
+            self._on_closed({"job": seq.job_id_hex})
+        elif a.is_last:
+            self._send_text(encode_message("closed", job=seq.job_id_hex))
+        else:
+            self._send_text(encode_message("end", job=seq.job_id_hex, output=list(output), reason=seq.finish_reason))
+
+    def _on_closed(self, message: dict) -> None:
+        handle = self.handles.get(message["job"])
+        if handle is not None and not handle.finished.is_set():
+            handle.finish_reason = self.sequences[handle.job_id].finish_reason
+            handle._push({"done": True, "finish_reason": handle.finish_reason, "output_token_ids": list(handle.output)})
+            handle.finished.set()
+
+    def _on_abort(self, message: dict) -> None:
+        job, origin = message["job"], int(message["origin"])
+        if not 0 <= origin < self.assignment.num_stages:
+            raise ValueError(f"abort origin {origin} is not a stage of this group")
+        complaint = Complaint.from_json(message["complaint"]) if message.get("complaint") else None
+        failure = SequenceFailed(str(message.get("reason")), complaint)
+        seq = self.sequences.get(job)
+        if seq is None:
+            self._forward_abort(job, failure, origin)  # the job never got here; later stages may know it
+        elif seq.status != FAILED:
+            self._fail(seq, failure, origin=origin)
+
+    def _sequence(self, message: dict) -> SequenceState | None:
+        seq = self.sequences.get(message["job"])
+        return seq if seq is not None and seq.active else None
+
+    def _guard(self, seq: SequenceState, function, *args) -> None:
+        try:
+            function(*args)
+        except SequenceFailed as failure:
+            self._fail(seq, failure)
+
+    # ------------------------------------------------------------------------------------------ failures
+
+    def _fail(self, seq: SequenceState, failure: SequenceFailed, origin: int | None = None) -> None:
+        """Fail one sequence here and send `abort` on round the ring until it is back at its origin."""
+        a = self.assignment
+        origin = a.stage_index if origin is None else origin
+        fail(seq, failure.reason)
+        seq.complaint = seq.complaint or failure.complaint
+        if seq.job_id_hex not in self._stepping:
+            seq.cache = None
+        self._ready.pop(seq.job_id_hex, None)
+        log.warning("job %s failed at stage %d: %s", seq.job_id_hex[:12], a.stage_index, failure.reason)
+        if failure.complaint is not None and origin == a.stage_index and self.on_complaint is not None:
+            self._call_hook(self.on_complaint, failure.complaint)
+        handle = self.handles.get(seq.job_id_hex)
+        if handle is not None and not handle.finished.is_set():
+            handle.error, handle.complaint = failure.reason, failure.complaint
+            handle._push({"error": {"code": "job_failed", "message": failure.reason},
+                          "complaint": failure.complaint.to_json() if failure.complaint else None})
+            handle.finished.set()
+        self._forward_abort(seq.job_id_hex, failure, origin)
+        self._remember(seq.job_id_hex)
+
+    def _forward_abort(self, job: str, failure: SequenceFailed, origin: int) -> None:
+        a = self.assignment
+        if a.num_stages > 1 and a.next_index != origin:
+            self._send_text(encode_message(
+                "abort", job=job, reason=failure.reason, origin=origin,
+                complaint=failure.complaint.to_json() if failure.complaint else None,
+            ))
+
+    def _fail_all(self, reason: str) -> None:
+        for seq in list(self.sequences.values()):
+            if seq.active:
+                self._fail(seq, SequenceFailed(reason))
+
+    def _on_outbound_lost(self, reason: str) -> None:
+        self._inbox.append(("lost", reason))
+        self._wake.set()
+
+    async def _watch_stalls(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.05, self.stall_timeout_s / 4))
+            now = time.monotonic()
+            for seq in list(self.sequences.values()):
+                if seq.active and now - seq.last_progress > self.stall_timeout_s:
+                    self._fail(seq, SequenceFailed(f"stalled: no progress for {now - seq.last_progress:.1f} s at stage {self.assignment.stage_index}"))
+
+    # ------------------------------------------------------------------------------------------ results
+
+    def _publish(self, result: StageResult) -> None:
+        self.results[result.job_id] = result
+        self._remember(result.job_id)
+        if self.on_result is not None:
+            self._call_hook(self.on_result, result)
+
+    def _call_hook(self, hook, value) -> None:
+        try:
+            outcome = hook(value)
+            if asyncio.iscoroutine(outcome):
+                asyncio.get_running_loop().create_task(outcome)
+        except Exception:
+            log.exception("result/complaint hook failed")
+
+    def _remember(self, job: str) -> None:
+        self._finished_order.append(job)
+        while len(self._finished_order) > self.keep_finished:
+            old = self._finished_order.popleft()
+            seq = self.sequences.get(old)
+            if seq is not None and not seq.active:
+                self.sequences.pop(old, None)
+                self.results.pop(old, None)
+                self.handles.pop(old, None)
+
+    def result(self, job_id: str) -> StageResult | None:
+        return self.results.get(job_id.lower())
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        seq = self.sequences.get(job_id.lower())
+        if seq is None:
+            raise PipelineError(404, "unknown_job", f"job {job_id} is not known to this stage")
+        status = {"job_id": seq.job_id_hex, "stage_index": self.assignment.stage_index if self.assignment else None,
+                  "status": seq.status, "output_token_ids": list(seq.output), "finish_reason": seq.finish_reason,
+                  "error": seq.error, "complaint": seq.complaint.to_json() if seq.complaint else None}
+        handle = self.handles.get(seq.job_id_hex)
+        if handle is not None:
+            status["output_token_ids"] = list(handle.output)
+            status["closed"] = handle.finished.is_set() and handle.error is None
+        return status
+
+    def stats(self) -> dict[str, Any]:
+        engine = self.engine
+        s = engine.stats if engine else None
+        model = engine.model if engine else None
+        return {
+            "address": self.key.address,
+            "stage_index": self.assignment.stage_index if self.assignment else None,
+            "in_flight": self.in_flight(),
+            "steps": s.steps if s else 0, "rows": s.rows if s else 0,
+            "compute_s": s.compute_s if s else 0.0, "proof_s": s.proof_s if s else 0.0, "check_s": s.check_s if s else 0.0,
+            "bytes_sent": self._outbound.bytes_sent if self._outbound else 0,
+            "frames_sent": self._outbound.frames_sent if self._outbound else 0,
+            "bytes_received": self.bytes_received, "frames_received": self.frames_received,
+            "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()) if model else 0,
+            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "pid": os.getpid(),
+        }
+
+    # ------------------------------------------------------------------------------------------ sending
+
+    def _send_bytes(self, data: bytes) -> None:
+        if self._outbound is not None and not self._outbound.send(data):
+            log.debug("dropped a frame: the link to stage %d is down", self.assignment.next_index)
+
+    def _send_text(self, text: str) -> None:
+        if self.assignment is None or self.assignment.num_stages == 1:
+            return
+        if self._outbound is not None:
+            self._outbound.send(text)
+
+    def _require_assignment(self) -> Assignment:
+        if self.assignment is None or self.engine is None:
+            raise PipelineError(409, "not_assigned", "this stage server has no assignment yet")
+        return self.assignment
+
+    # ------------------------------------------------------------------------------------------ HTTP
+
+    async def _http_link(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30.0, compress=False)
+        await ws.prepare(request)
+        a = self.assignment
+        if a is None or a.num_stages == 1:
+            await ws.send_json({"type": "refused", "reason": "this stage server has no multi-stage assignment"})
+            await ws.close()
+            return ws
+        challenge = os.urandom(16)
+        await ws.send_json({"type": "challenge", "nonce": "0x" + challenge.hex()})
+        try:
+            first = await ws.receive(timeout=10.0)
+            if first.type != aiohttp.WSMsgType.TEXT:
+                raise HandshakeError("expected a hello")
+            nonce = check_hello(first.json(), a, a.previous_index, self.key.address, challenge)
+        except (HandshakeError, ValueError, asyncio.TimeoutError) as error:
+            log.warning("refused a link: %s", error)
+            await ws.send_json({"type": "refused", "reason": str(error)})
+            await ws.close()
+            return ws
+        await ws.send_json(sign_hello(self.key, a, a.stages[a.previous_index].worker, os.urandom(16), nonce))
+        if self._inbound_ws is not None and not self._inbound_ws.closed:
+            await self._inbound_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"replaced by a new link")
+        self._inbound_ws = ws
+        log.info("stage %d accepted the link from stage %d", a.stage_index, a.previous_index)
+        reason = "closed"
+        try:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    self.bytes_received += len(message.data)
+                    self.frames_received += 1
+                    self._inbox.append(("frame", message.data))
+                elif message.type == aiohttp.WSMsgType.TEXT:
+                    self.bytes_received += len(message.data)
+                    try:
+                        self._inbox.append(("msg", decode_message(message.data)))
+                    except FrameError as error:
+                        log.warning("bad control message from stage %d: %s", a.previous_index, error)
+                        continue
+                else:
+                    reason = f"{message.type.name}: {ws.exception()}"
+                    break
+                self._wake.set()
+        finally:
+            if self._inbound_ws is ws:
+                self._inbound_ws = None
+                if not self._stopping:
+                    self._inbox.append(("lost", f"the link from stage {a.previous_index} dropped ({reason})"))
+                    self._wake.set()
+        return ws
+
+    async def _http_health(self, request: web.Request) -> web.Response:
+        a = self.assignment
+        return web.json_response({
+            "status": "ok", "address": self.key.address, "url": self.url,
+            "assignment": a.to_dict() if a else None, "in_flight": self.in_flight(),
+            "link_up": self.link_up if a and a.num_stages > 1 else None,
+        })
+
+    async def _http_get_assignment(self, request: web.Request) -> web.Response:
+        return web.json_response({"assignment": self.assignment.to_dict() if self.assignment else None})
+
+    async def _http_put_assignment(self, request: web.Request) -> web.Response:
+        try:
+            assignment = Assignment.from_dict(await _json_body(request))
+            await self.assign(assignment)
+        except AssignmentError as error:
+            return _error(422, "bad_assignment", str(error))
+        except PipelineError as error:
+            return _error(error.status, error.code, error.message)
+        return web.json_response({"status": "ready", "assignment": assignment.to_dict()})
+
+    async def _http_delete_assignment(self, request: web.Request) -> web.Response:
+        await self.release()
+        return web.json_response({"status": "released"})
+
+    async def _http_post_job(self, request: web.Request) -> web.Response:
+        try:
+            body = await _json_body(request)
+            spec = JobSpec.from_dict(body.get("spec") if isinstance(body, dict) else None)
+            handle = self.submit(spec)
+        except (JobSpecError, AssignmentError) as error:
+            return _error(400, "bad_spec", str(error))
+        except PipelineError as error:
+            return _error(error.status, error.code, error.message)
+        return web.json_response({"job_id": handle.job_id}, status=202)
+
+    async def _http_get_job(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(self.job_status(request.match_info["job_id"]))
+        except PipelineError as error:
+            return _error(error.status, error.code, error.message)
+
+    async def _http_stream_job(self, request: web.Request) -> web.StreamResponse:
+        handle = self.handles.get(request.match_info["job_id"].lower())
+        if handle is None:
+            return _error(404, "unknown_job", "no job with that id was submitted to this stage")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        import json
+
+        async for event in handle.events():
+            await response.write((json.dumps(event) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    async def _http_stage_result(self, request: web.Request) -> web.Response:
+        job = request.match_info["job_id"].lower()
+        result = self.results.get(job)
+        if result is not None:
+            return web.json_response(result.to_json())
+        seq = self.sequences.get(job)
+        if seq is None:
+            return _error(404, "unknown_job", f"job {job} is not known to this stage")
+        if seq.status == FAILED:
+            return _error(409, "job_failed", seq.error or "failed")
+        return _error(409, "job_running", f"job {job} is still running at this stage")
+
+    async def _http_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise AssignmentError("the request body is not JSON") from None
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
