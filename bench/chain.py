@@ -95,7 +95,12 @@ def report(gas: dict[str, int], backend: str, submissions: int) -> bool:
     rows.append(("anchor gas, epoch of 10 entries", f"{gas['anchor_10']:,}", "reference", None))
     drift = abs(gas["anchor_10000"] - gas["anchor_10"]) / gas["anchor_10"]
     rows.append(
-        ("anchor gas, epoch of 10,000 entries", f"{gas['anchor_10000']:,} ({drift:.3%} off)", "within 1% of 10", drift <= 0.01)
+        (
+            "anchor gas, epoch of 10,000 entries",
+            f"{gas['anchor_10000']:,} ({drift:.3%} off)",
+            "within 1% of 10",
+            drift <= 0.01,
+        )
     )
     for name in ("stake", "slash", "claim"):
         label = f"{name} gas" + (" (1,000-worker rewards tree)" if name == "claim" else "")

@@ -468,9 +468,7 @@ class ChainClient:
         """Send `amount` wei of `worker`'s stake to the treasury; once per `evidence_hash`."""
         return self._transact(key, "slash", to_checksum_address(worker), int(amount), _bytes32(evidence_hash))
 
-    def anchor(
-        self, key: Signer, epoch: int, entries_root: bytes, rewards_root: bytes, entry_count: int
-    ) -> TxResult:
+    def anchor(self, key: Signer, epoch: int, entries_root: bytes, rewards_root: bytes, entry_count: int) -> TxResult:
         """Record a closed epoch's roots; epochs must strictly increase."""
         return self._transact(
             key, "anchor", int(epoch), _bytes32(entries_root), _bytes32(rewards_root), int(entry_count)

@@ -333,28 +333,49 @@ def _amount(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, *, contract: bool = True, key: bool = True) -> None:
-    parser.add_argument("--rpc-url", help=f"JSON-RPC URL of the chain (env {RPC_ENV}; default <data dir>/chain.json, else {DEFAULT_RPC_URL})")
+    parser.add_argument(
+        "--rpc-url",
+        help=f"JSON-RPC URL of the chain (env {RPC_ENV}; default <data dir>/chain.json, else {DEFAULT_RPC_URL})",
+    )
     if contract:
-        parser.add_argument("--contract", help=f"staking contract address (env {CONTRACT_ENV}; default <data dir>/chain.json)")
+        parser.add_argument(
+            "--contract", help=f"staking contract address (env {CONTRACT_ENV}; default <data dir>/chain.json)"
+        )
     if key:
-        parser.add_argument("--keystore", type=Path, help=f"keystore v3 file that signs (env {KEYSTORE_ENV}; default <data dir>/keys/worker.json)")
-        parser.add_argument("--password-file", type=Path, help="read the keystore password from this file (else STAGEWISE_KEYSTORE_PASSWORD, else a prompt)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a transaction's receipt (default 60)")
+        parser.add_argument(
+            "--keystore",
+            type=Path,
+            help=f"keystore v3 file that signs (env {KEYSTORE_ENV}; default <data dir>/keys/worker.json)",
+        )
+        parser.add_argument(
+            "--password-file",
+            type=Path,
+            help="read the keystore password from this file (else STAGEWISE_KEYSTORE_PASSWORD, else a prompt)",
+        )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for a transaction's receipt (default 60)"
+    )
 
 
 def _amount_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("amount_pos", nargs="?", type=parse_amount, metavar="AMOUNT", help=f"{what}: 1.5 (ETH), 1.5eth, 20gwei, 1000wei")
+    parser.add_argument(
+        "amount_pos", nargs="?", type=parse_amount, metavar="AMOUNT", help=f"{what}: 1.5 (ETH), 1.5eth, 20gwei, 1000wei"
+    )
     parser.add_argument("--amount", type=parse_amount, help="the same, as an option")
 
 
 def _worker_commands(subparsers: argparse._SubParsersAction) -> None:
-    stake = subparsers.add_parser("stake", help="stake native currency on the contract", description="Add to this key's active stake.")
+    stake = subparsers.add_parser(
+        "stake", help="stake native currency on the contract", description="Add to this key's active stake."
+    )
     _amount_args(stake, "how much to stake")
     _common(stake)
     stake.set_defaults(func=cmd_stake)
 
     unstake = subparsers.add_parser(
-        "unstake", help="start unbonding stake", description="Move active stake into unbonding; withdraw it after the delay."
+        "unstake",
+        help="start unbonding stake",
+        description="Move active stake into unbonding; withdraw it after the delay.",
     )
     _amount_args(unstake, "how much to unbond")
     _common(unstake)
@@ -393,7 +414,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     deploy = sub.add_parser("deploy", help="deploy StagewiseStaking; the keystore's key becomes its owner")
     deploy.add_argument("--treasury", help="where slashed stake goes (default: the owner)")
-    deploy.add_argument("--unbonding-delay", type=int, default=7 * 24 * 3600, help="seconds between unstake and withdraw (default 7 days)")
+    deploy.add_argument(
+        "--unbonding-delay",
+        type=int,
+        default=7 * 24 * 3600,
+        help="seconds between unstake and withdraw (default 7 days)",
+    )
     deploy.add_argument("--validator", action="append", help="a validator address (repeat; default: the owner)")
     _common(deploy, contract=False)
     deploy.set_defaults(func=cmd_deploy)

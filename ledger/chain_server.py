@@ -52,7 +52,9 @@ class EmbeddedProvider(EthereumTesterProvider):
         request_id = next(self._ids)
         with self.lock:
             if method == "evm_increaseTime":
-                return self._increase_time(int(params[0], 16) if isinstance(params[0], str) else int(params[0]), request_id)
+                return self._increase_time(
+                    int(params[0], 16) if isinstance(params[0], str) else int(params[0]), request_id
+                )
             namespace, _, endpoint = method.partition("_")
             delegator = self.api_endpoints.get(namespace, {}).get(endpoint)
             if delegator is None:
@@ -235,8 +237,7 @@ def anvil_keys(count: int = 10, mnemonic: str = ANVIL_MNEMONIC) -> list:
 
     Account.enable_unaudited_hdwallet_features()
     return [
-        SigningKey(bytes(Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}").key))
-        for i in range(count)
+        SigningKey(bytes(Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}").key)) for i in range(count)
     ]
 
 
@@ -269,8 +270,16 @@ class AnvilNode:
     def start(self, timeout: float = 30.0) -> str:
         self.process = subprocess.Popen(
             [
-                str(self.binary), "--host", self.host, "--port", str(self.port),
-                "--accounts", str(self.accounts), "--mnemonic", ANVIL_MNEMONIC, "--silent",
+                str(self.binary),
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--accounts",
+                str(self.accounts),
+                "--mnemonic",
+                ANVIL_MNEMONIC,
+                "--silent",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -113,7 +113,11 @@ class ChainSync:
         if events:
             log.info(
                 "chain blocks %d..%d: %d events, %d journal entries, %d anchors marked",
-                first, last, len(events), len(written), marked,
+                first,
+                last,
+                len(events),
+                len(written),
+                marked,
             )
         return SyncPass(first, last, len(events), len(written), marked)
 
@@ -138,8 +142,9 @@ class ChainSync:
                 pass
 
     async def _mark_anchored(self, tx, event: Anchored) -> int:
-        from ledger.models import Epoch
         from sqlalchemy import select
+
+        from ledger.models import Epoch
 
         row = (await tx.conn.execute(select(Epoch).where(Epoch.number == event.epoch))).one_or_none()
         if row is None:
@@ -147,7 +152,11 @@ class ChainSync:
             return 0
         on_chain = ("0x" + event.entries_root.hex(), "0x" + event.rewards_root.hex())
         if (row.entries_root, row.rewards_root) != on_chain:
-            log.warning("epoch %d anchored on chain with roots %s, the ledger closed it with %s", event.epoch,
-                        on_chain, (row.entries_root, row.rewards_root))
+            log.warning(
+                "epoch %d anchored on chain with roots %s, the ledger closed it with %s",
+                event.epoch,
+                on_chain,
+                (row.entries_root, row.rewards_root),
+            )
             return 0
         return 1 if await tx.mark_anchored(event.epoch, event.tx_hash) is not None else 0

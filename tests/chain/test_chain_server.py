@@ -45,13 +45,16 @@ def test_a_client_by_url_shares_the_in_process_chain():
 async def test_bad_requests_get_json_rpc_errors():
     local = ChainClient.embedded(deploy=False)
     async with ChainServer(local.w3) as server, aiohttp.ClientSession() as http:
+
         async def post(body):
             async with http.post(server.url, data=body, headers={"Content-Type": "application/json"}) as response:
                 assert response.status == 200
                 return await response.json()
 
         assert (await post(b"{not json"))["error"]["code"] == -32700
-        assert (await post(b'{"jsonrpc": "2.0", "id": 1, "method": "eth_nope", "params": []}'))["error"]["code"] == -32601
+        assert (await post(b'{"jsonrpc": "2.0", "id": 1, "method": "eth_nope", "params": []}'))["error"][
+            "code"
+        ] == -32601
         assert (await post(b'{"jsonrpc": "2.0", "id": 2}'))["error"]["code"] == -32600
         batch = await post(
             b'[{"jsonrpc": "2.0", "id": 3, "method": "eth_chainId", "params": []},'

@@ -60,9 +60,7 @@ async def test_an_anchor_on_chain_marks_the_ledger_epoch(sqlite_url):
     validator, worker = chain.dev_keys[0], chain.dev_keys[2]
     ledger = await Ledger.open(sqlite_url)
     try:
-        await ledger.append(
-            [journal.reward(worker.address, 70, job_id=keccak(b"job"), stage=0, work_units=12)]
-        )
+        await ledger.append([journal.reward(worker.address, 70, job_id=keccak(b"job"), stage=0, work_units=12)])
         epoch = await ledger.close_epoch()
         chain.anchor(validator, 0, keccak(b"not ours"), keccak(b"x"), 1)  # an epoch this ledger lacks: logged
         # The anchor was sent, then the validator died before recording it: the follower completes it.

@@ -9,9 +9,8 @@ import sys
 import pytest
 from eth_hash.auto import keccak
 
-from ledger import epochs
+from ledger import chain_cli, epochs
 from ledger.chain import ChainClient
-from ledger import chain_cli
 from ledger.chain_cli import parse_amount
 from node import wallet
 from node.cli import CommandError
@@ -101,7 +100,9 @@ def test_errors_are_one_line_and_keep_keys_secret(anvil, tmp_path, capsys, monke
     assert main(["unstake", "1", *base]) == 1
     err = capsys.readouterr().err
     assert "InsufficientStake" in err and key.secret.hex() not in err
-    assert main(["stake", "1", "--rpc-url", "http://127.0.0.1:9", "--contract", chain.address, "--keystore", str(ks)]) == 1
+    assert (
+        main(["stake", "1", "--rpc-url", "http://127.0.0.1:9", "--contract", chain.address, "--keystore", str(ks)]) == 1
+    )
     assert "cannot reach the chain" in capsys.readouterr().err
     monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", "wrong")
     assert main(["stake", "1", *base]) == 1

@@ -7,6 +7,7 @@ import threading
 import pytest
 from eth_hash.auto import keccak
 
+from ledger import epochs
 from ledger.chain import (
     Anchored,
     Artifact,
@@ -20,7 +21,6 @@ from ledger.chain import (
 )
 from node.signing import SigningKey
 from tests.chain.conftest import UNBONDING_DELAY
-from ledger import epochs
 
 ETHER = 10**18
 
@@ -105,7 +105,9 @@ def test_slash_takes_active_then_unbonding_stake_never_more_once_per_evidence(ch
     treasury_before = chain.balance_of(treasury)
     slashed = chain.slash(validator, worker.address, 70, evidence)
     assert slashed.events == (
-        Slashed(*_where(slashed), worker=worker.address, evidence_hash=evidence, validator=validator.address, amount=70),
+        Slashed(
+            *_where(slashed), worker=worker.address, evidence_hash=evidence, validator=validator.address, amount=70
+        ),
     )
     info = chain.stake_info(worker.address)
     assert (info.active, info.unbonding) == (0, 30)
