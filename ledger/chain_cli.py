@@ -194,12 +194,14 @@ def cmd_withdraw(args: argparse.Namespace) -> int:
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
-    client = _client(args)
-    key = load_key(args.keystore, args.password_file)
-    cumulative, proof, epoch = _claim_proof(args, key.address)
-    latest = _run(client.latest_anchor)
     from ledger import merkle
 
+    client = _client(args)
+    key = load_key(args.keystore, args.password_file)
+    latest = _run(client.latest_anchor)
+    if latest.count == 0:
+        raise _error("no epoch is anchored on chain yet: there is nothing to claim against")
+    cumulative, proof, epoch = _claim_proof(args, key.address, latest.latest_epoch)
     if not merkle.verify_reward(key.address, cumulative, proof, latest.rewards_root):
         raise _error(
             f"this proof (epoch {epoch if epoch is not None else '?'}) is not against the latest anchored rewards "
@@ -217,7 +219,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _claim_proof(args: argparse.Namespace, address: str) -> tuple[int, list[bytes], int | None]:
+def _claim_proof(args: argparse.Namespace, address: str, epoch: int) -> tuple[int, list[bytes], int | None]:
     """(cumulative wei, proof, epoch) from --proof-file, from --amount/--proof, or from the ledger."""
     if args.proof_file:
         try:
@@ -236,10 +238,11 @@ def _claim_proof(args: argparse.Namespace, address: str) -> tuple[int, list[byte
         except ValueError:
             raise _error("--proof takes comma-separated 32-byte hex hashes") from None
         return args.amount, proof, None
-    return _ledger_proof(address)
+    return _ledger_proof(address, epoch)
 
 
-def _ledger_proof(address: str) -> tuple[int, list[bytes], int | None]:
+def _ledger_proof(address: str, epoch: int) -> tuple[int, list[bytes], int | None]:
+    """The proof for `epoch` (the one anchored on chain) from the ledger at --db / STAGEWISE_DB."""
     import asyncio
 
     from ledger.store import Ledger
@@ -247,7 +250,7 @@ def _ledger_proof(address: str) -> tuple[int, list[bytes], int | None]:
     async def read():
         ledger = await Ledger.open(migrate=False)
         try:
-            return await ledger.reward_proof(address)
+            return await ledger.reward_proof(address, epoch)
         finally:
             await ledger.close()
 
@@ -256,7 +259,7 @@ def _ledger_proof(address: str) -> tuple[int, list[bytes], int | None]:
     except Exception as error:  # noqa: BLE001 - no database, no tables: say so
         raise _error(f"cannot read a reward proof from the ledger: {error}") from None
     if proof is None:
-        raise _error(f"the ledger has no reward for {address} in an anchored epoch")
+        raise _error(f"the ledger has no reward for {address} in epoch {epoch} (the latest anchored on chain)")
     return proof.cumulative, [bytes.fromhex(p[2:]) for p in proof.proof], proof.epoch
 
 

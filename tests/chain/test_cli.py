@@ -107,3 +107,37 @@ def test_errors_are_one_line_and_keep_keys_secret(anvil, tmp_path, capsys, monke
     monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", "wrong")
     assert main(["stake", "1", *base]) == 1
     assert "wrong password" in capsys.readouterr().err
+
+
+async def _ledger_with_an_epoch(url: str, worker: str):
+    from ledger import journal
+    from ledger.store import Ledger
+
+    ledger = await Ledger.open(url)
+    try:
+        await ledger.append([journal.reward(worker, 4_321, job_id=keccak(b"job"), stage=1, work_units=8)])
+        return await ledger.close_epoch()
+    finally:
+        await ledger.close()
+
+
+def test_claim_takes_its_proof_from_the_ledger(anvil, tmp_path, capsys, monkeypatch, sqlite_url):
+    import asyncio
+
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    worker = SigningKey.generate()
+    ks = keystore_for(tmp_path, "w", worker)
+    chain = ChainClient.connect(anvil.url, dev_keys=anvil.keys)
+    validator = anvil.keys[0]
+    chain.deploy(validator, validators=[validator.address])
+    chain.fund(worker.address, 10**18)
+    chain.fund_rewards(validator, 10_000)
+    base = ["--rpc-url", anvil.url, "--contract", chain.address, "--keystore", str(ks)]
+
+    assert main(["claim", *base]) == 1
+    assert "no epoch is anchored" in capsys.readouterr().err
+    epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
+    chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+    monkeypatch.setenv("STAGEWISE_DB", sqlite_url)
+    assert f"claimed 4321 wei for {worker.address}" in run(capsys, "claim", *base)
+    assert chain.claimed_of(worker.address) == 4_321
