@@ -115,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evidence implies. Exit 0 when it is, 1 when it is not.",
     )
     verify.add_argument("file", type=Path, help="evidence JSON (GET /v1/jobs/{id}/evidence or `stagewise validator evidence`)")
-    verify.add_argument("--model-dir", type=Path, help="the model (its manifest must hash to the evidence's model id)")
+    verify.add_argument("--model-dir", type=Path, action="append", help="the model (its manifest must hash to the evidence's model id)")
     verify.add_argument("--model", choices=["smollm2"], help="a bundled model instead of --model-dir")
     verify.set_defaults(func=_verify_evidence)
 

@@ -39,7 +39,7 @@ def findings_of(
 
     from node.pipeline.model import replay
     from node.receipts import processed_token_count
-    from node.toploc import verify_proofs
+    from node.toploc.activation import verify_proofs
     from node.toploc.sampling import verify_sampling
 
     started = time.perf_counter()

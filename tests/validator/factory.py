@@ -67,7 +67,7 @@ def run_job(
     inject_token_at: int | None = None,
 ) -> Bundle:
     """Generate the job through the group's stages and return the signed bundle."""
-    from node.toploc import build_proofs
+    from node.toploc.activation import build_proofs
     from node.toploc.sampling import sample_next
 
     torch.set_num_threads(1)

@@ -1,0 +1,94 @@
+"""Replay and verdict end to end, in one process: real bundles from a 3-stage group of a tiny model,
+submitted over HTTP, validated from the ledger queue, judged, paid or slashed in the journal, and the
+verdict recomputed from its exported evidence alone (I5)."""
+
+import asyncio
+import json
+
+import pytest
+
+from node.cli import main
+from node.evidence import Evidence, check_evidence
+from tests.validator.factory import run_job
+
+PROMPT = [1, 5, 9, 14, 3]
+
+
+async def submit_and_validate(client, node, bundle) -> dict:
+    response = await client.post("/v1/bundles", data=bundle.to_json())
+    assert response.status == 202, await response.text()
+    job_id = (await response.json())["job_id"]
+    assert await node.validate_next() == job_id
+    return await (await client.get(f"/v1/jobs/{job_id}")).json()
+
+
+async def journal_of(ledger, job_id):
+    return [e for e in await ledger.entries(0, 1000) if e.job_id == job_id]
+
+
+async def test_an_honest_job_rewards_every_stage_by_work(client, node, group, ledger):
+    spec = group.spec(PROMPT, max_new_tokens=20, temperature=0.7)
+    job = await submit_and_validate(client, node, run_job(group, spec))
+    verdict = job["verdict"]
+    assert verdict["outcome"] == "accepted" and verdict["replayed"] is True
+    units = 2 * (len(PROMPT) + 20 - 1)
+    assert verdict["rewards_wei"] == [str(units * 10**9)] * 3
+    entries = await journal_of(ledger, job["job_id"])
+    assert sorted((e.kind, e.stage, e.worker) for e in entries) == [
+        ("reward", s, group.keys[s].address) for s in range(3)
+    ]
+    assert 'stagewise_verdicts_total{outcome="accepted",reason=""} 1.0' in node.metrics.render().decode()
+
+
+async def test_a_perturbed_stage_one_is_blamed_and_only_it_is_slashed(client, node, group, ledger):
+    spec = group.spec(PROMPT, max_new_tokens=12)
+    job = await submit_and_validate(client, node, run_job(group, spec, perturbed_stage=1))
+    verdict = job["verdict"]
+    assert (verdict["outcome"], verdict["blamed_stage"], verdict["reason"]) == ("blamed", 1, "proof")
+    entries = await journal_of(ledger, job["job_id"])
+    slashes = [e for e in entries if e.kind == "slash"]
+    assert [(e.worker, e.stage, e.evidence_hash) for e in slashes] == [
+        (group.keys[1].address, 1, verdict["evidence_hash"])
+    ]
+    # Stage 0 proved its work and is paid; stage 2 computed on a faulty input: neither paid nor slashed.
+    assert [(e.kind, e.stage) for e in entries if e.kind == "reward"] == [("reward", 0)]
+    history = (await (await client.get("/v1/slashes")).json())["items"]
+    assert [item["worker"] for item in history] == [group.keys[1].address]
+    assert history[0]["reason"] == "proof" and history[0]["chain_status"] == "pending"
+
+
+async def test_an_injected_token_blames_the_last_stage(client, node, group, ledger):
+    spec = group.spec(PROMPT, max_new_tokens=12, temperature=0.9, seed=99)
+    job = await submit_and_validate(client, node, run_job(group, spec, inject_token_at=4))
+    verdict = job["verdict"]
+    assert (verdict["blamed_stage"], verdict["reason"]) == (2, "sampling")
+    entries = await journal_of(ledger, job["job_id"])
+    assert [e.worker for e in entries if e.kind == "slash"] == [group.keys[2].address]
+    assert sorted(e.stage for e in entries if e.kind == "reward") == [0, 1]
+
+
+async def test_the_verdict_is_recomputed_from_the_evidence_alone(client, node, group, model_dir, tmp_path):
+    spec = group.spec(PROMPT, max_new_tokens=10)
+    job = await submit_and_validate(client, node, run_job(group, spec, perturbed_stage=1))
+    document = await (await client.get(f"/v1/jobs/{job['job_id']}/evidence")).json()
+    check = check_evidence(Evidence.from_dict(document), str(model_dir))
+    assert check.matches and check.recomputed.blamed_stage == 1
+
+    path = tmp_path / "evidence.json"
+    path.write_text(json.dumps(document))
+    assert main(["verify-evidence", str(path), "--model-dir", str(model_dir)]) == 0
+    # A stored verdict that the evidence does not imply is caught.
+    forged = json.loads(json.dumps(document))
+    forged["verdict"] = {**forged["verdict"], "outcome": "accepted", "blamed_stage": None, "reason": None,
+                         "slash_wei": "0"}
+    path.write_text(json.dumps(forged))
+    assert main(["verify-evidence", str(path), "--model-dir", str(model_dir)]) == 1
+
+
+async def test_evidence_cli_exports_from_the_ledger(client, node, group, model_dir, db_url, tmp_path, capsys):
+    job = await submit_and_validate(client, node, run_job(group, group.spec(PROMPT, max_new_tokens=6)))
+    out = tmp_path / "job.json"
+    command = ["--db", db_url, "validator", "evidence", job["job_id"], "-o", str(out)]
+    assert await asyncio.to_thread(main, command) == 0
+    assert main(["verify-evidence", str(out), "--model-dir", str(model_dir)]) == 0
+    assert "verdict reproduced: accepted" in capsys.readouterr().out
