@@ -247,11 +247,17 @@ def _history_check(node: Any, model_id: str, model_dir: Path):
 
 
 def _ledger_stake(node: Any) -> StakeLookup:
+    """Stake as the ledger follows it from chain events; when that says too little and the node has a chain,
+    the chain itself (a worker that staked a moment ago registers before the ledger has caught up)."""
+    minimum = int(getattr(node.config, "min_stake_wei", 1))
+
     async def stake_of(address: str) -> int:
         stakes = await node.stakes_of([address])
-        if address in stakes:
-            return int(stakes[address])
         lowered = {a.lower(): v for a, v in stakes.items()}
-        return int(lowered.get(address.lower(), 0))
+        stake = int(stakes.get(address, lowered.get(address.lower(), 0)))
+        chain = getattr(node, "chain", None)
+        if stake < minimum and chain is not None:
+            stake = int(await asyncio.to_thread(chain.stake_of, address))
+        return stake
 
     return stake_of

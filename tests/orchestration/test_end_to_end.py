@@ -1,0 +1,103 @@
+"""The whole loop with real parts: a chain, staked workers (node.worker) with stage servers, the validator
+node with orchestration. Workers register, a group forms, tasks run as jobs with orchestrator seeds, the
+last stage delivers each bundle, the validator replays it and pays the stages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from node.validator.orchestration_setup import add_orchestration_options, build_orchestration
+from node.validator.worker_messages import Capacity
+
+from .conftest import MIB
+
+pytest.importorskip("node.pipeline.server")
+
+STAKE = 10**18
+
+
+@pytest.mark.slow
+async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_url, model_dir, worker_keys):
+    from ledger.chain import ChainClient
+    from ledger.chain_server import ChainServer
+    from ledger.store import Ledger
+    from node.receipts import ReceiptDomain
+    from node.validator.app import build_app
+    from node.validator.config import ValidatorConfig
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+    from node.worker import Worker, WorkerConfig
+
+    chain = await asyncio.to_thread(ChainClient.embedded)
+    chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)
+    rpc_url = await chain_server.start()
+    keys = worker_keys[:2]
+    for key in keys:
+        await asyncio.to_thread(chain.fund, key.address, 2 * STAKE)
+        await asyncio.to_thread(chain.stake, key, STAKE)
+
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"{i} plus {i}?", "answer": str(2 * i), "checker": "number"}) for i in range(3)))
+    parser = argparse.ArgumentParser()
+    add_orchestration_options(parser)
+    args = parser.parse_args(["--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "6", "--temperature", "0.7"])
+
+    ledger = await Ledger.open(sqlite_url)
+    node = ValidatorNode(
+        ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE, epoch_seconds=3600),
+        ledger, domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]),
+        chain=chain, chain_key=chain.dev_keys[0], rpc_url=rpc_url,
+    )
+    orchestration = build_orchestration(args, node, model_dir)
+    runner = web.AppRunner(build_app(node, [orchestration.registrar], dashboard=False))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    node.start()
+    workers = []
+    async with aiohttp.ClientSession() as session:
+        try:
+            for key, speed in zip(keys, (3000.0, 1000.0)):
+                config = WorkerConfig(keystore=tmp_path / "unused.json", validator_url=url, model_dirs=(model_dir,),
+                                      memory_bytes=64 * MIB, layer_tokens_per_s=speed, heartbeat_s=0.5)
+                worker = Worker(config, key, session)
+                await worker.start()
+                workers.append(worker)
+            await orchestration.start()
+            await asyncio.wait_for(orchestration.wait_dispatched(), 60)
+            progress = orchestration.dispatcher.progress
+            assert (progress.tasks_done, progress.tokens) == (3, 18)
+
+            async with session.get(url + "/v1/groups") as response:
+                groups = await response.json()
+            (group,) = groups["groups"]
+            assert [(s["layer_start"], s["layer_end"]) for s in group["stages"]] == [(0, 8), (8, 10)]  # 3:1 of 10 layers
+            assert group["measured_tokens_per_s"] > 0
+
+            job_ids = {job for result in progress.results for job in result.job_ids}
+            for _ in range(300):  # bundles arrive from the last stage and are replayed
+                async with session.get(url + "/v1/jobs?status=done") as response:
+                    done = {job["job_id"] for job in (await response.json())["items"]}
+                if job_ids <= done:
+                    break
+                await asyncio.sleep(0.1)
+            assert job_ids <= done
+            for job_id in job_ids:
+                async with session.get(f"{url}/v1/jobs/{job_id}") as response:
+                    job = await response.json()
+                assert job["verdict"]["outcome"] == "accepted", job
+        finally:
+            for worker in workers:
+                await worker.shutdown()
+            await orchestration.stop()
+            await node.stop()
+            await runner.cleanup()
+            await chain_server.stop()
+            await ledger.close()
