@@ -441,6 +441,9 @@ class ChainClient:
     def set_treasury(self, owner: Signer, treasury: str) -> TxResult:
         return self._transact(owner, "setTreasury", to_checksum_address(treasury))
 
+    def transfer_ownership(self, owner: Signer, new_owner: str) -> TxResult:
+        return self._transact(owner, "transferOwnership", to_checksum_address(new_owner))
+
     # ----------------------------------------------------------------- workers
 
     def stake(self, key: Signer, amount: int) -> TxResult:

@@ -19,6 +19,7 @@ contract ReentrantAttacker {
 
     uint256 public reentrySucceeded;
     bytes public reentryError;
+    bool public rejectPayments;
 
     constructor(address target_) {
         target = IStagewiseStaking(target_);
@@ -30,6 +31,15 @@ contract ReentrantAttacker {
 
     function requestUnstake(uint256 amount) external {
         target.requestUnstake(amount);
+    }
+
+    /// @notice Make this contract refuse every payment, to see the staking contract report TransferFailed.
+    function setRejectPayments(bool reject) external {
+        rejectPayments = reject;
+    }
+
+    function withdraw() external {
+        target.withdraw();
     }
 
     function attackWithdraw() external {
@@ -47,6 +57,7 @@ contract ReentrantAttacker {
     }
 
     receive() external payable {
+        if (rejectPayments) revert("payments refused");
         uint8 current = mode;
         mode = 0;
         if (current == 1) {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
 import pytest
 from eth_hash.auto import keccak
@@ -89,6 +91,14 @@ def test_only_the_owner_keeps_the_validator_set(chain: ChainClient):
         chain.anchor(newcomer, 2, keccak(b"e"), keccak(b"r"), 1)
     with reverts("NotValidator"):
         chain.slash(newcomer, owner.address, 1, keccak(b"evidence"))
+
+    changed = chain.set_treasury(owner, newcomer.address)
+    assert chain.treasury() == newcomer.address and type(changed.events[0]).__name__ == "TreasuryChanged"
+    chain.transfer_ownership(owner, newcomer.address)
+    assert chain.owner() == newcomer.address
+    with reverts("NotOwner"):
+        chain.add_validator(owner, stranger.address)
+    chain.add_validator(newcomer, stranger.address)
 
 
 def test_slash_takes_active_then_unbonding_stake_never_more_once_per_evidence(chain: ChainClient):
@@ -212,6 +222,27 @@ def test_reentrant_withdraw_and_claim_are_refused_by_the_lock(chain: ChainClient
     assert attacker.functions.reentrySucceeded().call() == 0
     assert chain.errors.decode(attacker.functions.reentryError().call()).name == "ReentrantCall"
     assert chain.reward_pool() == 600
+
+
+def test_a_worker_that_refuses_payment_keeps_its_unbonding_stake(chain: ChainClient):
+    worker = chain.dev_keys[2]
+    artifact = Artifact.load("test/ReentrantAttacker")
+    refusing = chain.contract_at(artifact, chain.deploy_artifact(worker, artifact, chain.address).contract_address)
+    chain.transact(worker, refusing.functions.stake(), value=700)
+    chain.transact(worker, refusing.functions.requestUnstake(700))
+    chain.transact(worker, refusing.functions.setRejectPayments(True))
+    chain.advance_time(UNBONDING_DELAY + 1)
+    with reverts("TransferFailed") as failed:
+        chain.transact(worker, refusing.functions.withdraw())
+    assert failed.value.args_ == {"to": refusing.address, "amount": 700}
+    assert chain.stake_info(refusing.address).unbonding == 700  # the whole withdraw was undone
+
+
+def test_every_custom_error_is_exercised_by_name():
+    source = Path(__file__).read_text()
+    declared = {e["name"] for e in Artifact.load().abi if e["type"] == "error"}
+    exercised = set(re.findall(r'reverts\("(\w+)"\)', source)) | set(re.findall(r'name == "(\w+)"', source))
+    assert declared - exercised == set()
 
 
 def test_concurrent_senders_share_one_nonce_counter(chain: ChainClient):
