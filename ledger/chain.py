@@ -340,23 +340,28 @@ class ChainClient:
         cls,
         *,
         deploy: bool = True,
+        owner: Signer | None = None,
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         treasury: str | None = None,
         validators: Iterable[str] = (),
         tx_timeout: float = DEFAULT_TX_TIMEOUT,
     ) -> "ChainClient":
-        """A fresh in-process chain. With `deploy`, the contract is deployed by `dev_keys[0]` (the owner),
-        which is also a validator, together with `validators`; the treasury defaults to `dev_keys[1]`."""
+        """A fresh in-process chain with ten prefunded `dev_keys`. With `deploy`, the contract is deployed by
+        `owner` (default `dev_keys[0]`; another key is first given 1,000 ether), which is also a validator,
+        together with `validators`; the treasury defaults to `dev_keys[1]`."""
         from ledger.chain_server import EmbeddedProvider
 
         keys = tester_keys()
         client = cls(Web3(EmbeddedProvider()), dev_keys=keys, tx_timeout=tx_timeout, backend="embedded")
         if deploy:
+            deployer = owner or keys[0]
+            if owner is not None:
+                client.fund(as_account(owner).address, 1_000 * 10**18)
             client.deploy(
-                keys[0],
+                deployer,
                 treasury=treasury or keys[1].address,
                 unbonding_delay=unbonding_delay,
-                validators=[keys[0].address, *validators],
+                validators=[as_account(deployer).address, *validators],
             )
         return client
 

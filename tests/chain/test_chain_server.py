@@ -11,7 +11,9 @@ from node.signing import SigningKey
 
 
 def test_a_client_by_url_shares_the_in_process_chain():
-    local = ChainClient.embedded(unbonding_delay=10)
+    validator = SigningKey.generate()  # the devnet's validator key owns the contract and anchors
+    local = ChainClient.embedded(owner=validator, unbonding_delay=10)
+    assert local.owner() == validator.address and local.is_validator(validator.address)
     with ThreadedChainServer(local.w3) as server:
         remote = ChainClient.connect(server.url, address=local.address)
         assert remote.chain_id == local.chain_id
