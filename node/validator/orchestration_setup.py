@@ -79,7 +79,18 @@ class Orchestration:
             self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
 
     async def _dispatch(self) -> None:
-        progress = await self.dispatcher.run()
+        from tqdm import tqdm
+
+        figures = self.dispatcher.progress
+        with tqdm(total=figures.tasks_total, desc="tasks", unit="task", dynamic_ncols=True) as bar:
+
+            def advance(result) -> None:
+                bar.update(1)
+                bar.set_postfix(correct=f"{figures.correct}/{figures.checked}", tok_s=f"{figures.tokens_per_s():.1f}",
+                                reroutes=figures.reroutes, refresh=False)
+
+            figures.listeners.append(advance)
+            progress = await self.dispatcher.run()
         log.info(
             "tasks finished: %d done, %d failed, %d/%d correct, %d tokens at %.1f tokens/s, %d reroutes",
             progress.tasks_done, progress.tasks_failed, progress.correct, progress.checked,

@@ -68,6 +68,7 @@ class Progress:
     finished_at: float | None = None
     groups: dict[str, GroupThroughput] = field(default_factory=dict)
     results: deque = field(default_factory=lambda: deque(maxlen=RECENT_RESULTS))
+    listeners: list = field(default_factory=list)  # called with each TaskResult (a progress bar, a log)
 
     def job_started(self, group_id: str) -> None:
         now = self.clock()
@@ -97,6 +98,8 @@ class Progress:
         self.reroutes += result.reroutes
         if self.tasks_done + self.tasks_failed >= self.tasks_total:
             self.finished_at = self.clock()
+        for listener in self.listeners:
+            listener(result)
 
     def elapsed_s(self) -> float:
         if self.started_at is None:

@@ -4,9 +4,10 @@
     run      POST   {stage 0}/v1/jobs              then stream GET {stage 0}/v1/jobs/{id}/stream (ndjson)
     release  DELETE {stage}/v1/assignment          only workers whose latest assignment is that group
 
-A failed job is diagnosed before it is reported: a stage that does not answer GET /health (or answers
-serving another group) is the one that dropped out (`StageFailure`, so the orchestrator reroutes); a signed
-handoff complaint names its sender; anything else is a `JobInterrupted` (retried, nobody dropped).
+A failed job is diagnosed before it is reported: a stage that does not answer GET /health is the one that
+dropped out (`StageFailure`, so the orchestrator reroutes); a stage that answers serving a newer group was
+moved there by the orchestrator itself, and a signed handoff complaint names its sender; anything else is a
+`JobInterrupted` (continued on the group's successor, nobody dropped).
 """
 
 from __future__ import annotations
@@ -184,9 +185,9 @@ class HttpPipelineDriver:
         for stage, health in zip(group.stages, healths):
             if health is None:
                 return StageFailure(stage.worker, f"{reason} (its stage server does not answer)")
-            assignment = health.get("assignment") or {}
-            if assignment.get("group_id") != group.group_id:
-                return StageFailure(stage.worker, f"{reason} (it no longer serves group {group.group_id})")
+        if any((health.get("assignment") or {}).get("group_id") != group.group_id for health in healths):
+            # the orchestrator moved a stage to a newer group (a repair): nobody's fault, continue there
+            return JobInterrupted(f"{reason} (group {group.group_id} was regrouped)")
         if complaint:
             sender = complaint.get("sender_stage")
             if isinstance(sender, int) and 0 <= sender < len(group.stages):
