@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 
 from node import settings
-from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers
+from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, sign_complaint
 from node.job import JobSpec
 from node.receipts import ReceiptDomain, ReceiptError, StageReceipt, expected_receipt, parse_hex, sign_receipt
 from node.signing import SIGNATURE_LENGTH, SigningKey
@@ -478,7 +478,9 @@ class Worker:
         status, self.domain = await self.check_stake()
         log.info("%s", status.explain())
         self.book = ReceiptBook(self.key, self.domain, receipts_dir(self.key.address))
-        self.server = await start_stage_server(self.config, self.key, self._on_stage_result, receipt_routes(self.book))
+        self.server = await start_stage_server(
+            self.config, self.key, self._on_stage_result, receipt_routes(self.book), self._on_complaint
+        )
         self.stage_url = self.config.public_url or self.server.url
         try:
             await self.register()
@@ -575,6 +577,36 @@ class Worker:
             self.state.pending.add(task)
             task.add_done_callback(self.state.pending.discard)
 
+    def _on_complaint(self, complaint: Any) -> None:
+        """Our stage refused a job because the proof it rebuilt from what it received differs from the one
+        the sender signed (I2): sign the complaint for this chain and deliver it, so the sender is blamed."""
+        assert self.domain is not None
+        job_id_hex = "0x" + complaint.job_id.hex()
+        seq = getattr(self.server, "sequences", {}).get(job_id_hex)
+        if seq is None:
+            log.error("job %s: complaint about stage %d, but the job is unknown here", job_id_hex, complaint.sender_stage)
+            return
+        signed = sign_complaint(
+            self.key, self.domain, job_id=complaint.job_id, complainer_stage=complaint.complainer_stage,
+            chunk_index=complaint.chunk_index, claimed_proof=complaint.claimed_proof,
+            rebuilt_proof=complaint.rebuilt_proof, sender_signature=complaint.sender_signature,
+        )
+        output = tuple(seq.output)[: seq.spec.sampling.max_new_tokens]
+        bundle = Bundle(seq.spec, (), output, (signed,))
+        log.warning("job %s: stage %d sent activations that do not match its proof; complaint signed", job_id_hex, complaint.sender_stage)
+        task = asyncio.get_running_loop().create_task(self._submit(bundle), name=job_id_hex)
+        self.state.pending.add(task)
+        task.add_done_callback(self.state.pending.discard)
+
+    async def _submit(self, bundle: Bundle) -> None:
+        try:
+            result = await self.validator.submit_bundle(bundle, attempts=self.config.submit_attempts)
+            self.state.submitted += 1
+            log.info("job %s: bundle delivered (%s)", bundle.job_id_hex, result.get("status", "accepted"))
+        except WorkerError as error:
+            self.state.failed_submissions += 1
+            log.error("job %s: bundle not delivered: %s", bundle.job_id_hex, error)
+
     async def _deliver(self, signed: SignedJob, stage_index: int) -> None:
         assert self.domain is not None
         spec = signed.spec
@@ -585,12 +617,11 @@ class Worker:
                 return await fetch_peer_stage(self.session, urls[index], spec.job_id_hex, wait_s=self.config.peer_wait_s)
 
             bundle = await assemble_bundle(signed, stage_index, fetch, self.domain)
-            result = await self.validator.submit_bundle(bundle, attempts=self.config.submit_attempts)
-            self.state.submitted += 1
-            log.info("job %s: bundle delivered (%s)", spec.job_id_hex, result.get("status", "accepted"))
         except WorkerError as error:
             self.state.failed_submissions += 1
-            log.error("job %s: bundle not delivered: %s", spec.job_id_hex, error)
+            log.error("job %s: bundle not assembled: %s", spec.job_id_hex, error)
+            return
+        await self._submit(bundle)
 
     async def _stage_urls(self, spec: JobSpec) -> dict[int, str]:
         known = getattr(self.server, "peer_urls", None)
@@ -608,24 +639,36 @@ class Worker:
         return result
 
 
-async def run_worker(config: WorkerConfig, key: SigningKey, stop: asyncio.Event | None = None) -> None:
+async def run_worker(
+    config: WorkerConfig, key: SigningKey, stop: asyncio.Event | None = None, *, handle_signals: bool = True
+) -> None:
     """Start (all checks first), then serve until SIGTERM/SIGINT or `stop`."""
     stop = stop or asyncio.Event()
-    install_stop_signals(stop)
+    if handle_signals:
+        install_stop_signals(stop)
     async with aiohttp.ClientSession() as session:
         worker = Worker(config, key, session)
         await worker.start()
         await worker.run(stop)
 
 
-async def start_stage_server(config: WorkerConfig, key: SigningKey, on_result: Callable[[Any], None], routes: list[Any]) -> Any:
-    """Start node/pipeline's stage server with our result hook and routes; it loads layers when the
-    orchestrator prepares its stage."""
+async def start_stage_server(
+    config: WorkerConfig,
+    key: SigningKey,
+    on_result: Callable[[Any], None],
+    routes: list[Any],
+    on_complaint: Callable[[Any], None] | None = None,
+) -> Any:
+    """Start node/pipeline's stage server with our hooks and route; it loads only the layers of the stage
+    the orchestrator assigns it (PUT /v1/assignment)."""
+    from node.pipeline.server import StageServer
+
+    server = StageServer(
+        key, host=config.host, port=config.port, model_dirs=config.model_dirs, device=config.device,
+        on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
+    )
     try:
-        from node.pipeline.server import StageServer  # type: ignore[import-not-found]
-    except ImportError as error:
-        raise WorkerError(f"the stage server is not available in this build: {error}") from None
-    server = StageServer(key, host=config.host, port=config.port, model_dirs=config.model_dirs,
-                         device=config.device, on_result=on_result, extra_routes=routes)
-    await server.start()
+        await server.start()
+    except OSError as error:
+        raise WorkerError(f"cannot listen on {config.host}:{config.port}: {error.strerror or error}") from None
     return server
