@@ -38,6 +38,7 @@ KINDS = (STAKE, UNSTAKE, REWARD, SLASH, SOFT_INVALIDATION, ANCHOR)
 
 ENCODING_VERSION = 1
 GENESIS_HASH = "0x" + ZERO_HASH.hex()
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 class EntryError(ValueError):
@@ -228,7 +229,7 @@ def canonical_bytes(fields: Mapping[str, Any], seq: int, at_ms: int) -> bytes:
         "data": fields["data"],
         "at_ms": at_ms,
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return _CANONICAL.encode(body).encode()
 
 
 def hash_fields(fields: Mapping[str, Any], seq: int, at_ms: int, prev_hash: str) -> str:
@@ -243,28 +244,12 @@ def chain(entries: list[NewEntry], *, head_seq: int, head_hash: str, at_ms: int)
     for offset, new in enumerate(entries, start=1):
         seq = head_seq + offset
         digest = hash_fields(fields_of(new), seq, at_ms, prev)
-        out.append(
-            Entry(
-                new.kind,
-                new.amount,
-                new.worker,
-                new.job_id,
-                new.stage,
-                new.work_units,
-                new.evidence_hash,
-                new.epoch,
-                new.ref,
-                new.data,
-                seq=seq,
-                at_ms=at_ms,
-                prev_hash=prev,
-                entry_hash=digest,
-            )
-        )
+        # `new` was validated when it was built; copy its fields without validating them again.
+        entry = object.__new__(Entry)
+        entry.__dict__.update(new.__dict__, seq=seq, at_ms=at_ms, prev_hash=prev, entry_hash=digest)
+        out.append(entry)
         prev = digest
     return out
-
-
 _ENTRY_FIELDS = ("kind", "amount", "worker", "job_id", "stage", "work_units", "evidence_hash", "epoch", "ref", "data",
                  "seq", "at_ms", "prev_hash", "entry_hash")
 
@@ -272,6 +257,5 @@ _ENTRY_FIELDS = ("kind", "amount", "worker", "job_id", "stage", "work_units", "e
 def entry_from_row(row: Any) -> Entry:
     """An Entry from a journal row, as stored: not re-validated, so `verify` sees exactly what is there."""
     entry = object.__new__(Entry)
-    for name in _ENTRY_FIELDS:
-        object.__setattr__(entry, name, getattr(row, name))
+    entry.__dict__.update({name: getattr(row, name) for name in _ENTRY_FIELDS})
     return entry

@@ -52,15 +52,17 @@ stays linear under any number of writers, and a duplicate is seen (and skipped) 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, event, func, or_, select, update
+from sqlalchemy import Table, and_, event, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger import epochs as epoch_math
@@ -78,6 +80,7 @@ from ledger.models import (
     OUTBOX_SENT,
     OUTCOMES,
     SOFT_INVALIDATED,
+    WEI_DIGITS,
     ChainCursor,
     ChainOutbox,
     Epoch,
@@ -228,6 +231,10 @@ def _entry_row(entry: Entry) -> dict[str, Any]:
     }
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -367,7 +374,7 @@ class LedgerTx:
         if not fresh:
             return []
         written = journal.chain(fresh, head_seq=head_seq, head_hash=head_hash, at_ms=int(time.time() * 1000))
-        await self.conn.execute(_J.insert(), [_entry_row(e) for e in written])
+        await self._insert_entries(written)
         last = written[-1]
         await self.conn.execute(
             update(JournalHead).where(JournalHead.id == 1).values(seq=last.seq, entry_hash=last.entry_hash)
@@ -435,61 +442,128 @@ class LedgerTx:
                 d["slashed_amount"] += e.amount
         if not deltas:
             return
-        current: dict[str, Any] = {}
+        if self.ledger.dialect == "postgresql":
+            await self._add_totals_in_sql(deltas)
+            return
+        await self._add_totals_in_python(deltas)
+
+    async def _add_totals_in_python(self, deltas: dict[str, dict[str, int]]) -> None:
+        """SQLite: read the workers' totals, add, write back, with plain driver statements (the rows are
+        few and the database is in-process, so this costs microseconds a row). Safe because the caller
+        holds the write lock (BEGIN IMMEDIATE)."""
+        current: dict[str, tuple[Any, ...]] = {}
         for chunk in _chunks(sorted(deltas)):
-            rows = await self.conn.execute(select(_W).where(_W.c.address.in_(chunk)))
-            current.update({r.address: r for r in rows})
-        now = _now()
+            marks = ",".join("?" * len(chunk))
+            rows = await self.conn.exec_driver_sql(
+                "SELECT address, rewards, accepted_jobs, work_units, slashes, slashed_amount FROM workers"
+                f" WHERE address IN ({marks})",
+                tuple(chunk),
+            )
+            current.update({r[0]: r for r in rows})
+        now = _now().strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's SQLite DATETIME storage format
+        pad = f"0{WEI_DIGITS}d"
         inserts, updates = [], []
         for address, d in deltas.items():
             row = current.get(address)
             if row is None:
                 inserts.append(
-                    {
-                        "address": address,
-                        "stake": 0,
-                        "rewards": d["rewards"],
-                        "accepted_jobs": d["accepted_jobs"],
-                        "work_units": d["work_units"],
-                        "slashes": d["slashes"],
-                        "slashed_amount": d["slashed_amount"],
-                        "last_seq": d["last_seq"],
-                        "first_seen": now,
-                        "updated_at": now,
-                    }
+                    (address, format(0, pad), format(d["rewards"], pad), d["accepted_jobs"], d["work_units"],
+                     d["slashes"], format(d["slashed_amount"], pad), d["last_seq"], now, now)
                 )
             else:
                 updates.append(
-                    {
-                        "b_address": address,
-                        "rewards": row.rewards + d["rewards"],
-                        "accepted_jobs": row.accepted_jobs + d["accepted_jobs"],
-                        "work_units": row.work_units + d["work_units"],
-                        "slashes": row.slashes + d["slashes"],
-                        "slashed_amount": row.slashed_amount + d["slashed_amount"],
-                        "last_seq": d["last_seq"],
-                        "updated_at": now,
-                    }
+                    (format(int(row[1]) + d["rewards"], pad), row[2] + d["accepted_jobs"], row[3] + d["work_units"],
+                     row[4] + d["slashes"], format(int(row[5]) + d["slashed_amount"], pad), d["last_seq"], now, address)
                 )
         if inserts:
-            await self.conn.execute(_W.insert(), inserts)
-        if updates:
-            from sqlalchemy import bindparam
-
-            stmt = (
-                _W.update()
-                .where(_W.c.address == bindparam("b_address"))
-                .values(
-                    rewards=bindparam("rewards", type_=_W.c.rewards.type),
-                    accepted_jobs=bindparam("accepted_jobs"),
-                    work_units=bindparam("work_units"),
-                    slashes=bindparam("slashes"),
-                    slashed_amount=bindparam("slashed_amount", type_=_W.c.slashed_amount.type),
-                    last_seq=bindparam("last_seq"),
-                    updated_at=bindparam("updated_at"),
-                )
+            await self.conn.exec_driver_sql(
+                "INSERT INTO workers (address, stake, rewards, accepted_jobs, work_units, slashes, slashed_amount,"
+                " last_seq, first_seen, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
             )
-            await self.conn.execute(stmt, updates)
+        if updates:
+            await self.conn.exec_driver_sql(
+                "UPDATE workers SET rewards = ?, accepted_jobs = ?, work_units = ?, slashes = ?, slashed_amount = ?,"
+                " last_seq = ?, updated_at = ? WHERE address = ?",
+                updates,
+            )
+
+    async def _add_totals_in_sql(self, deltas: dict[str, dict[str, int]]) -> None:
+        """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO UPDATE that adds the deltas
+        in SQL (NUMERIC arithmetic is exact): one statement for the whole batch, no read first. SQLite
+        stores wei as padded text, so it adds in Python instead."""
+        ordered = sorted(deltas.items())
+        now = _now()
+        await self.conn.execute(
+            text(
+                "INSERT INTO workers (address, stake, rewards, accepted_jobs, work_units, slashes, slashed_amount,"
+                " last_seq, first_seen, updated_at)"
+                " SELECT a, 0, r, j, u, s, x, q, :now, :now FROM unnest("
+                "CAST(:a AS varchar[]), CAST(:r AS numeric[]), CAST(:j AS bigint[]), CAST(:u AS bigint[]),"
+                " CAST(:s AS bigint[]), CAST(:x AS numeric[]), CAST(:q AS bigint[])) AS t(a, r, j, u, s, x, q)"
+                " ON CONFLICT (address) DO UPDATE SET rewards = workers.rewards + excluded.rewards,"
+                " accepted_jobs = workers.accepted_jobs + excluded.accepted_jobs,"
+                " work_units = workers.work_units + excluded.work_units,"
+                " slashes = workers.slashes + excluded.slashes,"
+                " slashed_amount = workers.slashed_amount + excluded.slashed_amount,"
+                " last_seq = excluded.last_seq, updated_at = excluded.updated_at"
+            ),
+            {
+                "now": now,
+                "a": [w for w, _ in ordered],
+                "r": [Decimal(d["rewards"]) for _, d in ordered],
+                "j": [d["accepted_jobs"] for _, d in ordered],
+                "u": [d["work_units"] for _, d in ordered],
+                "s": [d["slashes"] for _, d in ordered],
+                "x": [Decimal(d["slashed_amount"]) for _, d in ordered],
+                "q": [d["last_seq"] for _, d in ordered],
+            },
+        )
+
+    async def _insert_entries(self, written: Sequence[Entry]) -> None:
+        """Write journal rows: on PostgreSQL as one INSERT ... SELECT FROM unnest(arrays) (one statement per
+        batch instead of one per row), on SQLite as a driver-level executemany of ready-made tuples. Both
+        store exactly what the models' types would (wei padded on SQLite, JSON as text)."""
+        if self.ledger.dialect == "sqlite":
+            pad = f"0{WEI_DIGITS}d"
+            await self.conn.exec_driver_sql(
+                "INSERT INTO journal (seq, kind, worker, amount, job_id, stage, work_units, evidence_hash, epoch, ref,"
+                " data, at_ms, prev_hash, entry_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.seq, e.kind, e.worker, format(e.amount, pad), e.job_id, e.stage, e.work_units, e.evidence_hash,
+                     e.epoch, e.ref, None if e.data is None else _json_text(e.data), e.at_ms, e.prev_hash, e.entry_hash)
+                    for e in written
+                ],
+            )
+            return
+        if self.ledger.dialect != "postgresql":
+            await self.conn.execute(_J.insert(), [_entry_row(e) for e in written])
+            return
+        columns = {
+            "seq": "bigint",
+            "kind": "varchar",
+            "worker": "varchar",
+            "amount": "numeric",
+            "job_id": "varchar",
+            "stage": "integer",
+            "work_units": "bigint",
+            "evidence_hash": "varchar",
+            "epoch": "bigint",
+            "ref": "varchar",
+            "data": "json",
+            "at_ms": "bigint",
+            "prev_hash": "varchar",
+            "entry_hash": "varchar",
+        }
+        arrays: dict[str, list[Any]] = {name: [] for name in columns}
+        for e in written:
+            for name in columns:
+                arrays[name].append(getattr(e, name))
+        arrays["amount"] = [Decimal(v) for v in arrays["amount"]]
+        arrays["data"] = [None if v is None else _json_text(v) for v in arrays["data"]]
+        names = ", ".join(columns)
+        casts = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+        await self.conn.execute(text(f"INSERT INTO journal ({names}) SELECT * FROM unnest({casts})"), arrays)
 
     async def set_stake(self, address: str, stake: int, block: int | None = None) -> None:
         """The stake the chain reports for `address` (at `block`); creates the worker if new."""
@@ -692,6 +766,38 @@ class Ledger:
     async def append(self, entries: Sequence[NewEntry]) -> list[Entry]:
         async with self.transaction() as tx:
             return await tx.append(entries)
+
+    async def _add_totals_in_sql(self, deltas: dict[str, dict[str, int]]) -> None:
+        """PostgreSQL: INSERT ... ON CONFLICT DO UPDATE, adding the deltas in SQL (NUMERIC arithmetic is
+        exact), with no read first. SQLite stores wei as padded text, so it adds in Python instead."""
+        from sqlalchemy.dialects.postgresql import insert
+
+        now = _now()
+        rows = [
+            {
+                "address": address,
+                "stake": 0,
+                **{k: d[k] for k in ("rewards", "accepted_jobs", "work_units", "slashes", "slashed_amount", "last_seq")},
+                "first_seen": now,
+                "updated_at": now,
+            }
+            for address, d in sorted(deltas.items())
+        ]
+        stmt = insert(_W)
+        new = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+                index_elements=[_W.c.address],
+                set_={
+                    "rewards": _W.c.rewards + new.rewards,
+                    "accepted_jobs": _W.c.accepted_jobs + new.accepted_jobs,
+                    "work_units": _W.c.work_units + new.work_units,
+                    "slashes": _W.c.slashes + new.slashes,
+                    "slashed_amount": _W.c.slashed_amount + new.slashed_amount,
+                    "last_seq": new.last_seq,
+                    "updated_at": new.updated_at,
+                },
+            )
+        await self.conn.execute(stmt, rows)
 
     async def set_stake(self, address: str, stake: int, block: int | None = None) -> None:
         async with self.transaction() as tx:
@@ -899,6 +1005,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the journal's indexes stay in memory
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -73,7 +73,7 @@ def upgrade() -> None:
     op.create_index('ix_jobs_queue', 'jobs', ['status', 'received_at'], unique=False)
 
     op.create_table('journal',
-    sa.Column('seq', sa.BigInteger(), autoincrement=False, nullable=False),
+    sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
     sa.Column('kind', sa.String(length=24), nullable=False),
     sa.Column('worker', sa.String(length=42), nullable=True),
     sa.Column('amount', WEI, nullable=False),
