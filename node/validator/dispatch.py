@@ -61,7 +61,9 @@ class SeedSchedule:
 
 @dataclass(frozen=True)
 class DispatchPolicy:
-    sequences_per_group: int = 4
+    sequences_per_group: int | None = None
+    """Sequences in flight per group; None: two per stage, so every stage has work while the others compute
+    (the stage servers micro-batch what is in flight) and a finished sequence never leaves a stage idle."""
     max_new_tokens: int = 32
     sampling: SamplingParams = SamplingParams()
     max_reroutes: int = 8
@@ -69,8 +71,13 @@ class DispatchPolicy:
     idle_poll_s: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.sequences_per_group < 1:
+        if self.sequences_per_group is not None and self.sequences_per_group < 1:
             raise ValueError("sequences_per_group must be at least 1")
+
+    def in_flight_for(self, group: Group) -> int:
+        if self.sequences_per_group is not None:
+            return self.sequences_per_group
+        return 2 * len(group.stages)
 
 
 class Dispatcher:
@@ -122,7 +129,7 @@ class Dispatcher:
         for _, group_id in self._active.values():
             load[group_id] = load.get(group_id, 0) + 1
         for group in self.orchestrator.grouping.groups:
-            while load.get(group.group_id, 0) < self.policy.sequences_per_group:
+            while load.get(group.group_id, 0) < self.policy.in_flight_for(group):
                 run = self._next_run()
                 if run is None:
                     return

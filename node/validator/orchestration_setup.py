@@ -48,7 +48,7 @@ def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--stages-per-group", type=int, help="stages per group (default: the fewest workers whose memory holds the model)")
     group.add_argument("--max-stages", type=int, default=16, help="longest group allowed (default 16)")
-    group.add_argument("--sequences-per-group", type=int, default=4, help="sequences kept in flight on each group (default 4)")
+    group.add_argument("--sequences-per-group", type=int, help="sequences kept in flight on each group (default: two per stage)")
     group.add_argument("--max-new-tokens", type=int, default=32, help="token budget per task unless the task says (default 32)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")

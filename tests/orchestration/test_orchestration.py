@@ -202,3 +202,21 @@ async def test_a_history_with_injected_tokens_is_cut_at_the_first_bad_one(model_
     progress = await dispatcher.run()
     assert checked and all(entry == (7, 4) for entry in checked)  # 4 honest tokens kept, 3 injected cut
     assert {r.task_id: r.output_token_ids for r in progress.results} == {t: r.output_token_ids for t, r in reference.items()}
+
+
+async def test_every_group_is_kept_full_with_two_sequences_per_stage_by_default(model_dir, worker_keys):
+    orchestrator, _, _ = await start(model_dir, worker_keys)
+    dispatcher = Dispatcher(orchestrator, tasks(12), ByteTokenizer(256), SeedSchedule(SECRET),
+                            DispatchPolicy(sampling=SAMPLING, max_new_tokens=3))
+    peak: dict[str, int] = {}
+    original = orchestrator.driver.run
+
+    async def counting(group, spec, on_tokens):
+        load = sum(1 for _, g in dispatcher._active.values() if g == group.group_id)
+        peak[group.group_id] = max(peak.get(group.group_id, 0), load)
+        return await original(group, spec, on_tokens)
+
+    orchestrator.driver.run = counting
+    progress = await dispatcher.run()
+    assert progress.tasks_done == 12
+    assert peak == {g.group_id: 4 for g in orchestrator.grouping.groups}  # 2 stages each: 4 in flight
