@@ -64,6 +64,16 @@ async def ledger(db_url):
     await ledger.close()
 
 
+@pytest.fixture
+async def sqlite_ledger(sqlite_url):
+    """A ledger on SQLite only, for tests about something other than the database."""
+    from ledger.store import Ledger
+
+    ledger = await Ledger.open(sqlite_url)
+    yield ledger
+    await ledger.close()
+
+
 async def stake_all(ledger, keys, amount: int = STAKE) -> None:
     for key in keys:
         await ledger.set_stake(key.address, amount)
@@ -87,3 +97,36 @@ async def client(node):
     await client.start_server()
     yield client
     await client.close()
+
+
+@pytest.fixture(scope="session")
+def anvil():
+    from ledger.chain_server import AnvilNode
+
+    with AnvilNode(accounts=3) as node:
+        yield node
+
+
+def deploy_and_stake(chain, worker_keys, amount: int = STAKE):
+    """A fresh staking contract whose owner (dev key 0) is the validator, and three staked workers."""
+    owner = chain.dev_keys[0]
+    if chain.backend != "embedded":
+        chain.deploy(owner, treasury=chain.dev_keys[1].address, validators=[owner.address])
+    for key in worker_keys:
+        chain.fund(key.address, 2 * amount)
+        chain.stake(key, amount)
+    return owner
+
+
+@pytest.fixture(params=["embedded", "anvil"])
+def chain(request, worker_keys):
+    """A chain (in-process EVM or anvil) with a fresh contract and the three workers staked."""
+    from ledger.chain import ChainClient
+
+    if request.param == "embedded":
+        client = ChainClient.embedded()
+    else:
+        node = request.getfixturevalue("anvil")
+        client = ChainClient.connect(node.url, dev_keys=node.keys)
+    deploy_and_stake(client, worker_keys)
+    return client
