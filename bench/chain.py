@@ -10,6 +10,9 @@ Rows (one run, side by side, gas from transaction receipts):
                                          what a protocol that records every work key on chain pays)
   stagewise / on-chain                   target <= 1/100
 
+Claims are not a per-receipt cost: a rewards leaf is cumulative, so a worker claims when it chooses and one
+claim pays any number of epochs (the per-receipt protocol would need payouts on top of its submissions too).
+
 Usage: .venv/bin/python bench/chain.py [--quick] [--backend embedded|anvil]; exits 1 if a target is missed.
 --quick submits 100 receipts to the registry instead of 1,000 (every submission costs the same gas: a fresh
 storage slot) and scales the sum; the rows are the same.
