@@ -84,4 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy: handlers raise node.cli.CommandError, which a
+    # `python -m node.cli` run would otherwise not catch (a traceback instead of one line).
+    from node.cli import main as package_main
+
+    sys.exit(package_main())
