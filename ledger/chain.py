@@ -42,6 +42,7 @@ STAKING = "StagewiseStaking"
 DEFAULT_UNBONDING_DELAY = 7 * 24 * 3600  # seconds
 DEFAULT_TX_TIMEOUT = 60.0
 PRIORITY_FEE = 10**9  # 1 gwei tip
+NONCE_ATTEMPTS = 3  # another process sending with the same key can take a nonce between our read and send
 
 Signer = Union[SigningKey, LocalAccount]
 
@@ -615,17 +616,22 @@ class ChainClient:
         )
         del tx["from"]
         with self._send_lock:
-            # The local counter covers our own transactions the node has not counted yet; the node's count
-            # covers another client (or process) that sent with the same key meanwhile.
-            nonce = max(self._nonces.get(sender, 0), int(self.w3.eth.get_transaction_count(sender, "pending")))
-            tx["nonce"] = nonce
-            signed = account.sign_transaction(tx)
-            try:
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Exception:
-                self._nonces.pop(sender, None)  # re-read from the node next time
-                raise
-            self._nonces[sender] = nonce + 1
+            for attempt in range(NONCE_ATTEMPTS):
+                # The local counter covers our own transactions the node has not counted yet; the node's count
+                # covers another client (or process) that sent with the same key meanwhile.
+                nonce = max(self._nonces.get(sender, 0), int(self.w3.eth.get_transaction_count(sender, "pending")))
+                tx["nonce"] = nonce
+                signed = account.sign_transaction(tx)
+                try:
+                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                except Exception as error:
+                    self._nonces.pop(sender, None)
+                    if attempt + 1 < NONCE_ATTEMPTS and _is_nonce_clash(error):
+                        log.info("%s: nonce %d of %s was taken meanwhile; retrying", label, nonce, sender)
+                        continue
+                    raise
+                self._nonces[sender] = nonce + 1
+                break
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.tx_timeout, poll_latency=0.05)
         except TimeExhausted:
@@ -666,6 +672,13 @@ class ChainClient:
         except Exception:  # noqa: BLE001 - the node may not keep old state; report the bare failure
             pass
         return ChainError(f"{label}: transaction 0x{bytes(receipt['transactionHash']).hex()} reverted")
+
+
+def _is_nonce_clash(error: Exception) -> bool:
+    """What nodes answer when a nonce is already used: anvil "nonce too low", geth "already known",
+    eth-tester "Invalid transaction nonce"."""
+    text = str(error).lower()
+    return "nonce" in text or "already known" in text or "replacement transaction underpriced" in text
 
 
 def _bytes32(value: bytes | str) -> bytes:

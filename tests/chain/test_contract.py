@@ -264,6 +264,24 @@ def test_concurrent_senders_share_one_nonce_counter(chain: ChainClient):
     assert chain.stake_of(worker.address) == 4
 
 
+def test_a_nonce_taken_by_another_process_is_retried(chain: ChainClient, monkeypatch):
+    worker = chain.dev_keys[2]
+    chain.stake(worker, 1)
+    real = chain.w3.eth.get_transaction_count
+    answers: list[int] = []
+
+    def stale_once(address, block="latest"):
+        # The first read races another sender of the same key: it sees one transaction fewer than the node.
+        answers.append(real(address, block) - (0 if answers else 1))
+        return answers[-1]
+
+    monkeypatch.setattr(chain.w3.eth, "get_transaction_count", stale_once)
+    chain._nonces.clear()
+    chain.stake(worker, 1)
+    assert answers[1] == answers[0] + 1
+    assert chain.stake_of(worker.address) == 2
+
+
 def test_fund_lets_a_fresh_key_stake_and_events_replay_in_order(chain: ChainClient):
     start = chain.block_number + 1
     fresh = SigningKey.generate()
