@@ -41,6 +41,7 @@ from node.job import JobSpec, JobSpecError
 from node.pipeline.assignment import Assignment, AssignmentError
 from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
 from node.pipeline.handoff import Complaint, tokens_message
+from node.pipeline.model import StageModel
 from node.pipeline.link import LINK_PATH, MAX_MESSAGE_BYTES, HandshakeError, OutboundLink, check_hello, sign_hello
 from node.pipeline.sequence import DONE, FAILED, RUNNING, SAMPLED, SequenceFailed, SequenceState, StageResult
 from node.pipeline.weights import load_stage, model_id
@@ -125,8 +126,10 @@ class StageServer:
         tamper: Tamper | None = None,
         keep_finished: int = 4096,
         public_url: str | None = None,
+        on_loaded: Callable[[StageModel], None] | None = None,
     ):
         self.key = key
+        self.on_loaded = on_loaded
         self.host, self.port = host, port
         self.model_dirs = [Path(d) for d in model_dirs]
         self.device, self.attn_impl, self.dtype = device, attn_impl, dtype
@@ -249,6 +252,8 @@ class StageServer:
                     self._executor,
                     lambda: load_stage(model_dir, wanted[1], wanted[2], attn_impl=self.attn_impl, dtype=self.dtype, device=self.device),
                 )
+                if self.on_loaded is not None:
+                    self.on_loaded(model)
                 if model.config.num_layers != assignment.stages[-1].layer_end:
                     raise AssignmentError(f"the group covers {assignment.stages[-1].layer_end} layers, the model has {model.config.num_layers}")
                 log.info("loaded layers [%d, %d) of %s in %.1f s", wanted[1], wanted[2], model_dir, time.monotonic() - started)

@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from node.cheats import Cheat, CheatError
+from node.pipeline.model import ModelConfig
+from node.pipeline.tiny import tiny_model_dir
+from node.pipeline.weights import load_stage
+
+
+def test_perturb_changes_every_weight_by_about_the_scale(tmp_path):
+    model_dir = tiny_model_dir("llama", seed=3, path=tmp_path / "m")
+    layers = ModelConfig.from_dir(model_dir).num_layers
+    honest = load_stage(model_dir, 0, layers)
+    cheating = load_stage(model_dir, 0, layers)
+    Cheat.parse("perturb:1e-3").apply(cheating)
+    for (name, a), (_, b) in zip(honest.named_parameters(), cheating.named_parameters()):
+        relative = ((b - a).abs() / a.abs().clamp_min(1e-12)).median().item()
+        assert 1e-4 < relative < 1e-2, name
+
+
+@pytest.mark.parametrize("text", ["lie", "perturb:x", "perturb:-1"])
+def test_bad_cheats_are_refused(text):
+    with pytest.raises(CheatError):
+        Cheat.parse(text)
