@@ -134,9 +134,12 @@ class ValidatorClient:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
-    async def request(self, method: str, path: str, body: Any = None, *, data: bytes | None = None) -> Any:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, data: bytes | None = None, timeout_s: float | None = None
+    ) -> Any:
         url = self.base_url + path
-        kwargs: dict[str, Any] = {"timeout": self.timeout}
+        timeout = self.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+        kwargs: dict[str, Any] = {"timeout": timeout}
         if data is not None:
             kwargs["data"] = data
             kwargs["headers"] = {"Content-Type": "application/json"}
@@ -146,7 +149,11 @@ class ValidatorClient:
             async with self.session.request(method, url, **kwargs) as response:
                 raw = await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except asyncio.TimeoutError:
+            raise ValidatorUnreachable(
+                f"the validator at {self.base_url} did not answer {method} {path} within {timeout.total:.0f}s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
             raise ValidatorUnreachable(f"cannot reach the validator at {self.base_url}: {_short(error)}") from None
         try:
             payload = json.loads(raw) if raw else None
@@ -171,8 +178,10 @@ class ValidatorClient:
             raise
         return payload if isinstance(payload, dict) else {}
 
-    async def register(self, signed: Any) -> Any:
-        return await self.request("POST", "/v1/workers/register", signed.to_json())
+    async def register(self, signed: Any, timeout_s: float = 600.0) -> Any:
+        """Registering may take long: the orchestrator prepares a new group (every stage loads its layers)
+        before it answers."""
+        return await self.request("POST", "/v1/workers/register", signed.to_json(), timeout_s=timeout_s)
 
     async def heartbeat(self, signed: Any) -> Any:
         return await self.request("POST", "/v1/workers/heartbeat", signed.to_json())
@@ -389,6 +398,10 @@ class WorkerConfig:
     grace_s: float = 30.0
     submit_attempts: int = 8
     peer_wait_s: float = 60.0
+    register_timeout_s: float = 600.0
+    tamper: Any = None
+    """node.pipeline.engine.Tamper: changes what this stage SENDS after its honest proof was built. Only for
+    tests and the devnet's cheater; never set by `stagewise worker run`."""
 
 
 @dataclass(frozen=True)
@@ -497,7 +510,7 @@ class Worker:
             self.config.region,
             self.stage_url,
         )
-        await self.validator.register(signed)
+        await self.validator.register(signed, timeout_s=self.config.register_timeout_s)
         log.info("registered with %s as %s, stage server %s", self.config.validator_url, self.key.address, self.stage_url)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -666,6 +679,7 @@ async def start_stage_server(
     server = StageServer(
         key, host=config.host, port=config.port, model_dirs=config.model_dirs, device=config.device,
         on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
+        tamper=config.tamper,
     )
     try:
         await server.start()

@@ -1,9 +1,7 @@
-"""A worker process started by this test serves its stage in a real loopback pipeline, and the bundle of a
-job reaches a running validator, which replays it and accepts it.
-
-Real parts only: the embedded EVM served over JSON-RPC (stake checked on chain), the validator app with the
-orchestrator and its HTTP pipeline driver on a loopback port, a ledger on SQLite, and two workers: one
-`stagewise worker run` subprocess and one in-process `run_worker`, each with its own stage server.
+"""Workers against a running validator, over real parts only: the embedded EVM served over JSON-RPC (stake
+read on chain), the validator app with the orchestrator and its HTTP pipeline driver on a loopback port, a
+ledger on SQLite, and workers with their own stage servers: `stagewise worker run` subprocesses and
+in-process `run_worker` tasks.
 """
 
 import asyncio
@@ -12,17 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import aiohttp
 import pytest
+import torch
 from aiohttp import web
 
 from node import wallet
 from node.job import JobSpec, SamplingParams, StageAssignment
 from node.receipts import ReceiptDomain
 from node.signing import SigningKey
-from node.worker import WorkerConfig, run_worker
+from node.worker import WorkerConfig, WorkerError, run_worker
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,60 @@ async def wait_for(predicate, timeout: float, what: str):
         value = await predicate()
         if value:
             return value
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_validator(tmp_path, sqlite_url, model_dir, served_chain):
-    import torch
+@dataclass
+class Stack:
+    chain: Any
+    node: Any
+    driver: Any
+    orchestrator: Any
+    url: str
+    tmp_path: Path
+    model_dir: Path
 
+    def staked_key(self, stake: int = STAKE) -> SigningKey:
+        key = SigningKey.generate()
+        self.chain.fund(key.address, 2 * STAKE)
+        if stake:
+            self.chain.stake(key, stake)
+        return key
+
+    def keystore(self, key: SigningKey) -> tuple[Path, Path]:
+        path = self.tmp_path / f"{key.address}.json"
+        wallet.create_keystore(path, "pw", key=key, scrypt_n=1024)
+        password = self.tmp_path / "pw"
+        password.write_text("pw\n")
+        return path, password
+
+    def in_process(self, key: SigningKey, stop: asyncio.Event, **overrides) -> asyncio.Task:
+        path, password = self.keystore(key)
+        config = WorkerConfig(keystore=path, validator_url=self.url, password_file=password, model_dirs=(self.model_dir,),
+                              memory_bytes=1 << 30, heartbeat_s=0.5, grace_s=2, **overrides)
+        return asyncio.create_task(run_worker(config, key, stop, handle_signals=False))
+
+    async def group_of(self, keys, check=lambda: None):
+        async def formed():
+            check()
+            for group in self.orchestrator.grouping.groups:
+                if {s.worker for s in group.stages} == {k.address for k in keys}:
+                    return group
+            return None
+
+        return await wait_for(formed, 120, "a group of the workers")
+
+    def spec(self, group, *, seed: int, max_new_tokens: int) -> JobSpec:
+        return JobSpec(
+            model_id=self.orchestrator.model_id, prompt_token_ids=(1, 5, 9, 14, 3), seed=seed, group_id=group.group_id,
+            sampling=SamplingParams(temperature=0.8, max_new_tokens=max_new_tokens),
+            stages=tuple(StageAssignment(s.worker, s.layer_start, s.layer_end) for s in group.stages),
+        )
+
+
+@pytest.fixture
+async def stack(tmp_path, sqlite_url, model_dir, served_chain):
     from ledger.store import Ledger
     from node.pipeline.weights import model_id
     from node.validator.app import build_app
@@ -65,88 +112,133 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
 
     torch.set_num_threads(1)
     chain, rpc_url = served_chain
-    keys = [SigningKey.generate() for _ in range(2)]
-    for key in keys:
-        chain.fund(key.address, 2 * STAKE)
-        chain.stake(key, STAKE)
 
     ledger = await Ledger.open(sqlite_url)
-    for key in keys:
-        await ledger.set_stake(key.address, STAKE)
-    domain = ReceiptDomain(chain.chain_id, chain.address)
-    node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE), ledger, domain=domain,
-                         models=ReplayModels([model_dir]), rpc_url=rpc_url)
-    driver = HttpPipelineDriver(model_dir)
+    node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE), ledger,
+                         domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]), rpc_url=rpc_url)
+    original = node.stakes_of
+
+    async def stakes_from_chain(addresses):  # what chain sync would have written into the ledger
+        for address in addresses:
+            await ledger.set_stake(address, chain.stake_of(address))
+        return await original(addresses)
+
+    node.stakes_of = stakes_from_chain
+    driver = HttpPipelineDriver(model_dir, link_timeout_s=10)
     orchestrator = Orchestrator(
-        Registry(stake_lookup(chain), RegistryPolicy(min_stake_wei=STAKE)), driver, model_id(model_dir),
-        shape_of_model(model_dir), GroupingPolicy(stages_per_group=2), regroup_interval_s=0.5,
+        Registry(stake_lookup(chain), RegistryPolicy(min_stake_wei=STAKE, heartbeat_timeout_s=5)), driver,
+        model_id(model_dir), shape_of_model(model_dir), GroupingPolicy(stages_per_group=2), regroup_interval_s=0.5,
     )
     runner = web.AppRunner(build_app(node, registrars=[orchestration_registrar(orchestrator)], dashboard=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    validator_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    try:
+        yield Stack(chain, node, driver, orchestrator, url, tmp_path, model_dir)
+    finally:
+        await driver.close()
+        await runner.cleanup()
+        await ledger.close()
 
-    keystores = []
-    for index, key in enumerate(keys):
-        path = tmp_path / f"worker{index}.json"
-        wallet.create_keystore(path, "pw", key=key, scrypt_n=1024)
-        keystores.append(path)
-    password = tmp_path / "pw"
-    password.write_text("pw\n")
 
-    env = {**os.environ, "STAGEWISE_HOME": str(tmp_path / "home-proc"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "worker", "run", "--keystore", str(keystores[0]), "--password-file",
-         str(password), "--validator", validator_url, "--model-dir", str(model_dir), "--capacity", "1GiB",
-         "--heartbeat", "0.5", "--grace", "5"],
+def start_worker_process(stack: Stack, key: SigningKey, *extra: str) -> subprocess.Popen:
+    path, password = stack.keystore(key)
+    env = {**os.environ, "STAGEWISE_HOME": str(stack.tmp_path / "home-proc"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "worker", "run", "--keystore", str(path), "--password-file", str(password),
+         "--validator", stack.url, "--model-dir", str(stack.model_dir), "--capacity", "1GiB", "--heartbeat", "0.5", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    stop = asyncio.Event()
-    in_process = asyncio.create_task(run_worker(
-        WorkerConfig(keystore=keystores[1], validator_url=validator_url, password_file=password,
-                     model_dirs=(model_dir,), memory_bytes=1 << 30, heartbeat_s=0.5, grace_s=5),
-        keys[1], stop, handle_signals=False,
-    ))
+
+
+def stop_process(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
-        async def group_formed():
+        log, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        log, _ = process.communicate()
+    return log
+
+
+async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_validator(stack):
+    keys = [stack.staked_key(), stack.staked_key()]
+    process = start_worker_process(stack, keys[0], "--grace", "1")
+    stop = asyncio.Event()
+    in_process = stack.in_process(keys[1], stop)
+    try:
+        def alive():
             if process.poll() is not None:
                 raise AssertionError(f"worker process exited early:\n{process.stdout.read()}")
             if in_process.done():
                 in_process.result()
-            groups = orchestrator.grouping.groups
-            return groups[0] if groups and len(groups[0].stages) == 2 else None
 
-        group = await wait_for(group_formed, 90, "a group of both workers")
-        assert {s.worker for s in group.stages} == {k.address for k in keys}
-        spec = JobSpec(
-            model_id=orchestrator.model_id, prompt_token_ids=(1, 5, 9, 14, 3), seed=77, group_id=group.group_id,
-            sampling=SamplingParams(temperature=0.8, max_new_tokens=40),
-            stages=tuple(StageAssignment(s.worker, s.layer_start, s.layer_end) for s in group.stages),
-        )
-        output = await asyncio.wait_for(driver.run(group, spec, lambda ids: None), 90)
+        group = await stack.group_of(keys, alive)
+        spec = stack.spec(group, seed=77, max_new_tokens=40)
+        output = await asyncio.wait_for(stack.driver.run(group, spec, lambda ids: None), 90)
         assert 1 <= len(output) <= 40
 
-        job = await wait_for(lambda: node.job(spec.job_id_hex), 60, "the bundle at the validator")
+        job = await wait_for(lambda: stack.node.job(spec.job_id_hex), 60, "the bundle at the validator")
         assert [s["worker"] for s in job["stages"]] == [s.worker for s in group.stages]
-        assert await node.validate_next() == spec.job_id_hex
-        judged = await node.job(spec.job_id_hex)
-        assert judged["status"] == "done"
-        assert judged["verdict"]["outcome"] == "accepted", judged
-    finally:
+        assert await stack.node.validate_next() == spec.job_id_hex
+        judged = await stack.node.job(spec.job_id_hex)
+        assert (judged["status"], judged["verdict"]["outcome"]) == ("done", "accepted"), judged
+
+        # SIGTERM while a long sequence is in flight: it gets --grace 1 s, then fails clearly; exit 0.
+        started = asyncio.Event()
+        long_job = asyncio.create_task(stack.driver.run(group, stack.spec(group, seed=78, max_new_tokens=2000),
+                                                        lambda ids: started.set()))
+        await asyncio.wait([long_job, asyncio.create_task(started.wait())], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        assert started.is_set() and not long_job.done()
         process.send_signal(signal.SIGTERM)
-        try:
-            log, _ = process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            log, _ = process.communicate()
+        with pytest.raises(Exception):
+            await asyncio.wait_for(long_job, 60)
+        log = stop_process(process)
+    finally:
+        log = stop_process(process)
         stop.set()
         await asyncio.wait_for(in_process, 30)
-        await driver.close()
-        await runner.cleanup()
-        await ledger.close()
     assert process.returncode == 0, log
-    assert "registered with" in log and "stopped:" in log
-    assert "wallet" not in log.lower() or "private" not in log.lower()
+    assert "registered with" in log and "stopping: 1 sequence(s) in flight" in log
+    assert "the stage server is shutting down" in log and "stopped:" in log
     for key in keys:
         assert key.secret.hex() not in log
+
+
+async def test_a_stage_that_sends_other_activations_than_it_proved_is_named_by_a_signed_complaint(stack):
+    def tamper(job_id_hex, stage_index, start, rows):
+        return rows + 0.5 if start > 0 else rows  # honest prefill, then lie on the decode rows
+
+    keys = [stack.staked_key(), stack.staked_key()]
+    stop = asyncio.Event()
+    workers = [stack.in_process(key, stop, tamper=tamper) for key in keys]
+    try:
+        def alive():
+            for worker in workers:
+                if worker.done():
+                    worker.result()
+
+        group = await stack.group_of(keys, alive)
+        spec = stack.spec(group, seed=5, max_new_tokens=80)
+        with pytest.raises(Exception):
+            await asyncio.wait_for(stack.driver.run(group, spec, lambda ids: None), 90)
+        job = await wait_for(lambda: stack.node.job(spec.job_id_hex), 60, "the complaint bundle at the validator")
+        assert job["stages"] == []
+        assert await stack.node.validate_next() == spec.job_id_hex
+        verdict = (await stack.node.job(spec.job_id_hex))["verdict"]
+        assert (verdict["blamed_stage"], verdict["reason"]) == (0, "complaint"), verdict
+    finally:
+        stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def test_an_unstaked_worker_stops_before_serving_and_says_what_is_missing(stack):
+    key = stack.staked_key(stake=STAKE // 4)
+    with pytest.raises(WorkerError) as raised:
+        await asyncio.wait_for(stack.in_process(key, asyncio.Event()), 30)
+    message = str(raised.value)
+    assert f"{key.address} has only 0.25 ETH" in message and "0.75 ETH (750000000000000000 wei) more is needed" in message
+    assert f"stagewise stake 750000000000000000wei" in message
+    assert stack.orchestrator.registry.all() == ()
