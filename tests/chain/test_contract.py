@@ -198,6 +198,19 @@ def test_claim_pays_cumulative_rewards_once_against_the_latest_root(chain: Chain
     assert short.value.args_ == {"payout": 300, "pool": 200}
 
 
+def test_every_leaf_of_an_odd_sized_ledger_tree_can_claim(chain: ChainClient):
+    """Five leaves: the ledger promotes unpaired nodes unchanged, and claim() folds those proofs the same way."""
+    validator, workers = chain.dev_keys[0], chain.dev_keys[1:6]
+    cumulative = {w.address: 100 * (i + 1) for i, w in enumerate(workers)}
+    root, proofs = rewards_root(cumulative)
+    assert sorted(len(p) for p in proofs.values()) == [1, 3, 3, 3, 3]  # the fifth leaf is promoted twice
+    chain.anchor(validator, 1, keccak(b"entries"), root, len(workers))
+    chain.fund_rewards(validator, sum(cumulative.values()))
+    for worker in workers:
+        chain.claim(worker, cumulative[worker.address], proofs[worker.address])
+    assert chain.reward_pool() == 0
+
+
 def test_reentrant_withdraw_and_claim_are_refused_by_the_lock(chain: ChainClient):
     owner, worker = chain.dev_keys[0], chain.dev_keys[2]
     artifact = Artifact.load("test/ReentrantAttacker")
