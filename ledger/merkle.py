@@ -83,9 +83,19 @@ def verify(leaf: bytes, path: Sequence[bytes], expected_root: bytes) -> bool:
     return process_proof(leaf, path) == expected_root
 
 
+def abi_encode_reward(worker: str, cumulative: int) -> bytes:
+    """abi.encode(address, uint256), written out: two 32-byte words, the address left-padded with zeros.
+    Byte-identical to eth_abi.encode(["address", "uint256"], ...) (tested) and about 50 times faster, which
+    matters when an epoch has tens of thousands of leaves."""
+    raw = bytes.fromhex(worker[2:] if worker[:2] in ("0x", "0X") else worker)
+    if len(raw) != 20 or not 0 <= cumulative < 2**256:
+        return abi_encode(["address", "uint256"], [worker, cumulative])  # let eth_abi explain what is wrong
+    return bytes(12) + raw + cumulative.to_bytes(32, "big")
+
+
 def reward_leaf(worker: str, cumulative: int) -> bytes:
     """keccak256(keccak256(abi.encode(worker, cumulative))), the leaf the contract's claim() rebuilds."""
-    return keccak(keccak(abi_encode(["address", "uint256"], [worker, cumulative])))
+    return keccak(keccak(abi_encode_reward(worker, cumulative)))
 
 
 def verify_reward(worker: str, cumulative: int, path: Sequence[bytes], rewards_root: bytes) -> bool:

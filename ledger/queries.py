@@ -2,7 +2,7 @@
 
 Every query reads indexed rows only, never aggregates the journal: the leaderboard walks the
 `ix_workers_rank` index of the per-worker totals that each append keeps current; histories walk
-`ix_journal_worker_seq` / `ix_journal_kind_seq` backwards (newest first).
+`ix_journal_worker_seq` / `ix_journal_slashes` backwards (newest first).
 """
 
 from __future__ import annotations

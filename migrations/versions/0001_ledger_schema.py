@@ -87,10 +87,10 @@ def upgrade() -> None:
     sa.Column('at_ms', sa.BigInteger(), nullable=False),
     sa.Column('prev_hash', sa.String(length=66), nullable=False),
     sa.Column('entry_hash', sa.String(length=66), nullable=False),
-    sa.PrimaryKeyConstraint('seq', name=op.f('pk_journal')),
-    sa.UniqueConstraint('ref', name=op.f('uq_journal_ref'))
+    sa.PrimaryKeyConstraint('seq', name=op.f('pk_journal'))
     )
-    op.create_index('ix_journal_kind_seq', 'journal', ['kind', 'seq'], unique=False)
+    op.create_index('ix_journal_slashes', 'journal', ['seq'], unique=False, sqlite_where=sa.text("kind = 'slash'"), postgresql_where=sa.text("kind = 'slash'"))
+    op.create_index('ux_journal_ref', 'journal', ['ref'], unique=True, sqlite_where=sa.text("ref IS NOT NULL"), postgresql_where=sa.text("ref IS NOT NULL"))
     op.create_index('ix_journal_worker_seq', 'journal', ['worker', 'seq'], unique=False)
     op.create_index('ux_journal_anchor', 'journal', ['epoch'], unique=True, sqlite_where=sa.text("kind = 'anchor'"), postgresql_where=sa.text("kind = 'anchor'"))
     op.create_index('ux_journal_reward', 'journal', ['job_id', 'stage'], unique=True, sqlite_where=sa.text("kind = 'reward'"), postgresql_where=sa.text("kind = 'reward'"))
@@ -172,7 +172,8 @@ def downgrade() -> None:
     op.drop_index('ux_journal_reward', table_name='journal')
     op.drop_index('ux_journal_anchor', table_name='journal')
     op.drop_index('ix_journal_worker_seq', table_name='journal')
-    op.drop_index('ix_journal_kind_seq', table_name='journal')
+    op.drop_index('ux_journal_ref', table_name='journal')
+    op.drop_index('ix_journal_slashes', table_name='journal')
 
     op.drop_table('journal')
     op.drop_index('ix_jobs_queue', table_name='jobs')

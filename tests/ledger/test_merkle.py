@@ -44,6 +44,8 @@ def test_reward_leaf_is_the_double_hash_of_abi_encoding():
     expected = keccak(keccak(encode(["address", "uint256"], [worker, 10**21])))
     assert merkle.reward_leaf(worker, 10**21) == expected
     assert merkle.reward_leaf(worker, 10**21 + 1) != expected
+    for amount in (0, 1, 2**255, 2**256 - 1):
+        assert merkle.abi_encode_reward(worker.lower(), amount) == encode(["address", "uint256"], [worker, amount])
 
 
 def test_reward_proofs_for_every_worker():

@@ -104,6 +104,9 @@ async def test_database_refuses_a_second_reward_even_behind_the_store(ledger):
 async def test_bad_input_is_refused_with_a_clear_error(ledger):
     with pytest.raises(journal.EntryError, match="not an Ethereum address"):
         journal.reward("0x1234", 5, job_id=h32(1), stage=0, work_units=1)
+    with pytest.raises(journal.EntryError, match="checksum"):
+        journal.stake("0x" + address(0xABCDEF12345)[2:].swapcase(), 5)  # mixed case, not the EIP-55 spelling
+    assert journal.stake(address(0xABCDEF12345).lower(), 5).worker == address(0xABCDEF12345)
     with pytest.raises(journal.EntryError, match="amount"):
         journal.reward(A, -1, job_id=h32(1), stage=0, work_units=1)
     with pytest.raises(journal.EntryError, match="needs job_id"):
