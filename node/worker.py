@@ -474,6 +474,7 @@ class Worker:
 
     async def check_stake(self) -> tuple[StakeStatus, ReceiptDomain]:
         health = await self.validator.health()
+        await self.check_models(health)
         info = chain_info(self.config, health)
         status = await asyncio.to_thread(read_stake, info.rpc_url, info.contract, self.key.address, info.min_stake_wei)
         if info.chain_id is not None and info.chain_id != status.chain_id:
@@ -485,6 +486,26 @@ class Worker:
         return status, ReceiptDomain(status.chain_id, status.contract)
 
     # ----------------------------------------------------------------- lifecycle
+
+    async def check_models(self, health: dict[str, Any]) -> None:
+        """At least one of our model directories holds a model the validator runs (by model id)."""
+        from node.pipeline.weights import model_id
+
+        if not self.config.model_dirs:
+            raise WorkerError("no model: pass --model-dir DIR (repeatable) or --model smollm2")
+        ours = {}
+        for directory in self.config.model_dirs:
+            if not (Path(directory) / "config.json").is_file():
+                raise WorkerError(f"{directory} is not a model directory (no config.json)")
+            try:
+                ours[await asyncio.to_thread(model_id, directory)] = directory
+            except Exception as error:
+                raise WorkerError(f"cannot read the model in {directory}: {_short(error)}") from None
+        wanted = health.get("models")
+        if isinstance(wanted, list) and wanted and not set(ours) & {str(m).lower() for m in wanted}:
+            raise WorkerError(
+                f"none of this worker's models ({', '.join(sorted(ours))}) is one the validator runs ({', '.join(wanted)})"
+            )
 
     async def start(self) -> None:
         """Everything up to a registered worker; on failure, whatever was started is stopped again."""
@@ -529,7 +550,7 @@ class Worker:
         from node.validator.worker_messages import make_heartbeat
 
         try:
-            await self.validator.heartbeat(make_heartbeat(self.key, in_flight=self._in_flight()))
+            answer = await self.validator.heartbeat(make_heartbeat(self.key, in_flight=self._in_flight()))
         except ValidatorRefused as refused:
             if refused.code == "not_registered":
                 log.warning("the validator forgot this worker (restarted?); registering again")
@@ -542,11 +563,13 @@ class Worker:
         except ValidatorUnreachable as unreachable:
             log.warning("heartbeat: %s (retrying)", unreachable)
             return
-        try:
-            assignment = await self.validator.assignment(self.key.address)
-        except WorkerError as error:
-            log.debug("assignment: %s", error)
-            return
+        assignment = answer.get("assignment") if isinstance(answer, dict) else None
+        if not isinstance(assignment, dict):
+            try:
+                assignment = await self.validator.assignment(self.key.address)
+            except WorkerError as error:
+                log.debug("assignment: %s", error)
+                return
         if assignment != self.state.assignment:
             self.state.assignment = assignment
             if assignment.get("status") == "assigned":
@@ -661,7 +684,16 @@ async def run_worker(
         install_stop_signals(stop)
     async with aiohttp.ClientSession() as session:
         worker = Worker(config, key, session)
-        await worker.start()
+        starting = asyncio.create_task(worker.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # SIGTERM while starting (registration can wait on a model load)
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            log.info("stopped before the worker was registered")
+            return
+        stopping.cancel()
+        starting.result()
         await worker.run(stop)
 
 

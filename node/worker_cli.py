@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--throughput", type=float, default=1000.0, help="measured layer-tokens per second (default 1000)")
     run.add_argument("--region", default="local", help="region label used to group nearby workers (default local)")
     run.add_argument("--model-dir", type=Path, action="append", default=[], help="a model directory this worker may serve (repeatable)")
+    run.add_argument("--model", choices=["smollm2"], help="a bundled model: smollm2 = SmolLM2-135M-Instruct (converted once into the cache)")
     run.add_argument("--device", default="cpu", help="torch device for the stage (default cpu)")
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     run.add_argument("--grace", type=float, default=30.0, help="seconds in-flight sequences get at shutdown (default 30)")
@@ -72,6 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if not args.validator:
         raise CommandError(f"no validator: pass --validator URL or set {VALIDATOR_ENV}")
+    model_dirs = list(args.model_dir)
+    if args.model == "smollm2":
+        from node.pipeline.smollm2 import smollm2_dir
+
+        model_dirs.append(smollm2_dir())
+    if not model_dirs:
+        raise CommandError("no model: pass --model-dir DIR (repeatable) or --model smollm2")
     keystore = args.keystore or wallet.default_keystore_path()
     try:
         key = wallet.unlock(keystore, args.password_file)
@@ -90,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         memory_bytes=args.capacity,
         layer_tokens_per_s=args.throughput,
         region=args.region,
-        model_dirs=tuple(args.model_dir),
+        model_dirs=tuple(model_dirs),
         device=args.device,
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,

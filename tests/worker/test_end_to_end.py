@@ -73,8 +73,9 @@ class Stack:
 
     def in_process(self, key: SigningKey, stop: asyncio.Event, **overrides) -> asyncio.Task:
         path, password = self.keystore(key)
-        config = WorkerConfig(keystore=path, validator_url=self.url, password_file=password, model_dirs=(self.model_dir,),
-                              memory_bytes=1 << 30, heartbeat_s=0.5, grace_s=2, **overrides)
+        values = dict(model_dirs=(self.model_dir,), memory_bytes=1 << 30, heartbeat_s=0.5, grace_s=2)
+        values.update(overrides)
+        config = WorkerConfig(keystore=path, validator_url=self.url, password_file=password, **values)
         return asyncio.create_task(run_worker(config, key, stop, handle_signals=False))
 
     async def group_of(self, keys, check=lambda: None):
@@ -241,4 +242,14 @@ async def test_an_unstaked_worker_stops_before_serving_and_says_what_is_missing(
     message = str(raised.value)
     assert f"{key.address} has only 0.25 ETH" in message and "0.75 ETH (750000000000000000 wei) more is needed" in message
     assert f"stagewise stake 750000000000000000wei" in message
+    assert stack.orchestrator.registry.all() == ()
+
+
+async def test_a_worker_without_the_validators_model_stops_with_the_reason(stack, tmp_path):
+    from node.pipeline.tiny import tiny_model_dir
+
+    other = tiny_model_dir("qwen2", seed=1, path=tmp_path / "other", num_layers=2)
+    key = stack.staked_key()
+    with pytest.raises(WorkerError, match="none of this worker's models .* is one the validator runs"):
+        await asyncio.wait_for(stack.in_process(key, asyncio.Event(), model_dirs=(other,)), 30)
     assert stack.orchestrator.registry.all() == ()

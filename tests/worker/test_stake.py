@@ -42,7 +42,7 @@ def test_worker_run_wrong_password_exits_with_one_line(keystore, tmp_path, capsy
     path, _ = keystore
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("nope\n")
-    code = main(["worker", "run", "--keystore", str(path), "--password-file", str(wrong), "--validator", "http://127.0.0.1:9"])
+    code = main(["worker", "run", "--keystore", str(path), "--password-file", str(wrong), "--validator", "http://127.0.0.1:9", "--model-dir", str(tmp_path)])
     assert code == 1
     assert capsys.readouterr().err.strip() == f"error: wrong password for keystore {path}"
 
@@ -50,13 +50,14 @@ def test_worker_run_wrong_password_exits_with_one_line(keystore, tmp_path, capsy
 def test_worker_run_malformed_keystore(tmp_path, capsys):
     path = tmp_path / "broken.json"
     path.write_text('{"version": 3}')
-    assert main(["worker", "run", "--keystore", str(path), "--validator", "http://127.0.0.1:9"]) == 1
+    assert main(["worker", "run", "--keystore", str(path), "--validator", "http://127.0.0.1:9", "--model-dir", str(tmp_path)]) == 1
     assert "is malformed" in capsys.readouterr().err
 
 
-def test_worker_run_unreachable_validator(keystore, capsys):
+def test_worker_run_unreachable_validator(keystore, capsys, tmp_path):
     path, password = keystore
-    code = main(["worker", "run", "--keystore", str(path), "--password-file", str(password), "--validator", "http://127.0.0.1:9"])
+    code = main(["worker", "run", "--keystore", str(path), "--password-file", str(password), "--validator", "http://127.0.0.1:9",
+                 "--model-dir", str(tmp_path)])
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the validator at http://127.0.0.1:9") and err.count("\n") == 1
@@ -67,3 +68,18 @@ def test_worker_run_without_validator(keystore, capsys, monkeypatch):
     path, password = keystore
     assert main(["worker", "run", "--keystore", str(path), "--password-file", str(password)]) == 1
     assert "no validator" in capsys.readouterr().err
+
+
+def test_worker_run_without_a_model(keystore, capsys):
+    path, password = keystore
+    code = main(["worker", "run", "--keystore", str(path), "--password-file", str(password), "--validator", "http://127.0.0.1:9"])
+    assert code == 1
+    assert "no model: pass --model-dir" in capsys.readouterr().err
+
+
+def test_capacity_sizes():
+    from node.worker_cli import parse_size
+
+    assert parse_size("8GiB") == 8 << 30 and parse_size("512m") == 512 << 20 and parse_size("1024") == 1024
+    with pytest.raises(Exception):
+        parse_size("lots")
