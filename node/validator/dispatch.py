@@ -69,6 +69,8 @@ class DispatchPolicy:
     max_reroutes: int = 8
     """A sequence that has lost this many stages is given up (recorded as failed, the run goes on)."""
     idle_poll_s: float = 0.25
+    retry_delay_s: float = 0.5
+    """How long a sequence interrupted through nobody's fault waits before it runs again."""
 
     def __post_init__(self) -> None:
         if self.sequences_per_group is not None and self.sequences_per_group < 1:
@@ -103,12 +105,13 @@ class Dispatcher:
         self.progress = Progress(tasks_total=len(self._tasks))
         orchestrator.progress = self.progress
         self._retry: deque[SequenceRun] = deque()
+        self._delayed = 0  # interrupted sequences waiting out retry_delay_s
         self._active: dict[asyncio.Task, tuple[SequenceRun, str]] = {}
 
     async def run(self) -> Progress:
         """Dispatch every task to completion (or failure) and return the figures."""
         try:
-            while self._tasks or self._retry or self._active:
+            while self._tasks or self._retry or self._active or self._delayed:
                 self._fill()
                 if not self._active:
                     await self._wait_for_groups()
@@ -201,11 +204,23 @@ class Dispatcher:
         if run.finished(self.policy.sampling.stop_ids):
             self._finish(run, None)  # the last token had arrived before the stage failed
             return
+        if isinstance(error, JobInterrupted):
+            self._retry_later(run)
+            return
         successor = self.orchestrator.successor(group_id)
         if successor is not None:
             self._start(run, successor)  # rerouted: the same sequence continues on the repaired group
         else:
             self._retry.appendleft(run)  # the group is gone: continue on the next group with room
+
+    def _retry_later(self, run: SequenceRun) -> None:
+        self._delayed += 1
+
+        def ready() -> None:
+            self._delayed -= 1
+            self._retry.appendleft(run)
+
+        asyncio.get_running_loop().call_later(self.policy.retry_delay_s, ready)
 
     def _finish(self, run: SequenceRun, error: str | None) -> None:
         text = self.tokenizer.decode(run.generated)

@@ -104,9 +104,10 @@ class Orchestration:
                 await task
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        background = list(self.orchestrator._background)
+        for task in self._tasks + background:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *background, return_exceptions=True)
         self._tasks.clear()
         close = getattr(self.orchestrator.driver, "close", None)
         if close is not None:

@@ -62,6 +62,7 @@ class Orchestrator:
         shape: ModelShape,
         policy: GroupingPolicy = GroupingPolicy(),
         regroup_interval_s: float = 2.0,
+        register_wait_s: float = 2.0,
     ) -> None:
         self.registry = registry
         self.driver = driver
@@ -69,6 +70,8 @@ class Orchestrator:
         self.shape = shape
         self.policy = policy
         self.regroup_interval_s = regroup_interval_s
+        self.register_wait_s = register_wait_s
+        self._background: set[asyncio.Task] = set()
         self.grouping = Grouping()
         self.changed = asyncio.Condition()
         self._successors: dict[str, str] = {}
@@ -83,11 +86,27 @@ class Orchestrator:
         if previous is not None and (previous.stage_url, previous.capacity) != (record.stage_url, record.capacity):
             # it restarted with another server or size: whatever it served is gone
             await self._drop_from_groups(record.address)
-        await self.refresh()
+        await self._refresh_soon(self.register_wait_s)
         return record
 
     async def heartbeat(self, signed: SignedHeartbeat) -> WorkerRecord:
         return await self.registry.heartbeat(signed)
+
+    async def _refresh_soon(self, wait_s: float) -> None:
+        """Regroup in the background and wait for it at most `wait_s`: a registration is answered promptly
+        even when the new group's workers take minutes to load their layers (and keep heartbeating)."""
+        task = asyncio.create_task(self.refresh(), name="regroup after registration")
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except asyncio.TimeoutError:
+            log.info("regrouping continues in the background (workers are loading their layers)")
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("regrouping failed: %r", task.exception())
 
     async def worker_failed(self, worker: str, reason: str) -> None:
         """A stage server failed: forget the worker (it must register again) and reroute its groups."""
