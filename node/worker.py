@@ -4,18 +4,21 @@ What `stagewise worker run` does, in order, stopping with one clear message at t
 (and undoing what it started, so nothing is left half-done):
 
 1. unlock the keystore (node/wallet.py);
-2. ask the validator where the chain is (GET /health: chain id, staking contract, minimum stake), unless
-   flags say so, and read this key's stake on chain: no stake, or too little, stops here with the amount
+2. ask the validator which models it runs and where its chain is (GET /health: model ids, chain id,
+   staking contract, minimum stake; flags override the chain), check that a `--model-dir` holds one of
+   those models, and read this key's stake on chain: no stake, or too little, stops here with the amount
    missing and the command that stakes it;
 3. start the stage server (node/pipeline) and add this worker's route to it:
    GET /v1/jobs/{job_id}/receipt -> this stage's signed receipt and proofs for that job;
 4. register with the validator's orchestrator (POST /v1/workers/register, signed), which assigns a stage
    and prepares it on the stage server: the server loads only that stage's layers;
-5. keep heartbeating (POST /v1/workers/heartbeat, signed; re-register if the validator forgot us) and follow
-   the assignment (GET /v1/workers/{address}/assignment) for the log;
+5. keep heartbeating (POST /v1/workers/heartbeat, signed; re-register if the validator forgot us) and log
+   the assignment its answer carries (else GET /v1/workers/{address}/assignment);
 6. at the end of every job, sign the stage's EIP-712 receipt from what the stage computed; the LAST stage
    collects every other stage's signed receipt and proofs from their workers and submits the bundle
-   (POST /v1/bundles) with retries. The job id makes resubmission harmless (I3);
+   (POST /v1/bundles) with retries. The job id makes resubmission harmless (I3). A stage that refuses a
+   job because its predecessor's activations do not match the proof it signed (I2) signs an EIP-712
+   complaint and delivers a bundle holding it, so the validator blames that sender;
 7. on SIGTERM/SIGINT: stop taking jobs, let in-flight sequences finish for a grace period, fail the rest
    with a log line each, finish pending bundle submissions, exit 0.
 
