@@ -12,9 +12,17 @@ from dataclasses import dataclass
 
 import coincurve
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
 
 SIGNATURE_LENGTH = 65
+
+try:  # safe-pysha3's C keccak: same digests, ~7x less overhead per call than eth-hash's pycryptodome backend
+    from sha3 import keccak_256 as _keccak_256
+
+    def keccak256(data: bytes) -> bytes:
+        return _keccak_256(data).digest()
+
+except ImportError:  # pragma: no cover - slower, not different
+    keccak256 = keccak
 
 
 class SignatureError(ValueError):
@@ -22,8 +30,13 @@ class SignatureError(ValueError):
 
 
 def address_of_public_key(public_key: coincurve.PublicKey) -> str:
-    """The checksummed Ethereum address of a public key: the last 20 bytes of keccak(x || y)."""
-    return to_checksum_address(keccak(public_key.format(compressed=False)[1:])[-20:])
+    """The checksummed Ethereum address of a public key: the last 20 bytes of keccak(x || y).
+
+    EIP-55 by hand (eth_utils.to_checksum_address validates and re-encodes, and costs more than the curve
+    recovery itself); a test checks it against eth_utils."""
+    lower = keccak256(public_key.format(compressed=False)[1:])[-20:].hex()
+    nibbles = keccak256(lower.encode()).hex()
+    return "0x" + "".join(c.upper() if n >= "8" else c for c, n in zip(lower, nibbles))
 
 
 @dataclass(frozen=True, repr=False)
