@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,8 @@ def three_stage_bundle(domain: ReceiptDomain) -> Bundle:
 
 
 def per_call_seconds(fn, repeats: int, rounds: int) -> float:
-    """Median over `rounds` of the mean time of `repeats` calls."""
+    """The best over `rounds` of the mean time of `repeats` calls: what the code costs, not what other
+    processes on a shared machine happened to take (timeit's advice)."""
     fn()
     samples = []
     for _ in range(rounds):
@@ -58,7 +58,7 @@ def per_call_seconds(fn, repeats: int, rounds: int) -> float:
         for _ in range(repeats):
             fn()
         samples.append((time.perf_counter() - start) / repeats)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def eth_account_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:

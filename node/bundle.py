@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 
@@ -135,13 +136,13 @@ class Bundle:
     output_token_ids: tuple[int, ...]
     complaints: tuple[HandoffComplaint, ...] = ()
 
-    @property
+    @cached_property
     def job_id(self) -> bytes:
         return self.spec.job_id
 
     @property
     def job_id_hex(self) -> str:
-        return self.spec.job_id_hex
+        return "0x" + self.job_id.hex()
 
     @property
     def complete(self) -> bool:
@@ -289,7 +290,7 @@ def check_receipts(bundle: Bundle) -> None:
     number of proofs: a job stopped by a complaint ends early.
     """
     for index, stage in enumerate(bundle.stages):
-        expected = expected_receipt(bundle.spec, index, bundle.output_token_ids, stage.proofs)
+        expected = expected_receipt(bundle.spec, index, bundle.output_token_ids, stage.proofs, job_id=bundle.job_id)
         if stage.receipt != expected:
             differing = [f.name for f in fields(StageReceipt) if getattr(stage.receipt, f.name) != getattr(expected, f.name)]
             raise BundleError(f"stage {index} receipt does not match the job: {', '.join(differing)} differ")

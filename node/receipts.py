@@ -19,15 +19,7 @@ from eth_utils import is_address, to_checksum_address
 
 from node.job import JobSpec
 from node.signing import SigningKey, recover_digest
-
-try:  # safe-pysha3's C keccak: ~7x faster per call than eth-hash's pycryptodome backend, same digests
-    from sha3 import keccak_256 as _keccak_256
-
-    def keccak(data: bytes) -> bytes:
-        return _keccak_256(data).digest()
-
-except ImportError:  # pragma: no cover - a node without the wheel is slower, not different
-    from eth_hash.auto import keccak
+from node.signing import keccak256 as keccak
 
 DOMAIN_NAME = "stagewise"
 DOMAIN_VERSION = "1"
@@ -245,12 +237,18 @@ def processed_token_count(spec: JobSpec, output_token_ids: Sequence[int]) -> int
 
 
 def expected_receipt(
-    spec: JobSpec, stage_index: int, output_token_ids: Sequence[int], proofs: Iterable[bytes]
+    spec: JobSpec,
+    stage_index: int,
+    output_token_ids: Sequence[int],
+    proofs: Iterable[bytes],
+    *,
+    job_id: bytes | None = None,
 ) -> StageReceipt:
     """The one receipt an honest stage `stage_index` signs for this job, output and proofs.
 
     The worker builds its receipt with this; the validator compares every submitted receipt with it, so
-    both sides derive each field the same way.
+    both sides derive each field the same way. `job_id` may be passed when already known (it is
+    spec.job_id; computing it encodes the whole spec).
     """
     if not 0 <= stage_index < len(spec.stages):
         raise ReceiptError(f"stage index {stage_index} out of range for a {len(spec.stages)}-stage job")
@@ -258,7 +256,7 @@ def expected_receipt(
     tokens = stage_tokens(spec, stage_index, output_token_ids)
     token_count = processed_token_count(spec, output_token_ids)
     return StageReceipt(
-        job_id=spec.job_id,
+        job_id=spec.job_id if job_id is None else job_id,
         group_id=spec.group_id,
         stage_index=stage_index,
         layer_start=stage.layer_start,

@@ -155,3 +155,17 @@ def test_domain_rejects_bad_values():
         ReceiptDomain(chain_id=0, verifying_contract=CONTRACT)
     with pytest.raises(ReceiptError):
         ReceiptDomain(chain_id=1, verifying_contract="0x1234")
+
+
+def test_fast_address_derivation_matches_eth_utils():
+    import coincurve
+    from eth_hash.auto import keccak as reference_keccak
+    from eth_utils import to_checksum_address
+
+    from node.signing import address_of_public_key, keccak256
+
+    for _ in range(50):
+        public_key = coincurve.PrivateKey().public_key
+        expected = to_checksum_address(reference_keccak(public_key.format(compressed=False)[1:])[-20:])
+        assert address_of_public_key(public_key) == expected
+    assert keccak256(b"stagewise") == reference_keccak(b"stagewise")
