@@ -56,7 +56,7 @@ def honest_setups() -> list[WorkerSetup]:
         WorkerSetup("2 threads", threads=2),
         WorkerSetup("batch 8 (7 other sequences beside)", batch=8),
         WorkerSetup("eager attention", attn_impl="eager"),
-        WorkerSetup("one prefill instead of KV-cache decode (eager, 2 threads)", one_prefill=True, attn_impl="eager", threads=2),
+        WorkerSetup("one prefill instead of KV-cache decode, eager", one_prefill=True, attn_impl="eager"),
     ]
 
 
@@ -221,7 +221,7 @@ def _one_prefill(stages, job: Job, prompt: list[int], tokens: list[int], setup: 
     return sent
 
 
-def replay_job(model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, tokens: Sequence[int], threads: int = 2):
+def replay_job(model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, tokens: Sequence[int], threads: int = 1):
     """The validator's side: one prefill of the whole model over prompt + output[:-1]."""
     from node.pipeline.model import replay
     from node.pipeline.weights import load_stage
@@ -240,9 +240,10 @@ def check_row(
     setup: WorkerSetup,
     thresholds: ActivationThresholds = ACTIVATION,
     margin: float | None = None,
+    validator_threads: int = 1,
 ) -> Row:
     run = run_worker(model_dir, layout, job, setup)
-    boundaries, logits = replay_job(model_dir, layout, job, run.tokens)
+    boundaries, logits = replay_job(model_dir, layout, job, run.tokens, threads=validator_threads)
     figures, blamed = [], None
     for index, (hidden, (prefill, decode)) in enumerate(zip(boundaries, run.sent)):
         proofs = build_proofs(prefill, decode)

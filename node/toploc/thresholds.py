@@ -23,10 +23,10 @@ class ActivationThresholds:
     """A chunk passes when every figure is at or below its bound. Counts are per 128 compared entries
     (scaled for the rare smaller chunk)."""
 
-    max_exp_mismatches: int = 8
+    max_exp_mismatches: int = 4
     max_sign_mismatches: int = 2
-    max_mant_err_mean: float = 1.5
-    max_mant_err_median: float = 1.0
+    max_mant_err_mean: float = 0.05
+    max_mant_err_median: float = 0.5
 
     def chunk_passes(self, figures: _Figures) -> bool:
         scale = figures.points / 128
@@ -47,7 +47,7 @@ class SamplingThresholds:
     `logit_margin` of the largest), and it lies in the top-k / top-p set with the same slack.
     """
 
-    logit_margin: float = 0.05
+    logit_margin: float = 1e-3
 
 
 ACTIVATION = ActivationThresholds()
