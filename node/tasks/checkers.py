@@ -1,7 +1,8 @@
 """Checkers: does a model's output answer the task? Pure functions `(output_text, reference) -> bool`.
 
-* `number`: the first number in the output (commas and a trailing `.0` tolerated) equals the reference.
-  The first number, not any: a model that lists many numbers must not score by luck.
+* `number`: the last number in the output (commas and a trailing `.0` tolerated) equals the reference, the
+  GSM8K convention: models restate the question ("7 + 5 = 12") before the answer. One number, not any: a
+  model that lists many numbers must not score by luck.
 * `exact`: the stripped, case-folded output equals the reference.
 * `contains`: the case-folded reference occurs in the output.
 """
@@ -15,16 +16,16 @@ from fractions import Fraction
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def first_number(text: str) -> Fraction | None:
-    match = _NUMBER.search(text)
-    if match is None:
+def last_number(text: str) -> Fraction | None:
+    matches = _NUMBER.findall(text)
+    if not matches:
         return None
-    return Fraction(match.group(0).replace(",", ""))
+    return Fraction(matches[-1].replace(",", ""))
 
 
 def check_number(output: str, reference: str) -> bool:
-    got = first_number(output)
-    want = first_number(reference)
+    got = last_number(output)
+    want = last_number(reference)
     return got is not None and want is not None and got == want
 
 

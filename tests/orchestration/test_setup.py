@@ -28,7 +28,10 @@ def test_the_bundled_task_set_loads_and_its_checkers_work():
     assert len(tasks) >= 50 and all(t.checker == "number" and t.answer for t in tasks)
     six_sevens = next(t for t in tasks if t.prompt.startswith("What is 6 * 7?"))
     assert six_sevens.check("The answer is 42.") is True
-    assert six_sevens.check("It is 41, or maybe 42") is False
+    assert six_sevens.check("6 * 7 = 42\n\nThis is") is True  # SmolLM2 restates the question first
+    assert six_sevens.check("It is 42, or maybe 41") is False
+    assert six_sevens.check("I do not know") is False
+    assert next(t for t in tasks if t.answer == "1024").check("2^10 = 1,024.") is True
 
 
 @pytest.mark.parametrize(
