@@ -12,12 +12,17 @@ from node.job import JobSpec
 
 
 class IssuedJobs:
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
+    """The last `limit` job ids issued (oldest forgotten first: by then their bundles are long in)."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self._ids: dict[str, None] = {}
+        self.limit = limit
 
     async def record(self, spec: JobSpec) -> None:
         """The dispatcher's `on_job` hook: called before a job is sent to its group."""
-        self._ids.add(spec.job_id_hex)
+        self._ids[spec.job_id_hex] = None
+        while len(self._ids) > self.limit:
+            del self._ids[next(iter(self._ids))]
 
     def __contains__(self, job_id_hex: str) -> bool:
         return job_id_hex in self._ids

@@ -106,3 +106,14 @@ async def test_the_spec_guard_refuses_jobs_the_orchestrator_did_not_issue():
     await issued.record(spec)
     assert await issued.guard(spec) is None
     assert "not issued" in await issued.guard(forged)
+
+
+async def test_the_issued_job_record_is_bounded():
+    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.validator.issued_jobs import IssuedJobs
+
+    issued = IssuedJobs(limit=3)
+    specs = [JobSpec("0x" + "ab" * 32, (1,), SamplingParams(), seed, "g", (StageAssignment("0x" + "11" * 20, 0, 1),)) for seed in range(5)]
+    for spec in specs:
+        await issued.record(spec)
+    assert len(issued) == 3 and specs[0].job_id_hex not in issued and specs[4].job_id_hex in issued
