@@ -119,6 +119,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _J = JournalEntry.__table__
 _W = Worker.__table__
 _CHUNK = 500  # ids per IN (...) lookup
+_MIGRATION_LOCK = 0x5354_4147_4557  # "STAGEW": the advisory lock key held while migrating
 
 
 class LedgerError(Exception):
@@ -722,6 +723,10 @@ class Ledger:
                 await conn.run_sync(metadata.create_all)
             return
         async with self.write_engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Two nodes starting together on a fresh database: the second waits, then finds the
+                # schema at head. (SQLite's BEGIN IMMEDIATE already serialises them.)
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             await conn.run_sync(_run_upgrade, revision)
 
     async def close(self) -> None:

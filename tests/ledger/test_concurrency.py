@@ -93,3 +93,12 @@ async def test_concurrent_distinct_appends_keep_one_linear_chain(db_url):
     finally:
         for led in ledgers:
             await led.close()
+
+
+async def test_nodes_opening_a_fresh_database_together_migrate_once(db_url):
+    ledgers = await asyncio.gather(*(Ledger.open(db_url) for _ in range(3)))
+    try:
+        assert [await led.head() for led in ledgers] == [(0, journal.GENESIS_HASH)] * 3
+    finally:
+        for led in ledgers:
+            await led.close()
