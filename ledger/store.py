@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, and_, event, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger import epochs as epoch_math
@@ -363,7 +364,10 @@ class LedgerTx:
             )
             .on_conflict_do_nothing()
         )
-        return (await self.conn.execute(stmt)).rowcount == 1
+        try:
+            return (await self.conn.execute(stmt)).rowcount == 1
+        except IntegrityError as error:  # the foreign key: there is no such job
+            raise LedgerError(f"no job {job_id} in the ledger: record its bundle before its verdict") from error
 
     async def append(self, entries: Sequence[NewEntry]) -> list[Entry]:
         """Journal `entries` in order, skipping any already journaled; returns those written."""

@@ -113,6 +113,8 @@ async def test_bad_input_is_refused_with_a_clear_error(ledger):
         journal.NewEntry("reward", 1, worker=A, stage=0)
     with pytest.raises(LedgerError, match="blamed stage"):
         await ledger.record_verdict(h32(1), "blamed")
+    with pytest.raises(LedgerError, match="record its bundle before its verdict"):
+        await ledger.record_verdict(h32(404), "accepted")
     with pytest.raises(LedgerError, match="unknown job"):
         await ledger.set_job_status(h32(404), "done")
     assert await ledger.head() == (0, journal.GENESIS_HASH)
