@@ -90,14 +90,14 @@ class StakeStatus:
     def enough(self) -> bool:
         return self.staked_wei >= self.required_wei and self.staked_wei > 0
 
-    def explain(self) -> str:
+    def explain(self, keystore: Path | str | None = None) -> str:
         if self.enough:
             return f"{self.address} stakes {format_wei(self.staked_wei)} on chain {self.chain_id} (minimum {format_wei(self.required_wei)})"
         have = "no stake" if self.staked_wei == 0 else f"only {format_wei(self.staked_wei)} staked"
         return (
             f"{self.address} has {have} on chain {self.chain_id} (contract {self.contract}); "
             f"{format_wei(max(self.missing_wei, 1))} more is needed (minimum {format_wei(self.required_wei)}). "
-            f"Stake it with: stagewise stake {max(self.missing_wei, 1)}wei --keystore KEYSTORE"
+            f"Stake it with: stagewise stake {max(self.missing_wei, 1)}wei --keystore {keystore or 'KEYSTORE'}"
             f" --rpc-url {self.rpc_url or 'RPC_URL'} --contract {self.contract}"
         )
 
@@ -485,7 +485,7 @@ class Worker:
                 f"the validator is on chain {info.chain_id} but {info.rpc_url} is chain {status.chain_id}: check --rpc-url"
             )
         if not status.enough:
-            raise WorkerError(status.explain())
+            raise WorkerError(status.explain(self.config.keystore))
         return status, ReceiptDomain(status.chain_id, status.contract)
 
     # ----------------------------------------------------------------- lifecycle

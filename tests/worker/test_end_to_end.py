@@ -241,7 +241,7 @@ async def test_an_unstaked_worker_stops_before_serving_and_says_what_is_missing(
         await asyncio.wait_for(stack.in_process(key, asyncio.Event()), 30)
     message = str(raised.value)
     assert f"{key.address} has only 0.25 ETH" in message and "0.75 ETH (750000000000000000 wei) more is needed" in message
-    assert f"stagewise stake 750000000000000000wei" in message
+    assert f"stagewise stake 750000000000000000wei --keystore {stack.tmp_path / (key.address + '.json')}" in message
     assert stack.orchestrator.registry.all() == ()
 
 
