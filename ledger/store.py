@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, and_, event, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger import epochs as epoch_math
@@ -709,12 +709,19 @@ class Ledger:
         try:
             if migrate:
                 await ledger.upgrade()
-            async with ledger.write_engine.begin() as conn:
-                await conn.execute(
-                    ledger._insert(JournalHead.__table__)
-                    .values(id=1, seq=0, entry_hash=journal.GENESIS_HASH)
-                    .on_conflict_do_nothing()
-                )
+            try:
+                async with ledger.write_engine.begin() as conn:
+                    await conn.execute(
+                        ledger._insert(JournalHead.__table__)
+                        .values(id=1, seq=0, entry_hash=journal.GENESIS_HASH)
+                        .on_conflict_do_nothing()
+                    )
+            except (ProgrammingError, OperationalError) as error:
+                if "journal_head" not in str(error):
+                    raise
+                raise LedgerError(
+                    "this database has no ledger schema yet: run `stagewise ledger migrate` (or alembic upgrade head)"
+                ) from error
         except BaseException:
             await ledger.close()
             raise

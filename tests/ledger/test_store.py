@@ -142,3 +142,8 @@ async def test_outbox_and_cursor(ledger):
     await ledger.set_cursor("staking", 12)
     await ledger.set_cursor("staking", 15)
     assert await ledger.get_cursor("staking") == 15
+
+
+async def test_opening_an_unmigrated_database_without_migrating_says_what_to_do(db_url):
+    with pytest.raises(LedgerError, match="stagewise ledger migrate"):
+        await Ledger.open(db_url, migrate=False)
