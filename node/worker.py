@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,15 +247,29 @@ class SignedJob:
 
 
 class ReceiptBook:
-    """Signs this worker's receipts and keeps them by job id (in memory, and on disk when given a folder)."""
+    """Signs this worker's receipts and keeps them by job id: the latest `keep_in_memory` in memory, and
+    all of them on disk when given a folder (files older than `keep_days` are removed on start)."""
 
-    def __init__(self, key: SigningKey, domain: ReceiptDomain, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        key: SigningKey,
+        domain: ReceiptDomain,
+        directory: Path | None = None,
+        *,
+        keep_in_memory: int = 4096,
+        keep_days: float = 14.0,
+    ) -> None:
         self.key = key
         self.domain = domain
         self.directory = directory
-        self._jobs: dict[str, SignedJob] = {}
+        self.keep_in_memory = keep_in_memory
+        self._jobs: dict[str, SignedJob] = {}  # insertion-ordered: the oldest go first
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
+            cutoff = time.time() - keep_days * 86400
+            for path in directory.glob("0x*.json"):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
 
     def sign(
         self, spec: JobSpec, stage_index: int, output_token_ids: Sequence[int], proofs: Sequence[bytes]
@@ -272,7 +287,7 @@ class ReceiptBook:
             SignedStage(receipt, sign_receipt(self.key, receipt, self.domain), tuple(proofs)),
             tuple(output_token_ids),
         )
-        self._jobs[spec.job_id_hex] = signed
+        self._keep(spec.job_id_hex, signed)
         if self.directory is not None:
             path = self.directory / f"{spec.job_id_hex}.json"
             tmp = path.with_suffix(".tmp")
@@ -287,8 +302,13 @@ class ReceiptBook:
             path = self.directory / f"{job_id_hex}.json"
             if path.exists():
                 found = _parse_signed_job(json.loads(path.read_text()))
-                self._jobs[job_id_hex] = found
+                self._keep(job_id_hex, found)
         return found
+
+    def _keep(self, job_id_hex: str, signed: SignedJob) -> None:
+        self._jobs[job_id_hex] = signed
+        while len(self._jobs) > self.keep_in_memory:
+            del self._jobs[next(iter(self._jobs))]
 
     def __len__(self) -> int:
         return len(self._jobs)

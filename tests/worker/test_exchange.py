@@ -202,3 +202,13 @@ async def test_unreachable_validator_is_named():
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ValidatorUnreachable, match="cannot reach the validator at http://127.0.0.1:9"):
             await ValidatorClient("http://127.0.0.1:9", session).health()
+
+
+def test_the_book_keeps_memory_bounded_and_reads_older_receipts_from_disk(tmp_path):
+    book = ReceiptBook(KEYS[0], DOMAIN, tmp_path, keep_in_memory=2)
+    specs = [JobSpec(**{**spec().__dict__, "seed": seed}) for seed in range(4)]
+    for job in specs:
+        book.sign(job, 0, OUTPUT, proofs(0))
+    assert len(book) == 2
+    assert book.get(specs[0].job_id_hex).spec == specs[0]  # from disk
+    assert ReceiptBook(KEYS[0], DOMAIN, None, keep_in_memory=2).get(specs[0].job_id_hex) is None
