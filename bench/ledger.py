@@ -106,14 +106,20 @@ async def run_backend(url: str, batches: list[list[journal.NewEntry]], workers: 
     ledger = await Ledger.open(url)
     try:
         total = sum(len(b) for b in batches)
-        spent = 0.0
+        spent = cpu = 0.0
         with tqdm(total=total, unit="entry", desc="ingest", leave=False) as bar:
             for batch in batches:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 await ledger.append(batch)
                 spent += time.perf_counter() - start
+                cpu += time.process_time() - start_cpu
                 bar.update(len(batch))
-        figures = [Figure("ingestion (batches of %d)" % len(batches[0]), total / spent, "entries/s", 5000, True)]
+        figures = [
+            Figure("ingestion (batches of %d)" % len(batches[0]), total / spent, "entries/s", 5000, True),
+            # This process's CPU only (SQLite runs inside it; a PostgreSQL server's work is not counted):
+            # what the rate would be on an idle machine, to read beside the wall-clock figure above.
+            Figure("ingestion per CPU s (this process)", total / cpu, "entries/s", None, True),
+        ]
 
         figures.append(
             Figure("leaderboard first page (50)", await median_ms(lambda: ledger.leaderboard(0, 50), 30), "ms", 50, False)
@@ -144,7 +150,8 @@ async def run_backend(url: str, batches: list[list[journal.NewEntry]], workers: 
         figures.append(Figure(f"close epoch ({closed.entry_count:,} entries)", time.perf_counter() - start, "s", None, False))
         start = time.perf_counter()
         proof = await ledger.reward_proof(workers[0])
-        figures.append(Figure("reward proof (10k leaves)", (time.perf_counter() - start) * 1000, "ms", None, False))
+        leaves = len({e.worker for b in batches for e in b if e.kind == journal.REWARD})
+        figures.append(Figure(f"reward proof ({leaves:,} leaves)", (time.perf_counter() - start) * 1000, "ms", None, False))
         assert proof is None or proof.verify()
         start = time.perf_counter()
         report = await ledger.verify()
@@ -174,6 +181,7 @@ async def main() -> int:
     n_entries = args.entries or (100_000 if args.quick else 1_000_000)
 
     print(f"ledger bench: {n_entries:,} journal entries over {args.workers:,} workers, batches of {args.batch:,}")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall-clock figures suffer above 1 per CPU)")
     batches, workers = make_batches(n_entries, args.workers, args.batch, seed=7)
     results: list[tuple[str, list[Figure]]] = []
 
@@ -200,7 +208,7 @@ async def main() -> int:
                     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     misses = [(b, f) for b, figs in results for f in figs if not f.ok]
-    print("\nsummary")
+    print(f"\nsummary (load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     for backend, figs in results:
         print("\n".join(f.line(backend) for f in figs))
     if misses:
