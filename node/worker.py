@@ -121,8 +121,6 @@ def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> 
         return StakeStatus(address, staked, required_wei, chain.chain_id, chain.address, rpc_url)
     except ChainError as error:
         raise WorkerError(f"chain at {rpc_url}: {error}") from None
-    except WorkerError:
-        raise
     except Exception as error:  # requests/web3 connection errors come in many classes
         raise WorkerError(f"cannot reach the chain at {rpc_url}: {_short(error)}") from None
 
