@@ -83,8 +83,9 @@ class Orchestrator:
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         previous = self.registry.get(signed.message.address)
         record = await self.registry.register(signed)
-        if previous is not None and (previous.stage_url, previous.capacity) != (record.stage_url, record.capacity):
-            # it restarted with another server or size: whatever it served is gone
+        if previous is not None:
+            # a worker registers once per process: a second registration is a restart, whatever its stage
+            # server held (layers, links, sequences) is gone, so its group must be repaired
             await self._drop_from_groups(record.address)
         await self._refresh_soon(self.register_wait_s)
         return record

@@ -185,6 +185,10 @@ class HttpPipelineDriver:
         for stage, health in zip(group.stages, healths):
             if health is None:
                 return StageFailure(stage.worker, f"{reason} (its stage server does not answer)")
+        for stage, health in zip(group.stages, healths):
+            serving = (health.get("assignment") or {}).get("group_id")
+            if serving != group.group_id and serving != self._assigned.get(stage.worker):
+                return StageFailure(stage.worker, f"{reason} (it lost its assignment: restarted?)")
         if any((health.get("assignment") or {}).get("group_id") != group.group_id for health in healths):
             # the orchestrator moved a stage to a newer group (a repair): nobody's fault, continue there
             return JobInterrupted(f"{reason} (group {group.group_id} was regrouped)")

@@ -220,3 +220,16 @@ async def test_every_group_is_kept_full_with_two_sequences_per_stage_by_default(
     progress = await dispatcher.run()
     assert progress.tasks_done == 12
     assert peak == {g.group_id: 4 for g in orchestrator.grouping.groups}  # 2 stages each: 4 in flight
+
+
+async def test_a_worker_that_registers_again_restarted_and_its_group_is_prepared_afresh(model_dir, worker_keys):
+    orchestrator, workers, clock = await start(model_dir, worker_keys)
+    group = orchestrator.grouping.groups[0]
+    restarted = group.stages[0].worker
+    key = next(k for k in worker_keys if k.address == restarted)
+    prepared_before = list(orchestrator.driver.prepared)
+    await orchestrator.register(make_registration(key, CAPACITIES[worker_keys.index(key)], "eu", "http://127.0.0.1:9000", now=clock.now + 1))
+    assert group.group_id in orchestrator.driver.released
+    assert orchestrator.driver.prepared[len(prepared_before):]  # its (new) group was prepared again
+    assert orchestrator.assignment(restarted).group is not None
+    assert len(orchestrator.grouping.groups) == 2
