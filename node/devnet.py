@@ -202,7 +202,8 @@ class Devnet:
         from ledger.chain import ChainClient, tester_keys
         from node.wallet import create_keystore
 
-        chain = ChainClient.connect(rpc_url, address=contract, dev_keys=tester_keys(1))
+        # dev key 3 funds the workers: the validator process sends from dev key 1, never racing this one
+        chain = ChainClient.connect(rpc_url, address=contract, dev_keys=tester_keys(3)[2:])
         stake = max(min_stake, ETHER)
         keystores = []
         password = self.password_file.read_text()

@@ -422,7 +422,9 @@ class WorkerConfig:
     register_timeout_s: float = 600.0
     tamper: Any = None
     """node.pipeline.engine.Tamper: changes what this stage SENDS after its honest proof was built. Only for
-    tests and the devnet's cheater; never set by `stagewise worker run`."""
+    tests; never set by `stagewise worker run`."""
+    cheat: Any = None
+    """node.cheats.Cheat: changes the stage's weights once loaded (`--cheat`, the devnet's cheater)."""
 
 
 @dataclass(frozen=True)
@@ -732,7 +734,7 @@ async def start_stage_server(
     server = StageServer(
         key, host=config.host, port=config.port, model_dirs=config.model_dirs, device=config.device,
         on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
-        tamper=config.tamper,
+        tamper=config.tamper, on_loaded=config.cheat.apply if config.cheat is not None else None,
     )
     try:
         await server.start()

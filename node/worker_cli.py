@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--model", choices=["smollm2"], help="a bundled model: smollm2 = SmolLM2-135M-Instruct (converted once into the cache)")
     run.add_argument("--device", default="cpu", help="torch device for the stage (default cpu)")
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
+    run.add_argument(
+        "--cheat", type=_cheat, default=None, metavar="KIND:SCALE",
+        help="devnets and demos only: misbehave on purpose to be caught, e.g. perturb:1e-3 (relative noise on this "
+        "stage's weights; its proofs stay consistent, only the validator's replay catches it)",
+    )
     run.add_argument("--grace", type=float, default=30.0, help="seconds in-flight sequences get at shutdown (default 30)")
     run.set_defaults(func=cmd_run)
 
@@ -102,9 +107,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,
+        cheat=args.cheat,
     )
     try:
         asyncio.run(run_worker(config, key))
     except WorkerError as error:
         raise CommandError(str(error)) from None
     return 0
+
+
+def _cheat(text: str):
+    from node.cheats import Cheat, CheatError
+
+    try:
+        return Cheat.parse(text)
+    except CheatError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
