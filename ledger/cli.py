@@ -34,8 +34,8 @@ def _run(body: Callable[[Any], Awaitable[int]]) -> int:
 
         try:
             ledger = await Ledger.open()
-        except (LedgerError, OSError) as error:
-            raise CommandError(f"cannot open the ledger: {error}") from error
+        except LedgerError as error:
+            raise CommandError(str(error)) from error
         try:
             return await body(ledger)
         finally:
@@ -181,7 +181,7 @@ def _proof(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     async def body(ledger: Any) -> int:
-        print(f"schema at head: {ledger.url.split('@')[-1]}")  # opening already upgraded it; no credentials
+        print(f"schema at head: {ledger.safe_url}")  # opening the ledger already upgraded it
         return 0
 
     return _run(body)

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, and_, event, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ledger import epochs as epoch_math
@@ -689,6 +689,11 @@ class Ledger:
         self.write_engine = write_engine
         self.dialect = engine.dialect.name
 
+    @property
+    def safe_url(self) -> str:
+        """The database URL without its password, fit for logs and error messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     # --- opening -------------------------------------------------------------------------------------
 
     @classmethod
@@ -707,9 +712,9 @@ class Ledger:
             raise LedgerError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
         ledger = cls(url, engine, write_engine)
         try:
-            if migrate:
-                await ledger.upgrade()
             try:
+                if migrate:
+                    await ledger.upgrade()
                 async with ledger.write_engine.begin() as conn:
                     await conn.execute(
                         ledger._insert(JournalHead.__table__)
@@ -718,10 +723,13 @@ class Ledger:
                     )
             except (ProgrammingError, OperationalError) as error:
                 if "journal_head" not in str(error):
-                    raise
+                    raise LedgerError(f"cannot open the ledger at {ledger.safe_url}: {error.orig or error}") from error
                 raise LedgerError(
                     "this database has no ledger schema yet: run `stagewise ledger migrate` (or alembic upgrade head)"
                 ) from error
+            except (DBAPIError, OSError) as error:
+                cause = getattr(error, "orig", None) or error
+                raise LedgerError(f"cannot open the ledger at {ledger.safe_url}: {cause}") from error
         except BaseException:
             await ledger.close()
             raise
@@ -1000,13 +1008,24 @@ class Ledger:
 
 
 def _run_upgrade(sync_conn: Any, revision: str) -> None:
-    from alembic import command
-    from alembic.config import Config
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # opening a ledger at head is not news; a change is, below
+    try:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.migration import MigrationContext
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.attributes["connection"] = sync_conn
-    command.upgrade(config, revision)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.attributes["connection"] = sync_conn
+        before = MigrationContext.configure(sync_conn).get_current_revision()
+        command.upgrade(config, revision)
+        after = MigrationContext.configure(sync_conn).get_current_revision()
+    finally:
+        alembic_log.setLevel(level)
+    if after != before:
+        log.info("ledger schema migrated from %s to %s", before or "empty", after)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:

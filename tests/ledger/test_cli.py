@@ -86,3 +86,11 @@ def test_user_errors_are_one_line(filled, capsys):
     assert "not an Ethereum address" in capsys.readouterr().err
     assert main(["ledger", "worker", address(77)]) == 1
     assert "no worker" in capsys.readouterr().err
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(capsys, monkeypatch):
+    monkeypatch.setenv("STAGEWISE_DB", "")  # --db writes the variable; this puts it back afterwards
+    assert main(["--db", "postgresql://postgres:hunter2@127.0.0.1:1/ledger", "ledger", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open the ledger at postgresql+asyncpg://postgres:***@127.0.0.1:1/ledger")
+    assert "hunter2" not in err and "Traceback" not in err
