@@ -107,23 +107,35 @@ class Dispatcher:
         self._retry: deque[SequenceRun] = deque()
         self._delayed = 0  # interrupted sequences waiting out retry_delay_s
         self._active: dict[asyncio.Task, tuple[SequenceRun, str]] = {}
+        self._settling: set[asyncio.Task] = set()
+        self._suspect: dict[str, int] = {}  # group id -> failures being settled
 
     async def run(self) -> Progress:
         """Dispatch every task to completion (or failure) and return the figures."""
         try:
-            while self._tasks or self._retry or self._active or self._delayed:
+            while self._tasks or self._retry or self._active or self._delayed or self._settling:
                 self._fill()
-                if not self._active:
+                waiting = set(self._active) | self._settling
+                if not waiting:
                     await self._wait_for_groups()
                     continue
-                done, _ = await asyncio.wait(
-                    self._active, timeout=self.policy.idle_poll_s, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait(waiting, timeout=self.policy.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
+                    if finished in self._settling:
+                        self._settling.discard(finished)
+                        finished.result()  # a bug in settling must not pass silently
+                        continue
                     run, group_id = self._active.pop(finished)
-                    await self._settle(run, group_id, finished)
+                    if finished.exception() is None:
+                        self._finish(run, None)
+                    else:
+                        # rerouting waits for a regroup (maybe a group loading its layers): off the main loop,
+                        # so the other groups keep getting work meanwhile
+                        self._suspect[group_id] = self._suspect.get(group_id, 0) + 1  # no new work there meanwhile
+                        settling = asyncio.create_task(self._settle(run, group_id, finished), name=f"reroute {run.task.task_id}")
+                        self._settling.add(settling)
         finally:
-            for task in self._active:
+            for task in [*self._active, *self._settling]:
                 task.cancel()
         return self.progress
 
@@ -132,6 +144,8 @@ class Dispatcher:
         for _, group_id in self._active.values():
             load[group_id] = load.get(group_id, 0) + 1
         for group in self.orchestrator.grouping.groups:
+            if group.group_id in self._suspect:
+                continue
             while load.get(group.group_id, 0) < self.policy.in_flight_for(group):
                 run = self._next_run()
                 if run is None:
@@ -176,7 +190,14 @@ class Dispatcher:
         run.generated[base:] = list(output)
 
     async def _settle(self, run: SequenceRun, group_id: str, finished: asyncio.Task) -> None:
-        error = finished.exception()
+        try:
+            await self._reroute(run, group_id, finished.exception())
+        finally:
+            left = self._suspect.pop(group_id, 1) - 1
+            if left > 0:
+                self._suspect[group_id] = left
+
+    async def _reroute(self, run: SequenceRun, group_id: str, error: BaseException | None) -> None:
         if error is None:
             self._finish(run, None)
             return

@@ -17,7 +17,7 @@ from node.job import JobSpec
 from node.pipeline.weights import load_stage
 from node.toploc.sampling import sample_next
 from node.validator.grouping import Group
-from node.validator.pipeline_driver import StageFailure, TokenSink
+from node.validator.pipeline_driver import JobInterrupted, StageFailure, TokenSink
 from node.validator.registry import WorkerRecord
 
 
@@ -63,6 +63,8 @@ class LocalPipeline:
 
     async def run(self, group: Group, spec: JobSpec, on_tokens: TokenSink) -> tuple[int, ...]:
         workers = [self.workers[s.worker] for s in group.stages]
+        if any(group.group_id not in worker.stages for worker in workers):
+            raise JobInterrupted(f"group {group.group_id} is not prepared")
         models = [worker.stages[group.group_id] for worker in workers]
         caches = [model.new_cache() for model in models]
         inputs = torch.tensor(spec.prompt_token_ids, dtype=torch.long)
