@@ -13,7 +13,6 @@ import pytest
 from aiohttp import web
 
 from node.validator.orchestration_setup import add_orchestration_options, build_orchestration
-from node.validator.worker_messages import Capacity
 
 from .conftest import MIB
 
