@@ -62,7 +62,7 @@ class Proof:
             raise ProofFormatError(f"proof modulus {int(words[0])} is outside [1, {PRIME}]")
         if (words[1:] >= PRIME).any():
             raise ProofFormatError(f"proof coefficient outside GF({PRIME})")
-        return cls(int(words[0]), tuple(int(w) for w in words[1:]))
+        return cls(int(words[0]), tuple(words[1:].tolist()))
 
 
 @dataclass(frozen=True)
@@ -76,57 +76,90 @@ class ChunkFigures:
     points: int  # k: entries compared
 
 
-def bf16_bits(chunk: torch.Tensor) -> torch.Tensor:
-    """The flattened chunk as bf16 bit patterns, int32 in [0, 65536), on the chunk's device."""
-    flat = chunk.detach().reshape(-1)
-    if flat.dtype != torch.bfloat16:
-        flat = flat.to(torch.bfloat16)
-    return flat.view(torch.int16).to(torch.int32) & 0xFFFF
-
-
 TieBreak = Literal["index", "reference"]
 
 
-def top_entries(bits: torch.Tensor, k: int = TOPK) -> torch.Tensor:
-    """Flat indices of the k largest |values| of bf16 bits [n] (all n when n <= k), ties at the k-th
-    magnitude going to the lowest indices, in ascending index order: the same set on every device.
-    For finite bf16 the order of |value| is the order of `bits & 0x7FFF`."""
-    above, tied, need = _boundary(bits, k)
-    if above is None:
-        return torch.arange(bits.numel(), device=bits.device)
-    above[tied[:need]] = True
-    return above.nonzero().flatten()
+@dataclass(frozen=True)
+class _Selection:
+    """The top-k of one chunk before ties are settled: every entry strictly above the k-th magnitude,
+    the entries tied with it (ascending index), how many of those belong in the top-k, and the bf16
+    words (uint16) to read values from."""
+
+    above: np.ndarray
+    tied: np.ndarray
+    need: int
+    words: np.ndarray | torch.Tensor  # numpy for CPU chunks, a device tensor otherwise
+
+    def values(self, indices: np.ndarray) -> np.ndarray:
+        if isinstance(self.words, np.ndarray):
+            return self.words[indices].astype(np.int64)
+        picked = self.words[torch.as_tensor(indices, device=self.words.device)]
+        return picked.cpu().numpy().astype(np.int64) & 0xFFFF
+
+    def settle(self, chosen_ties: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.sort(np.concatenate([self.above, chosen_ties]))
+        return indices, self.values(indices)
 
 
-def reference_top_entries(chunk: torch.Tensor, k: int = TOPK) -> torch.Tensor:
+def _bf16_words(chunk: torch.Tensor) -> np.ndarray | torch.Tensor:
+    """The flattened chunk's bf16 bit patterns: uint16 numpy for a CPU chunk, int16 on its device else."""
+    flat = chunk.detach().reshape(-1)
+    if flat.dtype != torch.bfloat16:
+        flat = flat.to(torch.bfloat16)
+    words = flat.view(torch.int16)
+    return words.numpy().view(np.uint16) if words.device.type == "cpu" else words
+
+
+def _select(chunk: torch.Tensor, k: int) -> _Selection:
+    """Split the chunk's top-k by magnitude (for finite bf16 the order of |value| is the order of
+    `bits & 0x7FFF`) into the certain part and the tied boundary. CPU chunks go through numpy; device
+    chunks stay on the device until only the selected entries are left."""
+    words = _bf16_words(chunk)
+    n = words.shape[0]
+    if n <= k:
+        return _Selection(np.arange(n, dtype=np.int64), np.empty(0, dtype=np.int64), 0, words)
+    if isinstance(words, np.ndarray):
+        # Introselect finds the k-th largest magnitude; one pass picks the entries at or above it, in
+        # index order.
+        magnitude = words & np.uint16(0x7FFF)
+        threshold = np.partition(magnitude, n - k)[n - k]
+        candidates = np.flatnonzero(magnitude >= threshold)
+        candidate_magnitude = magnitude[candidates]
+        above = candidates[candidate_magnitude > threshold]
+        tied = candidates[candidate_magnitude == threshold]
+        return _Selection(above, tied, k - above.size, words)
+    magnitude = words.to(torch.int32) & 0x7FFF
+    threshold = torch.topk(magnitude, k, sorted=False).values.min()
+    above = (magnitude > threshold).nonzero().flatten().cpu().numpy().astype(np.int64)
+    tied = (magnitude == threshold).nonzero().flatten().cpu().numpy().astype(np.int64)
+    return _Selection(above, tied, k - above.size, words)
+
+
+def top_entries(chunk: torch.Tensor, k: int = TOPK) -> np.ndarray:
+    """Flat indices (ascending) of the k largest |values| of the chunk as bf16, all of them when it has
+    at most k entries, ties at the k-th magnitude going to the lowest indices: the same on every device."""
+    selection = _select(chunk, k)
+    return selection.settle(selection.tied[: selection.need])[0]
+
+
+def reference_top_entries(chunk: torch.Tensor, k: int = TOPK) -> np.ndarray:
     """The reference's selection, `flat.abs().topk(k)` of the bf16 chunk on the CPU: ties fall wherever
     torch's CPU partial sort leaves them. Only for byte-compatibility checks against the reference."""
     flat = chunk.detach().reshape(-1).to(torch.bfloat16).cpu()
     if flat.numel() <= k:
-        return torch.arange(flat.numel())
-    return flat.abs().topk(k).indices
-
-
-def _boundary(bits: torch.Tensor, k: int) -> tuple[torch.Tensor | None, torch.Tensor, int]:
-    """(mask of entries strictly above the k-th magnitude, indices tied with it, how many ties to take)."""
-    if bits.numel() <= k:
-        return None, bits.new_empty(0, dtype=torch.int64), 0
-    magnitude = bits & 0x7FFF
-    threshold = torch.topk(magnitude, k, sorted=False).values.min()
-    above = magnitude > threshold
-    tied = (magnitude == threshold).nonzero().flatten()
-    return above, tied, k - int(above.sum())
+        return np.arange(flat.numel(), dtype=np.int64)
+    return np.sort(flat.abs().topk(k).indices.numpy()).astype(np.int64)
 
 
 def _points(chunk: torch.Tensor, k: int, tie_break: TieBreak) -> tuple[np.ndarray, np.ndarray]:
-    bits = bf16_bits(chunk)
     if tie_break == "reference":
-        indices = reference_top_entries(chunk, k).to(bits.device)
-    elif tie_break == "index":
-        indices = top_entries(bits, k)
-    else:
-        raise ValueError(f"unknown tie_break {tie_break!r}")
-    return indices.cpu().numpy().astype(np.int64), bits[indices].cpu().numpy().astype(np.int64)
+        indices = reference_top_entries(chunk, k)
+        words = _bf16_words(chunk.cpu())
+        return indices, words[indices].astype(np.int64)
+    if tie_break == "index":
+        selection = _select(chunk, k)
+        return selection.settle(selection.tied[: selection.need])
+    raise ValueError(f"unknown tie_break {tie_break!r}")
 
 
 def build_chunk_proofs(chunks: Sequence[torch.Tensor], k: int = TOPK, tie_break: TieBreak = "index") -> list[bytes]:
@@ -173,44 +206,63 @@ def chunk_figures(
     proof bytes or a proof whose size does not fit the chunk."""
     if len(chunks) != len(proofs):
         raise ValueError(f"{len(chunks)} chunks but {len(proofs)} proofs")
-    decoded = [proof if isinstance(proof, Proof) else Proof.from_bytes(proof) for proof in proofs]
-    if tie_break == "reference":
-        points = [_points(chunk, k, "reference") for chunk in chunks]
-    elif tie_break == "proof":
-        points = [_proof_aware_points(chunk, proof, k) for chunk, proof in zip(chunks, decoded)]
-    else:
+    if tie_break not in ("proof", "reference"):
         raise ValueError(f"unknown tie_break {tie_break!r}")
-    for (indices, _), proof in zip(points, decoded):
-        if len(proof.coefficients) != len(indices):
-            raise ProofFormatError(f"proof has {len(proof.coefficients)} points, the chunk needs {len(indices)}")
-    figures: list[ChunkFigures | None] = [None] * len(points)
-    for members in _group_by_size([indices for indices, _ in points]).values():
+    decoded = [proof if isinstance(proof, Proof) else Proof.from_bytes(proof) for proof in proofs]
+    queries = [_verification_query(chunk, k, tie_break) for chunk in chunks]
+    for query, proof in zip(queries, decoded):
+        if len(proof.coefficients) != query.points:
+            raise ProofFormatError(f"proof has {len(proof.coefficients)} points, the chunk needs {query.points}")
+    # One batched evaluation per polynomial size, at every index a chunk may use (ties included).
+    claimed_all: list[np.ndarray | None] = [None] * len(queries)
+    for members in _group_by_size([np.empty(len(decoded[m].coefficients)) for m in range(len(decoded))]).values():
+        width = max(queries[m].indices.size for m in members)
+        xs = np.zeros((len(members), width), dtype=np.int64)
+        for row, member in enumerate(members):
+            xs[row, : queries[member].indices.size] = queries[member].indices % decoded[member].modulus
         coefficients = np.array([decoded[m].coefficients for m in members], dtype=np.int64)
-        xs = np.stack([points[m][0] % decoded[m].modulus for m in members])
-        claimed = evaluate(coefficients, xs)
-        actual = np.stack([points[m][1] for m in members])
-        for member, row_claimed, row_actual in zip(members, claimed, actual):
-            figures[member] = _compare(row_claimed, row_actual)
-    return figures  # type: ignore[return-value]
+        for member, values in zip(members, evaluate(coefficients, xs)):
+            claimed_all[member] = values[: queries[member].indices.size]
+    return [_compare(*query.settle(claimed)) for query, claimed in zip(queries, claimed_all)]  # type: ignore[arg-type]
 
 
-def _proof_aware_points(chunk: torch.Tensor, proof: Proof, k: int) -> tuple[np.ndarray, np.ndarray]:
-    bits = bf16_bits(chunk)
-    above, tied, need = _boundary(bits, k)
-    if above is None:
-        indices = torch.arange(bits.numel(), device=bits.device)
-    elif need == tied.numel() or tied.numel() > MAX_TIED_CANDIDATES:
-        above[tied[:need]] = True
-        indices = above.nonzero().flatten()
-    else:
-        tied_np = tied.cpu().numpy().astype(np.int64)
-        tied_bits = bits[tied].cpu().numpy().astype(np.int64)
-        claimed = evaluate(np.array(proof.coefficients, dtype=np.int64), tied_np % proof.modulus)
-        agrees = (claimed & 0x7FFF) == (tied_bits & 0x7FFF)  # all tied share one magnitude
-        order = np.lexsort((tied_np, ~agrees))  # the ones the proof committed to first, then lowest index
-        above[torch.as_tensor(tied_np[order[:need]], device=bits.device)] = True
-        indices = above.nonzero().flatten()
-    return indices.cpu().numpy().astype(np.int64), bits[indices].cpu().numpy().astype(np.int64)
+@dataclass(frozen=True)
+class _Query:
+    """Where a verifier evaluates a proof: the certain top-k entries, then (if the boundary is ambiguous)
+    every entry tied at the k-th magnitude, of which `need` are kept — those the proof agrees with first."""
+
+    indices: np.ndarray
+    actual: np.ndarray
+    certain: int  # the first `certain` indices are in the top-k for sure
+    need: int  # how many of the remaining (tied) ones complete it
+
+    @property
+    def points(self) -> int:
+        return self.certain + self.need
+
+    def settle(self, claimed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.certain + self.need == self.indices.size:
+            return claimed, self.actual
+        tied_claimed, tied_actual = claimed[self.certain :], self.actual[self.certain :]
+        agrees = (tied_claimed & 0x7FFF) == (tied_actual & 0x7FFF)  # all tied share one magnitude
+        order = np.lexsort((self.indices[self.certain :], ~agrees))[: self.need]
+        return (
+            np.concatenate([claimed[: self.certain], tied_claimed[order]]),
+            np.concatenate([self.actual[: self.certain], tied_actual[order]]),
+        )
+
+
+def _verification_query(chunk: torch.Tensor, k: int, tie_break: str) -> _Query:
+    if tie_break == "reference":
+        indices, actual = _points(chunk, k, "reference")
+        return _Query(indices, actual, indices.size, 0)
+    selection = _select(chunk, k)
+    tied, need = selection.tied, selection.need
+    if need == tied.size or tied.size > MAX_TIED_CANDIDATES:
+        indices, actual = selection.settle(tied[:need])
+        return _Query(indices, actual, indices.size, 0)
+    indices = np.concatenate([selection.above, tied])
+    return _Query(indices, selection.values(indices), selection.above.size, need)
 
 
 def _compare(claimed: np.ndarray, actual: np.ndarray) -> ChunkFigures:

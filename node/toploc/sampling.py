@@ -126,28 +126,51 @@ def gumbel_noise(seed: int, positions: torch.Tensor, vocab: int) -> torch.Tensor
     # Blocks of rows keep the int64 working set small (fresh 100 MB temporaries cost more than the math).
     rows_per_block = max(1, _BLOCK_ELEMENTS // max(vocab, 1)) if positions.device.type == "cpu" else len(out)
     for start in range(0, positions.numel(), rows_per_block):
-        bits = _bits_block(per_id, per_position[start : start + rows_per_block])
-        uniform = bits.bitwise_right_shift_(32 - _UNIFORM_BITS).to(torch.float64)
-        uniform.add_(0.5).mul_(1.0 / (1 << _UNIFORM_BITS))
-        out[start : start + rows_per_block] = uniform.log_().neg_().log_().neg_()
+        out[start : start + rows_per_block] = _gumbel_from_bits(_bits_block(per_id, per_position[start : start + rows_per_block]))
     return out
 
 
-def filter_mask(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Which ids survive top-k then top-p, for temperature-scaled scores [B, V] (bool [B, V]).
+def gumbel_at(seed: int, position: int, ids: torch.Tensor) -> torch.Tensor:
+    """The noise of `gumbel_noise(seed, [position], V)[0, ids]` for some ids only (float32, ids' shape)."""
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    positions = _check_positions(torch.tensor([position], device=ids.device))
+    vocab_key, position_key = _seed_keys(seed)
+    bits = _triple32((ids + vocab_key) & _MASK32) ^ _triple32(positions ^ position_key)
+    _triple32_(bits)
+    return _gumbel_from_bits(bits)
+
+
+def _gumbel_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """-log(-log(u)) with u = (top 24 bits + 0.5) / 2**24, in float64, rounded to float32 (bits is consumed)."""
+    uniform = bits.bitwise_right_shift_(32 - _UNIFORM_BITS).to(torch.float64)
+    uniform.add_(0.5).mul_(1.0 / (1 << _UNIFORM_BITS))
+    return uniform.log_().neg_().log_().neg_().to(torch.float32)
+
+
+def candidates(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The ids (ascending) that survive top-k then top-p for one row of temperature-scaled scores [V].
 
     Ties are kept together, so the set never depends on sort order: top-k keeps every id whose score
-    reaches the k-th largest; top-p keeps every id whose strictly-more-probable mass is below top_p.
+    reaches the k-th largest; top-p keeps every id whose strictly-more-probable mass (in the softmax over
+    the top-k survivors) is below top_p.
     """
-    keep = torch.ones_like(scores, dtype=torch.bool)
     vocab = scores.shape[-1]
     if 0 < params.top_k < vocab:
-        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
-        keep = scores >= kth
+        kth = torch.topk(scores, params.top_k).values[-1]
+        ids = (scores >= kth).nonzero().flatten()
+    else:
+        ids = torch.arange(vocab, device=scores.device)
     if params.top_p < 1.0:
-        masked = torch.where(keep, scores.double(), float("-inf"))
-        mass_above = _mass_strictly_above(masked, masked)
-        keep = keep & (mass_above < params.top_p)
+        kept = scores[ids].double()
+        ids = ids[_mass_strictly_above_each(kept) < params.top_p]
+    return ids
+
+
+def filter_mask(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """`candidates` for every row of scores [B, V], as a bool mask [B, V]."""
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    for row in range(scores.shape[0]):
+        keep[row, candidates(scores[row], params)] = True
     return keep
 
 
@@ -155,8 +178,8 @@ def sample_next(
     logits: torch.Tensor, params: SamplingParams, seed: int, positions: torch.Tensor
 ) -> torch.LongTensor:
     """The next token per row of logits [B, V]: argmax at temperature 0 (lowest id on ties), otherwise
-    `argmax(logits/T + G)` over the top-k/top-p-filtered ids. `positions[b]` is the absolute position of
-    the token being generated for row b."""
+    `argmax(logits/T + G)` over the top-k/top-p-filtered ids (lowest id on ties). `positions[b]` is the
+    absolute position of the token being generated for row b. Noise is drawn only for surviving ids."""
     if logits.dim() != 2:
         raise ValueError("logits must be [batch, vocab]")
     positions = torch.as_tensor(positions, dtype=torch.int64, device=logits.device)
@@ -166,9 +189,12 @@ def sample_next(
     if params.temperature == 0.0:
         return scores.argmax(dim=-1)
     scores = scores / params.temperature
-    keep = filter_mask(scores, params)
-    perturbed = torch.where(keep, scores + gumbel_noise(seed, positions, scores.shape[-1]), float("-inf"))
-    return perturbed.argmax(dim=-1)
+    chosen = []
+    for row in range(scores.shape[0]):
+        ids = candidates(scores[row], params)
+        perturbed = scores[row, ids] + gumbel_at(seed, int(positions[row]), ids)
+        chosen.append(ids[perturbed.argmax()])
+    return torch.stack(chosen)
 
 
 @dataclass(frozen=True)
@@ -266,6 +292,21 @@ def _verdict(gaps: torch.Tensor, in_filter: torch.Tensor, margin: float, mode: s
         margin=margin,
         reason=reason,
     )
+
+
+def _mass_strictly_above_each(scores: torch.Tensor) -> torch.Tensor:
+    """For scores [K] (float64), the softmax mass of the ids scoring strictly more than each one."""
+    probs = torch.softmax(scores, dim=-1)
+    ordered, order = torch.sort(scores, descending=True, stable=True)
+    sorted_probs = probs[order]
+    before = torch.cumsum(sorted_probs, 0) - sorted_probs  # mass of everything sorted before
+    # Tied scores get the mass before the first of their group (strictly higher scores only).
+    index = torch.arange(ordered.numel(), device=scores.device)
+    starts = torch.where(torch.cat([ordered.new_ones(1, dtype=torch.bool), ordered[1:] != ordered[:-1]]), index, 0)
+    starts = torch.cummax(starts, 0).values
+    mass = torch.empty_like(before)
+    mass[order] = before[starts]
+    return mass
 
 
 def _mass_strictly_above(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

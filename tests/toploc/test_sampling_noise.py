@@ -75,3 +75,21 @@ def test_noise_is_identical_on_cuda():
     positions = torch.arange(100, 164)
     assert torch.equal(noise_bits(9, positions, 49152), noise_bits(9, positions.cuda(), 49152).cpu())
     assert torch.equal(gumbel_noise(9, positions, 49152), gumbel_noise(9, positions.cuda(), 49152).cpu())
+
+
+def test_sampling_only_the_survivors_equals_the_full_vocabulary_formulation():
+    from node.toploc.sampling import filter_mask
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(16, 3000, generator=generator) * 4
+    logits[:, 100] = logits[:, 101]  # a tie
+    positions = torch.arange(16) + 50
+    for params in (
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.3, top_k=40),
+        SamplingParams(temperature=0.9, top_p=0.8),
+        SamplingParams(temperature=1.0, top_k=100, top_p=0.95),
+    ):
+        scores = logits / params.temperature
+        full = torch.where(filter_mask(scores, params), scores + gumbel_noise(11, positions, 3000), float("-inf"))
+        assert torch.equal(sample_next(logits, params, 11, positions), full.argmax(dim=-1))
