@@ -61,7 +61,9 @@ async def test_a_stage_server_stopped_mid_job_is_replaced_and_the_tokens_do_not_
         dispatcher = Dispatcher(orchestrator, tasks, ByteTokenizer(256), SeedSchedule(SECRET),
                                 DispatchPolicy(sequences_per_group=2, sampling=SAMPLING, max_new_tokens=40))
         running = asyncio.create_task(dispatcher.run())
-        while not any(len(run.generated) >= 5 for run, _ in dispatcher._active.values()):
+        for _ in range(3000):
+            if any(len(run.generated) >= 5 for run, _ in dispatcher._active.values()):
+                break
             assert not running.done(), running
             await asyncio.sleep(0.01)
         await servers[victim].stop()  # the stage server goes away mid-job
