@@ -114,7 +114,10 @@ def _select(chunk: torch.Tensor, k: int) -> _Selection:
     """Split the chunk's top-k by magnitude (for finite bf16 the order of |value| is the order of
     `bits & 0x7FFF`) into the certain part and the tied boundary. CPU chunks go through numpy; device
     chunks stay on the device until only the selected entries are left."""
-    words = _bf16_words(chunk)
+    return _select_words(_bf16_words(chunk), k)
+
+
+def _select_words(words: np.ndarray | torch.Tensor, k: int) -> _Selection:
     n = words.shape[0]
     if n <= k:
         return _Selection(np.arange(n, dtype=np.int64), np.empty(0, dtype=np.int64), 0, words)

@@ -98,3 +98,20 @@ def test_bad_replay_tensors_are_the_callers_error():
         verify_proofs(torch.randn(3), None, [])
     with pytest.raises(ValueError):
         split_replay(torch.randn(5, 8), 6)
+
+
+def test_device_and_host_selection_agree_on_ties():
+    """CUDA chunks take the torch path of the top-k selection; it must pick what the numpy path picks."""
+    import numpy as np
+
+    from node.toploc.codec import _bf16_words, _select_words
+
+    generator = torch.Generator().manual_seed(5)
+    for shape in [(32, 576), (9, 2048), (1, 4096)]:
+        chunk = (torch.randn(shape, generator=generator) * 4).round() / 4  # coarse values: many ties
+        host = _bf16_words(chunk)
+        device_path = torch.from_numpy(host.view(np.int16))
+        a, b = _select_words(host, 128), _select_words(device_path, 128)
+        assert a.tied.size > a.need  # the boundary really is ambiguous
+        assert np.array_equal(a.above, b.above) and np.array_equal(a.tied, b.tied) and a.need == b.need
+        assert np.array_equal(a.settle(a.tied[: a.need])[1], b.settle(b.tied[: b.need])[1])
