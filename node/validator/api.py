@@ -21,6 +21,7 @@ from node.validator.errors import ApiError
 _JOB_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 MAX_PAGE = 500
+JOB_STATUSES = ("awaiting_bundle", "queued", "validating", "done")
 
 
 def register(app: web.Application) -> None:
@@ -65,8 +66,8 @@ async def get_job(request: web.Request) -> web.Response:
 async def list_jobs(request: web.Request) -> web.Response:
     limit = _limit(request)
     status = request.query.get("status")
-    if status is not None and status not in ("queued", "validating", "done"):
-        raise ApiError(400, "bad_query", "status must be one of queued, validating, done")
+    if status is not None and status not in JOB_STATUSES:
+        raise ApiError(400, "bad_query", f"status must be one of {', '.join(JOB_STATUSES)}")
     return web.json_response({"items": await request.app[NODE].jobs(limit=limit, status=status)})
 
 
@@ -74,7 +75,7 @@ async def get_evidence(request: web.Request) -> web.Response:
     job_id = _job_id(request)
     evidence = await request.app[NODE].evidence(job_id)
     if evidence is None:
-        raise ApiError(404, "no_evidence", f"job {job_id} is unknown or has no verdict yet")
+        raise ApiError(404, "no_evidence", f"no evidence for job {job_id}: unknown, not decided yet, or soft-invalidated")
     return web.json_response(evidence)
 
 

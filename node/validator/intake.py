@@ -156,14 +156,7 @@ class IntakeWriter:
                 }
             )
         async with self.ledger.transaction() as tx:
-            inserted = set(
-                (
-                    await tx.conn.execute(
-                        self.ledger._insert(Job.__table__).on_conflict_do_nothing().returning(Job.__table__.c.job_id),
-                        rows,
-                    )
-                ).scalars()
-            ) if self.ledger.dialect == "postgresql" else await self._insert_sqlite(tx, rows)
+            inserted = await self._insert_jobs(tx, rows)
             receipts = [
                 {
                     "job_id": admitted.job_id,
@@ -189,15 +182,29 @@ class IntakeWriter:
             answered.add(job_id)
         return results
 
-    async def _insert_sqlite(self, tx, rows) -> set[str]:
-        """SQLite (one writer, already holding the lock): find the known ids, insert the rest in one go."""
-        from sqlalchemy import select
+    async def _insert_jobs(self, tx, rows) -> set[str]:
+        """Insert the new jobs and fill in the ones the orchestrator registered as awaiting their bundle
+        (deadlines.py); a job that already has a bundle stays as it was. Returns the ids written."""
+        from sqlalchemy import bindparam, select, update
 
         from ledger.models import Job
+        from node.validator.deadlines import AWAITING
 
         ids = [row["job_id"] for row in rows]
-        known = set((await tx.conn.execute(select(Job.job_id).where(Job.job_id.in_(ids)))).scalars())
+        known = dict((await tx.conn.execute(select(Job.job_id, Job.status).where(Job.job_id.in_(ids)))).all())
         fresh = [row for row in rows if row["job_id"] not in known]
-        if fresh:
-            await tx.conn.execute(Job.__table__.insert(), fresh)
-        return {row["job_id"] for row in fresh}
+        written: set[str] = set()
+        if fresh:  # RETURNING: a job another validator stored a moment ago is not ours to complete
+            insert = self.ledger._insert(Job.__table__).on_conflict_do_nothing().returning(Job.__table__.c.job_id)
+            written = set((await tx.conn.execute(insert, fresh)).scalars())
+        awaited = [row for row in rows if known.get(row["job_id"]) == AWAITING]
+        if awaited:
+            await tx.conn.execute(
+                update(Job.__table__)
+                .where(Job.__table__.c.job_id == bindparam("b_job_id"), Job.__table__.c.status == AWAITING)
+                .values(bundle=bindparam("bundle"), status=bindparam("status"), received_at=bindparam("received_at"),
+                        stage_count=bindparam("stage_count")),
+                [{"b_job_id": r["job_id"], "bundle": r["bundle"], "status": r["status"], "received_at": r["received_at"],
+                  "stage_count": r["stage_count"]} for r in awaited],
+            )
+        return written | {row["job_id"] for row in awaited}

@@ -7,6 +7,7 @@ chain transactions it owes (outbox), which are sent afterwards, exactly once (ou
 
 Loops started by `start()` (each a task; `stop()` cancels them):
 - validation (`validators` of them): claim a job, replay it in a thread, decide, commit;
+- deadlines (deadlines.py): soft-invalidate issued jobs whose bundle did not arrive in time;
 - epochs (epochs_task.py): close an epoch every `epoch_seconds` or `epoch_entries` entries, owe its anchor;
 - outbox (outbox.py): send owed slashes and anchors, retry while the chain is unreachable;
 - chain sync (ledger/chain_sync.py): follow staking events into the ledger's worker stakes and journal.
@@ -43,7 +44,7 @@ from node.validator.verdict import Findings, Outcome, Verdict, decide
 
 log = logging.getLogger(__name__)
 
-STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done"}
+STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
 
 
@@ -94,6 +95,13 @@ class ValidatorNode:
         self.wake.set()
         log.debug("bundle for job %s queued (%d stages)", admitted.job_id, len(bundle.stages))
         return {"job_id": admitted.job_id, "status": "queued"}
+
+    async def expect(self, spec: JobSpec) -> bool:
+        """The orchestrator issued this job (call before any worker sees it): without a complete bundle
+        within `bundle_deadline_seconds` it is soft-invalidated (deadlines.py)."""
+        from node.validator.deadlines import expect
+
+        return await expect(self, spec)
 
     async def stakes_of(self, addresses: list[str]) -> dict[str, int]:
         """Stakes as the ledger follows them from chain events."""
@@ -250,6 +258,7 @@ class ValidatorNode:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, *, validators: int = 1) -> None:
+        from node.validator.deadlines import run_deadlines
         from node.validator.epochs_task import run_epochs
         from node.validator.outbox import run_outbox
         from ledger.chain_sync import ChainSync
@@ -258,6 +267,7 @@ class ValidatorNode:
         for _ in range(validators):
             self._tasks.append(loop.create_task(self.run_validation(), name="validation"))
         self._tasks.append(loop.create_task(run_epochs(self), name="epochs"))
+        self._tasks.append(loop.create_task(run_deadlines(self), name="deadlines"))
         if self.chain is not None:
             self._tasks.append(loop.create_task(run_outbox(self), name="outbox"))
             self._tasks.append(loop.create_task(ChainSync(self.chain, self.ledger).run(interval=1.0), name="chain-sync"))
@@ -402,10 +412,10 @@ async def evidence_document(ledger: Ledger, job_id: str) -> dict[str, Any] | Non
     """The evidence of a job's verdict (node/evidence.py): the stored bundle plus what the verdict kept."""
     record = await ledger.job(job_id)
     verdict = await ledger.verdict(job_id)
-    if record is None or verdict is None or not verdict.figures or "verdict" not in verdict.figures:
-        return None
+    if record is None or verdict is None or not verdict.figures or "tariff" not in verdict.figures:
+        return None  # unknown, undecided, or soft-invalidated (no bundle: nothing was computed)
     document = {k: v for k, v in verdict.figures.items() if k != "evidence_hash"}
-    document["bundle"] = json.loads(record.bundle)
+    document["bundle"] = Bundle.from_json(record.bundle).to_dict()  # canonical, as the evidence hash saw it
     return document
 
 

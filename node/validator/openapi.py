@@ -92,7 +92,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["job_id", "status"],
         "properties": {
             "job_id": HEX32,
-            "status": {"enum": ["queued", "validating", "done"]},
+            "status": {"enum": ["awaiting_bundle", "queued", "validating", "done"]},
             "model_id": HEX32,
             "group_id": {"type": "string"},
             "stages": {"type": "array", "items": {"type": "object"}},
@@ -139,7 +139,7 @@ PATHS: dict[str, Any] = {
     "/v1/jobs": {
         "get": {
             "summary": "Recent jobs, newest first",
-            "parameters": [LIMIT, {"name": "status", "in": "query", "schema": {"enum": ["queued", "validating", "done"]}}],
+            "parameters": [LIMIT, {"name": "status", "in": "query", "schema": {"enum": ["awaiting_bundle", "queued", "validating", "done"]}}],
             "responses": {"200": _json(_ref("Items"), "jobs"), **_errors(400)},
         }
     },

@@ -100,9 +100,8 @@ class JobQueue:
 
     async def depth(self) -> int:
         async with self.engine.connect() as conn:
-            return int(
-                (await conn.execute(select(func.count()).select_from(Job).where(Job.status != JOB_DONE))).scalar_one()
-            )
+            query = select(func.count()).select_from(Job).where(Job.status.in_((JOB_PENDING, JOB_VALIDATING)))
+            return int((await conn.execute(query)).scalar_one())
 
 
 def _same(column, value):

@@ -92,3 +92,29 @@ async def test_evidence_cli_exports_from_the_ledger(client, node, group, model_d
     assert await asyncio.to_thread(main, command) == 0
     assert main(["verify-evidence", str(out), "--model-dir", str(model_dir)]) == 0
     assert "verdict reproduced: accepted" in capsys.readouterr().out
+
+
+async def test_an_issued_job_without_a_bundle_by_its_deadline_is_soft_invalidated(ledger, model_dir, group, worker_keys):
+    from node.validator.deadlines import sweep_once
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+    from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all
+
+    await stake_all(ledger, worker_keys)
+    node = ValidatorNode(make_config(model_dir, bundle_deadline_seconds=0.0), ledger, domain=TEST_DOMAIN,
+                         models=ReplayModels([model_dir]))
+    late = group.spec(PROMPT, max_new_tokens=6, seed=1)
+    on_time = group.spec(PROMPT, max_new_tokens=6, seed=2)
+    assert await node.expect(late) and await node.expect(on_time)
+    assert not await node.expect(late)  # issued once
+    assert (await node.job(late.job_id_hex))["status"] == "awaiting_bundle"
+    await node.submit_bundle(run_job(group, on_time).to_json().encode())  # arrives: an ordinary queued job
+
+    assert await sweep_once(node) == [late.job_id_hex]
+    assert await sweep_once(node) == []
+    job = await node.job(late.job_id_hex)
+    assert job["status"] == "done" and job["verdict"]["outcome"] == "soft_invalidated"
+    entries = await journal_of(ledger, late.job_id_hex)
+    assert [e.kind for e in entries] == ["soft_invalidation"]  # nobody paid, nobody slashed
+    assert await node.validate_next() == on_time.job_id_hex
+    assert (await node.job(on_time.job_id_hex))["verdict"]["outcome"] == "accepted"
