@@ -21,7 +21,7 @@ from typing import Any
 from node.validator.grouping import Candidate, Group, Grouping, GroupingPolicy, ModelShape, regroup
 from node.validator.pipeline_driver import PipelineDriver, StageFailure
 from node.validator.registry import Registry, WorkerRecord
-from node.validator.worker_messages import SignedHeartbeat, SignedRegistration
+from node.validator.worker_messages import SignedHeartbeat, SignedLeave, SignedRegistration
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,11 @@ class Orchestrator:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("regrouping failed: %r", task.exception())
+
+    async def leave(self, signed: SignedLeave) -> None:
+        """A worker shuts down: repair its group now, before jobs fail on it."""
+        await self.registry.signed_leave(signed)
+        await self._refresh_soon(self.register_wait_s)
 
     async def worker_failed(self, worker: str, reason: str) -> None:
         """A stage server failed: forget the worker (it must register again) and reroute its groups."""

@@ -2,6 +2,7 @@
 
     POST /v1/workers/register            signed Registration   -> 201 {worker, assignment}
     POST /v1/workers/heartbeat           signed Heartbeat      -> 200 {worker, assignment}
+    POST /v1/workers/leave               signed Leave          -> 200 {address, left: true}
     GET  /v1/workers/{address}/assignment                      -> 200 assignment (stage or spare)
     GET  /v1/groups                                            -> 200 {model_id, groups, spares, workers}
     GET  /v1/orchestrator/progress                             -> 200 tasks, correct answers, tokens/s
@@ -25,7 +26,12 @@ from node.validator.app import OPENAPI_EXTRA_PATHS, ORCHESTRATOR
 from node.validator.errors import ApiError
 from node.validator.orchestrator import Orchestrator
 from node.validator.registry import RegistrationRefused
-from node.validator.worker_messages import MessageError, parse_signed_heartbeat, parse_signed_registration
+from node.validator.worker_messages import (
+    MessageError,
+    parse_signed_heartbeat,
+    parse_signed_leave,
+    parse_signed_registration,
+)
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
@@ -35,6 +41,7 @@ def register_routes(app: web.Application, orchestrator: Orchestrator) -> None:
     r = app.router
     r.add_post("/v1/workers/register", register_worker)
     r.add_post("/v1/workers/heartbeat", heartbeat)
+    r.add_post("/v1/workers/leave", leave)
     r.add_get("/v1/workers/{address}/assignment", assignment)
     r.add_get("/v1/groups", groups)
     r.add_get("/v1/orchestrator/progress", progress)
@@ -72,6 +79,19 @@ async def heartbeat(request: web.Request) -> web.Response:
     except RegistrationRefused as refused:
         raise ApiError(refused.status, refused.code, str(refused)) from None
     return web.json_response({"worker": record.to_json(), "assignment": orchestrator.assignment(record.address).to_json()})
+
+
+async def leave(request: web.Request) -> web.Response:
+    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
+    data = await read_json_object(request)
+    try:
+        signed = parse_signed_leave(data)
+        await orchestrator.leave(signed)
+    except MessageError as error:
+        raise ApiError(400, "bad_message", str(error)) from None
+    except RegistrationRefused as refused:
+        raise ApiError(refused.status, refused.code, str(refused)) from None
+    return web.json_response({"address": signed.message.address, "left": True})
 
 
 async def assignment(request: web.Request) -> web.Response:
@@ -159,6 +179,7 @@ _REGISTRATION = _signed(
     },
     ["address", "capacity", "region", "stage_url", "nonce", "timestamp"],
 )
+_LEAVE = _signed("stagewise/leave", dict(_COMMON), ["address", "nonce", "timestamp"])
 _HEARTBEAT = _signed(
     "stagewise/heartbeat", {**_COMMON, "in_flight": {"type": "integer", "minimum": 0}}, ["address", "nonce", "timestamp"]
 )
@@ -181,6 +202,13 @@ OPENAPI_PATHS: dict[str, Any] = {
             "summary": "Keep a registered worker healthy (signed)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _HEARTBEAT}}},
             "responses": {"200": {"description": "alive; its assignment"}, **_errors(400, 403, 404, 409, 413, 503)},
+        }
+    },
+    "/v1/workers/leave": {
+        "post": {
+            "summary": "A worker shutting down leaves its group now (signed); the group is repaired with a spare",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _LEAVE}}},
+            "responses": {"200": {"description": "left"}, **_errors(400, 404, 409, 413)},
         }
     },
     "/v1/workers/{address}/assignment": {

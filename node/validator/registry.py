@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from node.validator.worker_messages import Capacity, MessageError, SignedHeartbeat, SignedRegistration
+from node.validator.worker_messages import Capacity, MessageError, SignedHeartbeat, SignedLeave, SignedRegistration
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,19 @@ class Registry:
             record = replace(record, last_seen=now, stake_wei=stake, in_flight=message.in_flight)
             self._workers[message.address] = record
             return record
+
+    async def signed_leave(self, signed: SignedLeave) -> None:
+        """A worker says goodbye (signed, fresh): forget it."""
+        message = signed.message
+        signed.verify()
+        now = self._clock()
+        async with self._lock:
+            self._check_fresh(message.nonce, message.timestamp, now)
+            if message.address not in self._workers:
+                raise RegistrationRefused("not_registered", f"{message.address} is not registered", 404)
+            self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
+            del self._workers[message.address]
+        log.info("worker %s left", message.address)
 
     def leave(self, address: str) -> bool:
         """Forget a worker (it said goodbye, or its stage server failed); True when it was known."""

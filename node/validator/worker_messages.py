@@ -7,7 +7,10 @@ clock make a captured message worthless later (replay). `parse_signed_registrati
 `parse_signed_heartbeat` are the only way untrusted JSON becomes one of these values; every wrong field
 raises `MessageError` with a message that names it.
 
-Wire form (HTTP body of POST /v1/workers/register and /v1/workers/heartbeat):
+A third message, `Leave`, says a worker is shutting down: the orchestrator takes it out of its group at once
+(repairing the group with a spare) instead of finding out from failed jobs or missed heartbeats.
+
+Wire form (HTTP body of POST /v1/workers/register, /v1/workers/heartbeat and /v1/workers/leave):
     {"message": {...the canonical fields...}, "signature": "0x<65 bytes hex>"}
 """
 
@@ -29,6 +32,7 @@ from node.signing import SignatureError, SigningKey, recover_message
 MESSAGE_VERSION = 1
 REGISTRATION_KIND = "stagewise/register"
 HEARTBEAT_KIND = "stagewise/heartbeat"
+LEAVE_KIND = "stagewise/leave"
 NONCE_BYTES = 16
 MAX_REGION_LENGTH = 64
 MAX_URL_LENGTH = 512
@@ -118,6 +122,29 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class Leave:
+    """A worker is shutting down: stop giving its group work, repair the group now."""
+
+    address: str
+    nonce: str
+    timestamp: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _checked_address(self.address))
+        _check_nonce(self.nonce)
+        _check_timestamp(self.timestamp)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": LEAVE_KIND, "version": MESSAGE_VERSION, **asdict(self)}
+
+    def canonical_bytes(self) -> bytes:
+        return _canonical(self.to_dict())
+
+    def sign(self, key: SigningKey) -> "SignedLeave":
+        return SignedLeave(self, key.sign_message(self.canonical_bytes()))
+
+
+@dataclass(frozen=True)
 class SignedRegistration:
     message: Registration
     signature: bytes
@@ -133,6 +160,18 @@ class SignedRegistration:
 @dataclass(frozen=True)
 class SignedHeartbeat:
     message: Heartbeat
+    signature: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message": self.message.to_dict(), "signature": "0x" + self.signature.hex()}
+
+    def verify(self) -> None:
+        _verify(self.message.canonical_bytes(), self.signature, self.message.address)
+
+
+@dataclass(frozen=True)
+class SignedLeave:
+    message: Leave
     signature: bytes
 
     def to_json(self) -> dict[str, Any]:
@@ -159,6 +198,12 @@ def make_heartbeat(key: SigningKey, in_flight: int = 0, now: float | None = None
     """What a worker sends to POST /v1/workers/heartbeat."""
     timestamp = int(time.time() if now is None else now)
     return Heartbeat(key.address, new_nonce(), timestamp, in_flight).sign(key)
+
+
+def make_leave(key: SigningKey, now: float | None = None) -> SignedLeave:
+    """What a worker sends to POST /v1/workers/leave when it starts shutting down."""
+    timestamp = int(time.time() if now is None else now)
+    return Leave(key.address, new_nonce(), timestamp).sign(key)
 
 
 def parse_signed_registration(data: Any) -> SignedRegistration:
@@ -257,3 +302,12 @@ def _check_keys(where: str, data: dict, allowed: set[str], optional: set[str] = 
     missing = allowed - optional - set(data)
     if missing:
         raise MessageError(f"{where}: missing field(s) {sorted(missing)}")
+
+
+def parse_signed_leave(data: Any) -> SignedLeave:
+    """Untrusted JSON -> a leave message whose signature recovers to its address, or MessageError."""
+    body, signature = _envelope(data, LEAVE_KIND)
+    _check_keys("message", body, {f.name for f in fields(Leave)})
+    signed = SignedLeave(Leave(**body), signature)
+    signed.verify()
+    return signed

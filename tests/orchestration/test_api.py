@@ -106,3 +106,28 @@ async def test_assignment_of_unknown_or_malformed_addresses(served):
     assert bad.status == 400 and (await bad.json())["error"]["code"] == "bad_address"
     beat = await client.post("/v1/workers/heartbeat", json=make_heartbeat(UNSTAKED).to_json())
     assert beat.status == 404 and (await beat.json())["error"]["code"] == "not_registered"
+
+
+async def test_a_worker_that_leaves_is_replaced_by_the_spare_at_once(served, worker_keys):
+    from node.validator.worker_messages import make_leave
+
+    client, orchestrator = served
+    for key, capacity in zip(worker_keys, CAPACITIES):
+        assert (await client.post("/v1/workers/register", json=make_registration(key, capacity, "eu", "http://h:1").to_json())).status == 201
+    spare = orchestrator.grouping.spares[0]
+    group = orchestrator.grouping.groups[0]
+    leaving = group.stages[1].worker
+    key = next(k for k in worker_keys if k.address == leaving)
+    body = make_leave(key).to_json()
+    response = await client.post("/v1/workers/leave", json=body)
+    assert response.status == 200 and (await response.json()) == {"address": leaving, "left": True}
+    assert orchestrator.registry.get(leaving) is None
+    repaired, index = orchestrator.grouping.group_of(spare)  # repaired, not dissolved
+    assert index == 1 and repaired.stages[0].worker == group.stages[0].worker
+    again = await client.post("/v1/workers/leave", json=body)
+    assert again.status == 409 and (await again.json())["error"]["code"] == "replayed_message"
+    forged = make_leave(UNSTAKED).to_json()
+    forged["message"]["address"] = worker_keys[0].address
+    refused = await client.post("/v1/workers/leave", json=forged)
+    assert refused.status == 400 and (await refused.json())["error"]["code"] == "bad_message"
+    assert orchestrator.registry.get(worker_keys[0].address) is not None
