@@ -137,7 +137,7 @@ class OutboundLink:
                 self.connected.clear()
                 self.last_error = reason
                 if was_up:
-                    log.warning("%s", reason)
+                    log.log(logging.INFO if self._closing or "(1001)" in reason else logging.WARNING, "%s", reason)
                     self.on_lost(reason)
                 else:
                     log.debug("%s; retrying in %.2f s", reason, backoff)

@@ -97,6 +97,8 @@ class SequenceState:
     error: str | None = None
     complaint: Complaint | None = None
     last_progress: float = field(default_factory=time.monotonic)
+    batch: int = 0  # stage 0: the micro-batch it last ran in
+    dispatched: float = 0.0  # stage 0: when that micro-batch started
     started: float = field(default_factory=time.monotonic)
 
     @property

@@ -149,7 +149,10 @@ class StageServer:
         self.results: dict[str, StageResult] = {}
         self.handles: dict[str, JobHandle] = {}
         self._finished_order: collections.deque[str] = collections.deque()
-        self._ready: dict[str, StepInput] = {}  # stage 0: the next input of each sequence, in arrival order
+        self._ready: collections.OrderedDict[str, StepInput] = collections.OrderedDict()  # stage 0: next inputs
+        self._batch_counter = 0
+        self._cycle_s = 0.05  # stage 0: moving average of a token's trip round the ring
+        self._coalescing = False
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._wake = asyncio.Event()
         self._outbound: OutboundLink | None = None
@@ -340,6 +343,8 @@ class StageServer:
             self._wake.clear()
             while True:
                 items = self._take_work()
+                if items and self.assignment.is_first and self._should_coalesce(items):
+                    items = await self._coalesce(items)
                 if not items:
                     break
                 engine = self.engine
@@ -377,15 +382,14 @@ class StageServer:
             self._inbox.popleft()
             self._handle(kind, payload)
         if self.assignment.is_first:
-            batch = self._micro_batch()
+            return self._micro_batch() if not self._coalescing else []
         return batch
 
     def _micro_batch(self) -> list[StepInput]:
+        """Stage 0: the next micro-batch, about in-flight / micro_batches sequences, oldest first."""
         if not self._ready:
             return []
-        groups = self.micro_batches or self.assignment.num_stages
-        active = max(1, self.in_flight())
-        size = max(1, math.ceil(active / groups))
+        size = max(1, math.ceil(max(1, self.in_flight()) / self._groups))
         batch, rows = [], 0
         for job in list(self._ready):
             item = self._ready[job]
@@ -394,6 +398,56 @@ class StageServer:
                 break
             batch.append(self._ready.pop(job))
             rows += count
+        self._batch_counter += 1
+        now = time.monotonic()
+        for item in batch:
+            item.seq.batch, item.seq.dispatched = self._batch_counter, now
+        return batch
+
+    @property
+    def _groups(self) -> int:
+        return self.micro_batches or self.assignment.num_stages
+
+    def _batches_in_flight(self, exclude: Iterable[StepInput] = ()) -> set[int]:
+        taken = {item.seq.job_id_hex for item in exclude}
+        return {seq.batch for job, seq in self.sequences.items()
+                if seq.active and job not in self._ready and job not in taken and seq.batch}
+
+    def _should_coalesce(self, items: list[StepInput]) -> bool:
+        return len(self._batches_in_flight(exclude=items)) >= self._groups
+
+    async def _coalesce(self, items: list[StepInput]) -> list[StepInput]:
+        """Too many micro-batches are circulating: hold this one back (at most about one ring cycle) until
+        the next one comes round, and run them together. Merged groups stay merged, so this happens once."""
+        for item in reversed(items):  # back to the front of the ready queue, in order
+            self._ready[item.seq.job_id_hex] = item
+            self._ready.move_to_end(item.seq.job_id_hex, last=False)
+        deadline = time.monotonic() + min(1.0, max(0.002, self._cycle_s))
+        waiting = set(self._batches_in_flight())
+        self._coalescing = True
+        try:
+            while time.monotonic() < deadline:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                self._take_work()  # applies arriving token frames (stage 0 computes nothing here)
+                if self._batches_in_flight() != waiting:
+                    break
+        finally:
+            self._coalescing = False
+        batch, rows = [], 0
+        for job in list(self._ready):  # everything ready now, up to the prefill row budget
+            count = self._ready[job].inputs.shape[0]
+            if batch and rows + count > self.max_prefill_rows:
+                break
+            batch.append(self._ready.pop(job))
+            rows += count
+        self._batch_counter += 1
+        now = time.monotonic()
+        for item in batch:
+            item.seq.batch, item.seq.dispatched = self._batch_counter, now
         return batch
 
     def _frame_items(self, data: bytes) -> list[StepInput]:
@@ -542,6 +596,8 @@ class StageServer:
             if self.assignment.num_stages > 1:
                 seq.output.append(token)
             seq.last_progress = time.monotonic()
+            if seq.dispatched:
+                self._cycle_s = 0.8 * self._cycle_s + 0.2 * (seq.last_progress - seq.dispatched)
             handle = self.handles.get(job)
             if handle is not None:
                 handle.output.append(token)
