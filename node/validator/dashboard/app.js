@@ -5,7 +5,11 @@ const API = "v1/";
 
 async function getJSON(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
-  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  if (!response.ok) {
+    const error = new Error(`${path}: HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
   return response.json();
 }
 
@@ -29,7 +33,15 @@ function short(value) {
 
 const WEI_FIELDS = /(amount|reward|stake|slashed)/i;
 
+function evidenceSummary(value) {
+  // Slashing evidence carries the verifier's figures; its `reason` line says which chunk failed and by how much.
+  const figures = value.figures || {};
+  const line = figures.reason || value.reason;
+  return typeof line === "string" ? line : JSON.stringify(value);
+}
+
 function formatCell(column, value) {
+  if (value && typeof value === "object" && !Array.isArray(value)) return evidenceSummary(value);
   const s = text(value);
   if (WEI_FIELDS.test(column) && /^\d+$/.test(s) && s.length > 12) {
     return `${(Number(BigInt(s) / 10n ** 12n) / 1e6).toFixed(6)} ETH`;
@@ -92,8 +104,10 @@ async function refresh() {
     health.textContent = `validator unreachable: ${error.message}`;
   }
   const views = [
-    ["leaderboard", (d) => renderTable(document.getElementById("leaderboard"), rowsOf(d, "workers"), null, "no rewards yet")],
-    ["slashes", (d) => renderTable(document.getElementById("slashes"), rowsOf(d, "slashes"), null, "nobody slashed")],
+    ["leaderboard", (d) => renderTable(document.getElementById("leaderboard"), rowsOf(d, "workers"),
+      ["rank", "address", "rewards", "accepted_jobs", "work_units", "slashes", "slashed_amount", "stake"], "no workers yet")],
+    ["slashes", (d) => renderTable(document.getElementById("slashes"), rowsOf(d, "slashes"),
+      ["seq", "worker", "stage", "job_id", "amount", "reason", "evidence", "chain_status", "chain_tx"], "nobody slashed")],
     ["groups", (d) => renderGroups(document.getElementById("groups"), rowsOf(d, "groups"))],
     ["epochs", (d) => renderTable(document.getElementById("epochs"), rowsOf(d, "epochs"), null, "no epoch closed yet")],
   ];
@@ -103,7 +117,9 @@ async function refresh() {
         render(await getJSON(API + path));
       } catch (error) {
         const el = document.getElementById(path);
-        el.textContent = `could not load ${path}: ${error.message}`;
+        el.textContent = error.status === 404 && path === "groups"
+          ? "this validator does not orchestrate workers (it validates bundles only)"
+          : `could not load ${path}: ${error.message}`;
       }
     }),
   );
