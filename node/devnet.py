@@ -313,12 +313,17 @@ class Devnet:
         _print_table(slashes, names, ["worker", "job_id", "stage", "amount", "reason", "evidence_hash"])
         print("\nEpochs (anchored on chain)")
         _print_table(epochs, names, ["number", "entry_count", "entries_root", "rewards_root", "anchor_tx"])
+        latest = next((e for e in epochs if e.get("anchor_tx")), None)
+        if latest is not None:
+            print(f"  epoch {latest['number']} anchored in transaction {latest['anchor_tx']}: "
+                  f"entries root {latest['entries_root']}, rewards root {latest['rewards_root']}")
         caught = {row.get("worker") for row in slashes}
         if self.cheater:
             verdict = "caught and slashed" if self.cheater in caught else "NOT slashed"
             print(f"\nThe cheater {names[self.cheater]} ({self.cheater}) was {verdict}; "
                   f"honest workers slashed: {len(caught - {self.cheater})}.")
-        print(f"Finished in {time.monotonic() - self.started:.0f} s. Dashboard: {self.url}/  (logs in {self.home})")
+        print(f"Finished in {time.monotonic() - self.started:.0f} s; logs in {self.home}.")
+        print(f"Dashboard: {self.url}/ (up while the devnet runs: `stagewise devnet --serve` keeps it up)")
 
     def show_logs(self, lines: int = 15) -> None:
         for name in self.processes:
