@@ -154,7 +154,7 @@ def build_orchestration(
     )
     issued = IssuedJobs()
     if hasattr(node, "spec_guard"):
-        node.spec_guard = issued.guard
+        node.spec_guard = _spec_guard(node, issued)
     dispatcher = None
     if args.tasks:
         from node.pipeline.model import ModelConfig
@@ -174,12 +174,44 @@ def build_orchestration(
                     max_new_tokens=args.max_new_tokens, stop_ids=_stop_ids(model_dir),
                 ),
             ),
-            on_job=issued.record,
+            on_job=_on_job(node, issued),
             results_path=args.results,
             history_check=_history_check(node, orchestrator.model_id, model_dir),
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
     return Orchestration(orchestrator, dispatcher, issued)
+
+
+def _on_job(node: Any, issued: IssuedJobs):
+    """Before a job reaches its group: remember it (the spec guard) and tell the node to expect its bundle,
+    so a job that never completes (a stage died and the sequence went on as a continuation) is
+    soft-invalidated at the deadline: nobody paid, nobody slashed."""
+    expect = getattr(node, "expect", None)
+
+    async def on_job(spec) -> None:
+        await issued.record(spec)
+        if expect is not None:
+            await expect(spec)
+
+    return on_job
+
+
+def _spec_guard(node: Any, issued: IssuedJobs):
+    """Accept a bundle of a job this orchestrator issued, or one the shared ledger awaits (issued by another
+    validator's orchestrator, or by this one before a restart); refuse any other spec (I1)."""
+
+    async def guard(spec) -> str | None:
+        reason = await issued.guard(spec)
+        if reason is None:
+            return None
+        ledger = getattr(node, "ledger", None)
+        if ledger is not None:
+            record = await ledger.job(spec.job_id_hex)
+            if record is not None and record.status == "awaiting":
+                return None
+        return reason
+
+    return guard
 
 
 def shape_of_model(model_dir: Path) -> ModelShape:

@@ -50,7 +50,7 @@ async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_ur
 
     ledger = await Ledger.open(sqlite_url)
     node = ValidatorNode(
-        ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE, epoch_seconds=3600),
+        ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE, epoch_seconds=3600, bundle_deadline_seconds=3),
         ledger, domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]),
         chain=chain, chain_key=chain.dev_keys[0], rpc_url=rpc_url,
     )
@@ -107,6 +107,17 @@ async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_ur
                     assert job["stages"][1]["worker"] == keys[2].address  # the replacement's receipt
             rerouted = [r for r in progress.results if r.reroutes]
             assert rerouted and all(r.groups[-1] == repaired["group_id"] for r in rerouted)
+            # the interrupted jobs never got a bundle: soft-invalidated at the deadline, nobody paid or slashed
+            interrupted = {job for r in rerouted for job in r.job_ids[:-1]}
+            for _ in range(100):
+                outcomes = []
+                for job_id in interrupted:
+                    async with session.get(f"{url}/v1/jobs/{job_id}") as response:
+                        outcomes.append(((await response.json()).get("verdict") or {}).get("outcome"))
+                if outcomes == ["soft_invalidated"] * len(interrupted):
+                    break
+                await asyncio.sleep(0.1)
+            assert outcomes == ["soft_invalidated"] * len(interrupted)
         finally:
             for worker in workers[:1] + workers[2:]:
                 await worker.shutdown()

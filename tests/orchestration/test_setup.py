@@ -117,3 +117,22 @@ async def test_the_issued_job_record_is_bounded():
     for spec in specs:
         await issued.record(spec)
     assert len(issued) == 3 and specs[0].job_id_hex not in issued and specs[4].job_id_hex in issued
+
+
+async def test_the_guard_accepts_jobs_the_shared_ledger_awaits_and_refuses_the_rest():
+    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.validator.issued_jobs import IssuedJobs
+    from node.validator.orchestration_setup import _spec_guard
+
+    def spec(seed):
+        return JobSpec("0x" + "ab" * 32, (1,), SamplingParams(), seed, "g", (StageAssignment("0x" + "11" * 20, 0, 1),))
+
+    awaited = {spec(1).job_id_hex: SimpleNamespace(status="awaiting"), spec(2).job_id_hex: SimpleNamespace(status="done")}
+
+    async def job(job_id):
+        return awaited.get(job_id)
+
+    guard = _spec_guard(SimpleNamespace(ledger=SimpleNamespace(job=job)), IssuedJobs())
+    assert await guard(spec(1)) is None  # issued before a restart, or by another validator on this ledger
+    assert "not issued" in await guard(spec(2))
+    assert "not issued" in await guard(spec(3))
