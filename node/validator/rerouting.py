@@ -17,8 +17,9 @@ Receipts and the ledger, with the JobSpec as it is (no protocol change):
   replacement's receipt covers the positions it served, including the history it re-read (work units =
   layers x tokens of the continuation), and every other stage signs the continuation's receipts for its part.
   The validator checks it like any job: one replay over prompt+history+output, proofs per stage.
-* The interrupted job never gets a complete bundle: it is soft-invalidated (PROTOCOL: pays nobody,
-  slashes nobody). So the dropped worker is paid nothing for the cut job, and nobody is paid twice for the
+* The interrupted job never gets a complete bundle: it is soft-invalidated at the deadline (PROTOCOL: pays
+  nobody, slashes nobody; the orchestrator registers every job with `ValidatorNode.expect` before sending it,
+  so the ledger records that too). So the dropped worker is paid nothing for the cut job, and nobody is paid twice for the
   prefix: the stages that stayed are paid for re-reading it as the continuation's prefill, not for the
   interrupted decode steps.
 * The history comes from the interrupted job's last stage, which nobody will verify (its job is never
