@@ -319,6 +319,8 @@ class StageServer:
             raise PipelineError(422, "wrong_group", str(error)) from None
         if a.num_stages > 1 and not self.link_up:
             raise PipelineError(503, "link_down", f"stage 1 is not connected: {self._outbound.last_error if self._outbound else 'no link'}")
+        if a.num_stages > 1 and (self._inbound_ws is None or self._inbound_ws.closed):
+            raise PipelineError(503, "link_down", f"the last stage ({a.num_stages - 1}) is not connected to stage 0: no way back for tokens")
         job = spec.job_id_hex
         if job in self.sequences and self.sequences[job].status != FAILED:
             raise PipelineError(409, "duplicate_job", f"job {job} is already here")
@@ -822,10 +824,10 @@ class StageServer:
             await ws.send_json({"type": "refused", "reason": str(error)})
             await ws.close()
             return ws
+        previous, self._inbound_ws = self._inbound_ws, ws
+        if previous is not None and not previous.closed:
+            await previous.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"replaced by a new link")
         await ws.send_json(sign_hello(self.key, a, a.stages[a.previous_index].worker, os.urandom(16), nonce))
-        if self._inbound_ws is not None and not self._inbound_ws.closed:
-            await self._inbound_ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"replaced by a new link")
-        self._inbound_ws = ws
         log.info("stage %d accepted the link from stage %d", a.stage_index, a.previous_index)
         reason = "closed"
         try:

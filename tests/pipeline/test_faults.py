@@ -1,0 +1,154 @@
+"""Neighbours that lie, vanish, stall or send garbage fail the sequences they touch; the stage stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from node.job import SamplingParams
+from node.pipeline.assignment import Assignment, PeerStage
+from node.pipeline.client import StageClient, StageClientError
+from node.pipeline.link import OutboundLink
+from node.pipeline.local import LocalPipeline
+from node.pipeline.server import StageServer
+from node.pipeline.wire import encode_frame
+from node.signing import SigningKey
+
+LONG = SamplingParams(max_new_tokens=200)
+SHORT = SamplingParams(max_new_tokens=12)
+
+
+async def wait_for(condition, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_malformed_frame_fails_only_the_sequence_it_names(llama_dir):
+    async with LocalPipeline(llama_dir, 3) as pipe:
+        victim = pipe.spec([1, 2, 3], SamplingParams(max_new_tokens=300), seed=1)
+        bystander = pipe.spec([4, 5, 6], SamplingParams(max_new_tokens=60), seed=2)
+        runs = [asyncio.create_task(pipe.run(victim)), asyncio.create_task(pipe.run(bystander))]
+        await wait_for(lambda: len(pipe.servers[1].sequences) == 2)
+        garbage = encode_frame([(victim.job_id, 3, pipe.servers[0].engine.model.embed_tokens.weight[:1])], "fp32")[:-7]
+        assert pipe.servers[0]._outbound.send(garbage)  # the real link from stage 0 carries it
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        assert isinstance(outcomes[0], StageClientError) and "malformed frame from stage 0" in outcomes[0].message
+        assert len(outcomes[1]) == 60
+        assert len(await pipe.generate([7, 8], SHORT)) == 12  # the stages kept serving
+
+
+async def test_a_stage_that_goes_away_fails_its_sequences_and_a_replacement_takes_over(llama_dir):
+    async with LocalPipeline(llama_dir, 3, server_options={"stall_timeout_s": 5.0}) as pipe:
+        run = asyncio.create_task(pipe.run(pipe.spec([1, 2, 3], LONG, seed=1)))
+        await wait_for(lambda: pipe.servers[2].engine.stats.steps > 5)
+        await pipe.servers[2].stop()
+        with pytest.raises(StageClientError) as failed:
+            await run
+        assert "link" in failed.value.message and "stage" in failed.value.message
+        with pytest.raises(StageClientError, match="not connected"):
+            await pipe.clients[0].submit(pipe.spec([1, 2], SHORT))
+        # a replacement worker for stage 2: every stage gets the new assignment; links re-point without reloading
+        replacement = StageServer(SigningKey.generate(), model_dirs=[llama_dir])
+        await replacement.start()
+        old = pipe.assignment.stages
+        peers = (old[0], old[1], PeerStage(replacement.key.address, replacement.url, old[2].layer_start, old[2].layer_end))
+        engines = [pipe.servers[0].engine, pipe.servers[1].engine]
+        pipe.servers[2] = replacement
+        pipe.urls[2] = replacement.url
+        pipe.keys[2] = replacement.key
+        await asyncio.gather(*[c.assign(Assignment("local", pipe.model_id, i, peers)) for i, c in enumerate(pipe.clients)])
+        pipe.assignment = Assignment("local", pipe.model_id, 0, peers)
+        await pipe.wait_linked()
+        assert [pipe.servers[0].engine, pipe.servers[1].engine] == engines
+        assert len(await pipe.generate([1, 2, 3], SHORT)) == 12
+
+
+async def test_a_restarted_neighbour_is_reconnected_with_backoff(llama_dir):
+    async with LocalPipeline(llama_dir, 3) as pipe:
+        assert len(await pipe.generate([1, 2], SHORT)) == 12
+        with pytest.raises(StageClientError, match="already here"):  # one job id, one run
+            await pipe.generate([1, 2], SHORT)
+        key, port = pipe.servers[1].key, pipe.servers[1].port
+        await pipe.servers[1].stop()
+        await wait_for(lambda: not pipe.servers[0].link_up)
+        await asyncio.sleep(0.3)  # stage 0 keeps retrying meanwhile
+        again = StageServer(key, port=port, model_dirs=[llama_dir])
+        await again.start()
+        pipe.servers[1] = again
+        await pipe.clients[1].assign(Assignment("local", pipe.model_id, 1, pipe.assignment.stages))
+        await pipe.wait_linked(timeout_s=15)
+        assert len(await pipe.generate([1, 2], SHORT, seed=1)) == 12
+
+
+async def test_a_stalled_neighbour_fails_the_sequences_waiting_on_it(llama_dir):
+    def stall(job_id, stage_index, start, rows):
+        if start == 8:
+            time.sleep(1.5)  # stage 1 hangs in the middle of a job
+        return rows
+
+    options = {0: {"stall_timeout_s": 0.5}}
+    async with LocalPipeline(llama_dir, 3, stage_options={1: {"tamper": stall}, **options}) as pipe:
+        with pytest.raises(StageClientError, match="stalled"):
+            await pipe.generate([1, 2, 3], LONG)
+        await asyncio.sleep(1.5)
+        assert len(await pipe.generate([1, 2, 3, 4, 5, 6, 7, 8, 9], SHORT)) == 12  # prompt past position 8
+
+
+async def test_only_the_assigned_neighbour_may_link(llama_dir):
+    async with LocalPipeline(llama_dir, 3) as pipe:
+        impostor = SigningKey.generate()
+        stages = list(pipe.assignment.stages)
+        stages[0] = PeerStage(impostor.address, stages[0].url, 0, stages[0].layer_end)
+        link = OutboundLink(impostor, Assignment("local", pipe.model_id, 0, tuple(stages)), on_lost=lambda reason: None)
+        link.start()
+        await wait_for(lambda: link.last_error is not None)
+        await link.close()
+        assert not link.connected.is_set() and "expects stage 0" in link.last_error
+        assert len(await pipe.generate([1, 2], SHORT)) == 12  # the real link was not disturbed
+
+
+async def test_http_errors_are_json_with_the_right_status(llama_dir):
+    async with LocalPipeline(llama_dir, 3) as pipe:
+        first, middle = pipe.clients[0], pipe.clients[1]
+        spec = pipe.spec([1, 2, 3], SHORT)
+        with pytest.raises(StageClientError) as error:
+            await middle.submit(spec)
+        assert (error.value.status, error.value.code) == (409, "not_stage_zero")
+        with pytest.raises(StageClientError) as error:
+            await first.submit(pipe.spec([1, 2, 10_000], SHORT))
+        assert (error.value.status, error.value.code) == (422, "bad_job")
+        with pytest.raises(StageClientError) as error:
+            await first.stage_result("0x" + "ab" * 32)
+        assert error.value.status == 404
+        other_group = spec.__class__(**{**spec.__dict__, "group_id": "elsewhere"})
+        with pytest.raises(StageClientError) as error:
+            await first.submit(other_group)
+        assert (error.value.status, error.value.code) == (422, "wrong_group")
+        async with aiohttp.ClientSession() as session:
+            async with session.post(pipe.urls[0] + "/v1/jobs", data=b"{not json") as response:
+                assert response.status == 400 and (await response.json())["error"]["code"] == "bad_spec"
+            async with session.put(pipe.urls[0] + "/v1/assignment", json={"group_id": "x"}) as response:
+                assert response.status == 422 and "missing" in (await response.json())["error"]["message"]
+        await pipe.run(spec)
+        result = await middle.stage_result(spec.job_id_hex)
+        assert result.stage_index == 1 and result.work_units == 2 * result.token_count
+        assert (await middle.status(spec.job_id_hex))["status"] == "done"
+
+
+async def test_a_server_without_the_model_says_so(llama_dir, tmp_path):
+    server = StageServer(SigningKey.generate(), model_dirs=[])
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = StageClient(server.url, session)
+            stage = PeerStage(server.key.address, server.url, 0, 6)
+            with pytest.raises(StageClientError) as error:
+                await client.assign(Assignment("g", "0x" + "11" * 32, 0, (stage,)))
+            assert (error.value.status, error.value.code) == (404, "unknown_model")
+    finally:
+        await server.stop()
