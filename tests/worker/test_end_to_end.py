@@ -56,6 +56,13 @@ class Stack:
     url: str
     tmp_path: Path
     model_dir: Path
+    ledger: Any
+
+    async def follow_chain(self) -> None:
+        """What the validator's chain sync does in a running node: stake events into the ledger."""
+        from ledger.chain_sync import ChainSync
+
+        await ChainSync(self.chain, self.ledger).sync_to_head()
 
     def staked_key(self, stake: int = STAKE) -> SigningKey:
         key = SigningKey.generate()
@@ -117,14 +124,6 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
     ledger = await Ledger.open(sqlite_url)
     node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE), ledger,
                          domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]), rpc_url=rpc_url)
-    original = node.stakes_of
-
-    async def stakes_from_chain(addresses):  # what chain sync would have written into the ledger
-        for address in addresses:
-            await ledger.set_stake(address, chain.stake_of(address))
-        return await original(addresses)
-
-    node.stakes_of = stakes_from_chain
     driver = HttpPipelineDriver(model_dir, link_timeout_s=10)
     orchestrator = Orchestrator(
         Registry(stake_lookup(chain), RegistryPolicy(min_stake_wei=STAKE, heartbeat_timeout_s=5)), driver,
@@ -136,7 +135,7 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
     await site.start()
     url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     try:
-        yield Stack(chain, node, driver, orchestrator, url, tmp_path, model_dir)
+        yield Stack(chain, node, driver, orchestrator, url, tmp_path, model_dir, ledger)
     finally:
         await driver.close()
         await runner.cleanup()
@@ -166,7 +165,9 @@ def stop_process(process: subprocess.Popen) -> str:
 
 async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_validator(stack):
     keys = [stack.staked_key(), stack.staked_key()]
+    await stack.follow_chain()
     process = start_worker_process(stack, keys[0], "--grace", "1")
+    log = ""
     stop = asyncio.Event()
     in_process = stack.in_process(keys[1], stop)
     try:
@@ -196,9 +197,11 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
         process.send_signal(signal.SIGTERM)
         with pytest.raises(Exception):
             await asyncio.wait_for(long_job, 60)
-        log = stop_process(process)
+        log, _ = await asyncio.to_thread(process.communicate, timeout=60)
     finally:
-        log = stop_process(process)
+        if process.returncode is None:
+            log = stop_process(process)
+        print(f"worker process log:\n{log}")  # shown by pytest when the test fails
         stop.set()
         await asyncio.wait_for(in_process, 30)
     assert process.returncode == 0, log
@@ -213,6 +216,7 @@ async def test_a_stage_that_sends_other_activations_than_it_proved_is_named_by_a
         return rows + 0.5 if start > 0 else rows  # honest prefill, then lie on the decode rows
 
     keys = [stack.staked_key(), stack.staked_key()]
+    await stack.follow_chain()
     stop = asyncio.Event()
     workers = [stack.in_process(key, stop, tamper=tamper) for key in keys]
     try:
