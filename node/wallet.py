@@ -44,7 +44,7 @@ class Keystore:
     """A parsed keystore v3 file: where it is, whose key it holds, and its (still encrypted) JSON."""
 
     path: Path
-    address: str
+    address: str | None  # None: a keystore that does not state its address (it is known once unlocked)
     document: dict[str, Any]
 
     def unlock(self, password: str) -> SigningKey:
@@ -63,7 +63,7 @@ class Keystore:
             key = SigningKey(bytes(secret))
         except ValueError:
             raise WalletError(f"keystore {self.path} is malformed: the decrypted key is not 32 bytes") from None
-        if key.address != self.address:
+        if self.address is not None and key.address != self.address:
             raise WalletError(f"keystore {self.path} decrypts to {key.address}, not its stated address {self.address}")
         return key
 
@@ -138,7 +138,10 @@ def load_keystore(path: Path) -> Keystore:
     problem = _keystore_problem(document)
     if problem:
         raise WalletError(f"keystore {path} is malformed: {problem}")
-    return Keystore(path, to_checksum_address("0x" + document["address"].lower().removeprefix("0x")), document)
+    address = document.get("address")
+    if address is None:
+        return Keystore(path, None, document)
+    return Keystore(path, to_checksum_address("0x" + address.lower().removeprefix("0x")), document)
 
 
 def _keystore_problem(document: Any) -> str | None:
@@ -148,8 +151,8 @@ def _keystore_problem(document: Any) -> str | None:
     if document.get("version") != 3:
         return f"version {document.get('version')!r}, expected 3"
     address = document.get("address")
-    if not (isinstance(address, str) and is_hex_address("0x" + address.lower().removeprefix("0x"))):
-        return "missing or invalid address"
+    if address is not None and not (isinstance(address, str) and is_hex_address("0x" + address.lower().removeprefix("0x"))):
+        return "invalid address"
     crypto = document.get("crypto", document.get("Crypto"))
     if not isinstance(crypto, dict):
         return "missing crypto section"
@@ -235,4 +238,4 @@ def parse_private_key(text: str) -> SigningKey:
 def unlock(path: Path, password_file: str | os.PathLike | None = None) -> SigningKey:
     """Load a keystore and decrypt it with the password from `read_password`: what a worker does on start."""
     keystore = load_keystore(path)
-    return keystore.unlock(read_password(password_file, prompt=f"Password for {keystore.address}: "))
+    return keystore.unlock(read_password(password_file, prompt=f"Password for {keystore.address or keystore.path}: "))

@@ -103,11 +103,12 @@ def cmd_new(args: argparse.Namespace) -> int:
 def cmd_address(args: argparse.Namespace) -> int:
     try:
         keystore = wallet.load_keystore(_keystore_path(args))
-        if args.check:
-            keystore.unlock(wallet.read_password(args.password_file))
+        address = keystore.address
+        if args.check or address is None:  # a keystore without an address field needs its password
+            address = keystore.unlock(wallet.read_password(args.password_file)).address
     except wallet.WalletError as error:
         raise _fail(error) from None
-    print(keystore.address)
+    print(address)
     return 0
 
 
@@ -120,9 +121,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             raise wallet.WalletError(f"{path} already exists; choose another --keystore path (nothing was written)")
         if args.source is not None:
             source = wallet.load_keystore(args.source)
-            source.unlock(wallet.read_password(args.password_file, prompt=f"Password for {source.address}: "))
-            wallet.write_keystore(path, source.document)
-            address = source.address
+            key = source.unlock(wallet.read_password(args.password_file, prompt=f"Password for {source.address or source.path}: "))
+            address = key.address
+            wallet.write_keystore(path, {**source.document, "address": address[2:].lower()})
         else:
             key = wallet.parse_private_key(_read_private_key(args.private_key_file))
             password = wallet.read_password(args.password_file, confirm=True, prompt="New keystore password: ")

@@ -73,6 +73,7 @@ def test_wrong_password_is_one_clear_error(tmp_path, password_file, capsys, monk
         ("[]", "not a JSON object"),
         ('{"version": 4}', "version 4"),
         ('{"version": 3, "address": "zz"}', "invalid address"),
+        ('{"version": 3, "address": "' + "11" * 20 + '"}', "missing crypto section"),
     ],
 )
 def test_malformed_keystore_is_one_clear_error(tmp_path, capsys, content, problem):
@@ -165,3 +166,16 @@ def test_prompted_passwords_must_match(monkeypatch):
     monkeypatch.setattr("sys.stdin", Tty())
     with pytest.raises(wallet.WalletError, match="do not match"):
         wallet.read_password(confirm=True, ask=lambda prompt: next(answers))
+
+
+def test_import_a_keystore_that_does_not_state_its_address(tmp_path, password_file, capsys):
+    theirs = Account.encrypt(bytes(range(2, 34)), "correct horse battery staple", kdf="scrypt", iterations=1024)
+    theirs.pop("address", None)
+    source = tmp_path / "no-address.json"
+    source.write_text(json.dumps(theirs))
+    expected = Account.from_key(bytes(range(2, 34))).address
+    assert main(["wallet", "address", "--keystore", str(source), "--password-file", str(password_file)]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    target = tmp_path / "ours.json"
+    assert main(["wallet", "import", str(source), "--keystore", str(target), "--password-file", str(password_file)]) == 0
+    assert wallet.load_keystore(target).address == expected
