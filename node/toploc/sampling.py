@@ -189,6 +189,8 @@ def sample_next(
     if params.temperature == 0.0:
         return scores.argmax(dim=-1)
     scores = scores / params.temperature
+    if params.top_k == 0 and params.top_p == 1.0:  # nothing filtered: one vectorised draw for the batch
+        return (scores + gumbel_noise(seed, positions, scores.shape[-1])).argmax(dim=-1)
     chosen = []
     for row in range(scores.shape[0]):
         ids = candidates(scores[row], params)
