@@ -417,7 +417,9 @@ class WorkerConfig:
     device: str = "cpu"
     heartbeat_s: float = 5.0
     grace_s: float = 30.0
-    submit_attempts: int = 8
+    submit_attempts: int = 14
+    """Backoff 0.5 s doubling to 30 s: 14 attempts span about 6 minutes, inside the validator's default
+    10-minute bundle deadline (after which the job is soft-invalidated and the bundle no longer pays)."""
     peer_wait_s: float = 60.0
     register_timeout_s: float = 600.0
     tamper: Any = None
