@@ -64,7 +64,7 @@ class ModelShape:
 @dataclass(frozen=True)
 class GroupingPolicy:
     """`stages_per_group`: None packs the fewest workers that hold the model; a number asks for that many
-    stages (a smaller group is formed only when it is the workers' memory that allows it).
+    stages (more only when their memory cannot hold the model; no group when too few workers are left).
     `max_stages` bounds a group's length."""
 
     stages_per_group: int | None = None

@@ -46,7 +46,7 @@ def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
         "--tasks", default=os.environ.get(TASKS_ENV),
         help=f"JSONL task file, or 'arithmetic' for the bundled set (env {TASKS_ENV}); without it no jobs are dispatched",
     )
-    group.add_argument("--stages-per-group", type=int, help="stages per group (default: the fewest workers whose memory holds the model)")
+    group.add_argument("--stages-per-group", type=int, help="stages per group, more only when memory needs them (default: the fewest workers whose memory holds the model)")
     group.add_argument("--max-stages", type=int, default=16, help="longest group allowed (default 16)")
     group.add_argument("--sequences-per-group", type=int, help="sequences kept in flight on each group (default: two per stage)")
     group.add_argument("--max-new-tokens", type=int, default=32, help="token budget per task unless the task says (default 32)")

@@ -149,3 +149,12 @@ def test_split_is_contiguous_within_bounds_and_exact(case):
     assert ranges[0][0] == 0 and ranges[-1][1] == layers
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert all(1 <= b - a <= cap for (a, b), cap in zip(ranges, caps))
+
+
+def test_a_requested_shape_grows_only_when_memory_needs_it_and_waits_for_enough_workers():
+    shape = ModelShape(num_layers=8, layer_bytes=GIB)
+    small = [worker(i, 1000.0, memory=3 * GIB) for i in range(1, 4)]  # 3 layers each
+    (group,) = form_groups(small, shape, GroupingPolicy(stages_per_group=2)).groups
+    assert len(group.stages) == 3  # two cannot hold 8 layers
+    waiting = form_groups([worker(1, 1000.0), worker(2, 1000.0)], shape, GroupingPolicy(stages_per_group=3))
+    assert waiting.groups == () and len(waiting.spares) == 2
