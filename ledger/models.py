@@ -256,13 +256,18 @@ class JournalEntry(Base):
 
 class JournalHead(Base):
     """The last entry of the journal, one row (id 1). Appenders lock it (SELECT ... FOR UPDATE on
-    PostgreSQL), which serialises appends across connections and keeps the hash chain linear."""
+    PostgreSQL), which serialises appends across connections and keeps the hash chain linear.
+
+    It also counts the rows of `workers`, under the same lock: the leaderboard's total would otherwise be
+    a count(*) over a table that every append rewrites, which PostgreSQL pays for in dead tuples until
+    autovacuum passes."""
 
     __tablename__ = "journal_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     entry_hash: Mapped[str] = mapped_column(String(66))
+    worker_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Epoch(Base):

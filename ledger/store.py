@@ -486,6 +486,7 @@ class LedgerTx:
                 " last_seq, first_seen, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inserts,
             )
+            await self._count_new_workers(len(inserts))
         if updates:
             await self.conn.exec_driver_sql(
                 "UPDATE workers SET rewards = ?, accepted_jobs = ?, work_units = ?, slashes = ?, slashed_amount = ?,"
@@ -499,7 +500,7 @@ class LedgerTx:
         stores wei as padded text, so it adds in Python instead."""
         ordered = sorted(deltas.items())
         now = _now()
-        await self.conn.execute(
+        result = await self.conn.execute(
             text(
                 "INSERT INTO workers (address, stake, rewards, accepted_jobs, work_units, slashes, slashed_amount,"
                 " last_seq, first_seen, updated_at)"
@@ -512,6 +513,7 @@ class LedgerTx:
                 " slashes = workers.slashes + excluded.slashes,"
                 " slashed_amount = workers.slashed_amount + excluded.slashed_amount,"
                 " last_seq = excluded.last_seq, updated_at = excluded.updated_at"
+                " RETURNING (xmax = 0)"  # true for a row this statement inserted
             ),
             {
                 "now": now,
@@ -524,6 +526,13 @@ class LedgerTx:
                 "q": [d["last_seq"] for _, d in ordered],
             },
         )
+        await self._count_new_workers(sum(1 for (inserted,) in result if inserted))
+
+    async def _count_new_workers(self, n: int) -> None:
+        if n:
+            await self.conn.execute(
+                update(JournalHead).where(JournalHead.id == 1).values(worker_count=JournalHead.worker_count + n)
+            )
 
     async def _insert_entries(self, written: Sequence[Entry]) -> None:
         """Write journal rows: on PostgreSQL as one INSERT ... SELECT FROM unnest(arrays) (one statement per
@@ -573,6 +582,8 @@ class LedgerTx:
     async def set_stake(self, address: str, stake: int, block: int | None = None) -> None:
         """The stake the chain reports for `address` (at `block`); creates the worker if new."""
         address = checksum(address)
+        await self.lock()  # a new worker changes the count kept in the head row
+        known = (await self.conn.execute(select(_W.c.address).where(_W.c.address == address))).first()
         now = _now()
         stmt = (
             self._insert(_W)
@@ -593,6 +604,8 @@ class LedgerTx:
             index_elements=[_W.c.address], set_={"stake": stmt.excluded.stake, "stake_block": block, "updated_at": now}
         )
         await self.conn.execute(stmt)
+        if known is None:
+            await self._count_new_workers(1)
 
     # --- chain outbox and cursor ---------------------------------------------------------------------
 

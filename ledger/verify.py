@@ -6,7 +6,7 @@ Recomputes, in one pass over the journal in order:
    last entry;
 2. every epoch: its entry range and count, its entries root, and its rewards root and stored leaves from
    the cumulative rewards summed out of the journal;
-3. the per-worker totals the leaderboard shows.
+3. the per-worker totals the leaderboard shows, and the worker count kept in the head row.
 It stops at the first problem and names the entry (or epoch, or worker) concerned.
 """
 
@@ -137,6 +137,9 @@ async def verify(ledger: Ledger, progress: Callable[[int], Any] | None = None) -
             return fail(head.seq, f"journal head says entry {head.seq} / {head.entry_hash}, the journal ends at {expected_seq - 1} / {prev_hash}")
 
         rows = (await conn.execute(select(Worker.__table__))).all()
+        counted = (await conn.execute(select(JournalHead.worker_count).where(JournalHead.id == 1))).scalar_one()
+        if counted != len(rows):
+            return fail(None, f"journal head counts {counted} workers, the workers table has {len(rows)}")
         for row in rows:
             want = totals.get(row.address, [0, 0, 0, 0, 0])
             have = [row.rewards, row.accepted_jobs, row.work_units, row.slashes, row.slashed_amount]

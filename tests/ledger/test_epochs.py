@@ -84,3 +84,13 @@ async def test_verify_catches_tampered_totals(ledger):
         await tx.conn.execute(text(f"UPDATE workers SET accepted_jobs = 40 WHERE address = '{A}'"))
     report = await ledger.verify()
     assert not report.ok and f"worker {A}" in report.problem
+
+
+async def test_verify_catches_a_wrong_worker_count(ledger):
+    await ledger.append(rewards(1, (A, 100), (B, 1)))
+    await ledger.set_stake(C, 10**18)
+    assert (await ledger.leaderboard()).total == 3
+    async with ledger.transaction() as tx:
+        await tx.conn.execute(text("UPDATE journal_head SET worker_count = 2"))
+    report = await ledger.verify()
+    assert not report.ok and "counts 2 workers" in report.problem
