@@ -106,6 +106,7 @@ def verification_row(model_dir: Path) -> dict:
         "verification_s": verify_s,
         "speedup": generation_s / verify_s,
         "verdict": verdict.outcome.value,
+        "breakdown_s": report.figures["seconds"],
         "threads": torch.get_num_threads(),
     }
 
@@ -235,6 +236,8 @@ def verification(model_dir, figures, misses) -> None:
     print(f"verification  {verify['speedup']:7.1f}x faster than generation (target >= {VERIFY_TARGET:.0f}x)  "
           f"generate {verify['new_tokens']} tokens {verify['generation_s']:.2f} s, verify {verify['verification_s']:.3f} s, "
           f"verdict {verify['verdict']}  {'ok' if ok else 'MISS'}", flush=True)
+    parts = ", ".join(f"{k} {v:.3f} s" for k, v in verify["breakdown_s"].items())
+    print(f"  verification breakdown: {parts}", flush=True)
 
 
 def intake(args, model_dir, count, figures, misses) -> None:

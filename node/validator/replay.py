@@ -51,8 +51,10 @@ def findings_of(
     work_units = tuple(stage.num_layers * work for stage in spec.stages)
     # A complaint stops the job at the sender: stages from there on sent nothing worth checking.
     stop_at = min(complained_senders, default=len(spec.stages))
+    timings: dict[str, float] = {}
     with torch.inference_mode():
         hidden, logits = replay(model, tokens, boundaries)
+        timings["forward"] = time.perf_counter() - started
         proofs_ok: list[bool | None] = []
         stage_figures: list[Any] = []
         p = len(prompt)
@@ -64,6 +66,7 @@ def findings_of(
             check = verify_proofs(boundary[:p], boundary[p:], list(proofs))
             proofs_ok.append(bool(check.ok))
             stage_figures.append(_jsonable(check))
+        timings["proofs"] = time.perf_counter() - started - timings["forward"]
         sampling_ok: bool | None = None
         sampling_figures: Any = None
         if stop_at == len(spec.stages) and all(proofs_ok) and output:
@@ -74,7 +77,9 @@ def findings_of(
             sampling_ok = True
     findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(sorted(set(complained_senders))))
     seconds = time.perf_counter() - started
-    figures = {"stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens)}
+    timings["sampling"] = seconds - timings["forward"] - timings["proofs"]
+    figures = {"stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens),
+               "seconds": {k: round(v, 4) for k, v in timings.items()}}
     return ReplayReport(findings, figures, seconds)
 
 

@@ -15,11 +15,11 @@ from node.validator.models import ReplayModels
 from node.validator.node import ValidatorNode
 from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all
 from tests.validator.factory import signed_bundle
-from tests.validator.processes import start_validator, stop
+from tests.validator.processes import spawn_validator, start_validator, stop, wait_listening
 
 pytestmark = pytest.mark.slow
 
-LONG_PROMPT = [i % 250 + 1 for i in range(1500)]  # a replay of a few tenths of a second on the tiny model
+LONG_PROMPT = [i % 250 + 1 for i in range(1000)]  # a replay of a few tenths of a second on the tiny model
 
 
 async def fill_queue(url, model_dir, group, worker_keys, count: int) -> list[str]:
@@ -107,9 +107,12 @@ async def test_two_validators_on_one_postgresql_ledger_never_validate_a_job_twic
     pg_url, model_dir, group, worker_keys, tmp_path
 ):
     await (await Ledger.open(pg_url)).close()  # schema first, so both processes start on a ready ledger
-    processes = [start_validator(pg_url, model_dir, tmp_path, name)[0] for name in ("validator-a", "validator-b")]
+    names = ("validator-a", "validator-b")
+    processes = [spawn_validator(pg_url, model_dir, tmp_path, name) for name in names]  # start side by side
     try:
-        job_ids = await fill_queue(pg_url, model_dir, group, worker_keys, 12)
+        for process, name in zip(processes, names):
+            wait_listening(process, tmp_path, name)
+        job_ids = await fill_queue(pg_url, model_dir, group, worker_keys, 10)
         await wait_until(lambda: _all_done(pg_url, len(job_ids)), 120, poll=0.2)
     finally:
         for process in processes:
