@@ -46,7 +46,7 @@ async def test_six_interleaved_sequences_equal_one_process_and_their_proofs_veri
     async with LocalPipeline(qwen2_dir, 3, wire_dtype="fp32") as pipe:
         specs = []
         for i, prompt in enumerate(prompts(6)):
-            budget = SamplingParams(**{**sampling.__dict__, "max_new_tokens": 20 + 9 * i, "stop_ids": (2,)})
+            budget = SamplingParams(**{**sampling.__dict__, "max_new_tokens": 14 + 6 * i, "stop_ids": (2,)})
             specs.append(pipe.spec(prompt, budget, seed=100 + i))
 
         async def staggered(i, spec):

@@ -1,29 +1,29 @@
-"""The demo model converts from the packaged GGUF (once, into the node's cache) and answers sensibly."""
+"""The demo model converts from the packaged GGUF (once, into the node's cache) and a 3-stage pipeline
+answers a chat prompt with sensible text from the command line."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
-from node.pipeline.smollm2 import chat_prompt_ids, gguf_path, load_tokenizer, smollm2_dir
-from node.pipeline.weights import load_stage
+from node.cli import main
+from node.pipeline.model import ModelConfig
+from node.pipeline.smollm2 import gguf_path, smollm2_dir
 
 
 @pytest.mark.slow
-def test_smollm2_answers_a_chat_prompt():
+def test_three_stage_smollm2_answers_from_the_command_line(capsys):
     assert gguf_path().is_file()
     model_dir = smollm2_dir()  # converts on first use (~45 s), later runs reuse the cache
     assert smollm2_dir() == model_dir
-    tokenizer = load_tokenizer(model_dir)
-    model = load_stage(model_dir)
-    assert model.config.num_layers == 30 and model.config.tie_word_embeddings
-    cache = model.new_cache()
-    hidden = model(torch.tensor(chat_prompt_ids(tokenizer, "What is the capital of France?")), [cache])
-    answer = []
-    for _ in range(12):
-        token = int(model.logits(hidden[-1:]).argmax(-1))
-        if token in model.config.eos_token_ids:
-            break
-        answer.append(token)
-        hidden = model(torch.tensor([token]), [cache])
-    assert "Paris" in tokenizer.decode(answer)
+    config = ModelConfig.from_dir(model_dir)
+    assert (config.arch, config.num_layers, config.tie_word_embeddings) == ("llama", 30, True)
+    status = main(["generate", "--stages", "3", "--max-new-tokens", "12", "--prompt", "What is the capital of France?"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "Paris" in captured.out
+    assert "layers [0,10), [10,20), [20,30)" in captured.err
+
+
+def test_generate_explains_a_directory_without_a_tokenizer(llama_dir, capsys):
+    assert main(["generate", "--model-dir", str(llama_dir), "--prompt", "hi"]) == 1
+    assert "no tokenizer" in capsys.readouterr().err
