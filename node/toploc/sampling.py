@@ -36,6 +36,7 @@ _SEED_SALT = 0x9E3779B9
 _POSITION_SALT = 0x85EBCA6B
 _UNIFORM_BITS = 24
 _BLOCK_ELEMENTS = 1 << 16
+_VERIFY_ROWS = 32
 
 
 def _mul32(x, constant: int):
@@ -238,18 +239,34 @@ def verify_sampling(
         return SamplingCheck(True, None, (), (), margin)
     if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
         raise ValueError("a claimed token id is outside the vocabulary")
-    rows = torch.arange(count, device=logits.device)
-    scores = logits.double()
-
     if params.temperature == 0.0:
-        gaps = scores.max(dim=-1).values - scores[rows, tokens]
+        rows = torch.arange(count, device=logits.device)
+        gaps = logits.max(dim=-1).values.double() - logits[rows, tokens].double()
         in_filter = torch.ones(count, dtype=torch.bool, device=logits.device)
         return _verdict(gaps, in_filter, margin, "greedy")
 
+    gaps, possibly = [], []
+    for start in range(0, count, _VERIFY_ROWS):  # row blocks bound the [rows, V] float64 temporaries
+        block_gaps, block_possibly = _gumbel_gaps(
+            logits[start : start + _VERIFY_ROWS].double(), tokens[start : start + _VERIFY_ROWS], params, seed,
+            first_position + start, margin,
+        )
+        gaps.append(block_gaps)
+        possibly.append(block_possibly)
+    return _verdict(torch.cat(gaps), torch.cat(possibly), margin, "gumbel")
+
+
+def _gumbel_gaps(
+    scores: torch.Tensor, tokens: torch.Tensor, params: SamplingParams, seed: int, first_position: int, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score gaps in logit units, whether each claimed token may lie in the filtered set) for rows of
+    float64 logits; see verify_sampling."""
+    count, vocab = scores.shape
+    rows = torch.arange(count, device=scores.device)
     temperature = params.temperature
     scores = scores / temperature
     slack = margin / temperature
-    possibly = torch.ones(count, dtype=torch.bool, device=logits.device)  # the claimed token
+    possibly = torch.ones(count, dtype=torch.bool, device=scores.device)  # the claimed token
     surely = torch.ones_like(scores, dtype=torch.bool)  # every id that was certainly eligible
     claimed = scores[rows, tokens]
     if 0 < params.top_k < vocab:
@@ -267,11 +284,10 @@ def verify_sampling(
         possibly &= torch.log(above_claimed) - slack < log_top_p
         above_each = _mass_strictly_above(masked, scores - slack)
         surely &= torch.log(above_each) + slack < log_top_p
-    positions = torch.arange(count, device=logits.device) + first_position
+    positions = torch.arange(count, device=scores.device) + first_position
     perturbed = scores + gumbel_noise(seed, positions, vocab).double()
     best = torch.where(surely, perturbed, float("-inf")).max(dim=-1).values
-    gaps = (best - perturbed[rows, tokens]) * temperature
-    return _verdict(gaps, possibly, margin, "gumbel")
+    return (best - perturbed[rows, tokens]) * temperature, possibly
 
 
 def _verdict(gaps: torch.Tensor, in_filter: torch.Tensor, margin: float, mode: str) -> SamplingCheck:
