@@ -257,3 +257,13 @@ async def test_a_worker_without_the_validators_model_stops_with_the_reason(stack
     with pytest.raises(WorkerError, match="none of this worker's models .* is one the validator runs"):
         await asyncio.wait_for(stack.in_process(key, asyncio.Event(), model_dirs=(other,)), 30)
     assert stack.orchestrator.registry.all() == ()
+
+
+async def test_sigterm_while_starting_leaves_nothing_behind(stack, caplog):
+    key = stack.staked_key()
+    stop = asyncio.Event()
+    stop.set()  # the signal arrives before start-up is done
+    with caplog.at_level("INFO", logger="stagewise.worker"):
+        await asyncio.wait_for(stack.in_process(key, stop), 30)
+    assert "stopped before the worker was registered" in caplog.text
+    assert stack.orchestrator.registry.all() == ()
