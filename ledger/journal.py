@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-
 from ledger.merkle import ZERO_HASH, keccak
 
 STAKE = "stake"
@@ -48,13 +47,19 @@ class EntryError(ValueError):
 _ADDRESS = re.compile(r"0[xX][0-9a-fA-F]{40}")
 
 
-@lru_cache(maxsize=65536)
 def checksum(address: str) -> str:
     """The EIP-55 checksummed form of an address; a mixed-case input must already carry a valid checksum.
 
     Cached, and computed with the C keccak rather than eth_utils (about 30 times faster): a ledger
     ingesting a million entries sees the same few thousand workers over and over."""
-    if not (isinstance(address, str) and _ADDRESS.fullmatch(address)):
+    if not isinstance(address, str):
+        raise EntryError(f"{address!r} is not an Ethereum address")
+    return _checksum(address)
+
+
+@lru_cache(maxsize=65536)
+def _checksum(address: str) -> str:
+    if not _ADDRESS.fullmatch(address):
         raise EntryError(f"{address!r} is not an Ethereum address")
     body = address[2:]
     lower = body.lower()
