@@ -44,9 +44,15 @@ The same calls exist on `Ledger` itself, each in its own transaction. Reading (`
 - `get_cursor(name) -> int | None`.
 - `verify() -> VerifyReport`: recompute the hash chain, the totals and every epoch root.
 
-Concurrency: every transaction that records a verdict, appends, enqueues or closes an epoch first locks
-the journal head (SELECT ... FOR UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite), so the hash chain
-stays linear under any number of writers, and a duplicate is seen (and skipped) rather than raced.
+Concurrency: every transaction that records a verdict, appends, enqueues, sets a stake or closes an epoch
+first locks the journal head (SELECT ... FOR UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite), so the
+hash chain stays linear under any number of writers, and a duplicate is seen (and skipped) rather than
+raced. Take row locks of your own (a job's queue row) before the first such call, never after, so that
+every writer acquires locks in the same order.
+
+Speed: appends are batched (one INSERT ... SELECT FROM unnest(...) per batch on PostgreSQL, a driver
+executemany on SQLite) and per-worker totals are maintained in the same transaction, so the leaderboard
+and histories read indexed rows only. bench/ledger.py measures it with a million entries.
 """
 
 from __future__ import annotations
