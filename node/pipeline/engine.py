@@ -17,7 +17,7 @@ import torch
 
 from node.job import JobSpec
 from node.pipeline.assignment import Assignment
-from node.pipeline.handoff import make_complaint, sign_proof
+from node.pipeline.handoff import make_complaint, proof_signer, sign_proof
 from node.pipeline.model import StageModel
 from node.pipeline.sequence import FAILED, SequenceFailed, SequenceState, StageResult
 from node.pipeline.wire import cast_for_wire
@@ -164,8 +164,6 @@ class StageEngine:
 
     def record_claim(self, seq: SequenceState, chunk: int, proof: bytes, signature: bytes) -> None:
         """A signed chunk proof from the previous stage: check the signer now, the proof once rebuilt."""
-        from node.pipeline.handoff import proof_signer
-
         started = time.perf_counter()
         sender = self.assignment.stages[self.assignment.stage_index - 1].worker
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import math
 import os
@@ -45,7 +46,9 @@ from node.pipeline.model import StageModel
 from node.pipeline.link import LINK_PATH, MAX_MESSAGE_BYTES, HandshakeError, OutboundLink, check_hello, sign_hello
 from node.pipeline.sequence import DONE, FAILED, RUNNING, SAMPLED, SequenceFailed, SequenceState, StageResult
 from node.pipeline.weights import load_stage, model_id
-from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message, hex_bytes
+from node.pipeline.wire import (
+    FrameError, decode_frame, decode_message, encode_frame, encode_message, frame_job_ids, hex_bytes,
+)
 from node.signing import SignatureError, SigningKey, recover_message
 
 log = logging.getLogger("stagewise.pipeline")
@@ -468,15 +471,8 @@ class StageServer:
 
     def _malformed(self, data: bytes, reason: str) -> None:
         """A frame that does not decode fails the sequences its header names, or all when it names none."""
-        import struct
-
-        jobs: list[str] = []
-        try:
-            count = struct.unpack_from("<H", data, 10)[0]
-            jobs = ["0x" + data[12 + 40 * i : 44 + 40 * i].hex() for i in range(count) if len(data) >= 52 + 40 * i]
-        except struct.error:
-            pass
-        targets = [self.sequences[j] for j in jobs if j in self.sequences] or [s for s in self.sequences.values() if s.active]
+        named = [self.sequences.get("0x" + job.hex()) for job in frame_job_ids(data)]
+        targets = [seq for seq in named if seq is not None] or list(self.sequences.values())
         log.warning("malformed frame from stage %d: %s", self.assignment.previous_index, reason)
         for seq in targets:
             if seq.active:
@@ -510,7 +506,7 @@ class StageServer:
                 self._send_text(encode_message("proof", job=seq.job_id_hex, chunk=chunk, proof="0x" + proof.hex(), signature="0x" + signature.hex()))
         if tokens:
             if a.num_stages == 1:
-                self._on_tokens(tokens)
+                self._apply_tokens(tokens)
             else:
                 signature = self.key.sign_message(tokens_message(tokens))
                 self._send_text(encode_message("tokens", entries=tokens, signature="0x" + signature.hex()))
@@ -541,15 +537,15 @@ class StageServer:
     def _on_job(self, message: dict) -> None:
         spec = JobSpec.from_dict(message["spec"])
         job = spec.job_id_hex
+        if job in self.sequences and self.sequences[job].status != FAILED:
+            self._fail(self.sequences[job], SequenceFailed("job started twice"))
+            return
         try:
             self.assignment.check_spec(spec)
             seq = self.engine.open(spec)
         except (AssignmentError, SequenceFailed) as error:
-            self.sequences[job] = failed = SequenceState(spec, spec.job_id, None, None, None)
-            self._fail(failed, SequenceFailed(f"stage {self.assignment.stage_index} refuses the job: {error}"))
-            return
-        if job in self.sequences and self.sequences[job].active:
-            self._fail(self.sequences[job], SequenceFailed("job started twice"))
+            self.sequences[job] = refused = SequenceState(spec, spec.job_id, None, None, None)
+            self._fail(refused, SequenceFailed(f"stage {self.assignment.stage_index} refuses the job: {error}"))
             return
         self.sequences[job] = seq
         if not self.assignment.is_last:
@@ -568,25 +564,26 @@ class StageServer:
         if seq.active:
             self._guard(seq, self.engine.check_claims, seq)
 
-    def _on_tokens(self, entries: list, signature: bytes | None = None) -> None:
-        """Stage 0: the last stage's sampled tokens (each message signed by it, checked before use)."""
-        if isinstance(entries, dict):  # the JSON message
-            message = entries
-            entries = message["entries"]
-            signature = hex_bytes(message["signature"], "signature", 65)
-            if not isinstance(entries, list):
-                raise ValueError("entries must be a list")
-            last = self.assignment.stages[-1].worker
-            try:
-                signer = recover_message(tokens_message(entries), signature)
-            except SignatureError as error:
-                signer = f"nobody ({error})"
-            if signer != last:
-                for entry in entries:
-                    seq = self.sequences.get(entry[0]) if isinstance(entry, list) and entry else None
-                    if seq is not None and seq.active:
-                        self._fail(seq, SequenceFailed(f"token frame signed by {signer}, not by the last stage {last}"))
-                return
+    def _on_tokens(self, message: dict) -> None:
+        """Stage 0: the last stage's sampled tokens; the frame's signature is checked before any is used."""
+        entries = message["entries"]
+        signature = hex_bytes(message["signature"], "signature", 65)
+        if not isinstance(entries, list) or not all(isinstance(e, list) and len(e) == 4 for e in entries):
+            raise ValueError("entries must be a list of [job, position, token, reason]")
+        last = self.assignment.stages[-1].worker
+        try:
+            signer = recover_message(tokens_message(entries), signature)
+        except SignatureError as error:
+            signer = f"nobody ({error})"
+        if signer != last:
+            for entry in entries:
+                seq = self.sequences.get(entry[0]) if isinstance(entry[0], str) else None
+                if seq is not None and seq.active:
+                    self._fail(seq, SequenceFailed(f"token frame signed by {signer}, not by the last stage {last}"))
+            return
+        self._apply_tokens(entries)
+
+    def _apply_tokens(self, entries: list) -> None:
         for entry in entries:
             job, position, token, reason = entry
             seq = self.sequences.get(job)
@@ -903,8 +900,6 @@ class StageServer:
             return _error(404, "unknown_job", "no job with that id was submitted to this stage")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        import json
-
         async for event in handle.events():
             await response.write((json.dumps(event) + "\n").encode())
         await response.write_eof()

@@ -114,6 +114,15 @@ def decode_frame(data: bytes, hidden_size: int) -> ActivationFrame:
     return ActivationFrame(tuple(entries), rows, dtype)
 
 
+def frame_job_ids(data: bytes) -> list[bytes]:
+    """The job ids a frame's entry table names, as far as it can be read (to fail just those on a bad frame)."""
+    try:
+        _, _, _, _, count = _HEADER.unpack_from(data)
+        return [_ENTRY.unpack_from(data, _HEADER.size + i * _ENTRY.size)[0] for i in range(count)]
+    except struct.error:
+        return []
+
+
 def encode_message(kind: str, **fields: Any) -> str:
     return json.dumps({"type": kind, **fields}, separators=(",", ":"))
 
