@@ -1,0 +1,27 @@
+"""`stagewise validator run` refuses a setup it cannot serve, with one line that says why."""
+
+from node.cli import main
+
+
+def test_run_without_a_model_says_so(capsys):
+    assert main(["validator", "run", "--no-chain", "--chain-id", "1", "--contract", "0x" + "ab" * 20]) == 1
+    assert "no model to replay" in capsys.readouterr().err
+
+
+def test_run_needs_exactly_one_chain(capsys, model_dir):
+    assert main(["validator", "run", "--model-dir", str(model_dir)]) == 1
+    assert "choose one chain" in capsys.readouterr().err
+    assert main(["validator", "run", "--model-dir", str(model_dir), "--rpc-url", "http://127.0.0.1:1"]) == 1
+    assert "--rpc-url needs --contract" in capsys.readouterr().err
+
+
+def test_run_rejects_a_directory_that_is_not_a_model(capsys, tmp_path):
+    assert main(["validator", "run", "--model-dir", str(tmp_path), "--no-chain"]) == 1
+    assert "is not a model directory" in capsys.readouterr().err
+
+
+def test_verify_evidence_reports_an_unreadable_file(capsys, tmp_path, model_dir):
+    path = tmp_path / "evidence.json"
+    path.write_text('{"version": 99}')
+    assert main(["verify-evidence", str(path), "--model-dir", str(model_dir)]) == 1
+    assert "cannot read evidence" in capsys.readouterr().err
