@@ -871,6 +871,9 @@ class StageServer:
             return _error(422, "bad_assignment", str(error))
         except PipelineError as error:
             return _error(error.status, error.code, error.message)
+        except (ValueError, OSError) as error:  # the model directory cannot serve these layers
+            log.warning("assignment refused: %s", error)
+            return _error(422, "bad_model", f"{type(error).__name__}: {error}")
         return web.json_response({"status": "ready", "assignment": assignment.to_dict()})
 
     async def _http_delete_assignment(self, request: web.Request) -> web.Response:

@@ -152,3 +152,20 @@ async def test_a_server_without_the_model_says_so(llama_dir, tmp_path):
             assert (error.value.status, error.value.code) == (404, "unknown_model")
     finally:
         await server.stop()
+
+
+async def test_an_assignment_past_the_models_layers_is_refused(llama_dir):
+    server = StageServer(SigningKey.generate(), model_dirs=[llama_dir])
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = StageClient(server.url, session)
+            from node.pipeline.weights import model_id
+
+            stage = PeerStage(server.key.address, server.url, 0, 9)  # the model has 6 layers
+            with pytest.raises(StageClientError) as error:
+                await client.assign(Assignment("g", model_id(llama_dir), 0, (stage,)))
+            assert (error.value.status, error.value.code) == (422, "bad_model")
+            assert (await client.health())["assignment"] is None
+    finally:
+        await server.stop()
