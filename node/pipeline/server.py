@@ -149,6 +149,7 @@ class StageServer:
         self._loaded: tuple[str, int, int] | None = None
         self._model_ids: dict[Path, str] = {}
         self.sequences: dict[str, SequenceState] = {}
+        self._active: dict[str, SequenceState] = {}  # the ones not yet known to be finished
         self.results: dict[str, StageResult] = {}
         self.handles: dict[str, JobHandle] = {}
         self._finished_order: collections.deque[str] = collections.deque()
@@ -209,9 +210,8 @@ class StageServer:
         deadline = time.monotonic() + grace_s
         while self.in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for seq in list(self.sequences.values()):
-            if seq.active:
-                self._fail(seq, SequenceFailed("the stage server is shutting down"))
+        for seq in self._live():
+            self._fail(seq, SequenceFailed("the stage server is shutting down"))
         await self._close_links()
         for task in self._tasks:
             task.cancel()
@@ -225,7 +225,13 @@ class StageServer:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def in_flight(self) -> int:
-        return sum(1 for seq in self.sequences.values() if seq.active)
+        return sum(1 for seq in self._live() if seq.active)
+
+    def _live(self) -> list[SequenceState]:
+        """Sequences that may still be active (finished ones are pruned from this view as they are seen)."""
+        for job in [job for job, seq in self._active.items() if not seq.active]:
+            del self._active[job]
+        return list(self._active.values())
 
     def peer_urls(self) -> dict[str, str]:
         return {s.worker: s.url for s in self.assignment.stages} if self.assignment else {}
@@ -331,7 +337,7 @@ class StageServer:
             seq = self.engine.open(spec)
         except SequenceFailed as error:
             raise PipelineError(422, "bad_job", error.reason) from None
-        self.sequences[job] = seq
+        self.sequences[job] = self._active[job] = seq
         handle = JobHandle(job, spec)
         self.handles[job] = handle
         self._send_text(encode_message("job", spec=spec.to_dict()))
@@ -342,33 +348,42 @@ class StageServer:
     # ------------------------------------------------------------------------------------------ the schedule
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
-                items = self._take_work()
-                if items and self.assignment.is_first and self._should_coalesce(items):
-                    items = await self._coalesce(items)
-                if not items:
-                    break
-                engine = self.engine
-                self._stepping = {item.seq.job_id_hex for item in items}
-                try:
-                    outputs = await loop.run_in_executor(self._executor, engine.step, items)
-                except Exception as error:  # a bug or an OOM must not take the stage down
-                    log.exception("step failed")
-                    self._stepping = set()
-                    for item in items:
-                        if item.seq.active:
-                            self._fail(item.seq, SequenceFailed(f"stage {self.assignment.stage_index} step failed: {error}"))
-                    continue
+            try:
+                await self._run_ready_work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not leave the stage deaf: log it, fail what is live, go on
+                log.exception("stage schedule error")
+                self._fail_all("internal error in the stage schedule (see the stage's log)")
+
+    async def _run_ready_work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = self._take_work()
+            if items and self.assignment.is_first and self._should_coalesce(items):
+                items = await self._coalesce(items)
+            if not items:
+                break
+            engine = self.engine
+            self._stepping = {item.seq.job_id_hex for item in items}
+            try:
+                outputs = await loop.run_in_executor(self._executor, engine.step, items)
+            except Exception as error:  # a bug or an OOM must not take the stage down
+                log.exception("step failed")
                 self._stepping = set()
                 for item in items:
-                    if not item.seq.active:
-                        item.seq.cache = None
-                if engine is self.engine:
-                    self._after_step(outputs)
+                    if item.seq.active:
+                        self._fail(item.seq, SequenceFailed(f"stage {self.assignment.stage_index} step failed: {error}"))
+                continue
+            self._stepping = set()
+            for item in items:
+                if not item.seq.active:
+                    item.seq.cache = None
+            if engine is self.engine:
+                self._after_step(outputs)
 
     def _take_work(self) -> list[StepInput]:
         """Apply queued messages in order; return the next micro-batch (possibly empty)."""
@@ -415,8 +430,8 @@ class StageServer:
 
     def _batches_in_flight(self, exclude: Iterable[StepInput] = ()) -> set[int]:
         taken = {item.seq.job_id_hex for item in exclude}
-        return {seq.batch for job, seq in self.sequences.items()
-                if seq.active and job not in self._ready and job not in taken and seq.batch}
+        return {seq.batch for seq in self._live()
+                if seq.job_id_hex not in self._ready and seq.job_id_hex not in taken and seq.batch}
 
     def _should_coalesce(self, items: list[StepInput]) -> bool:
         return len(self._batches_in_flight(exclude=items)) >= self._groups
@@ -472,7 +487,7 @@ class StageServer:
     def _malformed(self, data: bytes, reason: str) -> None:
         """A frame that does not decode fails the sequences its header names, or all when it names none."""
         named = [self.sequences.get("0x" + job.hex()) for job in frame_job_ids(data)]
-        targets = [seq for seq in named if seq is not None] or list(self.sequences.values())
+        targets = [seq for seq in named if seq is not None] or self._live()
         log.warning("malformed frame from stage %d: %s", self.assignment.previous_index, reason)
         for seq in targets:
             if seq.active:
@@ -547,7 +562,7 @@ class StageServer:
             self.sequences[job] = refused = SequenceState(spec, spec.job_id, None, None, None)
             self._fail(refused, SequenceFailed(f"stage {self.assignment.stage_index} refuses the job: {error}"))
             return
-        self.sequences[job] = seq
+        self.sequences[job] = self._active[job] = seq
         if not self.assignment.is_last:
             self._send_text(encode_message("job", spec=message["spec"]))
 
@@ -706,7 +721,7 @@ class StageServer:
             ))
 
     def _fail_all(self, reason: str) -> None:
-        for seq in list(self.sequences.values()):
+        for seq in self._live():
             if seq.active:
                 self._fail(seq, SequenceFailed(reason))
 
@@ -718,7 +733,7 @@ class StageServer:
         while True:
             await asyncio.sleep(max(0.05, self.stall_timeout_s / 4))
             now = time.monotonic()
-            for seq in list(self.sequences.values()):
+            for seq in self._live():
                 if seq.active and now - seq.last_progress > self.stall_timeout_s:
                     self._fail(seq, SequenceFailed(f"stalled: no progress for {now - seq.last_progress:.1f} s at stage {self.assignment.stage_index}"))
 
