@@ -3,7 +3,7 @@
 A refused bundle writes nothing and gets a JSON error naming why (I3). In order: the body parses as a
 bundle (400), its model is one this validator can replay (422), every receipt is exactly the one the spec,
 output and proofs imply, so a job id that does not match its spec is refused here (422), the output obeys
-the spec's stop ids (422), every receipt and complaint recovers to the worker its stage assigns (403), and
+the spec's stop ids and the model's vocabulary (422), every receipt and complaint recovers to the worker its stage assigns (403), and
 every signer has stake (403, checked by `IntakeWriter` with one query per batch). What passes is stored;
 whether it is *true* is the replay's business, later.
 """
@@ -29,7 +29,7 @@ class Admitted:
 StakeOf = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 
-def admit(body: bytes, *, known_models: frozenset[str], domain: ReceiptDomain) -> Admitted:
+def admit(body: bytes, *, vocab_sizes: dict[str, int], domain: ReceiptDomain) -> Admitted:
     """Every check that needs no database: form, model, receipts, stop ids, signatures (stake: IntakeWriter)."""
     if not body:
         raise ApiError(400, "malformed_json", "the request body is empty; send a bundle as JSON")
@@ -39,8 +39,11 @@ def admit(body: bytes, *, known_models: frozenset[str], domain: ReceiptDomain) -
         code = "malformed_json" if "not valid JSON" in str(error) or "nested too deeply" in str(error) else "malformed_bundle"
         raise ApiError(400, code, str(error)) from None
     spec = bundle.spec
-    if spec.model_id not in known_models:
+    vocab = vocab_sizes.get(spec.model_id)
+    if vocab is None:
         raise ApiError(422, "unknown_model", f"this validator cannot replay model {spec.model_id}")
+    if max(spec.prompt_token_ids) >= vocab or (bundle.output_token_ids and max(bundle.output_token_ids) >= vocab):
+        raise ApiError(422, "token_out_of_vocabulary", f"a token id is not below the model's vocabulary size {vocab}")
     try:
         check_receipts(bundle)
     except BundleError as error:

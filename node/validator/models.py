@@ -19,10 +19,15 @@ class ReplayModels:
     def __init__(self, model_dirs: Iterable[Path]) -> None:
         from node.pipeline.weights import model_id
 
+        from node.pipeline.model import ModelConfig
+
         self.dirs: dict[str, Path] = {}
+        self.vocab_sizes: dict[str, int] = {}
         for path in model_dirs:
             path = Path(path)
-            self.dirs[model_id(path)] = path
+            identity = model_id(path)
+            self.dirs[identity] = path
+            self.vocab_sizes[identity] = ModelConfig.from_dir(path).vocab_size
         self._loaded: dict[str, Any] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 

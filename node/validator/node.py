@@ -83,7 +83,7 @@ class ValidatorNode:
     # ------------------------------------------------------------------ intake
 
     async def submit_bundle(self, body: bytes) -> dict[str, Any]:
-        admitted = admit(body, known_models=self.models.ids, domain=self.domain)
+        admitted = admit(body, vocab_sizes=self.models.vocab_sizes, domain=self.domain)
         bundle = admitted.bundle
         if self.spec_guard is not None:
             reason = await self.spec_guard(bundle.spec)

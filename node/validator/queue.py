@@ -9,7 +9,9 @@ validator claims the oldest claimable job in its own short transaction:
   two processes on one file still never take the same row.
 
 A claim is a lease. A job whose claim is older than the lease (its validator crashed) is claimable again,
-and a validator restarted under the same id reclaims its own unfinished jobs at once. Two validators
+and a validator restarted under the same id reclaims its own unfinished jobs at once. A job claimed
+MAX_ATTEMPTS times without a verdict stops being claimed (its `last_error` says why), so one poisonous
+bundle cannot keep every validator busy. Two validators
 finishing the same job cannot both win: the verdict row is unique per job (ledger/models.py), and
 finishing requires the claim to still be ours.
 """
@@ -25,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ledger.models import JOB_DONE, JOB_PENDING, JOB_VALIDATING, Job
 
 MAX_ERROR_CHARS = 2000
+MAX_ATTEMPTS = 5  # a job that failed this often (not a verdict: a crash) waits for an operator, with its last error
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class JobQueue:
         conditions = [Job.status == JOB_PENDING, (Job.status == JOB_VALIDATING) & (Job.claimed_at < stale)]
         if own_first:
             conditions.append((Job.status == JOB_VALIDATING) & (Job.claimed_by == self.validator_id))
-        return or_(*conditions)
+        return or_(*conditions) & (Job.attempts < MAX_ATTEMPTS)
 
     async def claim(self, *, reclaim_own: bool = False) -> ClaimedJob | None:
         """Take the oldest claimable job, or None when there is nothing to do.

@@ -74,6 +74,9 @@ def _mutations(group, other_key):
     yield "negative seed", edit(lambda d: d["spec"].update(seed=-1)), 400, ("malformed_bundle",)
     yield "unknown model", edit(lambda d: d["spec"].update(model_id="0x" + "11" * 32)), 422, ("unknown_model",)
     yield "job id not its spec", edit(lambda d: d["spec"].update(seed=8)), 422, ("receipt_mismatch",)
+    yield "token outside the vocabulary", edit(lambda d: d.update(output_token_ids=[5, 9, 3, 4000])), 422, (
+        "token_out_of_vocabulary",
+    )
     yield "tampered output", edit(lambda d: d.update(output_token_ids=[5, 9, 3, 8])), 422, ("receipt_mismatch",)
     yield "bad signature", edit(lambda d: d["stages"][0].update(signature="0x" + "00" * 65)), 403, ("bad_signature",)
     yield "unassigned signer", edit(resign_stage1), 403, ("unassigned_signer",)
