@@ -56,7 +56,30 @@ def admit(body: bytes, *, vocab_sizes: dict[str, int], domain: ReceiptDomain) ->
     except BundleError as error:
         code = "bad_signature" if "signature:" in str(error) else "unassigned_signer"
         raise ApiError(403, code, str(error)) from None
+    for index, complaint in enumerate(bundle.complaints):
+        check_complaint_evidence(bundle, index, complaint)
     return Admitted(bundle, signers, bundle.job_id_hex, body.decode())
+
+
+def check_complaint_evidence(bundle: Bundle, index: int, complaint) -> None:
+    """A complaint carries the proof the sender signed for the chunk (PROTOCOL I2): it must really be the
+    sender's signature, or a receiver could invent the claim it complains about."""
+    from node.pipeline.handoff import proof_signer
+    from node.signing import SignatureError
+
+    sender = bundle.spec.stages[complaint.sender_stage].worker
+    try:
+        signer = proof_signer(
+            complaint.job_id, complaint.sender_stage, complaint.chunk_index, complaint.claimed_proof,
+            complaint.sender_signature,
+        )
+    except (SignatureError, ValueError) as error:
+        raise ApiError(403, "bad_complaint", f"complaints[{index}]: the sender's proof signature does not recover: {error}") from None
+    if signer != sender:
+        raise ApiError(
+            403, "bad_complaint",
+            f"complaints[{index}]: the claimed proof is signed by {signer}, not by stage {complaint.sender_stage}'s worker {sender}",
+        )
 
 
 class IntakeWriter:

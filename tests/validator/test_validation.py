@@ -118,3 +118,39 @@ async def test_an_issued_job_without_a_bundle_by_its_deadline_is_soft_invalidate
     assert [e.kind for e in entries] == ["soft_invalidation"]  # nobody paid, nobody slashed
     assert await node.validate_next() == on_time.job_id_hex
     assert (await node.job(on_time.job_id_hex))["verdict"]["outcome"] == "accepted"
+
+
+async def test_a_signed_handoff_complaint_blames_the_sender_it_names(client, node, group, ledger):
+    """Stage 1 rebuilt stage 0's prefill proof from the bytes it received and they differ (I2): stage 0 is
+    blamed on the complaint, nobody is paid, and stage 1 (which stopped) is not slashed."""
+    import torch
+
+    from node.bundle import Bundle, SignedStage, sign_complaint
+    from node.pipeline.handoff import sign_proof
+    from node.pipeline.weights import load_stage
+    from node.receipts import expected_receipt, sign_receipt
+    from node.toploc.activation import build_proofs
+
+    spec = group.spec(PROMPT, max_new_tokens=8)
+    stage0 = load_stage(group.model_dir, 0, 2)
+    with torch.inference_mode():
+        prefill = stage0(torch.tensor(PROMPT), [stage0.new_cache()])
+    proofs = tuple(build_proofs(prefill, None))
+    receipt = expected_receipt(spec, 0, [], proofs)
+    signed = SignedStage(receipt, sign_receipt(group.keys[0], receipt, group.domain), proofs)
+    def complaint(sender_key):
+        return sign_complaint(
+            group.keys[1], group.domain, job_id=spec.job_id, complainer_stage=1, chunk_index=0,
+            claimed_proof=proofs[0], rebuilt_proof=bytes(258),
+            sender_signature=sign_proof(sender_key, spec.job_id, 0, 0, proofs[0]),
+        )
+
+    # A complaint must carry the sender's own signature over the proof it claimed.
+    forged = Bundle(spec, (signed,), (), (complaint(group.keys[2]),))
+    response = await client.post("/v1/bundles", data=forged.to_json())
+    assert response.status == 403 and (await response.json())["error"]["code"] == "bad_complaint"
+    job = await submit_and_validate(client, node, Bundle(spec, (signed,), (), (complaint(group.keys[0]),)))
+    verdict = job["verdict"]
+    assert (verdict["outcome"], verdict["blamed_stage"], verdict["reason"]) == ("blamed", 0, "complaint")
+    entries = await journal_of(ledger, job["job_id"])
+    assert [(e.kind, e.worker) for e in entries] == [("slash", group.keys[0].address)]
