@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import cached_property
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -117,9 +118,10 @@ class JobSpec:
     def canonical_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
 
-    @property
+    @cached_property
     def job_id(self) -> bytes:
-        """keccak256 of the canonical encoding: 32 bytes."""
+        """keccak256 of the canonical encoding: 32 bytes (computed once: the spec is frozen, and every
+        receipt check of a bundle asks for it)."""
         return keccak(self.canonical_bytes())
 
     @property
