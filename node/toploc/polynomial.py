@@ -106,9 +106,9 @@ def interpolate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     factors = np.ones((batch, k, 2), dtype=np.int64)  # (x - x_j) = [-x_j, 1]
     factors[..., 0] = mod_prime(-x)
     monic = _poly_products(factors)[:, : k + 1]  # M(x) = prod_j (x - x_j), degree k
-    powers = power_matrix(x, k)  # [b, i, t] = x_i^t
+    powers = power_matrix(x, k)  # [b, i, t] = x_i^t, shared by the two products below
     derivative = mod_prime(monic[:, 1:] * np.arange(1, k + 1))  # M'(x), degree k - 1
-    denominators = _mod_matvec_rows(powers, derivative)  # M'(x_i) = prod_{j != i} (x_i - x_j)
+    denominators = mod_prime(np.einsum("bit,bt->bi", powers, derivative))  # M'(x_i) = prod_{j != i} (x_i - x_j)
     if (denominators == 0).any():
         raise ValueError("interpolation points must be distinct mod PRIME")
     weighted = mod_prime(y * inverse_table()[denominators])  # v_i
@@ -125,15 +125,30 @@ def _mod_matvec(vectors: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     return mod_prime(np.einsum("bi,bij->bj", vectors, matrices))
 
 
-def _mod_matvec_rows(matrices: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """(matrices[b] @ vectors[b]) mod PRIME, exact as _mod_matvec."""
-    return mod_prime(np.einsum("bij,bj->bi", matrices, vectors))
+BABY_STEPS = 16  # powers x^0..x^15 per point; the rest by Horner in x^16 (baby-step giant-step)
+
+
+def _baby_giant(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(x^0..x^(b-1) [..., b], x^b [...], number of blocks of b coefficients covering k)."""
+    baby = min(BABY_STEPS, k)
+    powers = power_matrix(x, baby + 1)
+    return powers[..., :baby], powers[..., baby], -(-k // baby)
 
 
 def evaluate(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Values mod PRIME of the polynomials coefficients [B, k] at points x [B, Q] -> [B, Q] int64."""
+    """Values mod PRIME of the polynomials coefficients [B, k] at points x [B, Q] -> [B, Q] int64.
+
+    Baby-step giant-step: each block of 16 coefficients is a small matrix product with x^0..x^15, and
+    Horner in x^16 joins the blocks, so the work is ~16 + k/16 products per point, not k."""
     coefficients = np.asarray(coefficients, dtype=np.int64)
     single = coefficients.ndim == 1
-    coefficients, x = np.atleast_2d(coefficients), np.atleast_2d(np.asarray(x, dtype=np.int64))
-    values = _mod_matvec_rows(power_matrix(x, coefficients.shape[-1]), coefficients)
+    coefficients, x = np.atleast_2d(coefficients), mod_prime(np.atleast_2d(np.asarray(x, dtype=np.int64)))
+    k = coefficients.shape[-1]
+    small, giant, blocks = _baby_giant(x, k)
+    padded = np.zeros((coefficients.shape[0], blocks * small.shape[-1]), dtype=np.int64)
+    padded[:, :k] = coefficients
+    partial = mod_prime(np.einsum("bqs,bns->bqn", small, padded.reshape(coefficients.shape[0], blocks, -1)))
+    values = partial[..., -1]
+    for block in range(blocks - 2, -1, -1):
+        values = mod_prime(values * giant + partial[..., block])
     return values[0] if single else values
