@@ -21,7 +21,9 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("name", list(HONEST))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if HONEST[n].threads > 1 else n for n in HONEST]
+)
 def test_honest_llama_rows_pass(tiny_dirs, name):
     row = check_row("llama", tiny_dirs["llama"], LAYOUT, JOB, HONEST[name])
     assert row.blamed is None, row.stages
