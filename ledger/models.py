@@ -214,6 +214,14 @@ class JournalEntry(Base):
             sqlite_where=text("kind = 'slash'"),
             postgresql_where=text("kind = 'slash'"),
         ),
+        # One worker's slashing history: exact, however many slashes the whole journal holds.
+        Index(
+            "ix_journal_worker_slashes",
+            "worker",
+            "seq",
+            sqlite_where=text("kind = 'slash'"),
+            postgresql_where=text("kind = 'slash'"),
+        ),
         Index(
             "ux_journal_ref",
             "ref",
