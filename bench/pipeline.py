@@ -43,10 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--wire-dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--in-process", action="store_true",
                         help="run the stages as servers inside this process (default: one process per stage, as on separate machines)")
-    parser.add_argument("--micro-batches", type=int, default=None, help="stage 0's micro-batches (default: one per stage)")
+    parser.add_argument("--micro-batches", type=int, default=None,
+                        help="stage 0's micro-batches (default: one per stage with >= 2 cores per stage, else 1)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per stage process (default: cores / stages, at least 1); the single "
-                             "process gets as many as all stages together, at most the cores")
+                        help="torch threads per stage (default: cores / stages when stages overlap, else all cores); "
+                             "the single process gets as many as all stages together, at most the cores")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -63,16 +64,36 @@ def prompts(tokenizer, count: int) -> list[list[int]]:
     return [chat_prompt_ids(tokenizer, questions[i % len(questions)]) for i in range(count)]
 
 
-def whole_model_rss(model_dir: Path) -> int:
-    """Peak RSS of a fresh process that loads the whole model and runs one forward (for the memory row)."""
-    code = (
-        "import resource, torch; from node.pipeline.weights import load_stage; "
-        f"m = load_stage({str(model_dir)!r}); m(torch.tensor([1, 2, 3]), [m.new_cache()]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
-    return int(out.stdout.strip().splitlines()[-1])
+def run_single_process(model_dir: Path, specs, threads: int) -> dict:
+    """The baseline in a fresh process, as each stage is one: its time, its outputs, its peak RSS."""
+    payload = json.dumps({"model_dir": str(model_dir), "threads": threads, "specs": [spec.to_dict() for spec in specs]})
+    done = subprocess.run([sys.executable, __file__, "--single-process-baseline"], input=payload, capture_output=True,
+                          text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def single_process_baseline() -> None:
+    """Child side of run_single_process: load the whole model, warm up, time generate_whole."""
+    import torch
+
+    from node.job import JobSpec, SamplingParams
+    from node.pipeline.weights import load_stage
+    from node.pipeline.whole import generate_whole
+
+    request = json.loads(sys.stdin.read())
+    torch.set_num_threads(request["threads"])
+    specs = [JobSpec.from_dict(spec) for spec in request["specs"]]
+    whole = load_stage(request["model_dir"])
+    warm = JobSpec(**{**specs[0].__dict__, "sampling": SamplingParams(max_new_tokens=4)})
+    generate_whole(whole, [warm])
+    started = time.perf_counter()
+    outputs = generate_whole(whole, specs)
+    elapsed = time.perf_counter() - started
+    print(json.dumps({
+        "elapsed_s": elapsed, "outputs": [list(o) for o in outputs],
+        "parameter_bytes": sum(p.numel() * p.element_size() for p in whole.parameters()),
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }))
 
 
 async def run_pipeline(args, model_dir: Path, specs_for):
@@ -95,6 +116,9 @@ async def run_pipeline(args, model_dir: Path, specs_for):
 
 
 def main(argv=None) -> int:
+    if sys.argv[1:] == ["--single-process-baseline"]:
+        single_process_baseline()
+        return 0
     args = parse_args(argv)
     import torch
 
@@ -105,7 +129,15 @@ def main(argv=None) -> int:
 
     cores = os.cpu_count() or 1
     args.processes = not args.in_process
-    args.stage_threads = args.threads or max(1, cores // args.stages)
+    # With at least two cores per stage the stages overlap (one micro-batch per stage, cores split between
+    # them). On a smaller machine they cannot all run at once, so each stage uses every core when its turn
+    # comes and the sequences travel as one micro-batch. The single process always gets the cores.
+    overlap = cores >= 2 * args.stages
+    if args.micro_batches is None:
+        args.micro_batches = args.stages if overlap else 1
+    if args.threads is None:
+        args.threads = max(1, cores // args.stages) if args.micro_batches > 1 else cores
+    args.stage_threads = args.threads
     threads = min(cores, args.stage_threads * args.stages) if args.processes else args.stage_threads
     torch.set_num_threads(threads)
     new_tokens = args.new_tokens or (16 if args.quick else 128)
@@ -122,18 +154,25 @@ def main(argv=None) -> int:
     specs_for.sampling = sampling
     print(f"pipeline bench: {model_dir.name}, {args.stages} stages ({'processes' if args.processes else 'one process'}), "
           f"{args.sequences} sequences x {new_tokens} new tokens, fp32 compute, {args.wire_dtype} on the wire, "
-          f"threads: {args.stage_threads} per stage, {threads} for the single process, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
+          f"{args.micro_batches} micro-batch(es), threads: {args.stage_threads} per stage, {threads} for the single process "
+          f"({cores} cores), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     specs, outputs, pipe_s, stats = asyncio.run(run_pipeline(args, model_dir, specs_for))
     pipe_tokens = sum(len(o) for o in outputs)
 
-    whole = load_stage(model_dir)
-    generate_whole(whole, [specs[0].__class__(**{**specs[0].__dict__, "sampling": sampling(4)})])  # warm-up
-    started = time.perf_counter()
-    reference = generate_whole(whole, specs)
-    whole_s = time.perf_counter() - started
+    if args.processes:
+        baseline = run_single_process(model_dir, specs, threads)
+    else:  # everything in this process: the baseline too
+        whole = load_stage(model_dir)
+        generate_whole(whole, [specs[0].__class__(**{**specs[0].__dict__, "sampling": sampling(4)})])  # warm-up
+        started = time.perf_counter()
+        outputs_whole = generate_whole(whole, specs)
+        baseline = {"elapsed_s": time.perf_counter() - started, "outputs": [list(o) for o in outputs_whole],
+                    "parameter_bytes": sum(p.numel() * p.element_size() for p in whole.parameters())}
+        del whole
+    whole_s = baseline["elapsed_s"]
+    reference = [tuple(o) for o in baseline["outputs"]]
     whole_tokens = sum(len(o) for o in reference)
-    whole_params = sum(p.numel() * p.element_size() for p in whole.parameters())
-    del whole
+    whole_params = baseline["parameter_bytes"]
 
     ratio = (pipe_tokens / pipe_s) / (whole_tokens / whole_s)
     stage_time = sum(s["compute_s"] + s["proof_s"] + s["check_s"] for s in stats)
@@ -150,7 +189,9 @@ def main(argv=None) -> int:
 
     rows = [
         ("throughput pipeline/one process", ratio, ">=", 0.8,
-         f"{pipe_tokens / pipe_s:.1f} vs {whole_tokens / whole_s:.1f} tokens/s ({pipe_s:.1f} s vs {whole_s:.1f} s)"),
+         f"{pipe_tokens / pipe_s:.1f} vs {whole_tokens / whole_s:.1f} tokens/s ({pipe_s:.1f} s vs {whole_s:.1f} s; "
+         f"stage compute {'/'.join(format(s['compute_s'], '.1f') for s in stats)} s in "
+         f"{'/'.join(str(s['steps']) for s in stats)} steps)"),
         ("proof share of stage time", proof_share, "<=", 0.03,
          " ".join(f"s{i}:{(s['proof_s'] + s['check_s']) / max(1e-9, s['compute_s'] + s['proof_s'] + s['check_s']):.2%}" for i, s in enumerate(stats))),
         ("wire bytes per position per hop / raw row", wire_ratio, "<=", 1.1,
@@ -160,7 +201,7 @@ def main(argv=None) -> int:
         ("sequences equal to one process", equal / len(specs), ">=", 1.0, f"{equal}/{len(specs)}"),
     ]
     if args.processes:
-        whole_rss = whole_model_rss(model_dir)
+        whole_rss = baseline["max_rss_bytes"]
         rss = " ".join(f"s{i}:{s['max_rss_bytes'] / 2**20:.0f}MiB" for i, s in enumerate(stats))
         rows.append(("peak RSS largest stage / whole-model process", max(s["max_rss_bytes"] for s in stats) / whole_rss, "<=", 1.0,
                      f"{rss} whole:{whole_rss / 2**20:.0f}MiB"))
