@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--prompt", required=True, help="the user's message (wrapped in the chat template unless --raw)")
     parser.add_argument("--stages", type=int, default=3, help="number of pipeline stages (default 3)")
-    parser.add_argument("--model-dir", help="a Llama/Qwen2 safetensors directory with a tokenizer (default: SmolLM2)")
+    parser.add_argument("--model-dir", help="a Llama/Qwen2 safetensors directory with a tokenizer, or a repo id in the local Hugging Face "
+                             "cache (offline; default: SmolLM2)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -35,15 +36,15 @@ def register(subparsers) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     import asyncio
-    from pathlib import Path
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from node.cli import CommandError
     from node.pipeline.smollm2 import SmolLM2Unavailable, load_tokenizer, smollm2_dir
 
+    from node.pipeline.weights import WeightsError, resolve_model_dir
+
     try:
-        model_dir = Path(args.model_dir) if args.model_dir else smollm2_dir()
-    except SmolLM2Unavailable as error:
+        model_dir = resolve_model_dir(args.model_dir) if args.model_dir else smollm2_dir()
+    except (SmolLM2Unavailable, WeightsError) as error:
         raise CommandError(str(error)) from None
     if not (model_dir / "config.json").is_file():
         raise CommandError(f"{model_dir} has no config.json: not a model directory")

@@ -126,6 +126,21 @@ def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def resolve_model_dir(reference: str | Path) -> Path:
+    """A model directory from a path, or from a Hugging Face repo id already in the local HF cache (offline:
+    nothing is downloaded)."""
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return path
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(reference), local_files_only=True))
+    except Exception as error:  # not a repo id, or not in the cache
+        raise WeightsError(f"{reference} is neither a directory nor a model in the local Hugging Face cache ({error})") from None
+
+
 def read_generation_defaults(model_dir: str | Path) -> dict:
     """generation_config.json when present (EOS ids for stopping), else {}."""
     path = Path(model_dir) / "generation_config.json"

@@ -114,3 +114,11 @@ def test_bad_inputs_are_refused(llama_dir, tmp_path):
         load_stage(tmp_path)
     with pytest.raises(ValueError):
         StageModel(ModelConfig.from_dir(llama_dir), 4, 9)
+
+
+def test_a_model_is_found_by_path_or_in_the_local_hub_cache_only(llama_dir):
+    from node.pipeline.weights import resolve_model_dir
+
+    assert resolve_model_dir(str(llama_dir)) == llama_dir
+    with pytest.raises(WeightsError, match="local Hugging Face cache"):
+        resolve_model_dir("nobody/no-such-model")
