@@ -20,7 +20,6 @@ Wire form (version 1; bytes are 0x-hex):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
@@ -35,6 +34,7 @@ from node.receipts import (
     keccak,
     parse_hex,
 )
+from node.json_input import nesting_problem
 from node.signing import SIGNATURE_LENGTH, SignatureError, SigningKey, recover_digest
 
 BUNDLE_VERSION = 1
@@ -170,13 +170,15 @@ class Bundle:
                 text = bytes(text).decode("utf-8")
             except UnicodeDecodeError as error:
                 raise BundleError(f"bundle is not valid JSON: not UTF-8 ({error.reason})") from None
-        _check_nesting(text)
+        problem = nesting_problem(text, MAX_JSON_DEPTH)
+        if problem == "brackets do not match":
+            raise BundleError(f"bundle is not valid JSON: {problem}")
+        if problem:
+            raise BundleError(f"bundle JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except json.JSONDecodeError as error:
             raise BundleError(f"bundle is not valid JSON: {error}") from None
-        except RecursionError:
-            raise BundleError("bundle JSON is nested too deeply") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -362,19 +364,6 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # Importing eth-account (py_ecc) raises Python's recursion limit to 100000, deep enough for json's C scanner
 # to overflow the C stack and kill the process on "[[[[…". A bundle is 5 levels deep; refuse depth first.
 MAX_JSON_DEPTH = 16
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def _check_nesting(text: str) -> None:
-    depth = 0
-    for match in _JSON_TOKEN.finditer(text):
-        token = match.group()
-        if token in "[{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                raise BundleError(f"bundle JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
-        elif token in "]}":
-            depth -= 1
 
 
 def _no_constants(name: str) -> float:

@@ -15,12 +15,13 @@ Use: `build_app(node, registrars=[orchestration_registrar(orchestrator)])`, or
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from node import json_input
 
 from node.validator.app import OPENAPI_EXTRA_PATHS, ORCHESTRATOR
 from node.validator.errors import ApiError
@@ -124,16 +125,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not body:
         raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        data = json_input.loads(body)
+    except json_input.JsonInputError as error:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", f"the body must be a JSON object, got {type(data).__name__}")
     return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 _ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}

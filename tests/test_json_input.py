@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+import pytest
+
+from node import json_input
+from node.json_input import JsonInputError, nesting_problem
+
+
+def test_plain_json_parses():
+    assert json_input.loads(b'{"a": [1, {"b": "[[[[not brackets]"}]}') == {"a": [1, {"b": "[[[[not brackets]"}]}
+
+
+@pytest.mark.parametrize(
+    "text, depth, ok",
+    [("[]", 1, True), ("[[]]", 1, False), ("[[]]", 2, True), ('{"a":[{"b":[]}]}', 4, True), ('{"a":[{"b":[]}]}', 3, False),
+     ("[[[", 32, False), ("[}", 32, False), ('["\\"]"]', 1, True), ("[[[]]]", 3, True), ("[[[]]]", 2, False)],
+)
+def test_nesting_is_measured_outside_strings(text, depth, ok):
+    assert (nesting_problem(text, depth) is None) is ok
+
+
+def test_a_deep_body_is_an_error_not_a_crash():
+    # With web3 imported the recursion limit is 100,000 and json.loads itself would overflow the C stack.
+    code = (
+        "import web3, sys; from node import json_input\n"
+        "assert sys.getrecursionlimit() >= 100000\n"
+        "try:\n    json_input.loads('[' * 200000 + ']' * 200000)\nexcept json_input.JsonInputError as e:\n    print('refused:', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "refused: nested more than 32 levels" in result.stdout
+
+
+@pytest.mark.parametrize("text", ["NaN", '{"a": Infinity}', "{", b"\xff"])
+def test_non_json_is_refused(text):
+    with pytest.raises(JsonInputError):
+        json_input.loads(text)
