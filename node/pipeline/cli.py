@@ -37,6 +37,7 @@ def register(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     import asyncio
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the stages share this machine's cores
     from node.cli import CommandError
     from node.pipeline.smollm2 import SmolLM2Unavailable, load_tokenizer, smollm2_dir
 
