@@ -39,6 +39,8 @@ Stage server (one per worker process, one stage at a time):
   sender_signature (the sender's signature over `handoff.proof_message(job_id, sender_stage, chunk, proof)`),
   signature (the complainer's EIP-191 signature over `message()`); `claimed_digest`, `rebuilt_digest`. The same
   fields make a `node.bundle.HandoffComplaint` via `sign_complaint(key, domain, ...)`.
+- `tamper(job_id_hex, stage_index, start_position, rows) -> rows` changes what a stage sends *after* its honest
+  proof was built: for tests and the devnet's cheater only (its receiver then complains, PROTOCOL I2).
 - `assignment.Assignment(group_id, model_id, stage_index, stages=(PeerStage(worker, url, layer_start,
   layer_end), ...), wire_dtype="fp32")`. A job is accepted when its JobSpec names exactly this group, model,
   workers and layer ranges. Re-assigning with another neighbour re-points the links without reloading weights.
