@@ -120,3 +120,15 @@ async def test_a_stage_that_alters_what_it_sends_is_caught_and_only_that_sequenc
     honest = [s for i, s in enumerate(specs) if i != 1]
     assert [o for i, o in enumerate(outcomes) if i != 1] == generate_whole(whole, honest)
     assert len(again) == GREEDY.max_new_tokens
+
+
+async def test_the_shortest_jobs_end_cleanly(llama_dir):
+    async with LocalPipeline(llama_dir, 3) as pipe:
+        specs = [pipe.spec([9], SamplingParams(max_new_tokens=n), seed=n) for n in (1, 2, 33)]
+        outputs = await asyncio.gather(*[pipe.run(spec) for spec in specs])
+        results = [await pipe.stage_results(spec.job_id_hex) for spec in specs]
+    assert [len(o) for o in outputs] == [1, 2, 33]
+    assert list(outputs) == generate_whole(load_stage(llama_dir), specs)
+    for output, stage_results in zip(outputs, results):
+        for result in stage_results:
+            assert len(result.proofs) == 1 + -(-(len(output) - 1) // 32) and result.token_count == len(output)
