@@ -36,7 +36,8 @@ _SEED_SALT = 0x9E3779B9
 _POSITION_SALT = 0x85EBCA6B
 _UNIFORM_BITS = 24
 _BLOCK_ELEMENTS = 1 << 16
-_VERIFY_ROWS = 32
+_VERIFY_ROWS = 128
+_VERIFY_HEAD = 1024  # ids per row taken in descending order before falling back to a full sort
 
 
 def _mul32(x, constant: int):
@@ -129,6 +130,18 @@ def gumbel_noise(seed: int, positions: torch.Tensor, vocab: int) -> torch.Tensor
     for start in range(0, positions.numel(), rows_per_block):
         out[start : start + rows_per_block] = _gumbel_from_bits(_bits_block(per_id, per_position[start : start + rows_per_block]))
     return out
+
+
+def gumbel_pairs(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """`gumbel_noise(seed, ...)[position, id]` for (position, id) pairs only: positions and ids broadcast
+    together (e.g. positions [N, 1] with ids [N, M]); float32 of the broadcast shape."""
+    ids = torch.as_tensor(ids, dtype=torch.int64)
+    positions = torch.as_tensor(positions, dtype=torch.int64, device=ids.device)
+    _check_positions(positions.reshape(-1))
+    vocab_key, position_key = _seed_keys(seed)
+    bits = _triple32((ids + vocab_key) & _MASK32) ^ _triple32(positions ^ position_key)
+    _triple32_(bits)
+    return _gumbel_from_bits(bits)
 
 
 def gumbel_at(seed: int, position: int, ids: torch.Tensor) -> torch.Tensor:
@@ -248,7 +261,7 @@ def verify_sampling(
     gaps, possibly = [], []
     for start in range(0, count, _VERIFY_ROWS):  # row blocks bound the [rows, V] float64 temporaries
         block_gaps, block_possibly = _gumbel_gaps(
-            logits[start : start + _VERIFY_ROWS].double(), tokens[start : start + _VERIFY_ROWS], params, seed,
+            logits[start : start + _VERIFY_ROWS], tokens[start : start + _VERIFY_ROWS], params, seed,
             first_position + start, margin,
         )
         gaps.append(block_gaps)
@@ -257,10 +270,90 @@ def verify_sampling(
 
 
 def _gumbel_gaps(
-    scores: torch.Tensor, tokens: torch.Tensor, params: SamplingParams, seed: int, first_position: int, margin: float
+    logits: torch.Tensor, tokens: torch.Tensor, params: SamplingParams, seed: int, first_position: int,
+    margin: float, head: int = _VERIFY_HEAD,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_gumbel_gaps_exact` from each row's `head` best ids instead of a sort of the whole vocabulary.
+
+    Every id the gap needs (the surely-eligible ones) is a prefix of the descending order, and the top-p
+    tests only need the probability mass above a threshold: both are exact from the head of the order
+    whenever the head's own mass already settles them (then no id below the head can be surely eligible,
+    and a claimed token below it is surely outside the nucleus). Rows the head cannot settle (a flat
+    distribution with a nucleus wider than the head) are computed by `_gumbel_gaps_exact`. Noise is
+    hashed only for the ids that can be the best one, and for the claimed token.
+    """
+    count, vocab = logits.shape
+    top_k = params.top_k if 0 < params.top_k < vocab else 0
+    filtered_p = params.top_p < 1.0
+    if not top_k and not filtered_p:  # nothing filtered: every id can be the best, all the noise is needed
+        return _gumbel_gaps_exact(logits.double(), tokens, params, seed, first_position, margin)
+    width = min(vocab, max(head, top_k + 1))
+    temperature = params.temperature
+    slack = margin / temperature
+    rows = torch.arange(count, device=logits.device)
+    head_logits, head_ids = torch.topk(logits.float(), width, dim=-1)  # descending; same order as logits/T
+    head_scores = head_logits.double() / temperature
+    claimed = logits[rows, tokens].double() / temperature
+    possibly = torch.ones(count, dtype=torch.bool, device=logits.device)
+    surely = torch.ones_like(head_scores, dtype=torch.bool)
+    settled = torch.ones(count, dtype=torch.bool, device=logits.device)
+    if top_k:
+        kth = head_scores[:, top_k - 1]
+        possibly &= claimed + slack >= kth
+        surely &= head_scores - slack > head_scores[:, top_k].unsqueeze(1)
+    if filtered_p:
+        log_top_p = math.log(params.top_p)
+        scores = logits.double() / temperature
+        if top_k:
+            scores = torch.where(scores + slack >= kth.unsqueeze(1), scores, float("-inf"))
+            head_masked = torch.where(head_scores + slack >= kth.unsqueeze(1), head_scores, float("-inf"))
+        else:
+            head_masked = head_scores
+        normaliser = torch.logsumexp(scores, dim=-1, keepdim=True)
+        del scores
+        head_probs = torch.exp(head_masked - normaliser)  # 0 for ids top-k excluded
+        # cumulative[:, m] = mass of the m best head ids; head_mass = all of the head
+        cumulative = torch.cat([torch.zeros_like(head_probs[:, :1]), torch.cumsum(head_probs, dim=-1)], dim=-1)
+        head_mass = cumulative[:, -1]
+        ascending = torch.flip(head_masked, [-1]).contiguous()
+
+        def mass_above(thresholds: torch.Tensor) -> torch.Tensor:
+            """Head mass strictly above each threshold [rows, Q] (exact when threshold >= the head's last score)."""
+            not_above = torch.searchsorted(ascending, thresholds.contiguous(), right=True)
+            return cumulative.gather(-1, width - not_above)
+
+        last = head_scores[:, -1]
+        claimed_cut = claimed + slack
+        claimed_above = mass_above(claimed_cut.unsqueeze(1)).squeeze(1)
+        claimed_inside = claimed_cut >= last
+        # below the head: the whole head's mass is above it, and that may already be too much
+        claimed_excluded = torch.log(head_mass) - slack >= log_top_p
+        possibly &= torch.where(claimed_inside, torch.log(claimed_above) - slack < log_top_p, ~claimed_excluded)
+        surely &= torch.log(mass_above(head_scores - slack)) + slack < log_top_p
+        # ids below the head are never surely eligible when even the head's mass exceeds the bound
+        settled &= torch.log(head_mass) + slack >= log_top_p
+        settled &= claimed_inside | claimed_excluded
+    perturbed_head = head_scores + gumbel_pairs(seed, first_position + rows.unsqueeze(1), head_ids).double()
+    best = torch.where(surely, perturbed_head, float("-inf")).max(dim=-1).values
+    perturbed_claimed = claimed + gumbel_pairs(seed, first_position + rows, tokens).double()
+    gaps = (best - perturbed_claimed) * temperature
+    unsettled = (~settled).nonzero().flatten()
+    if unsettled.numel():
+        exact_gaps, exact_possibly = _gumbel_gaps_exact(
+            logits[unsettled].double(), tokens[unsettled], params, seed, 0, margin, positions=first_position + unsettled
+        )
+        gaps[unsettled] = exact_gaps
+        possibly[unsettled] = exact_possibly
+    return gaps, possibly
+
+
+def _gumbel_gaps_exact(
+    scores: torch.Tensor, tokens: torch.Tensor, params: SamplingParams, seed: int, first_position: int, margin: float,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(score gaps in logit units, whether each claimed token may lie in the filtered set) for rows of
-    float64 logits; see verify_sampling."""
+    float64 logits, from a sort and the noise of the whole vocabulary; see verify_sampling. Row i is
+    generated at `positions[i]` (default first_position + i)."""
     count, vocab = scores.shape
     rows = torch.arange(count, device=scores.device)
     temperature = params.temperature
@@ -284,7 +377,8 @@ def _gumbel_gaps(
         possibly &= torch.log(above_claimed) - slack < log_top_p
         above_each = _mass_strictly_above(masked, scores - slack)
         surely &= torch.log(above_each) + slack < log_top_p
-    positions = torch.arange(count, device=scores.device) + first_position
+    if positions is None:
+        positions = torch.arange(count, device=scores.device) + first_position
     perturbed = scores + gumbel_noise(seed, positions, vocab).double()
     best = torch.where(surely, perturbed, float("-inf")).max(dim=-1).values
     return (best - perturbed[rows, tokens]) * temperature, possibly
