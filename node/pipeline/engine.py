@@ -55,7 +55,8 @@ class StepOutput:
 class EngineStats:
     steps: int = 0
     rows: int = 0
-    compute_s: float = 0.0
+    compute_s: float = 0.0  # the layers (and the LM head on the last stage)
+    sample_s: float = 0.0  # the Gumbel sampler, per sequence (last stage)
     proof_s: float = 0.0  # building our proofs and rebuilding our predecessor's
     check_s: float = 0.0  # signatures and comparisons of claimed proofs (on the event loop)
 
@@ -121,7 +122,9 @@ class StageEngine:
                     out.claims.append((chunk, proof, sign_proof(self.key, seq.job_id, self.assignment.stage_index, chunk, proof)))
             self.stats.proof_s += time.perf_counter() - proof_started
             if self.assignment.is_last:
+                sample_started = time.perf_counter()
                 out.token = self._sample(seq, logits[index : index + 1], position=seq.cache.length)
+                self.stats.sample_s += time.perf_counter() - sample_started
             else:
                 out.rows = self.tamper(seq.job_id_hex, self.assignment.stage_index, item.start, sent) if self.tamper else sent
         return outputs
