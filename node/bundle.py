@@ -205,7 +205,7 @@ class Bundle:
         stages = tuple(_parse_stage(index, raw) for index, raw in enumerate(raw_stages))
 
         output = data["output_token_ids"]
-        if not (isinstance(output, list) and all(_is_uint32(t) for t in output)):
+        if not (isinstance(output, list) and _all_uint32(output)):
             raise BundleError("bundle output_token_ids must be a list of integers in [0, 2**32)")
         if len(output) > spec.sampling.max_new_tokens:
             raise BundleError(
@@ -346,6 +346,11 @@ def _check_keys(where: str, data: dict, allowed: set[str], optional: set[str] = 
     missing = allowed - set(optional) - set(data)
     if missing:
         raise BundleError(f"{where}: missing field(s) {sorted(missing)}")
+
+
+def _all_uint32(values: list) -> bool:
+    """Every value an int (not a bool) in [0, 2**32): a type scan, then min and max, at C speed."""
+    return all(type(v) is int for v in values) and (not values or (min(values) >= 0 and max(values) < 2**32))
 
 
 def _is_uint32(value: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import cached_property
+from functools import cached_property, lru_cache
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -59,9 +59,10 @@ class StageAssignment:
     layer_end: int
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.worker, str) and is_address(self.worker)):
+        checksummed = _checksummed(self.worker) if isinstance(self.worker, str) else None
+        if checksummed is None:
             raise JobSpecError(f"stage worker {self.worker!r} is not an Ethereum address")
-        object.__setattr__(self, "worker", to_checksum_address(self.worker))
+        object.__setattr__(self, "worker", checksummed)
         if not (_is_int(self.layer_start) and _is_int(self.layer_end) and 0 <= self.layer_start < self.layer_end):
             raise JobSpecError(f"stage layers [{self.layer_start}, {self.layer_end}) are not a non-empty range")
 
@@ -108,12 +109,18 @@ class JobSpec:
         return self.stages[-1].layer_end
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["prompt_token_ids"] = list(self.prompt_token_ids)
-        data["sampling"]["stop_ids"] = list(self.sampling.stop_ids)
-        data["stages"] = [asdict(stage) for stage in self.stages]
-        data["version"] = JOB_SPEC_VERSION
-        return data
+        # Field by field rather than dataclasses.asdict, whose deep copies cost more than the hash at intake.
+        sampling = {f.name: getattr(self.sampling, f.name) for f in _SAMPLING_FIELDS}
+        sampling["stop_ids"] = list(self.sampling.stop_ids)
+        return {
+            "model_id": self.model_id,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "sampling": sampling,
+            "seed": self.seed,
+            "group_id": self.group_id,
+            "stages": [{"worker": s.worker, "layer_start": s.layer_start, "layer_end": s.layer_end} for s in self.stages],
+            "version": JOB_SPEC_VERSION,
+        }
 
     def canonical_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
@@ -164,6 +171,15 @@ class JobSpec:
             group_id=data["group_id"],
             stages=tuple(parsed_stages),
         )
+
+
+@lru_cache(maxsize=65536)
+def _checksummed(address: str) -> str | None:
+    """The checksummed form of an address, None if it is not one (cached: the same workers sign job after job)."""
+    return to_checksum_address(address) if is_address(address) else None
+
+
+_SAMPLING_FIELDS = fields(SamplingParams)
 
 
 def _is_int(value: Any) -> bool:

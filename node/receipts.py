@@ -12,6 +12,7 @@ validator recovers every signature of every bundle, so this path matters.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Sequence
 
@@ -212,8 +213,8 @@ def proofs_digest(proofs: Iterable[bytes]) -> bytes:
 def tokens_digest(token_ids: Sequence[int]) -> bytes:
     """keccak256 of the token ids as uint32 big-endian words."""
     try:
-        return keccak(b"".join(t.to_bytes(4, "big") for t in token_ids))
-    except (OverflowError, AttributeError):
+        return keccak(struct.pack(f">{len(token_ids)}I", *token_ids))
+    except struct.error:
         raise ReceiptError("token ids must be integers in [0, 2**32)") from None
 
 
