@@ -415,8 +415,12 @@ class StageModel(nn.Module):
         return x, captured
 
 
-def replay(model: StageModel, token_ids: Sequence[int] | torch.Tensor, boundaries: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The validator's single pass: hidden states [T, H] at every stage boundary, and logits [T, V].
+def replay(
+    model: StageModel, token_ids: Sequence[int] | torch.Tensor, boundaries: Sequence[int], logits_from: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The validator's single pass: hidden states [T, H] at every stage boundary, and logits [T - logits_from, V]
+    for positions logits_from.. (the LM head is the costliest matrix of a small model: the validator only needs
+    it where output tokens were sampled, from the prompt's last position on).
 
     `boundaries` are the stages' `layer_end`s in order; the last must be the model's layer count. For a
     boundary inside the model the tensor is the residual stream after that layer (what that stage sends); for
@@ -430,4 +434,4 @@ def replay(model: StageModel, token_ids: Sequence[int] | torch.Tensor, boundarie
     tokens = torch.as_tensor(list(token_ids) if not isinstance(token_ids, torch.Tensor) else token_ids, dtype=torch.long)
     with torch.inference_mode():
         final, captured = model._run(tokens, [model.new_cache()], None, capture_after=boundaries[:-1])
-        return [*captured, final], model.logits(final)
+        return [*captured, final], model.logits(final[logits_from:])

@@ -53,11 +53,11 @@ def findings_of(
     stop_at = min(complained_senders, default=len(spec.stages))
     timings: dict[str, float] = {}
     with torch.inference_mode():
-        hidden, logits = replay(model, tokens, boundaries)
+        p = len(prompt)
+        hidden, logits = replay(model, tokens, boundaries, logits_from=p - 1)  # logits[i] predicts output[i]
         timings["forward"] = time.perf_counter() - started
         proofs_ok: list[bool | None] = []
         stage_figures: list[Any] = []
-        p = len(prompt)
         for stage, (boundary, proofs) in enumerate(zip(hidden, stage_proofs)):
             if stage >= stop_at:
                 proofs_ok.append(None)
@@ -70,7 +70,7 @@ def findings_of(
         sampling_ok: bool | None = None
         sampling_figures: Any = None
         if stop_at == len(spec.stages) and all(proofs_ok) and output:
-            check = verify_sampling(logits[p - 1 :], output, spec.sampling, spec.seed, first_position=p)
+            check = verify_sampling(logits, output, spec.sampling, spec.seed, first_position=p)
             sampling_ok = bool(check.ok)
             sampling_figures = _sampling_summary(check)
         elif stop_at == len(spec.stages) and all(proofs_ok):
