@@ -38,13 +38,14 @@ import aiohttp
 import torch
 from aiohttp import web
 
+from node import json_input
 from node.job import JobSpec, JobSpecError
 from node.pipeline.assignment import Assignment, AssignmentError
 from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
 from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
 from node.pipeline.link import LINK_PATH, MAX_MESSAGE_BYTES, HandshakeError, OutboundLink, check_hello, sign_hello
-from node.pipeline.sequence import DONE, FAILED, RUNNING, SAMPLED, SequenceFailed, SequenceState, StageResult
+from node.pipeline.sequence import DONE, FAILED, SAMPLED, SequenceFailed, SequenceState, StageResult
 from node.pipeline.weights import load_stage, model_id
 from node.pipeline.wire import (
     FrameError, decode_frame, decode_message, encode_frame, encode_message, frame_job_ids, hex_bytes,
@@ -942,9 +943,9 @@ class StageServer:
 
 async def _json_body(request: web.Request) -> Any:
     try:
-        return await request.json()
-    except ValueError:
-        raise AssignmentError("the request body is not JSON") from None
+        return json_input.loads(await request.read())
+    except json_input.JsonInputError as error:
+        raise AssignmentError(f"the request body is not JSON: {error}") from None
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

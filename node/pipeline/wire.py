@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from node import json_input
+
 MAGIC = b"SWA1"
 _HEADER = struct.Struct("<4sBBIH")
 _ENTRY = struct.Struct("<32sII")
@@ -131,8 +133,8 @@ def decode_message(text: str) -> dict[str, Any]:
     if len(text) > MAX_JSON_BYTES:
         raise FrameError("control message too large")
     try:
-        message = json.loads(text)
-    except ValueError as error:
+        message = json_input.loads(text)
+    except json_input.JsonInputError as error:
         raise FrameError(f"control message is not JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise FrameError("control message must be an object with a string 'type'")
