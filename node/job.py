@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from functools import cached_property, lru_cache
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from eth_hash.auto import keccak

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from node.cheats import Cheat, CheatError
 from node.pipeline.model import ModelConfig

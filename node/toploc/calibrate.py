@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,8 +27,8 @@ import torch
 
 from node.job import SamplingParams
 from node.toploc.activation import StageProofCheck, build_proofs, split_replay, verify_proofs
-from node.toploc.sampling import SamplingCheck, sample_next, verify_sampling
-from node.toploc.thresholds import ACTIVATION, SAMPLING, ActivationThresholds
+from node.toploc.sampling import sample_next, verify_sampling
+from node.toploc.thresholds import ACTIVATION, ActivationThresholds
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,12 @@ Loops started by `start()` (each a task; `stop()` cancels them):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from ledger import journal
 from ledger.models import JOB_DONE, JOB_PENDING, Worker

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
 
 from node.job import SamplingParams
 from node.pipeline.handoff import proof_signer

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 

@@ -116,7 +116,7 @@ async def test_a_crash_after_sending_does_not_send_twice(chain, sqlite_ledger, m
     node = ValidatorNode(make_config(model_dir), ledger, domain=domain, models=ReplayModels([model_dir]),
                          chain=chain, chain_key=chain.dev_keys[0])
     await ChainSync(chain, ledger).sync_to_head()
-    job = await perturbed_job_through(node, group)
+    await perturbed_job_through(node, group)
     [row] = await ledger.take_outbox(10)
     tx = await asyncio.to_thread(chain.slash, chain.dev_keys[0], row.payload["worker"], SLASH,
                                  bytes.fromhex(row.payload["evidence_hash"][2:]))

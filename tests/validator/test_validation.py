@@ -5,7 +5,6 @@ verdict recomputed from its exported evidence alone (I5)."""
 import asyncio
 import json
 
-import pytest
 
 from node.cli import main
 from node.evidence import Evidence, check_evidence
