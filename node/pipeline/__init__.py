@@ -26,7 +26,7 @@ Model (what every stage and the validator compute):
 Stage server (one per worker process, one stage at a time):
 - `server.StageServer(key, host="127.0.0.1", port=0, model_dirs=(), device="cpu", on_result=None,
   extra_routes=(), *, attn_impl, dtype, micro_batches=None, stall_timeout_s=120, on_complaint=None,
-  tamper=None, public_url=None)`; `await start()`, `.url`, `await stop(grace_s)`, `await assign(Assignment)`,
+  tamper=None, public_url=None, controllers=())`; `await start()`, `.url`, `await stop(grace_s)`, `await assign(Assignment)`,
   `await release()`, `submit(JobSpec) -> JobHandle` (stage 0), `result(job_id) -> StageResult | None`,
   `job_status(job_id)`, `in_flight()`, `peer_urls()`, `stats()`.
 - `on_result(StageResult)` is called on every stage when its part of a job is closed (sync or async callable).
@@ -48,6 +48,13 @@ Stage server (one per worker process, one stage at a time):
   `max_new_tokens`. Rerouting: a replacement stage rebuilds its KV cache by running a continuation job whose
   prompt is the original prompt + the tokens so far (node/validator/rerouting.py); sampling noise is keyed by
   (seed, absolute position), so the tokens are the same.
+
+Control (control.py): PUT/DELETE /v1/assignment and POST /v1/jobs must be signed (EIP-191, headers
+X-Stagewise-Signer/-Timestamp/-Nonce/-Signature over audience = the server's worker address, method, path,
+timestamp, nonce and keccak(body)) by one of the server's `controllers` (the orchestrator addresses it
+trusts): 401 unsigned_request/bad_signature/stale_request (+-120 s)/replayed_request, 403 untrusted_signer.
+`control.sign_control(key, audience, method, path, body) -> headers`; `StageClient(url, session,
+controller=key, worker=address)` signs its control calls. Everything else is public.
 
 HTTP (JSON; errors are {"error": {"code", "message"}} with the right status):
   GET  /health                          address, url, assignment, in_flight, link_up

@@ -1,7 +1,9 @@
 """A small HTTP client for stage servers: what the orchestrator, the local pipeline and the CLI call.
 
 Every method maps to one route of server.py and raises `StageClientError` (status, code, message) for a
-JSON error, or for a server that cannot be reached.
+JSON error, or for a server that cannot be reached. The control calls (`assign`, `release`, `submit`) are
+signed with `controller`, the orchestrator key the server trusts (control.py), for the server's worker
+address (`worker`, else read once from its GET /health).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import aiohttp
 
 from node.job import JobSpec
 from node.pipeline.assignment import Assignment
+from node.pipeline.control import sign_control
 from node.pipeline.sequence import StageResult
+from node.signing import SigningKey
 
 
 class StageClientError(Exception):
@@ -24,14 +28,28 @@ class StageClientError(Exception):
 
 
 class StageClient:
-    def __init__(self, url: str, session: aiohttp.ClientSession):
+    def __init__(
+        self, url: str, session: aiohttp.ClientSession, *, controller: SigningKey | None = None, worker: str | None = None
+    ):
         self.url = url.rstrip("/")
         self.session = session
+        self.controller = controller
+        self.worker = worker
 
-    async def _call(self, method: str, path: str, body: Any = None, timeout_s: float = 600.0) -> Any:
+    async def _call(
+        self, method: str, path: str, body: Any = None, timeout_s: float = 600.0, *, signed: bool = False
+    ) -> Any:
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if signed:
+            if self.controller is None:
+                raise StageClientError(0, "no_controller", f"{method} {path} needs the orchestrator key (controller=)")
+            if self.worker is None:
+                self.worker = (await self.health())["address"]
+            headers.update(sign_control(self.controller, self.worker, method, path, data))
         try:
             async with self.session.request(
-                method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                method, self.url + path, data=data or None, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
                 data = await response.json(content_type=None)
                 if response.status >= 400:
@@ -46,13 +64,13 @@ class StageClient:
 
     async def assign(self, assignment: Assignment) -> dict:
         """PUT /v1/assignment: returns once the layers are loaded (may take a while for big models)."""
-        return await self._call("PUT", "/v1/assignment", assignment.to_dict())
+        return await self._call("PUT", "/v1/assignment", assignment.to_dict(), signed=True)
 
     async def release(self) -> dict:
-        return await self._call("DELETE", "/v1/assignment")
+        return await self._call("DELETE", "/v1/assignment", signed=True)
 
     async def submit(self, spec: JobSpec) -> str:
-        return (await self._call("POST", "/v1/jobs", {"spec": spec.to_dict()}))["job_id"]
+        return (await self._call("POST", "/v1/jobs", {"spec": spec.to_dict()}, signed=True))["job_id"]
 
     async def status(self, job_id: str) -> dict:
         return await self._call("GET", f"/v1/jobs/{job_id}")

@@ -2,7 +2,8 @@
 
 This is what `stagewise generate`, the tests and the bench run. It is the production path end to end (HTTP
 assignment, signed WebSocket links, binary frames, proofs and their checks), with throwaway keys and an even
-split of the layers. In `processes=True` mode each stage is its own Python process (node/pipeline/serve.py),
+split of the layers. The pipeline is its own orchestrator: it holds a throwaway `controller` key, every
+stage server trusts only that key, and the control calls (assign, release, submit) are signed with it. In `processes=True` mode each stage is its own Python process (node/pipeline/serve.py),
 as on separate machines.
 """
 
@@ -73,6 +74,7 @@ class LocalPipeline:
         self.stage_options = dict(stage_options or {})
         self.threads_per_stage = threads_per_stage
         self.keys = [SigningKey.generate() for _ in range(num_stages)]
+        self.controller = SigningKey.generate()
         self.servers: list[Any] = []  # StageServer objects (in-process mode)
         self.children: list[_ChildStage] = []
         self.urls: list[str] = []
@@ -89,7 +91,10 @@ class LocalPipeline:
 
     @property
     def clients(self) -> list[StageClient]:
-        return [StageClient(url, self._session) for url in self.urls]
+        return [
+            StageClient(url, self._session, controller=self.controller, worker=key.address)
+            for key, url in zip(self.keys, self.urls)
+        ]
 
     async def start(self) -> None:
         from node.pipeline.model import ModelConfig
@@ -130,7 +135,7 @@ class LocalPipeline:
 
         for index, key in enumerate(self.keys):
             options = {**self.server_options, **self.stage_options.get(index, {})}
-            server = StageServer(key, model_dirs=[self.model_dir], **options)
+            server = StageServer(key, model_dirs=[self.model_dir], controllers=[self.controller.address], **options)
             await server.start()
             self.servers.append(server)
             self.urls.append(server.url)
@@ -143,7 +148,8 @@ class LocalPipeline:
             if self.threads_per_stage:
                 env["OMP_NUM_THREADS"] = str(self.threads_per_stage)
             options = {**self.server_options, **self.stage_options.get(index, {})}
-            args = [sys.executable, "-m", "node.pipeline.serve", "--model-dir", str(self.model_dir)]
+            args = [sys.executable, "-m", "node.pipeline.serve", "--model-dir", str(self.model_dir),
+                    "--controller", self.controller.address]
             if self.threads_per_stage:
                 args += ["--threads", str(self.threads_per_stage)]
             for name, value in options.items():

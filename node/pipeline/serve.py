@@ -26,6 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stall-timeout-s", type=float, default=120.0)
     parser.add_argument("--attn-impl", choices=("eager", "sdpa"), default="sdpa")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--controller", action="append", default=[],
+                        help="an orchestrator address whose signed requests may assign this stage and start jobs (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -39,6 +41,7 @@ async def serve(args: argparse.Namespace) -> None:
     server = StageServer(
         SigningKey.from_hex(secret), host=args.host, port=args.port, model_dirs=args.model_dir, device=args.device,
         attn_impl=args.attn_impl, micro_batches=args.micro_batches, stall_timeout_s=args.stall_timeout_s,
+        controllers=args.controller,
     )
     await server.start()
     print(f"listening {server.url}", flush=True)

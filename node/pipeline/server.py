@@ -1,6 +1,7 @@
 """A stage server: one process hosting one stage of one group, over aiohttp.
 
-The orchestrator assigns a stage (`PUT /v1/assignment`): the server loads that layer range of the model
+The orchestrator assigns a stage (`PUT /v1/assignment`, signed by an orchestrator key the server trusts,
+see control.py; so are `DELETE /v1/assignment` and `POST /v1/jobs`; reads are public): the server loads that layer range of the model
 whose `model_id` the assignment names (from its `model_dirs`), opens its link to the next stage and accepts
 one from the previous stage (link.py). Jobs enter at stage 0 (`POST /v1/jobs`), travel the ring
 0 -> 1 -> ... -> S-1 -> 0 as hidden states, and come back to stage 0 as sampled tokens.
@@ -41,6 +42,7 @@ from aiohttp import web
 from node import json_input
 from node.job import JobSpec, JobSpecError
 from node.pipeline.assignment import Assignment, AssignmentError
+from node.pipeline.control import ControlGuard, ControlRefused
 from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
 from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
@@ -131,8 +133,13 @@ class StageServer:
         keep_finished: int = 4096,
         public_url: str | None = None,
         on_loaded: Callable[[StageModel], None] | None = None,
+        controllers: Iterable[str] = (),
     ):
+        """`controllers`: the orchestrator addresses whose signed requests may assign, release and start jobs
+        here (node/pipeline/control.py). With none, every control request over HTTP is refused; the Python
+        methods `assign`, `release` and `submit` are the host process's own and need no signature."""
         self.key = key
+        self.control = ControlGuard(key.address, frozenset(controllers))
         self.on_loaded = on_loaded
         self.host, self.port = host, port
         self.model_dirs = [Path(d) for d in model_dirs]
@@ -880,7 +887,18 @@ class StageServer:
     async def _http_get_assignment(self, request: web.Request) -> web.Response:
         return web.json_response({"assignment": self.assignment.to_dict() if self.assignment else None})
 
+    async def _refused(self, request: web.Request) -> web.Response | None:
+        """None when the request is signed by an orchestrator we trust; the JSON error (401/403) otherwise."""
+        try:
+            self.control.check(request.method, request.path, request.headers, await request.read())
+        except ControlRefused as refused:
+            log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, refused.message)
+            return _error(refused.status, refused.code, refused.message)
+        return None
+
     async def _http_put_assignment(self, request: web.Request) -> web.Response:
+        if (refused := await self._refused(request)) is not None:
+            return refused
         try:
             assignment = Assignment.from_dict(await _json_body(request))
             await self.assign(assignment)
@@ -894,10 +912,14 @@ class StageServer:
         return web.json_response({"status": "ready", "assignment": assignment.to_dict()})
 
     async def _http_delete_assignment(self, request: web.Request) -> web.Response:
+        if (refused := await self._refused(request)) is not None:
+            return refused
         await self.release()
         return web.json_response({"status": "released"})
 
     async def _http_post_job(self, request: web.Request) -> web.Response:
+        if (refused := await self._refused(request)) is not None:
+            return refused
         try:
             body = await _json_body(request)
             spec = JobSpec.from_dict(body.get("spec") if isinstance(body, dict) else None)

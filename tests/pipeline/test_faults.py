@@ -11,6 +11,7 @@ import pytest
 from node.job import SamplingParams
 from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
+from node.pipeline.control import sign_control
 from node.pipeline.link import OutboundLink
 from node.pipeline.local import LocalPipeline
 from node.pipeline.server import StageServer
@@ -53,7 +54,7 @@ async def test_a_stage_that_goes_away_fails_its_sequences_and_a_replacement_take
         with pytest.raises(StageClientError, match="not connected"):
             await pipe.clients[0].submit(pipe.spec([1, 2], SHORT))
         # a replacement worker for stage 2: every stage gets the new assignment; links re-point without reloading
-        replacement = StageServer(SigningKey.generate(), model_dirs=[llama_dir])
+        replacement = StageServer(SigningKey.generate(), model_dirs=[llama_dir], controllers=[pipe.controller.address])
         await replacement.start()
         old = pipe.assignment.stages
         peers = (old[0], old[1], PeerStage(replacement.key.address, replacement.url, old[2].layer_start, old[2].layer_end))
@@ -77,7 +78,7 @@ async def test_a_restarted_neighbour_is_reconnected_with_backoff(llama_dir):
         await pipe.servers[1].stop()
         await wait_for(lambda: not pipe.servers[0].link_up)
         await asyncio.sleep(0.3)  # stage 0 keeps retrying meanwhile
-        again = StageServer(key, port=port, model_dirs=[llama_dir])
+        again = StageServer(key, port=port, model_dirs=[llama_dir], controllers=[pipe.controller.address])
         await again.start()
         pipe.servers[1] = again
         await pipe.clients[1].assign(Assignment("local", pipe.model_id, 1, pipe.assignment.stages))
@@ -129,10 +130,13 @@ async def test_http_errors_are_json_with_the_right_status(llama_dir):
         with pytest.raises(StageClientError) as error:
             await first.submit(other_group)
         assert (error.value.status, error.value.code) == (422, "wrong_group")
+        stage0 = pipe.keys[0].address
         async with aiohttp.ClientSession() as session:
-            async with session.post(pipe.urls[0] + "/v1/jobs", data=b"{not json") as response:
+            headers = sign_control(pipe.controller, stage0, "POST", "/v1/jobs", b"{not json")
+            async with session.post(pipe.urls[0] + "/v1/jobs", data=b"{not json", headers=headers) as response:
                 assert response.status == 400 and (await response.json())["error"]["code"] == "bad_spec"
-            async with session.put(pipe.urls[0] + "/v1/assignment", json={"group_id": "x"}) as response:
+            headers = sign_control(pipe.controller, stage0, "PUT", "/v1/assignment", b'{"group_id": "x"}')
+            async with session.put(pipe.urls[0] + "/v1/assignment", data=b'{"group_id": "x"}', headers=headers) as response:
                 assert response.status == 422 and "missing" in (await response.json())["error"]["message"]
         await pipe.run(spec)
         result = await middle.stage_result(spec.job_id_hex)
@@ -141,11 +145,12 @@ async def test_http_errors_are_json_with_the_right_status(llama_dir):
 
 
 async def test_a_server_without_the_model_says_so(llama_dir, tmp_path):
-    server = StageServer(SigningKey.generate(), model_dirs=[])
+    orchestrator = SigningKey.generate()
+    server = StageServer(SigningKey.generate(), model_dirs=[], controllers=[orchestrator.address])
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:
-            client = StageClient(server.url, session)
+            client = StageClient(server.url, session, controller=orchestrator)
             stage = PeerStage(server.key.address, server.url, 0, 6)
             with pytest.raises(StageClientError) as error:
                 await client.assign(Assignment("g", "0x" + "11" * 32, 0, (stage,)))
@@ -155,11 +160,12 @@ async def test_a_server_without_the_model_says_so(llama_dir, tmp_path):
 
 
 async def test_an_assignment_past_the_models_layers_is_refused(llama_dir):
-    server = StageServer(SigningKey.generate(), model_dirs=[llama_dir])
+    orchestrator = SigningKey.generate()
+    server = StageServer(SigningKey.generate(), model_dirs=[llama_dir], controllers=[orchestrator.address])
     await server.start()
     try:
         async with aiohttp.ClientSession() as session:
-            client = StageClient(server.url, session)
+            client = StageClient(server.url, session, controller=orchestrator)
             from node.pipeline.weights import model_id
 
             stage = PeerStage(server.key.address, server.url, 0, 9)  # the model has 6 layers
