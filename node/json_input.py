@@ -17,6 +17,8 @@ MAX_DEPTH = 32
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_QUOTED_BYTES = re.compile(rb'"[^"]*"')
 
 
 class JsonInputError(ValueError):
@@ -29,13 +31,13 @@ def nesting_problem(text: str, max_depth: int = MAX_DEPTH) -> str | None:
     Peels the innermost `[]`/`{}` pairs, one level per pass, so the cost is a few passes over the
     brackets alone, whatever the document's size.
     """
-    if "\\" not in text and text.count('"') % 2 == 0:
-        # No escapes: every quote opens or closes a string, so the text outside strings is every other
-        # piece between quotes (C-speed splitting; a bundle is mostly long hex strings).
-        outside = "".join(text.split('"')[0::2])
+    if "\\" not in text:
+        # No escapes: strings are plain quote pairs. Keep only quotes and brackets (one C-speed pass over
+        # the bytes; a bundle is mostly long hex strings), then drop the quoted pairs and a stray quote.
+        structure = text.encode("utf-8", "surrogatepass").translate(None, _NOT_STRUCTURE)
+        brackets = _QUOTED_BYTES.sub(b"", structure).replace(b'"', b"").decode("ascii")
     else:
-        outside = _STRING.sub("", text)
-    brackets = _NOT_BRACKET.sub("", outside)
+        brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
     for _ in range(max_depth + 1):
         if not brackets:
             return None

@@ -41,7 +41,7 @@ def test_non_json_is_refused(text):
 def test_brackets_inside_strings_never_count_with_or_without_escapes():
     from node.json_input import nesting_problem
 
-    assert nesting_problem('{"a": "[[[[[[", "b": [1]}', 2) is None  # no escapes: the fast split path
+    assert nesting_problem('{"a": "[[[[[[", "b": [1]}', 2) is None  # no escapes: the byte-translate path
     assert nesting_problem('{"a": "\\"[[[[[[", "b": [1]}', 2) is None  # an escaped quote: the regex path
     assert nesting_problem('[[["]]]"]]]', 2) == "nested more than 2 levels deep"
     assert nesting_problem('["[" ]]', 4) == "brackets do not match"
