@@ -88,7 +88,9 @@ class JobSpec:
         except ValueError as error:
             raise JobSpecError("model_id must be hex") from error
         object.__setattr__(self, "model_id", self.model_id.lower())
-        if not self.prompt_token_ids or not all(_is_int(t) and t >= 0 for t in self.prompt_token_ids):
+        prompt = self.prompt_token_ids
+        plain = bool(prompt) and all(type(t) is int for t in prompt) and min(prompt) >= 0  # C-speed common case
+        if not plain and (not prompt or not all(_is_int(t) and t >= 0 for t in prompt)):
             raise JobSpecError("prompt_token_ids must be a non-empty list of non-negative integers")
         object.__setattr__(self, "prompt_token_ids", tuple(self.prompt_token_ids))
         if not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):

@@ -182,17 +182,20 @@ class StageReceipt:
         """Parse untrusted JSON: unknown or missing fields and wrong types raise ReceiptError."""
         if not isinstance(data, dict):
             raise ReceiptError("a receipt is a JSON object")
-        names = [f.name for f in fields(cls)]
-        unknown = set(data) - set(names)
+        names = _RECEIPT_FIELDS
+        unknown = data.keys() - names
         if unknown:
             raise ReceiptError(f"receipt: unknown field(s) {sorted(unknown)}")
-        missing = set(names) - set(data)
+        missing = names - data.keys()
         if missing:
             raise ReceiptError(f"receipt: missing field(s) {sorted(missing)}")
         values = dict(data)
         for name in ("job_id", "model_id", "proofs_digest", "tokens_digest"):
             values[name] = parse_hex(values[name], f"receipt {name}", length=32)
         return cls(**values)
+
+
+_RECEIPT_FIELDS = frozenset(f.name for f in fields(StageReceipt))
 
 
 def sign_receipt(key: SigningKey, receipt: StageReceipt, domain: ReceiptDomain) -> bytes:

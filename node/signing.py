@@ -9,6 +9,7 @@ Python path of eth-keys, and a validator recovers every stage's signature of eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import coincurve
 from eth_hash.auto import keccak
@@ -34,7 +35,13 @@ def address_of_public_key(public_key: coincurve.PublicKey) -> str:
 
     EIP-55 by hand (eth_utils.to_checksum_address validates and re-encodes, and costs more than the curve
     recovery itself); a test checks it against eth_utils."""
-    lower = keccak256(public_key.format(compressed=False)[1:])[-20:].hex()
+    return _address_of_point(public_key.format(compressed=False)[1:])
+
+
+@lru_cache(maxsize=4096)
+def _address_of_point(point: bytes) -> str:
+    """Cached: the same workers sign receipt after receipt, and intake recovers three per bundle."""
+    lower = keccak256(point)[-20:].hex()
     nibbles = keccak256(lower.encode()).hex()
     return "0x" + "".join(c.upper() if n >= "8" else c for c, n in zip(lower, nibbles))
 
