@@ -9,7 +9,9 @@ What `stagewise worker run` does, in order, stopping with one clear message at t
    those models, and read this key's stake on chain: no stake, or too little, stops here with the amount
    missing and the command that stakes it;
 3. start the stage server (node/pipeline) and add this worker's route to it:
-   GET /v1/jobs/{job_id}/receipt -> this stage's signed receipt and proofs for that job;
+   GET /v1/jobs/{job_id}/receipt -> this stage's signed receipt and proofs for that job; the server obeys
+   control requests (assign, release, start a job) only when signed by the validator address that GET /health
+   names ("validator"), re-read when the validator makes us register again (it may have restarted);
 4. register with the validator's orchestrator (POST /v1/workers/register, signed), which assigns a stage
    and prepares it on the stage server: the server loads only that stage's layers;
 5. keep heartbeating (POST /v1/workers/heartbeat, signed; re-register if the validator forgot us) and log
@@ -453,6 +455,19 @@ def chain_info(config: WorkerConfig, health: dict[str, Any]) -> ChainInfo:
     return ChainInfo(rpc_url, int(chain_id) if chain_id is not None else None, contract, minimum)
 
 
+def controllers_of(health: dict[str, Any], validator_url: str) -> tuple[str, ...]:
+    """The address whose signed control requests our stage server obeys: the validator's (GET /health)."""
+    from eth_utils import is_address, to_checksum_address
+
+    address = health.get("validator")
+    if not (isinstance(address, str) and is_address(address)):
+        raise WorkerError(
+            f"the validator at {validator_url} names no address in GET /health (\"validator\": {address!r}), so the "
+            "stage server could not tell its control requests from a stranger's; run the validator with its key"
+        )
+    return (to_checksum_address(address),)
+
+
 @dataclass
 class WorkerState:
     """What the running worker knows; read by the heartbeat loop and the log."""
@@ -494,11 +509,13 @@ class Worker:
         self.domain: ReceiptDomain | None = None
         self.server: Any = None
         self.stage_url: str | None = None
+        self.controllers: tuple[str, ...] = ()  # the validator addresses whose control requests the stage obeys
 
     # ----------------------------------------------------------------- start-up checks
 
     async def check_stake(self) -> tuple[StakeStatus, ReceiptDomain]:
         health = await self.validator.health()
+        self.controllers = controllers_of(health, self.config.validator_url)
         await self.check_models(health)
         info = chain_info(self.config, health)
         status = await asyncio.to_thread(read_stake, info.rpc_url, info.contract, self.key.address, info.min_stake_wei)
@@ -538,7 +555,8 @@ class Worker:
         log.info("%s", status.explain())
         self.book = ReceiptBook(self.key, self.domain, receipts_dir(self.key.address))
         self.server = await start_stage_server(
-            self.config, self.key, self._on_stage_result, receipt_routes(self.book), self._on_complaint
+            self.config, self.key, self._on_stage_result, receipt_routes(self.book), self._on_complaint,
+            controllers=self.controllers,
         )
         self.stage_url = self.config.public_url or self.server.url
         try:
@@ -579,6 +597,7 @@ class Worker:
         except ValidatorRefused as refused:
             if refused.code == "not_registered":
                 log.warning("the validator forgot this worker (restarted?); registering again")
+                await self._refresh_controllers()
                 await self.register()
             elif refused.code == "insufficient_stake":
                 raise WorkerError(f"stake fell below the validator's minimum: {refused.message}") from None
@@ -604,6 +623,20 @@ class Worker:
                 )
             else:
                 log.info("no stage for now (%s); waiting for the orchestrator", assignment.get("status"))
+
+    async def _refresh_controllers(self) -> None:
+        """A restarted validator may sign with another key (a throwaway one when it runs without a chain)."""
+        try:
+            controllers = controllers_of(await self.validator.health(), self.config.validator_url)
+        except WorkerError as error:
+            log.warning("cannot re-read the validator's address: %s", error)
+            return
+        if controllers != self.controllers:
+            log.warning("the validator now signs stage control as %s (was %s)", ", ".join(controllers), ", ".join(self.controllers))
+            self.controllers = controllers
+            control = getattr(self.server, "control", None)
+            if control is not None:
+                control.trust(controllers)
 
     def _in_flight(self) -> int:
         count = getattr(self.server, "in_flight", 0)
@@ -728,15 +761,18 @@ async def start_stage_server(
     on_result: Callable[[Any], None],
     routes: list[Any],
     on_complaint: Callable[[Any], None] | None = None,
+    *,
+    controllers: Sequence[str] = (),
 ) -> Any:
     """Start node/pipeline's stage server with our hooks and route; it loads only the layers of the stage
-    the orchestrator assigns it (PUT /v1/assignment)."""
+    the orchestrator assigns it (PUT /v1/assignment, signed by one of `controllers`)."""
     from node.pipeline.server import StageServer
 
     server = StageServer(
         key, host=config.host, port=config.port, model_dirs=config.model_dirs, device=config.device,
         on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
         tamper=config.tamper, on_loaded=config.cheat.apply if config.cheat is not None else None,
+        controllers=controllers,
     )
     try:
         await server.start()

@@ -199,6 +199,15 @@ async def _serve(args, dirs: list[Path]) -> None:
         domain = ReceiptDomain(await asyncio.to_thread(lambda: chain.chain_id), chain.address)
     else:
         domain = ReceiptDomain(args.chain_id, args.contract)
+        if args.keystore or os.environ.get("STAGEWISE_VALIDATOR_KEY"):
+            key = _validator_key(args)
+        elif not args.no_orchestration:
+            # Stage servers obey only requests signed by the address GET /health names: without a chain there
+            # is nothing to slash or anchor, so a throwaway key can sign them (workers re-read /health).
+            from node.signing import SigningKey
+
+            key = SigningKey.generate()
+            log.warning("no validator key (--keystore): stage control requests are signed by the throwaway key %s", key.address)
 
     ledger = await Ledger.open()
     models = ReplayModels(dirs)

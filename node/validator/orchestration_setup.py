@@ -143,7 +143,11 @@ def build_orchestration(
     if driver is None:
         from node.validator.stage_control import HttpPipelineDriver
 
-        driver = HttpPipelineDriver(model_dir)
+        key = getattr(node, "chain_key", None)
+        if key is None:
+            raise ValueError("orchestrating stage servers needs the validator's key: stage servers obey only "
+                             "requests signed by the address their validator's GET /health names")
+        driver = HttpPipelineDriver(model_dir, key=key)
     orchestrator = Orchestrator(
         registry,
         driver,

@@ -4,6 +4,9 @@
     run      POST   {stage 0}/v1/jobs              then stream GET {stage 0}/v1/jobs/{id}/stream (ndjson)
     release  DELETE {stage}/v1/assignment          only workers whose latest assignment is that group
 
+Every control request (PUT, DELETE, POST) is signed with the validator's key (`key`), which the workers
+trust because their validator's GET /health names its address (node/pipeline/control.py).
+
 A failed job is diagnosed before it is reported: a stage that does not answer GET /health is the one that
 dropped out (`StageFailure`, so the orchestrator reroutes); a stage that answers serving a newer group was
 moved there by the orchestrator itself, and a signed handoff complaint names its sender; anything else is a
@@ -21,6 +24,8 @@ from pathlib import Path
 import aiohttp
 
 from node.job import JobSpec
+from node.pipeline.control import sign_control
+from node.signing import SigningKey
 from node.validator.grouping import Group
 from node.validator.pipeline_driver import JobInterrupted, StageFailure, TokenSink
 from node.validator.registry import WorkerRecord
@@ -33,6 +38,7 @@ class HttpPipelineDriver:
         self,
         model_dir: Path | None = None,
         *,
+        key: SigningKey,
         model_id: str | None = None,
         load_timeout_s: float = 600.0,
         link_timeout_s: float = 30.0,
@@ -45,6 +51,7 @@ class HttpPipelineDriver:
 
             model_id = model_id_of(model_dir)
         self.model_id = model_id
+        self.key = key
         self.load_timeout_s = load_timeout_s
         self.link_timeout_s = link_timeout_s
         self.health_timeout_s = health_timeout_s
@@ -62,6 +69,14 @@ class HttpPipelineDriver:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _signed(self, worker: str, method: str, path: str, body: object = None) -> dict:
+        """aiohttp request arguments: the exact body bytes and the headers that sign them for `worker`."""
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = sign_control(self.key, worker, method, path, data)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return {"data": data or None, "headers": headers}
 
     # ----------------------------------------------------------------- prepare / release
 
@@ -95,7 +110,7 @@ class HttpPipelineDriver:
         worker = group.stages[index].worker
         try:
             async with self._http().put(
-                url + "/v1/assignment", json=body, timeout=aiohttp.ClientTimeout(total=self.load_timeout_s)
+                url + "/v1/assignment", **self._signed(worker, "PUT", "/v1/assignment", body), timeout=aiohttp.ClientTimeout(total=self.load_timeout_s)
             ) as response:
                 if response.status != 200:
                     raise StageFailure(worker, f"refused its assignment: HTTP {response.status}: {await _error_text(response)}")
@@ -122,7 +137,7 @@ class HttpPipelineDriver:
             self._assigned.pop(stage.worker, None)
             try:
                 async with self._http().delete(
-                    url + "/v1/assignment", timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)
+                    url + "/v1/assignment", **self._signed(stage.worker, "DELETE", "/v1/assignment"), timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)
                 ):
                     pass
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
@@ -164,8 +179,9 @@ class HttpPipelineDriver:
         deadline = asyncio.get_running_loop().time() + self.link_timeout_s
         while True:
             try:
+                signed = self._signed(group.stages[0].worker, "POST", "/v1/jobs", {"spec": spec.to_dict()})
                 async with self._http().post(
-                    url + "/v1/jobs", json={"spec": spec.to_dict()}, timeout=aiohttp.ClientTimeout(total=self.link_timeout_s)
+                    url + "/v1/jobs", **signed, timeout=aiohttp.ClientTimeout(total=self.link_timeout_s)
                 ) as response:
                     if response.status == 202:
                         return

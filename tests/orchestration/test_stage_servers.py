@@ -11,6 +11,7 @@ import torch
 
 from node.job import SamplingParams
 from node.pipeline.weights import load_stage, model_id
+from node.signing import SigningKey
 from node.toploc.sampling import sample_next
 from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
 from node.validator.grouping import GroupingPolicy, ModelShape
@@ -43,11 +44,15 @@ def generate_alone(model, prompt, seed, count) -> list[int]:
 @pytest.mark.slow
 async def test_a_stage_server_stopped_mid_job_is_replaced_and_the_tokens_do_not_change(model_dir, worker_keys):
     keys = worker_keys[:3]
-    servers = {k.address: server_module.StageServer(k, model_dirs=[model_dir], stall_timeout_s=10.0) for k in keys}
+    validator = SigningKey.generate()
+    servers = {
+        k.address: server_module.StageServer(k, model_dirs=[model_dir], stall_timeout_s=10.0, controllers=[validator.address])
+        for k in keys
+    }
     for server in servers.values():
         await server.start()
     registry = Registry(stake_lookup({k.address: 10**18 for k in keys}), RegistryPolicy())
-    driver = HttpPipelineDriver(model_dir)
+    driver = HttpPipelineDriver(model_dir, key=validator)
     orchestrator = Orchestrator(registry, driver, model_id(model_dir), ModelShape(10, 4 * MIB), GroupingPolicy(stages_per_group=2))
     try:
         for key, capacity in zip(keys, CAPACITIES):

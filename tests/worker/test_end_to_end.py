@@ -122,9 +122,11 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
     chain, rpc_url = served_chain
 
     ledger = await Ledger.open(sqlite_url)
+    validator_key = SigningKey.generate()  # workers trust it: their validator's GET /health names it
     node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE), ledger,
-                         domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]), rpc_url=rpc_url)
-    driver = HttpPipelineDriver(model_dir, link_timeout_s=10)
+                         domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]),
+                         chain_key=validator_key, rpc_url=rpc_url)
+    driver = HttpPipelineDriver(model_dir, key=validator_key, link_timeout_s=10)
     orchestrator = Orchestrator(
         Registry(stake_lookup(chain), RegistryPolicy(min_stake_wei=STAKE, heartbeat_timeout_s=5)), driver,
         model_id(model_dir), shape_of_model(model_dir), GroupingPolicy(stages_per_group=2), regroup_interval_s=0.5,
