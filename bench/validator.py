@@ -4,7 +4,9 @@ Rows (figure, then target):
 - verification speed: the 3-stage loopback pipeline's wall time to generate one job (SmolLM2-135M-Instruct,
   256 new tokens, fp32) / the validator's time to verify the same job (one prefill replay, every stage's
   proofs, the sampling proof) (target >= 30x; Prime Intellect reports a 25x median in production). The
-  verdict on that honest job must be "accepted".
+  verdict on that honest job must be "accepted". Both run in this process, one after the other, with the
+  same torch thread count (`--threads`, default the validator node's own: half the cores; on a small shared
+  machine a second OpenMP thread stalls at every barrier when another process holds its core).
 - intake, SQLite / PostgreSQL: bundles of 3 signed receipts (9 proofs each) accepted per second over HTTP
   on loopback, without replay: parse, receipt and signature checks, stake lookup, stored in the ledger
   before the answer (target >= 500/s each). PostgreSQL needs --pg-url or STAGEWISE_TEST_PG_URL (a fresh
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PostgreSQL server for the intake row (env STAGEWISE_TEST_PG_URL)")
     parser.add_argument("--only", choices=("verification", "intake"), help="run one kind of row")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="torch threads for generation AND verification (the same on both sides); default the "
+                             "validator node's own setting, half the cores (`stagewise validator run`)")
     return parser.parse_args(argv)
 
 
@@ -241,7 +246,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     if args.model_dir:
         model_dir = args.model_dir
     else:
@@ -276,7 +281,8 @@ def verification(model_dir, new_tokens, figures, misses) -> None:
           f"verdict {verify['verdict']}  {'ok' if ok else 'MISS'}", flush=True)
     parts = ", ".join(f"{k} {v:.3f} s" for k, v in verify["breakdown_s"].items())
     without_sampling = verify["generation_s"] / (verify["breakdown_s"]["forward"] + verify["breakdown_s"]["proofs"])
-    print(f"  verification breakdown: {parts} (replay + stage proofs alone: {without_sampling:.1f}x; reported)", flush=True)
+    print(f"  verification breakdown: {parts} (replay + stage proofs alone: {without_sampling:.1f}x; reported); "
+          f"{verify['threads']} torch thread(s) on both sides", flush=True)
 
 
 def intake(args, model_dir, count, figures, misses) -> None:
