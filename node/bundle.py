@@ -350,7 +350,7 @@ def _check_keys(where: str, data: dict, allowed: set[str], optional: set[str] = 
 
 def _all_uint32(values: list) -> bool:
     """Every value an int (not a bool) in [0, 2**32): a type scan, then min and max, at C speed."""
-    return all(type(v) is int for v in values) and (not values or (min(values) >= 0 and max(values) < 2**32))
+    return not values or (set(map(type, values)) == {int} and min(values) >= 0 and max(values) < 2**32)
 
 
 def _is_uint32(value: Any) -> bool:

@@ -13,7 +13,7 @@ from functools import cached_property, lru_cache
 from dataclasses import dataclass, fields
 from typing import Any
 
-from eth_hash.auto import keccak
+from node.signing import keccak256 as keccak
 from eth_utils import is_address, to_checksum_address
 
 JOB_SPEC_VERSION = 1
@@ -89,7 +89,7 @@ class JobSpec:
             raise JobSpecError("model_id must be hex") from error
         object.__setattr__(self, "model_id", self.model_id.lower())
         prompt = self.prompt_token_ids
-        plain = bool(prompt) and all(type(t) is int for t in prompt) and min(prompt) >= 0  # C-speed common case
+        plain = bool(prompt) and set(map(type, prompt)) == {int} and min(prompt) >= 0  # C-speed common case
         if not plain and (not prompt or not all(_is_int(t) and t >= 0 for t in prompt)):
             raise JobSpecError("prompt_token_ids must be a non-empty list of non-negative integers")
         object.__setattr__(self, "prompt_token_ids", tuple(self.prompt_token_ids))
@@ -146,11 +146,11 @@ class JobSpec:
         version = data.pop("version", JOB_SPEC_VERSION)
         if version != JOB_SPEC_VERSION:
             raise JobSpecError(f"unsupported job spec version {version!r}")
-        _check_keys("job", data, {f.name for f in fields(cls)})
+        _check_keys("job", data, _FIELD_NAMES.get(cls) or frozenset(f.name for f in fields(cls)))
         sampling = data["sampling"]
         if not isinstance(sampling, dict):
             raise JobSpecError("sampling must be an object")
-        _check_keys("sampling", sampling, {f.name for f in fields(SamplingParams)}, required=False)
+        _check_keys("sampling", sampling, _FIELD_NAMES[SamplingParams], required=False)
         stages = data["stages"]
         if not isinstance(stages, list):
             raise JobSpecError("stages must be a list")
@@ -158,7 +158,7 @@ class JobSpec:
         for index, stage in enumerate(stages):
             if not isinstance(stage, dict):
                 raise JobSpecError(f"stages[{index}] must be an object")
-            _check_keys(f"stages[{index}]", stage, {f.name for f in fields(StageAssignment)})
+            _check_keys(f"stages[{index}]", stage, _FIELD_NAMES[StageAssignment])
             parsed_stages.append(StageAssignment(**stage))
         if not isinstance(data["prompt_token_ids"], list):
             raise JobSpecError("prompt_token_ids must be a list")
@@ -182,6 +182,7 @@ def _checksummed(address: str) -> str | None:
 
 
 _SAMPLING_FIELDS = fields(SamplingParams)
+_FIELD_NAMES = {cls: frozenset(f.name for f in fields(cls)) for cls in (JobSpec, SamplingParams, StageAssignment)}
 
 
 def _is_int(value: Any) -> bool:
