@@ -158,6 +158,7 @@ class Devnet:
                 "--port", str(self.args.port),
                 "--tasks", str(tasks_file),
                 "--stages-per-group", str(self.args.stages),
+                "--wait-for-groups", str(max(1, self.args.workers // self.args.stages)),
                 "--sequences-per-group", "4",
                 "--max-new-tokens", str(self.args.max_new_tokens),
                 "--epoch-seconds", "15",

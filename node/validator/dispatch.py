@@ -68,6 +68,9 @@ class DispatchPolicy:
     sampling: SamplingParams = SamplingParams()
     max_reroutes: int = 8
     """A sequence that has lost this many stages is given up (recorded as failed, the run goes on)."""
+    wait_for_groups: int = 1
+    """Groups that must have formed before the first task is dispatched, so that a network still starting
+    up does not pile every task onto the first group to form."""
     idle_poll_s: float = 0.25
     retry_delay_s: float = 0.5
     """How long a sequence interrupted through nobody's fault waits before it runs again."""
@@ -75,6 +78,8 @@ class DispatchPolicy:
     def __post_init__(self) -> None:
         if self.sequences_per_group is not None and self.sequences_per_group < 1:
             raise ValueError("sequences_per_group must be at least 1")
+        if self.wait_for_groups < 1:
+            raise ValueError("wait_for_groups must be at least 1")
 
     def in_flight_for(self, group: Group) -> int:
         if self.sequences_per_group is not None:
@@ -112,6 +117,8 @@ class Dispatcher:
 
     async def run(self) -> Progress:
         """Dispatch every task to completion (or failure) and return the figures."""
+        while self._tasks and len(self.orchestrator.grouping.groups) < self.policy.wait_for_groups:
+            await self._wait_for_groups()
         try:
             while self._tasks or self._retry or self._active or self._delayed or self._settling:
                 self._fill()
@@ -140,13 +147,16 @@ class Dispatcher:
         return self.progress
 
     def _fill(self) -> None:
+        """Start sequences one group at a time in turn, so that groups share the work evenly."""
         load: dict[str, int] = {}
         for _, group_id in self._active.values():
             load[group_id] = load.get(group_id, 0) + 1
-        for group in self.orchestrator.grouping.groups:
-            if group.group_id in self._suspect:
-                continue
-            while load.get(group.group_id, 0) < self.policy.in_flight_for(group):
+        open_groups = [g for g in self.orchestrator.grouping.groups if g.group_id not in self._suspect]
+        while open_groups:
+            for group in list(open_groups):
+                if load.get(group.group_id, 0) >= self.policy.in_flight_for(group):
+                    open_groups.remove(group)
+                    continue
                 run = self._next_run()
                 if run is None:
                     return

@@ -49,6 +49,8 @@ def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stages-per-group", type=int, help="stages per group, more only when memory needs them (default: the fewest workers whose memory holds the model)")
     group.add_argument("--max-stages", type=int, default=16, help="longest group allowed (default 16)")
     group.add_argument("--sequences-per-group", type=int, help="sequences kept in flight on each group (default: two per stage)")
+    group.add_argument("--wait-for-groups", type=int, default=1,
+                       help="groups that must have formed before the first task is dispatched (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=32, help="token budget per task unless the task says (default 32)")
     group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
@@ -172,6 +174,7 @@ def build_orchestration(
             SeedSchedule(_seed_secret(args.seed_secret_file)),
             DispatchPolicy(
                 sequences_per_group=args.sequences_per_group,
+                wait_for_groups=args.wait_for_groups,
                 max_new_tokens=args.max_new_tokens,
                 sampling=SamplingParams(
                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

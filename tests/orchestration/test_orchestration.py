@@ -96,6 +96,16 @@ async def test_tasks_run_on_every_group_with_orchestrator_seeds_and_the_tokens_o
         assert list(results[task.task_id].output_token_ids) == generate_alone(model_dir, task.prompt_token_ids, seeds.seed(i + 1))
 
 
+async def test_groups_take_turns_so_a_few_tasks_spread_over_every_group(model_dir, worker_keys):
+    orchestrator, _, _ = await start(model_dir, worker_keys)
+    dispatcher = Dispatcher(
+        orchestrator, tasks(2), ByteTokenizer(256), SeedSchedule(SECRET),
+        DispatchPolicy(sequences_per_group=4, wait_for_groups=2, sampling=SAMPLING, max_new_tokens=4),
+    )
+    progress = await dispatcher.run()
+    assert sorted(g for r in progress.results for g in r.groups) == sorted(g.group_id for g in orchestrator.grouping.groups)
+
+
 async def test_killing_a_stage_mid_job_reroutes_to_a_spare_and_the_tokens_do_not_change(model_dir, worker_keys):
     reference, _ = await run_tasks((await start(model_dir, worker_keys))[0])
 
