@@ -87,3 +87,33 @@ async def test_a_stage_server_stopped_mid_job_is_replaced_and_the_tokens_do_not_
         for address, server in servers.items():
             if address != victim:
                 await server.stop()
+
+
+async def test_a_stage_server_refuses_an_orchestrator_it_does_not_trust(model_dir, worker_keys):
+    from node.validator.grouping import Group, Stage
+    from node.validator.pipeline_driver import StageFailure
+    from node.validator.registry import WorkerRecord
+
+    validator, impostor = SigningKey.generate(), SigningKey.generate()
+    key = worker_keys[0]
+    server = server_module.StageServer(key, model_dirs=[model_dir], controllers=[validator.address])
+    await server.start()
+    group = Group("g-test", (Stage(key.address, 0, 10, "eu", 1000.0),))
+    workers = {key.address: WorkerRecord(key.address, CAPACITIES[0], "eu", server.url, 10**18, 0.0, 0.0)}
+    stranger = HttpPipelineDriver(model_dir, key=impostor)
+    ours = HttpPipelineDriver(model_dir, key=validator)
+    try:
+        with pytest.raises(StageFailure, match="HTTP 403.*untrusted_signer"):
+            await stranger.prepare(group, workers)
+        assert server.assignment is None
+        await ours.prepare(group, workers)
+        assert server.assignment is not None and server.assignment.group_id == "g-test"
+        stranger._urls, stranger._assigned = dict(ours._urls), dict(ours._assigned)
+        await stranger.release(group)  # refused: the stage keeps serving its group
+        assert server.assignment is not None
+        await ours.release(group)
+        assert server.assignment is None
+    finally:
+        await stranger.close()
+        await ours.close()
+        await server.stop()
