@@ -1,0 +1,33 @@
+"""`stagewise devnet` end to end on a tiny model: real processes, the embedded chain, a cheater caught."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from node.pipeline.tiny import tiny_model_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
+    model_dir = tiny_model_dir("llama", seed=11, path=tmp_path / "model")
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "--data-dir", str(tmp_path / "home"), "devnet",
+         "--model-dir", str(model_dir), "--tasks", "4", "--max-new-tokens", "8", "--port", str(free_port()),
+         "--timeout", "240"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "was caught and slashed; honest workers slashed: 0." in out
+    assert "anchored in transaction 0x" in out
+    leaderboard = out.split("Leaderboard")[1].split("Slashing history")[0]
+    paid = [line for line in leaderboard.splitlines()[2:] if line.strip() and line.split()[3] != "0"]
+    assert len(paid) >= 3  # an honest group of three stages was paid
