@@ -95,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
     home.mkdir(parents=True)
     model_dir = args.model_dir or _bundled_model()
     devnet = Devnet(home, model_dir, args)
+    story_holds = True
     try:
         devnet.start()
         devnet.follow()
-        devnet.report()
+        story_holds = devnet.report()
         if args.serve:
             print(f"\nThe dashboard stays up at {devnet.url}/ ; Ctrl-C stops the devnet.")
             while devnet.validator_alive():
@@ -110,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         print("stopping the devnet")
     finally:
         devnet.stop()
+    if not story_holds:
+        raise CommandError("the devnet did not end as it should: see the slashing history above")
     return 0
 
 
@@ -296,7 +299,8 @@ class Devnet:
 
     # ------------------------------------------------------------------------------------------ report
 
-    def report(self) -> None:
+    def report(self) -> bool:
+        """Print the outcome; True when the cheater (if any) was slashed and no honest worker was."""
         leaderboard = _rows(self.get("/v1/leaderboard"), "workers")
         slashes = _rows(self.get("/v1/slashes"), "slashes")
         epochs = _rows(self.get("/v1/epochs"), "epochs")
@@ -319,12 +323,14 @@ class Devnet:
             print(f"  epoch {latest['number']} anchored in transaction {latest['anchor_tx']}: "
                   f"entries root {latest['entries_root']}, rewards root {latest['rewards_root']}")
         caught = {row.get("worker") for row in slashes}
+        honest_slashed = len(caught - {self.cheater})
         if self.cheater:
             verdict = "caught and slashed" if self.cheater in caught else "NOT slashed"
             print(f"\nThe cheater {names[self.cheater]} ({self.cheater}) was {verdict}; "
-                  f"honest workers slashed: {len(caught - {self.cheater})}.")
+                  f"honest workers slashed: {honest_slashed}.")
         print(f"Finished in {time.monotonic() - self.started:.0f} s; logs in {self.home}.")
         print(f"Dashboard: {self.url}/ (up while the devnet runs: `stagewise devnet --serve` keeps it up)")
+        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught)
 
     def show_logs(self, lines: int = 15) -> None:
         for name in self.processes:
