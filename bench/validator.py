@@ -4,7 +4,8 @@ Rows (figure, then target):
 - verification speed: the 3-stage loopback pipeline's wall time to generate one job (SmolLM2-135M-Instruct,
   256 new tokens, fp32) / the validator's time to verify the same job (one prefill replay, every stage's
   proofs, the sampling proof) (target >= 30x; Prime Intellect reports a 25x median in production). The
-  verdict on that honest job must be "accepted". Both run in this process, one after the other, with the
+  verdict on that honest job must be "accepted". Generation is the fastest of two jobs, verification the
+  fastest of three replays. Both run in this process, one after the other, with the
   same torch thread count (`--threads`, default the validator node's own: half the cores; on a small shared
   machine a second OpenMP thread stalls at every barrier when another process holds its core).
 - intake, SQLite / PostgreSQL: bundles of 3 signed receipts (9 proofs each) accepted per second over HTTP
@@ -34,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VERIFY_TARGET = 30.0
 INTAKE_TARGET = 500.0
 NEW_TOKENS = 256
+GENERATION_RUNS = 2  # generation is timed on the fastest of these jobs
 WARMUP_BUNDLES = 20  # posted one by one before each intake row is timed (not counted)
 QUICK_TOKENS = 96  # --quick: a shorter job, same row (generation time grows with length faster than replay)
 
@@ -68,12 +70,17 @@ async def generate_job(model_dir: Path, new_tokens: int):
     sampling = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=new_tokens, stop_ids=())
     async with LocalPipeline(model_dir, 3) as pipe:
         await pipe.run(pipe.spec(prompt, SamplingParams(max_new_tokens=8, stop_ids=()), seed=1))  # warm-up
-        spec = pipe.spec(prompt, sampling, seed=424242)
-        started = time.perf_counter()
-        output = await pipe.run(spec)
-        seconds = time.perf_counter() - started
-        results = await pipe.stage_results(spec.job_id_hex)
-        return spec, tuple(output), results, list(pipe.keys), seconds
+        # The fastest of GENERATION_RUNS jobs (other seeds, same length), as verification takes its fastest
+        # of three: on a shared machine a single slow run would flatter the ratio.
+        best = None
+        for run in range(GENERATION_RUNS):
+            spec = pipe.spec(prompt, sampling, seed=424242 + run)
+            started = time.perf_counter()
+            output = await pipe.run(spec)
+            seconds = time.perf_counter() - started
+            if best is None or seconds < best[-1]:
+                best = (spec, tuple(output), await pipe.stage_results(spec.job_id_hex), list(pipe.keys), seconds)
+        return best
 
 
 def bundle_of(spec, output, results, keys, domain):
