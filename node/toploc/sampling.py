@@ -338,7 +338,14 @@ def _gumbel_gaps(
         # below the head: the whole head's mass is above it, and that may already be too much
         claimed_excluded = torch.log(head_mass) - slack >= log_top_p
         possibly &= torch.where(claimed_inside, torch.log(claimed_above) - slack < log_top_p, ~claimed_excluded)
-        surely &= torch.log(mass_above(head_scores - slack)) + slack < log_top_p
+        # v is surely inside when the mass of the OTHER ids that may rank above it (v's drift against v)
+        # stays below top_p; v's own probability must not count, or the last id of a nucleus never is.
+        others = (mass_above(head_scores - slack) - head_probs).clamp_min(0.0)
+        surely_p = torch.log(others) + slack < log_top_p
+        surely &= surely_p
+        # ids whose threshold lies below the head's last score got only the head's part of that mass:
+        # a row where such an id still looks surely eligible needs the ids below the head
+        settled &= ~(surely_p & (head_scores - slack < last.unsqueeze(1))).any(dim=-1)
         # ids below the head are never surely eligible when even the head's mass exceeds the bound
         settled &= torch.log(head_mass) + slack >= log_top_p
         settled &= claimed_inside | claimed_excluded
@@ -389,8 +396,8 @@ def _gumbel_gaps_exact(
         masked = torch.where(eligible, scores, float("-inf"))
         above_claimed = _mass_strictly_above(masked, (claimed + slack).unsqueeze(1)).squeeze(1)
         possibly &= torch.log(above_claimed) - slack < log_top_p
-        above_each = _mass_strictly_above(masked, scores - slack)
-        surely &= torch.log(above_each) + slack < log_top_p
+        others_above = (_mass_strictly_above(masked, scores - slack) - torch.softmax(masked, dim=-1)).clamp_min(0.0)
+        surely &= torch.log(others_above) + slack < log_top_p
     if positions is None:
         positions = torch.arange(count, device=scores.device) + first_position
     perturbed = scores + gumbel_noise(seed, positions, vocab).double()
