@@ -38,6 +38,7 @@ _UNIFORM_BITS = 24
 _BLOCK_ELEMENTS = 1 << 16
 _VERIFY_ROWS = 128
 _VERIFY_HEAD = 128  # ids per row taken in descending order first (SmolLM2 at T 0.7, top-p 0.95: nuclei <= ~50)
+_SAMPLE_HEAD = 128  # ids per row sample_next takes first; rows it cannot settle widen it
 _HEAD_GROWTH = 16  # rows the head cannot settle retry with a 16x wider one, then with a full sort
 
 
@@ -193,8 +194,9 @@ def sample_next(
     logits: torch.Tensor, params: SamplingParams, seed: int, positions: torch.Tensor
 ) -> torch.LongTensor:
     """The next token per row of logits [B, V]: argmax at temperature 0 (lowest id on ties), otherwise
-    `argmax(logits/T + G)` over the top-k/top-p-filtered ids (lowest id on ties). `positions[b]` is the
-    absolute position of the token being generated for row b. Noise is drawn only for surviving ids."""
+    `argmax(logits/T + G)` over the top-k/top-p-filtered ids (`candidates`; lowest id on ties).
+    `positions[b]` is the absolute position of the token being generated for row b. Noise is drawn only
+    for the head of each row's order, where the filtered set lies (see `_sample_from_head`)."""
     if logits.dim() != 2:
         raise ValueError("logits must be [batch, vocab]")
     positions = torch.as_tensor(positions, dtype=torch.int64, device=logits.device)
@@ -206,6 +208,70 @@ def sample_next(
     scores = scores / params.temperature
     if params.top_k == 0 and params.top_p == 1.0:  # nothing filtered: one vectorised draw for the batch
         return (scores + gumbel_noise(seed, positions, scores.shape[-1])).argmax(dim=-1)
+    return _sample_from_head(scores, params, seed, positions, _SAMPLE_HEAD)
+
+
+def _sample_from_head(
+    scores: torch.Tensor, params: SamplingParams, seed: int, positions: torch.Tensor, head: int
+) -> torch.LongTensor:
+    """`sample_next` for temperature-scaled scores [B, V] from each row's `head` best ids, for the whole
+    batch at once, instead of a sort of the whole vocabulary per row.
+
+    The filtered set is a prefix of the descending order (ties ordered by ascending id, as `candidates`
+    sorts them), and the top-p test of an id needs only the mass of the ids before it: the head gives
+    both exactly once it reaches past the set, i.e. when the ids below the head are surely excluded
+    (top-k: the head's last score is below the k-th; top-p: the mass strictly above the head's last
+    score already reaches top_p). Rows it cannot settle (a flat distribution with a wide nucleus) retry
+    with a 16x wider head, then row by row with `_sample_by_sorting`.
+    """
+    count, vocab = scores.shape
+    top_k = params.top_k if 0 < params.top_k < vocab else 0
+    width = min(vocab, max(head, top_k + 1))
+    head_scores, head_ids = torch.topk(scores, width, dim=-1)
+    # descending scores, tied ids in ascending order: the order `_mass_strictly_above_each` sums in
+    head_ids, by_id = head_ids.sort(dim=-1)
+    head_scores, order = head_scores.gather(-1, by_id).sort(dim=-1, descending=True, stable=True)
+    head_ids = head_ids.gather(-1, order)
+    whole = width == vocab
+    keep = torch.ones_like(head_scores, dtype=torch.bool)
+    settled = torch.ones(count, dtype=torch.bool, device=scores.device)
+    if top_k:
+        kth = head_scores[:, top_k - 1 : top_k]
+        keep &= head_scores >= kth
+        settled &= head_scores[:, -1] < kth.squeeze(1)  # every id that reaches the k-th is in the head
+    if params.top_p < 1.0:
+        if top_k:
+            probs = torch.softmax(torch.where(keep, head_scores.double(), float("-inf")), dim=-1)
+        else:
+            probs = torch.softmax(scores.double(), dim=-1).gather(-1, head_ids)
+        before = torch.cumsum(probs, dim=-1) - probs
+        index = torch.arange(width, device=scores.device).expand(count, -1)
+        group_start = torch.ones_like(keep)
+        group_start[:, 1:] = head_scores[:, 1:] != head_scores[:, :-1]
+        starts = torch.cummax(torch.where(group_start, index, 0), dim=-1).values
+        strictly_above = before.gather(-1, starts)  # tied ids share the mass above their group
+        keep &= strictly_above < params.top_p
+        if not top_k:  # ids below the head have at least the last head id's mass above them
+            settled = strictly_above[:, -1] >= params.top_p
+    if whole:
+        settled[:] = True
+    perturbed = head_scores + gumbel_pairs(seed, positions.unsqueeze(1), head_ids)
+    perturbed = torch.where(keep, perturbed, float("-inf"))
+    best = perturbed.max(dim=-1, keepdim=True).values
+    chosen = torch.where(perturbed == best, head_ids, vocab).min(dim=-1).values
+    unsettled = (~settled).nonzero().flatten()
+    if unsettled.numel():
+        # a wider head only while it stays a small part of the row: past that a sort costs less
+        retry = _sample_from_head if width * _HEAD_GROWTH <= vocab // _HEAD_GROWTH else _sample_by_sorting
+        chosen[unsettled] = retry(scores[unsettled], params, seed, positions[unsettled], width * _HEAD_GROWTH)
+    return chosen
+
+
+def _sample_by_sorting(
+    scores: torch.Tensor, params: SamplingParams, seed: int, positions: torch.Tensor, head: int = 0
+) -> torch.LongTensor:
+    """`sample_next` row by row from `candidates` (a sort of the whole row): the reference the head
+    path reproduces, and its fallback for the rows it cannot settle."""
     chosen = []
     for row in range(scores.shape[0]):
         ids = candidates(scores[row], params)
