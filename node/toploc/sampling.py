@@ -235,6 +235,7 @@ def _sample_from_head(
     whole = width == vocab
     keep = torch.ones_like(head_scores, dtype=torch.bool)
     settled = torch.ones(count, dtype=torch.bool, device=scores.device)
+    hopeless = torch.zeros_like(settled)
     if top_k:
         kth = head_scores[:, top_k - 1 : top_k]
         keep &= head_scores >= kth
@@ -253,17 +254,22 @@ def _sample_from_head(
         keep &= strictly_above < params.top_p
         if not top_k:  # ids below the head have at least the last head id's mass above them
             settled = strictly_above[:, -1] >= params.top_p
+            # a row the wider head cannot settle either (its next ids weigh at most the last one each)
+            # goes straight to the sort
+            wider_mass = before[:, -1] + probs[:, -1] * (width * _HEAD_GROWTH - width + 1)
+            hopeless = ~settled & (wider_mass < params.top_p)
     if whole:
         settled[:] = True
     perturbed = head_scores + gumbel_pairs(seed, positions.unsqueeze(1), head_ids)
     perturbed = torch.where(keep, perturbed, float("-inf"))
     best = perturbed.max(dim=-1, keepdim=True).values
     chosen = torch.where(perturbed == best, head_ids, vocab).min(dim=-1).values
-    unsettled = (~settled).nonzero().flatten()
-    if unsettled.numel():
-        # a wider head only while it stays a small part of the row: past that a sort costs less
-        retry = _sample_from_head if width * _HEAD_GROWTH <= vocab // _HEAD_GROWTH else _sample_by_sorting
-        chosen[unsettled] = retry(scores[unsettled], params, seed, positions[unsettled], width * _HEAD_GROWTH)
+    if width * _HEAD_GROWTH > vocab // _HEAD_GROWTH:  # a wider head would be no small part of the row
+        hopeless = ~settled
+    for rows, retry in ((settled | hopeless).logical_not(), _sample_from_head), (hopeless, _sample_by_sorting):
+        rows = rows.nonzero().flatten()
+        if rows.numel():
+            chosen[rows] = retry(scores[rows], params, seed, positions[rows], width * _HEAD_GROWTH)
     return chosen
 
 
