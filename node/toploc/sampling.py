@@ -384,10 +384,13 @@ def _gumbel_gaps(
             head_masked = torch.where(head_scores + slack >= kth.unsqueeze(1), head_scores, float("-inf"))
             normaliser = torch.logsumexp(scores, dim=-1, keepdim=True)
             del scores
+            # the honest normaliser holds at least the k best ids: see _gumbel_gaps_exact
+            understated = normaliser - torch.logsumexp(head_scores[:, :top_k], dim=-1, keepdim=True)
         else:
             # The softmax normaliser over the whole vocabulary without a float64 copy of it: float32 terms
             # (relative error ~1e-6, far inside the slack) summed in float64.
             head_masked = head_scores
+            understated = 0.0
             top = head_logits[:, :1]
             terms = torch.exp((logits.float() - top) / temperature)
             normaliser = top.double() / temperature + torch.log(terms.sum(dim=-1, keepdim=True, dtype=torch.float64))
@@ -413,7 +416,7 @@ def _gumbel_gaps(
         # v is surely inside when the mass of the OTHER ids that may rank above it (v's drift against v)
         # stays below top_p; v's own probability must not count, or the last id of a nucleus never is.
         others = (mass_above(head_scores - slack) - head_probs).clamp_min(0.0)
-        surely_p = torch.log(others) + slack < log_top_p
+        surely_p = torch.log(others) + understated + slack < log_top_p
         surely &= surely_p
         # ids whose threshold lies below the head's last score got only the head's part of that mass:
         # a row where such an id still looks surely eligible needs the ids below the head
@@ -461,15 +464,20 @@ def _gumbel_gaps_exact(
         possibly &= claimed + slack >= kth
         surely &= scores - slack > top[:, params.top_k].unsqueeze(1)
         eligible = scores + slack >= kth.unsqueeze(1)  # generous normaliser for top-p
+        # The honest normaliser sums at least the k best ids; where the generous one holds more, masses
+        # measured against it are scaled up by the ratio before an id may count as surely inside.
+        understated = torch.logsumexp(torch.where(eligible, scores, float("-inf")), dim=-1, keepdim=True)
+        understated = understated - torch.logsumexp(top[:, : params.top_k], dim=-1, keepdim=True)
     else:
         eligible = torch.ones_like(scores, dtype=torch.bool)
+        understated = 0.0
     if params.top_p < 1.0:
         log_top_p = math.log(params.top_p)
         masked = torch.where(eligible, scores, float("-inf"))
         above_claimed = _mass_strictly_above(masked, (claimed + slack).unsqueeze(1)).squeeze(1)
         possibly &= torch.log(above_claimed) - slack < log_top_p
         others_above = (_mass_strictly_above(masked, scores - slack) - torch.softmax(masked, dim=-1)).clamp_min(0.0)
-        surely &= torch.log(others_above) + slack < log_top_p
+        surely &= torch.log(others_above) + understated + slack < log_top_p
     if positions is None:
         positions = torch.arange(count, device=scores.device) + first_position
     perturbed = scores + gumbel_noise(seed, positions, vocab).double()

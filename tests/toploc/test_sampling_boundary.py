@@ -73,6 +73,8 @@ def test_honest_sampling_under_a_drift_of_a_quarter_margin_always_passes(seed, t
     rows, vocab = 24, 300
     logits = torch.randn(rows, vocab, generator=generator) * scale
     logits[:, :6] = (logits[:, :6] * 2).round() / 2  # ties, and ids a step apart near the top
+    # ids crowding just below others, inside the margin: near a top-k or top-p edge they may or may not count
+    logits[:, 6:12] = logits[:, 5:6] - margin * torch.rand(rows, 6, generator=generator)
     params = _params(temperature, top_p, top_k, rows)
     tokens = sampling.sample_next(logits, params, seed, torch.arange(rows) + 40)
     drift = (torch.rand(rows, vocab, generator=generator) * 2 - 1) * (margin / 4)
@@ -81,3 +83,21 @@ def test_honest_sampling_under_a_drift_of_a_quarter_margin_always_passes(seed, t
     assert check.ok, check.reason
     exact_gaps, exact_possibly = sampling._gumbel_gaps_exact(replay.double(), tokens, params, seed, 40, margin)
     assert bool(exact_possibly.all()) and bool((exact_gaps <= margin).all())
+
+
+def test_ids_just_below_the_kth_do_not_make_an_excluded_id_look_surely_inside():
+    """Top-k 3: ids 0..2 are the honest set, id 3 sits within the slack below the k-th. Over {0, 1, 2}
+    id 1 has 0.45 of the mass above it, so top-p 0.4 leaves only id 0; the verifier must not let id 3's
+    mass (it may count toward a normaliser, never surely) make id 1 look surely inside."""
+    vocab = 16
+    logits = torch.full((vocab,), -30.0)
+    logits[:4] = torch.tensor([1.0, 0.5, 0.498, 0.4975])
+    params = _params(top_k=3, top_p=0.4, count=1)
+    assert sampling.candidates(logits, params).tolist() == [0]
+    noise = sampling.gumbel_noise(5, torch.arange(400), vocab)
+    position = int((logits[1] + noise[:, 1] - logits[0] - noise[:, 0] > 0.1).nonzero()[0])
+    honest = sampling.sample_next(logits.unsqueeze(0), params, 5, torch.tensor([position]))
+    assert honest.tolist() == [0]
+    assert sampling.verify_sampling(logits.unsqueeze(0), honest, params, 5, position).ok
+    gaps, possibly = sampling._gumbel_gaps_exact(logits.unsqueeze(0).double(), honest, params, 5, position, MARGIN)
+    assert bool(possibly[0]) and float(gaps[0]) <= MARGIN
