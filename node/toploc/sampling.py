@@ -141,7 +141,11 @@ def gumbel_pairs(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch
     positions = torch.as_tensor(positions, dtype=torch.int64, device=ids.device)
     _check_positions(positions.reshape(-1))
     vocab_key, position_key = _seed_keys(seed)
-    bits = _triple32((ids + vocab_key) & _MASK32) ^ _triple32(positions ^ position_key)
+    bits = (ids + vocab_key).bitwise_and_(_MASK32)
+    _triple32_(bits)
+    per_position = positions ^ position_key
+    _triple32_(per_position)
+    bits = bits ^ per_position
     _triple32_(bits)
     return _gumbel_from_bits(bits)
 
