@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     model_dir = args.model_dir or _bundled_model()
     devnet = Devnet(home, model_dir, args)
     story_holds = True
+    # SIGTERM (a CI timeout, `kill`) must stop the worker processes too: they run in sessions of their own
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         devnet.start()
         devnet.follow()
@@ -114,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     if not story_holds:
         raise CommandError("the devnet did not end as it should: see the slashing history above")
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 class DevnetError(RuntimeError):
@@ -148,7 +154,9 @@ class Devnet:
 
         validator_keystore = self.home / "validator" / "keys" / "validator.json"
         validator_keystore.parent.mkdir(parents=True)
-        create_keystore(validator_keystore, self.password_file.read_text(), scrypt_n=DEVNET_SCRYPT_N)
+        self.validator_address = create_keystore(
+            validator_keystore, self.password_file.read_text(), scrypt_n=DEVNET_SCRYPT_N
+        ).address
         tasks_file = self._task_file()
         self._spawn(
             "validator",
@@ -170,6 +178,9 @@ class Devnet:
             ],
         )
         health = self._wait_for_validator()
+        if health.get("validator") != self.validator_address:
+            raise DevnetError(f"port {self.args.port} is answered by another validator ({health.get('validator')}): "
+                              "stop it or pick another --port")
         chain = health["chain"]
         print(f"validator {health['validator']} at {self.url}; chain {chain['chain_id']} at {chain['rpc_url']}, "
               f"staking contract {chain['staking_contract']}")

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chain.add_argument("--chain-id", type=int, default=_env_int("STAGEWISE_CHAIN_ID", 0) or None,
                        help="chain id of the receipts' EIP-712 domain with --no-chain (env STAGEWISE_CHAIN_ID)")
     chain.add_argument("--keystore", type=Path, default=_env("STAGEWISE_VALIDATOR_KEYSTORE"),
-                       help="the validator's keystore v3 file, for slashes and anchors (env STAGEWISE_VALIDATOR_KEYSTORE)")
+                       help="the validator's keystore v3 file, for slashes and anchors; with --embedded-chain its key owns the "
+                            "fresh contract (default there: the chain's first dev key) (env STAGEWISE_VALIDATOR_KEYSTORE)")
     chain.add_argument("--password-file", type=Path, help="keystore password file (else $STAGEWISE_KEYSTORE_PASSWORD)")
     run.add_argument("--host", default=_env("STAGEWISE_HOST", "127.0.0.1"), help="listen address (env STAGEWISE_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, default=_env_int("STAGEWISE_PORT", 8700), help="listen port, 0 = any free one (env STAGEWISE_PORT, default 8700)")
@@ -184,8 +185,12 @@ async def _serve(args, dirs: list[Path]) -> None:
         from ledger.chain import ChainClient
         from ledger.chain_server import ChainServer
 
-        chain = await asyncio.to_thread(ChainClient.embedded)
-        key = chain.dev_keys[0]
+        if args.keystore or os.environ.get("STAGEWISE_VALIDATOR_KEY"):
+            key = _validator_key(args)  # owns the fresh contract and is its validator
+            chain = await asyncio.to_thread(lambda: ChainClient.embedded(owner=key))
+        else:
+            chain = await asyncio.to_thread(ChainClient.embedded)
+            key = chain.dev_keys[0]
         chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)
         rpc_url = await chain_server.start()
         log.info("embedded chain %d served at %s, staking contract %s", chain.chain_id, rpc_url, chain.address)
