@@ -22,7 +22,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 from eth_utils import is_address, to_checksum_address
@@ -144,9 +144,14 @@ class Leave:
         return SignedLeave(self, key.sign_message(self.canonical_bytes()))
 
 
+M = TypeVar("M")  # Registration, Heartbeat or Leave
+
+
 @dataclass(frozen=True)
-class SignedRegistration:
-    message: Registration
+class Signed(Generic[M]):
+    """A worker message and its signer's EIP-191 signature over the message's canonical bytes."""
+
+    message: M
     signature: bytes
 
     def to_json(self) -> dict[str, Any]:
@@ -157,28 +162,9 @@ class SignedRegistration:
         _verify(self.message.canonical_bytes(), self.signature, self.message.address)
 
 
-@dataclass(frozen=True)
-class SignedHeartbeat:
-    message: Heartbeat
-    signature: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        return {"message": self.message.to_dict(), "signature": "0x" + self.signature.hex()}
-
-    def verify(self) -> None:
-        _verify(self.message.canonical_bytes(), self.signature, self.message.address)
-
-
-@dataclass(frozen=True)
-class SignedLeave:
-    message: Leave
-    signature: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        return {"message": self.message.to_dict(), "signature": "0x" + self.signature.hex()}
-
-    def verify(self) -> None:
-        _verify(self.message.canonical_bytes(), self.signature, self.message.address)
+SignedRegistration = Signed[Registration]
+SignedHeartbeat = Signed[Heartbeat]
+SignedLeave = Signed[Leave]
 
 
 def new_nonce() -> str:
