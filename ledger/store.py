@@ -68,7 +68,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, and_, event, func, or_, select, text, update
+from sqlalchemy import Table, and_, event, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -222,17 +222,8 @@ class VerifyReport:
 
 def _entry_row(entry: Entry) -> dict[str, Any]:
     return {
+        **journal.fields_of(entry),
         "seq": entry.seq,
-        "kind": entry.kind,
-        "worker": entry.worker,
-        "amount": entry.amount,
-        "job_id": entry.job_id,
-        "stage": entry.stage,
-        "work_units": entry.work_units,
-        "evidence_hash": entry.evidence_hash,
-        "epoch": entry.epoch,
-        "ref": entry.ref,
-        "data": entry.data,
         "at_ms": entry.at_ms,
         "prev_hash": entry.prev_hash,
         "entry_hash": entry.entry_hash,
