@@ -35,3 +35,10 @@ CAPACITIES = [
     Capacity(64 * MIB, 2000.0),
     Capacity(64 * MIB, 1000.0),
 ]
+
+
+def ran_to_its_end(output_token_ids, max_new_tokens: int, stop_ids) -> bool:
+    """A sequence ends at its length, or earlier at a stop token the sampler drew. Orchestrator seeds come from
+    a fresh random secret unless one is given, so which of the two happens differs from run to run."""
+    output = list(output_token_ids)
+    return len(output) == max_new_tokens or (0 < len(output) < max_new_tokens and output[-1] in set(stop_ids))
