@@ -6,8 +6,11 @@ Rows (figure, then target):
   proofs, the sampling proof) (target >= 30x; Prime Intellect reports a 25x median in production). The
   verdict on that honest job must be "accepted". Generation is the fastest of two jobs, verification the
   fastest of three replays. Both run in this process, one after the other, with the
-  same torch thread count (`--threads`, default the validator node's own: half the cores; on a small shared
-  machine a second OpenMP thread stalls at every barrier when another process holds its core).
+  same torch thread count (`--threads`, default every core: each side gets the whole machine while it runs;
+  `--threads N` matches `stagewise validator run --replay-threads N`). On a CPU the row measures the
+  machine more than the code: generation is bound by memory bandwidth (every token reads all the weights),
+  the replay by arithmetic (one prefill), so the ratio is about FLOP/s per byte/s of the machine; a GPU
+  widens it.
 - intake, SQLite / PostgreSQL: bundles of 3 signed receipts (9 proofs each) accepted per second over HTTP
   on loopback, without replay: parse, receipt and signature checks, stake lookup, stored in the ledger
   before the answer (target >= 500/s each). PostgreSQL needs --pg-url or STAGEWISE_TEST_PG_URL (a fresh
@@ -50,9 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="PostgreSQL server for the intake row (env STAGEWISE_TEST_PG_URL)")
     parser.add_argument("--only", choices=("verification", "intake"), help="run one kind of row")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help="torch threads for generation AND verification (the same on both sides); default the "
-                             "validator node's own setting, half the cores (`stagewise validator run`)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads for generation AND verification (the same on both sides; default every "
+                             "core; the validator node's own default is half, `--replay-threads`)")
     return parser.parse_args(argv)
 
 

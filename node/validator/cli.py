@@ -95,6 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="largest request body accepted; larger gets 413 (env STAGEWISE_MAX_BODY_BYTES, default 8 MiB)")
     run.add_argument("--validation-workers", type=int, default=_env_int("STAGEWISE_VALIDATION_WORKERS", 1),
                      help="concurrent validations in this process (env STAGEWISE_VALIDATION_WORKERS, default 1)")
+    run.add_argument("--replay-threads", type=int, default=_env_int("STAGEWISE_REPLAY_THREADS", 0),
+                     help="torch threads for replays (env STAGEWISE_REPLAY_THREADS; default half the cores, which leaves "
+                     "the rest to bundle intake and the API; a machine that only validates may give it every core)")
     run.add_argument("--no-orchestration", action="store_true", default=_env("STAGEWISE_NO_ORCHESTRATION") == "1",
                      help="validate only: no worker registration, groups or dispatch, and bundles of any job are "
                      "taken (a second validator on a shared ledger; env STAGEWISE_NO_ORCHESTRATION=1)")
@@ -142,6 +145,12 @@ def _model_dirs(args) -> list[Path]:
     return dirs
 
 
+def replay_threads(requested: int, cpu_count: int | None) -> int:
+    """Torch threads for replays: as requested, else half the cores, so that intake and the API keep the
+    rest while a replay runs (a replay is one large prefill and takes every thread it is given)."""
+    return requested if requested > 0 else max(1, (cpu_count or 2) // 2)
+
+
 def _run(args) -> int:
     from node.cli import CommandError
 
@@ -178,7 +187,8 @@ async def _serve(args, dirs: list[Path]) -> None:
 
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(replay_threads(args.replay_threads, os.cpu_count()))
+    log.info("replays use %d torch thread(s) (--replay-threads)", torch.get_num_threads())
     chain = key = rpc_url = None
     chain_server = None
     if args.embedded_chain:

@@ -25,3 +25,10 @@ def test_verify_evidence_reports_an_unreadable_file(capsys, tmp_path, model_dir)
     path.write_text('{"version": 99}')
     assert main(["verify-evidence", str(path), "--model-dir", str(model_dir)]) == 1
     assert "cannot read evidence" in capsys.readouterr().err
+
+
+def test_replays_take_half_the_cores_unless_told_otherwise():
+    from node.validator.cli import replay_threads
+
+    assert [replay_threads(0, cores) for cores in (None, 1, 2, 16)] == [1, 1, 1, 8]
+    assert replay_threads(16, 2) == 16  # an operator who gives the whole machine to replays says so
