@@ -11,7 +11,8 @@ What `stagewise worker run` does, in order, stopping with one clear message at t
 3. start the stage server (node/pipeline) and add this worker's route to it:
    GET /v1/jobs/{job_id}/receipt -> this stage's signed receipt and proofs for that job; the server obeys
    control requests (assign, release, start a job) only when signed by the validator address that GET /health
-   names ("validator"), re-read when the validator makes us register again (it may have restarted);
+   names ("validator") AND the staking contract lists as a validator (a URL alone proves nothing), re-read
+   when the validator makes us register again (it may have restarted with another key);
 4. register with the validator's orchestrator (POST /v1/workers/register, signed), which assigns a stage
    and prepares it on the stage server: the server loads only that stage's layers;
 5. keep heartbeating (POST /v1/workers/heartbeat, signed; re-register if the validator forgot us) and log
@@ -125,6 +126,26 @@ def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> 
         raise WorkerError(f"chain at {rpc_url}: {error}") from None
     except Exception as error:  # requests/web3 connection errors come in many classes
         raise WorkerError(f"cannot reach the chain at {rpc_url}: {_short(error)}") from None
+
+
+def read_validator_role(rpc_url: str, contract: str, address: str) -> bool:
+    """Whether `address` is in the staking contract's validator set (blocking; web3)."""
+    from ledger.chain import ChainClient, ChainError
+
+    try:
+        return ChainClient.connect(rpc_url, address=contract, request_timeout=10.0).is_validator(address)
+    except ChainError as error:
+        raise WorkerError(f"chain at {rpc_url}: {error}") from None
+    except Exception as error:  # requests/web3 connection errors come in many classes
+        raise WorkerError(f"cannot reach the chain at {rpc_url}: {_short(error)}") from None
+
+
+def unbacked_controller_error(validator_url: str, address: str, contract: str) -> WorkerError:
+    return WorkerError(
+        f"the validator at {validator_url} signs stage control as {address}, which is not a validator on the staking "
+        f"contract {contract}: the contract would refuse its slashes and anchors, and a stage server obeys only a "
+        "validator the contract backs (check --validator-url, or have the contract's owner add that address)"
+    )
 
 
 # --------------------------------------------------------------------------------- validator client
@@ -510,6 +531,7 @@ class Worker:
         self.server: Any = None
         self.stage_url: str | None = None
         self.controllers: tuple[str, ...] = ()  # the validator addresses whose control requests the stage obeys
+        self.chain: ChainInfo | None = None  # where the stake and the validator set live (set by check_stake)
 
     # ----------------------------------------------------------------- start-up checks
 
@@ -525,6 +547,11 @@ class Worker:
             )
         if not status.enough:
             raise WorkerError(status.explain(self.config.keystore))
+        # /health only names the validator; the contract says whether it is one (its URL may be a stranger's)
+        for controller in self.controllers:
+            if not await asyncio.to_thread(read_validator_role, info.rpc_url, info.contract, controller):
+                raise unbacked_controller_error(self.config.validator_url, controller, info.contract)
+        self.chain = info
         return status, ReceiptDomain(status.chain_id, status.contract)
 
     # ----------------------------------------------------------------- lifecycle
@@ -632,6 +659,16 @@ class Worker:
             log.warning("cannot re-read the validator's address: %s", error)
             return
         if controllers != self.controllers:
+            for controller in controllers:
+                try:
+                    backed = await asyncio.to_thread(read_validator_role, self.chain.rpc_url, self.chain.contract, controller)
+                except WorkerError as error:
+                    log.warning("cannot check the validator's new address on chain, keeping the old one: %s", error)
+                    return
+                if not backed:
+                    log.error("%s; still obeying only %s", unbacked_controller_error(
+                        self.config.validator_url, controller, self.chain.contract), ", ".join(self.controllers))
+                    return
             log.warning("the validator now signs stage control as %s (was %s)", ", ".join(controllers), ", ".join(self.controllers))
             self.controllers = controllers
             control = getattr(self.server, "control", None)

@@ -122,7 +122,8 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
     chain, rpc_url = served_chain
 
     ledger = await Ledger.open(sqlite_url)
-    validator_key = SigningKey.generate()  # workers trust it: their validator's GET /health names it
+    validator_key = SigningKey.generate()  # workers trust it: their validator's GET /health names it,
+    chain.add_validator(chain.dev_keys[0], validator_key.address)  # and the contract backs it
     node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE), ledger,
                          domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]),
                          chain_key=validator_key, rpc_url=rpc_url)
@@ -249,6 +250,36 @@ async def test_an_unstaked_worker_stops_before_serving_and_says_what_is_missing(
     assert f"{key.address} has only 0.25 ETH" in message and "0.75 ETH (750000000000000000 wei) more is needed" in message
     assert f"stagewise stake 750000000000000000wei --keystore {stack.tmp_path / (key.address + '.json')}" in message
     assert stack.orchestrator.registry.all() == ()
+
+
+async def test_a_worker_refuses_a_validator_the_contract_does_not_back(stack):
+    """GET /health names the address a stage server will obey; the contract decides whether it is a validator."""
+    stack.chain.remove_validator(stack.chain.dev_keys[0], stack.node.address)
+    key = stack.staked_key()
+    with pytest.raises(WorkerError, match=f"signs stage control as {stack.node.address}, which is not a validator"):
+        await asyncio.wait_for(stack.in_process(key, asyncio.Event()), 30)
+    assert stack.orchestrator.registry.all() == ()
+
+
+async def test_a_new_validator_address_is_obeyed_only_once_the_contract_backs_it(stack, caplog):
+    import aiohttp
+
+    from node.worker import Worker
+
+    key = stack.staked_key()
+    path, password = stack.keystore(key)
+    config = WorkerConfig(keystore=path, validator_url=stack.url, password_file=password, model_dirs=(stack.model_dir,))
+    async with aiohttp.ClientSession() as session:
+        worker = Worker(config, key, session)
+        await worker.check_stake()
+        first = worker.controllers
+        assert first == (stack.node.address,)
+        stack.node.chain_key = SigningKey.generate()  # the validator came back signing as someone else
+        await worker._refresh_controllers()
+        assert worker.controllers == first and "not a validator on the staking contract" in caplog.text
+        stack.chain.add_validator(stack.chain.dev_keys[0], stack.node.address)
+        await worker._refresh_controllers()
+        assert worker.controllers == (stack.node.address,) != first
 
 
 async def test_a_worker_without_the_validators_model_stops_with_the_reason(stack, tmp_path):

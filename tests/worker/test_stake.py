@@ -83,3 +83,11 @@ def test_capacity_sizes():
     assert parse_size("8GiB") == 8 << 30 and parse_size("512m") == 512 << 20 and parse_size("1024") == 1024
     with pytest.raises(Exception):
         parse_size("lots")
+
+
+def test_the_validator_set_is_read_from_the_contract(served_chain, worker_key):
+    from node.worker import read_validator_role
+
+    chain, url = served_chain
+    assert read_validator_role(url, chain.address, chain.dev_keys[0].address)  # the owner deployed it as one
+    assert not read_validator_role(url, chain.address, worker_key.address)
