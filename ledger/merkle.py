@@ -59,10 +59,15 @@ def root(leaves: Sequence[bytes]) -> bytes:
 
 def proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     """The sibling hashes that lead from leaf `index` to the root (none where a node was promoted)."""
-    if not 0 <= index < len(leaves):
-        raise IndexError(f"leaf {index} is not in a tree of {len(leaves)} leaves")
+    return proof_from_levels(levels(leaves), index)
+
+
+def proof_from_levels(tree: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """`proof` from a tree already built by `levels` (one tree, many proofs)."""
+    if not tree or not 0 <= index < len(tree[0]):
+        raise IndexError(f"leaf {index} is not in a tree of {len(tree[0]) if tree else 0} leaves")
     path: list[bytes] = []
-    for level in levels(leaves)[:-1]:
+    for level in tree[:-1]:
         sibling = index ^ 1
         if sibling < len(level):
             path.append(level[sibling])

@@ -57,9 +57,12 @@ and histories read indexed rows only. bench/ledger.py measures it with a million
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -126,6 +129,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _J = JournalEntry.__table__
 _W = Worker.__table__
 _CHUNK = 500  # ids per IN (...) lookup
+REWARD_TREES_KEPT = 8  # epochs whose rewards tree is kept for claim proofs (workers claim against the latest)
 _MIGRATION_LOCK = 0x5354_4147_4557  # "STAGEW": the advisory lock key held while migrating
 
 
@@ -698,6 +702,7 @@ class Ledger:
         self.engine = engine
         self.write_engine = write_engine
         self.dialect = engine.dialect.name
+        self._reward_trees: dict[int, epoch_math.RewardTree] = {}  # the latest epochs' trees, by number
 
     @property
     def safe_url(self) -> str:
@@ -713,6 +718,10 @@ class Ledger:
 
         url = settings.async_url(url) if url else settings.database_url()
         if url.startswith("sqlite"):
+            try:
+                await asyncio.to_thread(_use_wal, url)
+            except sqlite3.Error as error:
+                raise LedgerError(f"cannot open the ledger at {url}: {error}") from error
             engine = _sqlite_engine(url, immediate=False)
             write_engine = _sqlite_engine(url, immediate=True)
         elif url.startswith("postgresql"):
@@ -991,9 +1000,15 @@ class Ledger:
             record = await queries.epoch(conn, epoch)
             if record is None:
                 return None
-            t = EpochReward.__table__
-            rows = (await conn.execute(select(t.c.worker, t.c.cumulative).where(t.c.epoch == record.number))).all()
-        return epoch_math.reward_proof(record.number, {r.worker: r.cumulative for r in rows}, checksum(worker))
+            tree = self._reward_trees.get(record.number)
+            if tree is None:
+                t = EpochReward.__table__
+                rows = (await conn.execute(select(t.c.worker, t.c.cumulative).where(t.c.epoch == record.number))).all()
+                tree = epoch_math.RewardTree.build(record.number, {r.worker: r.cumulative for r in rows})
+                self._reward_trees[record.number] = tree  # a closed epoch's rewards never change
+                while len(self._reward_trees) > REWARD_TREES_KEPT:
+                    self._reward_trees.pop(next(iter(self._reward_trees)))
+        return tree.proof(checksum(worker))
 
     async def entry_proof(self, seq: int) -> epoch_math.EntryProof | None:
         """The proof that entry `seq` is in its epoch; None while the entry is in no closed epoch."""
@@ -1038,16 +1053,40 @@ def _run_upgrade(sync_conn: Any, revision: str) -> None:
         log.info("ledger schema migrated from %s to %s", before or "empty", after)
 
 
+def _use_wal(url: str, timeout_s: float = 60.0) -> None:
+    """Put the SQLite database at `url` in WAL mode, once, before any pooled connection opens it.
+
+    WAL is a property of the file, so later connections get it without asking. Switching modes takes an
+    exclusive lock that SQLite does not wait for (the busy timeout does not apply), so nodes opening a fresh
+    database together would get "database is locked" from a PRAGMA on connect; here the switch is retried.
+    """
+    from sqlalchemy.engine import make_url
+
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=timeout_s)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
-    """A SQLite engine in WAL mode whose transactions begin explicitly: BEGIN IMMEDIATE for the writer, so
-    that two writers queue on the database lock instead of failing when one upgrades a read to a write."""
+    """A SQLite engine (the file already in WAL mode: `_use_wal`) whose transactions begin explicitly: BEGIN
+    IMMEDIATE for the writer, so that two writers queue on the database lock instead of failing when one
+    upgrades a read to a write."""
     engine = create_async_engine(url, connect_args={"timeout": 60})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the journal's indexes stay in memory
