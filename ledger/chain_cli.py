@@ -238,7 +238,33 @@ def _claim_proof(args: argparse.Namespace, address: str, epoch: int) -> tuple[in
         except ValueError:
             raise _error("--proof takes comma-separated 32-byte hex hashes") from None
         return args.amount, proof, None
+    if args.validator:
+        return _validator_proof(args.validator, address, epoch)
     return _ledger_proof(address, epoch)
+
+
+def _validator_proof(base_url: str, address: str, epoch: int) -> tuple[int, list[bytes], int | None]:
+    """The proof for `epoch` from a validator's API (GET /v1/workers/{address}/reward-proof). Nothing it says
+    is trusted: cmd_claim checks the proof against the root anchored on chain before sending anything."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{base_url.rstrip('/')}/v1/workers/{address}/reward-proof?epoch={epoch}"
+    try:
+        with urllib.request.urlopen(url, timeout=15) as response:
+            data = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as error:
+        try:
+            reason = json.loads(error.read(1 << 16))["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = f"HTTP {error.code}"
+        raise _error(f"the validator at {base_url} has no reward proof for {address} in epoch {epoch}: {reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        raise _error(f"cannot fetch a reward proof from {base_url}: {getattr(error, 'reason', error)}") from None
+    try:
+        return int(data["cumulative"]), [bytes.fromhex(p.removeprefix("0x")) for p in data["proof"]], int(data["epoch"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _error(f"the validator at {base_url} answered something that is not a reward proof") from None
 
 
 def _ledger_proof(address: str, epoch: int) -> tuple[int, list[bytes], int | None]:
@@ -394,12 +420,16 @@ def _worker_commands(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Claim what this key earned in the latest anchored epoch and has not been paid. The proof comes from "
             "--proof-file (JSON: cumulative, proof, optional worker/epoch: what the ledger's reward proof gives), "
-            "from --amount and --proof, or else from the ledger database (--db / STAGEWISE_DB)."
+            "from --amount and --proof, from a validator's API (--validator URL), or else from the ledger database "
+            "(--db / STAGEWISE_DB). Whatever its source, the proof is checked against the rewards root anchored on "
+            "chain before anything is sent."
         ),
     )
     claim.add_argument("--proof-file", type=Path, help="reward proof JSON")
     claim.add_argument("--amount", type=int, help="cumulative reward in wei, as in the rewards root")
     claim.add_argument("--proof", help="comma-separated sibling hashes (0x…)")
+    claim.add_argument("--validator", default=os.environ.get("STAGEWISE_VALIDATOR_URL"),
+                       help="fetch the proof from this validator's API (env STAGEWISE_VALIDATOR_URL)")
     _common(claim)
     claim.set_defaults(func=cmd_claim)
 

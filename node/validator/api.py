@@ -33,6 +33,7 @@ def register(app: web.Application) -> None:
     r.add_get("/v1/leaderboard", leaderboard)
     r.add_get("/v1/slashes", slashes)
     r.add_get("/v1/workers/{address}", get_worker)
+    r.add_get("/v1/workers/{address}/reward-proof", get_reward_proof)
     r.add_get("/v1/epochs", epochs)
     r.add_post("/v1/admin/epochs/close", admin_close_epoch)
     r.add_get("/metrics", metrics)
@@ -88,17 +89,35 @@ async def slashes(request: web.Request) -> web.Response:
 
 
 async def get_worker(request: web.Request) -> web.Response:
+    address = _address(request)
+    worker = await request.app[NODE].worker(address)
+    if worker is None:
+        raise ApiError(404, "unknown_worker", f"no worker {address}")
+    return web.json_response(worker)
+
+
+async def get_reward_proof(request: web.Request) -> web.Response:
+    """What `stagewise claim --validator URL` sends to the contract: public, since the root is on chain."""
+    address = _address(request)
+    raw = request.query.get("epoch")
+    epoch = _positive_int(raw, 2**63 - 1) if raw is not None else None
+    if raw is not None and epoch is None:
+        raise ApiError(400, "bad_query", "epoch must be a positive integer")
+    proof = await request.app[NODE].ledger.reward_proof(address, epoch)
+    if proof is None:
+        which = f"epoch {epoch}" if epoch is not None else "the latest epoch"
+        raise ApiError(404, "no_reward", f"{address} has no reward in {which} (or that epoch is not closed)")
+    return web.json_response(proof.to_json())
+
+
+def _address(request: web.Request) -> str:
     address = request.match_info["address"]
     if not _ADDRESS.match(address):
         raise ApiError(400, "bad_address", "a worker address is 0x and 40 hex digits")
     body = address[2:]
     if body != body.lower() and body != body.upper() and not is_checksum_address(address):
         raise ApiError(400, "bad_address", "mixed-case address with a wrong EIP-55 checksum (a typo?)")
-    address = to_checksum_address(address.lower())
-    worker = await request.app[NODE].worker(address)
-    if worker is None:
-        raise ApiError(404, "unknown_worker", f"no worker {address}")
-    return web.json_response(worker)
+    return to_checksum_address(address.lower())
 
 
 async def epochs(request: web.Request) -> web.Response:
@@ -145,10 +164,19 @@ def _job_id(request: web.Request) -> str:
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    limit = _positive_int(request.query.get("limit", "100"), MAX_PAGE)
+    if limit is None:
         raise ApiError(400, "bad_query", f"limit must be an integer in [1, {MAX_PAGE}]")
-    return int(raw)
+    return limit
+
+
+def _positive_int(raw: str, most: int) -> int | None:
+    """`raw` as an integer in [1, most], else None. ASCII digits only: str.isdigit() also admits '²', which
+    int() then refuses."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= most else None
 
 
 def _require_admin(request: web.Request) -> None:

@@ -104,6 +104,17 @@ SCHEMAS: dict[str, Any] = {
         "description": "Everything needed to recompute a verdict (I5): `stagewise verify-evidence FILE`.",
         "required": ["version", "model_id", "bundle", "verdict"],
     },
+    "RewardProof": {
+        "type": "object",
+        "required": ["epoch", "worker", "cumulative", "proof", "rewards_root"],
+        "properties": {
+            "epoch": {"type": "integer"},
+            "worker": ADDRESS,
+            "cumulative": {"type": "string", "description": "wei, decimal"},
+            "proof": {"type": "array", "items": {"type": "string"}},
+            "rewards_root": {"type": "string"},
+        },
+    },
     "Items": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "degraded"]}}},
 }
@@ -176,6 +187,16 @@ PATHS: dict[str, Any] = {
             "summary": "One worker: stake, rewards, slashes",
             "parameters": [{"name": "address", "in": "path", "required": True, "schema": ADDRESS}],
             "responses": {"200": _json({"type": "object"}, "the worker"), **_errors(400, 404)},
+        }
+    },
+    "/v1/workers/{address}/reward-proof": {
+        "get": {
+            "summary": "A worker's claim proof: cumulative reward and Merkle path to an epoch's rewards root",
+            "parameters": [
+                {"name": "address", "in": "path", "required": True, "schema": ADDRESS},
+                {"name": "epoch", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            ],
+            "responses": {"200": _json(_ref("RewardProof"), "the proof"), **_errors(400, 404)},
         }
     },
     "/v1/epochs": {

@@ -141,3 +141,63 @@ def test_claim_takes_its_proof_from_the_ledger(anvil, tmp_path, capsys, monkeypa
     monkeypatch.setenv("STAGEWISE_DB", sqlite_url)
     assert f"claimed 4321 wei for {worker.address}" in run(capsys, "claim", *base)
     assert chain.claimed_of(worker.address) == 4_321
+
+
+def test_claim_takes_its_proof_from_a_validators_api_and_checks_it_against_the_chain(
+    anvil, tmp_path, capsys, monkeypatch, sqlite_url
+):
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from ledger.store import Ledger
+    from node.receipts import ReceiptDomain
+    from node.validator.app import build_app
+    from node.validator.config import ValidatorConfig
+    from node.validator.models import ReplayModels
+    from node.validator.node import ValidatorNode
+
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    worker, stranger = SigningKey.generate(), SigningKey.generate()
+    chain = ChainClient.connect(anvil.url, dev_keys=anvil.keys)
+    validator = anvil.keys[0]
+    chain.deploy(validator, validators=[validator.address])
+    chain.fund(worker.address, 10**18)
+    chain.fund_rewards(validator, 10_000)
+    epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
+    chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+
+    # the validator's API on its own loop in a thread, as a remote node would serve it
+    loop, served, stop = asyncio.new_event_loop(), threading.Event(), asyncio.Event()  # the Event binds to loop on use
+    address: list[str] = []
+
+    async def serve():
+        ledger = await Ledger.open(sqlite_url)
+        node = ValidatorNode(ValidatorConfig(), ledger, domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([]))
+        runner = web.AppRunner(build_app(node, dashboard=False))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        address.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+        served.set()
+        await stop.wait()
+        await runner.cleanup()
+        await ledger.close()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()))
+    thread.start()
+    try:
+        assert served.wait(30)
+        for key, name in ((worker, "w"), (stranger, "s")):
+            keystore_for(tmp_path, name, key)
+        base = ["--rpc-url", anvil.url, "--contract", chain.address, "--validator", address[0]]
+        assert main(["claim", *base, "--keystore", str(tmp_path / "s.json")]) == 1
+        assert f"no reward proof for {stranger.address} in epoch 1" in capsys.readouterr().err
+        assert f"claimed 4321 wei for {worker.address}" in run(capsys, "claim", *base, "--keystore", str(tmp_path / "w.json"))
+        assert chain.claimed_of(worker.address) == 4_321
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+    assert main(["claim", *base, "--keystore", str(tmp_path / "w.json")]) == 1  # the validator is gone
+    assert f"cannot fetch a reward proof from {address[0]}" in capsys.readouterr().err

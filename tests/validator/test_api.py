@@ -115,6 +115,7 @@ async def test_reads_and_routes_answer_json(client):
     await assert_error(await client.get("/v1/workers/0x" + "00" * 20), 404, "unknown_worker")
     await assert_error(await client.get("/v1/workers/0x5EC65DaAcCa3B127736b97bC1EDB9bD885Bc2Db7"), 400, "bad_address")
     await assert_error(await client.get("/v1/leaderboard?limit=0"), 400, "bad_query")
+    await assert_error(await client.get("/v1/leaderboard?limit=²"), 400, "bad_query")  # a digit to str.isdigit()
     await assert_error(await client.get("/v1/nowhere"), 404, "not_found")
     await assert_error(await client.delete("/v1/bundles"), 405, "method_not_allowed")
     for path in ("/v1/slashes", "/v1/epochs", "/v1/jobs"):
@@ -164,3 +165,18 @@ async def test_unreplayed_job_pays_every_stage_and_shows_on_the_leaderboard(ledg
         assert epochs[0]["entry_count"] >= 3 and epochs[0]["anchor_tx"] is None
         evidence = await (await client.get(f"/v1/jobs/{job_id}/evidence")).json()
         assert evidence["replayed"] is False and evidence["bundle"]["spec"]["seed"] == 7
+        # each stage can fetch what the contract's claim() wants, against the epoch's rewards root
+        from ledger.epochs import RewardProof
+
+        for key in worker_keys:
+            answer = await (await client.get(f"/v1/workers/{key.address.lower()}/reward-proof")).json()
+            proof = RewardProof(answer["epoch"], answer["worker"], int(answer["cumulative"]), tuple(answer["proof"]),
+                                answer["rewards_root"])
+            assert proof.verify() and proof.worker == key.address and proof.cumulative == 14 * 10**9
+            assert proof.rewards_root == epochs[0]["rewards_root"]
+        assert await (await client.get(f"/v1/workers/{worker_keys[-1].address}/reward-proof?epoch=1")).json() == answer
+        stranger = SigningKey.generate().address
+        await assert_error(await client.get(f"/v1/workers/{stranger}/reward-proof"), 404, "no_reward")
+        await assert_error(await client.get(f"/v1/workers/{worker_keys[0].address}/reward-proof?epoch=2"), 404, "no_reward")
+        for bad in ("0", "-1", "x", "²", "9" * 30):
+            await assert_error(await client.get(f"/v1/workers/{worker_keys[0].address}/reward-proof?epoch={bad}"), 400, "bad_query")
