@@ -99,8 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="torch threads for replays (env STAGEWISE_REPLAY_THREADS; default half the cores, which leaves "
                      "the rest to bundle intake and the API; a machine that only validates may give it every core)")
     run.add_argument("--no-orchestration", action="store_true", default=_env("STAGEWISE_NO_ORCHESTRATION") == "1",
-                     help="validate only: no worker registration, groups or dispatch, and bundles of any job are "
-                     "taken (a second validator on a shared ledger; env STAGEWISE_NO_ORCHESTRATION=1)")
+                     help="validate only: no worker registration, groups or dispatch; bundles are taken for the jobs "
+                     "an orchestrator on the shared ledger issued (a second validator; env STAGEWISE_NO_ORCHESTRATION=1)")
+    run.add_argument("--accept-unissued-jobs", action="store_true", default=_env("STAGEWISE_ACCEPT_UNISSUED_JOBS") == "1",
+                     help="with --no-orchestration: take bundles of any job, not only those an orchestrator on the "
+                     "shared ledger issued and awaits (a validator tested on its own; in production workers could "
+                     "then pick their own seeds, against I1; env STAGEWISE_ACCEPT_UNISSUED_JOBS=1)")
     setup = _orchestration_setup()
     if setup is not None:
         setup.add_orchestration_options(run)
@@ -240,6 +244,12 @@ async def _serve(args, dirs: list[Path]) -> None:
         validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
     )
     node = ValidatorNode(config, ledger, domain=domain, models=models, chain=chain, chain_key=key, rpc_url=rpc_url)
+    if args.no_orchestration and not args.accept_unissued_jobs:
+        from node.validator.issued_jobs import awaited_by_ledger
+
+        node.spec_guard = awaited_by_ledger(ledger)
+    elif args.no_orchestration:
+        log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
     setup = None if args.no_orchestration else _orchestration_setup()
     orchestration = setup.build_orchestration(args, node, dirs[0]) if setup is not None else None
     app = build_app(node, [orchestration.registrar] if orchestration is not None else [])

@@ -35,3 +35,20 @@ class IssuedJobs:
         if spec.job_id_hex in self._ids:
             return None
         return f"job {spec.job_id_hex} was not issued by this validator's orchestrator (seeds are the orchestrator's, I1)"
+
+
+def awaited_by_ledger(ledger):
+    """`ValidatorNode.spec_guard` for a validator without an orchestrator (`--no-orchestration`) on a shared
+    ledger: accept a bundle only of a job some orchestrator on that ledger issued and still awaits (it
+    records the job before any worker sees it, node.validator.deadlines)."""
+    from node.validator.deadlines import AWAITING
+
+    async def guard(spec: JobSpec) -> str | None:
+        record = await ledger.job(spec.job_id_hex)
+        if record is not None and record.status == AWAITING:
+            return None
+        return (f"job {spec.job_id_hex} is not one an orchestrator on this ledger issued and awaits "
+                "(seeds are the orchestrator's, I1)")
+
+    return guard
+

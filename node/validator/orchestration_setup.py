@@ -27,7 +27,7 @@ from typing import Any
 from node.job import SamplingParams
 from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
 from node.validator.grouping import GroupingPolicy, ModelShape
-from node.validator.issued_jobs import IssuedJobs
+from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
 from node.validator.orchestrator import Orchestrator
 from node.validator.orchestrator_api import orchestration_registrar
 from node.validator.pipeline_driver import PipelineDriver
@@ -207,15 +207,13 @@ def _spec_guard(node: Any, issued: IssuedJobs):
     """Accept a bundle of a job this orchestrator issued, or one the shared ledger awaits (issued by another
     validator's orchestrator, or by this one before a restart); refuse any other spec (I1)."""
 
+    ledger = getattr(node, "ledger", None)
+    awaited = awaited_by_ledger(ledger) if ledger is not None else None
+
     async def guard(spec) -> str | None:
         reason = await issued.guard(spec)
-        if reason is None:
+        if reason is None or (awaited is not None and await awaited(spec) is None):
             return None
-        ledger = getattr(node, "ledger", None)
-        if ledger is not None:
-            record = await ledger.job(spec.job_id_hex)
-            if record is not None and record.status == "awaiting":
-                return None
         return reason
 
     return guard

@@ -134,3 +134,31 @@ async def _validating(url) -> bool:
 
 async def _all_done(url, count) -> bool:
     return (await queue_state(url)).get("done", 0) == count
+
+
+async def test_a_validator_without_orchestration_takes_only_jobs_an_orchestrator_on_its_ledger_awaits(
+    sqlite_url, model_dir, group, worker_keys, tmp_path
+):
+    import aiohttp
+
+    from node.validator.deadlines import expect
+
+    issued = group.spec([1, 2, 3], seed=11, max_new_tokens=4)
+    invented = group.spec([1, 2, 3], seed=12, max_new_tokens=4)  # a seed the worker chose itself (I1)
+    ledger = await Ledger.open(sqlite_url)
+    try:
+        await stake_all(ledger, worker_keys)
+        assert await expect(ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN, models=ReplayModels([model_dir])), issued)
+    finally:
+        await ledger.close()
+    process, url = start_validator(sqlite_url, model_dir, tmp_path, "validate-only")
+    try:
+        async with aiohttp.ClientSession() as session:
+            answers = []
+            for spec in (invented, issued):
+                body = signed_bundle(group, spec, [7] * 4).to_json().encode()
+                async with session.post(url + "/v1/bundles", data=body, headers={"Content-Type": "application/json"}) as r:
+                    answers.append((r.status, (await r.json()).get("error", {}).get("code")))
+    finally:
+        stop(process)
+    assert answers == [(403, "unassigned_job"), (202, None)]
