@@ -545,6 +545,17 @@ class ChainClient:
         events.sort(key=lambda e: (e.block_number, e.log_index))
         return events
 
+    def event_tx(self, name: str, *indexed: bytes | None) -> str | None:
+        """The hash of the first transaction that emitted event `name` with these indexed arguments (in
+        declaration order; None matches any), from one topic-filtered log query over the whole chain:
+        the node searches its log index instead of this process reading every event since block 0."""
+        topic0 = next((topic for topic, event in self._event_topics.items() if event == name), None)
+        if topic0 is None:
+            raise ValueError(f"the staking contract has no event {name!r}")
+        topics = ["0x" + topic0.hex(), *(None if value is None else "0x" + bytes(value).rjust(32, b"\0").hex() for value in indexed)]
+        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
+        return "0x" + bytes(logs[0]["transactionHash"]).hex() if logs else None
+
     def _decode_log(self, entry: Any) -> ChainEvent | None:
         if not entry["topics"]:
             return None

@@ -30,20 +30,13 @@ def _hex32(value: str) -> bytes:
     return bytes.fromhex(value.removeprefix("0x"))
 
 
-def _find_tx(chain: Any, event_name: str, match) -> str | None:
-    for event in chain.events_since(0):
-        if type(event).__name__ == event_name and match(event):
-            return event.tx_hash
-    return None
-
-
 def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
     """Deliver one outbox row (blocking); returns the hash of the transaction that carries its effect."""
     payload = row.payload
     if row.kind == "slash":
         evidence = _hex32(payload["evidence_hash"])
         if chain.evidence_used(evidence):
-            found = _find_tx(chain, "Slashed", lambda e: bytes(e.evidence_hash) == evidence)
+            found = chain.event_tx("Slashed", None, evidence)  # Slashed(worker, evidenceHash, validator, …)
             if found is None:
                 raise Permanent("the evidence is used on chain but its Slashed event was not found")
             return found
@@ -51,12 +44,15 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
         amount = min(int(payload["amount"]), slashable)
         if amount <= 0:
             raise Permanent(f"{payload['worker']} has no stake left on chain to slash")
+        if amount < int(payload["amount"]):  # the journal keeps the verdict's amount; the stake follows the chain
+            log.warning("slashing %s: %d wei of the %s the verdict set, all the stake it has left",
+                        payload["worker"], amount, payload["amount"])
         return chain.slash(key, payload["worker"], amount, evidence).tx_hash
     if row.kind == "anchor":
         epoch = int(payload["epoch"])
         latest = chain.latest_anchor()
         if latest.count and latest.latest_epoch >= epoch:
-            found = _find_tx(chain, "Anchored", lambda e: int(e.epoch) == epoch)
+            found = chain.event_tx("Anchored", epoch.to_bytes(32, "big"))
             if found is None:
                 raise Permanent(f"the chain is past epoch {epoch} ({latest.latest_epoch}) without anchoring it")
             return found

@@ -310,6 +310,25 @@ def test_fund_lets_a_fresh_key_stake_and_events_replay_in_order(chain: ChainClie
     assert chain.events_since(chain.block_number + 1) == []
 
 
+def test_the_transaction_of_a_slash_or_an_anchor_is_found_by_its_indexed_fields(chain: ChainClient):
+    """What the outbox asks after a crash between sending and recording: which transaction did it?"""
+    worker = SigningKey.generate()
+    chain.fund(worker.address, ETHER)
+    chain.stake(worker, ETHER // 2)
+    evidence = keccak(b"the slash a crashed validator sent")
+    slashed = chain.slash(chain.dev_keys[0], worker.address, 5, evidence)
+    latest = chain.latest_anchor()
+    epoch = (latest.latest_epoch if latest.count else 0) + 1
+    anchored = chain.anchor(chain.dev_keys[0], epoch, keccak(b"e"), keccak(b"r"), 1)
+    assert chain.event_tx("Slashed", None, evidence) == slashed.tx_hash
+    assert chain.event_tx("Slashed", bytes.fromhex(worker.address[2:]), evidence) == slashed.tx_hash  # padded to 32 bytes
+    assert chain.event_tx("Slashed", None, keccak(b"never used")) is None
+    assert chain.event_tx("Anchored", epoch.to_bytes(32, "big")) == anchored.tx_hash
+    assert chain.event_tx("Anchored", (epoch + 1).to_bytes(32, "big")) is None
+    with pytest.raises(ValueError, match="no event"):
+        chain.event_tx("Minted")
+
+
 def rewards_root(cumulative: dict[str, int]) -> tuple[bytes, dict[str, list[bytes]]]:
     """The rewards root and every worker's claim proof, made by the ledger (what validators anchor)."""
     proofs = {worker: epochs.reward_proof(1, cumulative, worker) for worker in cumulative}
