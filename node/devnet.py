@@ -6,7 +6,8 @@ JSON-RPC) and a SQLite ledger, creates and stakes worker keys, starts stage work
 and run a bundled set of arithmetic tasks on them, and follows it all through the validator's public API
 until every job has a verdict and an epoch is anchored on chain. One worker cheats (`--cheat`): it
 perturbs its layers' weights, computes and proves honestly on top of them, and is caught by the
-validator's replay, blamed and slashed, while the stages beside it are not.
+validator's replay, blamed and slashed, while the stages beside it are not. At the end the best-paid
+worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise claim`).
 
 Every part is a real process talking HTTP on loopback: the same commands an operator runs
 (`stagewise validator run`, `stagewise worker run`), so the devnet is also their integration test.
@@ -145,6 +146,7 @@ class Devnet:
         self.processes: dict[str, subprocess.Popen] = {}
         self.workers: list[str] = []
         self.cheater: str | None = None
+        self.chain: dict[str, str] = {}  # rpc_url and contract, once the validator says where its chain is
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------------------------------- start
@@ -230,7 +232,9 @@ class Devnet:
             chain.stake(key, stake)
             self.workers.append(key.address)
             keystores.append(keystore)
-        print(f"{len(keystores)} worker keys funded and staked {stake / ETHER:g} ETH each")
+        chain.fund_rewards(chain.dev_keys[0], ETHER)  # what the contract pays claims from
+        print(f"{len(keystores)} worker keys funded and staked {stake / ETHER:g} ETH each; reward pool funded with 1 ETH")
+        self.chain = {"rpc_url": rpc_url, "contract": contract}
         return keystores
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -333,6 +337,7 @@ class Devnet:
         if latest is not None:
             print(f"  epoch {latest['number']} anchored in transaction {latest['anchor_tx']}: "
                   f"entries root {latest['entries_root']}, rewards root {latest['rewards_root']}")
+        claimed = self.claim(leaderboard, names)
         caught = {row.get("worker") for row in slashes}
         honest_slashed = len(caught - {self.cheater})
         if self.cheater:
@@ -341,7 +346,26 @@ class Devnet:
                   f"honest workers slashed: {honest_slashed}.")
         print(f"Finished in {time.monotonic() - self.started:.0f} s; logs in {self.home}.")
         print(f"Dashboard: {self.url}/ (up while the devnet runs: `stagewise devnet --serve` keeps it up)")
-        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught)
+        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught) and claimed
+
+    def claim(self, leaderboard: list[dict[str, Any]], names: dict[str, str]) -> bool:
+        """The best-paid worker claims its reward on chain as any worker does: `stagewise claim`, its proof
+        from the validator's API, checked against the root anchored on chain. True when it was paid."""
+        paid = [row for row in leaderboard if int(row.get("rewards") or 0) > 0]
+        if not paid:
+            print("\nNo worker earned a reward to claim.")
+            return False
+        address = max(paid, key=lambda row: int(row["rewards"]))["address"]
+        name = names.get(address, address)
+        result = subprocess.run(
+            [sys.executable, "-m", "node.cli", "claim", "--validator", self.url,
+             "--keystore", str(self.home / name / "keys" / "worker.json"), "--password-file", str(self.password_file),
+             "--rpc-url", self.chain["rpc_url"], "--contract", self.chain["contract"]],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, STAGEWISE_HOME=str(self.home / name)),
+        )
+        said = (result.stdout.strip() or result.stderr.strip()).splitlines()
+        print(f"\n{name} claims its reward: {said[-1] if said else f'exit status {result.returncode}'}")
+        return result.returncode == 0 and "claimed" in result.stdout
 
     def show_logs(self, lines: int = 15) -> None:
         for name in self.processes:

@@ -28,6 +28,7 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     out = result.stdout
     assert "was caught and slashed; honest workers slashed: 0." in out
     assert "anchored in transaction 0x" in out
+    assert "claims its reward: claimed" in out  # against the anchored root, paid from the reward pool
     leaderboard = out.split("Leaderboard")[1].split("Slashing history")[0]
     paid = [line for line in leaderboard.splitlines()[2:] if line.strip() and line.split()[3] != "0"]
     assert len(paid) >= 3  # an honest group of three stages was paid
