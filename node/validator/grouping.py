@@ -5,8 +5,8 @@ Two rules decide its shape:
 
 * **Layers follow speed, within memory.** A stage of L layers serving T tokens costs L*T/throughput
   seconds, and a pipeline runs at the pace of its slowest stage, so each worker gets layers in proportion
-  to its throughput as the worker declares it (`--throughput`; every stage then takes about the same time), capped by how many layers its
-  memory holds and never fewer than one. When memory binds, the layers it cannot hold flow to the others in
+  to the throughput it declares (`--throughput`; every stage then takes about the same time), capped by how
+  many layers its memory holds and never fewer than one. When memory binds, the layers it cannot hold flow to the others in
   proportion to their throughput (water-filling), so the split is min(throughput share, memory) or close.
 * **Few stages, one region.** Every extra stage adds a network hop per token, and a hop across regions
   costs far more than one inside a rack, so groups are packed from one region first (the fewest workers
