@@ -40,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -53,6 +53,7 @@ from node.signing import SIGNATURE_LENGTH, SigningKey
 log = logging.getLogger("stagewise.worker")
 
 RECEIPT_ROUTE = "/v1/jobs/{job_id}/receipt"
+T = TypeVar("T")
 
 
 class WorkerError(Exception):
@@ -116,24 +117,23 @@ def format_wei(wei: int) -> str:
 def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> StakeStatus:
     """The key's active stake on the staking contract (blocking; web3). WorkerError when the chain cannot
     be reached or holds no such contract."""
-    from ledger.chain import ChainClient, ChainError
-
-    try:
-        chain = ChainClient.connect(rpc_url, address=contract, request_timeout=10.0)
-        staked = chain.stake_of(address)
-        return StakeStatus(address, staked, required_wei, chain.chain_id, chain.address, rpc_url)
-    except ChainError as error:
-        raise WorkerError(f"chain at {rpc_url}: {error}") from None
-    except Exception as error:  # requests/web3 connection errors come in many classes
-        raise WorkerError(f"cannot reach the chain at {rpc_url}: {_short(error)}") from None
+    return _read_contract(
+        rpc_url, contract,
+        lambda chain: StakeStatus(address, chain.stake_of(address), required_wei, chain.chain_id, chain.address, rpc_url),
+    )
 
 
 def read_validator_role(rpc_url: str, contract: str, address: str) -> bool:
     """Whether `address` is in the staking contract's validator set (blocking; web3)."""
+    return _read_contract(rpc_url, contract, lambda chain: chain.is_validator(address))
+
+
+def _read_contract(rpc_url: str, contract: str, read: Callable[[Any], T]) -> T:
+    """`read(chain)` on a fresh connection; every failure is one WorkerError that names the chain."""
     from ledger.chain import ChainClient, ChainError
 
     try:
-        return ChainClient.connect(rpc_url, address=contract, request_timeout=10.0).is_validator(address)
+        return read(ChainClient.connect(rpc_url, address=contract, request_timeout=10.0))
     except ChainError as error:
         raise WorkerError(f"chain at {rpc_url}: {error}") from None
     except Exception as error:  # requests/web3 connection errors come in many classes
@@ -144,7 +144,7 @@ def unbacked_controller_error(validator_url: str, address: str, contract: str) -
     return WorkerError(
         f"the validator at {validator_url} signs stage control as {address}, which is not a validator on the staking "
         f"contract {contract}: the contract would refuse its slashes and anchors, and a stage server obeys only a "
-        "validator the contract backs (check --validator-url, or have the contract's owner add that address)"
+        "validator the contract backs (check --validator, or have the contract's owner add that address)"
     )
 
 
