@@ -262,7 +262,7 @@ class Devnet:
     # ------------------------------------------------------------------------------------------ follow
 
     def follow(self) -> None:
-        """Show progress until every task ran, every job has a verdict and an epoch is anchored after them."""
+        """Show progress until every task ran, every job has a verdict and the epoch holding them is anchored."""
         from tqdm import tqdm
 
         total = self.args.tasks
@@ -270,7 +270,6 @@ class Devnet:
         verdict_bar = tqdm(total=total, desc="jobs verified", unit="job", position=1, dynamic_ncols=True)
         status = tqdm(total=0, bar_format="{desc}", position=2, dynamic_ncols=True)
         deadline = self.started + self.args.timeout
-        anchored_after: int | None = None
         try:
             while True:
                 self._check_alive()
@@ -278,6 +277,7 @@ class Devnet:
                     raise DevnetError(f"the devnet did not finish within {self.args.timeout:.0f} s")
                 progress = self.get("/v1/orchestrator/progress")
                 jobs = self.get("/v1/jobs?limit=500")
+                waiting = self.get("/health").get("entries_waiting")  # read before the epochs: see below
                 slashes = _rows(self.get("/v1/slashes"), "slashes")
                 epochs = _rows(self.get("/v1/epochs"), "epochs")
                 done = int(progress.get("tasks_done", 0)) + int(progress.get("tasks_failed", 0))
@@ -292,9 +292,10 @@ class Devnet:
                 )
                 tasks_bar.refresh(), verdict_bar.refresh()
                 finished = done >= total and verdicts >= len(_rows(jobs, "jobs")) > 0
-                if finished and anchored_after is None:
-                    anchored_after = max((int(e["number"]) for e in epochs), default=0)
-                if finished and any(int(e["number"]) > anchored_after for e in anchored):
+                # ... and every verdict's entries are in an epoch whose root is on chain: none was waiting
+                # outside a closed epoch when we asked, and the newest epoch since (they come newest first)
+                # is anchored, so every earlier one is too. Closed before or after we looked, it counts.
+                if finished and waiting == 0 and epochs and epochs[0].get("anchor_tx"):
                     break
                 time.sleep(1.0)
         finally:

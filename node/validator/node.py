@@ -32,6 +32,7 @@ from node.job import JobSpec
 from node.receipts import ReceiptDomain
 from node.signing import SigningKey
 from node.validator.config import ValidatorConfig
+from node.validator.epochs_task import entries_waiting
 from node.validator.errors import ApiError
 from node.validator.intake import IntakeWriter, admit
 from node.validator.metrics import ValidatorMetrics
@@ -396,6 +397,7 @@ class ValidatorNode:
         try:
             report["queue_depth"] = await self.queue.depth()
             report["journal_seq"] = (await self.ledger.head())[0]
+            report["entries_waiting"] = await entries_waiting(self)  # not yet in a closed epoch (anchors aside)
         except Exception as error:
             report.update(status="degraded", ledger_error=f"{type(error).__name__}: {error}")
         return report

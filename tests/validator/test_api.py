@@ -159,8 +159,10 @@ async def test_unreplayed_job_pays_every_stage_and_shows_on_the_leaderboard(ledg
         board = (await (await client.get("/v1/leaderboard")).json())["items"]
         assert {row["address"] for row in board} == {k.address for k in worker_keys}
         assert all(row["rewards"] == str(14 * 10**9) for row in board)
+        assert (await (await client.get("/health")).json())["entries_waiting"] == 3  # the three rewards
         closed = await client.post("/v1/admin/epochs/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert closed.status == 201
+        assert (await (await client.get("/health")).json())["entries_waiting"] == 0
         epochs = (await (await client.get("/v1/epochs")).json())["items"]
         assert epochs[0]["entry_count"] >= 3 and epochs[0]["anchor_tx"] is None
         evidence = await (await client.get(f"/v1/jobs/{job_id}/evidence")).json()
