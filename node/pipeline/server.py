@@ -417,12 +417,15 @@ class StageServer:
         """Stage 0: the next micro-batch, about in-flight / micro_batches sequences, oldest first."""
         if not self._ready:
             return []
-        size = max(1, math.ceil(max(1, self.in_flight()) / self._groups))
+        return self._take_batch(max(1, math.ceil(max(1, self.in_flight()) / self._groups)))
+
+    def _take_batch(self, size: int | None = None) -> list[StepInput]:
+        """Sequences from the front of the ready queue, at most `size` (None: any number) within the prefill
+        row budget, numbered as one micro-batch."""
         batch, rows = [], 0
         for job in list(self._ready):
-            item = self._ready[job]
-            count = item.inputs.shape[0]
-            if batch and (len(batch) >= size or rows + count > self.max_prefill_rows):
+            count = self._ready[job].inputs.shape[0]
+            if batch and ((size is not None and len(batch) >= size) or rows + count > self.max_prefill_rows):
                 break
             batch.append(self._ready.pop(job))
             rows += count
@@ -465,18 +468,7 @@ class StageServer:
                     break
         finally:
             self._coalescing = False
-        batch, rows = [], 0
-        for job in list(self._ready):  # everything ready now, up to the prefill row budget
-            count = self._ready[job].inputs.shape[0]
-            if batch and rows + count > self.max_prefill_rows:
-                break
-            batch.append(self._ready.pop(job))
-            rows += count
-        self._batch_counter += 1
-        now = time.monotonic()
-        for item in batch:
-            item.seq.batch, item.seq.dispatched = self._batch_counter, now
-        return batch
+        return self._take_batch()  # everything ready now, up to the prefill row budget
 
     def _frame_items(self, data: bytes) -> list[StepInput]:
         try:
