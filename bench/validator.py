@@ -127,7 +127,37 @@ def verification_row(model_dir: Path, new_tokens: int) -> dict:
         "verdict": verdict.outcome.value,
         "breakdown_s": report.figures["seconds"],
         "threads": torch.get_num_threads(),
+        "machine": machine_figures(model, len(spec.prompt_token_ids), len(output), generation_s,
+                                   report.figures["seconds"]["forward"]),
     }
+
+
+def machine_figures(model, prompt_tokens: int, new_tokens: int, generation_s: float, forward_s: float) -> dict:
+    """What bounds each side on this machine, measured: generation reads every weight once per token (memory
+    bandwidth), the replay multiplies matrices (arithmetic). Beside them, this machine's own fp32 matrix
+    product rate, so the replay's share of what the machine can do is a figure, not a claim."""
+    import torch
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.embed_tokens.weight.numel()
+    layer_params = sum(p.numel() for p in model.layers.parameters())
+    replayed = prompt_tokens + new_tokens - 1
+    # 2 FLOPs per weight per position through the layers, and the LM head for the positions that sampled
+    forward_flop = 2 * layer_params * replayed + 2 * embedding * new_tokens
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(5))
+    return {
+        "generation_weights_gb_per_s": new_tokens * weight_bytes / generation_s / 1e9,
+        "replay_gflop_per_s": forward_flop / forward_s / 1e9,
+        "matmul_gflop_per_s": 2 * 2048**3 / best / 1e9,
+    }
+
+
+def _timed(work) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------------ intake
@@ -293,6 +323,11 @@ def verification(model_dir, new_tokens, figures, misses) -> None:
     without_sampling = verify["generation_s"] / (verify["breakdown_s"]["forward"] + verify["breakdown_s"]["proofs"])
     print(f"  verification breakdown: {parts} (replay + stage proofs alone: {without_sampling:.1f}x; reported); "
           f"{verify['threads']} torch thread(s) on both sides", flush=True)
+    machine = verify["machine"]
+    print(f"  what bounds each side here: generation reads the weights at {machine['generation_weights_gb_per_s']:.1f} GB/s "
+          f"(one pass per token); the replay's forward runs at {machine['replay_gflop_per_s']:.0f} GFLOP/s, "
+          f"{machine['replay_gflop_per_s'] / machine['matmul_gflop_per_s']:.0%} of this machine's fp32 matrix product "
+          f"({machine['matmul_gflop_per_s']:.0f} GFLOP/s, 2048^3)", flush=True)
 
 
 def intake(args, model_dir, count, figures, misses) -> None:
