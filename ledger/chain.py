@@ -552,7 +552,8 @@ class ChainClient:
         topic0 = next((topic for topic, event in self._event_topics.items() if event == name), None)
         if topic0 is None:
             raise ValueError(f"the staking contract has no event {name!r}")
-        topics = ["0x" + topic0.hex(), *(None if value is None else "0x" + bytes(value).rjust(32, b"\0").hex() for value in indexed)]
+        padded = (None if value is None else "0x" + bytes(value).rjust(32, b"\0").hex() for value in indexed)
+        topics = ["0x" + topic0.hex(), *padded]
         logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
         return "0x" + bytes(logs[0]["transactionHash"]).hex() if logs else None
 
