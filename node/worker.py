@@ -38,7 +38,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -434,7 +434,8 @@ class WorkerConfig:
     port: int = 0
     public_url: str | None = None
     memory_bytes: int = 8 << 30
-    layer_tokens_per_s: float = 1000.0
+    layer_tokens_per_s: float | None = 1000.0
+    """What the orchestrator splits layers by; None: measured at start (node/pipeline/throughput.py)."""
     region: str = "local"
     model_dirs: tuple[Path, ...] = ()
     device: str = "cpu"
@@ -580,6 +581,8 @@ class Worker:
         """Everything up to a registered worker; on failure, whatever was started is stopped again."""
         status, self.domain = await self.check_stake()
         log.info("%s", status.explain())
+        if self.config.layer_tokens_per_s is None:
+            self.config = replace(self.config, layer_tokens_per_s=await self.measure_throughput())
         self.book = ReceiptBook(self.key, self.domain, receipts_dir(self.key.address))
         self.server = await start_stage_server(
             self.config, self.key, self._on_stage_result, receipt_routes(self.book), self._on_complaint,
@@ -591,6 +594,15 @@ class Worker:
         except BaseException:
             await self.server.stop()
             raise
+
+    async def measure_throughput(self) -> float:
+        from node.pipeline.throughput import measure_layer_tokens_per_s
+
+        model_dir = self.config.model_dirs[0]
+        speed = round(await asyncio.to_thread(measure_layer_tokens_per_s, model_dir, self.config.device), 1)
+        log.info("measured %g layer-tokens/s (one layer of %s decoding on %s; --throughput overrides)",
+                 speed, Path(model_dir).name, self.config.device)
+        return speed
 
     async def register(self) -> None:
         from node.validator.worker_messages import Capacity, make_registration

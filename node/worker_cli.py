@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--port", type=int, default=0, help="stage server port (default: a free one)")
     run.add_argument("--public-url", help="URL other stages and the validator use to reach this stage server (default http://HOST:PORT)")
     run.add_argument("--capacity", default="8GiB", type=parse_size, help="memory offered for weights and cache, e.g. 8GiB (default 8GiB)")
-    run.add_argument("--throughput", type=float, default=1000.0, help="measured layer-tokens per second (default 1000)")
+    run.add_argument("--throughput", type=float, default=None,
+                     help="layer-tokens per second this worker offers, which the orchestrator splits layers by "
+                     "(default: measured at start, about a second decoding one layer of the model)")
     run.add_argument("--region", default="local", help="region label used to group nearby workers (default local)")
     run.add_argument("--model-dir", type=Path, action="append", default=[], help="a model directory this worker may serve (repeatable)")
     run.add_argument("--model", choices=["smollm2"], help="a bundled model: smollm2 = SmolLM2-135M-Instruct (converted once into the cache)")

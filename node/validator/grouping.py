@@ -5,10 +5,10 @@ Two rules decide its shape:
 
 * **Layers follow speed, within memory.** A stage of L layers serving T tokens costs L*T/throughput
   seconds, and a pipeline runs at the pace of its slowest stage, so each worker gets layers in proportion
-  to the throughput it declares (`--throughput`; every stage then takes about the same time), capped by how
-  many layers its memory holds and never fewer than one. When memory binds, the layers it cannot hold flow
-  to the others in proportion to their throughput (water-filling), so the split is min(throughput share,
-  memory) or close.
+  to the throughput it offers (measured at its start, or `--throughput`; every stage then takes about the
+  same time), capped by how many layers its memory holds and never fewer than one. When memory binds, the
+  layers it cannot hold flow to the others in proportion to their throughput (water-filling), so the
+  split is min(throughput share, memory) or close.
 * **Few stages, one region.** Every extra stage adds a network hop per token, and a hop across regions
   costs far more than one inside a rack, so groups are packed from one region first (the fewest workers
   whose memory holds the model, or exactly `stages_per_group` when the operator asks for a shape); only

@@ -181,6 +181,9 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
                 in_process.result()
 
         group = await stack.group_of(keys, alive)
+        # the process gave no --throughput: it measured its own; the in-process worker declared 1000
+        offered = {w.address: w.capacity.layer_tokens_per_s for w in stack.orchestrator.registry.all()}
+        assert offered[keys[1].address] == 1000.0 and 0 < offered[keys[0].address] != 1000.0
         spec = stack.spec(group, seed=77, max_new_tokens=40)
         output = await asyncio.wait_for(stack.driver.run(group, spec, lambda ids: None), 90)
         assert 1 <= len(output) <= 40
@@ -209,6 +212,7 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
         await asyncio.wait_for(in_process, 30)
     assert process.returncode == 0, log
     assert "registered with" in log and "stopping: 1 sequence(s) in flight" in log
+    assert f"measured {offered[keys[0].address]:g} layer-tokens/s" in log
     assert "the stage server is shutting down" in log and "stopped:" in log
     for key in keys:
         assert key.secret.hex() not in log

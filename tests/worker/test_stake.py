@@ -91,3 +91,17 @@ def test_the_validator_set_is_read_from_the_contract(served_chain, worker_key):
     chain, url = served_chain
     assert read_validator_role(url, chain.address, chain.dev_keys[0].address)  # the owner deployed it as one
     assert not read_validator_role(url, chain.address, worker_key.address)
+
+
+def test_a_worker_measures_the_layer_tokens_per_second_it_offers(tmp_path):
+    import time
+
+    from node.pipeline.throughput import measure_layer_tokens_per_s
+    from node.pipeline.tiny import tiny_model_dir
+
+    model_dir = tiny_model_dir("llama", seed=3, path=tmp_path / "tiny", num_layers=2)
+    started = time.perf_counter()
+    rate = measure_layer_tokens_per_s(model_dir, seconds=60, most_steps=8)  # 8 steps end it long before 60 s
+    elapsed = time.perf_counter() - started
+    assert elapsed < 30 and rate >= 8 / elapsed  # 8 steps in (less than) the whole call's time
+    assert measure_layer_tokens_per_s(model_dir, seconds=0.0) > 0  # always at least one timed step
