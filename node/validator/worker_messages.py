@@ -22,7 +22,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlparse
 
 from eth_utils import is_address, to_checksum_address
@@ -64,9 +64,26 @@ class Capacity:
         object.__setattr__(self, "layer_tokens_per_s", float(value))
 
 
+class WorkerMessage:
+    """What the three messages share: a kind, one canonical encoding, and an EIP-191 signature over it."""
+
+    KIND: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.KIND, "version": MESSAGE_VERSION, **asdict(self)}
+
+    def canonical_bytes(self) -> bytes:
+        return _canonical(self.to_dict())
+
+    def sign(self, key: SigningKey) -> "Signed[Any]":
+        return Signed(self, key.sign_message(self.canonical_bytes()))
+
+
 @dataclass(frozen=True)
-class Registration:
+class Registration(WorkerMessage):
     """A worker offers itself: who it is, what it can do, where it is and where its stage server listens."""
+
+    KIND: ClassVar[str] = REGISTRATION_KIND
 
     address: str
     capacity: Capacity
@@ -85,19 +102,12 @@ class Registration:
         _check_nonce(self.nonce)
         _check_timestamp(self.timestamp)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": REGISTRATION_KIND, "version": MESSAGE_VERSION, **asdict(self)}
-
-    def canonical_bytes(self) -> bytes:
-        return _canonical(self.to_dict())
-
-    def sign(self, key: SigningKey) -> "SignedRegistration":
-        return SignedRegistration(self, key.sign_message(self.canonical_bytes()))
-
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(WorkerMessage):
     """A worker is alive. `in_flight` is how many sequences its stage holds now (informational)."""
+
+    KIND: ClassVar[str] = HEARTBEAT_KIND
 
     address: str
     nonce: str
@@ -111,19 +121,12 @@ class Heartbeat:
         if not (_is_int(self.in_flight) and 0 <= self.in_flight < 1 << 31):
             raise MessageError("in_flight must be a non-negative integer")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": HEARTBEAT_KIND, "version": MESSAGE_VERSION, **asdict(self)}
-
-    def canonical_bytes(self) -> bytes:
-        return _canonical(self.to_dict())
-
-    def sign(self, key: SigningKey) -> "SignedHeartbeat":
-        return SignedHeartbeat(self, key.sign_message(self.canonical_bytes()))
-
 
 @dataclass(frozen=True)
-class Leave:
+class Leave(WorkerMessage):
     """A worker is shutting down: stop giving its group work, repair the group now."""
+
+    KIND: ClassVar[str] = LEAVE_KIND
 
     address: str
     nonce: str
@@ -133,15 +136,6 @@ class Leave:
         object.__setattr__(self, "address", _checked_address(self.address))
         _check_nonce(self.nonce)
         _check_timestamp(self.timestamp)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": LEAVE_KIND, "version": MESSAGE_VERSION, **asdict(self)}
-
-    def canonical_bytes(self) -> bytes:
-        return _canonical(self.to_dict())
-
-    def sign(self, key: SigningKey) -> "SignedLeave":
-        return SignedLeave(self, key.sign_message(self.canonical_bytes()))
 
 
 M = TypeVar("M")  # Registration, Heartbeat or Leave
