@@ -34,7 +34,7 @@ from node.receipts import (
     keccak,
     parse_hex,
 )
-from node.json_input import nesting_problem
+from node.json_input import JsonInputError, checked_text
 from node.signing import SIGNATURE_LENGTH, SignatureError, SigningKey, recover_digest
 
 BUNDLE_VERSION = 1
@@ -165,16 +165,12 @@ class Bundle:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Bundle":
         """Parse an untrusted JSON document; any defect raises BundleError naming where it is."""
-        if isinstance(text, (bytes, bytearray)):
-            try:
-                text = bytes(text).decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise BundleError(f"bundle is not valid JSON: not UTF-8 ({error.reason})") from None
-        problem = nesting_problem(text, MAX_JSON_DEPTH)
-        if problem == "brackets do not match":
-            raise BundleError(f"bundle is not valid JSON: {problem}")
-        if problem:
-            raise BundleError(f"bundle JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+        try:
+            text = checked_text(text, MAX_JSON_DEPTH)
+        except JsonInputError as error:
+            if str(error).startswith("nested"):
+                raise BundleError(f"bundle JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
+            raise BundleError(f"bundle is not valid JSON: {error}") from None
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
         except json.JSONDecodeError as error:

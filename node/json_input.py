@@ -48,8 +48,8 @@ def nesting_problem(text: str, max_depth: int = MAX_DEPTH) -> str | None:
     return f"nested more than {max_depth} levels deep"
 
 
-def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, **options: Any) -> Any:
-    """json.loads for untrusted input: JsonInputError (a ValueError) on anything but plain, shallow JSON."""
+def checked_text(text: str | bytes, max_depth: int = MAX_DEPTH) -> str:
+    """`text` as a str once it is UTF-8 and nests at most `max_depth` levels: safe to give json.loads."""
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode("utf-8")
@@ -58,6 +58,12 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, **options: Any) -> A
     problem = nesting_problem(text, max_depth)
     if problem:
         raise JsonInputError(problem)
+    return text
+
+
+def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, **options: Any) -> Any:
+    """json.loads for untrusted input: JsonInputError (a ValueError) on anything but plain, shallow JSON."""
+    text = checked_text(text, max_depth)
     options.setdefault("parse_constant", _no_constants)
     try:
         return json.loads(text, **options)
