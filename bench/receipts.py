@@ -43,7 +43,7 @@ def three_stage_bundle(domain: ReceiptDomain) -> Bundle:
     stages = []
     for index, key in enumerate(keys):
         proofs = tuple(hashlib.sha256(f"{index}/{c}".encode()).digest() * 8 + bytes(2) for c in range(expected_proof_count(len(output))))
-        receipt = expected_receipt(spec, index, output, proofs)
+        receipt = expected_receipt(spec, index, output, proofs, received_proofs=stages[-1].proofs if stages else ())
         stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), proofs))
     return Bundle(spec, tuple(stages), output)
 

@@ -92,7 +92,7 @@ def bundle_of(spec, output, results, keys, domain):
 
     stages = []
     for index, (result, key) in enumerate(zip(results, keys)):
-        receipt = expected_receipt(spec, index, output, result.proofs)
+        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
         stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), tuple(result.proofs)))
     return Bundle(spec, tuple(stages), tuple(output))
 
@@ -182,7 +182,7 @@ def make_bundles(count: int, model_id: str, domain) -> list[bytes]:
                        tuple(StageAssignment(k.address, 10 * i, 10 * i + 10) for i, k in enumerate(keys)))
         stages = []
         for index, key in enumerate(keys):
-            receipt = expected_receipt(spec, index, output, proofs[index])
+            receipt = expected_receipt(spec, index, output, proofs[index], received_proofs=proofs[index - 1] if index else ())
             stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), proofs[index]))
         bodies.append(Bundle(spec, tuple(stages), tuple(output)).to_json().encode())
     return bodies, keys

@@ -12,7 +12,8 @@ with a message naming the place. Checking that it is *true* is separate and chea
 
 Wire form (version 1; bytes are 0x-hex):
     {"version": 1, "spec": {JobSpec.to_dict()},
-     "stages": [{"receipt": {StageReceipt.to_json()}, "signature": "0x…65 bytes", "proofs": ["0x…", …]}, …],
+     "stages": [{"receipt": {StageReceipt.to_json()}, "signature": "0x…65 bytes", "proofs": ["0x…", …],
+                 "received": [{ReceivedHandoff.to_json(with_rows=False)}, …] (only when its inputs differ)}, …],
      "output_token_ids": [int, …],
      "complaints": [{HandoffComplaint.to_json()}, …]}
 """
@@ -33,19 +34,22 @@ from node.receipts import (
     expected_receipt,
     keccak,
     parse_hex,
+    proofs_digest,
 )
 from node.json_input import JsonInputError, checked_text
+from node.pipeline.handoff import DTYPE_CODES, Complaint, HandoffClaim, ReceivedHandoff, handoff_from_json, rows_digest
 from node.signing import SIGNATURE_LENGTH, SignatureError, SigningKey, recover_digest
 
 BUNDLE_VERSION = 1
 MAX_STAGES = 256
 MAX_PROOF_BYTES = 4096
 MAX_PROOFS_PER_STAGE = 4 + (1 << 16) // 32  # the prefill proof + one per 32 decode rows of the longest job
+MAX_EVIDENCE_BYTES = 3 << 20  # a complaint's rows: 6 MiB of hex, inside the validator's 8 MiB body limit
 DECODE_CHUNK = 32  # decode rows per proof (INTERFACES.md, proof schedule)
 
 COMPLAINT_TYPE = (
-    "HandoffComplaint(bytes32 jobId,uint32 complainerStage,uint32 senderStage,uint32 chunkIndex,"
-    "bytes32 claimedProofDigest,bytes32 rebuiltProofDigest)"
+    "HandoffComplaint(bytes32 jobId,uint32 complainerStage,uint32 senderStage,uint32 chunkIndex,uint32 start,"
+    "uint32 count,string dtype,bytes32 rowsDigest,bytes32 claimedProofDigest,bytes32 senderSignatureDigest)"
 )
 COMPLAINT_TYPEHASH = keccak(COMPLAINT_TYPE.encode())
 
@@ -56,76 +60,93 @@ class BundleError(ValueError):
 
 @dataclass(frozen=True)
 class SignedStage:
-    """One stage's part of a bundle: its receipt, the signature over it, and the proofs the receipt digests."""
+    """One stage's part of a bundle: its receipt, the signature over it, and the proofs the receipt digests.
+
+    `received` (a receiving stage's handoff claims, chunk by chunk, without the rows) travels only when the
+    receipt's `inputs_digest` is not the digest of the previous stage's proofs: then it is the evidence of
+    which of the two lied (node/validator/handoff_faults.py)."""
 
     receipt: StageReceipt
     signature: bytes
     proofs: tuple[bytes, ...]
+    received: tuple[ReceivedHandoff, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "receipt": self.receipt.to_json(),
             "signature": "0x" + self.signature.hex(),
             "proofs": ["0x" + proof.hex() for proof in self.proofs],
         }
+        if self.received:
+            data["received"] = [handoff.to_json(with_rows=False) for handoff in self.received]
+        return data
 
 
 @dataclass(frozen=True)
 class HandoffComplaint:
-    """Stage `complainer_stage` refuses the job: the proof it rebuilt from the bytes it received for chunk
-    `chunk_index` differs from the proof `sender_stage` signed for it (PROTOCOL I2).
+    """Stage `complainer_stage` refuses the job and hands over the evidence (PROTOCOL I2): the rows it received
+    for one chunk, the claim the sender signed over them (positions, dtype, digest of the bytes, proof) and the
+    sender's signature. `judge_evidence` decides it without a model: the sender is at fault when it signed
+    these bytes with a proof they do not have; any other complaint is false and costs the complainer.
 
-    `sender_signature` is the sender's own signature over its claimed chunk proof, as the pipeline's handoff
-    carries it (kept as evidence, checked by the validator's replay); `signature` is the complainer's
-    EIP-712 signature over this complaint.
+    `signature` is the complainer's EIP-712 signature over every field; the rows are bound through the
+    claim's digest, which they must match (intake refuses rows that do not).
     """
 
-    job_id: bytes
     complainer_stage: int
-    sender_stage: int
-    chunk_index: int
-    claimed_proof: bytes
-    rebuilt_proof: bytes
+    claim: HandoffClaim
     sender_signature: bytes
+    rows: bytes
     signature: bytes
 
+    @property
+    def job_id(self) -> bytes:
+        return self.claim.job_id
+
+    @property
+    def sender_stage(self) -> int:
+        return self.claim.sender_stage
+
+    @property
+    def chunk_index(self) -> int:
+        return self.claim.chunk_index
+
+    def evidence(self) -> Complaint:
+        return Complaint(self.complainer_stage, self.claim, self.sender_signature, self.rows)
+
     def struct_hash(self) -> bytes:
+        claim = self.claim
         return keccak(
             COMPLAINT_TYPEHASH
-            + self.job_id
+            + claim.job_id
             + self.complainer_stage.to_bytes(32, "big")
-            + self.sender_stage.to_bytes(32, "big")
-            + self.chunk_index.to_bytes(32, "big")
-            + keccak(self.claimed_proof)
-            + keccak(self.rebuilt_proof)
+            + claim.sender_stage.to_bytes(32, "big")
+            + claim.chunk_index.to_bytes(32, "big")
+            + claim.start.to_bytes(32, "big")
+            + claim.count.to_bytes(32, "big")
+            + keccak(claim.dtype.encode())
+            + claim.rows_digest
+            + keccak(claim.proof)
+            + keccak(self.sender_signature)
         )
 
     def digest(self, domain: ReceiptDomain) -> bytes:
         return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
 
     def to_json(self) -> dict[str, Any]:
+        claim = self.claim
         return {
-            f.name: ("0x" + value.hex()) if isinstance(value := getattr(self, f.name), bytes) else value
-            for f in fields(self)
+            "job_id": "0x" + claim.job_id.hex(), "complainer_stage": self.complainer_stage,
+            "sender_stage": claim.sender_stage, "chunk_index": claim.chunk_index, "start": claim.start,
+            "count": claim.count, "dtype": claim.dtype, "rows_digest": "0x" + claim.rows_digest.hex(),
+            "claimed_proof": "0x" + claim.proof.hex(), "sender_signature": "0x" + self.sender_signature.hex(),
+            "rows": "0x" + self.rows.hex(), "signature": "0x" + self.signature.hex(),
         }
 
 
-def sign_complaint(
-    key: SigningKey,
-    domain: ReceiptDomain,
-    *,
-    job_id: bytes,
-    complainer_stage: int,
-    chunk_index: int,
-    claimed_proof: bytes,
-    rebuilt_proof: bytes,
-    sender_signature: bytes,
-) -> HandoffComplaint:
-    """The complaint the receiving stage signs; the sender is always the stage just before it."""
-    unsigned = HandoffComplaint(
-        job_id, complainer_stage, complainer_stage - 1, chunk_index, claimed_proof, rebuilt_proof,
-        sender_signature, b"",
-    )
+def sign_complaint(key: SigningKey, domain: ReceiptDomain, evidence: Complaint) -> HandoffComplaint:
+    """The complaint the receiving stage signs for this deployment over the evidence its pipeline kept."""
+    unsigned = HandoffComplaint(evidence.complainer_stage, evidence.claim, evidence.sender_signature, evidence.rows, b"")
     return HandoffComplaint(**{**unsigned.__dict__, "signature": key.sign_digest(unsigned.digest(domain))})
 
 
@@ -211,7 +232,12 @@ class Bundle:
         raw_complaints = data.get("complaints", [])
         if not isinstance(raw_complaints, list):
             raise BundleError("bundle complaints must be a list")
+        if len(raw_complaints) > len(spec.stages) - 1:
+            raise BundleError(f"bundle has {len(raw_complaints)} complaints; at most one per receiving stage")
         complaints = tuple(_parse_complaint(index, raw, spec) for index, raw in enumerate(raw_complaints))
+        complainers = [complaint.complainer_stage for complaint in complaints]
+        if len(set(complainers)) != len(complainers):
+            raise BundleError("bundle complaints: at most one complaint per receiving stage")
         if not complaints:
             if len(stages) != len(spec.stages):
                 raise BundleError(
@@ -226,7 +252,7 @@ def _parse_stage(index: int, raw: Any) -> SignedStage:
     where = f"stages[{index}]"
     if not isinstance(raw, dict):
         raise BundleError(f"bundle {where} must be an object")
-    _check_keys(f"bundle {where}", raw, {"receipt", "signature", "proofs"})
+    _check_keys(f"bundle {where}", raw, {"receipt", "signature", "proofs", "received"}, optional={"received"})
     try:
         receipt = StageReceipt.from_json(raw["receipt"])
         signature = parse_hex(raw["signature"], f"{where}.signature", length=SIGNATURE_LENGTH)
@@ -242,36 +268,75 @@ def _parse_stage(index: int, raw: Any) -> SignedStage:
         raise BundleError(f"bundle {where}: {error}") from None
     if receipt.stage_index != index:
         raise BundleError(f"bundle {where} holds the receipt of stage {receipt.stage_index}; stages must be in order")
-    return SignedStage(receipt, signature, proofs)
+    return SignedStage(receipt, signature, proofs, _parse_received(where, raw.get("received", []), receipt))
+
+
+def parse_stage(raw: Any) -> SignedStage:
+    """One stage entry from a peer (the shape it has in a bundle), at whatever index its receipt names."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("receipt"), dict):
+        raise BundleError("a stage entry is an object with a receipt, a signature and proofs")
+    index = raw["receipt"].get("stage_index")
+    if not _is_uint32(index):
+        raise BundleError("a stage entry's receipt names no stage index")
+    return _parse_stage(index, raw)
+
+
+def _parse_received(where: str, raw: Any, receipt: StageReceipt) -> tuple[ReceivedHandoff, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_PROOFS_PER_STAGE or receipt.stage_index == 0 and raw:
+        raise BundleError(f"bundle {where}.received must be a list of at most {MAX_PROOFS_PER_STAGE} handoff claims"
+                          " (none on stage 0)")
+    received = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise BundleError(f"bundle {where}.received[{i}] must be an object")
+        _check_keys(f"bundle {where}.received[{i}]", item,
+                    {"chunk", "start", "count", "dtype", "rows_digest", "proof", "signature"})
+        if not (isinstance(item["proof"], str) and len(item["proof"]) <= 2 + 2 * MAX_PROOF_BYTES
+                and isinstance(item["signature"], str) and len(item["signature"]) == 2 + 2 * SIGNATURE_LENGTH):
+            raise BundleError(f"bundle {where}.received[{i}]: proof or signature of the wrong size")
+        try:
+            received.append(handoff_from_json("0x" + receipt.job_id.hex(), receipt.stage_index - 1, item))
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"bundle {where}.received[{i}]: {error}") from None
+    return tuple(received)
+
+
+_COMPLAINT_FIELDS = {"job_id", "complainer_stage", "sender_stage", "chunk_index", "start", "count", "dtype",
+                     "rows_digest", "claimed_proof", "sender_signature", "rows", "signature"}
 
 
 def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
     where = f"complaints[{index}]"
     if not isinstance(raw, dict):
         raise BundleError(f"bundle {where} must be an object")
-    names = [f.name for f in fields(HandoffComplaint)]
-    _check_keys(f"bundle {where}", raw, set(names))
+    _check_keys(f"bundle {where}", raw, _COMPLAINT_FIELDS)
     try:
-        values = {
-            "job_id": parse_hex(raw["job_id"], f"{where}.job_id", length=32),
-            "claimed_proof": parse_hex(raw["claimed_proof"], f"{where}.claimed_proof", max_length=MAX_PROOF_BYTES),
-            "rebuilt_proof": parse_hex(raw["rebuilt_proof"], f"{where}.rebuilt_proof", max_length=MAX_PROOF_BYTES),
-            "sender_signature": parse_hex(raw["sender_signature"], f"{where}.sender_signature", length=SIGNATURE_LENGTH),
-            "signature": parse_hex(raw["signature"], f"{where}.signature", length=SIGNATURE_LENGTH),
-        }
+        job_id = parse_hex(raw["job_id"], f"{where}.job_id", length=32)
+        digest = parse_hex(raw["rows_digest"], f"{where}.rows_digest", length=32)
+        proof = parse_hex(raw["claimed_proof"], f"{where}.claimed_proof", max_length=MAX_PROOF_BYTES)
+        sender_signature = parse_hex(raw["sender_signature"], f"{where}.sender_signature", length=SIGNATURE_LENGTH)
+        rows = parse_hex(raw["rows"], f"{where}.rows", max_length=MAX_EVIDENCE_BYTES)
+        signature = parse_hex(raw["signature"], f"{where}.signature", length=SIGNATURE_LENGTH)
     except ReceiptError as error:
         raise BundleError(f"bundle {error}") from None
-    for name in ("complainer_stage", "sender_stage", "chunk_index"):
+    numbers = {}
+    for name in ("complainer_stage", "sender_stage", "chunk_index", "start", "count"):
         if not _is_uint32(raw[name]):
             raise BundleError(f"bundle {where}.{name} must be an integer in [0, 2**32)")
-        values[name] = raw[name]
-    if not 1 <= values["complainer_stage"] < len(spec.stages):
-        raise BundleError(f"bundle {where}.complainer_stage {values['complainer_stage']} is not a receiving stage")
-    if values["sender_stage"] != values["complainer_stage"] - 1:
+        numbers[name] = raw[name]
+    if raw["dtype"] not in DTYPE_CODES:
+        raise BundleError(f"bundle {where}.dtype must be one of {sorted(DTYPE_CODES)}")
+    if not 1 <= numbers["complainer_stage"] < len(spec.stages):
+        raise BundleError(f"bundle {where}.complainer_stage {numbers['complainer_stage']} is not a receiving stage")
+    if numbers["sender_stage"] != numbers["complainer_stage"] - 1:
         raise BundleError(f"bundle {where}: a stage can only complain about the stage just before it")
-    if values["job_id"] != spec.job_id:
+    if job_id != spec.job_id:
         raise BundleError(f"bundle {where}.job_id is not this bundle's job")
-    return HandoffComplaint(**values)
+    if rows_digest(rows) != digest:
+        raise BundleError(f"bundle {where}.rows do not hash to the rows_digest the complaint names")
+    claim = HandoffClaim(job_id, numbers["sender_stage"], numbers["chunk_index"], numbers["start"], numbers["count"],
+                         raw["dtype"], digest, proof)
+    return HandoffComplaint(numbers["complainer_stage"], claim, sender_signature, rows, signature)
 
 
 def expected_proof_count(output_token_count: int) -> int:
@@ -288,7 +353,8 @@ def check_receipts(bundle: Bundle) -> None:
     number of proofs: a job stopped by a complaint ends early.
     """
     for index, stage in enumerate(bundle.stages):
-        expected = expected_receipt(bundle.spec, index, bundle.output_token_ids, stage.proofs, job_id=bundle.job_id)
+        expected = expected_receipt(bundle.spec, index, bundle.output_token_ids, stage.proofs, job_id=bundle.job_id,
+                                    inputs_digest=stage.receipt.inputs_digest)
         if stage.receipt != expected:
             differing = [f.name for f in fields(StageReceipt) if getattr(stage.receipt, f.name) != getattr(expected, f.name)]
             raise BundleError(f"stage {index} receipt does not match the job: {', '.join(differing)} differ")
@@ -297,6 +363,25 @@ def check_receipts(bundle: Bundle) -> None:
                 f"stage {index} has {len(stage.proofs)} proofs; {len(bundle.output_token_ids)} output tokens "
                 f"need {expected_proof_count(len(bundle.output_token_ids))}"
             )
+        if index > 0:
+            _check_received(bundle, index)
+
+
+def _check_received(bundle: Bundle, index: int) -> None:
+    """A receipt naming other inputs than the previous stage's proofs must carry the claims it received, bound
+    to its inputs digest: without them nobody could tell which of the two lied (the assembler may not drop
+    them to frame the receiver: such a bundle is refused, not judged)."""
+    stage = bundle.stages[index]
+    consistent = stage.receipt.inputs_digest == proofs_digest(bundle.stages[index - 1].proofs)
+    if consistent:
+        if stage.received:
+            raise BundleError(f"stage {index} carries handoff claims although its inputs match stage {index - 1}'s proofs")
+        return
+    if proofs_digest(handoff.claim.proof for handoff in stage.received) != stage.receipt.inputs_digest:
+        raise BundleError(
+            f"stage {index}'s receipt names handoff proofs other than stage {index - 1}'s and its entry does not "
+            "carry the claims it received"
+        )
 
 
 def recover_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:

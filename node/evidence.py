@@ -18,9 +18,9 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
-from node.validator.verdict import Findings, Outcome, Tariff, Verdict, decide
+from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2  # 2: handoff faults (complaints judged by their evidence, equivocation)
 
 
 class EvidenceError(ValueError):
@@ -55,7 +55,7 @@ class Evidence:
                 "stage_proofs_ok": list(self.findings.stage_proofs_ok),
                 "sampling_ok": self.findings.sampling_ok,
                 "work_units": list(self.findings.work_units),
-                "complained_senders": list(self.findings.complained_senders),
+                "handoff_faults": [[stage, reason.value] for stage, reason in self.findings.handoff_faults],
             },
             "figures": self.figures,
             "verdict": self.verdict.to_dict(),
@@ -78,7 +78,7 @@ class Evidence:
                     tuple(raw["stage_proofs_ok"]),
                     raw["sampling_ok"],
                     tuple(int(w) for w in raw["work_units"]),
-                    tuple(int(s) for s in raw["complained_senders"]),
+                    tuple((int(stage), Reason(reason)) for stage, reason in raw["handoff_faults"]),
                 )
             )
             return cls(
@@ -125,33 +125,40 @@ def _describe(verdict: Verdict) -> str:
 
 
 def recompute(evidence: Evidence, model: Any) -> EvidenceCheck:
-    """Replay the evidence's bundle on `model` (the whole model) and judge it with the same rule."""
+    """Judge the evidence's bundle again with the same rule: its handoff evidence without a model, then (unless
+    a complaint stopped the job) a replay on `model`, the whole model."""
     from node.bundle import Bundle
+    from node.validator.handoff_faults import findings_without_replay, handoff_faults
     from node.validator.replay import findings_of
 
     if evidence.verdict.outcome is Outcome.SOFT_INVALIDATED:
         findings = evidence.findings or Findings((None,) * len(evidence.verdict.rewards_wei), None, (0,) * len(evidence.verdict.rewards_wei))
         return EvidenceCheck(evidence.verdict, evidence.verdict, findings, 0.0)
     bundle = Bundle.from_dict(evidence.bundle)
-    report = findings_of(
-        model,
-        bundle.spec,
-        bundle.output_token_ids,
-        [stage.proofs for stage in bundle.stages],
-        complained_senders=complained_senders(bundle),
-    )
+    faults = handoff_faults(bundle)
+    if bundle.complaints:
+        findings = findings_without_replay(bundle, faults)
+        return EvidenceCheck(evidence.verdict, decide(findings, evidence.tariff), findings, 0.0)
+    if model is None:
+        raise EvidenceError("this verdict rests on a replay: give the model (--model-dir)")
+    report = findings_of(model, bundle.spec, bundle.output_token_ids, [stage.proofs for stage in bundle.stages], faults)
     return EvidenceCheck(evidence.verdict, decide(report.findings, evidence.tariff), report.findings, report.seconds)
 
 
-def complained_senders(bundle: Any) -> tuple[int, ...]:
-    """Stage indexes named by the bundle's handoff complaints (their signatures are checked at intake)."""
-    return tuple(sorted({c.sender_stage for c in getattr(bundle, "complaints", ()) or ()}))
+def needs_model(evidence: Evidence) -> bool:
+    """Whether recomputing this verdict needs a replay (a complaint or a soft invalidation needs none)."""
+    return evidence.verdict.outcome is not Outcome.SOFT_INVALIDATED and not evidence.bundle.get("complaints")
 
 
-def check_evidence(evidence: Evidence, model_dir: str) -> EvidenceCheck:
-    """Load the whole model from `model_dir`, make sure it is the evidence's model, recompute."""
+def check_evidence(evidence: Evidence, model_dir: str | None) -> EvidenceCheck:
+    """Load the whole model from `model_dir` (when the verdict needs one), make sure it is the evidence's
+    model, recompute."""
     from node.pipeline.weights import load_stage, model_id
 
+    if not needs_model(evidence):
+        return recompute(evidence, None)
+    if model_dir is None:
+        raise EvidenceError("this verdict rests on a replay: give the model (--model-dir)")
     found = model_id(model_dir)
     if found != evidence.model_id.lower():
         raise EvidenceError(f"{model_dir} is model {found}, the evidence is for {evidence.model_id}")

@@ -31,7 +31,8 @@ MAX_UINT64 = 2**64 - 1
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 RECEIPT_TYPE = (
     "StageReceipt(bytes32 jobId,string groupId,uint32 stageIndex,uint32 layerStart,uint32 layerEnd,"
-    "bytes32 modelId,bytes32 proofsDigest,bytes32 tokensDigest,uint64 tokenCount,uint64 workUnits)"
+    "bytes32 modelId,bytes32 proofsDigest,bytes32 tokensDigest,bytes32 inputsDigest,uint64 tokenCount,"
+    "uint64 workUnits)"
 )
 DOMAIN_TYPEHASH = keccak(DOMAIN_TYPE.encode())
 RECEIPT_TYPEHASH = keccak(RECEIPT_TYPE.encode())
@@ -53,6 +54,7 @@ EIP712_TYPES = {
         {"name": "modelId", "type": "bytes32"},
         {"name": "proofsDigest", "type": "bytes32"},
         {"name": "tokensDigest", "type": "bytes32"},
+        {"name": "inputsDigest", "type": "bytes32"},
         {"name": "tokenCount", "type": "uint64"},
         {"name": "workUnits", "type": "uint64"},
     ],
@@ -118,11 +120,12 @@ class StageReceipt:
     model_id: bytes
     proofs_digest: bytes
     tokens_digest: bytes
+    inputs_digest: bytes  # proofs_digest of the handoff proofs this stage received (zero on stage 0), I2
     token_count: int
     work_units: int
 
     def __post_init__(self) -> None:
-        for name in ("job_id", "model_id", "proofs_digest", "tokens_digest"):
+        for name in ("job_id", "model_id", "proofs_digest", "tokens_digest", "inputs_digest"):
             value = getattr(self, name)
             if not (isinstance(value, bytes) and len(value) == 32):
                 raise ReceiptError(f"receipt {name} must be 32 bytes")
@@ -148,6 +151,7 @@ class StageReceipt:
             + self.model_id
             + self.proofs_digest
             + self.tokens_digest
+            + self.inputs_digest
             + self.token_count.to_bytes(32, "big")
             + self.work_units.to_bytes(32, "big")
         )
@@ -166,6 +170,7 @@ class StageReceipt:
             "modelId": self.model_id,
             "proofsDigest": self.proofs_digest,
             "tokensDigest": self.tokens_digest,
+            "inputsDigest": self.inputs_digest,
             "tokenCount": self.token_count,
             "workUnits": self.work_units,
         }
@@ -190,7 +195,7 @@ class StageReceipt:
         if missing:
             raise ReceiptError(f"receipt: missing field(s) {sorted(missing)}")
         values = dict(data)
-        for name in ("job_id", "model_id", "proofs_digest", "tokens_digest"):
+        for name in ("job_id", "model_id", "proofs_digest", "tokens_digest", "inputs_digest"):
             values[name] = parse_hex(values[name], f"receipt {name}", length=32)
         return cls(**values)
 
@@ -246,17 +251,27 @@ def expected_receipt(
     output_token_ids: Sequence[int],
     proofs: Iterable[bytes],
     *,
+    received_proofs: Iterable[bytes] | None = None,
+    inputs_digest: bytes | None = None,
     job_id: bytes | None = None,
 ) -> StageReceipt:
     """The one receipt an honest stage `stage_index` signs for this job, output and proofs.
 
     The worker builds its receipt with this; the validator compares every submitted receipt with it, so
-    both sides derive each field the same way. `job_id` may be passed when already known (it is
+    both sides derive each field the same way. A receiving stage names the handoff proofs it received
+    (`received_proofs`, or their digest as `inputs_digest` where only that is known, as at the validator);
+    stage 0 received none and names the zero digest. `job_id` may be passed when already known (it is
     spec.job_id; computing it encodes the whole spec).
     """
     if not 0 <= stage_index < len(spec.stages):
         raise ReceiptError(f"stage index {stage_index} out of range for a {len(spec.stages)}-stage job")
     stage = spec.stages[stage_index]
+    if stage_index == 0:
+        inputs_digest = ZERO_DIGEST
+    elif inputs_digest is None:
+        if received_proofs is None:
+            raise ReceiptError(f"stage {stage_index} receives handoffs: name the proofs it received")
+        inputs_digest = proofs_digest(received_proofs)
     tokens = stage_tokens(spec, stage_index, output_token_ids)
     token_count = processed_token_count(spec, output_token_ids)
     return StageReceipt(
@@ -268,6 +283,7 @@ def expected_receipt(
         model_id=bytes.fromhex(spec.model_id[2:]),
         proofs_digest=proofs_digest(proofs),
         tokens_digest=ZERO_DIGEST if tokens is None else tokens_digest(tokens),
+        inputs_digest=inputs_digest,
         token_count=token_count,
         work_units=stage.num_layers * token_count,
     )

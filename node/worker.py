@@ -45,10 +45,11 @@ from typing import Any, TypeVar
 import aiohttp
 
 from node import settings
-from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, sign_complaint
+from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, parse_stage, sign_complaint
 from node.job import JobSpec
-from node.receipts import ReceiptDomain, ReceiptError, StageReceipt, expected_receipt, parse_hex, sign_receipt
-from node.signing import SIGNATURE_LENGTH, SigningKey
+from node.pipeline.handoff import ReceivedHandoff
+from node.receipts import ReceiptDomain, ReceiptError, expected_receipt, proofs_digest, sign_receipt
+from node.signing import SigningKey
 
 log = logging.getLogger("stagewise.worker")
 
@@ -293,19 +294,24 @@ class ReceiptBook:
                     path.unlink(missing_ok=True)
 
     def sign(
-        self, spec: JobSpec, stage_index: int, output_token_ids: Sequence[int], proofs: Sequence[bytes]
+        self, spec: JobSpec, stage_index: int, output_token_ids: Sequence[int], proofs: Sequence[bytes],
+        handoffs: Sequence[ReceivedHandoff] = (),
     ) -> SignedJob:
-        """Sign the one receipt the spec, output and proofs imply, after checking this stage is ours."""
+        """Sign the one receipt the spec, output, proofs and received handoffs imply, after checking this
+        stage is ours. The handoff claims are kept with it (the bundle needs them if the previous stage's
+        receipt names other proofs than it handed over)."""
         if not 0 <= stage_index < len(spec.stages):
             raise WorkerError(f"job {spec.job_id_hex}: no stage {stage_index} in a {len(spec.stages)}-stage job")
         if spec.stages[stage_index].worker != self.key.address:
             raise WorkerError(
                 f"job {spec.job_id_hex}: stage {stage_index} is assigned to {spec.stages[stage_index].worker}, not to us"
             )
-        receipt = expected_receipt(spec, stage_index, output_token_ids, proofs)
+        received = tuple(replace(handoff, rows=b"") for handoff in handoffs)
+        receipt = expected_receipt(spec, stage_index, output_token_ids, proofs,
+                                   received_proofs=[handoff.claim.proof for handoff in received])
         signed = SignedJob(
             spec,
-            SignedStage(receipt, sign_receipt(self.key, receipt, self.domain), tuple(proofs)),
+            SignedStage(receipt, sign_receipt(self.key, receipt, self.domain), tuple(proofs), received),
             tuple(output_token_ids),
         )
         self._keep(spec.job_id_hex, signed)
@@ -342,17 +348,7 @@ def _parse_signed_job(data: dict[str, Any]) -> SignedJob:
 
 def parse_signed_stage(data: Any) -> SignedStage:
     """A peer's stage entry (same shape as in a bundle); BundleError when malformed."""
-    if not isinstance(data, dict) or set(data) != {"receipt", "signature", "proofs"}:
-        raise BundleError("a stage entry is an object with receipt, signature and proofs")
-    try:
-        receipt = StageReceipt.from_json(data["receipt"])
-        signature = parse_hex(data["signature"], "signature", length=SIGNATURE_LENGTH)
-        if not isinstance(data["proofs"], list):
-            raise BundleError("proofs must be a list")
-        proofs = tuple(parse_hex(p, f"proofs[{i}]") for i, p in enumerate(data["proofs"]))
-    except ReceiptError as error:
-        raise BundleError(str(error)) from None
-    return SignedStage(receipt, signature, proofs)
+    return parse_stage(data)
 
 
 def receipt_routes(book: ReceiptBook) -> list[Any]:
@@ -410,7 +406,11 @@ async def assemble_bundle(own: SignedJob, own_index: int, fetch: StageFetcher, d
     others = [i for i in range(len(spec.stages)) if i != own_index]
     fetched = dict(zip(others, await asyncio.gather(*(fetch(i) for i in others))))
     fetched[own_index] = own.stage
-    bundle = Bundle(spec, tuple(fetched[i] for i in range(len(spec.stages))), own.output_token_ids)
+    stages = [fetched[i] for i in range(len(spec.stages))]
+    for i in range(1, len(stages)):  # the claims a stage received travel only where its inputs are in question
+        if stages[i].receipt.inputs_digest == proofs_digest(stages[i - 1].proofs):
+            stages[i] = replace(stages[i], received=())
+    bundle = Bundle(spec, tuple(stages), own.output_token_ids)
     try:
         check_receipts(bundle)
         check_signers(bundle, domain)
@@ -710,7 +710,7 @@ class Worker:
         assert self.book is not None
         spec: JobSpec = result.spec
         try:
-            signed = self.book.sign(spec, result.stage_index, result.output_token_ids, result.proofs)
+            signed = self.book.sign(spec, result.stage_index, result.output_token_ids, result.proofs, result.handoffs)
         except (WorkerError, ReceiptError) as error:
             log.error("job %s: not signing: %s", spec.job_id_hex, error)
             return
@@ -721,19 +721,16 @@ class Worker:
             task.add_done_callback(self.state.pending.discard)
 
     def _on_complaint(self, complaint: Any) -> None:
-        """Our stage refused a job because the proof it rebuilt from what it received differs from the one
-        the sender signed (I2): sign the complaint for this chain and deliver it, so the sender is blamed."""
+        """Our stage refused a job because the proof it rebuilt from the bytes it received differs from the one
+        the sender signed over those bytes (I2): sign the evidence for this chain and deliver it; the validator
+        judges it without a model and blames the sender."""
         assert self.domain is not None
         job_id_hex = "0x" + complaint.job_id.hex()
         seq = getattr(self.server, "sequences", {}).get(job_id_hex)
         if seq is None:
             log.error("job %s: complaint about stage %d, but the job is unknown here", job_id_hex, complaint.sender_stage)
             return
-        signed = sign_complaint(
-            self.key, self.domain, job_id=complaint.job_id, complainer_stage=complaint.complainer_stage,
-            chunk_index=complaint.chunk_index, claimed_proof=complaint.claimed_proof,
-            rebuilt_proof=complaint.rebuilt_proof, sender_signature=complaint.sender_signature,
-        )
+        signed = sign_complaint(self.key, self.domain, complaint)
         output = tuple(seq.output)[: seq.spec.sampling.max_new_tokens]
         bundle = Bundle(seq.spec, (), output, (signed,))
         log.warning("job %s: stage %d sent activations that do not match its proof; complaint signed", job_id_hex, complaint.sender_stage)

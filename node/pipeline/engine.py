@@ -17,14 +17,15 @@ import torch
 
 from node.job import JobSpec
 from node.pipeline.assignment import Assignment
-from node.pipeline.handoff import make_complaint, proof_signer, sign_proof
+from node.pipeline.handoff import Complaint, HandoffClaim, ReceivedHandoff, rows_digest
 from node.pipeline.model import StageModel
-from node.pipeline.sequence import FAILED, SequenceFailed, SequenceState, StageResult
-from node.pipeline.wire import cast_for_wire
+from node.pipeline.sequence import FAILED, ChunkRows, SequenceFailed, SequenceState, StageResult
+from node.pipeline.wire import cast_for_wire, dtype_name, wire_bytes
 from node.signing import SigningKey
 
 # tamper(job id hex, stage index, start position, rows) -> rows actually sent. Only for tests and the devnet's
-# cheater: it changes what goes on the wire *after* the honest proof was built.
+# cheater: it changes what goes on the wire *after* the honest proof was built (the claim's digest covers the
+# bytes really sent, so the receiver holds signed evidence of the lie).
 Tamper = Callable[[str, int, int, torch.Tensor], torch.Tensor]
 
 
@@ -46,7 +47,7 @@ class StepOutput:
     seq: SequenceState
     start: int
     rows: torch.Tensor | None = None  # what to send on (None on the last stage)
-    claims: list[tuple[int, bytes, bytes]] = field(default_factory=list)  # (chunk, proof, signature) to send
+    claims: list[tuple[HandoffClaim, bytes]] = field(default_factory=list)  # (claim, signature) to send
     token: int | None = None  # last stage: the sampled token
     failure: SequenceFailed | None = None
 
@@ -116,18 +117,27 @@ class StageEngine:
             seq.last_progress = time.monotonic()
             proof_started = time.perf_counter()
             sent = rows if self.assignment.is_last else cast_for_wire(rows, self.assignment.wire_dtype)
+            if not self.assignment.is_last:
+                out.rows = self.tamper(seq.job_id_hex, self.assignment.stage_index, item.start, sent) if self.tamper else sent
+                dtype = self.assignment.wire_dtype
+                seq.out_tape.add(item.start, count, dtype, wire_bytes(out.rows, dtype))
             for chunk, proof in self._prove(seq, item.start, sent):
                 seq.proofs.append(proof)
                 if not self.assignment.is_last:
-                    out.claims.append((chunk, proof, sign_proof(self.key, seq.job_id, self.assignment.stage_index, chunk, proof)))
+                    out.claims.append(self._claim(seq, chunk, proof))
             self.stats.proof_s += time.perf_counter() - proof_started
             if self.assignment.is_last:
                 sample_started = time.perf_counter()
                 out.token = self._sample(seq, logits[index : index + 1], position=seq.cache.length)
                 self.stats.sample_s += time.perf_counter() - sample_started
-            else:
-                out.rows = self.tamper(seq.job_id_hex, self.assignment.stage_index, item.start, sent) if self.tamper else sent
         return outputs
+
+    def _claim(self, seq: SequenceState, chunk: int, proof: bytes) -> tuple[HandoffClaim, bytes]:
+        """Sign the chunk just closed: its positions, the digest of the bytes sent for it and its proof."""
+        rows = seq.out_tape.close()
+        claim = HandoffClaim(seq.job_id, self.assignment.stage_index, chunk, rows.start, rows.count, rows.dtype,
+                             rows_digest(rows.data), proof)
+        return claim, claim.sign(self.key)
 
     def _check_input(self, item: StepInput) -> None:
         seq, count = item.seq, item.inputs.shape[0]
@@ -141,14 +151,15 @@ class StageEngine:
             raise SequenceFailed(f"position {item.start + count - 1} is past the job's token budget")
 
     def _rebuild(self, item: StepInput) -> None:
+        """Hash and prove what the previous stage sent, chunk by chunk, exactly as it arrived."""
         seq = item.seq
         rows = item.inputs
-        if item.start == 0:
-            seq.rebuilt.append(seq.inbound.add_prefill(rows))
-        else:
-            proof = seq.inbound.add_decode_row(rows[0])
-            if proof is not None:
-                seq.rebuilt.append(proof)
+        dtype = dtype_name(rows.dtype)
+        seq.in_tape.add(item.start, rows.shape[0], dtype, wire_bytes(rows, dtype))
+        proof = seq.inbound.add_prefill(rows) if item.start == 0 else seq.inbound.add_decode_row(rows[0])
+        if proof is not None:
+            seq.rebuilt.append(proof)
+            seq.received.append(seq.in_tape.close())
 
     def _prove(self, seq: SequenceState, start: int, rows: torch.Tensor) -> list[tuple[int, bytes]]:
         chunk = len(seq.proofs)
@@ -165,36 +176,41 @@ class StageEngine:
 
     # ------------------------------------------------------------------------------------------ handoff checks
 
-    def record_claim(self, seq: SequenceState, chunk: int, proof: bytes, signature: bytes) -> None:
-        """A signed chunk proof from the previous stage: check the signer now, the proof once rebuilt."""
-        started = time.perf_counter()
-        sender = self.assignment.stages[self.assignment.stage_index - 1].worker
-        try:
-            signer = proof_signer(seq.job_id, self.assignment.stage_index - 1, chunk, proof, signature)
-        except ValueError as error:
-            raise SequenceFailed(f"chunk {chunk} proof signature does not recover: {error}") from None
-        finally:
-            self.stats.check_s += time.perf_counter() - started
-        if signer != sender:
-            raise SequenceFailed(f"chunk {chunk} proof is signed by {signer}, not by stage {self.assignment.stage_index - 1} ({sender})")
+    def record_claim(self, seq: SequenceState, chunk: int, proof: bytes, digest: bytes, signature: bytes) -> None:
+        """A signed chunk claim from the previous stage; it is checked once the chunk's rows are all here."""
         if chunk in seq.claimed:
             raise SequenceFailed(f"chunk {chunk} proof sent twice")
-        seq.claimed[chunk] = (proof, signature)
+        if chunk > len(seq.rebuilt) + 1:
+            raise SequenceFailed(f"chunk {chunk} proof arrived before chunk {len(seq.rebuilt)} was complete")
+        seq.claimed[chunk] = (proof, digest, signature)
 
     def check_claims(self, seq: SequenceState) -> None:
-        """Compare every chunk both rebuilt and claimed; a difference raises with a signed complaint."""
+        """Judge every chunk both received and claimed (PROTOCOL I2). A claim that is not the sender's over the
+        positions and dtype received, or whose digest is not that of the bytes received, refuses the job
+        (no evidence against anyone); a signed digest that matches with a proof that does not raises with the
+        evidence (`Complaint`)."""
         started = time.perf_counter()
+        a = self.assignment
+        sender = a.stages[a.stage_index - 1].worker
         try:
             while seq.checked_chunks < len(seq.rebuilt) and seq.checked_chunks in seq.claimed:
                 chunk = seq.checked_chunks
-                claimed, signature = seq.claimed[chunk]
-                rebuilt = seq.rebuilt[chunk]
-                if claimed != rebuilt:
-                    complaint = make_complaint(self.key, seq.job_id, self.assignment.stage_index, chunk, claimed, rebuilt, signature)
+                proof, digest, signature = seq.claimed[chunk]
+                rows: ChunkRows = seq.received[chunk]
+                claim = HandoffClaim(seq.job_id, a.stage_index - 1, chunk, rows.start, rows.count, rows.dtype, digest, proof)
+                if not claim.signed_by(signature, sender):
                     raise SequenceFailed(
-                        f"stage {self.assignment.stage_index - 1} sent activations that do not match its signed proof "
-                        f"for chunk {chunk}", complaint,
+                        f"chunk {chunk} claim is not signed by stage {a.stage_index - 1} ({sender}) for positions "
+                        f"[{rows.start}, {rows.start + rows.count}) in {rows.dtype}"
                     )
+                if rows_digest(rows.data) != digest:
+                    raise SequenceFailed(f"the bytes received for chunk {chunk} are not the bytes stage {a.stage_index - 1} signed")
+                if seq.rebuilt[chunk] != proof:
+                    raise SequenceFailed(
+                        f"stage {a.stage_index - 1} sent activations that do not match its signed proof for chunk {chunk}",
+                        Complaint(a.stage_index, claim, signature, rows.data),
+                    )
+                seq.handoffs.append(ReceivedHandoff(claim, signature, rows.data))
                 seq.checked_chunks += 1
         finally:
             self.stats.check_s += time.perf_counter() - started
@@ -205,6 +221,7 @@ class StageEngine:
             proof = seq.inbound.finish()
             if proof is not None:
                 seq.rebuilt.append(proof)
+                seq.received.append(seq.in_tape.close())
             self.check_claims(seq)
             if seq.checked_chunks != len(seq.rebuilt) or len(seq.claimed) != len(seq.rebuilt):
                 raise SequenceFailed(
@@ -212,14 +229,15 @@ class StageEngine:
                     f"{len(seq.rebuilt)} chunks it sent"
                 )
 
-    def finish_outbound(self, seq: SequenceState) -> tuple[int, bytes, bytes] | None:
-        """Close this stage's own proofs; the last partial chunk's (chunk, proof, signature) if there is one."""
+    def finish_outbound(self, seq: SequenceState) -> tuple[HandoffClaim, bytes] | None:
+        """Close this stage's own proofs; the last partial chunk's signed claim if there is one (none is sent
+        on from the last stage, which hands over tokens, not rows)."""
         proof = seq.outbound.finish()
         if proof is None:
             return None
         chunk = len(seq.proofs)
         seq.proofs.append(proof)
-        return chunk, proof, sign_proof(self.key, seq.job_id, self.assignment.stage_index, chunk, proof)
+        return None if self.assignment.is_last else self._claim(seq, chunk, proof)
 
     def result(self, seq: SequenceState) -> StageResult:
         a = self.assignment
@@ -233,7 +251,7 @@ class StageEngine:
             consumed_token_ids=tuple(seq.spec.prompt_token_ids) if a.is_first else (),
             produced_token_ids=output if a.is_last else (), output_token_ids=output,
             token_count=seq.rows_done, work_units=seq.rows_done * (a.me.layer_end - a.me.layer_start),
-            finish_reason=seq.finish_reason or "",
+            finish_reason=seq.finish_reason or "", handoffs=tuple(seq.handoffs),
         )
 
 

@@ -4,9 +4,13 @@
   (group, its stage index, its address, the responder's address, its own fresh nonce, the challenge), and the
   responder answers with the same over the caller's nonce. Each side checks the other is the neighbour its
   assignment names; a recorded hello is useless on a new connection.
-- Every completed proof chunk is signed by the stage that sent the activations: `proof_message` binds
-  job id, stage index, chunk index and the proof bytes. The receiver rebuilds the proof from what it
-  received; when the two differ it signs a `Complaint` naming the sender.
+- Every completed proof chunk is signed by the stage that sent the activations, as a `HandoffClaim`: job id,
+  stage, chunk, the positions it covers, the wire dtype, the keccak of the exact bytes sent for those rows
+  and the proof. The receiver hashes what it received and rebuilds the proof from it: a digest that differs
+  means the bytes are not the ones the sender signed (the job is refused, nobody can be blamed); a signed
+  digest that matches with a rebuilt proof that differs is evidence against the sender, and the receiver
+  keeps it in a `Complaint` (the rows themselves, the claim and the sender's signature), which anyone can
+  judge without a model (`judge_evidence`).
 - The last stage signs every token frame it sends to stage 0 (`tokens_message`); stage 0 checks the
   signature before it embeds a token.
 
@@ -17,17 +21,18 @@ replayed as another.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from eth_hash.auto import keccak
 
-from node.signing import SigningKey, recover_message
+from node.signing import SignatureError, SigningKey, recover_message
 
 HELLO_PREFIX = b"stagewise/link-hello/v1"
-PROOF_PREFIX = b"stagewise/handoff-proof/v1"
+CLAIM_PREFIX = b"stagewise/handoff-claim/v2"
 TOKENS_PREFIX = b"stagewise/tokens/v1"
-COMPLAINT_PREFIX = b"stagewise/handoff-complaint/v1"
+DTYPE_CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
+DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def hello_message(group_id: str, stage_index: int, address: str, peer: str, nonce: bytes, challenge: bytes) -> bytes:
@@ -36,17 +41,44 @@ def hello_message(group_id: str, stage_index: int, address: str, peer: str, nonc
     return HELLO_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def proof_message(job_id: bytes, stage_index: int, chunk_index: int, proof: bytes) -> bytes:
-    """What a sender signs for each chunk proof it hands over (the validator can check it the same way)."""
-    return PROOF_PREFIX + job_id + stage_index.to_bytes(4, "big") + chunk_index.to_bytes(4, "big") + proof
+def rows_digest(data: bytes) -> bytes:
+    """keccak256 of the rows exactly as they travel: wire dtype, little-endian, row after row."""
+    return keccak(data)
 
 
-def sign_proof(key: SigningKey, job_id: bytes, stage_index: int, chunk_index: int, proof: bytes) -> bytes:
-    return key.sign_message(proof_message(job_id, stage_index, chunk_index, proof))
+@dataclass(frozen=True)
+class HandoffClaim:
+    """What stage `sender_stage` signs for chunk `chunk_index` of a job: the `count` rows from position `start`
+    it sent in `dtype` hash to `rows_digest`, and `proof` is their TOPLOC proof."""
 
+    job_id: bytes
+    sender_stage: int
+    chunk_index: int
+    start: int
+    count: int
+    dtype: str
+    rows_digest: bytes
+    proof: bytes
 
-def proof_signer(job_id: bytes, stage_index: int, chunk_index: int, proof: bytes, signature: bytes) -> str:
-    return recover_message(proof_message(job_id, stage_index, chunk_index, proof), signature)
+    def message(self) -> bytes:
+        return (
+            CLAIM_PREFIX + self.job_id + self.sender_stage.to_bytes(4, "big") + self.chunk_index.to_bytes(4, "big")
+            + self.start.to_bytes(4, "big") + self.count.to_bytes(4, "big") + bytes([DTYPE_CODES[self.dtype]])
+            + self.rows_digest + self.proof
+        )
+
+    def sign(self, key: SigningKey) -> bytes:
+        return key.sign_message(self.message())
+
+    def signer(self, signature: bytes) -> str:
+        """The address that signed this claim (SignatureError when the signature does not recover)."""
+        return recover_message(self.message(), signature)
+
+    def signed_by(self, signature: bytes, address: str) -> bool:
+        try:
+            return self.signer(signature) == address
+        except (SignatureError, ValueError):
+            return False
 
 
 def tokens_message(entries: list[list[Any]]) -> bytes:
@@ -56,56 +88,107 @@ def tokens_message(entries: list[list[Any]]) -> bytes:
 
 @dataclass(frozen=True)
 class Complaint:
-    """Stage `complainer_stage` refuses a job: the proof it rebuilt for `chunk_index` from the activations it
-    received differs from the one `sender_stage` signed (`sender_signature` over `proof_message`).
+    """Evidence that stage `claim.sender_stage` handed over rows whose proof is not the one it signed.
 
-    `signature` is the complainer's EIP-191 signature over `message()`. The worker re-signs the same fields
-    as an EIP-712 `node.bundle.HandoffComplaint` for the bundle (the pipeline knows no chain domain).
+    `rows` are the bytes the complaining stage received for the chunk (they hash to `claim.rows_digest`),
+    `sender_signature` the sender's signature over `claim`. The complaining worker signs it for the chain as
+    a `node.bundle.HandoffComplaint`; the pipeline only carries it to its own worker (`on_complaint`), and a
+    `summary()` of it round the ring.
     """
 
-    job_id: bytes
-    complainer: str
     complainer_stage: int
-    sender_stage: int
-    chunk_index: int
-    claimed_proof: bytes
-    rebuilt_proof: bytes
+    claim: HandoffClaim
     sender_signature: bytes
-    signature: bytes = b""
+    rows: bytes
 
     @property
-    def claimed_digest(self) -> bytes:
-        return keccak(self.claimed_proof)
+    def job_id(self) -> bytes:
+        return self.claim.job_id
 
     @property
-    def rebuilt_digest(self) -> bytes:
-        return keccak(self.rebuilt_proof)
+    def sender_stage(self) -> int:
+        return self.claim.sender_stage
 
-    def message(self) -> bytes:
-        return (
-            COMPLAINT_PREFIX + self.job_id + self.complainer_stage.to_bytes(4, "big")
-            + self.sender_stage.to_bytes(4, "big") + self.chunk_index.to_bytes(4, "big")
-            + self.claimed_digest + self.rebuilt_digest
-        )
+    @property
+    def chunk_index(self) -> int:
+        return self.claim.chunk_index
 
-    def signer(self) -> str:
-        return recover_message(self.message(), self.signature)
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: ("0x" + v.hex()) if isinstance(v, bytes) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Complaint":
-        values = dict(data)
-        for name in ("job_id", "claimed_proof", "rebuilt_proof", "sender_signature", "signature"):
-            values[name] = bytes.fromhex(str(values[name]).removeprefix("0x"))
-        return cls(**values)
+    def summary(self) -> dict[str, Any]:
+        """What travels round the ring with the abort: who complains about whom, for which chunk."""
+        return {"complainer_stage": self.complainer_stage, "sender_stage": self.sender_stage,
+                "chunk_index": self.chunk_index}
 
 
-def make_complaint(
-    key: SigningKey, job_id: bytes, complainer_stage: int, chunk_index: int,
-    claimed_proof: bytes, rebuilt_proof: bytes, sender_signature: bytes,
-) -> Complaint:
-    unsigned = Complaint(job_id, key.address, complainer_stage, complainer_stage - 1, chunk_index,
-                         claimed_proof, rebuilt_proof, sender_signature)
-    return Complaint(**{**unsigned.__dict__, "signature": key.sign_message(unsigned.message())})
+def rebuilt_proof(rows: bytes, dtype: str, count: int, prefill: bool) -> bytes:
+    """The proof of `count` rows given as wire bytes, built exactly as the receiving stage builds it."""
+    import torch
+
+    from node.pipeline.wire import WIRE_DTYPES
+    from node.toploc.activation import ProofBuilder
+
+    if count <= 0 or len(rows) % (count * DTYPE_SIZES[dtype]):
+        raise ValueError(f"{len(rows)} bytes are not {count} rows of {dtype}")
+    tensor = torch.frombuffer(bytearray(rows), dtype=WIRE_DTYPES[dtype]).view(count, -1)
+    builder = ProofBuilder()
+    if prefill:
+        return builder.add_prefill(tensor)
+    proof = None
+    for row in tensor:
+        proof = builder.add_decode_row(row) or proof
+    return proof if proof is not None else builder.finish()
+
+
+def judge_evidence(complaint: Complaint, sender: str) -> bool:
+    """True when the evidence proves the sender at fault: `sender` signed the claim, the rows are the ones it
+    signed, and the proof rebuilt from them is not the proof it signed. Anything else is a false complaint."""
+    claim = complaint.claim
+    if not claim.signed_by(complaint.sender_signature, sender):
+        return False
+    if rows_digest(complaint.rows) != claim.rows_digest:
+        return False
+    try:
+        rebuilt = rebuilt_proof(complaint.rows, claim.dtype, claim.count, prefill=claim.chunk_index == 0)
+    except (ValueError, RuntimeError):
+        return False  # rows that are no chunk cannot have been signed by an honest sender's check
+    return rebuilt != claim.proof
+
+
+
+@dataclass(frozen=True)
+class ReceivedHandoff:
+    """A chunk a stage received and accepted: the sender's signed claim and the bytes it covers. A worker keeps
+    these until its job's verdict: they are its defence when its own proofs fail on a replay of honest
+    inputs (the validator compares them with its replay of the sender, PROTOCOL I2)."""
+
+    claim: HandoffClaim
+    signature: bytes
+    rows: bytes
+
+    def to_json(self, *, with_rows: bool = True) -> dict[str, Any]:
+        claim = self.claim
+        data = {"chunk": claim.chunk_index, "start": claim.start, "count": claim.count, "dtype": claim.dtype,
+                "rows_digest": "0x" + claim.rows_digest.hex(), "proof": "0x" + claim.proof.hex(),
+                "signature": "0x" + self.signature.hex()}
+        if with_rows:
+            data["rows"] = "0x" + self.rows.hex()
+        return data
+
+
+def handoff_from_json(job_id_hex: str, sender_stage: int, data: dict[str, Any]) -> ReceivedHandoff:
+    """Parse `ReceivedHandoff.to_json` (rows optional); ValueError/KeyError/TypeError on a malformed one."""
+    def raw(name: str) -> bytes:
+        value = data[name]
+        if not (isinstance(value, str) and value.startswith("0x")):
+            raise ValueError(f"handoff {name} must be 0x-hex")
+        return bytes.fromhex(value[2:])
+
+    for name in ("chunk", "start", "count"):
+        if not (isinstance(data[name], int) and not isinstance(data[name], bool) and 0 <= data[name] < 2**32):
+            raise ValueError(f"handoff {name} must be an integer in [0, 2**32)")
+    if data["dtype"] not in DTYPE_CODES:
+        raise ValueError(f"handoff dtype must be one of {sorted(DTYPE_CODES)}")
+    claim = HandoffClaim(bytes.fromhex(job_id_hex.removeprefix("0x")), sender_stage, data["chunk"], data["start"],
+                         data["count"], data["dtype"], raw("rows_digest"), raw("proof"))
+    if len(claim.rows_digest) != 32:
+        raise ValueError("handoff rows_digest must be 32 bytes")
+    return ReceivedHandoff(claim, raw("signature"), raw("rows") if "rows" in data else b"")

@@ -9,23 +9,26 @@ and its work units.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from node.job import JobSpec
-from node.pipeline.handoff import Complaint
+from node.pipeline.handoff import Complaint, ReceivedHandoff, handoff_from_json
 from node.pipeline.model import KVCache
 
 RUNNING, SAMPLED, DONE, FAILED = "running", "sampled", "done", "failed"
 
 
 class SequenceFailed(Exception):
-    """A sequence cannot go on at this stage: the message says why; `complaint` when a handoff proof failed."""
+    """A sequence cannot go on at this stage: the message says why. `complaint` holds the evidence when this
+    stage caught its predecessor's handoff lie; `summary` is what travels round the ring about a complaint
+    (who complains about whom, for which chunk), here or from the stage that made it."""
 
-    def __init__(self, reason: str, complaint: Complaint | None = None):
+    def __init__(self, reason: str, complaint: Complaint | None = None, summary: dict[str, Any] | None = None):
         super().__init__(reason)
         self.reason = reason
         self.complaint = complaint
+        self.summary = summary if summary is not None else (complaint.summary() if complaint else None)
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class StageResult:
     token_count: int
     work_units: int
     finish_reason: str
+    handoffs: tuple[ReceivedHandoff, ...] = ()  # what this stage received, chunk by chunk (none on stage 0)
+
+    def without_rows(self) -> "StageResult":
+        """The same result holding only the claims (the rows go to the worker once, not into every cache)."""
+        return replace(self, handoffs=tuple(replace(h, rows=b"") for h in self.handoffs))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +73,7 @@ class StageResult:
             "token_count": self.token_count,
             "work_units": self.work_units,
             "finish_reason": self.finish_reason,
+            "handoffs": [h.to_json(with_rows=False) for h in self.handoffs],
         }
 
     @classmethod
@@ -76,7 +85,45 @@ class StageResult:
             consumed_token_ids=tuple(data["consumed_token_ids"]), produced_token_ids=tuple(data["produced_token_ids"]),
             output_token_ids=tuple(data["output_token_ids"]), token_count=int(data["token_count"]),
             work_units=int(data["work_units"]), finish_reason=data["finish_reason"],
+            handoffs=tuple(handoff_from_json(data["job_id"], int(data["stage_index"]) - 1, h)
+                           for h in data.get("handoffs", ())),
         )
+
+
+@dataclass(frozen=True)
+class ChunkRows:
+    """The rows of one proof chunk as they travelled: positions [start, start + count), in `dtype`."""
+
+    start: int
+    count: int
+    dtype: str
+    data: bytes
+
+
+@dataclass
+class ChunkTape:
+    """Collects the wire bytes of one direction of a job until the proof schedule closes a chunk."""
+
+    start: int | None = None
+    count: int = 0
+    dtype: str | None = None
+    parts: list[bytes] = field(default_factory=list)
+
+    def add(self, start: int, count: int, dtype: str, data: bytes) -> None:
+        if self.start is None:
+            self.start, self.dtype = start, dtype
+        elif dtype != self.dtype or start != self.start + self.count:
+            raise SequenceFailed(f"rows at position {start} in {dtype} do not continue the chunk "
+                                 f"[{self.start}, {self.start + self.count}) in {self.dtype}")
+        self.count += count
+        self.parts.append(data)
+
+    def close(self) -> ChunkRows:
+        if self.start is None:
+            raise SequenceFailed("a proof chunk closed with no rows")
+        chunk = ChunkRows(self.start, self.count, self.dtype, b"".join(self.parts))
+        self.start, self.count, self.dtype, self.parts = None, 0, None, []
+        return chunk
 
 
 @dataclass
@@ -88,14 +135,18 @@ class SequenceState:
     inbound: Any | None  # ProofBuilder over the rows received from the previous stage (None on stage 0)
     proofs: list[bytes] = field(default_factory=list)
     rebuilt: list[bytes] = field(default_factory=list)  # chunk proofs rebuilt from received rows
-    claimed: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # chunk -> (proof, sender signature)
+    received: list[ChunkRows] = field(default_factory=list)  # the rows of those chunks, as received
+    claimed: dict[int, tuple[bytes, bytes, bytes]] = field(default_factory=dict)  # chunk -> (proof, digest, signature)
+    handoffs: list[ReceivedHandoff] = field(default_factory=list)  # chunks checked and accepted
+    in_tape: ChunkTape = field(default_factory=ChunkTape)
+    out_tape: ChunkTape = field(default_factory=ChunkTape)
     checked_chunks: int = 0
     output: list[int] = field(default_factory=list)
     rows_done: int = 0
     status: str = RUNNING
     finish_reason: str | None = None
     error: str | None = None
-    complaint: Complaint | None = None
+    complaint: dict[str, Any] | None = None  # the summary of the complaint that failed it, if one did
     last_progress: float = field(default_factory=time.monotonic)
     batch: int = 0  # stage 0: the micro-batch it last ran in
     dispatched: float = 0.0  # stage 0: when that micro-batch started

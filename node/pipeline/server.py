@@ -16,7 +16,8 @@ stage 0 closes its proofs and sends `end` down the ring; every stage checks its 
 chunk, closes its own, hands its `StageResult` to the `on_result` hook (and to
 `GET /v1/jobs/{job_id}/stage-result`) and passes `end` on; the last stage answers stage 0 with `closed`.
 A failure (handoff mismatch, malformed frame, lost or stalled neighbour) fails only the sequences it touches
-and travels the ring as `abort`, carrying the signed complaint when there is one.
+and travels the ring as `abort`, with a summary of the complaint when there is one (the evidence itself
+goes to the complaining stage's `on_complaint` hook).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class JobHandle:
     output: list[int] = field(default_factory=list)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     error: str | None = None
-    complaint: Complaint | None = None
+    complaint: dict[str, Any] | None = None  # Complaint.summary() when a handoff complaint failed the job
     finish_reason: str | None = None
     _events: list[dict] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -516,9 +517,9 @@ class StageServer:
                 claims.extend((seq, claim) for claim in out.claims)
         if entries:
             self._send_bytes(encode_frame(entries, a.wire_dtype))
-        for seq, (chunk, proof, signature) in claims:
+        for seq, (claim, signature) in claims:
             if seq.active:
-                self._send_text(encode_message("proof", job=seq.job_id_hex, chunk=chunk, proof="0x" + proof.hex(), signature="0x" + signature.hex()))
+                self._send_claim(claim, signature)
         if tokens:
             if a.num_stages == 1:
                 self._apply_tokens(tokens)
@@ -574,8 +575,9 @@ class StageServer:
         if not isinstance(chunk, int) or chunk < 0:
             raise ValueError("chunk must be a non-negative integer")
         proof = hex_bytes(message["proof"], "proof")
+        digest = hex_bytes(message["digest"], "digest", 32)
         signature = hex_bytes(message["signature"], "signature", 65)
-        self._guard(seq, self.engine.record_claim, seq, chunk, proof, signature)
+        self._guard(seq, self.engine.record_claim, seq, chunk, proof, digest, signature)
         if seq.active:
             self._guard(seq, self.engine.check_claims, seq)
 
@@ -647,9 +649,8 @@ class StageServer:
         except SequenceFailed as failure:
             self._fail(seq, failure)
             return
-        if claim is not None and not a.is_last:
-            chunk, proof, signature = claim
-            self._send_text(encode_message("proof", job=seq.job_id_hex, chunk=chunk, proof="0x" + proof.hex(), signature="0x" + signature.hex()))
+        if claim is not None:
+            self._send_claim(*claim)
         seq.status, seq.cache = DONE, None
         self._ready.pop(seq.job_id_hex, None)
         self._publish(result)
@@ -671,8 +672,10 @@ class StageServer:
         job, origin = message["job"], int(message["origin"])
         if not 0 <= origin < self.assignment.num_stages:
             raise ValueError(f"abort origin {origin} is not a stage of this group")
-        complaint = Complaint.from_json(message["complaint"]) if message.get("complaint") else None
-        failure = SequenceFailed(str(message.get("reason")), complaint)
+        summary = message.get("complaint")
+        if summary is not None and not (isinstance(summary, dict) and len(summary) <= 8):
+            raise ValueError("an abort's complaint is a small object")
+        failure = SequenceFailed(str(message.get("reason")), summary=summary)
         seq = self.sequences.get(job)
         if seq is None:
             self._forward_abort(job, failure, origin)  # the job never got here; later stages may know it
@@ -696,7 +699,7 @@ class StageServer:
         a = self.assignment
         origin = a.stage_index if origin is None else origin
         fail(seq, failure.reason)
-        seq.complaint = seq.complaint or failure.complaint
+        seq.complaint = seq.complaint or failure.summary
         if seq.job_id_hex not in self._stepping:
             seq.cache = None
         self._ready.pop(seq.job_id_hex, None)
@@ -705,9 +708,8 @@ class StageServer:
             self._call_hook(self.on_complaint, failure.complaint)
         handle = self.handles.get(seq.job_id_hex)
         if handle is not None and not handle.finished.is_set():
-            handle.error, handle.complaint = failure.reason, failure.complaint
-            handle._push({"error": {"code": "job_failed", "message": failure.reason},
-                          "complaint": failure.complaint.to_json() if failure.complaint else None})
+            handle.error, handle.complaint = failure.reason, failure.summary
+            handle._push({"error": {"code": "job_failed", "message": failure.reason}, "complaint": failure.summary})
             handle.finished.set()
         self._forward_abort(seq.job_id_hex, failure, origin)
         self._remember(seq.job_id_hex)
@@ -717,7 +719,7 @@ class StageServer:
         if a.num_stages > 1 and a.next_index != origin:
             self._send_text(encode_message(
                 "abort", job=job, reason=failure.reason, origin=origin,
-                complaint=failure.complaint.to_json() if failure.complaint else None,
+                complaint=failure.summary,
             ))
 
     def _fail_all(self, reason: str) -> None:
@@ -740,7 +742,7 @@ class StageServer:
     # ------------------------------------------------------------------------------------------ results
 
     def _publish(self, result: StageResult) -> None:
-        self.results[result.job_id] = result
+        self.results[result.job_id] = result.without_rows()
         self._remember(result.job_id)
         if self.on_result is not None:
             self._call_hook(self.on_result, result)
@@ -772,7 +774,7 @@ class StageServer:
             raise PipelineError(404, "unknown_job", f"job {job_id} is not known to this stage")
         status = {"job_id": seq.job_id_hex, "stage_index": self.assignment.stage_index if self.assignment else None,
                   "status": seq.status, "output_token_ids": list(seq.output), "finish_reason": seq.finish_reason,
-                  "error": seq.error, "complaint": seq.complaint.to_json() if seq.complaint else None}
+                  "error": seq.error, "complaint": seq.complaint}
         handle = self.handles.get(seq.job_id_hex)
         if handle is not None:
             status["output_token_ids"] = list(handle.output)
@@ -803,6 +805,12 @@ class StageServer:
     def _send_bytes(self, data: bytes) -> None:
         if self._outbound is not None and not self._outbound.send(data):
             log.debug("dropped a frame: the link to stage %d is down", self.assignment.next_index)
+
+    def _send_claim(self, claim, signature: bytes) -> None:
+        self._send_text(encode_message(
+            "proof", job="0x" + claim.job_id.hex(), chunk=claim.chunk_index, proof="0x" + claim.proof.hex(),
+            digest="0x" + claim.rows_digest.hex(), signature="0x" + signature.hex(),
+        ))
 
     def _send_text(self, text: str) -> None:
         if self.assignment is None or self.assignment.num_stages == 1:

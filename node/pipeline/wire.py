@@ -76,9 +76,17 @@ def encode_frame(entries: list[tuple[bytes, int, torch.Tensor]], dtype: str) -> 
     for job_id, start, rows in entries:
         parts.append(_ENTRY.pack(job_id, start, rows.shape[0]))
     for _, _, rows in entries:
-        tensor = rows.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous()
-        parts.append(tensor.view(torch.uint8).numpy().tobytes())
+        parts.append(wire_bytes(rows, dtype))
     return b"".join(parts)
+
+
+def wire_bytes(rows: torch.Tensor, dtype: str) -> bytes:
+    """Rows as a frame carries them: `dtype`, little-endian, row after row (what a handoff claim digests)."""
+    return rows.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, value in WIRE_DTYPES.items() if value == dtype)
 
 
 def decode_frame(data: bytes, hidden_size: int) -> ActivationFrame:

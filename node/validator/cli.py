@@ -119,8 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify = subparsers.add_parser(
         "verify-evidence",
         help="recompute a verdict from its evidence file (I5)",
-        description="Replay the evidence's bundle on the model and check that the stored verdict is the one the "
-        "evidence implies. Exit 0 when it is, 1 when it is not.",
+        description="Judge the evidence's bundle again and check that the stored verdict is the one the evidence "
+        "implies: a handoff complaint by its evidence alone (no model needed), anything else by replaying the model. "
+        "Exit 0 when it is, 1 when it is not.",
     )
     verify.add_argument("file", type=Path, help="evidence JSON (GET /v1/jobs/{id}/evidence or `stagewise validator evidence`)")
     verify.add_argument("--model-dir", type=Path, action="append", help="the model (its manifest must hash to the evidence's model id)")
@@ -320,17 +321,17 @@ def _evidence(args) -> int:
 
 def _verify_evidence(args) -> int:
     from node.cli import CommandError
-    from node.evidence import Evidence, EvidenceError, check_evidence
+    from node.evidence import Evidence, EvidenceError, check_evidence, needs_model
 
     try:
         evidence = Evidence.from_dict(json.loads(args.file.read_text()))
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot read evidence {args.file}: {error}") from None
     dirs = _model_dirs(args)
-    if not dirs:
+    if not dirs and needs_model(evidence):
         raise CommandError("pass --model-dir DIR (or --model smollm2): the verdict is recomputed by replaying the model")
     try:
-        check = check_evidence(evidence, str(dirs[0]))
+        check = check_evidence(evidence, str(dirs[0]) if dirs else None)
     except EvidenceError as error:
         raise CommandError(str(error)) from None
     print(f"job {evidence.job_id}: {check.explain()} (replay {check.replay_seconds:.2f} s)")

@@ -1,10 +1,11 @@
 """Bundle intake: every check that can refuse a bundle before it is written, cheapest first.
 
 A refused bundle writes nothing and gets a JSON error naming why (I3). In order: the body parses as a
-bundle (400), its model is one this validator can replay (422), every receipt is exactly the one the spec,
+bundle (400; a complaint's rows must hash to the digest it names, one complaint per receiving stage), its model is one this validator can replay (422), every receipt is exactly the one the spec,
 output and proofs imply, so a job id that does not match its spec is refused here (422), the output obeys
 the spec's stop ids and the model's vocabulary (422), every receipt and complaint recovers to the worker its stage assigns (403), and
-every signer has stake (403, checked by `IntakeWriter` with one query per batch). What passes is stored;
+every signer and complainer has stake (403, checked by `IntakeWriter` with one query per batch). Whether a
+complaint's evidence holds is not checked here: a false one is judged and costs the complainer. What passes is stored;
 whether it is *true* is the replay's business, later.
 """
 
@@ -24,6 +25,12 @@ class Admitted:
     signers: tuple[str, ...]
     job_id: str  # computed once: hashing the spec is not free
     text: str  # the bundle exactly as submitted (valid, checked JSON): what the ledger keeps as evidence
+    complainers: tuple[str, ...] = ()  # a complaint may cost its signer: it must have stake to lose
+
+    @property
+    def staked(self) -> tuple[str, ...]:
+        """Every key whose stake the bundle puts at risk: receipt signers, then complainers."""
+        return self.signers + self.complainers
 
 
 StakeOf = Callable[[list[str]], Awaitable[dict[str, int]]]
@@ -56,30 +63,8 @@ def admit(body: bytes, *, vocab_sizes: dict[str, int], domain: ReceiptDomain) ->
     except BundleError as error:
         code = "bad_signature" if "signature:" in str(error) else "unassigned_signer"
         raise ApiError(403, code, str(error)) from None
-    for index, complaint in enumerate(bundle.complaints):
-        check_complaint_evidence(bundle, index, complaint)
-    return Admitted(bundle, signers, bundle.job_id_hex, body.decode())
-
-
-def check_complaint_evidence(bundle: Bundle, index: int, complaint) -> None:
-    """A complaint carries the proof the sender signed for the chunk (PROTOCOL I2): it must really be the
-    sender's signature, or a receiver could invent the claim it complains about."""
-    from node.pipeline.handoff import proof_signer
-    from node.signing import SignatureError
-
-    sender = bundle.spec.stages[complaint.sender_stage].worker
-    try:
-        signer = proof_signer(
-            complaint.job_id, complaint.sender_stage, complaint.chunk_index, complaint.claimed_proof,
-            complaint.sender_signature,
-        )
-    except (SignatureError, ValueError) as error:
-        raise ApiError(403, "bad_complaint", f"complaints[{index}]: the sender's proof signature does not recover: {error}") from None
-    if signer != sender:
-        raise ApiError(
-            403, "bad_complaint",
-            f"complaints[{index}]: the claimed proof is signed by {signer}, not by stage {complaint.sender_stage}'s worker {sender}",
-        )
+    complainers = tuple(bundle.spec.stages[c.complainer_stage].worker for c in bundle.complaints)
+    return Admitted(bundle, signers, bundle.job_id_hex, body.decode(), complainers)
 
 
 class IntakeWriter:
@@ -123,22 +108,19 @@ class IntakeWriter:
 
     async def _flush(self, batch) -> None:
         try:
-            signers = sorted({s for admitted, _ in batch for s in admitted.signers})
+            signers = sorted({s for admitted, _ in batch for s in admitted.staked})
             stakes = await self.stakes_of(signers)
             writable = []
             for admitted, future in batch:
-                short = [
-                    (index, signer)
-                    for index, signer in enumerate(admitted.signers)
-                    if stakes.get(signer, 0) < self.min_stake_wei
-                ]
+                short = [signer for signer in admitted.staked if stakes.get(signer, 0) < self.min_stake_wei]
                 if short:
-                    index, signer = short[0]
+                    signer = short[0]
+                    role = f"stage {admitted.signers.index(signer)} signer" if signer in admitted.signers else "complainer"
                     future.set_exception(
                         ApiError(
                             403,
                             "unstaked_signer",
-                            f"stage {index} signer {signer} has stake {stakes.get(signer, 0)} wei, needs {self.min_stake_wei}",
+                            f"{role} {signer} has stake {stakes.get(signer, 0)} wei, needs {self.min_stake_wei}",
                         )
                     )
                 else:

@@ -27,7 +27,7 @@ from ledger import journal
 from ledger.models import JOB_DONE, JOB_PENDING, Worker
 from ledger.store import Ledger
 from node.bundle import Bundle
-from node.evidence import Evidence, complained_senders, evidence_hash
+from node.evidence import Evidence, evidence_hash
 from node.job import JobSpec
 from node.receipts import ReceiptDomain
 from node.signing import SigningKey
@@ -40,7 +40,8 @@ from node.validator.models import ReplayModels
 from node.validator.queue import ClaimedJob, JobQueue, utcnow
 from node.validator.replay import findings_of
 from node.validator.spot_check import is_replayed
-from node.validator.verdict import Findings, Outcome, Verdict, decide
+from node.validator.handoff_faults import findings_without_replay, handoff_faults
+from node.validator.verdict import Outcome, Verdict, decide
 
 log = logging.getLogger(__name__)
 
@@ -128,17 +129,13 @@ class ValidatorNode:
     async def _judge(self, claimed: ClaimedJob) -> tuple[Verdict, Evidence]:
         bundle = Bundle.from_json(claimed.bundle_json)
         spec = bundle.spec
-        complaints = complained_senders(bundle)
-        replayed = is_replayed(bundle.job_id, self.config.sample_secret, self.config.sample_rate)
+        faults = handoff_faults(bundle)  # pure, no model: complaints and equivocation (I2)
+        # A bundle whose handoff evidence convicts someone is always judged in full, never sampled out.
+        replayed = bool(faults) or is_replayed(bundle.job_id, self.config.sample_secret, self.config.sample_rate)
         figures: dict[str, Any] = {}
-        if complaints:
-            # The receiver refused the job (I2): the sender it names is blamed; nobody is paid.
-            from node.receipts import processed_token_count
-
-            n = len(spec.stages)
-            tokens = processed_token_count(spec, bundle.output_token_ids)
-            work = tuple(s.num_layers * tokens for s in spec.stages)
-            findings = Findings((None,) * n, None, work, complaints)
+        if bundle.complaints:
+            # The receiver refused the job (I2): its evidence blames the sender or itself; nobody is paid.
+            findings = findings_without_replay(bundle, faults)
             verdict = decide(findings, self.config.tariff)
             replayed = False
         elif not replayed:
@@ -157,7 +154,7 @@ class ValidatorNode:
                 spec,
                 bundle.output_token_ids,
                 [stage.proofs for stage in bundle.stages],
-                complaints,
+                faults,
             )
             self.metrics.replay_seconds.observe(report.seconds)
             findings, figures = report.findings, report.figures

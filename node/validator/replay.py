@@ -32,9 +32,10 @@ def findings_of(
     spec: JobSpec,
     output_token_ids: Sequence[int],
     stage_proofs: Sequence[Sequence[bytes]],
-    complained_senders: Sequence[int] = (),
+    handoff_faults: Sequence[tuple[int, Any]] = (),
 ) -> ReplayReport:
-    """Check every stage's proofs and the sampling of one job against one replay of `model`."""
+    """Check every stage's proofs and the sampling of one job against one replay of `model`; the handoff
+    faults found without a model (handoff_faults.py) go into the findings as they are."""
     import torch
 
     from node.pipeline.model import replay
@@ -49,8 +50,6 @@ def findings_of(
     tokens = prompt + output[:-1]
     work = processed_token_count(spec, output)
     work_units = tuple(stage.num_layers * work for stage in spec.stages)
-    # A complaint stops the job at the sender: stages from there on sent nothing worth checking.
-    stop_at = min(complained_senders, default=len(spec.stages))
     timings: dict[str, float] = {}
     with torch.inference_mode():
         p = len(prompt)
@@ -59,23 +58,19 @@ def findings_of(
         proofs_ok: list[bool | None] = []
         stage_figures: list[Any] = []
         for stage, (boundary, proofs) in enumerate(zip(hidden, stage_proofs)):
-            if stage >= stop_at:
-                proofs_ok.append(None)
-                stage_figures.append(None)
-                continue
             check = verify_proofs(boundary[:p], boundary[p:], list(proofs))
             proofs_ok.append(bool(check.ok))
             stage_figures.append(_jsonable(check))
         timings["proofs"] = time.perf_counter() - started - timings["forward"]
         sampling_ok: bool | None = None
         sampling_figures: Any = None
-        if stop_at == len(spec.stages) and all(proofs_ok) and output:
+        if all(proofs_ok) and output:
             check = verify_sampling(logits, output, spec.sampling, spec.seed, first_position=p)
             sampling_ok = bool(check.ok)
             sampling_figures = _sampling_summary(check)
-        elif stop_at == len(spec.stages) and all(proofs_ok):
+        elif all(proofs_ok):
             sampling_ok = True
-    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(sorted(set(complained_senders))))
+    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(handoff_faults))
     seconds = time.perf_counter() - started
     timings["sampling"] = seconds - timings["forward"] - timings["proofs"]
     figures = {"stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens),

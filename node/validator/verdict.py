@@ -1,14 +1,16 @@
 """The verdict on one job: a pure function of what the replay found (PROTOCOL I4, I5).
 
 Nothing here touches a model, a database or a clock. The replay turns a bundle into `Findings` (did each
-stage's proofs hold, did the sampling hold, which senders were named by signed handoff complaints); `decide`
-turns findings and a `Tariff` into a `Verdict`. Because it is pure, anyone holding the evidence recomputes
+stage's proofs hold, did the sampling hold, which stages the handoff evidence convicts, see
+handoff_faults.py); `decide` turns findings and a `Tariff` into a `Verdict`. Because it is pure, anyone holding the evidence recomputes
 the same verdict (`stagewise verify-evidence`).
 
 Blame (I4): stages are checked in order 0..S-1 and the first faulty one is blamed. A stage is faulty when
-its proofs do not match the replay, or when a signed handoff complaint names it as the sender (I2: the
-receiver rebuilt the proof from what it actually received). Only when every stage's proofs hold is the
-sampling proof consulted; a sampling failure blames the last stage, which sampled.
+its proofs do not match the replay, or when the handoff evidence convicts it (I2): as a sender whose signed
+bytes do not have the proof it signed, as a sender that signed two different proofs for one chunk, as a
+complainer whose evidence proves nothing, or as a sender whose signed bytes differ from the replay of its
+layers when its receiver defends itself. Only when every stage's proofs hold is the sampling proof
+consulted; a sampling failure blames the last stage, which sampled.
 
 Pay: when all holds every stage earns `work_units * wei_per_work_unit`. When a stage is blamed it is
 slashed; the stages before it proved their work correct and are paid for it (an honest stage is never
@@ -31,7 +33,11 @@ class Outcome(str, Enum):
 
 class Reason(str, Enum):
     PROOF = "proof"  # the stage's activation proofs do not match the replay
-    COMPLAINT = "complaint"  # the next stage signed a handoff complaint naming this stage
+    COMPLAINT = "complaint"  # the next stage holds bytes this stage signed whose proof is not the one it signed
+    FALSE_COMPLAINT = "false_complaint"  # this stage complained with evidence that proves nothing
+    EQUIVOCATION = "equivocation"  # this stage signed two different proofs for one chunk
+    FALSE_INPUTS = "false_inputs"  # this stage's receipt names handoff proofs its predecessor never signed
+    ALTERED_HANDOFF = "altered_handoff"  # bytes this stage signed and sent differ from the replay of its layers
     SAMPLING = "sampling"  # an output token is not what the seeded sampler would pick
     INCOMPLETE = "incomplete"  # receipts missing by the deadline
 
@@ -61,19 +67,19 @@ class Findings:
 
     `stage_proofs_ok[s]` is None for a stage whose proofs were not checked (nothing to check against,
     e.g. after a complaint stopped the job). `sampling_ok` is None when the sampling was not checked.
-    `complained_senders` are the stage indexes named by valid, signed handoff complaints.
+    `handoff_faults` are (stage, reason) pairs the handoff evidence proves (handoff_faults.py).
     """
 
     stage_proofs_ok: tuple[bool | None, ...]
     sampling_ok: bool | None
     work_units: tuple[int, ...]
-    complained_senders: tuple[int, ...] = ()
+    handoff_faults: tuple[tuple[int, Reason], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.stage_proofs_ok) != len(self.work_units):
             raise ValueError("one proof check and one work figure per stage")
-        if any(not 0 <= s < len(self.work_units) for s in self.complained_senders):
-            raise ValueError("a complaint names a stage outside the group")
+        if any(not 0 <= s < len(self.work_units) for s, _ in self.handoff_faults):
+            raise ValueError("a handoff fault names a stage outside the group")
         if any(w < 0 for w in self.work_units):
             raise ValueError("work units are non-negative")
 
@@ -115,11 +121,13 @@ class Verdict:
 
 
 def first_faulty_stage(findings: Findings) -> tuple[int, Reason] | None:
-    """The first stage, in pipeline order, whose proofs failed or whom a complaint names."""
-    complained = set(findings.complained_senders)
+    """The first stage, in pipeline order, whose proofs failed or whom the handoff evidence convicts."""
+    convicted: dict[int, Reason] = {}
+    for stage, reason in findings.handoff_faults:
+        convicted.setdefault(stage, reason)
     for stage, proof_ok in enumerate(findings.stage_proofs_ok):
-        if stage in complained:
-            return stage, Reason.COMPLAINT
+        if stage in convicted:
+            return stage, convicted[stage]
         if proof_ok is False:
             return stage, Reason.PROOF
     return None

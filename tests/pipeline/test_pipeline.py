@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from node.job import SamplingParams
-from node.pipeline.handoff import proof_signer
+from node.pipeline.handoff import judge_evidence
 from node.pipeline.local import LocalPipeline, split_layers
 from node.pipeline.model import replay
 from node.pipeline.weights import load_stage
@@ -65,7 +65,9 @@ async def test_six_interleaved_sequences_equal_one_process_and_their_proofs_veri
             prefill, decode = split_replay(hidden[index], len(spec.prompt_token_ids))
             check = verify_proofs(prefill, decode, list(result.proofs))
             assert check.ok, check.reason
-            expected_receipt(spec, index, output, result.proofs)  # the worker can sign exactly this
+            received = [h.claim.proof for h in result.handoffs]
+            assert received == (list(results[spec.job_id_hex][index - 1].proofs) if index else [])  # handed over, proof by proof
+            expected_receipt(spec, index, output, result.proofs, received_proofs=received)  # the worker can sign exactly this
         first, last = results[spec.job_id_hex][0], results[spec.job_id_hex][-1]
         assert first.consumed_token_ids == spec.prompt_token_ids and last.produced_token_ids == output
 
@@ -100,7 +102,8 @@ async def test_a_stage_that_alters_what_it_sends_is_caught_and_only_that_sequenc
             return rows + 0.25  # the proof was built on the honest rows
         return rows
 
-    async with LocalPipeline(llama_dir, 3, stage_options={1: {"tamper": alter}}) as pipe:
+    evidence = []
+    async with LocalPipeline(llama_dir, 3, stage_options={1: {"tamper": alter}, 2: {"on_complaint": evidence.append}}) as pipe:
         specs = [pipe.spec(prompt, GREEDY, seed=i) for i, prompt in enumerate(prompts(4))]
         victim["job"] = specs[1].job_id_hex
         outcomes = await asyncio.gather(*[pipe.run(spec) for spec in specs], return_exceptions=True)
@@ -110,11 +113,10 @@ async def test_a_stage_that_alters_what_it_sends_is_caught_and_only_that_sequenc
         again = await pipe.run(pipe.spec([1, 2, 3], GREEDY, seed=3))
     assert isinstance(outcomes[1], Exception) and "do not match its signed proof" in str(outcomes[1])
     complaint = status["complaint"]
-    assert complaint["complainer_stage"] == 2 and complaint["sender_stage"] == 1 and complaint["chunk_index"] == 1
-    assert complaint["complainer"] == pipe.keys[2].address
-    claimed = bytes.fromhex(complaint["claimed_proof"][2:])
-    signature = bytes.fromhex(complaint["sender_signature"][2:])
-    assert proof_signer(specs[1].job_id, 1, 1, claimed, signature) == pipe.keys[1].address
+    assert complaint == {"complainer_stage": 2, "sender_stage": 1, "chunk_index": 1}
+    (held,) = evidence  # the complaining stage holds the sender-signed bytes: they convict the sender alone
+    assert held.claim.job_id == specs[1].job_id and (held.claim.start, held.claim.count) == (4, 32)
+    assert judge_evidence(held, pipe.keys[1].address) and not judge_evidence(held, pipe.keys[0].address)
     whole = load_stage(llama_dir)
     honest = [s for i, s in enumerate(specs) if i != 1]
     assert [o for i, o in enumerate(outcomes) if i != 1] == generate_whole(whole, honest)

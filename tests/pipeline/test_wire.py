@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.pipeline.handoff import Complaint, make_complaint, proof_signer, sign_proof
+from node.pipeline.handoff import Complaint, HandoffClaim, judge_evidence, rebuilt_proof, rows_digest
+from node.pipeline.wire import wire_bytes
 from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message
 from node.signing import SigningKey
 
@@ -42,14 +43,36 @@ def test_broken_frames_are_refused_with_a_reason():
     assert decode_message(encode_message("end", job="0x01")) == {"type": "end", "job": "0x01"}
 
 
-def test_chunk_proofs_and_complaints_are_signed_by_who_they_name():
-    sender, receiver = SigningKey.generate(), SigningKey.generate()
-    proof, rebuilt = b"\x07" * 258, b"\x08" * 258
-    signature = sign_proof(sender, JOB_A, 1, 3, proof)
-    assert proof_signer(JOB_A, 1, 3, proof, signature) == sender.address
-    assert proof_signer(JOB_A, 1, 4, proof, signature) != sender.address  # bound to the chunk index
-    complaint = make_complaint(receiver, JOB_A, 2, 3, proof, rebuilt, signature)
-    assert complaint.signer() == receiver.address == complaint.complainer
-    assert complaint.sender_stage == 1 and complaint.claimed_digest != complaint.rebuilt_digest
-    again = Complaint.from_json(complaint.to_json())
-    assert again == complaint and again.signer() == receiver.address
+def test_a_handoff_claim_is_signed_by_who_it_names_and_binds_every_field():
+    sender = SigningKey.generate()
+    claim = HandoffClaim(JOB_A, 1, 3, 40, 32, "bf16", b"\x05" * 32, b"\x07" * 258)
+    signature = claim.sign(sender)
+    assert claim.signer(signature) == sender.address and claim.signed_by(signature, sender.address)
+    for changed in (dict(chunk_index=4), dict(start=41), dict(count=31), dict(dtype="fp32"),
+                    dict(rows_digest=b"\x06" * 32), dict(proof=b"\x08" * 258), dict(sender_stage=2)):
+        assert not HandoffClaim(**{**claim.__dict__, **changed}).signed_by(signature, sender.address), changed
+    assert not claim.signed_by(b"\x00" * 65, sender.address)  # a signature that does not recover is no one's
+
+
+def _evidence(sender, rows: torch.Tensor, *, chunk: int = 0, proof: bytes | None = None, sent: torch.Tensor | None = None):
+    """A sender's signed claim over `sent` (default `rows`) with `proof` (default the honest proof of `rows`)."""
+    data = wire_bytes(sent if sent is not None else rows, "bf16")
+    honest = rebuilt_proof(wire_bytes(rows, "bf16"), "bf16", rows.shape[0], prefill=chunk == 0)
+    claim = HandoffClaim(JOB_A, 0, chunk, 0 if chunk == 0 else 7, rows.shape[0], "bf16", rows_digest(data),
+                         honest if proof is None else proof)
+    return Complaint(1, claim, claim.sign(sender), data)
+
+
+@pytest.mark.parametrize("chunk", [0, 1])
+def test_evidence_is_judged_without_a_model_and_blames_only_a_lying_sender(chunk):
+    sender, other = SigningKey.generate(), SigningKey.generate()
+    rows = torch.randn(6, 16)
+    honest = _evidence(sender, rows, chunk=chunk)
+    assert not judge_evidence(honest, sender.address)  # rows and proof agree: the complaint is false
+    lying = _evidence(sender, rows, chunk=chunk, sent=rows * 1.5)  # signed bytes other than it proved
+    assert judge_evidence(lying, sender.address)
+    assert not judge_evidence(lying, other.address)  # the signature must be the named sender's
+    forged_rows = Complaint(1, honest.claim, honest.sender_signature, wire_bytes(rows * 1.5, "bf16"))
+    assert not judge_evidence(forged_rows, sender.address)  # bytes the sender never signed prove nothing
+    invented = _evidence(other, rows, chunk=chunk, proof=b"\x07" * 258)
+    assert not judge_evidence(invented, sender.address)  # a proof the receiver made up, signed by itself

@@ -37,7 +37,7 @@ def make_bundle(keys, domain, output=tuple(range(100, 140))) -> Bundle:
     stages = []
     for index, key in enumerate(keys):
         proofs = fake_proofs(index, expected_proof_count(len(output)))
-        receipt = expected_receipt(spec, index, output, proofs)
+        receipt = expected_receipt(spec, index, output, proofs, received_proofs=stages[-1].proofs if stages else ())
         stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), proofs))
     return Bundle(spec, tuple(stages), tuple(output))
 

@@ -15,6 +15,7 @@ from node.bundle import (
     sign_complaint,
     verify_bundle,
 )
+from node.pipeline.handoff import Complaint, HandoffClaim, ReceivedHandoff, rows_digest
 from node.receipts import ReceiptDomain, expected_receipt, sign_receipt
 from node.signing import SigningKey
 
@@ -78,29 +79,58 @@ def test_wrong_number_of_proofs_is_refused(keys, domain):
     bundle = make_bundle(keys, domain)
     spec, output = bundle.spec, bundle.output_token_ids
     proofs = bundle.stages[1].proofs[:-1]
-    receipt = expected_receipt(spec, 1, output, proofs)
+    receipt = expected_receipt(spec, 1, output, proofs, received_proofs=bundle.stages[0].proofs)
     short = SignedStage(receipt, sign_receipt(keys[1], receipt, domain), proofs)
     tampered = dataclasses.replace(bundle, stages=(bundle.stages[0], short, bundle.stages[2]))
     with pytest.raises(BundleError, match="stage 1 has 2 proofs; 40 output tokens need 3"):
         check_receipts(tampered)
 
 
-def test_a_complaint_round_trips_and_names_its_signer(bundle, keys, domain):
-    complaint = sign_complaint(
-        keys[1], domain, job_id=bundle.job_id, complainer_stage=1, chunk_index=0,
-        claimed_proof=b"\x01" * 258, rebuilt_proof=b"\x02" * 258, sender_signature=b"\x03" * 65,
-    )
+def _evidence(keys, bundle, rows: bytes = b"\x01\x02" * 64) -> Complaint:
+    claim = HandoffClaim(bundle.job_id, 0, 0, 0, 1, "bf16", rows_digest(rows), b"\x01" * 258)
+    return Complaint(1, claim, claim.sign(keys[0]), rows)
+
+
+def test_a_complaint_round_trips_with_its_evidence_and_names_its_signer(bundle, keys, domain):
+    complaint = sign_complaint(keys[1], domain, _evidence(keys, bundle))
     stopped = Bundle(bundle.spec, bundle.stages[:1], (), (complaint,))
     assert not stopped.complete
     again = Bundle.from_json(stopped.to_json())
     assert again == stopped and again.complaints[0].sender_stage == 0
+    assert again.complaints[0].evidence() == _evidence(keys, bundle)
     check_signers(again, domain)
-    forged = dataclasses.replace(complaint, signature=sign_complaint(
-        keys[2], domain, job_id=bundle.job_id, complainer_stage=1, chunk_index=0,
-        claimed_proof=b"\x01" * 258, rebuilt_proof=b"\x02" * 258, sender_signature=b"\x03" * 65,
-    ).signature)
+    forged = dataclasses.replace(complaint, signature=sign_complaint(keys[2], domain, _evidence(keys, bundle)).signature)
     with pytest.raises(BundleError, match="complaints\\[0\\] is signed by"):
         check_signers(dataclasses.replace(stopped, complaints=(forged,)), domain)
+    swapped_rows = dataclasses.replace(complaint, rows=b"\x03\x04" * 64)  # the complainer signed the digest
+    with pytest.raises(BundleError, match="rows do not hash to the rows_digest"):
+        Bundle.from_json(dataclasses.replace(stopped, complaints=(swapped_rows,)).to_json())
+    with pytest.raises(BundleError, match="at most one complaint per receiving stage|at most one per receiving"):
+        Bundle.from_json(dataclasses.replace(stopped, complaints=(complaint, complaint)).to_json())
+    flood = json.loads(stopped.to_json())
+    flood["complaints"] *= 17585  # thousands of copies are refused before any is parsed
+    with pytest.raises(BundleError, match="17585 complaints; at most one per receiving stage"):
+        Bundle.from_dict(flood)
+
+
+def test_a_receipt_naming_other_inputs_than_its_predecessors_proofs_must_carry_what_it_received(bundle, keys, domain):
+    spec, output = bundle.spec, bundle.output_token_ids
+    other = tuple(bytes([9]) * 258 for _ in bundle.stages[0].proofs)
+    receipt = expected_receipt(spec, 1, output, bundle.stages[1].proofs, received_proofs=other)
+    bare = SignedStage(receipt, sign_receipt(keys[1], receipt, domain), bundle.stages[1].proofs)
+    lonely = dataclasses.replace(bundle, stages=(bundle.stages[0], bare, bundle.stages[2]))
+    with pytest.raises(BundleError, match="stage 1's receipt names handoff proofs other than stage 0's"):
+        check_receipts(lonely)
+    claims = tuple(
+        ReceivedHandoff(HandoffClaim(spec.job_id, 0, i, 0, 1, "fp32", b"\x00" * 32, proof), b"\x00" * 65, b"")
+        for i, proof in enumerate(other)
+    )
+    carried = dataclasses.replace(lonely, stages=(bundle.stages[0], dataclasses.replace(bare, received=claims), bundle.stages[2]))
+    check_receipts(carried)
+    assert Bundle.from_json(carried.to_json()) == carried  # the claims travel, bound to the receipt's digest
+    padded = dataclasses.replace(bundle, stages=(bundle.stages[0], dataclasses.replace(bundle.stages[1], received=claims), bundle.stages[2]))
+    with pytest.raises(BundleError, match="carries handoff claims although its inputs match"):
+        check_receipts(padded)
 
 
 def _mutate(bundle, path, value):
@@ -176,7 +206,8 @@ def test_brackets_inside_strings_do_not_count_as_nesting(keys, domain):
     spec = dataclasses.replace(bundle.spec, group_id="[{" * 30)
     stages = []
     for index, key in enumerate(keys):
-        receipt = expected_receipt(spec, index, bundle.output_token_ids, bundle.stages[index].proofs)
+        receipt = expected_receipt(spec, index, bundle.output_token_ids, bundle.stages[index].proofs,
+                                   received_proofs=bundle.stages[index - 1].proofs if index else ())
         stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), bundle.stages[index].proofs))
     odd = Bundle(spec, tuple(stages), bundle.output_token_ids)
     assert Bundle.from_json(odd.to_json()) == odd

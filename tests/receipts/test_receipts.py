@@ -33,6 +33,7 @@ def a_receipt(key_address: str = "0x" + "11" * 20) -> StageReceipt:
         model_id=b"\xab" * 32,
         proofs_digest=b"\x01" * 32,
         tokens_digest=ZERO_DIGEST,
+        inputs_digest=b"\x02" * 32,
         token_count=43,
         work_units=172,
     )
@@ -70,6 +71,7 @@ CHANGES = {
     "model_id": b"\xac" * 32,
     "proofs_digest": b"\x02" * 32,
     "tokens_digest": b"\x03" * 32,
+    "inputs_digest": b"\x04" * 32,
     "token_count": 44,
     "work_units": 173,
 }
@@ -140,7 +142,7 @@ def test_digests_of_tokens_and_proofs():
 def test_expected_receipt_binds_the_right_tokens(keys):
     spec = make_spec(keys)
     output = (7, 8, 9)
-    first, middle, last = (expected_receipt(spec, i, output, fake_proofs(i, 1)) for i in range(3))
+    first, middle, last = (expected_receipt(spec, i, output, fake_proofs(i, 1), received_proofs=()) for i in range(3))
     assert first.tokens_digest == tokens_digest(spec.prompt_token_ids)
     assert middle.tokens_digest == ZERO_DIGEST
     assert last.tokens_digest == tokens_digest(output)

@@ -105,7 +105,7 @@ def run_job(
         prefill = sent[index][0]
         decode = torch.cat(sent[index][1:]) if len(sent[index]) > 1 else prefill[:0]
         proofs = tuple(build_proofs(prefill, decode))
-        receipt = expected_receipt(spec, index, output, proofs)
+        receipt = expected_receipt(spec, index, output, proofs, received_proofs=signed[-1].proofs if signed else ())
         signed.append(SignedStage(receipt, sign_receipt(key, receipt, group.domain), proofs))
     return Bundle(spec, tuple(signed), tuple(output))
 
@@ -122,6 +122,6 @@ def signed_bundle(group: Group, spec: JobSpec, output: Sequence[int], *, proof_s
     signed = []
     for index, key in enumerate(group.keys):
         proofs = tuple(rng.randbytes(258) for _ in range(expected_proof_count(len(output))))
-        receipt = expected_receipt(spec, index, output, proofs)
+        receipt = expected_receipt(spec, index, output, proofs, received_proofs=signed[-1].proofs if signed else ())
         signed.append(SignedStage(receipt, sign_receipt(key, receipt, group.domain), proofs))
     return Bundle(spec, tuple(signed), tuple(output))

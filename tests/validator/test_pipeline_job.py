@@ -21,7 +21,7 @@ async def test_a_loopback_pipeline_job_is_accepted_and_every_stage_rewarded(clie
         keys = list(pipe.keys)
     stages = []
     for index, (result, key) in enumerate(zip(results, keys)):
-        receipt = expected_receipt(spec, index, output, result.proofs)
+        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
         stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
     await stake_all(ledger, keys)
 

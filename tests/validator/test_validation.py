@@ -119,37 +119,85 @@ async def test_an_issued_job_without_a_bundle_by_its_deadline_is_soft_invalidate
     assert (await node.job(on_time.job_id_hex))["verdict"]["outcome"] == "accepted"
 
 
-async def test_a_signed_handoff_complaint_blames_the_sender_it_names(client, node, group, ledger):
-    """Stage 1 rebuilt stage 0's prefill proof from the bytes it received and they differ (I2): stage 0 is
-    blamed on the complaint, nobody is paid, and stage 1 (which stopped) is not slashed."""
+def handoff_evidence(group, spec, *, signer, sent_scale: float = 1.0, proof: bytes | None = None):
+    """Stage 1's evidence about stage 0's prefill chunk: the bytes stage 0 sent (its honest output times
+    `sent_scale`), signed by `signer` with `proof` (default: the honest proof of the honest output)."""
     import torch
 
-    from node.bundle import Bundle, SignedStage, sign_complaint
-    from node.pipeline.handoff import sign_proof
+    from node.pipeline.handoff import Complaint, HandoffClaim, rows_digest
     from node.pipeline.weights import load_stage
-    from node.receipts import expected_receipt, sign_receipt
+    from node.pipeline.wire import wire_bytes
     from node.toploc.activation import build_proofs
 
-    spec = group.spec(PROMPT, max_new_tokens=8)
-    stage0 = load_stage(group.model_dir, 0, 2)
+    stage0 = load_stage(group.model_dir, 0, spec.stages[0].layer_end)
     with torch.inference_mode():
-        prefill = stage0(torch.tensor(PROMPT), [stage0.new_cache()])
-    proofs = tuple(build_proofs(prefill, None))
-    receipt = expected_receipt(spec, 0, [], proofs)
-    signed = SignedStage(receipt, sign_receipt(group.keys[0], receipt, group.domain), proofs)
-    def complaint(sender_key):
-        return sign_complaint(
-            group.keys[1], group.domain, job_id=spec.job_id, complainer_stage=1, chunk_index=0,
-            claimed_proof=proofs[0], rebuilt_proof=bytes(258),
-            sender_signature=sign_proof(sender_key, spec.job_id, 0, 0, proofs[0]),
-        )
+        honest = stage0(torch.tensor(PROMPT), [stage0.new_cache()])
+    data = wire_bytes(honest * sent_scale, "fp32")
+    claim = HandoffClaim(spec.job_id, 0, 0, 0, len(PROMPT), "fp32", rows_digest(data),
+                         build_proofs(honest, None)[0] if proof is None else proof)
+    return Complaint(1, claim, claim.sign(signer), data)
 
-    # A complaint must carry the sender's own signature over the proof it claimed.
-    forged = Bundle(spec, (signed,), (), (complaint(group.keys[2]),))
-    response = await client.post("/v1/bundles", data=forged.to_json())
-    assert response.status == 403 and (await response.json())["error"]["code"] == "bad_complaint"
-    job = await submit_and_validate(client, node, Bundle(spec, (signed,), (), (complaint(group.keys[0]),)))
+
+async def judge_complaint(client, node, group, spec, evidence):
+    from node.bundle import Bundle, sign_complaint
+
+    return await submit_and_validate(client, node, Bundle(spec, (), (), (sign_complaint(group.keys[1], group.domain, evidence),)))
+
+
+async def test_a_false_complaint_against_an_honest_sender_slashes_the_complainer_not_the_sender(client, node, group, ledger, tmp_path):
+    """The attack (PROTOCOL I2): stage 1 keeps the bytes and the genuine proof its honest predecessor signed
+    and complains anyway. Before the evidence was judged, the sender was slashed on every such job."""
+    spec = (group.spec(PROMPT, max_new_tokens=8, seed=11))
+    job = await judge_complaint(client, node, group, spec, handoff_evidence(group, spec, signer=group.keys[0]))
+    verdict = job["verdict"]
+    assert (verdict["outcome"], verdict["blamed_stage"], verdict["reason"]) == ("blamed", 1, "false_complaint")
+    entries = await journal_of(ledger, job["job_id"])
+    assert [(e.kind, e.worker) for e in entries] == [("slash", group.keys[1].address)]  # nobody paid either
+    assert await recomputed_without_a_model(client, job["job_id"], tmp_path)
+
+
+async def test_a_complaint_whose_claim_the_sender_never_signed_costs_the_complainer(client, node, group, ledger, tmp_path):
+    spec = (group.spec(PROMPT, max_new_tokens=8, seed=12))
+    invented = handoff_evidence(group, spec, signer=group.keys[1], proof=bytes(258))  # made up and self-signed
+    job = await judge_complaint(client, node, group, spec, invented)
+    assert (job["verdict"]["blamed_stage"], job["verdict"]["reason"]) == (1, "false_complaint")
+    assert [e.worker for e in await journal_of(ledger, job["job_id"])] == [group.keys[1].address]
+    assert await recomputed_without_a_model(client, job["job_id"], tmp_path)
+
+
+async def test_a_sender_that_signs_bytes_other_than_it_proves_is_slashed_on_the_evidence(client, node, group, ledger, tmp_path):
+    spec = (group.spec(PROMPT, max_new_tokens=8, seed=13))
+    lying = handoff_evidence(group, spec, signer=group.keys[0], sent_scale=1.25)  # honest proof, other bytes
+    job = await judge_complaint(client, node, group, spec, lying)
     verdict = job["verdict"]
     assert (verdict["outcome"], verdict["blamed_stage"], verdict["reason"]) == ("blamed", 0, "complaint")
     entries = await journal_of(ledger, job["job_id"])
     assert [(e.kind, e.worker) for e in entries] == [("slash", group.keys[0].address)]
+    assert await recomputed_without_a_model(client, job["job_id"], tmp_path)
+
+
+async def test_a_complaint_needs_a_staked_complainer_and_carries_no_more_than_it_may(client, node, group, ledger):
+    from node.bundle import Bundle, sign_complaint
+
+    spec = (group.spec(PROMPT, max_new_tokens=8, seed=14))
+    signed = sign_complaint(group.keys[1], group.domain, handoff_evidence(group, spec, signer=group.keys[0]))
+    twice = Bundle(spec, (), (), (signed, signed)).to_json()
+    response = await client.post("/v1/bundles", data=twice)
+    assert response.status == 400 and "at most one" in (await response.json())["error"]["message"]
+    await ledger.set_stake(group.keys[1].address, 0)  # stage 1 withdrew everything: it has nothing left to lose
+    response = await client.post("/v1/bundles", data=Bundle(spec, (), (), (signed,)).to_json())
+    body = await response.json()
+    assert response.status == 403 and body["error"]["code"] == "unstaked_signer", body
+    assert "complainer" in body["error"]["message"]
+
+
+async def recomputed_without_a_model(client, job_id, tmp_path) -> bool:
+    """`stagewise verify-evidence FILE` with no model: a complaint is judged by its evidence alone (I5)."""
+    document = await (await client.get(f"/v1/jobs/{job_id}/evidence")).json()
+    path = tmp_path / f"{job_id}.json"
+    path.write_text(json.dumps(document))
+    reproduced = main(["verify-evidence", str(path)]) == 0
+    forged = json.loads(json.dumps(document))
+    forged["verdict"] = {**forged["verdict"], "blamed_stage": 1 - forged["verdict"]["blamed_stage"]}
+    path.write_text(json.dumps(forged))
+    return reproduced and main(["verify-evidence", str(path)]) == 1

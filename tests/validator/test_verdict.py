@@ -40,15 +40,22 @@ def test_sampling_is_not_consulted_when_a_stage_failed():
     assert (verdict.blamed_stage, verdict.reason) == (2, Reason.PROOF)
 
 
-def test_a_complaint_blames_the_sender_it_names_even_with_valid_proofs():
-    verdict = decide(Findings((True, None, None), None, WORK, complained_senders=(1,)), TARIFF)
+def test_a_convicted_sender_is_blamed_even_with_valid_proofs():
+    verdict = decide(Findings((True, None, None), None, WORK, ((1, Reason.COMPLAINT),)), TARIFF)
     assert (verdict.blamed_stage, verdict.reason) == (1, Reason.COMPLAINT)
     assert verdict.rewards_wei == (400, 0, 0)
 
 
-def test_an_earlier_proof_failure_wins_over_a_later_complaint():
-    verdict = decide(Findings((False, True, None), None, WORK, complained_senders=(1,)), TARIFF)
+def test_an_earlier_proof_failure_wins_over_a_later_handoff_fault():
+    verdict = decide(Findings((False, True, None), None, WORK, ((1, Reason.EQUIVOCATION),)), TARIFF)
     assert (verdict.blamed_stage, verdict.reason) == (0, Reason.PROOF)
+
+
+def test_the_first_stage_the_handoff_evidence_convicts_is_blamed_whatever_order_it_is_listed_in():
+    faults = ((2, Reason.FALSE_COMPLAINT), (1, Reason.EQUIVOCATION))
+    verdict = decide(Findings((True, True, True), True, WORK, faults), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (1, Reason.EQUIVOCATION)
+    assert verdict.rewards_wei == (400, 0, 0)
 
 
 def test_an_unchecked_stage_cannot_be_accepted():

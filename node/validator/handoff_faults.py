@@ -1,0 +1,64 @@
+"""What the handoff evidence in a bundle proves, without a model (PROTOCOL I2): pure functions of the bundle.
+
+- A complaint (`HandoffComplaint`) convicts its sender when the sender signed the rows it carries with a
+  proof they do not have (`judge_evidence`); otherwise it convicts the complainer (`false_complaint`).
+- A receipt names the digest of the handoff proofs its stage received (`inputs_digest`). When it is not the
+  digest of the proofs the previous stage committed to in its own receipt, the receiving stage's entry must
+  carry what it received (`received`, bound to that digest; intake refuses a bundle without it): a claim
+  in it that the sender signed with another proof than its receipt's convicts the sender (`equivocation`);
+  otherwise the receiver named inputs its predecessor never signed (`false_inputs`).
+
+The validator calls `handoff_faults` before any replay; `stagewise verify-evidence` calls the same.
+"""
+
+from __future__ import annotations
+
+from node.bundle import Bundle
+from node.pipeline.handoff import judge_evidence
+from node.receipts import proofs_digest
+from node.validator.verdict import Findings, Reason
+
+Fault = tuple[int, Reason]
+
+
+def complaint_faults(bundle: Bundle) -> tuple[Fault, ...]:
+    faults = []
+    for complaint in bundle.complaints:
+        sender = bundle.spec.stages[complaint.sender_stage].worker
+        if judge_evidence(complaint.evidence(), sender):
+            faults.append((complaint.sender_stage, Reason.COMPLAINT))
+        else:
+            faults.append((complaint.complainer_stage, Reason.FALSE_COMPLAINT))
+    return tuple(faults)
+
+
+def equivocation_faults(bundle: Bundle) -> tuple[Fault, ...]:
+    faults = []
+    for index in range(1, len(bundle.stages)):
+        stage, previous = bundle.stages[index], bundle.stages[index - 1]
+        if stage.receipt.inputs_digest == proofs_digest(previous.proofs):
+            continue
+        sender = bundle.spec.stages[index - 1].worker
+        equivocated = any(
+            handoff.claim.chunk_index >= len(previous.proofs)
+            or handoff.claim.proof != previous.proofs[handoff.claim.chunk_index]
+            for handoff in stage.received
+            if handoff.claim.signed_by(handoff.signature, sender)
+        )
+        faults.append((index - 1, Reason.EQUIVOCATION) if equivocated else (index, Reason.FALSE_INPUTS))
+    return tuple(faults)
+
+
+def handoff_faults(bundle: Bundle) -> tuple[Fault, ...]:
+    """Every fault the bundle's handoff evidence proves, in no particular order (`decide` takes the first
+    faulty stage in pipeline order)."""
+    return complaint_faults(bundle) + equivocation_faults(bundle)
+
+
+def findings_without_replay(bundle: Bundle, faults: tuple[Fault, ...]) -> Findings:
+    """A complaint stopped the job: no stage's proofs are checked, the evidence alone decides."""
+    from node.receipts import processed_token_count
+
+    tokens = processed_token_count(bundle.spec, bundle.output_token_ids)
+    work = tuple(stage.num_layers * tokens for stage in bundle.spec.stages)
+    return Findings((None,) * len(work), None, work, faults)
