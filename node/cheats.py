@@ -1,21 +1,32 @@
 """Deliberate misbehaviour, so that a devnet (and the tests) can show a cheater being caught.
 
-A cheating worker behaves like an honest one on the wire: it signs its hellos, its chunk proofs and its
-receipt, and its proofs match what it sends (so its neighbours accept them, PROTOCOL I2). What it
-computes is wrong: `perturb` adds relative noise to its layers' weights, the cheapest way to pass off a
-different (smaller, quantized, fine-tuned) model as the one the job names. Only the validator's replay
-catches it, and blames that stage (I4).
+Kinds:
+- `perturb:SCALE` computes wrong and hides nothing: relative noise on its layers' weights, the cheapest way to
+  pass off a different (smaller, quantized, fine-tuned) model as the one the job names. Its proofs match
+  what it sends, so its neighbour accepts them; the validator's replay blames it (I4).
+- The handoff lies of PROTOCOL I2, each one an attack on its neighbours that the protocol must turn back on
+  the liar:
+  - `quiet:FACTOR` scales every entry its proof does not bind (outside each chunk's top-k) by FACTOR < 1:
+    its proof stays byte for byte the honest one, and its successor, computing honestly on what it got,
+    fails the replay. Its successor's defence (the sender-signed rows it received) convicts it.
+  - `equivocate:SCALE` sends rows with relative noise SCALE and hands over proofs of those rows (so its
+    successor accepts them), while its receipt commits to the proofs of the honest rows (so the replay
+    passes it). Two proofs signed for one chunk convict it.
+  - `false-complaint` receives honest rows and complains anyway, keeping the sender's genuine claim: the
+    evidence proves the sender right and costs the complainer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from node.pipeline.model import StageModel
 
-KINDS = ("perturb",)
+KINDS = ("perturb", "quiet", "equivocate", "false-complaint")
+DEFAULTS = {"perturb": 1e-3, "quiet": 0.9, "equivocate": 1e-2, "false-complaint": 1.0}
 
 
 class CheatError(ValueError):
@@ -29,22 +40,56 @@ class Cheat:
 
     @classmethod
     def parse(cls, text: str) -> "Cheat":
-        """`perturb:1e-3` -> relative noise of 1e-3 on every weight of the stage."""
+        """`perturb:1e-3` -> relative noise of 1e-3 on every weight of the stage; see the module for the rest."""
         kind, _, scale = text.partition(":")
         if kind not in KINDS:
             raise CheatError(f"unknown cheat {kind!r}: one of {', '.join(KINDS)}")
         try:
-            value = float(scale or "1e-3")
+            value = float(scale) if scale else DEFAULTS[kind]
         except ValueError:
             raise CheatError(f"cheat scale {scale!r} is not a number") from None
-        if not value > 0:
-            raise CheatError("cheat scale must be > 0")
+        if not value > 0 or kind == "quiet" and not value < 1:
+            raise CheatError("cheat scale must be > 0 (and below 1 for quiet)")
         return cls(kind, value)
 
+    @property
+    def equivocates(self) -> bool:
+        return self.kind == "equivocate"
+
+    @property
+    def complains_falsely(self) -> bool:
+        return self.kind == "false-complaint"
+
+    def tamper(self) -> Callable[[str, int, int, torch.Tensor], torch.Tensor] | None:
+        """What the stage does to the rows it sends (node.pipeline.engine.Tamper), if anything."""
+        if self.kind == "quiet":
+            return lambda job, stage, start, rows: outside_top_k(rows, self.scale)
+        if self.kind == "equivocate":
+            def noisy(job: str, stage: int, start: int, rows: torch.Tensor) -> torch.Tensor:
+                generator = torch.Generator().manual_seed(start)
+                noise = torch.randn(rows.shape, generator=generator, dtype=torch.float32)
+                return (rows.float() * (1 + self.scale * noise)).to(rows.dtype)
+
+            return noisy
+        return None
+
     def apply(self, model: StageModel, seed: int = 0) -> None:
-        """Change the loaded stage in place: w <- w * (1 + scale * N(0, 1)), the same noise on every run."""
+        """Change the loaded stage in place (perturb only): w <- w * (1 + scale * N(0, 1)), the same noise on
+        every run."""
+        if self.kind != "perturb":
+            return
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for parameter in model.parameters():
                 noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
                 parameter.mul_(1 + self.scale * noise.to(parameter.dtype))
+
+
+def outside_top_k(rows: torch.Tensor, factor: float, k: int = 128) -> torch.Tensor:
+    """`rows` with every entry outside each row's k largest magnitudes scaled by `factor` < 1. A chunk's top-k
+    lies inside the union of its rows' top-k, and a smaller entry only shrinks, so the chunk's proof does
+    not change (ties aside, which bf16 makes rare)."""
+    flat = rows.float().abs()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep.scatter_(1, flat.topk(min(k, flat.shape[1]), dim=1).indices, True)
+    return torch.where(keep, rows.float(), rows.float() * factor).to(rows.dtype)

@@ -79,8 +79,11 @@ class JobSpec:
     seed: int
     group_id: str
     stages: tuple[StageAssignment, ...]
+    attempt: int = 0  # the orchestrator's count of earlier jobs for the same sequence: a job id is issued once
 
     def __post_init__(self) -> None:
+        if not (_is_int(self.attempt) and 0 <= self.attempt <= MAX_SEED):
+            raise JobSpecError("attempt must be an integer in [0, 2**64)")
         if not (isinstance(self.model_id, str) and self.model_id.startswith("0x") and len(self.model_id) == 66):
             raise JobSpecError("model_id must be a 0x-prefixed 32-byte hex string")
         try:
@@ -122,6 +125,7 @@ class JobSpec:
             "group_id": self.group_id,
             "stages": [{"worker": s.worker, "layer_start": s.layer_start, "layer_end": s.layer_end} for s in self.stages],
             "version": JOB_SPEC_VERSION,
+            **({"attempt": self.attempt} if self.attempt else {}),  # absent when 0: earlier ids stay as they were
         }
 
     def canonical_bytes(self) -> bytes:
@@ -146,7 +150,8 @@ class JobSpec:
         version = data.pop("version", JOB_SPEC_VERSION)
         if version != JOB_SPEC_VERSION:
             raise JobSpecError(f"unsupported job spec version {version!r}")
-        _check_keys("job", data, _FIELD_NAMES.get(cls) or frozenset(f.name for f in fields(cls)))
+        attempt = data.pop("attempt", 0)
+        _check_keys("job", data, _FIELD_NAMES[cls] - {"attempt"})
         sampling = data["sampling"]
         if not isinstance(sampling, dict):
             raise JobSpecError("sampling must be an object")
@@ -172,6 +177,7 @@ class JobSpec:
             seed=data["seed"],
             group_id=data["group_id"],
             stages=tuple(parsed_stages),
+            attempt=attempt,
         )
 
 

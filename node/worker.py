@@ -450,7 +450,8 @@ class WorkerConfig:
     """node.pipeline.engine.Tamper: changes what this stage SENDS after its honest proof was built. Only for
     tests; never set by `stagewise worker run`."""
     cheat: Any = None
-    """node.cheats.Cheat: changes the stage's weights once loaded (`--cheat`, the devnet's cheater)."""
+    """node.cheats.Cheat: changes the stage's weights once loaded or lies in its handoffs (`--cheat`, the
+    devnet's cheater)."""
 
 
 @dataclass(frozen=True)
@@ -817,7 +818,8 @@ async def start_stage_server(
     server = StageServer(
         key, host=config.host, port=config.port, model_dirs=config.model_dirs, device=config.device,
         on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
-        tamper=config.tamper, on_loaded=config.cheat.apply if config.cheat is not None else None,
+        tamper=config.tamper or (config.cheat.tamper() if config.cheat is not None else None), cheat=config.cheat,
+        on_loaded=config.cheat.apply if config.cheat is not None else None,
         controllers=controllers,
     )
     try:

@@ -44,3 +44,26 @@ def test_bad_specs_say_what_is_wrong():
         spec(stages=(StageAssignment(WORKERS[0], 0, 3), StageAssignment(WORKERS[1], 4, 8)))
     with pytest.raises(JobSpecError, match="address"):
         StageAssignment("not-an-address", 0, 1)
+
+
+def test_every_attempt_of_a_sequence_is_its_own_job():
+    """A re-issued job never shares an id with an earlier one: an honest stage signs one handoff claim per
+    chunk of a job id, so two different claims for one chunk can only be a lie (PROTOCOL I2)."""
+    first, again = spec(), spec(attempt=1)
+    assert "attempt" not in first.to_dict() and JobSpec.from_dict(first.to_dict()) == first  # ids from before stay
+    assert again.job_id != first.job_id and JobSpec.from_dict(again.to_dict()) == again
+    with pytest.raises(JobSpecError, match="attempt"):
+        JobSpec.from_dict({**first.to_dict(), "attempt": -1})
+
+
+def test_a_rerouted_sequence_without_tokens_gets_a_new_job_id_on_the_same_group():
+    from node.validator.rerouting import SequenceRun, continuation_spec
+
+    task = type("Task", (), {"task_id": "t"})()
+    run = SequenceRun(task=task, prompt_token_ids=(1, 2, 3), seed=9, max_new_tokens=8)
+    group = type("Group", (), {"group_id": "g", "stages": spec().stages})()
+    ids = set()
+    for _ in range(3):
+        ids.add(continuation_spec(run, group, spec().model_id, SamplingParams()).job_id)
+        run.groups.append("g")
+    assert len(ids) == 3

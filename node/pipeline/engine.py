@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -63,8 +64,14 @@ class EngineStats:
 
 
 class StageEngine:
-    def __init__(self, model: StageModel, assignment: Assignment, key: SigningKey, tamper: Tamper | None = None):
+    def __init__(self, model: StageModel, assignment: Assignment, key: SigningKey, tamper: Tamper | None = None,
+                 cheat: Any = None):
+        """`tamper` and `cheat` (node.cheats.Cheat: `equivocates`, `complains_falsely`) only for tests and the
+        devnet's cheater: the handoff lies the protocol must turn back on the liar."""
         self.model, self.assignment, self.key, self.tamper = model, assignment, key, tamper
+        self.equivocates = bool(cheat is not None and cheat.equivocates)
+        self.complains_falsely = bool(cheat is not None and cheat.complains_falsely)
+        self._handed: dict[str, Any] = {}  # equivocation: a proof builder over what is really sent, per job
         self.stats = EngineStats()
 
     def open(self, spec: JobSpec) -> SequenceState:
@@ -121,10 +128,11 @@ class StageEngine:
                 out.rows = self.tamper(seq.job_id_hex, self.assignment.stage_index, item.start, sent) if self.tamper else sent
                 dtype = self.assignment.wire_dtype
                 seq.out_tape.add(item.start, count, dtype, wire_bytes(out.rows, dtype))
-            for chunk, proof in self._prove(seq, item.start, sent):
+            handed = self._prove_sent(seq, item.start, out.rows) if self.equivocates else None
+            for index_in_step, (chunk, proof) in enumerate(self._prove(seq, item.start, sent)):
                 seq.proofs.append(proof)
                 if not self.assignment.is_last:
-                    out.claims.append(self._claim(seq, chunk, proof))
+                    out.claims.append(self._claim(seq, chunk, handed[index_in_step] if handed else proof))
             self.stats.proof_s += time.perf_counter() - proof_started
             if self.assignment.is_last:
                 sample_started = time.perf_counter()
@@ -168,6 +176,14 @@ class StageEngine:
         proof = seq.outbound.add_decode_row(rows[0])
         return [] if proof is None else [(chunk, proof)]
 
+    def _prove_sent(self, seq: SequenceState, start: int, rows: torch.Tensor) -> list[bytes]:
+        """Equivocation: proofs of the rows really sent, for the claims (the receipt keeps the honest ones)."""
+        builder = self._handed.setdefault(seq.job_id_hex, new_proof_builder())
+        if start == 0:
+            return [builder.add_prefill(rows)]
+        proof = builder.add_decode_row(rows[0])
+        return [] if proof is None else [proof]
+
     def _sample(self, seq: SequenceState, logits: torch.Tensor, position: int) -> int:
         from node.toploc.sampling import sample_next
 
@@ -205,7 +221,7 @@ class StageEngine:
                     )
                 if rows_digest(rows.data) != digest:
                     raise SequenceFailed(f"the bytes received for chunk {chunk} are not the bytes stage {a.stage_index - 1} signed")
-                if seq.rebuilt[chunk] != proof:
+                if seq.rebuilt[chunk] != proof or self.complains_falsely:
                     raise SequenceFailed(
                         f"stage {a.stage_index - 1} sent activations that do not match its signed proof for chunk {chunk}",
                         Complaint(a.stage_index, claim, signature, rows.data),
@@ -237,7 +253,10 @@ class StageEngine:
             return None
         chunk = len(seq.proofs)
         seq.proofs.append(proof)
-        return None if self.assignment.is_last else self._claim(seq, chunk, proof)
+        if self.assignment.is_last:
+            return None
+        handed = self._handed.pop(seq.job_id_hex, None)
+        return self._claim(seq, chunk, handed.finish() if handed is not None else proof)
 
     def result(self, seq: SequenceState) -> StageResult:
         a = self.assignment

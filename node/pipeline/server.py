@@ -131,6 +131,7 @@ class StageServer:
         stall_timeout_s: float = 120.0,
         on_complaint: ComplaintHook | None = None,
         tamper: Tamper | None = None,
+        cheat: Any = None,
         keep_finished: int = 4096,
         public_url: str | None = None,
         on_loaded: Callable[[StageModel], None] | None = None,
@@ -150,7 +151,7 @@ class StageServer:
         self.micro_batches = micro_batches
         self.max_prefill_rows = max_prefill_rows
         self.stall_timeout_s = stall_timeout_s
-        self.tamper = tamper
+        self.tamper, self.cheat = tamper, cheat
         self.keep_finished = keep_finished
         self.public_url = public_url
         self.assignment: Assignment | None = None
@@ -279,7 +280,7 @@ class StageServer:
                     raise AssignmentError(f"the group covers {assignment.stages[-1].layer_end} layers, the model has {model.config.num_layers}")
                 log.info("loaded layers [%d, %d) of %s in %.1f s", wanted[1], wanted[2], model_dir, time.monotonic() - started)
                 self._fail_all("the stage was reassigned")
-                self.engine = StageEngine(model, assignment, self.key, self.tamper)
+                self.engine = StageEngine(model, assignment, self.key, self.tamper, self.cheat)
                 self._loaded = wanted
             else:
                 if old is not None and (old.group_id, old.stage_index, old.num_stages) != (assignment.group_id, assignment.stage_index, assignment.num_stages):
@@ -340,8 +341,8 @@ class StageServer:
         if a.num_stages > 1 and (self._inbound_ws is None or self._inbound_ws.closed):
             raise PipelineError(503, "link_down", f"the last stage ({a.num_stages - 1}) is not connected to stage 0: no way back for tokens")
         job = spec.job_id_hex
-        if job in self.sequences and self.sequences[job].status != FAILED:
-            raise PipelineError(409, "duplicate_job", f"job {job} is already here")
+        if job in self.sequences:  # even a failed one: an honest stage signs one claim per chunk of a job (I2)
+            raise PipelineError(409, "duplicate_job", f"job {job} was already started here; a job id runs once")
         try:
             seq = self.engine.open(spec)
         except SequenceFailed as error:
@@ -553,8 +554,9 @@ class StageServer:
     def _on_job(self, message: dict) -> None:
         spec = JobSpec.from_dict(message["spec"])
         job = spec.job_id_hex
-        if job in self.sequences and self.sequences[job].status != FAILED:
-            self._fail(self.sequences[job], SequenceFailed("job started twice"))
+        if job in self.sequences:  # a job id runs once here, or a receiver could hold two claims for one chunk
+            if self.sequences[job].active:
+                self._fail(self.sequences[job], SequenceFailed("job started twice"))
             return
         try:
             self.assignment.check_spec(spec)

@@ -54,6 +54,7 @@ SCHEMAS: dict[str, Any] = {
             "prompt_token_ids": {"type": "array", "minItems": 1, "items": UINT},
             "sampling": {"$ref": "#/components/schemas/SamplingParams"},
             "seed": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+            "attempt": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
             "group_id": {"type": "string", "minLength": 1, "maxLength": 128},
             "stages": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/StageAssignment"}},
         },

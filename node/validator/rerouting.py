@@ -82,6 +82,7 @@ def continuation_spec(run: SequenceRun, group: Group, model_id: str, sampling: S
         seed=run.seed,
         group_id=group.group_id,
         stages=tuple(StageAssignment(s.worker, s.layer_start, s.layer_end) for s in group.stages),
+        attempt=len(run.groups),  # the jobs issued for this sequence so far: its every job has its own id
     )
 
 

@@ -72,7 +72,7 @@ async def test_a_stage_that_goes_away_fails_its_sequences_and_a_replacement_take
 async def test_a_restarted_neighbour_is_reconnected_with_backoff(llama_dir):
     async with LocalPipeline(llama_dir, 3) as pipe:
         assert len(await pipe.generate([1, 2], SHORT)) == 12
-        with pytest.raises(StageClientError, match="already here"):  # one job id, one run
+        with pytest.raises(StageClientError, match="already started here"):  # one job id, one run
             await pipe.generate([1, 2], SHORT)
         key, port = pipe.servers[1].key, pipe.servers[1].port
         await pipe.servers[1].stop()

@@ -5,6 +5,7 @@ in-process `run_worker` tasks.
 """
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,6 +106,13 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path, sqlite_url, model_dir, served_chain):
+    async with open_stack(tmp_path, sqlite_url, model_dir, served_chain) as opened:
+        yield opened
+
+
+@contextlib.asynccontextmanager
+async def open_stack(tmp_path, db_url, model_dir, served_chain):
+    """The embedded chain, a validator with its orchestrator on `db_url`, groups of two stages."""
     from ledger.store import Ledger
     from node.pipeline.weights import model_id
     from node.validator.app import build_app
@@ -121,7 +129,7 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
     torch.set_num_threads(1)
     chain, rpc_url = served_chain
 
-    ledger = await Ledger.open(sqlite_url)
+    ledger = await Ledger.open(db_url)
     validator_key = SigningKey.generate()  # workers trust it: their validator's GET /health names it,
     chain.add_validator(chain.dev_keys[0], validator_key.address)  # and the contract backs it
     node = ValidatorNode(ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE), ledger,
