@@ -6,7 +6,8 @@ Kinds:
   what it sends, so its neighbour accepts them; the validator's replay blames it (I4).
 - The handoff lies of PROTOCOL I2, each one an attack on its neighbours that the protocol must turn back on
   the liar:
-  - `quiet:FACTOR` scales every entry its proof does not bind (outside each chunk's top-k) by FACTOR < 1:
+  - `quiet:FACTOR` scales every entry of its prefill block that its proof does not bind (outside the top-k)
+    by FACTOR < 1:
     its proof stays byte for byte the honest one, and its successor, computing honestly on what it got,
     fails the replay. Its successor's defence (the sender-signed rows it received) convicts it.
   - `equivocate:SCALE` sends rows with relative noise SCALE and hands over proofs of those rows (so its
@@ -62,8 +63,8 @@ class Cheat:
 
     def tamper(self) -> Callable[[str, int, int, torch.Tensor], torch.Tensor] | None:
         """What the stage does to the rows it sends (node.pipeline.engine.Tamper), if anything."""
-        if self.kind == "quiet":
-            return lambda job, stage, start, rows: outside_top_k(rows, self.scale)
+        if self.kind == "quiet":  # the prefill block is one whole chunk: its top-k is known when it is sent
+            return lambda job, stage, start, rows: outside_top_k(rows, self.scale) if start == 0 else rows
         if self.kind == "equivocate":
             def noisy(job: str, stage: int, start: int, rows: torch.Tensor) -> torch.Tensor:
                 generator = torch.Generator().manual_seed(start)
@@ -85,11 +86,10 @@ class Cheat:
                 parameter.mul_(1 + self.scale * noise.to(parameter.dtype))
 
 
-def outside_top_k(rows: torch.Tensor, factor: float, k: int = 128) -> torch.Tensor:
-    """`rows` with every entry outside each row's k largest magnitudes scaled by `factor` < 1. A chunk's top-k
-    lies inside the union of its rows' top-k, and a smaller entry only shrinks, so the chunk's proof does
-    not change (ties aside, which bf16 makes rare)."""
-    flat = rows.float().abs()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep.scatter_(1, flat.topk(min(k, flat.shape[1]), dim=1).indices, True)
-    return torch.where(keep, rows.float(), rows.float() * factor).to(rows.dtype)
+def outside_top_k(chunk: torch.Tensor, factor: float, k: int = 128) -> torch.Tensor:
+    """`chunk` with every entry below its k-th largest magnitude in bf16 (what a proof ranks) scaled by
+    `factor` < 1: a smaller entry only shrinks, so the chunk's top-k, and its proof, stay what they were."""
+    flat = chunk.float().flatten()
+    magnitude = flat.to(torch.bfloat16).abs().float()
+    kth = magnitude.topk(min(k, flat.numel())).values[-1]
+    return torch.where(magnitude >= kth, flat, flat * factor).view_as(chunk).to(chunk.dtype)

@@ -13,7 +13,7 @@ Command line: `stagewise verify-evidence FILE --model-dir DIR` (node/validator/c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eth_hash.auto import keccak
@@ -36,6 +36,7 @@ class Evidence:
     figures: dict[str, Any]
     verdict: Verdict
     replayed: bool
+    defences: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # stage -> ReceivedHandoffs it handed in
 
     @property
     def job_id(self) -> str:
@@ -60,6 +61,8 @@ class Evidence:
             "figures": self.figures,
             "verdict": self.verdict.to_dict(),
             "replayed": self.replayed,
+            **({"defences": {str(stage): [h.to_json() for h in handoffs] for stage, handoffs in self.defences.items()}}
+               if self.defences else {}),
         }
 
     def canonical_bytes(self) -> bytes:
@@ -89,9 +92,21 @@ class Evidence:
                 figures=data.get("figures") or {},
                 verdict=Verdict.from_dict(data["verdict"]),
                 replayed=bool(data["replayed"]),
+                defences=_defences(data),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise EvidenceError(f"malformed evidence: {error!r}") from None
+
+
+def _defences(data: dict[str, Any]) -> dict[int, tuple[Any, ...]]:
+    from node.job import JobSpec
+    from node.pipeline.handoff import handoff_from_json
+
+    raw = data.get("defences") or {}
+    if not raw:
+        return {}
+    job = JobSpec.from_dict(data["bundle"]["spec"]).job_id_hex
+    return {int(stage): tuple(handoff_from_json(job, int(stage) - 1, item) for item in items) for stage, items in raw.items()}
 
 
 def evidence_hash(evidence: Evidence) -> bytes:
@@ -141,7 +156,8 @@ def recompute(evidence: Evidence, model: Any) -> EvidenceCheck:
         return EvidenceCheck(evidence.verdict, decide(findings, evidence.tariff), findings, 0.0)
     if model is None:
         raise EvidenceError("this verdict rests on a replay: give the model (--model-dir)")
-    report = findings_of(model, bundle.spec, bundle.output_token_ids, [stage.proofs for stage in bundle.stages], faults)
+    report = findings_of(model, bundle.spec, bundle.output_token_ids, [stage.proofs for stage in bundle.stages], faults,
+                         evidence.defences)
     return EvidenceCheck(evidence.verdict, decide(report.findings, evidence.tariff), report.findings, report.seconds)
 
 

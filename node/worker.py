@@ -47,7 +47,7 @@ import aiohttp
 from node import settings
 from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, parse_stage, sign_complaint
 from node.job import JobSpec
-from node.pipeline.handoff import ReceivedHandoff
+from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff
 from node.receipts import ReceiptDomain, ReceiptError, expected_receipt, proofs_digest, sign_receipt
 from node.signing import SigningKey
 
@@ -270,7 +270,11 @@ class SignedJob:
 
 class ReceiptBook:
     """Signs this worker's receipts and keeps them by job id: the latest `keep_in_memory` in memory, and
-    all of them on disk when given a folder (files older than `keep_days` are removed on start)."""
+    all of them on disk when given a folder (files older than `keep_days` are removed on start).
+
+    It also keeps the rows the stage received for each job, with the claims its predecessor signed over
+    them: the stage's defence if the validator's replay blames it (PROTOCOL I2). On disk beside the receipt
+    when given a folder (`{job}.inputs.json`), else the latest `keep_in_memory` jobs' in memory."""
 
     def __init__(
         self,
@@ -286,6 +290,7 @@ class ReceiptBook:
         self.directory = directory
         self.keep_in_memory = keep_in_memory
         self._jobs: dict[str, SignedJob] = {}  # insertion-ordered: the oldest go first
+        self._inputs: dict[str, dict[str, Any]] = {}  # without a folder: the defences, the oldest first
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             cutoff = time.time() - keep_days * 86400
@@ -315,12 +320,31 @@ class ReceiptBook:
             tuple(output_token_ids),
         )
         self._keep(spec.job_id_hex, signed)
-        if self.directory is not None:
-            path = self.directory / f"{spec.job_id_hex}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(signed.to_json()))
-            os.replace(tmp, path)
+        self._write(f"{spec.job_id_hex}.json", signed.to_json())
+        if handoffs:
+            defence = {"job_id": spec.job_id_hex, "stage_index": stage_index,
+                       "handoffs": [handoff.to_json() for handoff in handoffs]}
+            if self.directory is None:
+                self._inputs[spec.job_id_hex] = defence
+                while len(self._inputs) > self.keep_in_memory:
+                    del self._inputs[next(iter(self._inputs))]
+            self._write(f"{spec.job_id_hex}.inputs.json", defence)
         return signed
+
+    def inputs(self, job_id_hex: str) -> dict[str, Any] | None:
+        """The rows this stage received for the job, as the validator asks for them (None if not kept)."""
+        job_id_hex = job_id_hex.lower()
+        if self.directory is None:
+            return self._inputs.get(job_id_hex)
+        path = self.directory / f"{job_id_hex}.inputs.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _write(self, name: str, document: dict[str, Any]) -> None:
+        if self.directory is not None:
+            path = self.directory / name
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(document))
+            os.replace(tmp, path)
 
     def get(self, job_id_hex: str) -> SignedJob | None:
         job_id_hex = job_id_hex.lower()
@@ -352,19 +376,31 @@ def parse_signed_stage(data: Any) -> SignedStage:
 
 
 def receipt_routes(book: ReceiptBook) -> list[Any]:
-    """The worker's own route on its stage server: GET /v1/jobs/{job_id}/receipt."""
+    """The worker's own routes on its stage server: GET /v1/jobs/{job_id}/receipt, and /inputs (the rows its
+    stage received, its defence when the validator's replay blames it)."""
     from aiohttp import web
 
-    async def get_receipt(request: web.Request) -> web.Response:
+    def job_id_of(request: web.Request) -> str | None:
         job_id = request.match_info["job_id"]
-        if not (job_id.startswith("0x") and len(job_id) == 66):
+        return job_id if job_id.startswith("0x") and len(job_id) == 66 else None
+
+    async def get_receipt(request: web.Request) -> web.Response:
+        if (job_id := job_id_of(request)) is None:
             return _error(400, "bad_job_id", "a job id is 0x and 64 hex digits")
         signed = book.get(job_id)
         if signed is None:
             return _error(404, "unknown_job", f"no receipt for job {job_id} (yet)")
         return web.json_response(signed.to_json())
 
-    return [web.get(RECEIPT_ROUTE, get_receipt)]
+    async def get_inputs(request: web.Request) -> web.Response:
+        if (job_id := job_id_of(request)) is None:
+            return _error(400, "bad_job_id", "a job id is 0x and 64 hex digits")
+        inputs = await asyncio.to_thread(book.inputs, job_id)
+        if inputs is None:
+            return _error(404, "unknown_job", f"no received rows kept for job {job_id}")
+        return web.json_response(inputs)
+
+    return [web.get(RECEIPT_ROUTE, get_receipt), web.get(INPUTS_ROUTE, get_inputs)]
 
 
 def _error(status: int, code: str, message: str):

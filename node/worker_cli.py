@@ -51,8 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     run.add_argument(
         "--cheat", type=_cheat, default=None, metavar="KIND:SCALE",
-        help="devnets and demos only: misbehave on purpose to be caught, e.g. perturb:1e-3 (relative noise on this "
-        "stage's weights; its proofs stay consistent, only the validator's replay catches it)",
+        help="devnets and demos only: misbehave on purpose to be caught. perturb:1e-3 (relative noise on this "
+        "stage's weights; its proofs stay consistent, only the validator's replay catches it), or a handoff lie: "
+        "quiet:0.9 (alter what the proof does not bind), equivocate:0.01 (hand over proofs other than the "
+        "receipt's), false-complaint (complain about honest rows); docs/handoff.md",
     )
     run.add_argument("--grace", type=float, default=30.0, help="seconds in-flight sequences get at shutdown (default 30)")
     run.set_defaults(func=cmd_run)

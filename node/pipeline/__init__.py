@@ -26,21 +26,24 @@ Model (what every stage and the validator compute):
 Stage server (one per worker process, one stage at a time):
 - `server.StageServer(key, host="127.0.0.1", port=0, model_dirs=(), device="cpu", on_result=None,
   extra_routes=(), *, attn_impl, dtype, micro_batches=None, stall_timeout_s=120, on_complaint=None,
-  tamper=None, public_url=None, controllers=())`; `await start()`, `.url`, `await stop(grace_s)`, `await assign(Assignment)`,
+  tamper=None, cheat=None, public_url=None, controllers=())`; `await start()`, `.url`, `await stop(grace_s)`, `await assign(Assignment)`,
   `await release()`, `submit(JobSpec) -> JobHandle` (stage 0), `result(job_id) -> StageResult | None`,
   `job_status(job_id)`, `in_flight()`, `peer_urls()`, `stats()`.
 - `on_result(StageResult)` is called on every stage when its part of a job is closed (sync or async callable).
   `sequence.StageResult` (frozen): job_id, spec, stage_index, layer_start, layer_end, proofs (tuple[bytes]),
   consumed_token_ids (stage 0: the prompt), produced_token_ids (last stage: the output), output_token_ids
-  (every stage), token_count (= prompt + output - 1), work_units (= layers x token_count), finish_reason.
-  Exactly what node.receipts.expected_receipt(spec, stage_index, output_token_ids, proofs) needs.
-- `on_complaint(handoff.Complaint)` on the stage that detected a handoff mismatch. `Complaint` (frozen):
-  job_id, complainer, complainer_stage, sender_stage, chunk_index, claimed_proof, rebuilt_proof,
-  sender_signature (the sender's signature over `handoff.proof_message(job_id, sender_stage, chunk, proof)`),
-  signature (the complainer's EIP-191 signature over `message()`); `claimed_digest`, `rebuilt_digest`. The same
-  fields make a `node.bundle.HandoffComplaint` via `sign_complaint(key, domain, ...)`.
+  (every stage), token_count (= prompt + output - 1), work_units (= layers x token_count), finish_reason,
+  handoffs (the chunks a receiving stage accepted: `handoff.ReceivedHandoff(claim, signature, rows)`; the hook
+  gets the rows, `result()` and the HTTP result keep only the claims). Exactly what
+  node.receipts.expected_receipt(spec, stage_index, output_token_ids, proofs, received_proofs=...) needs.
+- `on_complaint(handoff.Complaint)` on the stage that caught its predecessor signing bytes with a proof they do
+  not have. `Complaint` (frozen): complainer_stage, claim (`handoff.HandoffClaim`: job_id, sender_stage,
+  chunk_index, start, count, dtype, rows_digest, proof), sender_signature, rows (the bytes received);
+  `handoff.judge_evidence(complaint, sender_address)` decides it without a model. The worker signs it for the
+  chain as a `node.bundle.HandoffComplaint` (`sign_complaint(key, domain, complaint)`).
 - `tamper(job_id_hex, stage_index, start_position, rows) -> rows` changes what a stage sends *after* its honest
-  proof was built: for tests and the devnet's cheater only (its receiver then complains, PROTOCOL I2).
+  proof was built, and `cheat` (node.cheats.Cheat) the handoff lies (equivocation, a false complaint): for
+  tests and the devnet's cheater only (docs/handoff.md says how each is caught).
 - `assignment.Assignment(group_id, model_id, stage_index, stages=(PeerStage(worker, url, layer_start,
   layer_end), ...), wire_dtype="fp32")`. A job is accepted when its JobSpec names exactly this group, model,
   workers and layer ranges. Re-assigning with another neighbour re-points the links without reloading weights.

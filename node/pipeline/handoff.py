@@ -31,6 +31,7 @@ from node.signing import SignatureError, SigningKey, recover_message
 HELLO_PREFIX = b"stagewise/link-hello/v1"
 CLAIM_PREFIX = b"stagewise/handoff-claim/v2"
 TOKENS_PREFIX = b"stagewise/tokens/v1"
+INPUTS_ROUTE = "/v1/jobs/{job_id}/inputs"  # a worker's stage server: the rows its stage received (its defence)
 DTYPE_CODES = {"fp32": 0, "fp16": 1, "bf16": 2}
 DTYPE_SIZES = {"fp32": 4, "fp16": 2, "bf16": 2}
 

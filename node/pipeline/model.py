@@ -385,12 +385,16 @@ class StageModel(nn.Module):
             raise RuntimeError("only the last stage has an LM head")
         return self.lm_head(hidden.to(self.dtype))
 
-    def _run(self, inputs, caches, counts, capture_after: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _run(self, inputs, caches, counts, capture_after: Sequence[int], from_layer: int | None = None,
+             to_layer: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`from_layer`: start there with the residual stream entering it (`inputs` are hidden states);
+        `to_layer`: stop before it, with the residual stream (no final norm unless it is the model's end)."""
         counts = tuple(counts) if counts is not None else (inputs.shape[0],)
         if len(counts) != len(caches) or sum(counts) != inputs.shape[0] or min(counts) < 1:
             raise ValueError(f"{inputs.shape[0]} rows do not split into {list(counts)} for {len(caches)} caches")
         batch = RaggedBatch(tuple(caches), counts)
-        if self.is_first:
+        skip = 0 if from_layer is None else from_layer - self.layer_start
+        if self.is_first and not skip:
             if inputs.dtype not in (torch.int32, torch.int64) or inputs.dim() != 1:
                 raise ValueError("stage 0 takes token ids [N]")
             if int(inputs.min()) < 0 or int(inputs.max()) >= self.config.vocab_size:
@@ -404,13 +408,16 @@ class StageModel(nn.Module):
             cache.reserve(cache.length + n)
         cos, sin = rotary_cos_sin(self.inv_freq, batch.positions(self.device), self.dtype)
         captured = []
+        end = len(self.layers) if to_layer is None else to_layer - self.layer_start
         for index, block in enumerate(self.layers):
+            if index < skip or index >= end:
+                continue
             x = block(x, cos, sin, batch, index, self.attn_impl)
             if self.layer_start + index + 1 in capture_after:
                 captured.append(x)
         for cache, n in zip(batch.caches, batch.counts):
             cache.length += n
-        if self.norm is not None:
+        if self.norm is not None and end == len(self.layers):
             x = self.norm(x)
         return x, captured
 
@@ -435,3 +442,37 @@ def replay(
     with torch.inference_mode():
         final, captured = model._run(tokens, [model.new_cache()], None, capture_after=boundaries[:-1])
         return [*captured, final], model.logits(final[logits_from:])
+
+
+def replay_from(
+    model: StageModel, hidden: torch.Tensor, layer: int, boundaries: Sequence[int], logits_from: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`replay` from the residual stream `hidden` [T, H] entering `layer` instead of from tokens: the
+    boundaries after it (`boundaries`, the layer_ends of the stages from the one starting at `layer`) and
+    the logits. The validator re-runs an accused stage and those after it on the inputs it really received."""
+    if not (model.is_first and model.is_last) or not 0 < layer < model.config.num_layers:
+        raise ValueError("replay_from needs the whole model and a layer inside it")
+    boundaries = list(boundaries)
+    if not boundaries or boundaries[-1] != model.config.num_layers or boundaries[0] <= layer:
+        raise ValueError(f"boundaries must lie after layer {layer} and end at {model.config.num_layers}")
+    with torch.inference_mode():
+        final, captured = model._run(hidden, [model.new_cache()], None, capture_after=boundaries[:-1], from_layer=layer)
+        return [*captured, final], model.logits(final[logits_from:])
+
+
+def boundary_as_sent(
+    model: StageModel, token_ids: Sequence[int], boundaries: Sequence[int], stage: int, wire: torch.dtype
+) -> torch.Tensor:
+    """What stage `stage` (not the last) honestly sends when every stage before it received its input rounded
+    to the `wire` dtype, as a pipeline hands it over: the residual stream after layer `boundaries[stage]`."""
+    tokens = torch.as_tensor(list(token_ids), dtype=torch.long)
+    start = 0
+    with torch.inference_mode():
+        x = tokens
+        for index in range(stage + 1):
+            end = boundaries[index]
+            x, _ = model._run(x, [model.new_cache()], None, capture_after=(), from_layer=start or None, to_layer=end)
+            if index < stage:
+                x = x.to(wire).to(model.dtype)
+            start = end
+        return x

@@ -78,5 +78,20 @@ class SamplingThresholds:
     logit_margin: float = 1e-3
 
 
+@dataclass(frozen=True)
+class HandoffThresholds:
+    """How far the rows a stage signed and sent may be from the validator's replay of its layers, over every
+    entry (the proofs bind only the top-k; a defence compares the rest, PROTOCOL I2). Per row: the sum of
+    |sent - replay rounded to the wire dtype| less one wire ulp per entry, over sum |replay|.
+
+    bench/calibrate_handoff.py, tiny Llama, tiny Qwen2, SmolLM2-135M, fp32 and bf16 on the wire, 6,020 honest
+    rows: worst 4.9e-5 (bf16 wire; fp32 wire <= 1e-5). Entries the proof does not bind scaled by 0.99: at
+    least 1.45e-3 (bf16 wire), 4.1e-3 (fp32). 5e-4 sits 10x above the honest worst and 2.9x below the 1 %
+    alteration; 0.1 % (x0.999) is the detection floor (0 with bf16 on the wire, 4e-4..1e-3 with fp32)."""
+
+    max_row_rel_l1: float = 5e-4
+
+
 ACTIVATION = ActivationThresholds()
 SAMPLING = SamplingThresholds()
+HANDOFF = HandoffThresholds()

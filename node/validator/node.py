@@ -41,12 +41,13 @@ from node.validator.queue import ClaimedJob, JobQueue, utcnow
 from node.validator.replay import findings_of
 from node.validator.spot_check import is_replayed
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
-from node.validator.verdict import Outcome, Verdict, decide
+from node.validator.verdict import Outcome, Reason, Verdict, decide
 
 log = logging.getLogger(__name__)
 
 STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
+DefenceSource = Callable[[JobSpec, int], Awaitable[tuple[Any, ...] | None]]
 
 
 class ValidatorNode:
@@ -73,6 +74,8 @@ class ValidatorNode:
         self.intake = IntakeWriter(ledger, self.stakes_of, config.min_stake_wei)
         # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
         self.spec_guard: SpecGuard | None = None
+        # Set by orchestration (it knows the stage servers): the rows an accused stage received, or None.
+        self.defence_source: DefenceSource | None = None
         self.wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._started = time.monotonic()
@@ -133,6 +136,7 @@ class ValidatorNode:
         # A bundle whose handoff evidence convicts someone is always judged in full, never sampled out.
         replayed = bool(faults) or is_replayed(bundle.job_id, self.config.sample_secret, self.config.sample_rate)
         figures: dict[str, Any] = {}
+        defences: dict[int, tuple[Any, ...]] = {}
         if bundle.complaints:
             # The receiver refused the job (I2): its evidence blames the sender or itself; nobody is paid.
             findings = findings_without_replay(bundle, faults)
@@ -148,17 +152,22 @@ class ValidatorNode:
             self.metrics.sampled_out.inc()
         else:
             model = await self.models.get(spec.model_id)
-            report = await asyncio.to_thread(
-                findings_of,
-                model,
-                spec,
-                bundle.output_token_ids,
-                [stage.proofs for stage in bundle.stages],
-                faults,
-            )
-            self.metrics.replay_seconds.observe(report.seconds)
-            findings, figures = report.findings, report.figures
-            verdict = decide(findings, self.config.tariff)
+            proofs = [stage.proofs for stage in bundle.stages]
+            while True:
+                report = await asyncio.to_thread(findings_of, model, spec, bundle.output_token_ids, proofs, faults, defences)
+                self.metrics.replay_seconds.observe(report.seconds)
+                findings, figures = report.findings, report.figures
+                verdict = decide(findings, self.config.tariff)
+                accused = verdict.blamed_stage
+                # A receiving stage blamed on its proofs may have computed honestly on inputs its predecessor
+                # altered where the proofs do not look (I2): the verdict waits for its defence.
+                if verdict.reason is not Reason.PROOF or not accused or accused in defences or self.defence_source is None:
+                    break
+                handed = await self.defence_source(spec, accused)
+                if handed is None:
+                    break
+                log.info("job %s: stage %d handed in its %d received chunks as its defence", spec.job_id_hex, accused, len(handed))
+                defences[accused] = handed
         evidence = Evidence(
             model_id=spec.model_id,
             bundle=bundle.to_dict(),
@@ -167,6 +176,7 @@ class ValidatorNode:
             figures=figures,
             verdict=verdict,
             replayed=replayed,
+            defences=defences,
         )
         return verdict, evidence
 

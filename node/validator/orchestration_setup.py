@@ -58,6 +58,11 @@ def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--heartbeat-timeout", type=float, default=30.0, help="seconds without a heartbeat before a worker is dropped (default 30)")
     group.add_argument("--regroup-interval", type=float, default=2.0, help="seconds between regrouping rounds (default 2)")
     group.add_argument(
+        "--defence-seconds", type=float, default=float(os.environ.get("STAGEWISE_DEFENCE_SECONDS", 30)),
+        help="how long a verdict that blames a receiving stage on its proofs waits for that stage's defence, the "
+        "rows it received signed by its predecessor (env STAGEWISE_DEFENCE_SECONDS, default 30)",
+    )
+    group.add_argument(
         "--seed-secret-file", type=Path,
         help=f"file with the secret job seeds are derived from (else env {SEED_SECRET_ENV} as hex, else a fresh random one)",
     )
@@ -126,7 +131,8 @@ def build_orchestration(
 ) -> Orchestration:
     """Everything orchestration needs, from the parsed flags and the validator node (ledger stakes, min stake).
 
-    Installs the node's `spec_guard` so bundles of jobs this orchestrator did not issue are refused.
+    Installs the node's `spec_guard` so bundles of jobs this orchestrator did not issue are refused, and its
+    `defence_source`, which asks a registered worker's stage server for the rows its stage received.
     """
     from node.pipeline.weights import model_id
     from node.validator.tasks import load_tasks, load_tokenizer, resolve_task_file
@@ -161,6 +167,11 @@ def build_orchestration(
     issued = IssuedJobs()
     if hasattr(node, "spec_guard"):
         node.spec_guard = _spec_guard(node, issued)
+    if hasattr(node, "defence_source"):
+        from node.validator.defence_client import StageDefences
+
+        node.defence_source = StageDefences(lambda worker: stage_url_of(registry, worker),
+                                            deadline_s=getattr(args, "defence_seconds", 30.0))
     dispatcher = None
     if args.tasks:
         from node.pipeline.model import ModelConfig
@@ -310,3 +321,8 @@ def _ledger_stake(node: Any) -> StakeLookup:
         return stake
 
     return stake_of
+
+
+def stage_url_of(registry: Registry, worker: str) -> str | None:
+    record = registry.get(worker)
+    return record.stage_url if record is not None else None

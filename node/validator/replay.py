@@ -8,13 +8,18 @@ committed proofs; the logits of the positions that produced output tokens check 
 
 `findings_of` returns the `Findings` that `verdict.decide` judges and the figures behind them, which go
 into the evidence (node/evidence.py) so that anyone can see why.
+
+Defences (node/validator/defence.py): when a stage whose proofs fail handed in the rows it received, they
+are checked against the replay of its predecessor over every entry. Rows beyond the tolerance convict the
+predecessor; rows within it are what the stage really computed on, and the replay goes on from them for that
+stage and every later one (`replay_from`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from node.job import JobSpec
 from node.validator.verdict import Findings
@@ -33,12 +38,16 @@ def findings_of(
     output_token_ids: Sequence[int],
     stage_proofs: Sequence[Sequence[bytes]],
     handoff_faults: Sequence[tuple[int, Any]] = (),
+    defences: Mapping[int, Sequence[Any]] = {},
 ) -> ReplayReport:
     """Check every stage's proofs and the sampling of one job against one replay of `model`; the handoff
-    faults found without a model (handoff_faults.py) go into the findings as they are."""
+    faults found without a model (handoff_faults.py) go into the findings as they are, and `defences`
+    (stage -> the ReceivedHandoffs it handed in) are judged where that stage's proofs fail."""
     import torch
 
-    from node.pipeline.model import replay
+    from node.pipeline.model import replay, replay_from
+    from node.validator.defence import check_defence
+    from node.validator.verdict import Reason
     from node.receipts import processed_token_count
     from node.toploc.activation import verify_proofs
     from node.toploc.sampling import verify_sampling
@@ -57,8 +66,21 @@ def findings_of(
         timings["forward"] = time.perf_counter() - started
         proofs_ok: list[bool | None] = []
         stage_figures: list[Any] = []
-        for stage, (boundary, proofs) in enumerate(zip(hidden, stage_proofs)):
-            check = verify_proofs(boundary[:p], boundary[p:], list(proofs))
+        faults = list(handoff_faults)
+        defence_figures: dict[str, Any] = {}
+        for stage, proofs in enumerate(stage_proofs):
+            check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs))
+            if not check.ok and stage in defences and stage > 0 and all(proofs_ok):
+                sent = _as_sent(model, tokens, boundaries, stage - 1, defences[stage], hidden[stage - 1])
+                defence = check_defence(defences[stage], spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p)
+                defence_figures[str(stage)] = defence.figures()
+                if defence.valid and defence.altered:
+                    faults.append((stage - 1, Reason.ALTERED_HANDOFF))
+                elif defence.valid:  # its real inputs: replay it and every later stage from them
+                    rerun, logits = replay_from(model, defence.inputs, spec.stages[stage].layer_start,
+                                                boundaries[stage:], logits_from=p - 1)
+                    hidden[stage:] = rerun
+                    check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs))
             proofs_ok.append(bool(check.ok))
             stage_figures.append(_jsonable(check))
         timings["proofs"] = time.perf_counter() - started - timings["forward"]
@@ -70,12 +92,28 @@ def findings_of(
             sampling_figures = _sampling_summary(check)
         elif all(proofs_ok):
             sampling_ok = True
-    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(handoff_faults))
+    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(faults))
     seconds = time.perf_counter() - started
     timings["sampling"] = seconds - timings["forward"] - timings["proofs"]
     figures = {"stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens),
                "seconds": {k: round(v, 4) for k, v in timings.items()}}
+    if defence_figures:
+        figures["defences"] = defence_figures
     return ReplayReport(findings, figures, seconds)
+
+
+def _as_sent(model: Any, tokens: list[int], boundaries: list[int], stage: int, handoffs: Sequence[Any], replayed: Any) -> Any:
+    """What `stage` honestly sent: the replay itself with fp32 on the wire; with a narrower wire dtype (the
+    claims name it), the replay with every earlier handoff rounded to it, as the pipeline computed."""
+    import torch
+
+    from node.pipeline.model import boundary_as_sent
+    from node.pipeline.wire import WIRE_DTYPES
+
+    dtypes = {handoff.claim.dtype for handoff in handoffs}
+    if stage == 0 or dtypes in ({"fp32"}, set()) or len(dtypes) > 1:
+        return replayed
+    return boundary_as_sent(model, tokens, boundaries, stage, WIRE_DTYPES[dtypes.pop()]).to(torch.float32)
 
 
 def _sampling_summary(check: Any) -> dict[str, Any]:

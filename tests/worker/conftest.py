@@ -9,6 +9,14 @@ from node.signing import SigningKey
 
 
 @pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama of four layers: two stages of two (a module may want another and define its own)."""
+    from node.pipeline.tiny import tiny_model_dir
+
+    return tiny_model_dir("llama", seed=21, path=tmp_path_factory.mktemp("tiny"), num_layers=4)
+
+
+@pytest.fixture(scope="module")
 def served_chain() -> Iterator[tuple]:
     from ledger.chain import ChainClient
     from ledger.chain_server import ThreadedChainServer

@@ -31,13 +31,6 @@ STAKE = 10**18
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from node.pipeline.tiny import tiny_model_dir
-
-    return tiny_model_dir("llama", seed=21, path=tmp_path_factory.mktemp("tiny"), num_layers=4)
-
-
 async def wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,7 +113,8 @@ async def open_stack(tmp_path, db_url, model_dir, served_chain):
     from node.validator.grouping import GroupingPolicy
     from node.validator.models import ReplayModels
     from node.validator.node import ValidatorNode
-    from node.validator.orchestration_setup import shape_of_model
+    from node.validator.defence_client import StageDefences
+    from node.validator.orchestration_setup import shape_of_model, stage_url_of
     from node.validator.orchestrator import Orchestrator
     from node.validator.orchestrator_api import orchestration_registrar
     from node.validator.registry import Registry, RegistryPolicy, stake_lookup
@@ -140,6 +134,7 @@ async def open_stack(tmp_path, db_url, model_dir, served_chain):
         Registry(stake_lookup(chain), RegistryPolicy(min_stake_wei=STAKE, heartbeat_timeout_s=5)), driver,
         model_id(model_dir), shape_of_model(model_dir), GroupingPolicy(stages_per_group=2), regroup_interval_s=0.5,
     )
+    node.defence_source = StageDefences(lambda worker: stage_url_of(orchestrator.registry, worker), deadline_s=10)
     runner = web.AppRunner(build_app(node, registrars=[orchestration_registrar(orchestrator)], dashboard=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
