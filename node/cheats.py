@@ -21,10 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch stays out of the CLI's start-up (the devnet parses --cheat with this module)
+    import torch
 
-from node.pipeline.model import StageModel
+    from node.pipeline.model import StageModel
 
 KINDS = ("perturb", "quiet", "equivocate", "false-complaint")
 DEFAULTS = {"perturb": 1e-3, "quiet": 0.9, "equivocate": 1e-2, "false-complaint": 1.0}
@@ -61,8 +63,10 @@ class Cheat:
     def complains_falsely(self) -> bool:
         return self.kind == "false-complaint"
 
-    def tamper(self) -> Callable[[str, int, int, torch.Tensor], torch.Tensor] | None:
+    def tamper(self) -> Callable[[str, int, int, Any], Any] | None:
         """What the stage does to the rows it sends (node.pipeline.engine.Tamper), if anything."""
+        import torch
+
         if self.kind == "quiet":  # the prefill block is one whole chunk: its top-k is known when it is sent
             return lambda job, stage, start, rows: outside_top_k(rows, self.scale) if start == 0 else rows
         if self.kind == "equivocate":
@@ -74,9 +78,11 @@ class Cheat:
             return noisy
         return None
 
-    def apply(self, model: StageModel, seed: int = 0) -> None:
+    def apply(self, model: "StageModel", seed: int = 0) -> None:
         """Change the loaded stage in place (perturb only): w <- w * (1 + scale * N(0, 1)), the same noise on
         every run."""
+        import torch
+
         if self.kind != "perturb":
             return
         generator = torch.Generator().manual_seed(seed)
@@ -86,9 +92,11 @@ class Cheat:
                 parameter.mul_(1 + self.scale * noise.to(parameter.dtype))
 
 
-def outside_top_k(chunk: torch.Tensor, factor: float, k: int = 128) -> torch.Tensor:
+def outside_top_k(chunk: "torch.Tensor", factor: float, k: int = 128) -> "torch.Tensor":
     """`chunk` with every entry below its k-th largest magnitude in bf16 (what a proof ranks) scaled by
     `factor` < 1: a smaller entry only shrinks, so the chunk's top-k, and its proof, stay what they were."""
+    import torch
+
     flat = chunk.float().flatten()
     magnitude = flat.to(torch.bfloat16).abs().float()
     kth = magnitude.topk(min(k, flat.numel())).values[-1]

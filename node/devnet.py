@@ -31,9 +31,9 @@ from urllib import error as urlerror
 from urllib import request as urlrequest
 
 from node import settings
+from node.cheats import DEFAULTS, KINDS
 
 ETHER = 10**18
-CHEAT_KINDS = ("perturb",)
 DEVNET_SCRYPT_N = 1 << 14  # throwaway keys: fast to unlock in every process
 
 
@@ -54,9 +54,9 @@ class Cheat:
         if unknown:
             raise argparse.ArgumentTypeError(f"unknown --cheat field(s): {', '.join(sorted(unknown))}")
         kind = fields.get("kind", "perturb")
-        if kind not in CHEAT_KINDS:
-            raise argparse.ArgumentTypeError(f"--cheat kind must be one of {', '.join(CHEAT_KINDS)}")
-        return cls(worker=int(fields.get("worker", 4)), kind=kind, scale=float(fields.get("scale", 1e-3)))
+        if kind not in KINDS:
+            raise argparse.ArgumentTypeError(f"--cheat kind must be one of {', '.join(KINDS)}")
+        return cls(worker=int(fields.get("worker", 4)), kind=kind, scale=float(fields.get("scale", DEFAULTS[kind])))
 
     def worker_flag(self) -> str:
         return f"{self.kind}:{self.scale:g}"
@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Cheat.parse,
         default=Cheat.parse("worker=4,kind=perturb,scale=1e-3"),
         help="which worker cheats and how, e.g. worker=4,kind=perturb,scale=1e-3 (perturb: relative noise on its "
-        "layers' weights); 'none' for an honest devnet (default worker=4,kind=perturb,scale=1e-3)",
+        "layers' weights; or a handoff lie: quiet, equivocate, false-complaint, docs/handoff.md); 'none' for an "
+        "honest devnet (default worker=4,kind=perturb,scale=1e-3)",
     )
     parser.add_argument("--port", type=int, default=8700, help="the validator's port: API and dashboard (default 8700)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
@@ -205,8 +206,9 @@ class Devnet:
                 self.cheater = self.workers[index]
             self._spawn(f"worker-{index}", flags)
         if self.cheater:
+            how = "on its layers' weights" if self.args.cheat.kind == "perturb" else "in its handoffs (docs/handoff.md)"
             print(f"worker-{self.args.cheat.worker} ({self.cheater}) cheats: {self.args.cheat.kind} "
-                  f"{self.args.cheat.scale:g} on its layers' weights")
+                  f"{self.args.cheat.scale:g} {how}")
 
     def _task_file(self) -> Path:
         from node.validator.tasks import resolve_task_file

@@ -79,7 +79,9 @@ class StageDefences:
                 raise DefenceError(f"HTTP {response.status}")
             if (response.content_length or 0) > MAX_DEFENCE_BYTES:
                 raise DefenceError("the defence is larger than the validator reads")
-            body = await response.content.read(MAX_DEFENCE_BYTES + 1)
-            if len(body) > MAX_DEFENCE_BYTES:
-                raise DefenceError("the defence is larger than the validator reads")
-            return parse_defence(body, spec, stage)
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 20):  # to the end, never past the limit
+                body += chunk
+                if len(body) > MAX_DEFENCE_BYTES:
+                    raise DefenceError("the defence is larger than the validator reads")
+            return parse_defence(bytes(body), spec, stage)

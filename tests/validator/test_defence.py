@@ -112,3 +112,40 @@ def test_a_defence_is_parsed_as_hostile_input(received, model_dir):
     odd = {**good, "job_id": spec.job_id_hex, "handoffs": [{**good["handoffs"][0], "chunk": -1}]}
     with pytest.raises(DefenceError, match="malformed"):
         parse_defence(json.dumps(odd).encode(), spec, 1)
+
+
+async def test_a_defence_is_read_to_its_end_however_it_is_chunked(received, model_dir):
+    """A real defence runs to megabytes: the validator reads the whole body (one network read would not)."""
+    import json
+
+    from aiohttp import web
+
+    from node.job import JobSpec, StageAssignment
+    from node.pipeline.weights import model_id
+    from node.validator.defence_client import StageDefences
+
+    handoffs, _, key, _ = received
+    spec = JobSpec(model_id(model_dir), tuple(PROMPT), SamplingParams(max_new_tokens=40), 3, "local",
+                   (StageAssignment(key.address, 0, 3), StageAssignment(key.address, 3, 6)))
+    document = {"job_id": spec.job_id_hex, "stage_index": 1, "handoffs": [h.to_json() for h in handoffs]}
+    body = json.dumps(document).replace(", ", "," + " " * 300_000, 8).encode()  # valid JSON of about 2.4 MB
+
+    async def inputs(request):
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, len(body), 50_000):
+            await response.write(body[start : start + 50_000])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/jobs/{job_id}/inputs", inputs)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    try:
+        got = await StageDefences(lambda worker: url, deadline_s=5)(spec, 1)
+    finally:
+        await runner.cleanup()
+    assert len(body) > 2_000_000 and [(h.rows, h.signature) for h in got] == [(h.rows, h.signature) for h in handoffs]
