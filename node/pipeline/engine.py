@@ -128,7 +128,7 @@ class StageEngine:
                 out.rows = self.tamper(seq.job_id_hex, self.assignment.stage_index, item.start, sent) if self.tamper else sent
                 dtype = self.assignment.wire_dtype
                 seq.out_tape.add(item.start, count, dtype, wire_bytes(out.rows, dtype))
-            handed = self._prove_sent(seq, item.start, out.rows) if self.equivocates else None
+            handed = self._prove_sent(seq, item.start, out.rows) if self.equivocates and out.rows is not None else None
             for index_in_step, (chunk, proof) in enumerate(self._prove(seq, item.start, sent)):
                 seq.proofs.append(proof)
                 if not self.assignment.is_last:

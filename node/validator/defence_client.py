@@ -3,7 +3,8 @@
 `GET {stage_url}/v1/jobs/{job_id}/inputs` answers the chunks the stage received for the job, each with the
 claim its predecessor signed and the rows as hex (node/worker.py keeps them until the verdict). The answer
 comes from the accused worker, so it is parsed as hostile: bounded in size and depth, every field checked.
-The verdict waits for it up to `deadline_s`; no answer by then leaves the stage blamed.
+The verdict waits for it up to `deadline_s` while the worker cannot be reached (or answers garbage); a 404
+(nothing kept) or no answer by the deadline leaves the stage blamed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ MAX_DEFENCE_BYTES = 256 << 20
 
 class DefenceError(ValueError):
     """A defence document that does not parse: the message says where."""
+
+
+class NoDefence(Exception):
+    """The accused worker answered that it has no defence: waiting longer changes nothing."""
 
 
 def parse_defence(body: bytes, spec: JobSpec, stage: int) -> tuple[ReceivedHandoff, ...]:
@@ -65,6 +70,9 @@ class StageDefences:
                     try:
                         return await self._fetch(session, url.rstrip("/") + INPUTS_ROUTE.format(job_id=spec.job_id_hex),
                                                  spec, stage, deadline - loop.time())
+                    except NoDefence as refused:  # the worker answered: it kept nothing to defend itself with
+                        log.warning("job %s: stage %d (%s) has no defence: %s", spec.job_id_hex, stage, worker, refused)
+                        return None
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, DefenceError) as error:
                         last = f"{type(error).__name__}: {error}"
                 if loop.time() + self.poll_s >= deadline:
@@ -75,6 +83,8 @@ class StageDefences:
 
     async def _fetch(self, session, url: str, spec: JobSpec, stage: int, left_s: float) -> tuple[ReceivedHandoff, ...]:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=max(1.0, left_s))) as response:
+            if response.status == 404:
+                raise NoDefence("it keeps no received rows for the job (HTTP 404)")
             if response.status != 200:
                 raise DefenceError(f"HTTP {response.status}")
             if (response.content_length or 0) > MAX_DEFENCE_BYTES:

@@ -114,6 +114,39 @@ def test_a_defence_is_parsed_as_hostile_input(received, model_dir):
         parse_defence(json.dumps(odd).encode(), spec, 1)
 
 
+async def serve(handler):
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/v1/jobs/{job_id}/inputs", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
+async def test_a_worker_that_kept_nothing_is_not_waited_for(received, model_dir):
+    import time
+
+    from aiohttp import web
+
+    from node.job import JobSpec, StageAssignment
+    from node.pipeline.weights import model_id
+    from node.validator.defence_client import StageDefences
+
+    key = received[2]
+    spec = JobSpec(model_id(model_dir), tuple(PROMPT), SamplingParams(max_new_tokens=40), 3, "local",
+                   (StageAssignment(key.address, 0, 3), StageAssignment(key.address, 3, 6)))
+    runner, url = await serve(lambda request: web.json_response({"error": {"code": "unknown_job"}}, status=404))
+    started = time.monotonic()
+    try:
+        assert await StageDefences(lambda worker: url, deadline_s=30)(spec, 1) is None
+    finally:
+        await runner.cleanup()
+    assert time.monotonic() - started < 5
+
+
 async def test_a_defence_is_read_to_its_end_however_it_is_chunked(received, model_dir):
     """A real defence runs to megabytes: the validator reads the whole body (one network read would not)."""
     import json
@@ -137,13 +170,7 @@ async def test_a_defence_is_read_to_its_end_however_it_is_chunked(received, mode
             await response.write(body[start : start + 50_000])
         return response
 
-    app = web.Application()
-    app.router.add_get("/v1/jobs/{job_id}/inputs", inputs)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    runner, url = await serve(inputs)
     try:
         got = await StageDefences(lambda worker: url, deadline_s=5)(spec, 1)
     finally:
