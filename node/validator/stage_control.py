@@ -9,8 +9,9 @@ trust because their validator's GET /health names its address (node/pipeline/con
 
 A failed job is diagnosed before it is reported: a stage that does not answer GET /health is the one that
 dropped out (`StageFailure`, so the orchestrator reroutes); a stage that answers serving a newer group was
-moved there by the orchestrator itself, and a signed handoff complaint names its sender; anything else is a
-`JobInterrupted` (continued on the group's successor, nobody dropped).
+moved there by the orchestrator itself; anything else, a handoff complaint included (its evidence goes to the
+verdict, which may blame the complainer), is a `JobInterrupted` (continued on the group's successor, nobody
+dropped).
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ class HttpPipelineDriver:
             raise await self._diagnose(group, f"stage 0 refused the job: HTTP {response.status}: {text}")
 
     async def _diagnose(self, group: Group, reason: str, complaint: dict | None = None) -> Exception:
-        """Who is to blame for a failed job: the first stage that is gone, the sender a complaint names, or nobody."""
+        """Who is to blame for a failed job: the first stage that is gone, or nobody. A handoff complaint names
+        nobody here: a false one would otherwise evict an honest sender (its verdict decides, PROTOCOL I2)."""
         urls = self._urls.get(group.group_id, ())
         healths = await asyncio.gather(*(self._health(url) for url in urls))
         for stage, health in zip(group.stages, healths):
@@ -208,10 +210,8 @@ class HttpPipelineDriver:
         if any((health.get("assignment") or {}).get("group_id") != group.group_id for health in healths):
             # the orchestrator moved a stage to a newer group (a repair): nobody's fault, continue there
             return JobInterrupted(f"{reason} (group {group.group_id} was regrouped)")
-        if complaint:
-            sender = complaint.get("sender_stage")
-            if isinstance(sender, int) and 0 <= sender < len(group.stages):
-                return StageFailure(group.stages[sender].worker, f"handoff complaint: {reason}")
+        if complaint:  # its evidence goes to the verdict, which may blame either side: drop nobody on its word
+            return JobInterrupted(f"handoff complaint by stage {complaint.get('complainer_stage')}: {reason}")
         return JobInterrupted(reason)
 
     async def _health(self, url: str) -> dict | None:
