@@ -369,8 +369,9 @@ def check_receipts(bundle: Bundle) -> None:
 
 def _check_received(bundle: Bundle, index: int) -> None:
     """A receipt naming other inputs than the previous stage's proofs must carry the claims it received, bound
-    to its inputs digest: without them nobody could tell which of the two lied (the assembler may not drop
-    them to frame the receiver: such a bundle is refused, not judged)."""
+    to its inputs digest through their proofs, each the sender's signed claim at its position. Without them,
+    or with one altered, the bundle is refused, not judged: whoever assembles or relays it can delay a
+    verdict but not turn the sender's equivocation into the receiver's fault."""
     stage = bundle.stages[index]
     consistent = stage.receipt.inputs_digest == proofs_digest(bundle.stages[index - 1].proofs)
     if consistent:
@@ -382,6 +383,12 @@ def _check_received(bundle: Bundle, index: int) -> None:
             f"stage {index}'s receipt names handoff proofs other than stage {index - 1}'s and its entry does not "
             "carry the claims it received"
         )
+    sender = bundle.spec.stages[index - 1].worker
+    for position, handoff in enumerate(stage.received):  # only the claims the receiver accepted, as signed
+        if handoff.claim.chunk_index != position or not handoff.claim.signed_by(handoff.signature, sender):
+            raise BundleError(
+                f"stage {index}.received[{position}] is not stage {index - 1}'s signed claim for chunk {position}"
+            )
 
 
 def recover_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:

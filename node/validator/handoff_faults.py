@@ -38,6 +38,8 @@ def equivocation_faults(bundle: Bundle) -> tuple[Fault, ...]:
         stage, previous = bundle.stages[index], bundle.stages[index - 1]
         if stage.receipt.inputs_digest == proofs_digest(previous.proofs):
             continue
+        # Intake admits only claims the sender signed, each at its chunk's position (bundle._check_received);
+        # an evidence file is judged without intake, so the signature is asked for again.
         sender = bundle.spec.stages[index - 1].worker
         equivocated = any(
             handoff.claim.chunk_index >= len(previous.proofs)

@@ -16,7 +16,7 @@ from node.bundle import (
     verify_bundle,
 )
 from node.pipeline.handoff import Complaint, HandoffClaim, ReceivedHandoff, rows_digest
-from node.receipts import ReceiptDomain, expected_receipt, sign_receipt
+from node.receipts import ReceiptDomain, expected_receipt, proofs_digest, sign_receipt
 from node.signing import SigningKey
 
 from .conftest import CONTRACT, make_bundle
@@ -122,12 +122,22 @@ def test_a_receipt_naming_other_inputs_than_its_predecessors_proofs_must_carry_w
     with pytest.raises(BundleError, match="stage 1's receipt names handoff proofs other than stage 0's"):
         check_receipts(lonely)
     claims = tuple(
-        ReceivedHandoff(HandoffClaim(spec.job_id, 0, i, 0, 1, "fp32", b"\x00" * 32, proof), b"\x00" * 65, b"")
+        ReceivedHandoff(claim, claim.sign(keys[0]), b"")
         for i, proof in enumerate(other)
+        if (claim := HandoffClaim(spec.job_id, 0, i, 0, 1, "fp32", b"\x00" * 32, proof))
     )
     carried = dataclasses.replace(lonely, stages=(bundle.stages[0], dataclasses.replace(bare, received=claims), bundle.stages[2]))
     check_receipts(carried)
     assert Bundle.from_json(carried.to_json()) == carried  # the claims travel, bound to the receipt's digest
+    # Whoever relays the bundle (the equivocating sender itself can fetch every receipt) breaks a signature to
+    # turn its equivocation into the receiver's false inputs: the bundle is refused, not judged.
+    broken = (dataclasses.replace(claims[0], signature=bytes(1) + claims[0].signature[1:]),) + claims[1:]
+    with pytest.raises(BundleError, match="received\\[0\\] is not stage 0's signed claim for chunk 0"):
+        check_receipts(dataclasses.replace(carried, stages=(bundle.stages[0], dataclasses.replace(bare, received=broken), bundle.stages[2])))
+    shuffled = claims[1:2] + claims[:1] + claims[2:]  # every proof is the same: the digest still matches
+    assert proofs_digest(h.claim.proof for h in shuffled) == bare.receipt.inputs_digest
+    with pytest.raises(BundleError, match="is not stage 0's signed claim"):
+        check_receipts(dataclasses.replace(carried, stages=(bundle.stages[0], dataclasses.replace(bare, received=shuffled), bundle.stages[2])))
     padded = dataclasses.replace(bundle, stages=(bundle.stages[0], dataclasses.replace(bundle.stages[1], received=claims), bundle.stages[2]))
     with pytest.raises(BundleError, match="carries handoff claims although its inputs match"):
         check_receipts(padded)
