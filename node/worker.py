@@ -551,6 +551,15 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             pass
 
 
+def started_jobs(address: str) -> Any:
+    """The job ids this worker's stage has started, kept beside its receipts across restarts."""
+    from node.pipeline.started_jobs import StartedJobs
+
+    directory = receipts_dir(address)
+    directory.mkdir(parents=True, exist_ok=True)
+    return StartedJobs(directory / "started-jobs.txt")
+
+
 def receipts_dir(address: str) -> Path:
     return settings.data_dir() / "receipts" / address
 
@@ -856,7 +865,7 @@ async def start_stage_server(
         on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
         tamper=config.tamper or (config.cheat.tamper() if config.cheat is not None else None), cheat=config.cheat,
         on_loaded=config.cheat.apply if config.cheat is not None else None,
-        controllers=controllers,
+        controllers=controllers, started=started_jobs(key.address),
     )
     try:
         await server.start()

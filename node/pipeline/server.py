@@ -49,6 +49,7 @@ from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
 from node.pipeline.link import LINK_PATH, MAX_MESSAGE_BYTES, HandshakeError, OutboundLink, check_hello, sign_hello
 from node.pipeline.sequence import DONE, FAILED, SAMPLED, SequenceFailed, SequenceState, StageResult
+from node.pipeline.started_jobs import StartedJobs
 from node.pipeline.weights import load_stage, model_id
 from node.pipeline.wire import (
     FrameError, decode_frame, decode_message, encode_frame, encode_message, frame_job_ids, hex_bytes,
@@ -136,11 +137,13 @@ class StageServer:
         public_url: str | None = None,
         on_loaded: Callable[[StageModel], None] | None = None,
         controllers: Iterable[str] = (),
+        started: StartedJobs | None = None,
     ):
         """`controllers`: the orchestrator addresses whose signed requests may assign, release and start jobs
         here (node/pipeline/control.py). With none, every control request over HTTP is refused; the Python
         methods `assign`, `release` and `submit` are the host process's own and need no signature."""
         self.key = key
+        self.started = started if started is not None else StartedJobs()  # every job id opened here, never twice
         self.control = ControlGuard(key.address, frozenset(controllers))
         self.on_loaded = on_loaded
         self.host, self.port = host, port
@@ -341,12 +344,13 @@ class StageServer:
         if a.num_stages > 1 and (self._inbound_ws is None or self._inbound_ws.closed):
             raise PipelineError(503, "link_down", f"the last stage ({a.num_stages - 1}) is not connected to stage 0: no way back for tokens")
         job = spec.job_id_hex
-        if job in self.sequences:  # even a failed one: an honest stage signs one claim per chunk of a job (I2)
+        if job in self.started or job in self.sequences:  # an honest stage signs one claim per chunk of a job (I2)
             raise PipelineError(409, "duplicate_job", f"job {job} was already started here; a job id runs once")
         try:
             seq = self.engine.open(spec)
         except SequenceFailed as error:
             raise PipelineError(422, "bad_job", error.reason) from None
+        self.started.add(job)
         self.sequences[job] = self._active[job] = seq
         handle = JobHandle(job, spec)
         self.handles[job] = handle
@@ -554,9 +558,11 @@ class StageServer:
     def _on_job(self, message: dict) -> None:
         spec = JobSpec.from_dict(message["spec"])
         job = spec.job_id_hex
-        if job in self.sequences:  # a job id runs once here, or a receiver could hold two claims for one chunk
-            if self.sequences[job].active:
+        if job in self.started or job in self.sequences:  # a job id runs once here (started_jobs.py)
+            if job in self.sequences and self.sequences[job].active:
                 self._fail(self.sequences[job], SequenceFailed("job started twice"))
+            else:
+                self._forward_abort(job, SequenceFailed("job started twice"), self.assignment.stage_index)
             return
         try:
             self.assignment.check_spec(spec)
@@ -565,6 +571,7 @@ class StageServer:
             self.sequences[job] = refused = SequenceState(spec, spec.job_id, None, None, None)
             self._fail(refused, SequenceFailed(f"stage {self.assignment.stage_index} refuses the job: {error}"))
             return
+        self.started.add(job)
         self.sequences[job] = self._active[job] = seq
         if not self.assignment.is_last:
             self._send_text(encode_message("job", spec=message["spec"]))

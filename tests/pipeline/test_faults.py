@@ -175,3 +175,22 @@ async def test_an_assignment_past_the_models_layers_is_refused(llama_dir):
             assert (await client.health())["assignment"] is None
     finally:
         await server.stop()
+
+
+async def test_a_job_id_runs_once_on_a_stage_however_many_jobs_follow_and_across_restarts(llama_dir, tmp_path):
+    """A neighbour that re-sends an old job over the link (after flooding the stage's caches) would get two
+    claims for one chunk out of an honest stage, one of them to pass off as equivocation (PROTOCOL I2)."""
+    from node.pipeline.started_jobs import StartedJobs
+
+    path = tmp_path / "started-jobs.txt"
+    async with LocalPipeline(llama_dir, 2, server_options={"keep_finished": 1},
+                             stage_options={1: {"started": StartedJobs(path)}}) as pipe:
+        first = pipe.spec([1, 2], SHORT, seed=1)
+        await pipe.run(first)
+        for seed in range(2, 6):
+            await pipe.run(pipe.spec([1, 2], SHORT, seed=seed))
+        stage1 = pipe.servers[1]
+        assert first.job_id_hex not in stage1.sequences  # out of every cache
+        stage1._on_job({"type": "job", "spec": first.to_dict()})
+        assert first.job_id_hex not in stage1.sequences  # refused, not opened again
+    assert first.job_id_hex in StartedJobs(path)  # a restarted stage still knows it
