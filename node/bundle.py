@@ -37,7 +37,7 @@ from node.receipts import (
     proofs_digest,
 )
 from node.json_input import JsonInputError, checked_text
-from node.pipeline.handoff import DTYPE_CODES, Complaint, HandoffClaim, ReceivedHandoff, handoff_from_json, rows_digest
+from node.pipeline.handoff import DTYPE_CODES, DTYPE_SIZES, Complaint, HandoffClaim, ReceivedHandoff, handoff_from_json, rows_digest
 from node.signing import SIGNATURE_LENGTH, SignatureError, SigningKey, recover_digest
 
 BUNDLE_VERSION = 1
@@ -332,6 +332,13 @@ def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
         raise BundleError(f"bundle {where}: a stage can only complain about the stage just before it")
     if job_id != spec.job_id:
         raise BundleError(f"bundle {where}.job_id is not this bundle's job")
+    prompt, chunk = len(spec.prompt_token_ids), numbers["chunk_index"]
+    span = (0, prompt) if chunk == 0 else (prompt + DECODE_CHUNK * (chunk - 1), numbers["count"])
+    if (numbers["start"], numbers["count"]) != span or not 0 < numbers["count"] <= max(prompt, DECODE_CHUNK):
+        raise BundleError(f"bundle {where}: chunk {chunk} of this job is not positions "
+                          f"[{numbers['start']}, {numbers['start'] + numbers['count']})")
+    if len(rows) % (numbers["count"] * DTYPE_SIZES[raw["dtype"]]):
+        raise BundleError(f"bundle {where}.rows are not {numbers['count']} rows of {raw['dtype']}")
     if rows_digest(rows) != digest:
         raise BundleError(f"bundle {where}.rows do not hash to the rows_digest the complaint names")
     claim = HandoffClaim(job_id, numbers["sender_stage"], numbers["chunk_index"], numbers["start"], numbers["count"],

@@ -461,18 +461,17 @@ def replay_from(
 
 
 def boundary_as_sent(
-    model: StageModel, token_ids: Sequence[int], boundaries: Sequence[int], stage: int, wire: torch.dtype
+    model: StageModel, start: Any, from_layer: int, ends: Sequence[int], wire: torch.dtype
 ) -> torch.Tensor:
-    """What stage `stage` (not the last) honestly sends when every stage before it received its input rounded
-    to the `wire` dtype, as a pipeline hands it over: the residual stream after layer `boundaries[stage]`."""
-    tokens = torch.as_tensor(list(token_ids), dtype=torch.long)
-    start = 0
+    """What the stage ending at `ends[-1]` honestly sends when the stages ending at `ends[:-1]` ran before it
+    from `start` (token ids when `from_layer` is 0, else the residual stream entering `from_layer`), every
+    handoff between them rounded to the `wire` dtype as a pipeline hands it over."""
     with torch.inference_mode():
-        x = tokens
-        for index in range(stage + 1):
-            end = boundaries[index]
-            x, _ = model._run(x, [model.new_cache()], None, capture_after=(), from_layer=start or None, to_layer=end)
-            if index < stage:
+        x = torch.as_tensor(list(start), dtype=torch.long) if from_layer == 0 else start
+        layer = from_layer
+        for index, end in enumerate(ends):
+            x, _ = model._run(x, [model.new_cache()], None, capture_after=(), from_layer=layer or None, to_layer=end)
+            if index < len(ends) - 1:
                 x = x.to(wire).to(model.dtype)
-            start = end
+            layer = end
         return x

@@ -58,7 +58,7 @@ class StageDefences:
     def __init__(self, stage_url_of: Callable[[str], str | None], deadline_s: float = 30.0, poll_s: float = 0.5):
         self.stage_url_of, self.deadline_s, self.poll_s = stage_url_of, deadline_s, poll_s
 
-    async def __call__(self, spec: JobSpec, stage: int) -> tuple[ReceivedHandoff, ...] | None:
+    async def __call__(self, spec: JobSpec, stage: int, limit: int = MAX_DEFENCE_BYTES) -> tuple[ReceivedHandoff, ...] | None:
         worker = spec.stages[stage].worker
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.deadline_s
@@ -69,7 +69,7 @@ class StageDefences:
                 if url is not None:
                     try:
                         return await self._fetch(session, url.rstrip("/") + INPUTS_ROUTE.format(job_id=spec.job_id_hex),
-                                                 spec, stage, deadline - loop.time())
+                                                 spec, stage, deadline - loop.time(), min(limit, MAX_DEFENCE_BYTES))
                     except NoDefence as refused:  # the worker answered: it kept nothing to defend itself with
                         log.warning("job %s: stage %d (%s) has no defence: %s", spec.job_id_hex, stage, worker, refused)
                         return None
@@ -81,17 +81,18 @@ class StageDefences:
                     return None
                 await asyncio.sleep(self.poll_s)
 
-    async def _fetch(self, session, url: str, spec: JobSpec, stage: int, left_s: float) -> tuple[ReceivedHandoff, ...]:
+    async def _fetch(self, session, url: str, spec: JobSpec, stage: int, left_s: float, limit: int
+                     ) -> tuple[ReceivedHandoff, ...]:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=max(1.0, left_s))) as response:
             if response.status == 404:
                 raise NoDefence("it keeps no received rows for the job (HTTP 404)")
             if response.status != 200:
                 raise DefenceError(f"HTTP {response.status}")
-            if (response.content_length or 0) > MAX_DEFENCE_BYTES:
-                raise DefenceError("the defence is larger than the validator reads")
+            if (response.content_length or 0) > limit:
+                raise DefenceError(f"the defence is larger than this job's rows can be ({limit} bytes)")
             body = bytearray()
             async for chunk in response.content.iter_chunked(1 << 20):  # to the end, never past the limit
                 body += chunk
-                if len(body) > MAX_DEFENCE_BYTES:
-                    raise DefenceError("the defence is larger than the validator reads")
-            return parse_defence(bytes(body), spec, stage)
+                if len(body) > limit:
+                    raise DefenceError(f"the defence is larger than this job's rows can be ({limit} bytes)")
+            return await asyncio.to_thread(parse_defence, bytes(body), spec, stage)

@@ -47,7 +47,15 @@ log = logging.getLogger(__name__)
 
 STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
-DefenceSource = Callable[[JobSpec, int], Awaitable[tuple[Any, ...] | None]]
+DefenceSource = Callable[[JobSpec, int, int], Awaitable[tuple[Any, ...] | None]]  # spec, stage, byte limit
+# Verdicts a receiving stage may answer with the rows it received: its proofs, its sampling, or its handoff.
+DEFENSIBLE = (Reason.PROOF, Reason.SAMPLING, Reason.ALTERED_HANDOFF)
+
+
+def defence_limit(spec: JobSpec, model: Any) -> int:
+    """The most bytes an honest defence of this job can take: every position's row in fp32, as hex, and room."""
+    rows = len(spec.prompt_token_ids) + spec.sampling.max_new_tokens
+    return rows * model.config.hidden_size * 4 * 2 + rows * 1024 + (1 << 16)
 
 
 class ValidatorNode:
@@ -132,7 +140,7 @@ class ValidatorNode:
     async def _judge(self, claimed: ClaimedJob) -> tuple[Verdict, Evidence]:
         bundle = Bundle.from_json(claimed.bundle_json)
         spec = bundle.spec
-        faults = handoff_faults(bundle)  # pure, no model: complaints and equivocation (I2)
+        faults = await asyncio.to_thread(handoff_faults, bundle)  # pure, no model: complaints, equivocation (I2)
         # A bundle whose handoff evidence convicts someone is always judged in full, never sampled out.
         replayed = bool(faults) or is_replayed(bundle.job_id, self.config.sample_secret, self.config.sample_rate)
         figures: dict[str, Any] = {}
@@ -153,21 +161,26 @@ class ValidatorNode:
         else:
             model = await self.models.get(spec.model_id)
             proofs = [stage.proofs for stage in bundle.stages]
+            asked: set[int] = set()
             while True:
                 report = await asyncio.to_thread(findings_of, model, spec, bundle.output_token_ids, proofs, faults, defences)
                 self.metrics.replay_seconds.observe(report.seconds)
                 findings, figures = report.findings, report.figures
                 verdict = decide(findings, self.config.tariff)
                 accused = verdict.blamed_stage
-                # A receiving stage blamed on its proofs may have computed honestly on inputs its predecessor
-                # altered where the proofs do not look (I2): the verdict waits for its defence.
-                if verdict.reason is not Reason.PROOF or not accused or accused in defences or self.defence_source is None:
+                # A receiving stage blamed for what it computed may have computed honestly on inputs its
+                # predecessor altered where the proofs do not look (I2): the verdict waits for its defence.
+                if verdict.reason not in DEFENSIBLE or not accused or accused in asked or self.defence_source is None:
                     break
-                handed = await self.defence_source(spec, accused)
-                if handed is None:
-                    break
-                log.info("job %s: stage %d handed in its %d received chunks as its defence", spec.job_id_hex, accused, len(handed))
-                defences[accused] = handed
+                asked.add(accused)
+                handed = await self.defence_source(spec, accused, defence_limit(spec, model))
+                if handed is not None:
+                    log.info("job %s: stage %d handed in its %d received chunks as its defence",
+                             spec.job_id_hex, accused, len(handed))
+                    defences[accused] = handed
+            # Only defences that held are evidence; the others changed nothing and would only weigh on the ledger.
+            defences = {stage: handed for stage, handed in defences.items()
+                        if (figures.get("defences") or {}).get(str(stage), {}).get("valid")}
         evidence = Evidence(
             model_id=spec.model_id,
             bundle=bundle.to_dict(),

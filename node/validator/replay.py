@@ -9,10 +9,11 @@ committed proofs; the logits of the positions that produced output tokens check 
 `findings_of` returns the `Findings` that `verdict.decide` judges and the figures behind them, which go
 into the evidence (node/evidence.py) so that anyone can see why.
 
-Defences (node/validator/defence.py): when a stage whose proofs fail handed in the rows it received, they
-are checked against the replay of its predecessor over every entry. Rows beyond the tolerance convict the
-predecessor; rows within it are what the stage really computed on, and the replay goes on from them for that
-stage and every later one (`replay_from`).
+Defences (node/validator/defence.py), judged from the first stage on: the rows a stage handed in are
+checked, over every entry, against what its predecessor honestly sends from what *it* received (its own
+defence's rows when it handed one in, else the tokens; handoffs rounded to the wire dtype). Rows beyond the
+tolerance convict the predecessor; rows within it are what the stage really computed on, and the replay
+goes on from them for that stage and every later one (`replay_from`).
 """
 
 from __future__ import annotations
@@ -68,19 +69,22 @@ def findings_of(
         stage_figures: list[Any] = []
         faults = list(handoff_faults)
         defence_figures: dict[str, Any] = {}
+        inputs: dict[int, Any] = {}  # stage -> the rows it really received (from a defence that held)
+        replayed = list(hidden)  # from the tokens; `hidden` follows the re-runs
         for stage, proofs in enumerate(stage_proofs):
-            check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs))
-            if not check.ok and stage in defences and stage > 0 and all(proofs_ok):
-                sent = _as_sent(model, tokens, boundaries, stage - 1, defences[stage], hidden[stage - 1])
-                defence = check_defence(defences[stage], spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p)
+            if stage in defences and stage > 0:
+                handed = defences[stage]
+                sent = _sent_by(model, spec, tokens, stage - 1, inputs, handed, replayed)
+                defence = check_defence(handed, spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p)
                 defence_figures[str(stage)] = defence.figures()
-                if defence.valid and defence.altered:
-                    faults.append((stage - 1, Reason.ALTERED_HANDOFF))
-                elif defence.valid:  # its real inputs: replay it and every later stage from them
+                if defence.valid:  # its real inputs: replay it and every later stage from them
+                    if defence.altered:
+                        faults.append((stage - 1, Reason.ALTERED_HANDOFF))
+                    inputs[stage] = defence.inputs
                     rerun, logits = replay_from(model, defence.inputs, spec.stages[stage].layer_start,
                                                 boundaries[stage:], logits_from=p - 1)
                     hidden[stage:] = rerun
-                    check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs))
+            check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs))
             proofs_ok.append(bool(check.ok))
             stage_figures.append(_jsonable(check))
         timings["proofs"] = time.perf_counter() - started - timings["forward"]
@@ -102,18 +106,25 @@ def findings_of(
     return ReplayReport(findings, figures, seconds)
 
 
-def _as_sent(model: Any, tokens: list[int], boundaries: list[int], stage: int, handoffs: Sequence[Any], replayed: Any) -> Any:
-    """What `stage` honestly sent: the replay itself with fp32 on the wire; with a narrower wire dtype (the
-    claims name it), the replay with every earlier handoff rounded to it, as the pipeline computed."""
+def _sent_by(model: Any, spec: JobSpec, tokens: list[int], stage: int, inputs: Mapping[int, Any],
+             handed: Sequence[Any], hidden_replay: Sequence[Any]) -> Any:
+    """What `stage` honestly sends, as far as the validator knows what it and the stages before it received:
+    from the latest stage at or before it whose defence held (its real inputs), else from the tokens, every
+    handoff between rounded to the wire dtype the claims name, as the pipeline computed."""
     import torch
 
     from node.pipeline.model import boundary_as_sent
     from node.pipeline.wire import WIRE_DTYPES
 
-    dtypes = {handoff.claim.dtype for handoff in handoffs}
-    if stage == 0 or dtypes in ({"fp32"}, set()) or len(dtypes) > 1:
-        return replayed
-    return boundary_as_sent(model, tokens, boundaries, stage, WIRE_DTYPES[dtypes.pop()]).to(torch.float32)
+    dtypes = {handoff.claim.dtype for handoff in handed}
+    wire = WIRE_DTYPES[dtypes.pop()] if len(dtypes) == 1 else torch.float32
+    known = max((s for s in inputs if s <= stage), default=None)
+    if known is None and wire == torch.float32:
+        return hidden_replay[stage]  # the replay itself, computed before any re-run replaced a later boundary
+    first = 0 if known is None else known
+    start = tokens if known is None else inputs[known]
+    ends = [s.layer_end for s in spec.stages[first : stage + 1]]
+    return boundary_as_sent(model, start, spec.stages[first].layer_start, ends, wire).to(torch.float32)
 
 
 def _sampling_summary(check: Any) -> dict[str, Any]:

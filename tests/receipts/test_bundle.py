@@ -87,7 +87,7 @@ def test_wrong_number_of_proofs_is_refused(keys, domain):
 
 
 def _evidence(keys, bundle, rows: bytes = b"\x01\x02" * 64) -> Complaint:
-    claim = HandoffClaim(bundle.job_id, 0, 0, 0, 1, "bf16", rows_digest(rows), b"\x01" * 258)
+    claim = HandoffClaim(bundle.job_id, 0, 0, 0, 4, "bf16", rows_digest(rows), b"\x01" * 258)  # the 4-token prefill
     return Complaint(1, claim, claim.sign(keys[0]), rows)
 
 
@@ -107,6 +107,10 @@ def test_a_complaint_round_trips_with_its_evidence_and_names_its_signer(bundle, 
         Bundle.from_json(dataclasses.replace(stopped, complaints=(swapped_rows,)).to_json())
     with pytest.raises(BundleError, match="at most one complaint per receiving stage|at most one per receiving"):
         Bundle.from_json(dataclasses.replace(stopped, complaints=(complaint, complaint)).to_json())
+    for start, count in ((0, 1_500_000), (3, 1)):  # the job's prompt is 4 tokens: chunk 0 is [0, 4)
+        off = dataclasses.replace(complaint, claim=dataclasses.replace(complaint.claim, start=start, count=count))
+        with pytest.raises(BundleError, match="chunk 0 of this job is not positions"):
+            Bundle.from_json(dataclasses.replace(stopped, complaints=(off,)).to_json())  # never rebuilt
     flood = json.loads(stopped.to_json())
     flood["complaints"] *= 17585  # thousands of copies are refused before any is parsed
     with pytest.raises(BundleError, match="17585 complaints; at most one per receiving stage"):

@@ -201,3 +201,99 @@ async def recomputed_without_a_model(client, job_id, tmp_path) -> bool:
     forged["verdict"] = {**forged["verdict"], "blamed_stage": 1 - forged["verdict"]["blamed_stage"]}
     path.write_text(json.dumps(forged))
     return reproduced and main(["verify-evidence", str(path)]) == 1
+
+
+def quietly_altered_job(group, eps: float = 4e-3, quantile: float = 0.25, new_tokens: int = 40):
+    """Stage 0 scales the smallest quarter of every row it sends by 1 + eps: its proofs stay byte for byte
+    the honest ones, stage 1 (honest) still passes its own, and stage 2 (honest) fails the replay. Returns
+    the bundle and what stages 1 and 2 really received, as the defences their workers would hand in."""
+    import torch
+
+    from node.bundle import Bundle, SignedStage
+    from node.pipeline.handoff import HandoffClaim, ReceivedHandoff, rows_digest
+    from node.pipeline.model import replay, replay_from
+    from node.pipeline.weights import load_stage
+    from node.pipeline.wire import wire_bytes
+    from node.receipts import expected_receipt, sign_receipt
+    from node.toploc.activation import build_proofs
+    from node.validator.defence import expected_spans
+
+    prompt = [1, 5, 9, 14, 3, 77, 12, 200, 31, 8, 99, 41]
+    spec = group.spec(prompt, max_new_tokens=new_tokens, seed=21)
+    model, ends = load_stage(group.model_dir), [s.layer_end for s in spec.stages]
+
+    def alter(rows):
+        small = rows.abs() < rows.abs().quantile(quantile, dim=1, keepdim=True)
+        return torch.where(small, rows * (1 + eps), rows)
+
+    output: list[int] = []
+    with torch.inference_mode():
+        while len(output) < new_tokens:  # greedy, as the group really computed it
+            hidden, _ = replay(model, prompt + output, ends)
+            _, logits = replay_from(model, alter(hidden[0]), ends[0], ends[1:], logits_from=len(prompt + output) - 1)
+            output.append(int(logits[-1].argmax()))
+        hidden, _ = replay(model, prompt + output[:-1], ends)
+        later, _ = replay_from(model, alter(hidden[0]), ends[0], ends[1:])
+    p = len(prompt)
+    sent = [hidden[0], *later]  # stage 0 proves its honest rows: the proof of the altered ones is the same
+    proofs = [tuple(build_proofs(rows[:p], rows[p:])) for rows in sent]
+    assert proofs[0] == tuple(build_proofs(alter(hidden[0])[:p], alter(hidden[0])[p:]))
+    stages = []
+    for index, key in enumerate(group.keys):
+        receipt = expected_receipt(spec, index, output, proofs[index], received_proofs=proofs[index - 1] if index else ())
+        stages.append(SignedStage(receipt, sign_receipt(key, receipt, group.domain), proofs[index]))
+    received = {1: alter(hidden[0]), 2: later[0]}
+    defences = {}
+    for stage, rows in received.items():
+        handed = []
+        for chunk, (start, count) in enumerate(expected_spans(p, rows.shape[0])):
+            data = wire_bytes(rows[start : start + count], "fp32")
+            claim = HandoffClaim(spec.job_id, stage - 1, chunk, start, count, "fp32", rows_digest(data), proofs[stage - 1][chunk])
+            handed.append(ReceivedHandoff(claim, claim.sign(group.keys[stage - 1]), data).to_json())
+        defences[stage] = {"job_id": spec.job_id_hex, "stage_index": stage, "handoffs": handed}
+    return Bundle(spec, tuple(stages), tuple(output)), defences
+
+
+async def test_an_alteration_that_surfaces_two_stages_later_never_convicts_the_honest_middle_stage(client, node, group, ledger, model_dir, tmp_path):
+    """Stage 2 fails and defends itself; its inputs differ from what stage 1 sends from *honest* inputs by
+    9.6e-4, over the tolerance, but stage 1 computed honestly on what it got. Before defences were traced
+    back, stage 1 was slashed for altered_handoff and stage 0 paid. Now the validator asks stage 1 in turn:
+    its inputs are 3.1e-4 from stage 0's honest rows, under the tolerance (the detection floor), and from
+    them stages 1 and 2 computed what they sent. Nobody is provably at fault: the job is accepted."""
+    from aiohttp import web
+
+    from node.validator.defence_client import StageDefences
+
+    bundle, defences = quietly_altered_job(group)
+    asked = []
+
+    async def inputs(request):
+        stage = next(s for s, d in defences.items() if request.url.port == ports[s])
+        asked.append(stage)
+        return web.json_response(defences[stage])
+
+    runners, ports = {}, {}
+    for stage in defences:
+        app = web.Application()
+        app.router.add_get("/v1/jobs/{job_id}/inputs", inputs)
+        runners[stage] = web.AppRunner(app)
+        await runners[stage].setup()
+        site = web.TCPSite(runners[stage], "127.0.0.1", 0)
+        await site.start()
+        ports[stage] = site._server.sockets[0].getsockname()[1]
+    urls = {group.keys[s].address: f"http://127.0.0.1:{port}" for s, port in ports.items()}
+    node.defence_source = StageDefences(urls.get, deadline_s=10)
+    try:
+        job = await submit_and_validate(client, node, bundle)
+    finally:
+        for runner in runners.values():
+            await runner.cleanup()
+    verdict = job["verdict"]
+    assert (verdict["outcome"], verdict["blamed_stage"]) == ("accepted", None), verdict
+    assert asked == [2, 1]
+    assert not [e for e in await journal_of(ledger, job["job_id"]) if e.kind == "slash"]
+    document = await (await client.get(f"/v1/jobs/{job['job_id']}/evidence")).json()
+    assert set(document["defences"]) == {"1", "2"}
+    path = tmp_path / "evidence.json"
+    path.write_text(json.dumps(document))
+    assert main(["verify-evidence", str(path), "--model-dir", str(model_dir)]) == 0  # the defences are evidence
