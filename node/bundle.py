@@ -332,9 +332,10 @@ def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
         raise BundleError(f"bundle {where}: a stage can only complain about the stage just before it")
     if job_id != spec.job_id:
         raise BundleError(f"bundle {where}.job_id is not this bundle's job")
-    prompt, chunk = len(spec.prompt_token_ids), numbers["chunk_index"]
-    span = (0, prompt) if chunk == 0 else (prompt + DECODE_CHUNK * (chunk - 1), numbers["count"])
-    if (numbers["start"], numbers["count"]) != span or not 0 < numbers["count"] <= max(prompt, DECODE_CHUNK):
+    prompt, chunk, count = len(spec.prompt_token_ids), numbers["chunk_index"], numbers["count"]
+    span = (0, prompt) if chunk == 0 else (prompt + DECODE_CHUNK * (chunk - 1), count)
+    decode_ok = chunk == 0 or 0 < count <= DECODE_CHUNK  # the last chunk of a job may be shorter
+    if (numbers["start"], count) != span or not decode_ok or span[0] + count > prompt + spec.sampling.max_new_tokens:
         raise BundleError(f"bundle {where}: chunk {chunk} of this job is not positions "
                           f"[{numbers['start']}, {numbers['start'] + numbers['count']})")
     if len(rows) % (numbers["count"] * DTYPE_SIZES[raw["dtype"]]):

@@ -319,9 +319,7 @@ class ReceiptBook:
             SignedStage(receipt, sign_receipt(self.key, receipt, self.domain), tuple(proofs), received),
             tuple(output_token_ids),
         )
-        self._keep(spec.job_id_hex, signed)
-        self._write(f"{spec.job_id_hex}.json", signed.to_json())
-        if handoffs:
+        if handoffs:  # the defence first: a receipt that is out never lacks the rows behind it
             defence = {"job_id": spec.job_id_hex, "stage_index": stage_index,
                        "handoffs": [handoff.to_json() for handoff in handoffs]}
             if self.directory is None:
@@ -329,6 +327,8 @@ class ReceiptBook:
                 while len(self._inputs) > self.keep_in_memory:
                     del self._inputs[next(iter(self._inputs))]
             self._write(f"{spec.job_id_hex}.inputs.json", defence)
+        self._keep(spec.job_id_hex, signed)
+        self._write(f"{spec.job_id_hex}.json", signed.to_json())
         return signed
 
     def inputs(self, job_id_hex: str) -> dict[str, Any] | None:

@@ -3,8 +3,8 @@
 A stage signs one handoff claim per chunk of a job. If it ran a job id twice on different inputs (a
 neighbour can re-send a job over the link), it would sign two claims for one chunk, and its successor could
 present the older one as equivocation. So every job id a stage opens is recorded before any row is computed,
-on disk when the stage has a folder (a line per job, appended and flushed; kept `keep_s` seconds, like the
-receipts), and never forgotten to make room: a flood of jobs cannot push an old id out.
+on disk when the stage has a folder (a line per job, appended; kept `keep_s` seconds, like the receipts),
+and never forgotten to make room: a flood of jobs cannot push an old id out.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ class StartedJobs:
     def add(self, job_id_hex: str) -> None:
         job = job_id_hex.lower()
         self._seen.add(job)
-        if self.path is not None:
+        if self.path is not None:  # flushed to the OS (a crashed process loses nothing); no fsync on the loop
             with open(self.path, "a") as file:
                 file.write(f"{job} {time.time():.0f}\n")
-                file.flush()
-                os.fsync(file.fileno())

@@ -107,10 +107,11 @@ def test_a_complaint_round_trips_with_its_evidence_and_names_its_signer(bundle, 
         Bundle.from_json(dataclasses.replace(stopped, complaints=(swapped_rows,)).to_json())
     with pytest.raises(BundleError, match="at most one complaint per receiving stage|at most one per receiving"):
         Bundle.from_json(dataclasses.replace(stopped, complaints=(complaint, complaint)).to_json())
-    for start, count in ((0, 1_500_000), (3, 1)):  # the job's prompt is 4 tokens: chunk 0 is [0, 4)
-        off = dataclasses.replace(complaint, claim=dataclasses.replace(complaint.claim, start=start, count=count))
-        with pytest.raises(BundleError, match="chunk 0 of this job is not positions"):
-            Bundle.from_json(dataclasses.replace(stopped, complaints=(off,)).to_json())  # never rebuilt
+    for chunk, start, count in ((0, 0, 1_500_000), (0, 3, 1), (1, 4, 33), (1, 4, 0), (40, 1252, 1)):
+        # the job's prompt is 4 tokens and its budget 80: chunk 0 is [0, 4), chunk k [4 + 32 (k - 1), +32 at most)
+        claim = dataclasses.replace(complaint.claim, chunk_index=chunk, start=start, count=count)
+        with pytest.raises(BundleError, match=f"chunk {chunk} of this job is not positions"):
+            Bundle.from_json(dataclasses.replace(stopped, complaints=(dataclasses.replace(complaint, claim=claim),)).to_json())
     flood = json.loads(stopped.to_json())
     flood["complaints"] *= 17585  # thousands of copies are refused before any is parsed
     with pytest.raises(BundleError, match="17585 complaints; at most one per receiving stage"):
