@@ -84,42 +84,26 @@ class SignedStage:
 
 @dataclass(frozen=True)
 class HandoffComplaint:
-    """Stage `complainer_stage` refuses the job and hands over the evidence (PROTOCOL I2): the rows it received
-    for one chunk, the claim the sender signed over them (positions, dtype, digest of the bytes, proof) and the
-    sender's signature. `judge_evidence` decides it without a model: the sender is at fault when it signed
-    these bytes with a proof they do not have; any other complaint is false and costs the complainer.
+    """A receiving stage refuses the job and hands over the `evidence` (PROTOCOL I2, node/pipeline/handoff.py
+    `Complaint`): the rows it received for one chunk, the claim the sender signed over them (positions,
+    dtype, digest of the bytes, proof) and the sender's signature. `judge_evidence` decides it without a
+    model: the sender is at fault when it signed these bytes with a proof they do not have; any other
+    complaint is false and costs the complainer.
 
-    `signature` is the complainer's EIP-712 signature over every field; the rows are bound through the
-    claim's digest, which they must match (intake refuses rows that do not).
+    `signature` is the complainer's EIP-712 signature over every field of the evidence; the rows are bound
+    through the claim's digest, which they must match (intake refuses rows that do not).
     """
 
-    complainer_stage: int
-    claim: HandoffClaim
-    sender_signature: bytes
-    rows: bytes
+    evidence: Complaint
     signature: bytes
 
-    @property
-    def job_id(self) -> bytes:
-        return self.claim.job_id
-
-    @property
-    def sender_stage(self) -> int:
-        return self.claim.sender_stage
-
-    @property
-    def chunk_index(self) -> int:
-        return self.claim.chunk_index
-
-    def evidence(self) -> Complaint:
-        return Complaint(self.complainer_stage, self.claim, self.sender_signature, self.rows)
-
     def struct_hash(self) -> bytes:
-        claim = self.claim
+        evidence = self.evidence
+        claim = evidence.claim
         return keccak(
             COMPLAINT_TYPEHASH
             + claim.job_id
-            + self.complainer_stage.to_bytes(32, "big")
+            + evidence.complainer_stage.to_bytes(32, "big")
             + claim.sender_stage.to_bytes(32, "big")
             + claim.chunk_index.to_bytes(32, "big")
             + claim.start.to_bytes(32, "big")
@@ -127,27 +111,26 @@ class HandoffComplaint:
             + keccak(claim.dtype.encode())
             + claim.rows_digest
             + keccak(claim.proof)
-            + keccak(self.sender_signature)
+            + keccak(evidence.sender_signature)
         )
 
     def digest(self, domain: ReceiptDomain) -> bytes:
         return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
 
     def to_json(self) -> dict[str, Any]:
-        claim = self.claim
+        evidence, claim = self.evidence, self.evidence.claim
         return {
-            "job_id": "0x" + claim.job_id.hex(), "complainer_stage": self.complainer_stage,
+            "job_id": "0x" + claim.job_id.hex(), "complainer_stage": evidence.complainer_stage,
             "sender_stage": claim.sender_stage, "chunk_index": claim.chunk_index, "start": claim.start,
             "count": claim.count, "dtype": claim.dtype, "rows_digest": "0x" + claim.rows_digest.hex(),
-            "claimed_proof": "0x" + claim.proof.hex(), "sender_signature": "0x" + self.sender_signature.hex(),
-            "rows": "0x" + self.rows.hex(), "signature": "0x" + self.signature.hex(),
+            "claimed_proof": "0x" + claim.proof.hex(), "sender_signature": "0x" + evidence.sender_signature.hex(),
+            "rows": "0x" + evidence.rows.hex(), "signature": "0x" + self.signature.hex(),
         }
 
 
 def sign_complaint(key: SigningKey, domain: ReceiptDomain, evidence: Complaint) -> HandoffComplaint:
     """The complaint the receiving stage signs for this deployment over the evidence its pipeline kept."""
-    unsigned = HandoffComplaint(evidence.complainer_stage, evidence.claim, evidence.sender_signature, evidence.rows, b"")
-    return HandoffComplaint(**{**unsigned.__dict__, "signature": key.sign_digest(unsigned.digest(domain))})
+    return HandoffComplaint(evidence, key.sign_digest(HandoffComplaint(evidence, b"").digest(domain)))
 
 
 @dataclass(frozen=True)
@@ -235,7 +218,7 @@ class Bundle:
         if len(raw_complaints) > len(spec.stages) - 1:
             raise BundleError(f"bundle has {len(raw_complaints)} complaints; at most one per receiving stage")
         complaints = tuple(_parse_complaint(index, raw, spec) for index, raw in enumerate(raw_complaints))
-        complainers = [complaint.complainer_stage for complaint in complaints]
+        complainers = [complaint.evidence.complainer_stage for complaint in complaints]
         if len(set(complainers)) != len(complainers):
             raise BundleError("bundle complaints: at most one complaint per receiving stage")
         if not complaints:
@@ -344,7 +327,7 @@ def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
         raise BundleError(f"bundle {where}.rows do not hash to the rows_digest the complaint names")
     claim = HandoffClaim(job_id, numbers["sender_stage"], numbers["chunk_index"], numbers["start"], numbers["count"],
                          raw["dtype"], digest, proof)
-    return HandoffComplaint(numbers["complainer_stage"], claim, sender_signature, rows, signature)
+    return HandoffComplaint(Complaint(numbers["complainer_stage"], claim, sender_signature, rows), signature)
 
 
 def expected_proof_count(output_token_count: int) -> int:
@@ -423,9 +406,10 @@ def check_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:
             signer = recover_digest(complaint.digest(domain), complaint.signature)
         except SignatureError as error:
             raise BundleError(f"complaints[{index}] signature: {error}") from None
-        assigned = bundle.spec.stages[complaint.complainer_stage].worker
+        stage = complaint.evidence.complainer_stage
+        assigned = bundle.spec.stages[stage].worker
         if signer != assigned:
-            raise BundleError(f"complaints[{index}] is signed by {signer}, not by stage {complaint.complainer_stage}'s worker {assigned}")
+            raise BundleError(f"complaints[{index}] is signed by {signer}, not by stage {stage}'s worker {assigned}")
     return signers
 
 

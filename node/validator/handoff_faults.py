@@ -23,12 +23,11 @@ Fault = tuple[int, Reason]
 
 def complaint_faults(bundle: Bundle) -> tuple[Fault, ...]:
     faults = []
-    for complaint in bundle.complaints:
-        sender = bundle.spec.stages[complaint.sender_stage].worker
-        if judge_evidence(complaint.evidence(), sender):
-            faults.append((complaint.sender_stage, Reason.COMPLAINT))
+    for evidence in (complaint.evidence for complaint in bundle.complaints):
+        if judge_evidence(evidence, bundle.spec.stages[evidence.sender_stage].worker):
+            faults.append((evidence.sender_stage, Reason.COMPLAINT))
         else:
-            faults.append((complaint.complainer_stage, Reason.FALSE_COMPLAINT))
+            faults.append((evidence.complainer_stage, Reason.FALSE_COMPLAINT))
     return tuple(faults)
 
 

@@ -63,7 +63,7 @@ def admit(body: bytes, *, vocab_sizes: dict[str, int], domain: ReceiptDomain) ->
     except BundleError as error:
         code = "bad_signature" if "signature:" in str(error) else "unassigned_signer"
         raise ApiError(403, code, str(error)) from None
-    complainers = tuple(bundle.spec.stages[c.complainer_stage].worker for c in bundle.complaints)
+    complainers = tuple(bundle.spec.stages[c.evidence.complainer_stage].worker for c in bundle.complaints)
     return Admitted(bundle, signers, bundle.job_id_hex, body.decode(), complainers)
 
 
