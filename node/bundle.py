@@ -364,7 +364,8 @@ def _check_received(bundle: Bundle, index: int) -> None:
     or with one altered, the bundle is refused, not judged: whoever assembles or relays it can delay a
     verdict but not turn the sender's equivocation into the receiver's fault."""
     stage = bundle.stages[index]
-    consistent = stage.receipt.inputs_digest == proofs_digest(bundle.stages[index - 1].proofs)
+    # the previous receipt's digest of its proofs was checked against them just before (check_receipts)
+    consistent = stage.receipt.inputs_digest == bundle.stages[index - 1].receipt.proofs_digest
     if consistent:
         if stage.received:
             raise BundleError(f"stage {index} carries handoff claims although its inputs match stage {index - 1}'s proofs")
