@@ -347,4 +347,15 @@ class ChainCursor(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+class NodeSecret(Base):
+    """A secret the validators sharing this ledger must agree on and workers must not know (the spot-check
+    secret), made once by whichever validator needs it first."""
+
+    __tablename__ = "node_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(130))  # 0x-hex
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 metadata = Base.metadata

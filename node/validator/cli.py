@@ -74,7 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--sample-rate", type=float, default=_env_float("STAGEWISE_SAMPLE_RATE", 1.0),
                      help="fraction of jobs replayed, the rest accepted unreplayed; see docs/validator.md (env STAGEWISE_SAMPLE_RATE, default 1)")
     run.add_argument("--sample-secret", default=_env("STAGEWISE_SAMPLE_SECRET", ""),
-                     help="secret that makes the replayed jobs unpredictable to workers (env STAGEWISE_SAMPLE_SECRET)")
+                     help="secret that makes the replayed jobs unpredictable to workers, at least 16 bytes (env "
+                     "STAGEWISE_SAMPLE_SECRET; default: 32 random bytes made on first start and kept in the ledger, so "
+                     "validators sharing it draw the same jobs)")
     run.add_argument("--epoch-seconds", type=float, default=_env_float("STAGEWISE_EPOCH_SECONDS", 60.0),
                      help="close an epoch at least this often (env STAGEWISE_EPOCH_SECONDS, default 60)")
     run.add_argument("--epoch-entries", type=int, default=_env_int("STAGEWISE_EPOCH_ENTRIES", 1000),
@@ -187,7 +189,9 @@ async def _serve(args, dirs: list[Path]) -> None:
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
     from node.validator.models import ReplayModels
+    from node.cli import CommandError
     from node.validator.node import ValidatorNode
+    from node.validator.spot_check import GuessableSecret, sample_secret
     from node.validator.verdict import Tariff
 
     import torch
@@ -231,10 +235,14 @@ async def _serve(args, dirs: list[Path]) -> None:
 
     ledger = await Ledger.open()
     models = ReplayModels(dirs)
+    try:
+        secret = await sample_secret(ledger, args.sample_secret.encode(), args.sample_rate)
+    except GuessableSecret as error:
+        raise CommandError(f"--sample-secret: {error}") from None
     config = ValidatorConfig(
         model_dirs=tuple(dirs),
         sample_rate=args.sample_rate,
-        sample_secret=args.sample_secret.encode(),
+        sample_secret=secret,
         epoch_seconds=args.epoch_seconds,
         epoch_entries=args.epoch_entries,
         admin_token=args.admin_token,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.validator.spot_check import check_secret
 from node.validator.verdict import Tariff
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -17,7 +18,8 @@ class ValidatorConfig:
     sample_rate: float = 1.0
     """Fraction of jobs replayed; the rest are accepted unreplayed (see docs/validator.md)."""
     sample_secret: bytes = b""
-    """Keeps the choice of replayed jobs unpredictable to workers while deterministic for this node."""
+    """Keeps the choice of replayed jobs unpredictable to workers while deterministic for this node: at least
+    16 bytes whenever 0 < sample_rate < 1 (spot_check.sample_secret makes one and keeps it in the ledger)."""
     epoch_seconds: float = 60.0
     epoch_entries: int = 1000
     admin_token: str | None = None
@@ -34,6 +36,7 @@ class ValidatorConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ValueError("sample_rate must be in [0, 1]")
+        check_secret(self.sample_secret, self.sample_rate)
         if self.epoch_seconds <= 0 or self.epoch_entries <= 0:
             raise ValueError("epochs close after a positive number of seconds or entries")
         if self.max_body_bytes < 1024:
