@@ -88,6 +88,9 @@ def message_digest(message: bytes) -> bytes:
     return keccak(b"\x19Ethereum Signed Message:\n" + str(len(message)).encode() + message)
 
 
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
 def recover_digest(digest: bytes, signature: bytes) -> str:
     """The checksummed address that signed `digest`; raises SignatureError when it cannot be recovered."""
     if len(digest) != 32:
@@ -99,6 +102,11 @@ def recover_digest(digest: bytes, signature: bytes) -> str:
         v -= 27
     if v not in (0, 1):
         raise SignatureError(f"bad recovery id {signature[64]}")
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")
+    if not (0 < r < SECP256K1_N and 0 < s <= SECP256K1_N // 2):
+        # (r, n - s) with the other recovery id is the same signer's signature too: accepting both would let
+        # anyone mint a second valid signature for what a key signed once (EIP-2; the contract refuses it too)
+        raise SignatureError("signature s is not in the lower half of the curve order (malleable high-s form)")
     try:
         public_key = coincurve.PublicKey.from_signature_and_message(signature[:64] + bytes([v]), digest, hasher=None)
     except Exception as error:  # coincurve raises plain Exception on invalid points
