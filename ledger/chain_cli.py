@@ -334,7 +334,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ledger.chain_server import ThreadedChainServer
 
     client = ChainClient.embedded(unbonding_delay=args.unbonding_delay)
-    with ThreadedChainServer(client.w3, args.host, args.port) as server:
+    with ThreadedChainServer(client.w3, args.host, args.port, test_methods=args.test_methods) as server:
         saved = remember(server.url, client.chain_id, client.address)
         print(
             f"embedded chain {client.chain_id} at {server.url}, StagewiseStaking at {client.address} "
@@ -461,6 +461,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8545, help="port (default 8545; 0 picks a free one)")
     serve.add_argument("--unbonding-delay", type=int, default=60, help="seconds (default 60: a dev chain)")
+    serve.add_argument("--test-methods", action="store_true",
+                       help="also serve evm_* and testing_* (move the clock, snapshots): for a chain nobody else "
+                       "reaches; refused by default, since they let a worker skip its unbonding delay")
     serve.set_defaults(func=cmd_serve)
 
     info = sub.add_parser("info", help="the contract's state, and an address's stake")

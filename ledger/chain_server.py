@@ -7,7 +7,8 @@ client uses. Two things make eth-tester behave like a node here:
 - `EmbeddedProvider` serializes every request under one lock (eth-tester is not thread-safe, and the server
   answers from worker threads while the validator calls from its own), and answers a revert the way geth and
   anvil do (error code 3, the revert bytes in `data`), so web3 raises the contract's custom error instead of
-  eth-tester's opaque `TransactionFailed`. It also understands `evm_increaseTime`, like anvil.
+  eth-tester's opaque `TransactionFailed`. It also understands `evm_increaseTime`, like anvil (in process;
+  the server refuses test-only methods unless told otherwise).
 - The server runs requests through web3's eth-tester formatting middleware, exactly as an in-process `Web3`
   would, then encodes numbers and bytes as JSON-RPC hex, so a remote `Web3.HTTPProvider` reads the answers
   as from any node.
@@ -32,6 +33,7 @@ from web3 import EthereumTesterProvider
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
+PUBLIC_NAMESPACES = frozenset({"eth", "net", "web3"})  # what any node serves; evm_*, testing_* move its clock
 TESTER_CHAIN_ID = 131277322940537  # eth-tester's py-evm chain
 ANVIL_CHAIN_ID = 31337
 
@@ -118,7 +120,10 @@ class ChainServer:
     running event loop; requests run in a thread so the loop never waits on the EVM.
     """
 
-    def __init__(self, w3, host: str = DEFAULT_HOST, port: int = 0):
+    def __init__(self, w3, host: str = DEFAULT_HOST, port: int = 0, *, test_methods: bool = False):
+        """`test_methods`: also serve the chain's test-only methods (evm_*, testing_*: moving its clock,
+        snapshots). Off by default: over the network they let anyone, a worker with stake for one, skip its
+        unbonding delay."""
         from web3.middleware import combine_middleware
         from web3.providers.eth_tester.middleware import (
             default_transaction_fields_middleware,
@@ -129,6 +134,7 @@ class ChainServer:
             raise TypeError("ChainServer serves the embedded chain (ChainClient.embedded().w3)")
         self.host = host
         self.port = port
+        self.test_methods = test_methods
         self._request = combine_middleware(
             middleware=(default_transaction_fields_middleware, ethereum_tester_middleware),
             w3=w3,
@@ -184,6 +190,8 @@ class ChainServer:
             return _error(call.get("id") if isinstance(call, dict) else None, -32600, "invalid request")
         request_id = call.get("id")
         params = call.get("params") or []
+        if not self.test_methods and call["method"].partition("_")[0] not in PUBLIC_NAMESPACES:
+            return _error(request_id, -32601, f"method not available on this node: {call['method']}")
         try:
             response = self._request(call["method"], params)
         except Exception as error:  # noqa: BLE001 - a formatter rejected the params: a client error
@@ -196,8 +204,8 @@ class ChainServer:
 class ThreadedChainServer:
     """A ChainServer on its own event loop in a daemon thread, for callers without a loop (CLI, tests)."""
 
-    def __init__(self, w3, host: str = DEFAULT_HOST, port: int = 0):
-        self.server = ChainServer(w3, host, port)
+    def __init__(self, w3, host: str = DEFAULT_HOST, port: int = 0, *, test_methods: bool = False):
+        self.server = ChainServer(w3, host, port, test_methods=test_methods)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="chain-server", daemon=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from ledger.chain import ChainClient, ContractRevert, Staked
+from ledger.chain import ChainClient, ChainError, ContractRevert, Staked
 from ledger.chain_server import ChainServer, ThreadedChainServer
 from node.signing import SigningKey
 
@@ -33,7 +33,12 @@ def test_a_client_by_url_shares_the_in_process_chain():
         remote.request_unstake(worker, 10**17 + 2)
         with pytest.raises(ContractRevert, match="UnbondingNotElapsed"):
             remote.withdraw(worker)
-        remote.advance_time(11)  # evm_increaseTime works through the server, as on anvil
+        # A worker that moves the served chain's clock skips its unbonding delay: the server refuses it.
+        with pytest.raises(ChainError, match="evm_increaseTime is not supported by this node"):
+            remote.advance_time(11)
+        with pytest.raises(ContractRevert, match="UnbondingNotElapsed"):
+            remote.withdraw(worker)
+        local.advance_time(11)  # in process, the devnet's own clock still moves
         assert remote.withdraw(worker).events[0].amount == 10**17 + 2
         assert [type(e).__name__ for e in remote.events_since(staked.block_number)] == [
             "Staked",
