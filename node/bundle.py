@@ -177,7 +177,9 @@ class Bundle:
             raise BundleError(f"bundle is not valid JSON: {error}") from None
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-        except json.JSONDecodeError as error:
+        except BundleError:
+            raise
+        except ValueError as error:  # a syntax error, or an integer of more digits than Python converts
             raise BundleError(f"bundle is not valid JSON: {error}") from None
         return cls.from_dict(data)
 

@@ -210,6 +210,7 @@ def test_a_missing_stage_without_complaint_is_incomplete(bundle):
         ('{"version": NaN}', "NaN"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply \\(more than 16 levels\\)"),
         (b"\xff\xfe", "not valid JSON"),
+        ('{"version": ' + "9" * 5000 + "}", "not valid JSON: Exceeds the limit"),  # was a 500 and a traceback
     ],
 )
 def test_unparseable_input_is_a_bundle_error(text, message):

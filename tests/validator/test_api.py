@@ -182,3 +182,11 @@ async def test_unreplayed_job_pays_every_stage_and_shows_on_the_leaderboard(ledg
         await assert_error(await client.get(f"/v1/workers/{worker_keys[0].address}/reward-proof?epoch=2"), 404, "no_reward")
         for bad in ("0", "-1", "x", "²", "9" * 30):
             await assert_error(await client.get(f"/v1/workers/{worker_keys[0].address}/reward-proof?epoch={bad}"), 400, "bad_query")
+
+
+async def test_a_five_thousand_digit_integer_is_a_400_not_a_500(client):
+    """Python refuses to convert integers past 4300 digits with a ValueError the bundle parser did not catch:
+    every such request cost a 500 and a traceback in the log."""
+    response = await client.post("/v1/bundles", data='{"version": ' + "9" * 5000 + "}")
+    body = await response.json()
+    assert response.status == 400 and body["error"]["code"] == "malformed_json", body
