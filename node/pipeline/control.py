@@ -15,8 +15,9 @@ key, over one line per field:
 
 sent as the headers `X-Stagewise-Signer`, `X-Stagewise-Timestamp`, `X-Stagewise-Nonce` and
 `X-Stagewise-Signature`. The audience binds a request to one stage server (a DELETE meant for one worker
-cannot release another), the timestamp (within `max_skew_s`) and the nonce (remembered while the timestamp
-is fresh) make every request count once.
+cannot release another), the timestamp (within `max_skew_s`, and not before the server started: the nonces
+seen before a restart are gone) and the nonce (remembered while the timestamp is fresh) make every request
+count once.
 
 A worker trusts the validator address its validator publishes on GET /health (field "validator"); a local
 pipeline trusts the throwaway key it signs with. A server that trusts nobody refuses every control request.
@@ -100,6 +101,8 @@ class ControlGuard:
         self.trust(self.trusted)
         self._seen: collections.OrderedDict[str, int] = collections.OrderedDict()  # nonce -> timestamp
         self._floor = -1
+        # The nonces seen before a restart are gone: a request signed before this guard existed is refused.
+        self._started = int(self.clock())
 
     def trust(self, controllers: Iterable[str]) -> None:
         """Replace the trusted orchestrator addresses (a worker whose validator changed its key)."""
@@ -129,6 +132,10 @@ class ControlGuard:
             raise ControlRefused(401, "stale_request",
                                  f"timestamp {timestamp} is {now - timestamp:+.0f} s from this server's clock "
                                  f"(at most {self.max_skew_s:.0f} s either way)")
+        if timestamp < self._started:
+            raise ControlRefused(401, "stale_request",
+                                 f"timestamp {timestamp} is from before this stage server started ({self._started}); "
+                                 "sign a fresh request")
         try:
             signer = recover_message(control_message(self.audience, method, path, timestamp, nonce, body), signature)
         except SignatureError as error:

@@ -105,3 +105,20 @@ def test_the_nonce_memory_is_bounded_and_never_lets_a_dropped_nonce_replay():
     with pytest.raises(ControlRefused) as stale:
         guard.check("DELETE", "/v1/assignment", signed[0], b"")
     assert stale.value.code == "stale_request"
+
+
+def test_a_request_recorded_before_a_restart_is_refused_after_it():
+    """The nonces a stage server saw die with it: without a floor at its start, a request recorded by anyone on
+    the way (a release, an assignment) could be played again right after a restart, inside the skew window."""
+    orchestrator, audience = SigningKey.generate(), "0x" + "22" * 20
+    clock = [1_000_000.0]
+    headers = sign_control(orchestrator, audience, "DELETE", "/v1/assignment", now=clock[0])
+    before = ControlGuard(audience, frozenset([orchestrator.address]), clock=lambda: clock[0])
+    assert before.check("DELETE", "/v1/assignment", headers, b"") == orchestrator.address
+    clock[0] += 3  # the server restarts three seconds later: a new guard, no nonces
+    after = ControlGuard(audience, frozenset([orchestrator.address]), clock=lambda: clock[0])
+    with pytest.raises(ControlRefused, match="before this stage server started") as refused:
+        after.check("DELETE", "/v1/assignment", headers, b"")
+    assert refused.value.status == 401
+    fresh = sign_control(orchestrator, audience, "DELETE", "/v1/assignment", now=clock[0])
+    assert after.check("DELETE", "/v1/assignment", fresh, b"") == orchestrator.address
