@@ -182,7 +182,7 @@ def _positive_int(raw: str, most: int) -> int | None:
 def _require_admin(request: web.Request) -> None:
     token = request.app[NODE].config.admin_token
     if not token:
-        raise ApiError(403, "admin_disabled", "this node has no admin token; start it with --admin-token")
+        raise ApiError(403, "admin_disabled", "this node has no admin token; start it with --admin-token-file or STAGEWISE_ADMIN_TOKEN")
     given = request.headers.get("Authorization", "")
     if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
         raise ApiError(401, "unauthorized", "admin actions need 'Authorization: Bearer <admin token>'")

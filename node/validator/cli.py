@@ -81,8 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="close an epoch at least this often (env STAGEWISE_EPOCH_SECONDS, default 60)")
     run.add_argument("--epoch-entries", type=int, default=_env_int("STAGEWISE_EPOCH_ENTRIES", 1000),
                      help="close an epoch once this many entries wait (env STAGEWISE_EPOCH_ENTRIES, default 1000)")
-    run.add_argument("--admin-token", default=_env("STAGEWISE_ADMIN_TOKEN"),
-                     help="bearer token for admin actions; none = admin disabled (env STAGEWISE_ADMIN_TOKEN)")
+    run.add_argument("--admin-token-file", type=Path, default=_env("STAGEWISE_ADMIN_TOKEN_FILE"),
+                     help="file holding the bearer token for admin actions (env STAGEWISE_ADMIN_TOKEN_FILE, or the "
+                     "token itself in STAGEWISE_ADMIN_TOKEN); none = admin disabled")
+    run.add_argument("--admin-token", help="the token itself: avoid, every user of the machine sees it in `ps` "
+                     "(a warning says so); use the file or the environment variable")
     run.add_argument("--validator-id", default=_env("STAGEWISE_VALIDATOR_ID"),
                      help="name of this process's queue claims; keep it across restarts to reclaim at once (env STAGEWISE_VALIDATOR_ID, default host:port)")
     run.add_argument("--lease-seconds", type=float, default=_env_float("STAGEWISE_LEASE_SECONDS", 120.0),
@@ -245,7 +248,7 @@ async def _serve(args, dirs: list[Path]) -> None:
         sample_secret=secret,
         epoch_seconds=args.epoch_seconds,
         epoch_entries=args.epoch_entries,
-        admin_token=args.admin_token,
+        admin_token=admin_token(args),
         max_body_bytes=args.max_body_bytes,
         tariff=Tariff(args.wei_per_work_unit, args.slash_wei),
         min_stake_wei=args.min_stake_wei,
@@ -325,6 +328,25 @@ def _evidence(args) -> int:
     else:
         print(text)
     return 0
+
+
+def admin_token(args) -> str | None:
+    """The admin token: from --admin-token-file, STAGEWISE_ADMIN_TOKEN, or (warned about) --admin-token."""
+    from node.cli import CommandError
+
+    if args.admin_token:
+        log.warning("--admin-token puts the token on the command line, where `ps` shows it to every user of this "
+                    "machine: use --admin-token-file or STAGEWISE_ADMIN_TOKEN")
+        return args.admin_token
+    if args.admin_token_file:
+        try:
+            token = Path(args.admin_token_file).read_text().strip()
+        except OSError as error:
+            raise CommandError(f"cannot read the admin token file {args.admin_token_file}: {error.strerror}") from None
+        if not token:
+            raise CommandError(f"the admin token file {args.admin_token_file} is empty")
+        return token
+    return os.environ.get("STAGEWISE_ADMIN_TOKEN") or None
 
 
 def _verify_evidence(args) -> int:

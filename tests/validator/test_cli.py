@@ -1,5 +1,7 @@
 """`stagewise validator run` refuses a setup it cannot serve, with one line that says why."""
 
+import pytest
+
 from node.cli import main
 
 
@@ -32,3 +34,22 @@ def test_replays_take_half_the_cores_unless_told_otherwise():
 
     assert [replay_threads(0, cores) for cores in (None, 1, 2, 16)] == [1, 1, 1, 8]
     assert replay_threads(16, 2) == 16  # an operator who gives the whole machine to replays says so
+
+
+def test_the_admin_token_comes_from_a_file_or_the_environment_and_the_flag_is_warned_about(tmp_path, monkeypatch, caplog):
+    import argparse
+
+    from node.cli import CommandError
+    from node.validator.cli import admin_token
+
+    monkeypatch.delenv("STAGEWISE_ADMIN_TOKEN", raising=False)
+    path = tmp_path / "token"
+    path.write_text("from-a-file\n")
+    assert admin_token(argparse.Namespace(admin_token=None, admin_token_file=path)) == "from-a-file"
+    monkeypatch.setenv("STAGEWISE_ADMIN_TOKEN", "from-the-environment")
+    assert admin_token(argparse.Namespace(admin_token=None, admin_token_file=None)) == "from-the-environment"
+    with caplog.at_level("WARNING", logger="stagewise.validator"):
+        assert admin_token(argparse.Namespace(admin_token="on-the-command-line", admin_token_file=None)) == "on-the-command-line"
+    assert "`ps` shows it" in caplog.text and "on-the-command-line" not in caplog.text  # the warning names no token
+    with pytest.raises(CommandError, match="cannot read the admin token file"):
+        admin_token(argparse.Namespace(admin_token=None, admin_token_file=tmp_path / "missing"))
