@@ -651,13 +651,16 @@ class Worker:
         return speed
 
     async def register(self) -> None:
-        from node.validator.worker_messages import Capacity, make_registration
+        from node.validator.worker_messages import UNBOUND_VALIDATOR, Capacity, make_registration
 
         signed = make_registration(
             self.key,
             Capacity(self.config.memory_bytes, self.config.layer_tokens_per_s),
             self.config.region,
             self.stage_url,
+            # for the validator whose /health named it (the contract backs it) on this chain, and no other
+            validator=self.controllers[0] if self.controllers else UNBOUND_VALIDATOR,
+            chain_id=self.domain.chain_id if self.domain else 0,
         )
         await self.validator.register(signed, timeout_s=self.config.register_timeout_s)
         log.info("registered with %s as %s, stage server %s", self.config.validator_url, self.key.address, self.stage_url)

@@ -146,6 +146,8 @@ def build_orchestration(
         RegistryPolicy(
             min_stake_wei=int(getattr(node.config, "min_stake_wei", 1)),
             heartbeat_timeout_s=args.heartbeat_timeout,
+            validator=getattr(node, "address", None),
+            chain_id=node.domain.chain_id if getattr(node, "address", None) else None,
         ),
     )
     if driver is None:

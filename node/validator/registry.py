@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from node.validator.worker_messages import Capacity, MessageError, SignedHeartbeat, SignedLeave, SignedRegistration
+from node.validator.worker_messages import (
+    Capacity, MessageError, Registration, SignedHeartbeat, SignedLeave, SignedRegistration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ class RegistryPolicy:
     min_stake_wei: int = 1
     heartbeat_timeout_s: float = 30.0
     max_clock_skew_s: float = 120.0
+    validator: str | None = None  # this validator's address and chain: registrations for another are refused
+    chain_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Registry:
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         message = signed.message
         signed.verify()
+        self._check_audience(message)
         now = self._clock()
         async with self._lock:
             self._check_fresh(message.nonce, message.timestamp, now)
@@ -106,6 +111,18 @@ class Registry:
             record.region, record.stage_url,
         )
         return record
+
+    def _check_audience(self, message: Registration) -> None:
+        """A registration names the validator and chain it is for, so a copy cannot enrol its worker elsewhere."""
+        wanted = (self.policy.validator, self.policy.chain_id)
+        if wanted[0] is None:
+            return
+        if (message.validator.lower(), message.chain_id) != (wanted[0].lower(), wanted[1]):
+            raise RegistrationRefused(
+                "wrong_validator",
+                f"this registration is for validator {message.validator} on chain {message.chain_id}; this is "
+                f"{wanted[0]} on chain {wanted[1]}",
+            )
 
     async def heartbeat(self, signed: SignedHeartbeat) -> WorkerRecord:
         message = signed.message

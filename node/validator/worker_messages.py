@@ -34,6 +34,7 @@ REGISTRATION_KIND = "stagewise/register"
 HEARTBEAT_KIND = "stagewise/heartbeat"
 LEAVE_KIND = "stagewise/leave"
 NONCE_BYTES = 16
+UNBOUND_VALIDATOR = "0x" + "00" * 20  # a registration that names no validator: a bound registry refuses it
 MAX_REGION_LENGTH = 64
 MAX_URL_LENGTH = 512
 _REGION = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -91,9 +92,14 @@ class Registration(WorkerMessage):
     stage_url: str
     nonce: str
     timestamp: int
+    validator: str = UNBOUND_VALIDATOR  # the validator (and chain) it is for: a copy is worthless to another
+    chain_id: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "address", _checked_address(self.address))
+        object.__setattr__(self, "validator", _checked_address(self.validator))
+        if not (_is_int(self.chain_id) and 0 <= self.chain_id < 1 << 64):
+            raise MessageError("chain_id must be a non-negative integer")
         if not isinstance(self.capacity, Capacity):
             raise MessageError("capacity must be an object with memory_bytes and layer_tokens_per_s")
         if not (isinstance(self.region, str) and 0 < len(self.region) <= MAX_REGION_LENGTH and _REGION.match(self.region)):
@@ -167,11 +173,12 @@ def new_nonce() -> str:
 
 
 def make_registration(
-    key: SigningKey, capacity: Capacity, region: str, stage_url: str, now: float | None = None
+    key: SigningKey, capacity: Capacity, region: str, stage_url: str, now: float | None = None, *,
+    validator: str = UNBOUND_VALIDATOR, chain_id: int = 0,
 ) -> SignedRegistration:
-    """What a worker sends to POST /v1/workers/register."""
+    """What a worker sends to POST /v1/workers/register, for the validator `validator` on chain `chain_id`."""
     timestamp = int(time.time() if now is None else now)
-    return Registration(key.address, capacity, region, stage_url, new_nonce(), timestamp).sign(key)
+    return Registration(key.address, capacity, region, stage_url, new_nonce(), timestamp, validator, chain_id).sign(key)
 
 
 def make_heartbeat(key: SigningKey, in_flight: int = 0, now: float | None = None) -> SignedHeartbeat:

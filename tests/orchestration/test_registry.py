@@ -9,6 +9,7 @@ import pytest
 from node.signing import SigningKey
 from node.validator.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
 from node.validator.worker_messages import (
+    UNBOUND_VALIDATOR,
     Capacity,
     MessageError,
     make_heartbeat,
@@ -56,6 +57,21 @@ async def test_unstaked_and_understaked_keys_are_refused(keys):
             await registry.register(make_registration(key, CAPACITY, "eu", "http://h:1", now=NOW))
         assert refused.value.code == "insufficient_stake" and refused.value.status == 403
     assert registry.all() == ()
+
+
+async def test_a_registration_for_another_validator_cannot_enrol_its_worker_here(keys):
+    """Whoever sees a worker's registration to one validator (it travels in the clear to its URL) could replay
+    it to another, which would then send signed stage control to that worker's server and count on it."""
+    ours, theirs = SigningKey.generate().address, SigningKey.generate().address
+    registry = registry_for({keys[0].address: 10**18}, Clock(), validator=ours, chain_id=31337)
+    for validator, chain_id in ((theirs, 31337), (ours, 1), (UNBOUND_VALIDATOR, 0)):
+        copied = make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW, validator=validator, chain_id=chain_id)
+        with pytest.raises(RegistrationRefused) as refused:
+            await registry.register(parse_signed_registration(copied.to_json()))
+        assert (refused.value.code, refused.value.status) == ("wrong_validator", 403)
+    assert registry.all() == ()
+    meant = make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW, validator=ours, chain_id=31337)
+    assert (await registry.register(parse_signed_registration(meant.to_json()))).address == keys[0].address
 
 
 async def test_replayed_and_stale_messages_are_refused(keys):
