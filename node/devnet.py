@@ -177,6 +177,7 @@ class Devnet:
                 "--max-new-tokens", str(self.args.max_new_tokens),
                 "--epoch-seconds", "15",
                 "--heartbeat-timeout", "20",
+                "--allow-private-stage-urls",  # every worker of a devnet is on loopback
                 "--results", str(self.home / "results.jsonl"),
             ],
         )

@@ -58,6 +58,13 @@ def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--heartbeat-timeout", type=float, default=30.0, help="seconds without a heartbeat before a worker is dropped (default 30)")
     group.add_argument("--regroup-interval", type=float, default=2.0, help="seconds between regrouping rounds (default 2)")
     group.add_argument(
+        "--allow-private-stage-urls", action="store_true",
+        default=os.environ.get("STAGEWISE_ALLOW_PRIVATE_STAGE_URLS", "") not in ("", "0", "false"),
+        help="accept workers whose stage URL is a loopback, private or link-local address: for devnets and "
+        "networks of your own (env STAGEWISE_ALLOW_PRIVATE_STAGE_URLS); refused by default, since the "
+        "validator sends signed requests to those URLs",
+    )
+    group.add_argument(
         "--defence-seconds", type=float, default=float(os.environ.get("STAGEWISE_DEFENCE_SECONDS", 30)),
         help="how long a verdict that blames a receiving stage on its proofs waits for that stage's defence, the "
         "rows it received signed by its predecessor (env STAGEWISE_DEFENCE_SECONDS, default 30)",
@@ -148,6 +155,7 @@ def build_orchestration(
             heartbeat_timeout_s=args.heartbeat_timeout,
             validator=getattr(node, "address", None),
             chain_id=node.domain.chain_id if getattr(node, "address", None) else None,
+            allow_private_urls=getattr(args, "allow_private_stage_urls", True),
         ),
     )
     if driver is None:

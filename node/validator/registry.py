@@ -42,6 +42,8 @@ class RegistryPolicy:
     max_clock_skew_s: float = 120.0
     validator: str | None = None  # this validator's address and chain: registrations for another are refused
     chain_id: int | None = None
+    allow_private_urls: bool = True  # stage URLs in loopback, private or link-local ranges (`validator run`
+    # refuses them unless --allow-private-stage-urls: the validator sends signed requests to these URLs)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Registry:
         message = signed.message
         signed.verify()
         self._check_audience(message)
+        if not self.policy.allow_private_urls:
+            await refuse_private_url(message.stage_url)
         now = self._clock()
         async with self._lock:
             self._check_fresh(message.nonce, message.timestamp, now)
@@ -234,3 +238,26 @@ __all__ = [
     "WorkerRecord",
     "stake_lookup",
 ]
+
+
+async def refuse_private_url(url: str) -> None:
+    """RegistrationRefused unless every address the URL's host resolves to is a public one. The validator
+    sends signed PUT/DELETE requests to a worker's stage URL: one pointing inside the validator's network
+    would make a staked key steer its requests there. (A name that resolves elsewhere later is not caught.)"""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(parsed.hostname, parsed.port or 80, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise RegistrationRefused("unreachable_stage_url", f"stage_url host {parsed.hostname!r} does not resolve: {error}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global:
+            raise RegistrationRefused(
+                "private_stage_url",
+                f"stage_url {url} is {address}, not a public address; a validator for a private network "
+                "allows it with --allow-private-stage-urls",
+            )

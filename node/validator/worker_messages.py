@@ -265,7 +265,14 @@ def _checked_url(value: Any) -> str:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise MessageError(f"stage_url {value!r} must be an http(s) URL with a host")
-    return value.rstrip("/")
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not one
+    except ValueError:
+        raise MessageError(f"stage_url {value!r} has no valid port") from None
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.params or "@" in parsed.netloc:
+        # the validator signs PUT/DELETE requests to it: only the server's root, never a path chosen by the worker
+        raise MessageError(f"stage_url {value!r} must be scheme://host:port only (no user, path, query or fragment)")
+    return f"{parsed.scheme}://{parsed.netloc}"
 
 
 def _check_nonce(value: Any) -> None:

@@ -46,7 +46,8 @@ async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_ur
     tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"{i} plus {i}?", "answer": str(2 * i), "checker": "number"}) for i in range(3)))
     parser = argparse.ArgumentParser()
     add_orchestration_options(parser)
-    args = parser.parse_args(["--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "10", "--temperature", "0.7"])
+    args = parser.parse_args(["--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "10", "--temperature", "0.7",
+                              "--allow-private-stage-urls"])  # the workers are on loopback
 
     ledger = await Ledger.open(sqlite_url)
     node = ValidatorNode(

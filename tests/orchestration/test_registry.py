@@ -147,3 +147,25 @@ def test_malformed_registrations_name_what_is_wrong(keys, mutate, words):
 def test_heartbeat_round_trips(keys):
     signed = make_heartbeat(keys[0], in_flight=3, now=NOW)
     assert parse_signed_heartbeat(signed.to_json()) == signed
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9100", "http://localhost:9100", "http://10.0.0.5:9100",
+                                 "http://169.254.169.254:80", "http://[::1]:9100", "http://192.168.1.2:9100"])
+async def test_a_stage_url_inside_the_validators_network_is_refused_unless_allowed(keys, url):
+    """The validator sends signed PUT and DELETE requests to a worker's stage URL: a staked key pointing it at
+    an internal address (a metadata service, an admin port) would steer those requests there."""
+    registry = registry_for({keys[0].address: 10**18}, Clock(), allow_private_urls=False)
+    with pytest.raises(RegistrationRefused) as refused:
+        await registry.register(make_registration(keys[0], CAPACITY, "eu", url, now=NOW))
+    assert (refused.value.code, refused.value.status) == ("private_stage_url", 403)
+    public = await registry.register(make_registration(keys[0], CAPACITY, "eu", "http://8.8.8.8:9100", now=NOW))
+    assert public.stage_url == "http://8.8.8.8:9100"
+    allowed = registry_for({keys[0].address: 10**18}, Clock(), allow_private_urls=True)  # a devnet, a LAN
+    assert (await allowed.register(make_registration(keys[0], CAPACITY, "eu", url, now=NOW))).stage_url == url
+
+
+@pytest.mark.parametrize("url", ["http://h:1/admin", "http://h:1/?x=1", "http://h:1/#f", "http://user:pw@h:1",
+                                 "http://h:99999"])
+def test_a_stage_url_is_a_server_root_only(keys, url):
+    with pytest.raises(MessageError, match="stage_url"):
+        make_registration(keys[0], CAPACITY, "eu", url, now=NOW)

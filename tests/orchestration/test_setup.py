@@ -68,7 +68,7 @@ async def test_tasks_from_a_file_run_on_groups_formed_from_registered_workers(tm
     tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"What is {i} + {i}?", "answer": str(2 * i), "checker": "number"}) for i in range(4)))
     results = tmp_path / "results.jsonl"
     args = parse("--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "5", "--results", str(results),
-                 "--temperature", "0.7", "--regroup-interval", "0.05")
+                 "--temperature", "0.7", "--regroup-interval", "0.05", "--allow-private-stage-urls")
     stakes = {k.address: 10**18 for k in worker_keys}
     node = SimpleNamespace(config=ValidatorConfig(), spec_guard=None)
 
