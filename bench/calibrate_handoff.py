@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from node.cheats import outside_top_k  # noqa: E402
 from node.job import SamplingParams  # noqa: E402
+from node.pipeline.handoff import rows_tensor  # noqa: E402
 from node.toploc.activation import build_proofs  # noqa: E402
 from node.toploc.thresholds import HANDOFF  # noqa: E402
 from node.validator.defence import row_deviation  # noqa: E402
@@ -73,8 +74,7 @@ async def honest_rows(model_dir: Path, bounds, prompts, wire: str, new_tokens: i
         received = {}
         for result in kept:
             if result.job_id == spec.job_id_hex:
-                dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[wire]
-                parts = [torch.frombuffer(bytearray(h.rows), dtype=dtype).view(h.claim.count, -1) for h in result.handoffs]
+                parts = [rows_tensor(h.rows, h.claim.dtype, h.claim.count) for h in result.handoffs]
                 received[result.stage_index] = torch.cat(parts).float()
         jobs.append((spec, output, received))
     return jobs
@@ -95,7 +95,7 @@ def measure(name: str, model_dir: Path, bounds, prompts, new_tokens: int) -> tup
             tokens = list(spec.prompt_token_ids) + list(output[:-1])
             hidden, _ = replay(whole, tokens, [b for _, b in bounds])
             for stage, rows in received.items():  # what the validator compares a defence with (replay.py)
-                sent = boundary_as_sent(whole, tokens, [b for _, b in bounds], stage - 1, WIRE_DTYPES[wire])
+                sent = boundary_as_sent(whole, tokens, 0, [b for _, b in bounds][:stage], WIRE_DTYPES[wire])
                 worst = max(worst, float(row_deviation(rows, sent, wire).max()))
             prefill = hidden[0][: len(spec.prompt_token_ids)]
             honest_proof = build_proofs(prefill, None)
