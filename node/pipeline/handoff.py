@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_hash.auto import keccak
 
 from node.signing import SignatureError, SigningKey, recover_message
+
+if TYPE_CHECKING:
+    import torch
 
 HELLO_PREFIX = b"stagewise/link-hello/v1"
 CLAIM_PREFIX = b"stagewise/handoff-claim/v2"
@@ -120,16 +123,22 @@ class Complaint:
                 "chunk_index": self.chunk_index}
 
 
-def rebuilt_proof(rows: bytes, dtype: str, count: int, prefill: bool) -> bytes:
-    """The proof of `count` rows given as wire bytes, built exactly as the receiving stage builds it."""
+def rows_tensor(rows: bytes, dtype: str, count: int) -> "torch.Tensor":
+    """Wire bytes back to the [count, hidden] tensor they carry (ValueError when they are not `count` rows)."""
     import torch
 
     from node.pipeline.wire import WIRE_DTYPES
-    from node.toploc.activation import ProofBuilder
 
     if count <= 0 or len(rows) % (count * DTYPE_SIZES[dtype]):
         raise ValueError(f"{len(rows)} bytes are not {count} rows of {dtype}")
-    tensor = torch.frombuffer(bytearray(rows), dtype=WIRE_DTYPES[dtype]).view(count, -1)
+    return torch.frombuffer(bytearray(rows), dtype=WIRE_DTYPES[dtype]).view(count, -1)
+
+
+def rebuilt_proof(rows: bytes, dtype: str, count: int, prefill: bool) -> bytes:
+    """The proof of `count` rows given as wire bytes, built exactly as the receiving stage builds it."""
+    from node.toploc.activation import ProofBuilder
+
+    tensor = rows_tensor(rows, dtype, count)
     builder = ProofBuilder()
     if prefill:
         return builder.add_prefill(tensor)
@@ -177,11 +186,7 @@ class ReceivedHandoff:
 
 def handoff_from_json(job_id_hex: str, sender_stage: int, data: dict[str, Any]) -> ReceivedHandoff:
     """Parse `ReceivedHandoff.to_json` (rows optional); ValueError/KeyError/TypeError on a malformed one."""
-    def raw(name: str) -> bytes:
-        value = data[name]
-        if not (isinstance(value, str) and value.startswith("0x")):
-            raise ValueError(f"handoff {name} must be 0x-hex")
-        return bytes.fromhex(value[2:])
+    from node.receipts import parse_hex
 
     for name in ("chunk", "start", "count"):
         if not (isinstance(data[name], int) and not isinstance(data[name], bool) and 0 <= data[name] < 2**32):
@@ -189,7 +194,7 @@ def handoff_from_json(job_id_hex: str, sender_stage: int, data: dict[str, Any]) 
     if data["dtype"] not in DTYPE_CODES:
         raise ValueError(f"handoff dtype must be one of {sorted(DTYPE_CODES)}")
     claim = HandoffClaim(bytes.fromhex(job_id_hex.removeprefix("0x")), sender_stage, data["chunk"], data["start"],
-                         data["count"], data["dtype"], raw("rows_digest"), raw("proof"))
-    if len(claim.rows_digest) != 32:
-        raise ValueError("handoff rows_digest must be 32 bytes")
-    return ReceivedHandoff(claim, raw("signature"), raw("rows") if "rows" in data else b"")
+                         data["count"], data["dtype"], parse_hex(data["rows_digest"], "handoff rows_digest", length=32),
+                         parse_hex(data["proof"], "handoff proof"))
+    rows = parse_hex(data["rows"], "handoff rows") if "rows" in data else b""
+    return ReceivedHandoff(claim, parse_hex(data["signature"], "handoff signature"), rows)

@@ -8,9 +8,10 @@ the verdict). `check_defence` decides, without touching a model:
 
 - rows that are not exactly what the predecessor signed for the chunks its receipt commits to, or that do
   not cover every position of the job, are no defence: the accused stays blamed;
-- rows that differ from the replay of the predecessor beyond `HandoffThresholds.max_row_rel_l1` in any
-  row convict the predecessor (`altered_handoff`);
-- rows within it are the stage's real inputs: the replay goes on from them (node/validator/replay.py
+- rows that differ, beyond `HandoffThresholds.max_row_rel_l1` in any row, from what the predecessor
+  honestly sends from its own inputs (`replayed`, computed by node/validator/replay.py) convict the
+  predecessor (`altered_handoff`);
+- either way, valid rows are the stage's real inputs: the replay goes on from them (node/validator/replay.py
   re-runs the accused stage and those after it on what it received).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from node.pipeline.handoff import DTYPE_SIZES, ReceivedHandoff, rows_digest
+from node.pipeline.handoff import DTYPE_SIZES, ReceivedHandoff, rows_digest, rows_tensor
 from node.toploc.activation import DECODE_CHUNK_ROWS
 from node.toploc.thresholds import HANDOFF, HandoffThresholds
 
@@ -60,8 +61,6 @@ def check_defence(
     """Judge the rows an accused stage received against `replayed`, the replay of its predecessor [T, H]."""
     import torch
 
-    from node.pipeline.wire import WIRE_DTYPES
-
     total, hidden = replayed.shape
     spans = expected_spans(prompt_len, total)
     if len(handoffs) != len(spans) or len(sender_proofs) != len(spans):
@@ -78,7 +77,7 @@ def check_defence(
             return DefenceCheck(False, False, f"chunk {index}'s rows are not the bytes the sender signed")
         if len(handoff.rows) != claim.count * hidden * DTYPE_SIZES[claim.dtype]:
             return DefenceCheck(False, False, f"chunk {index} holds {len(handoff.rows)} bytes, not {claim.count} rows")
-        parts.append(torch.frombuffer(bytearray(handoff.rows), dtype=WIRE_DTYPES[claim.dtype]).view(claim.count, hidden))
+        parts.append(rows_tensor(handoff.rows, claim.dtype, claim.count))
     dtypes = {handoff.claim.dtype for handoff in handoffs}
     if len(dtypes) != 1:
         return DefenceCheck(False, False, "the chunks were sent in different dtypes")
