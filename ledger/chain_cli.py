@@ -17,6 +17,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from node import json_input
+
 RPC_ENV = "STAGEWISE_RPC_URL"
 CONTRACT_ENV = "STAGEWISE_CONTRACT"
 KEYSTORE_ENV = "STAGEWISE_KEYSTORE"
@@ -223,7 +225,7 @@ def _claim_proof(args: argparse.Namespace, address: str, epoch: int) -> tuple[in
     """(cumulative wei, proof, epoch) from --proof-file, from --amount/--proof, or from the ledger."""
     if args.proof_file:
         try:
-            data = json.loads(Path(args.proof_file).read_text())
+            data = json_input.loads(Path(args.proof_file).read_bytes())
             cumulative = int(data["cumulative"])
             proof = [bytes.fromhex(p.removeprefix("0x")) for p in data["proof"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
@@ -252,10 +254,10 @@ def _validator_proof(base_url: str, address: str, epoch: int) -> tuple[int, list
     url = f"{base_url.rstrip('/')}/v1/workers/{address}/reward-proof?epoch={epoch}"
     try:
         with urllib.request.urlopen(url, timeout=15) as response:
-            data = json.loads(response.read(1 << 20))
+            data = json_input.read_json_file(response, max_bytes=1 << 20)
     except urllib.error.HTTPError as error:
         try:
-            reason = json.loads(error.read(1 << 16))["error"]["message"]
+            reason = json_input.read_json_file(error, max_bytes=1 << 16)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             reason = f"HTTP {error.code}"
         raise _error(f"the validator at {base_url} has no reward proof for {address} in epoch {epoch}: {reason}") from None

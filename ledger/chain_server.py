@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import socket
 import subprocess
@@ -30,12 +29,15 @@ from typing import Any
 from aiohttp import web
 from web3 import EthereumTesterProvider
 
+from node import json_input  # the one parser of outside bytes; see the note in json_input
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 PUBLIC_NAMESPACES = frozenset({"eth", "net", "web3"})  # what any node serves; evm_*, testing_* move its clock
 TESTER_CHAIN_ID = 131277322940537  # eth-tester's py-evm chain
 ANVIL_CHAIN_ID = 31337
+MAX_REQUEST_BYTES = 8 << 20
 
 
 class EmbeddedProvider(EthereumTesterProvider):
@@ -147,7 +149,7 @@ class ChainServer:
         return f"http://{self.host}:{self.port}"
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
         app.router.add_post("/", self._handle)
         return app
 
@@ -174,8 +176,8 @@ class ChainServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+            body = json_input.loads(await request.read(), max_bytes=MAX_REQUEST_BYTES)
+        except json_input.JsonInputError:
             return web.json_response(_error(None, -32700, "parse error: body is not JSON"))
         loop = asyncio.get_running_loop()
         if isinstance(body, list):

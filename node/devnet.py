@@ -16,7 +16,6 @@ Every part is a real process talking HTTP on loopback: the same commands an oper
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -30,7 +29,7 @@ from typing import Any
 from urllib import error as urlerror
 from urllib import request as urlrequest
 
-from node import settings
+from node import json_input, settings
 from node.cheats import DEFAULTS, KINDS
 
 ETHER = 10**18
@@ -397,7 +396,7 @@ class Devnet:
 
     def get(self, path: str) -> Any:
         with urlrequest.urlopen(self.url + path, timeout=10) as response:
-            return json.load(response)
+            return json_input.read_json_file(response)
 
 
 def _rows(data: Any, key: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from eth_hash.auto import keccak
 from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
 
 EVIDENCE_VERSION = 2  # 2: handoff faults (complaints judged by their evidence, equivocation)
+EVIDENCE_MAX_BYTES = 256 << 20  # an evidence file holds the job's receipts and any complaint rows; far below this
 
 
 class EvidenceError(ValueError):

@@ -1,18 +1,25 @@
-"""Parsing JSON that arrives from the network.
+"""The one parser for JSON that arrives from outside the process: bodies, answers, frames, files from others.
 
 Importing py-evm or py_ecc (both come with web3) raises Python's recursion limit to 100,000, and
 CPython's C JSON decoder trusts that limit: a body of 100,000 `[` then overflows the C stack and kills
 the whole process instead of raising an error. Every API of the node therefore measures how deep a body
-nests, at C speed, before decoding it.
+nests, at C speed, before decoding it, and reads no more of an answer than `max_bytes` (a peer that
+streams an endless body is cut off, not buffered). `tests/test_hostile_peers.py` checks that nothing
+else in `node/` or `ledger/` decodes JSON from the network.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+import aiohttp
+from aiohttp.http_exceptions import LineTooLong
 
 MAX_DEPTH = 32
+MAX_BYTES = 16 << 20  # the largest answer any of our clients expects (a receipt with its proofs is ~100 KiB)
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -61,10 +68,17 @@ def checked_text(text: str | bytes, max_depth: int = MAX_DEPTH) -> str:
     return text
 
 
-def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, **options: Any) -> Any:
-    """json.loads for untrusted input: JsonInputError (a ValueError) on anything but plain, shallow JSON."""
+def loads(
+    text: str | bytes, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES, unique_keys: bool = False, **options: Any
+) -> Any:
+    """json.loads for untrusted input: JsonInputError (a ValueError) on anything but plain, shallow JSON.
+    `unique_keys` also refuses an object that names a key twice (signed documents must mean one thing)."""
+    if len(text) > max_bytes:
+        raise JsonInputError(f"more than {max_bytes} bytes")
     text = checked_text(text, max_depth)
     options.setdefault("parse_constant", _no_constants)
+    if unique_keys:
+        options.setdefault("object_pairs_hook", _no_duplicate_keys)
     try:
         return json.loads(text, **options)
     except RecursionError:
@@ -77,3 +91,49 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH, **options: Any) -> A
 
 def _no_constants(name: str) -> Any:
     raise JsonInputError(f"{name} is not a JSON number")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise JsonInputError(f"the key {duplicate!r} appears twice")
+    return data
+
+
+async def read_bytes(stream: aiohttp.StreamReader, max_bytes: int = MAX_BYTES) -> bytes:
+    """The rest of `stream`, or JsonInputError as soon as it passes `max_bytes` (nothing more is read)."""
+    chunks, size = [], 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise JsonInputError(f"more than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(response: aiohttp.ClientResponse, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """The JSON body of an HTTP answer from a peer (any content type), within the limits."""
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise JsonInputError(f"an answer of {response.content_length} bytes is more than {max_bytes}")
+    return loads(await read_bytes(response.content, max_bytes), max_depth=max_depth, max_bytes=max_bytes)
+
+
+async def read_json_lines(response: aiohttp.ClientResponse, *, max_depth: int = MAX_DEPTH) -> AsyncIterator[Any]:
+    """Each JSON line of a streamed answer (NDJSON); blank lines are skipped. A line longer than the reader's
+    limit (512 KiB) or one that is not JSON raises JsonInputError."""
+    try:
+        async for line in response.content:
+            if line.strip():
+                yield loads(line, max_depth=max_depth)
+    except LineTooLong as error:
+        raise JsonInputError(f"a line of more than {error.args[-1] if error.args else 'the limit of'} bytes") from None
+
+
+def read_json_file(file: BinaryIO, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+    """The JSON in a blocking stream (a urllib answer, a file someone sent), reading at most `max_bytes` + 1."""
+    data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise JsonInputError(f"more than {max_bytes} bytes")
+    return loads(data, max_depth=max_depth, max_bytes=max_bytes)

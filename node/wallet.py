@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from eth_utils import is_hex_address, to_checksum_address
 
-from node import settings
+from node import json_input, settings
 from node.signing import SigningKey
 
 PASSWORD_ENV = "STAGEWISE_KEYSTORE_PASSWORD"
@@ -132,8 +132,8 @@ def load_keystore(path: Path) -> Keystore:
     except OSError as error:
         raise WalletError(f"cannot read keystore {path}: {error.strerror}") from None
     try:
-        document = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        document = json_input.loads(text)
+    except json_input.JsonInputError:
         raise WalletError(f"keystore {path} is not JSON") from None
     problem = _keystore_problem(document)
     if problem:

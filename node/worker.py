@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from node import settings
+from node import json_input, settings
 from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, parse_stage, sign_complaint
 from node.job import JobSpec
 from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff
@@ -173,7 +173,7 @@ class ValidatorClient:
             kwargs["json"] = body
         try:
             async with self.session.request(method, url, **kwargs) as response:
-                raw = await response.read()
+                raw = await json_input.read_bytes(response.content)
                 status = response.status
         except asyncio.TimeoutError:
             raise ValidatorUnreachable(
@@ -181,8 +181,10 @@ class ValidatorClient:
             ) from None
         except (aiohttp.ClientError, OSError) as error:
             raise ValidatorUnreachable(f"cannot reach the validator at {self.base_url}: {_short(error)}") from None
+        except json_input.JsonInputError as error:
+            raise ValidatorUnreachable(f"{url} answered {error}; is {self.base_url} a stagewise validator?") from None
         try:
-            payload = json.loads(raw) if raw else None
+            payload = json_input.loads(raw) if raw else None
         except ValueError:
             payload = None
         if status >= 400:
@@ -427,7 +429,7 @@ async def fetch_peer_stage(
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
                 if response.status == 200:
-                    return parse_signed_stage((await response.json())["stage"])
+                    return parse_signed_stage((await json_input.read_json(response))["stage"])
                 last = f"HTTP {response.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as error:
             last = _short(error)

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from node import json_input
 from node.job import JobSpec
 from node.pipeline.assignment import Assignment
 from node.pipeline.control import sign_control
@@ -51,7 +52,10 @@ class StageClient:
             async with self.session.request(
                 method, self.url + path, data=data or None, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as response:
-                data = await response.json(content_type=None)
+                try:
+                    data = await json_input.read_json(response)
+                except json_input.JsonInputError as error:
+                    raise StageClientError(response.status, "bad_answer", f"{self.url}{path} answered {error}") from None
                 if response.status >= 400:
                     error = (data or {}).get("error", {}) if isinstance(data, dict) else {}
                     raise StageClientError(response.status, error.get("code", "error"), error.get("message", str(data)))
@@ -86,11 +90,12 @@ class StageClient:
         try:
             async with self.session.get(f"{self.url}/v1/jobs/{job_id}/stream", timeout=aiohttp.ClientTimeout(total=None)) as response:
                 if response.status >= 400:
-                    data = await response.json(content_type=None)
-                    error = data.get("error", {})
+                    data = await json_input.read_json(response)
+                    error = data.get("error", {}) if isinstance(data, dict) else {}
                     raise StageClientError(response.status, error.get("code", "error"), error.get("message", ""))
-                async for line in response.content:
-                    if line.strip():
-                        yield json.loads(line)
+                async for event in json_input.read_json_lines(response):
+                    yield event
         except aiohttp.ClientError as error:
             raise StageClientError(0, "unreachable", f"{self.url}: {error}") from None
+        except json_input.JsonInputError as error:
+            raise StageClientError(0, "bad_answer", f"{self.url}: the job stream: {error}") from None

@@ -1,21 +1,32 @@
 """The long-lived WebSocket from a stage to the next one, and the handshake both ends run.
 
 A stage opens one link to the stage after it (the last stage to stage 0) and keeps it: frames for every
-sequence of the group share it. `OutboundLink` connects, proves who it is (challenge-response hello, see
-handoff.py), then sends what the stage queues, in order. When the connection drops it tells the stage (whose
-sequences in flight on it fail) and reconnects with exponential backoff until the stage stops or is
-re-pointed at another neighbour.
+sequence of the group share it. `OutboundLink` connects, proves who it is, then sends what the stage queues,
+in order. When the connection drops it tells the stage (whose sequences in flight on it fail) and reconnects
+with exponential backoff until the stage stops or is re-pointed at another neighbour.
+
+The handshake finishes before the WebSocket opens, so that nobody unauthenticated can send a frame (a
+WebSocket buffers a whole message, up to its size limit, before anyone can look at it):
+
+1. `GET /v1/link/challenge` gives a fresh random challenge (kept `CHALLENGE_TTL_S`, used once);
+2. the upgrade request carries the signed hello (see handoff.py) in the `Stagewise-Hello` header; the
+   server checks it before upgrading and refuses with 403 (the reason in `Stagewise-Refused`);
+3. the server's first message is its own hello, answering the client's nonce. The server never sends
+   anything else, so the client's side of the socket takes control-sized messages only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from node import json_input
 from node.pipeline.assignment import Assignment
 from node.pipeline.handoff import hello_message
 from node.signing import SignatureError, SigningKey, recover_message
@@ -23,8 +34,14 @@ from node.signing import SignatureError, SigningKey, recover_message
 log = logging.getLogger("stagewise.pipeline.link")
 
 LINK_PATH = "/v1/link"
+CHALLENGE_PATH = LINK_PATH + "/challenge"
+HELLO_HEADER = "Stagewise-Hello"
+REFUSED_HEADER = "Stagewise-Refused"
 HANDSHAKE_TIMEOUT_S = 10.0
-MAX_MESSAGE_BYTES = 256 << 20
+MAX_MESSAGE_BYTES = 256 << 20  # a frame from the authenticated neighbour
+MAX_CONTROL_BYTES = 64 << 10  # anything before the hello is checked, and all the server ever sends back
+CHALLENGE_TTL_S = 30.0
+MAX_OPEN_CHALLENGES = 64
 
 
 class HandshakeError(Exception):
@@ -64,6 +81,48 @@ def check_hello(hello: dict, assignment: Assignment, expected_stage: int, my_add
     if signer != expected:
         raise HandshakeError(f"hello signed by {signer}, not by {expected}")
     return nonce
+
+
+class Challenges:
+    """The challenges a stage server handed out and not yet seen answered: each is good once, for a while.
+    At most MAX_OPEN_CHALLENGES are kept (the oldest go first), so asking for many costs the asker only."""
+
+    def __init__(self, ttl_s: float = CHALLENGE_TTL_S, limit: int = MAX_OPEN_CHALLENGES) -> None:
+        self.ttl_s, self.limit = ttl_s, limit
+        self._open: dict[bytes, float] = {}
+
+    def issue(self) -> bytes:
+        challenge = os.urandom(16)
+        self._open[challenge] = time.monotonic() + self.ttl_s
+        while len(self._open) > self.limit:
+            del self._open[next(iter(self._open))]
+        return challenge
+
+    def take(self, challenge: bytes) -> bool:
+        """True once for a challenge this server issued that has not expired."""
+        expires = self._open.pop(challenge, None)
+        return expires is not None and time.monotonic() <= expires
+
+
+def hello_of(headers: Mapping[str, str]) -> dict:
+    """The hello in an upgrade request's headers, parsed by the bounded parser (HandshakeError if absent/bad)."""
+    text = headers.get(HELLO_HEADER)
+    if not text:
+        raise HandshakeError(f"no {HELLO_HEADER} header: ask {CHALLENGE_PATH} for a challenge and sign a hello")
+    try:
+        hello = json_input.loads(text, max_bytes=MAX_CONTROL_BYTES, max_depth=2)
+    except json_input.JsonInputError as error:
+        raise HandshakeError(f"the hello is not JSON: {error}") from None
+    if not isinstance(hello, dict):
+        raise HandshakeError("the hello is not a JSON object")
+    return hello
+
+
+def challenge_of(hello: dict) -> bytes:
+    try:
+        return bytes.fromhex(str(hello["challenge"]).removeprefix("0x"))
+    except (KeyError, ValueError) as error:
+        raise HandshakeError(f"malformed hello: {error}") from None
 
 
 class OutboundLink:
@@ -113,10 +172,13 @@ class OutboundLink:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=HANDSHAKE_TIMEOUT_S)) as session:
             while not self._closing:
                 try:
+                    nonce = os.urandom(16)
+                    hello = await self._hello(session, nonce)
                     async with session.ws_connect(
-                        self.peer.url + LINK_PATH, max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30.0, compress=0
+                        self.peer.url + LINK_PATH, headers={HELLO_HEADER: json.dumps(hello)},
+                        max_msg_size=MAX_CONTROL_BYTES, heartbeat=30.0, compress=0,
                     ) as ws:
-                        await self._handshake(ws)
+                        await self._answer(ws, nonce)
                         backoff = 0.05
                         self.last_error = None
                         self._queue = asyncio.Queue()
@@ -125,19 +187,22 @@ class OutboundLink:
                                  self.assignment.next_index, self.peer.url)
                         if self.on_up:
                             self.on_up()
-                        await self._pump(ws)
-                        reason = f"stage {self.assignment.next_index} closed the link ({ws.close_code})"
+                        why = await self._pump(ws)
+                        reason = f"stage {self.assignment.next_index} closed the link ({ws.close_code}{why})"
                 except asyncio.CancelledError:
                     raise
                 except HandshakeError as error:
                     reason = f"handshake with stage {self.assignment.next_index} failed: {error}"
+                except aiohttp.WSServerHandshakeError as error:
+                    refused = (error.headers or {}).get(REFUSED_HEADER) or f"HTTP {error.status}"
+                    reason = f"handshake with stage {self.assignment.next_index} failed: {refused}"
                 except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as error:
                     reason = f"link to stage {self.assignment.next_index} at {self.peer.url}: {type(error).__name__}: {error}"
                 was_up = self.connected.is_set()
                 self.connected.clear()
                 self.last_error = reason
                 if was_up:
-                    log.log(logging.INFO if self._closing or "(1001)" in reason else logging.WARNING, "%s", reason)
+                    log.log(logging.INFO if self._closing or "(1001" in reason else logging.WARNING, "%s", reason)
                     self.on_lost(reason)
                 else:
                     log.debug("%s; retrying in %.2f s", reason, backoff)
@@ -146,25 +211,35 @@ class OutboundLink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
-    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        first = await ws.receive(timeout=HANDSHAKE_TIMEOUT_S)
-        if first.type != aiohttp.WSMsgType.TEXT:
-            raise HandshakeError(f"expected a challenge, got {first.type.name}: {first.data}")
-        challenge_msg = first.json()
-        if challenge_msg.get("type") == "refused":
-            raise HandshakeError(challenge_msg.get("reason", "refused"))
-        challenge = bytes.fromhex(str(challenge_msg.get("nonce", "")).removeprefix("0x"))
-        nonce = os.urandom(16)
-        await ws.send_json(sign_hello(self.key, self.assignment, self.peer.worker, nonce, challenge))
+    async def _hello(self, session: aiohttp.ClientSession, nonce: bytes) -> dict:
+        """Our signed hello, answering a fresh challenge from the next stage."""
+        async with session.get(
+            self.peer.url + CHALLENGE_PATH, timeout=aiohttp.ClientTimeout(total=HANDSHAKE_TIMEOUT_S)
+        ) as response:
+            try:
+                answer = await json_input.read_json(response, max_bytes=MAX_CONTROL_BYTES, max_depth=2)
+                if response.status != 200:
+                    raise HandshakeError(str(answer["error"]["message"]))
+                challenge = bytes.fromhex(str(answer["challenge"]).removeprefix("0x"))
+            except (ValueError, KeyError, TypeError) as error:
+                raise HandshakeError(f"no challenge from {self.peer.url} (HTTP {response.status}: {error})") from None
+        return sign_hello(self.key, self.assignment, self.peer.worker, nonce, challenge)
+
+    async def _answer(self, ws: aiohttp.ClientWebSocketResponse, nonce: bytes) -> None:
+        """Check that the server's first message is the next stage's hello, answering our nonce."""
         answer = await ws.receive(timeout=HANDSHAKE_TIMEOUT_S)
         if answer.type != aiohttp.WSMsgType.TEXT:
             raise HandshakeError(f"no answer to the hello ({answer.type.name}: {answer.extra or answer.data})")
-        reply = answer.json()
-        if reply.get("type") == "refused":
-            raise HandshakeError(reply.get("reason", "refused"))
+        try:
+            reply = json_input.loads(answer.data, max_bytes=MAX_CONTROL_BYTES, max_depth=2)
+        except json_input.JsonInputError as error:
+            raise HandshakeError(f"the answer to the hello is not JSON: {error}") from None
+        if not isinstance(reply, dict):
+            raise HandshakeError("the answer to the hello is not a JSON object")
         check_hello(reply, self.assignment, self.assignment.next_index, self.key.address, nonce)
 
-    async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        """Send what is queued until the peer closes; returns its close reason (": why", or "")."""
         reader = asyncio.get_running_loop().create_task(ws.receive())  # the peer only ever closes
         try:
             while True:
@@ -172,7 +247,9 @@ class OutboundLink:
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if reader in done:
                     getter.cancel()
-                    return
+                    closing = reader.result()
+                    extra = closing.extra if closing.type == aiohttp.WSMsgType.CLOSE else None
+                    return f": {str(extra)[:200]}" if extra else ""
                 message = getter.result()
                 if isinstance(message, bytes):
                     await ws.send_bytes(message)

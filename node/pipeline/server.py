@@ -47,7 +47,12 @@ from node.pipeline.control import ControlGuard, ControlRefused
 from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
 from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
-from node.pipeline.link import LINK_PATH, MAX_MESSAGE_BYTES, HandshakeError, OutboundLink, check_hello, sign_hello
+from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_INBOX_BYTES
+from node.pipeline.inbox import Inbox, InboxFull
+from node.pipeline.link import (
+    CHALLENGE_PATH, LINK_PATH, MAX_MESSAGE_BYTES, REFUSED_HEADER, Challenges, HandshakeError, OutboundLink, challenge_of,
+    check_hello, hello_of, sign_hello,
+)
 from node.pipeline.sequence import DONE, FAILED, SAMPLED, SequenceFailed, SequenceState, StageResult
 from node.pipeline.started_jobs import StartedJobs
 from node.pipeline.weights import load_stage, model_id
@@ -138,6 +143,7 @@ class StageServer:
         on_loaded: Callable[[StageModel], None] | None = None,
         controllers: Iterable[str] = (),
         started: StartedJobs | None = None,
+        max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
     ):
         """`controllers`: the orchestrator addresses whose signed requests may assign, release and start jobs
         here (node/pipeline/control.py). With none, every control request over HTTP is refused; the Python
@@ -170,10 +176,11 @@ class StageServer:
         self._batch_counter = 0
         self._cycle_s = 0.05  # stage 0: moving average of a token's trip round the ring
         self._coalescing = False
-        self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
+        self._inbox = Inbox(max_inbox_bytes, stall_timeout_s)
         self._wake = asyncio.Event()
         self._outbound: OutboundLink | None = None
         self._inbound_ws: web.WebSocketResponse | None = None
+        self._challenges = Challenges()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-compute")
         self._stepping: set[str] = set()  # jobs in the step now running (their caches stay until it ends)
         self._assign_lock = asyncio.Lock()
@@ -198,6 +205,7 @@ class StageServer:
             web.get("/v1/jobs/{job_id}/stream", self._http_stream_job),
             web.get("/v1/jobs/{job_id}/stage-result", self._http_stage_result),
             web.get("/v1/stats", self._http_stats),
+            web.get(CHALLENGE_PATH, self._http_link_challenge),
             web.get(LINK_PATH, self._http_link),
         ])
         if self.extra_routes:
@@ -406,7 +414,7 @@ class StageServer:
             return []
         batch: list[StepInput] = []
         while self._inbox:
-            kind, payload = self._inbox[0]
+            kind, payload = self._inbox.peek()
             if kind == "frame":
                 self._inbox.popleft()
                 batch.extend(self._frame_items(payload))
@@ -737,7 +745,7 @@ class StageServer:
                 self._fail(seq, SequenceFailed(reason))
 
     def _on_outbound_lost(self, reason: str) -> None:
-        self._inbox.append(("lost", reason))
+        self._inbox.append("lost", reason)
         self._wake.set()
 
     async def _watch_stalls(self) -> None:
@@ -834,26 +842,27 @@ class StageServer:
 
     # ------------------------------------------------------------------------------------------ HTTP
 
+    async def _http_link_challenge(self, request: web.Request) -> web.Response:
+        return web.json_response({"challenge": "0x" + self._challenges.issue().hex()})
+
     async def _http_link(self, request: web.Request) -> web.StreamResponse:
+        """The link from the previous stage: its hello is checked before the upgrade (see link.py)."""
+        a = self.assignment
+        try:
+            if a is None or a.num_stages == 1:
+                raise HandshakeError("this stage server has no multi-stage assignment")
+            hello = hello_of(request.headers)
+            if not self._challenges.take(challenge_of(hello)):
+                raise HandshakeError("the hello answers no open challenge of this server (expired or used)")
+            nonce = check_hello(hello, a, a.previous_index, self.key.address, challenge_of(hello))
+        except HandshakeError as error:
+            log.warning("refused a link from %s: %s", request.remote, error)
+            reason = "".join(c if " " <= c <= "~" else "?" for c in str(error)[:300])  # the peer wrote part of it
+            return web.json_response(
+                {"error": {"code": "link_refused", "message": reason}}, status=403, headers={REFUSED_HEADER: reason}
+            )
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30.0, compress=False)
         await ws.prepare(request)
-        a = self.assignment
-        if a is None or a.num_stages == 1:
-            await ws.send_json({"type": "refused", "reason": "this stage server has no multi-stage assignment"})
-            await ws.close()
-            return ws
-        challenge = os.urandom(16)
-        await ws.send_json({"type": "challenge", "nonce": "0x" + challenge.hex()})
-        try:
-            first = await ws.receive(timeout=10.0)
-            if first.type != aiohttp.WSMsgType.TEXT:
-                raise HandshakeError("expected a hello")
-            nonce = check_hello(first.json(), a, a.previous_index, self.key.address, challenge)
-        except (HandshakeError, ValueError, asyncio.TimeoutError) as error:
-            log.warning("refused a link: %s", error)
-            await ws.send_json({"type": "refused", "reason": str(error)})
-            await ws.close()
-            return ws
         previous, self._inbound_ws = self._inbound_ws, ws
         if previous is not None and not previous.closed:
             await previous.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"replaced by a new link")
@@ -865,11 +874,11 @@ class StageServer:
                 if message.type == aiohttp.WSMsgType.BINARY:
                     self.bytes_received += len(message.data)
                     self.frames_received += 1
-                    self._inbox.append(("frame", message.data))
+                    self._inbox.append("frame", message.data, len(message.data))
                 elif message.type == aiohttp.WSMsgType.TEXT:
                     self.bytes_received += len(message.data)
                     try:
-                        self._inbox.append(("msg", decode_message(message.data)))
+                        self._inbox.append("msg", decode_message(message.data), len(message.data))
                     except FrameError as error:
                         log.warning("bad control message from stage %d: %s", a.previous_index, error)
                         continue
@@ -877,11 +886,18 @@ class StageServer:
                     reason = f"{message.type.name}: {ws.exception()}"
                     break
                 self._wake.set()
+                try:
+                    await self._inbox.wait_for_room()  # not reading meanwhile holds the sender back
+                except InboxFull as full:
+                    reason = f"stage {a.previous_index} overfilled this stage's inbox: {full}"
+                    log.warning("dropping the link: %s", reason)
+                    await ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"inbox overfilled")
+                    break
         finally:
             if self._inbound_ws is ws:
                 self._inbound_ws = None
                 if not self._stopping:
-                    self._inbox.append(("lost", f"the link from stage {a.previous_index} dropped ({reason})"))
+                    self._inbox.append("lost", f"the link from stage {a.previous_index} dropped ({reason})")
                     self._wake.set()
         return ws
 

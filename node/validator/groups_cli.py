@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from node import json_input
+
 VALIDATOR_ENV = "STAGEWISE_VALIDATOR_URL"
 DEFAULT_VALIDATOR = "http://127.0.0.1:8700"
 
@@ -84,11 +86,11 @@ def render(groups: dict[str, Any], progress: dict[str, Any] | None = None) -> st
 def _get(url: str, timeout: float, error_type: type[Exception]) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return json.loads(response.read())
+            return json_input.read_json_file(response)
     except urllib.error.HTTPError as error:
         try:
-            detail = json.loads(error.read())["error"]["message"]
-        except Exception:
+            detail = json_input.read_json_file(error, max_bytes=1 << 16)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
             detail = error.reason
         raise error_type(f"{url}: HTTP {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError, ValueError) as error:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from node import json_input
 from node.job import JobSpec
 from node.pipeline.control import sign_control
 from node.signing import SigningKey
@@ -160,10 +161,7 @@ class HttpPipelineDriver:
             ) as response:
                 if response.status != 200:
                     raise await self._diagnose(group, f"stream refused: HTTP {response.status}: {await _error_text(response)}")
-                async for line in response.content:
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
+                async for event in json_input.read_json_lines(response):
                     if "tokens" in event:
                         new = [int(t) for t in event["tokens"]]
                         output.extend(new)
@@ -174,6 +172,8 @@ class HttpPipelineDriver:
                         raise await self._diagnose(group, event["error"].get("message", "failed"), event.get("complaint"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             raise await self._diagnose(group, f"stage 0 stream lost: {error or type(error).__name__}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as error:  # JsonInputError is a ValueError
+            raise await self._diagnose(group, f"stage 0 sent a malformed event: {error}") from None
         raise await self._diagnose(group, "the stream ended before the job did")
 
     async def _submit(self, group: Group, url: str, spec: JobSpec) -> None:
@@ -219,20 +219,20 @@ class HttpPipelineDriver:
             async with self._http().get(url + "/health", timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)) as response:
                 if response.status != 200:
                     return None
-                return await response.json()
+                return await json_input.read_json(response)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
             return None
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:
     try:
-        return (await response.text())[:500]
-    except Exception:
+        return (await response.content.read(500)).decode("utf-8", "replace")
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
         return ""
 
 
 def _error_code(text: str) -> str | None:
     try:
-        return json.loads(text)["error"]["code"]
-    except Exception:
+        return json_input.loads(text)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
         return None

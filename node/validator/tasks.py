@@ -12,12 +12,12 @@ A malformed line fails the whole load with its line number: a task set is checke
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from node import json_input
 from node.tasks import BUNDLED_SETS, bundled_path
 from node.tasks.checkers import CHECKERS
 
@@ -111,7 +111,7 @@ def load_tasks(path: Path) -> tuple[Task, ...]:
             if not line.strip():
                 continue
             try:
-                task = parse_task(json.loads(line), default_id=f"line-{number}")
+                task = parse_task(json_input.loads(line), default_id=f"line-{number}")
             except (ValueError, TaskError) as error:
                 raise TaskError(f"{path}:{number}: {error}") from None
             if task.task_id in seen:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import aiohttp
@@ -12,7 +13,7 @@ from node.job import SamplingParams
 from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
 from node.pipeline.control import sign_control
-from node.pipeline.link import OutboundLink
+from node.pipeline.link import LINK_PATH, REFUSED_HEADER, OutboundLink
 from node.pipeline.local import LocalPipeline
 from node.pipeline.server import StageServer
 from node.pipeline.wire import encode_frame
@@ -111,6 +112,60 @@ async def test_only_the_assigned_neighbour_may_link(llama_dir):
         await link.close()
         assert not link.connected.is_set() and "expects stage 0" in link.last_error
         assert len(await pipe.generate([1, 2], SHORT)) == 12  # the real link was not disturbed
+
+
+async def test_nobody_sends_a_frame_before_its_hello_is_checked(llama_dir):
+    # The attack: open /v1/link and send a 200 MiB first frame; a WebSocket buffers it whole before anyone
+    # reads it. Now the hello rides in the upgrade request, so an anonymous client never gets a socket.
+    async with LocalPipeline(llama_dir, 3) as pipe, aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(pipe.urls[1] + LINK_PATH)
+        assert refused.value.status == 403 and "no Stagewise-Hello header" in refused.value.headers[REFUSED_HEADER]
+        # a hello the real neighbour signed is good once: replayed, it answers no open challenge
+        captured = {}
+        original = OutboundLink._hello
+
+        async def keep_hello(self, session, nonce):
+            captured["hello"] = await original(self, session, nonce)
+            return captured["hello"]
+
+        OutboundLink._hello = keep_hello
+        try:
+            await pipe.servers[0]._outbound.close()
+            pipe.servers[0]._outbound = None
+            await pipe.servers[0].assign(Assignment("local", pipe.model_id, 0, pipe.assignment.stages))
+            await pipe.wait_linked()
+        finally:
+            OutboundLink._hello = original
+        with pytest.raises(aiohttp.WSServerHandshakeError) as replayed:
+            await session.ws_connect(pipe.urls[1] + LINK_PATH, headers={"Stagewise-Hello": json.dumps(captured["hello"])})
+        assert replayed.value.status == 403 and "no open challenge" in replayed.value.headers[REFUSED_HEADER]
+        assert len(await pipe.generate([1, 2], SHORT)) == 12
+
+
+async def test_a_neighbour_cannot_fill_a_stage_faster_than_it_computes(llama_dir):
+    def slow(job_id, stage_index, start, rows):
+        time.sleep(0.05)  # stage 1 computes slowly; stage 0 sends as fast as it can
+        return rows
+
+    options = {1: {"tamper": slow, "max_inbox_bytes": 1}}
+    async with LocalPipeline(llama_dir, 3, stage_options=options) as pipe:
+        runs = [pipe.generate([1, 2, 3, i], SamplingParams(max_new_tokens=20), seed=i) for i in range(6)]
+        assert all(len(tokens) == 20 for tokens in await asyncio.gather(*runs))  # held back, not dropped
+        frame = 4 * 4 * pipe.servers[0].engine.model.config.hidden_size + 1024  # the largest frame here, generously
+        assert 0 < pipe.servers[1]._inbox.peak_bytes <= 1 + 6 * frame
+
+
+async def test_a_neighbour_that_keeps_the_inbox_full_is_dropped(llama_dir):
+    def stuck(job_id, stage_index, start, rows):
+        time.sleep(1.0)
+        return rows
+
+    options = {1: {"tamper": stuck, "max_inbox_bytes": 1, "stall_timeout_s": 0.3}}
+    async with LocalPipeline(llama_dir, 3, stage_options=options) as pipe:
+        runs = [pipe.generate([1, 2, 3, i], SamplingParams(max_new_tokens=20), seed=i) for i in range(3)]
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+        assert any("overfilled" in str(outcome) for outcome in outcomes), outcomes
 
 
 async def test_http_errors_are_json_with_the_right_status(llama_dir):

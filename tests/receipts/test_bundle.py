@@ -206,7 +206,7 @@ def test_a_missing_stage_without_complaint_is_incomplete(bundle):
     [
         ("{", "not valid JSON"),
         ("[1, 2]", "a bundle is a JSON object"),
-        ('{"version": 1, "version": 1}', "repeats the key 'version'"),
+        ('{"version": 1, "version": 1}', "the key 'version' appears twice"),
         ('{"version": NaN}', "NaN"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply \\(more than 16 levels\\)"),
         (b"\xff\xfe", "not valid JSON"),
