@@ -20,6 +20,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the module itself imports torch-free config lazily, like every command here
+    from node.validator.config import ValidatorConfig
 
 log = logging.getLogger("stagewise.validator")
 
@@ -35,7 +39,7 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int | None) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else default
 
@@ -94,8 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="reward per layer x token (env STAGEWISE_WEI_PER_WORK_UNIT, default 1 gwei)")
     run.add_argument("--slash-wei", type=int, default=_env_int("STAGEWISE_SLASH_WEI", 10**16),
                      help="stake taken from a blamed worker (env STAGEWISE_SLASH_WEI, default 0.01 ether)")
-    run.add_argument("--min-stake-wei", type=int, default=_env_int("STAGEWISE_MIN_STAKE_WEI", 1),
-                     help="stake a receipt signer needs (env STAGEWISE_MIN_STAKE_WEI, default 1 wei)")
+    run.add_argument("--min-stake-wei", type=int, default=_env_int("STAGEWISE_MIN_STAKE_WEI", None),
+                     help="stake a worker needs to register, to be issued a job and to sign a receipt; at least "
+                     "--slash-wei (env STAGEWISE_MIN_STAKE_WEI, default 3 slashes: 0.03 ether; docs/validator.md)")
     run.add_argument("--max-body-bytes", type=int, default=_env_int("STAGEWISE_MAX_BODY_BYTES", 8 * 1024 * 1024),
                      help="largest request body accepted; larger gets 413 (env STAGEWISE_MAX_BODY_BYTES, default 8 MiB)")
     run.add_argument("--validation-workers", type=int, default=_env_int("STAGEWISE_VALIDATION_WORKERS", 1),
@@ -190,12 +195,10 @@ async def _serve(args, dirs: list[Path]) -> None:
     from ledger.store import Ledger
     from node.receipts import ReceiptDomain
     from node.validator.app import build_app
-    from node.validator.config import ValidatorConfig
     from node.validator.models import ReplayModels
     from node.cli import CommandError
     from node.validator.node import ValidatorNode
     from node.validator.spot_check import GuessableSecret, sample_secret
-    from node.validator.verdict import Tariff
 
     import torch
 
@@ -242,19 +245,10 @@ async def _serve(args, dirs: list[Path]) -> None:
         secret = await sample_secret(ledger, args.sample_secret.encode(), args.sample_rate)
     except GuessableSecret as error:
         raise CommandError(f"--sample-secret: {error}") from None
-    config = ValidatorConfig(
-        model_dirs=tuple(dirs),
-        sample_rate=args.sample_rate,
-        sample_secret=secret,
-        epoch_seconds=args.epoch_seconds,
-        epoch_entries=args.epoch_entries,
-        admin_token=admin_token(args),
-        max_body_bytes=args.max_body_bytes,
-        tariff=Tariff(args.wei_per_work_unit, args.slash_wei),
-        min_stake_wei=args.min_stake_wei,
-        claim_lease_seconds=args.lease_seconds,
-        validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
-    )
+    try:
+        config = _config(args, dirs, secret)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     node = ValidatorNode(config, ledger, domain=domain, models=models, chain=chain, chain_key=key, rpc_url=rpc_url)
     if args.no_orchestration and not args.accept_unissued_jobs:
         from node.validator.issued_jobs import awaited_by_ledger
@@ -350,11 +344,12 @@ def admin_token(args) -> str | None:
 
 
 def _verify_evidence(args) -> int:
+    from node import json_input
     from node.cli import CommandError
-    from node.evidence import Evidence, EvidenceError, check_evidence, needs_model
+    from node.evidence import EVIDENCE_MAX_BYTES, Evidence, EvidenceError, check_evidence, needs_model
 
     try:
-        evidence = Evidence.from_dict(json.loads(args.file.read_text()))
+        evidence = Evidence.from_dict(json_input.loads(args.file.read_bytes(), max_bytes=EVIDENCE_MAX_BYTES))
     except (OSError, ValueError) as error:
         raise CommandError(f"cannot read evidence {args.file}: {error}") from None
     dirs = _model_dirs(args)
@@ -368,3 +363,22 @@ def _verify_evidence(args) -> int:
     if not evidence.replayed and check.matches:
         print("note: this job was accepted without replay (--sample-rate); the replay above confirms it")
     return 0 if check.matches else 1
+
+
+def _config(args: argparse.Namespace, dirs: list[Path], secret: bytes) -> ValidatorConfig:
+    from node.validator.config import ValidatorConfig
+    from node.validator.verdict import Tariff
+
+    return ValidatorConfig(
+        model_dirs=tuple(dirs),
+        sample_rate=args.sample_rate,
+        sample_secret=secret,
+        epoch_seconds=args.epoch_seconds,
+        epoch_entries=args.epoch_entries,
+        admin_token=admin_token(args),
+        max_body_bytes=args.max_body_bytes,
+        tariff=Tariff(args.wei_per_work_unit, args.slash_wei),
+        min_stake_wei=args.min_stake_wei,
+        claim_lease_seconds=args.lease_seconds,
+        validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
+    )

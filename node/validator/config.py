@@ -9,6 +9,7 @@ from node.validator.spot_check import check_secret
 from node.validator.verdict import Tariff
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+SLASHES_AT_STAKE = 3  # the default minimum stake: a worker can pay this many slashes in full (docs/validator.md)
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,9 @@ class ValidatorConfig:
     admin_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     tariff: Tariff = field(default_factory=Tariff)
-    min_stake_wei: int = 1
-    """A receipt signer needs at least this much stake (I3)."""
+    min_stake_wei: int | None = None
+    """A receipt signer, and every worker a job is issued to, needs at least this much stake (I3). At least
+    one slash, so that a slash takes its full amount; by default SLASHES_AT_STAKE of them (docs/validator.md)."""
     bundle_deadline_seconds: float = 600.0
     """A job registered by the orchestrator without a complete bundle by then is soft-invalidated."""
     claim_lease_seconds: float = 120.0
@@ -34,6 +36,13 @@ class ValidatorConfig:
     validator_id: str = "validator"
 
     def __post_init__(self) -> None:
+        if self.min_stake_wei is None:
+            object.__setattr__(self, "min_stake_wei", SLASHES_AT_STAKE * self.tariff.slash_wei)
+        if self.min_stake_wei < self.tariff.slash_wei:
+            raise ValueError(
+                f"the minimum stake ({self.min_stake_wei} wei) is below the slash ({self.tariff.slash_wei} wei): a slash "
+                "is capped at the stake left, so a proven fault would cost less than its price; raise --min-stake-wei"
+            )
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ValueError("sample_rate must be in [0, 1]")
         check_secret(self.sample_secret, self.sample_rate)

@@ -182,6 +182,12 @@ class Dispatcher:
         self._active[task] = (run, group.group_id)
 
     async def _advance(self, run: SequenceRun, group: Group) -> None:
+        short = await self.orchestrator.registry.understaked(stage.worker for stage in group.stages)
+        if short is not None:
+            worker, refused = short
+            if refused.code == "stake_unavailable":  # the chain or ledger is down: wait, drop nobody
+                raise JobInterrupted(f"no job issued: {refused}")
+            raise StageFailure(worker, f"no job issued: {refused}")
         spec = continuation_spec(run, group, self.orchestrator.model_id, self.policy.sampling)
         run.job_ids.append(spec.job_id_hex)
         run.groups.append(group.group_id)

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -191,6 +191,18 @@ class Registry:
             )
         if nonce in self._nonces:
             raise RegistrationRefused("replayed_message", f"nonce {nonce} was already used", 409)
+
+    async def understaked(self, addresses: Iterable[str]) -> tuple[str, RegistrationRefused] | None:
+        """(address, why) for the first of `addresses` whose stake is now below the minimum (code
+        insufficient_stake) or cannot be read (stake_unavailable), else None. The dispatcher asks before
+        every job: a slash is capped at the stake left, so stake withdrawn or slashed away after
+        registering must not leave a worker serving with nothing to lose."""
+        for address in addresses:
+            try:
+                await self._staked(address)
+            except RegistrationRefused as refused:
+                return address, refused
+        return None
 
     async def _staked(self, address: str) -> int:
         try:

@@ -243,3 +243,27 @@ async def test_a_worker_that_registers_again_restarted_and_its_group_is_prepared
     assert orchestrator.driver.prepared[len(prepared_before):]  # its (new) group was prepared again
     assert orchestrator.assignment(restarted).group is not None
     assert len(orchestrator.grouping.groups) == 2
+
+
+async def test_a_worker_whose_stake_fell_below_the_minimum_is_given_no_job_and_is_dropped(model_dir, worker_keys):
+    # The attack: stake enough to register, withdraw (or be slashed) down to 1 wei, keep serving. A slash is
+    # capped at the stake left, so a proven fault would cost the worker nothing.
+    stakes = {k.address: 10**18 for k in worker_keys}
+
+    class Stakes:
+        def stake_of(self, address: str) -> int:
+            return stakes[address]
+
+    clock = Clock()
+    registry = Registry(stake_lookup(Stakes()), RegistryPolicy(min_stake_wei=10**17, heartbeat_timeout_s=30), clock)
+    workers = {k.address: LocalWorker(k.address, model_dir) for k in worker_keys}
+    orchestrator = Orchestrator(registry, LocalPipeline(model_dir, workers), model_id(model_dir), SHAPE,
+                                GroupingPolicy(stages_per_group=2))
+    for key, capacity in zip(worker_keys, CAPACITIES):
+        await orchestrator.register(make_registration(key, capacity, "eu", "http://127.0.0.1:9000", now=clock.now))
+    leaver = orchestrator.grouping.groups[0].stages[0].worker
+    stakes[leaver] = 1
+    results, _ = await run_tasks(orchestrator)
+    assert all(result.error is None for result in results.values())
+    assert workers[leaver].steps == 0  # no job ever reached it
+    assert registry.get(leaver) is None

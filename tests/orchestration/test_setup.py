@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from node.validator.config import ValidatorConfig
+from node.signing import SigningKey
 from node.validator.orchestration_setup import add_orchestration_options, build_orchestration, shape_of_model
+from node.validator.registry import RegistrationRefused
 from node.validator.tasks import TaskError, load_tasks, resolve_task_file
 from node.validator.worker_messages import make_registration
 
@@ -138,3 +140,20 @@ async def test_the_guard_accepts_jobs_the_shared_ledger_awaits_and_refuses_the_r
     assert await guard(spec(1)) is None  # issued before a restart, or by another validator on this ledger
     assert "not issued" in await guard(spec(2))
     assert "not issued" in await guard(spec(3))
+
+
+async def test_a_worker_staking_less_than_a_slash_cannot_register_on_a_default_validator(model_dir):
+    # The attack (issue 15, item 3): stake 1 wei, register, cheat; the old default minimum was 1 wei.
+    poor, rich = SigningKey.generate(), SigningKey.generate()
+    stakes = {poor.address: 1, rich.address: 10**18}
+
+    async def stakes_of(addresses):
+        return {a: stakes[a] for a in addresses if a in stakes}
+
+    node = SimpleNamespace(config=ValidatorConfig(), spec_guard=None, stakes_of=stakes_of)
+    args = parse("--allow-private-stage-urls")
+    orchestrator = build_orchestration(args, node, model_dir, driver=LocalPipeline(model_dir, {rich.address: LocalWorker(rich.address, model_dir)})).orchestrator
+    with pytest.raises(RegistrationRefused) as refused:
+        await orchestrator.register(make_registration(poor, CAPACITIES[0], "eu", "http://127.0.0.1:1"))
+    assert refused.value.code == "insufficient_stake"
+    assert (await orchestrator.register(make_registration(rich, CAPACITIES[0], "eu", "http://127.0.0.1:1"))).address == rich.address
