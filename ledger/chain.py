@@ -33,6 +33,7 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted
 
+from node import json_input
 from node.signing import SigningKey
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,18 @@ def tester_keys(count: int = 10) -> list[SigningKey]:
 # ---------------------------------------------------------------------------------------------- client
 
 
+class BoundedHTTPProvider(Web3.HTTPProvider):
+    """web3's HTTP provider, reading answers through the node's bounded parser: the RPC URL may be one a
+    validator named, and JSON nested 100,000 deep would otherwise overflow the C stack (node/json_input.py)."""
+
+    @staticmethod
+    def decode_rpc_response(raw_response: bytes) -> Any:
+        try:
+            return json_input.loads(raw_response, max_bytes=json_input.MAX_BYTES * 4)
+        except json_input.JsonInputError as error:
+            raise ChainError(f"the chain node answered something that is not JSON-RPC: {error}") from None
+
+
 class ChainClient:
     """The staking contract on one chain. Build with `embedded()` or `connect()`."""
 
@@ -320,6 +333,7 @@ class ChainClient:
         self.w3 = w3
         self.backend = backend
         self.dev_keys = list(dev_keys)
+        self.owner_key: SigningKey | None = None  # set by served_dev_chain: the key that owns its contract
         self.tx_timeout = tx_timeout
         self.staking = Artifact.load(STAKING)
         self.errors = ErrorDecoder()
@@ -367,6 +381,17 @@ class ChainClient:
         return client
 
     @classmethod
+    def served_dev_chain(cls, owner: SigningKey | None = None, *, unbonding_delay: int = DEFAULT_UNBONDING_DELAY) -> "ChainClient":
+        """The embedded chain as it is served to other processes (`validator run --embedded-chain`, `chain
+        serve`): its contract owned, validated for and its treasury held by `owner`, a fresh random key
+        unless given, never one of the well-known dev keys, which anyone who reaches the JSON-RPC server
+        can sign with (they stay the faucet). The key is `client.owner_key`."""
+        owner = owner or SigningKey.generate()
+        client = cls.embedded(owner=owner, treasury=owner.address, unbonding_delay=unbonding_delay)
+        client.owner_key = owner
+        return client
+
+    @classmethod
     def connect(
         cls,
         rpc_url: str,
@@ -378,7 +403,7 @@ class ChainClient:
     ) -> "ChainClient":
         """A node by JSON-RPC over HTTP. `address` is the deployed contract (or call `deploy`/`use` later);
         `dev_keys` are prefunded accounts `fund` may send from (anvil's, in tests)."""
-        w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
+        w3 = Web3(BoundedHTTPProvider(rpc_url, request_kwargs={"timeout": request_timeout}))
         return cls(w3, address=address, dev_keys=dev_keys, tx_timeout=tx_timeout, backend="rpc")
 
     def use(self, address: str) -> "ChainClient":

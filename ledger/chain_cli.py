@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from node import json_input
+from node.signing import SigningKey
 
 RPC_ENV = "STAGEWISE_RPC_URL"
 CONTRACT_ENV = "STAGEWISE_CONTRACT"
@@ -335,12 +336,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ledger.chain import ChainClient
     from ledger.chain_server import ThreadedChainServer
 
-    client = ChainClient.embedded(unbonding_delay=args.unbonding_delay)
+    client = ChainClient.served_dev_chain(unbonding_delay=args.unbonding_delay)
+    owner_file = _save_owner_key(client.owner_key)
     with ThreadedChainServer(client.w3, args.host, args.port, test_methods=args.test_methods) as server:
         saved = remember(server.url, client.chain_id, client.address)
         print(
             f"embedded chain {client.chain_id} at {server.url}, StagewiseStaking at {client.address} "
-            f"(validator {client.dev_keys[0].address}); saved to {saved}; Ctrl-C stops it",
+            f"(owner and validator {client.owner_key.address}, its key in {owner_file}: "
+            f"STAGEWISE_VALIDATOR_KEY=$(cat {owner_file}) stagewise validator run --rpc-url {server.url} "
+            f"--contract {client.address} ...); saved to {saved}; Ctrl-C stops it",
             flush=True,
         )
         try:
@@ -349,6 +353,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     return 0
+
+
+def _save_owner_key(key: SigningKey) -> Path:
+    """The served chain's owner key, readable by this user only: it slashes and anchors on that chain."""
+    path = chain_file().with_name("chain-owner.key")
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write("0x" + key.secret.hex() + "\n")
+    return path
 
 
 def _amount(args: argparse.Namespace) -> int:

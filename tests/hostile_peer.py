@@ -162,6 +162,17 @@ async def chain_rpc(url: str) -> str:
     return answer["error"]["message"]
 
 
+def chain_client(url: str) -> str:
+    """A worker reads the chain at the RPC URL its validator named."""
+    from ledger.chain import ChainClient, ChainError
+
+    try:
+        ChainClient.connect(url).w3.eth.block_number
+    except ChainError as error:
+        return str(error)
+    raise AssertionError("an answer was accepted")
+
+
 def groups_cli(url: str) -> str:
     from node.cli import CommandError
     from node.validator.groups_cli import _get
@@ -187,7 +198,7 @@ def reward_proof(url: str) -> str:
 CASES = {
     "health_poll": health_poll, "peer_receipt": peer_receipt, "validator_answer": validator_answer,
     "stage_answer": stage_answer, "stage_stream": stage_stream, "link_handshake": link_handshake,
-    "chain_rpc": chain_rpc, "groups_cli": groups_cli, "reward_proof": reward_proof,
+    "chain_rpc": chain_rpc, "chain_client": chain_client, "groups_cli": groups_cli, "reward_proof": reward_proof,
 }
 
 

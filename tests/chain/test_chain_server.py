@@ -69,3 +69,25 @@ async def test_bad_requests_get_json_rpc_errors():
         )
         assert [a["id"] for a in batch] == [3, 4]
         assert int(batch[0]["result"], 16) == local.chain_id
+
+
+def test_a_served_dev_chain_is_owned_by_a_key_nobody_else_knows():
+    # The attack (issue 15, item 5): the validator's embedded chain was owned, validated for and paid into
+    # by eth-tester's well-known dev keys, so anyone who reached its JSON-RPC could slash any worker.
+    from ledger.chain import tester_keys
+    from ledger.merkle import keccak
+
+    chain = ChainClient.served_dev_chain(unbonding_delay=10)
+    well_known = {key.address for key in tester_keys()}
+    assert chain.owner() == chain.owner_key.address not in well_known
+    with ThreadedChainServer(chain.w3) as server:
+        intruder = ChainClient.connect(server.url, address=chain.address)
+        worker = tester_keys()[4]
+        intruder.stake(worker, 10**18)
+        for dev_key in tester_keys():
+            assert not chain.is_validator(dev_key.address)
+        with pytest.raises(ContractRevert, match="NotValidator"):
+            intruder.slash(tester_keys()[0], worker.address, 10**17, keccak(b"made up"))
+        assert chain.stake_of(worker.address) == 10**18
+        chain.slash(chain.owner_key, worker.address, 10**17, keccak(b"evidence"))  # the owner still can
+        assert chain.stake_of(worker.address) == 9 * 10**17
