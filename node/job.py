@@ -18,6 +18,10 @@ from eth_utils import is_address, to_checksum_address
 
 JOB_SPEC_VERSION = 1
 MAX_SEED = 2**64 - 1
+# Bounds on what one spec makes a validator hash and verify (a request's CPU, issue 15): far above any
+# model's context here, and above any group the orchestrator forms.
+MAX_PROMPT_TOKENS = 1 << 16
+MAX_STAGES = 256
 
 
 class JobSpecError(ValueError):
@@ -92,6 +96,8 @@ class JobSpec:
             raise JobSpecError("model_id must be hex") from error
         object.__setattr__(self, "model_id", self.model_id.lower())
         prompt = self.prompt_token_ids
+        if isinstance(prompt, (list, tuple)) and len(prompt) > MAX_PROMPT_TOKENS:
+            raise JobSpecError(f"a prompt has at most {MAX_PROMPT_TOKENS} tokens, not {len(prompt)}")
         plain = bool(prompt) and set(map(type, prompt)) == {int} and min(prompt) >= 0  # C-speed common case
         if not plain and (not prompt or not all(_is_int(t) and t >= 0 for t in prompt)):
             raise JobSpecError("prompt_token_ids must be a non-empty list of non-negative integers")
@@ -100,8 +106,8 @@ class JobSpec:
             raise JobSpecError("seed must be an integer in [0, 2**64)")
         if not (isinstance(self.group_id, str) and 0 < len(self.group_id) <= 128):
             raise JobSpecError("group_id must be a non-empty string of at most 128 characters")
-        if not self.stages:
-            raise JobSpecError("a job needs at least one stage")
+        if not self.stages or len(self.stages) > MAX_STAGES:
+            raise JobSpecError(f"a job has between 1 and {MAX_STAGES} stages")
         object.__setattr__(self, "stages", tuple(self.stages))
         if self.stages[0].layer_start != 0:
             raise JobSpecError("stage 0 must start at layer 0")

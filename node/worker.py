@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from node import json_input, settings
+from node.http_limits import HttpLimits
 from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, parse_stage, sign_complaint
 from node.job import JobSpec
 from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff
@@ -490,6 +491,8 @@ class WorkerConfig:
     cheat: Any = None
     """node.cheats.Cheat: changes the stage's weights once loaded or lies in its handoffs (`--cheat`, the
     devnet's cheater)."""
+    http_limits: HttpLimits = HttpLimits()
+    """What one client may cost the stage server (node/http_limits.py)."""
 
 
 @dataclass(frozen=True)
@@ -870,7 +873,7 @@ async def start_stage_server(
         on_result=on_result, extra_routes=routes, on_complaint=on_complaint, public_url=config.public_url,
         tamper=config.tamper or (config.cheat.tamper() if config.cheat is not None else None), cheat=config.cheat,
         on_loaded=config.cheat.apply if config.cheat is not None else None,
-        controllers=controllers, started=started_jobs(key.address),
+        controllers=controllers, started=started_jobs(key.address), http_limits=config.http_limits,
     )
     try:
         await server.start()

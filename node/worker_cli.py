@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from node.http_limits import add_http_limit_options, limits_from_args
+
 VALIDATOR_ENV = "STAGEWISE_VALIDATOR_URL"
 RPC_ENV = "STAGEWISE_RPC_URL"
 CONTRACT_ENV = "STAGEWISE_CONTRACT"
@@ -57,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "receipt's), false-complaint (complain about honest rows); docs/handoff.md",
     )
     run.add_argument("--grace", type=float, default=30.0, help="seconds in-flight sequences get at shutdown (default 30)")
+    add_http_limit_options(run)
     run.set_defaults(func=cmd_run)
 
 
@@ -112,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,
         cheat=args.cheat,
+        http_limits=limits_from_args(args),
     )
     try:
         asyncio.run(run_worker(config, key))

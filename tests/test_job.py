@@ -67,3 +67,17 @@ def test_a_rerouted_sequence_without_tokens_gets_a_new_job_id_on_the_same_group(
         ids.add(continuation_spec(run, group, spec().model_id, SamplingParams()).job_id)
         run.groups.append("g")
     assert len(ids) == 3
+
+
+def test_what_one_spec_makes_a_validator_hash_and_verify_is_bounded():
+    # A bundle body of 8 MiB once held 2.8 million prompt tokens (about a second of intake CPU to hash) or
+    # tens of thousands of stages (a signature recovery each): a spec now names at most these.
+    from node.job import MAX_PROMPT_TOKENS, MAX_STAGES
+
+    assert len(spec(prompt_token_ids=(1,) * MAX_PROMPT_TOKENS).prompt_token_ids) == MAX_PROMPT_TOKENS
+    with pytest.raises(JobSpecError, match=f"at most {MAX_PROMPT_TOKENS} tokens"):
+        spec(prompt_token_ids=(1,) * (MAX_PROMPT_TOKENS + 1))
+    many = tuple(StageAssignment(WORKERS[i % 3], i, i + 1) for i in range(MAX_STAGES + 1))
+    assert len(spec(stages=many[:MAX_STAGES]).stages) == MAX_STAGES
+    with pytest.raises(JobSpecError, match=f"between 1 and {MAX_STAGES} stages"):
+        spec(stages=many)

@@ -42,6 +42,7 @@ MAX_MESSAGE_BYTES = 256 << 20  # a frame from the authenticated neighbour
 MAX_CONTROL_BYTES = 64 << 10  # anything before the hello is checked, and all the server ever sends back
 CHALLENGE_TTL_S = 30.0
 MAX_OPEN_CHALLENGES = 64
+MAX_QUEUED_BYTES = 512 << 20  # sent but not yet taken by the next stage: past it, the link is dropped
 
 
 class HandshakeError(Exception):
@@ -135,8 +136,12 @@ class OutboundLink:
         on_lost: Callable[[str], None],
         on_up: Callable[[], None] | None = None,
         max_backoff_s: float = 5.0,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ):
         self.key, self.assignment = key, assignment
+        self.max_queued_bytes = max_queued_bytes
+        self.queued_bytes = 0
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.peer = assignment.stages[assignment.next_index]
         self.on_lost, self.on_up = on_lost, on_up
         self.max_backoff_s = max_backoff_s
@@ -147,6 +152,7 @@ class OutboundLink:
         self._queue: asyncio.Queue[bytes | str | None] = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._slow = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link->{self.peer.url}")
@@ -161,11 +167,25 @@ class OutboundLink:
                 pass
 
     def send(self, message: bytes | str) -> bool:
-        """Queue a message; False (dropped) while the link is down."""
+        """Queue a message; False (dropped) while the link is down. A next stage that does not take what it
+        is sent (the queue past `max_queued_bytes`) is dropped, as if it had closed the link."""
         if not self.connected.is_set():
             return False
+        if self.queued_bytes + len(message) > self.max_queued_bytes:
+            self._drop_slow_reader()
+            return False
+        self.queued_bytes += len(message)
         self._queue.put_nowait(message)
         return True
+
+    def _drop_slow_reader(self) -> None:
+        ws, self._ws = self._ws, None
+        self.connected.clear()
+        if ws is not None and not ws.closed:
+            log.warning("stage %d does not take what it is sent (%d bytes waiting): dropping the link",
+                        self.assignment.next_index, self.queued_bytes)
+            self._slow = True
+            asyncio.get_running_loop().create_task(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION))
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -182,6 +202,9 @@ class OutboundLink:
                         backoff = 0.05
                         self.last_error = None
                         self._queue = asyncio.Queue()
+                        self.queued_bytes = 0
+                        self._slow = False
+                        self._ws = ws
                         self.connected.set()
                         log.info("stage %d linked to stage %d at %s", self.assignment.stage_index,
                                  self.assignment.next_index, self.peer.url)
@@ -189,6 +212,8 @@ class OutboundLink:
                             self.on_up()
                         why = await self._pump(ws)
                         reason = f"stage {self.assignment.next_index} closed the link ({ws.close_code}{why})"
+                        if self._slow:
+                            reason = f"stage {self.assignment.next_index} did not take what it was sent: link dropped"
                 except asyncio.CancelledError:
                     raise
                 except HandshakeError as error:
@@ -255,6 +280,7 @@ class OutboundLink:
                     await ws.send_bytes(message)
                 else:
                     await ws.send_str(message)
+                self.queued_bytes -= len(message)
                 self.bytes_sent += len(message)
                 self.frames_sent += 1
         finally:

@@ -47,7 +47,8 @@ from node.pipeline.control import ControlGuard, ControlRefused
 from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
 from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
-from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_INBOX_BYTES
+from node.http_limits import HttpGuard, HttpLimits
+from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_LINK_BYTES
 from node.pipeline.inbox import Inbox, InboxFull
 from node.pipeline.link import (
     CHALLENGE_PATH, LINK_PATH, MAX_MESSAGE_BYTES, REFUSED_HEADER, Challenges, HandshakeError, OutboundLink, challenge_of,
@@ -143,7 +144,8 @@ class StageServer:
         on_loaded: Callable[[StageModel], None] | None = None,
         controllers: Iterable[str] = (),
         started: StartedJobs | None = None,
-        max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
+        max_link_bytes: int = DEFAULT_MAX_LINK_BYTES,
+        http_limits: HttpLimits = HttpLimits(),
     ):
         """`controllers`: the orchestrator addresses whose signed requests may assign, release and start jobs
         here (node/pipeline/control.py). With none, every control request over HTTP is refused; the Python
@@ -176,11 +178,13 @@ class StageServer:
         self._batch_counter = 0
         self._cycle_s = 0.05  # stage 0: moving average of a token's trip round the ring
         self._coalescing = False
-        self._inbox = Inbox(max_inbox_bytes, stall_timeout_s)
+        self.max_link_bytes = max_link_bytes  # held for a neighbour either way: its inbox here, our queue to the next
+        self._inbox = Inbox(max_link_bytes, stall_timeout_s)
         self._wake = asyncio.Event()
         self._outbound: OutboundLink | None = None
         self._inbound_ws: web.WebSocketResponse | None = None
         self._challenges = Challenges()
+        self.http_guard = HttpGuard(http_limits)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-compute")
         self._stepping: set[str] = set()  # jobs in the step now running (their caches stay until it ends)
         self._assign_lock = asyncio.Lock()
@@ -194,7 +198,7 @@ class StageServer:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 << 20)
+        app = web.Application(middlewares=[self.http_guard.middleware], client_max_size=16 << 20)
         app.add_routes([
             web.get("/health", self._http_health),
             web.get("/v1/assignment", self._http_get_assignment),
@@ -215,6 +219,7 @@ class StageServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
+        self.http_guard(self._runner)
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
@@ -302,7 +307,9 @@ class StageServer:
             if relink or self._outbound is None:
                 await self._close_outbound()
                 if assignment.num_stages > 1:
-                    self._outbound = OutboundLink(self.key, assignment, on_lost=self._on_outbound_lost)
+                    self._outbound = OutboundLink(
+                        self.key, assignment, on_lost=self._on_outbound_lost, max_queued_bytes=self.max_link_bytes
+                    )
                     self._outbound.start()
             if old is not None and old.stages[old.previous_index] != assignment.stages[assignment.previous_index]:
                 await self._close_inbound("the previous stage was replaced")

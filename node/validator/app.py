@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from node.http_limits import HttpGuard
 from node.validator.errors import json_errors
 
 NODE: web.AppKey[Any] = web.AppKey("validator_node", object)
@@ -25,10 +26,14 @@ OPENAPI_EXTRA_PATHS: web.AppKey[dict] = web.AppKey("openapi_extra_paths", dict)
 Registrar = Callable[[web.Application], None]
 
 
-def build_app(node: Any, registrars: Iterable[Registrar] = (), *, dashboard: bool = True) -> web.Application:
+def build_app(
+    node: Any, registrars: Iterable[Registrar] = (), *, dashboard: bool = True, guard: HttpGuard | None = None
+) -> web.Application:
+    """`guard`: the per-client limits (node/http_limits.py); install it on the runner too, after setup."""
     from node.validator import api
 
-    app = web.Application(middlewares=[json_errors], client_max_size=node.config.max_body_bytes)
+    middlewares = [json_errors] + ([guard.middleware] if guard is not None else [])
+    app = web.Application(middlewares=middlewares, client_max_size=node.config.max_body_bytes)
     app[NODE] = node
     app[OPENAPI_EXTRA_PATHS] = {}
     api.register(app)

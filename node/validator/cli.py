@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from node.http_limits import HttpGuard, add_http_limit_options, limits_from_args
+
 if TYPE_CHECKING:  # the module itself imports torch-free config lazily, like every command here
     from node.validator.config import ValidatorConfig
 
@@ -101,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--min-stake-wei", type=int, default=_env_int("STAGEWISE_MIN_STAKE_WEI", None),
                      help="stake a worker needs to register, to be issued a job and to sign a receipt; at least "
                      "--slash-wei (env STAGEWISE_MIN_STAKE_WEI, default 3 slashes: 0.03 ether; docs/validator.md)")
+    add_http_limit_options(run)
     run.add_argument("--max-body-bytes", type=int, default=_env_int("STAGEWISE_MAX_BODY_BYTES", 8 * 1024 * 1024),
                      help="largest request body accepted; larger gets 413 (env STAGEWISE_MAX_BODY_BYTES, default 8 MiB)")
     run.add_argument("--validation-workers", type=int, default=_env_int("STAGEWISE_VALIDATION_WORKERS", 1),
@@ -198,6 +201,7 @@ async def _serve(args, dirs: list[Path]) -> None:
     from node.validator.models import ReplayModels
     from node.cli import CommandError
     from node.validator.node import ValidatorNode
+    from node.signing import SigningKey
     from node.validator.spot_check import GuessableSecret, sample_secret
 
     import torch
@@ -212,10 +216,11 @@ async def _serve(args, dirs: list[Path]) -> None:
 
         if args.keystore or os.environ.get("STAGEWISE_VALIDATOR_KEY"):
             key = _validator_key(args)  # owns the fresh contract and is its validator
-            chain = await asyncio.to_thread(lambda: ChainClient.embedded(owner=key))
         else:
-            chain = await asyncio.to_thread(ChainClient.embedded)
-            key = chain.dev_keys[0]
+            key = SigningKey.generate()
+            log.warning("no --keystore: the embedded chain's contract is owned by a throwaway key %s, gone when "
+                        "this process stops", key.address)
+        chain = await asyncio.to_thread(lambda: ChainClient.served_dev_chain(key))
         chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)
         rpc_url = await chain_server.start()
         log.info("embedded chain %d served at %s, staking contract %s", chain.chain_id, rpc_url, chain.address)
@@ -234,8 +239,6 @@ async def _serve(args, dirs: list[Path]) -> None:
         elif not args.no_orchestration:
             # Stage servers obey only requests signed by the address GET /health names: without a chain there
             # is nothing to slash or anchor, so a throwaway key can sign them (workers re-read /health).
-            from node.signing import SigningKey
-
             key = SigningKey.generate()
             log.warning("no validator key (--keystore): stage control requests are signed by the throwaway key %s", key.address)
 
@@ -258,9 +261,11 @@ async def _serve(args, dirs: list[Path]) -> None:
         log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
     setup = None if args.no_orchestration else _orchestration_setup()
     orchestration = setup.build_orchestration(args, node, dirs[0]) if setup is not None else None
-    app = build_app(node, [orchestration.registrar] if orchestration is not None else [])
+    guard = HttpGuard(limits_from_args(args), on_refused=_count_refused_bundle(node))
+    app = build_app(node, [orchestration.registrar] if orchestration is not None else [], guard=guard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    guard(runner)
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
@@ -382,3 +387,13 @@ def _config(args: argparse.Namespace, dirs: list[Path], secret: bytes) -> Valida
         claim_lease_seconds=args.lease_seconds,
         validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
     )
+
+
+def _count_refused_bundle(node):
+    """The HTTP guard's refusals of POST /v1/bundles (rate, slow or oversized body) count in the bundle metrics."""
+
+    def count(request, code: str) -> None:
+        if request.path == "/v1/bundles":
+            node.metrics.bundles_refused.labels(code).inc()
+
+    return count

@@ -1,6 +1,9 @@
 """Bundle intake: every check that can refuse a bundle before it is written, cheapest first.
 
-A refused bundle writes nothing and gets a JSON error naming why (I3). In order: the body parses as a
+A refused bundle writes nothing and gets a JSON error naming why (I3). `read_bundle` does the checks that
+need neither keys nor the database; the node then asks whether the job was issued and is still awaited
+(403 `unassigned_job`, 409 `duplicate_bundle`), and only then does `authenticate` recover signatures, the
+costly part, off the event loop. In order: the body parses as a
 bundle (400; a complaint's rows must hash to the digest it names, one complaint per receiving stage), its model is one this validator can replay (422), every receipt is exactly the one the spec,
 output and proofs imply, so a job id that does not match its spec is refused here (422), the output obeys
 the spec's stop ids and the model's vocabulary (422), every receipt and complaint recovers to the worker its stage assigns (403), and
@@ -20,6 +23,15 @@ from node.validator.errors import ApiError
 
 
 @dataclass(frozen=True)
+class ReadBundle:
+    """A bundle that parsed and says what its spec implies; nobody's signature is checked yet."""
+
+    bundle: Bundle
+    job_id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Admitted:
     bundle: Bundle
     signers: tuple[str, ...]
@@ -36,8 +48,8 @@ class Admitted:
 StakeOf = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 
-def admit(body: bytes, *, vocab_sizes: dict[str, int], domain: ReceiptDomain) -> Admitted:
-    """Every check that needs no database: form, model, receipts, stop ids, signatures (stake: IntakeWriter)."""
+def read_bundle(body: bytes, *, vocab_sizes: dict[str, int]) -> ReadBundle:
+    """Form, model, vocabulary, receipts and stop ids: what a bundle is refused for without keys or database."""
     if not body:
         raise ApiError(400, "malformed_json", "the request body is empty; send a bundle as JSON")
     try:
@@ -58,17 +70,23 @@ def admit(body: bytes, *, vocab_sizes: dict[str, int], domain: ReceiptDomain) ->
     stops = set(spec.sampling.stop_ids)
     if stops and any(t in stops for t in bundle.output_token_ids[:-1]):
         raise ApiError(422, "output_after_stop", "the output continues past a stop token")
+    return ReadBundle(bundle, bundle.job_id_hex, body.decode())
+
+
+def authenticate(read: ReadBundle, domain: ReceiptDomain) -> Admitted:
+    """Every receipt and complaint recovers to the worker its stage assigns (403): the costly check, last."""
+    bundle = read.bundle
     try:
         signers = check_signers(bundle, domain)
     except BundleError as error:
         code = "bad_signature" if "signature:" in str(error) else "unassigned_signer"
         raise ApiError(403, code, str(error)) from None
     complainers = tuple(bundle.spec.stages[c.evidence.complainer_stage].worker for c in bundle.complaints)
-    return Admitted(bundle, signers, bundle.job_id_hex, body.decode(), complainers)
+    return Admitted(bundle, signers, read.job_id, read.text, complainers)
 
 
 class IntakeWriter:
-    """Group commit for bundles that passed `admit`: every bundle admitted while the previous write was in
+    """Group commit for bundles that passed `authenticate`: every bundle admitted while the previous write was in
     progress goes into the next single ledger transaction, with one stake query for all their signers.
 
     Each caller still gets its own answer only after its bundle is committed (or refused), so "stored

@@ -34,7 +34,8 @@ from node.signing import SigningKey
 from node.validator.config import ValidatorConfig
 from node.validator.epochs_task import entries_waiting
 from node.validator.errors import ApiError
-from node.validator.intake import IntakeWriter, admit
+from node.validator.deadlines import AWAITING
+from node.validator.intake import IntakeWriter, authenticate, read_bundle
 from node.validator.metrics import ValidatorMetrics
 from node.validator.models import ReplayModels
 from node.validator.queue import ClaimedJob, JobQueue, utcnow
@@ -44,6 +45,8 @@ from node.validator.handoff_faults import findings_without_replay, handoff_fault
 from node.validator.verdict import Outcome, Reason, Verdict, decide
 
 log = logging.getLogger(__name__)
+
+INTAKE_CPU_SLOTS = 2  # bundles parsed or authenticated at once; more wait their turn
 
 STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
@@ -80,6 +83,7 @@ class ValidatorNode:
         self.metrics = ValidatorMetrics()
         self.queue = JobQueue(ledger.write_engine, config.validator_id, config.claim_lease_seconds)
         self.intake = IntakeWriter(ledger, self.stakes_of, config.min_stake_wei)
+        self._intake_slots = asyncio.Semaphore(INTAKE_CPU_SLOTS)
         # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
         self.spec_guard: SpecGuard | None = None
         # Set by orchestration (it knows the stage servers): the rows an accused stage received, or None.
@@ -95,12 +99,21 @@ class ValidatorNode:
     # ------------------------------------------------------------------ intake
 
     async def submit_bundle(self, body: bytes) -> dict[str, Any]:
-        admitted = admit(body, vocab_sizes=self.models.vocab_sizes, domain=self.domain)
-        bundle = admitted.bundle
+        """Intake (intake.py), cheapest refusal first: parse (off the loop), issued and awaited (one lookup),
+        then signatures (off the loop), then stake and the write. At most `_intake_slots` bundles use a
+        CPU at once, so a flood of bundles queues instead of starving /health and the verdicts."""
+        async with self._intake_slots:
+            read = await asyncio.to_thread(read_bundle, body, vocab_sizes=self.models.vocab_sizes)
         if self.spec_guard is not None:
-            reason = await self.spec_guard(bundle.spec)
+            reason = await self.spec_guard(read.bundle.spec)
             if reason:
                 raise ApiError(403, "unassigned_job", reason)
+        known = await self.ledger.job(read.job_id)
+        if known is not None and known.status != AWAITING:
+            raise ApiError(409, "duplicate_bundle", f"job {read.job_id} was already submitted; nothing changed")
+        async with self._intake_slots:
+            admitted = await asyncio.to_thread(authenticate, read, self.domain)
+        bundle = admitted.bundle
         if not await self.intake.store(admitted):
             raise ApiError(409, "duplicate_bundle", f"job {admitted.job_id} was already submitted; nothing changed")
         self.metrics.bundles_queued.inc()

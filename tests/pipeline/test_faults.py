@@ -148,7 +148,7 @@ async def test_a_neighbour_cannot_fill_a_stage_faster_than_it_computes(llama_dir
         time.sleep(0.05)  # stage 1 computes slowly; stage 0 sends as fast as it can
         return rows
 
-    options = {1: {"tamper": slow, "max_inbox_bytes": 1}}
+    options = {1: {"tamper": slow, "max_link_bytes": 1}}
     async with LocalPipeline(llama_dir, 3, stage_options=options) as pipe:
         runs = [pipe.generate([1, 2, 3, i], SamplingParams(max_new_tokens=20), seed=i) for i in range(6)]
         assert all(len(tokens) == 20 for tokens in await asyncio.gather(*runs))  # held back, not dropped
@@ -161,11 +161,34 @@ async def test_a_neighbour_that_keeps_the_inbox_full_is_dropped(llama_dir):
         time.sleep(1.0)
         return rows
 
-    options = {1: {"tamper": stuck, "max_inbox_bytes": 1, "stall_timeout_s": 0.3}}
+    options = {1: {"tamper": stuck, "max_link_bytes": 1, "stall_timeout_s": 0.3}}
     async with LocalPipeline(llama_dir, 3, stage_options=options) as pipe:
         runs = [pipe.generate([1, 2, 3, i], SamplingParams(max_new_tokens=20), seed=i) for i in range(3)]
         outcomes = await asyncio.gather(*runs, return_exceptions=True)
         assert any("overfilled" in str(outcome) for outcome in outcomes), outcomes
+
+
+async def test_a_next_stage_that_stops_reading_is_dropped_not_buffered_for(llama_dir):
+    # The attack: the next stage accepts the link and never reads; everything this stage sends waited in
+    # an unbounded queue. Stage 1 here stops reading after one frame (its inbox full, its compute stuck).
+    def stuck(job_id, stage_index, start, rows):
+        time.sleep(3)
+        return rows
+
+    options = {0: {"max_link_bytes": 8 << 20}, 1: {"tamper": stuck, "max_link_bytes": 1, "stall_timeout_s": 60}}
+    async with LocalPipeline(llama_dir, 3, stage_options=options) as pipe:
+        run = asyncio.create_task(pipe.generate([1, 2, 3], SHORT))
+        await wait_for(lambda: pipe.servers[1]._inbox.bytes > 1)
+        link = pipe.servers[0]._outbound
+        frame = b"\0" * (1 << 20)
+        sent = 0
+        while link.send(frame) and sent < 200:
+            sent += 1
+            await asyncio.sleep(0.005)
+        assert sent < 200 and link.queued_bytes <= 8 << 20  # gave up on stage 1 instead of holding 200 MiB
+        await wait_for(lambda: link.last_error is not None)
+        assert "did not take what it was sent" in link.last_error
+        run.cancel()
 
 
 async def test_http_errors_are_json_with_the_right_status(llama_dir):

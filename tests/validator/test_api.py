@@ -190,3 +190,43 @@ async def test_a_five_thousand_digit_integer_is_a_400_not_a_500(client):
     response = await client.post("/v1/bundles", data='{"version": ' + "9" * 5000 + "}")
     body = await response.json()
     assert response.status == 400 and body["error"]["code"] == "malformed_json", body
+
+
+class SignatureWork:
+    """Counts the signature recoveries intake does, and whether any ran on the event loop's thread."""
+
+    def __init__(self, monkeypatch) -> None:
+        import threading
+
+        import node.bundle
+
+        self.calls, self.on_loop = 0, 0
+        recover = node.bundle.recover_signers
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            self.on_loop += threading.current_thread() is threading.main_thread()
+            return recover(*args, **kwargs)
+
+        monkeypatch.setattr(node.bundle, "recover_signers", counted)
+
+
+async def test_a_bundle_of_a_job_nobody_issued_is_refused_before_any_signature_is_checked(client, node, group, monkeypatch):
+    # The attack (issue 15, item 4): flood the API with validly shaped bundles of made-up jobs; each cost
+    # the validator its signature recoveries before the job was even looked up.
+    async def issued_nothing(spec):
+        return f"job {spec.job_id_hex} was not issued by this validator's orchestrator"
+
+    node.spec_guard = issued_nothing
+    work = SignatureWork(monkeypatch)
+    await assert_error(await client.post("/v1/bundles", json=bundle_json(group)), 403, "unassigned_job")
+    assert work.calls == 0
+
+
+async def test_a_bundle_already_in_is_refused_before_any_signature_is_checked(client, group, monkeypatch):
+    document = bundle_json(group)
+    work = SignatureWork(monkeypatch)
+    assert (await client.post("/v1/bundles", json=document)).status == 202
+    assert (work.calls, work.on_loop) == (1, 0)  # checked once, off the event loop
+    await assert_error(await client.post("/v1/bundles", json=document), 409, "duplicate_bundle")
+    assert work.calls == 1

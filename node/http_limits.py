@@ -1,0 +1,231 @@
+"""What one client may cost an HTTP server of the node: connections, request rate, and time to send a request.
+
+aiohttp bounds the size of a request line, its headers and its body, but not how many connections one
+client holds nor how slowly it sends: 1,100 connections that never finish their headers used up the
+validator's file descriptors. `HttpGuard` adds, on the validator's API and on every stage server:
+
+- at most `max_connections` open connections, and `max_per_client` from one address (more are closed at
+  once);
+- a connection must finish a request's headers within `header_timeout_s` of opening (or of its previous
+  answer), and a request's body within `body_timeout_s` (408), or it is closed;
+- a token bucket per address: `requests_per_s` on average, bursts of `burst`; past it, 429 with
+  Retry-After.
+
+Limits are per remote address as the socket sees it: behind a proxy, put the limits in the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+log = logging.getLogger("stagewise.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_connections: int = 1024
+    max_per_client: int = 128
+    header_timeout_s: float = 20.0
+    body_timeout_s: float = 60.0
+    requests_per_s: float = 200.0
+    burst: int = 1000
+
+    def __post_init__(self) -> None:
+        if min(self.max_connections, self.max_per_client, self.burst) < 1:
+            raise ValueError("connection caps and the burst are at least 1")
+        if min(self.header_timeout_s, self.body_timeout_s, self.requests_per_s) <= 0:
+            raise ValueError("timeouts and the request rate are positive")
+
+
+class _Bucket:
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens, self.at = tokens, at
+
+
+class HttpGuard:
+    """Install on a running server with `guard(runner)` after `runner.setup()`; add `guard.middleware`."""
+
+    def __init__(
+        self,
+        limits: HttpLimits = HttpLimits(),
+        *,
+        on_refused: Callable[[web.Request, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`on_refused(request, code)` hears of every request the guard answers itself (metrics)."""
+        self.limits = limits
+        self.on_refused = on_refused
+        self.clock = clock
+        self.refused_connections = 0
+        self.throttled_requests = 0
+        self._per_client: collections.Counter[str] = collections.Counter()
+        self._client_of: dict[object, str] = {}
+        self._deadlines: dict[object, asyncio.TimerHandle] = {}
+        self._buckets: dict[str, _Bucket] = {}
+
+    def __call__(self, runner: web.BaseRunner) -> None:
+        """Watch the connections of `runner`'s server (call after `runner.setup()`, before a site starts)."""
+        server = runner.server
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler, transport) -> None:
+            made(handler, transport)
+            self._opened(handler, transport)
+
+        def connection_lost(handler, exc=None) -> None:
+            self._closed(handler)
+            lost(handler, exc)
+
+        server.connection_made, server.connection_lost = connection_made, connection_lost
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        protocol = request.protocol
+        self._disarm(protocol)
+        try:
+            refused = await self._refusal(request)
+            if refused is not None:
+                if self.on_refused is not None:
+                    self.on_refused(request, refused.code)
+                return refused.response
+            return await handler(request)
+        finally:
+            if protocol is not None and protocol in self._client_of:
+                self._arm(protocol, protocol.transport)  # the next request's headers are due in time too
+
+    async def _refusal(self, request: web.Request) -> _Refusal | None:
+        """The answer to a request over its client's rate, or whose body is too slow or too big; else None
+        (its body, if any, is then read and kept for the handler)."""
+        client = request.remote or "?"
+        wait = self._take_token(client)
+        if wait > 0:
+            self.throttled_requests += 1
+            return _Refusal(
+                429, "rate_limited", f"more than {self.limits.requests_per_s:g} requests per second from {client}; "
+                f"retry in {wait:.1f} s", {"Retry-After": str(max(1, round(wait)))},
+            )
+        if not request.body_exists:
+            return None
+        try:
+            await asyncio.wait_for(request.read(), self.limits.body_timeout_s)
+            return None
+        except asyncio.TimeoutError:
+            refusal = _Refusal(408, "body_timeout", f"the body did not arrive within {self.limits.body_timeout_s:g} s")
+        except web.HTTPRequestEntityTooLarge:
+            limit = getattr(request, "_client_max_size", None)
+            refusal = _Refusal(413, "body_too_large", f"the request body is larger than this node accepts ({limit} bytes)")
+        refusal.response.force_close()  # the rest of the body is unread: the connection can carry nothing more
+        return refusal
+
+    # ---------------------------------------------------------------------------------------- connections
+
+    def _opened(self, handler, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if len(self._client_of) >= self.limits.max_connections or self._per_client[client] >= self.limits.max_per_client:
+            self.refused_connections += 1
+            if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
+                log.warning("refused a connection from %s (%d open from it, %d in all; %d refused so far)",
+                            client, self._per_client[client], len(self._client_of), self.refused_connections)
+            transport.close()
+            return
+        self._client_of[handler] = client
+        self._per_client[client] += 1
+        self._arm(handler, transport)
+
+    def _closed(self, handler) -> None:
+        self._disarm(handler)
+        client = self._client_of.pop(handler, None)
+        if client is not None:
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+
+    def _arm(self, handler, transport) -> None:
+        self._disarm(handler)
+        if transport is None or transport.is_closing():
+            return
+        loop = asyncio.get_running_loop()
+        self._deadlines[handler] = loop.call_later(self.limits.header_timeout_s, self._too_slow, handler, transport)
+
+    def _disarm(self, handler) -> None:
+        timer = self._deadlines.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _too_slow(self, handler, transport) -> None:
+        self._deadlines.pop(handler, None)
+        log.debug("closing a connection from %s: no request within %g s", self._client_of.get(handler),
+                  self.limits.header_timeout_s)
+        transport.close()
+
+    # ---------------------------------------------------------------------------------------- rate
+
+    def _take_token(self, client: str) -> float:
+        """0 when `client` may send this request now, else the seconds until it may."""
+        now = self.clock()
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            if len(self._buckets) > 100_000:  # forget idle clients rather than grow without bound
+                self._buckets = {c: b for c, b in self._buckets.items() if now - b.at < 60}
+            bucket = self._buckets[client] = _Bucket(float(self.limits.burst), now)
+        bucket.tokens = min(float(self.limits.burst), bucket.tokens + (now - bucket.at) * self.limits.requests_per_s)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.limits.requests_per_s
+
+
+class _Refusal:
+    """A request the guard answers itself: the JSON error every API of the node uses."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self.code = code
+        self.response = web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def add_http_limit_options(parser) -> None:
+    """The flags (and environment variables) that set `HttpLimits` on a command that serves HTTP."""
+    import os
+
+    def env(name: str, kind, default):
+        value = os.environ.get(name)
+        return kind(value) if value else default
+
+    defaults = HttpLimits()
+    group = parser.add_argument_group("per-client HTTP limits")
+    group.add_argument("--max-connections", type=int, default=env("STAGEWISE_MAX_CONNECTIONS", int, defaults.max_connections),
+                       help=f"open connections in all; more are closed at once (env STAGEWISE_MAX_CONNECTIONS, default {defaults.max_connections})")
+    group.add_argument("--max-connections-per-client", type=int,
+                       default=env("STAGEWISE_MAX_CONNECTIONS_PER_CLIENT", int, defaults.max_per_client),
+                       help=f"open connections from one address (env STAGEWISE_MAX_CONNECTIONS_PER_CLIENT, default {defaults.max_per_client})")
+    group.add_argument("--requests-per-second", type=float,
+                       default=env("STAGEWISE_REQUESTS_PER_SECOND", float, defaults.requests_per_s),
+                       help=f"average requests per second from one address, bursts of {defaults.burst}; past it 429 "
+                       f"(env STAGEWISE_REQUESTS_PER_SECOND, default {defaults.requests_per_s:g})")
+    group.add_argument("--header-timeout", type=float, default=env("STAGEWISE_HEADER_TIMEOUT", float, defaults.header_timeout_s),
+                       help="seconds a connection has to send a request's headers, and as long again for its body "
+                       f"times {defaults.body_timeout_s / defaults.header_timeout_s:g} (env STAGEWISE_HEADER_TIMEOUT, default {defaults.header_timeout_s:g})")
+
+
+def limits_from_args(args) -> HttpLimits:
+    defaults = HttpLimits()
+    return HttpLimits(
+        max_connections=args.max_connections,
+        max_per_client=args.max_connections_per_client,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.header_timeout * defaults.body_timeout_s / defaults.header_timeout_s,
+        requests_per_s=args.requests_per_second,
+    )
