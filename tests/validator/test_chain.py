@@ -126,3 +126,47 @@ async def test_a_crash_after_sending_does_not_send_twice(chain, sqlite_ledger, m
     [row] = await ledger.outbox()
     assert row.status == "sent" and row.tx_hash == tx.tx_hash
     assert chain.stake_of(worker_keys[1].address) == STAKE - SLASH
+
+
+async def test_stake_below_the_minimum_on_chain_keeps_a_worker_out_and_takes_it_out_of_the_next_job(
+    chain, ledger, model_dir, model_id, worker_keys
+):
+    # The attack (issue 15, item 3), on both chain backends: stake less than one slash, or withdraw after
+    # registering; a slash is capped at the stake left, so a proven fault would cost next to nothing.
+    import argparse
+
+    from node.signing import SigningKey
+    from node.validator.orchestration_setup import add_orchestration_options, build_orchestration
+    from node.validator.registry import RegistrationRefused
+    from node.validator.worker_messages import make_registration
+    from tests.orchestration.conftest import CAPACITIES
+    from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker
+
+    domain = ReceiptDomain(chain.chain_id, chain.address)
+    node = ValidatorNode(make_config(model_dir), ledger, domain=domain, models=ReplayModels([model_dir]),
+                         chain=chain, chain_key=chain.dev_keys[0])
+    assert node.config.min_stake_wei == 3 * SLASH
+    poor = SigningKey.generate()
+    await asyncio.to_thread(chain.fund, poor.address, 10**17)
+    await asyncio.to_thread(chain.stake, poor, SLASH - 1)
+    await ChainSync(chain, ledger).sync_to_head()
+    parser = argparse.ArgumentParser()
+    add_orchestration_options(parser)
+    args = parser.parse_args(["--allow-private-stage-urls"])
+    honest = worker_keys[0]
+    driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in (honest, poor)})
+    registry = build_orchestration(args, node, model_dir, driver=driver).orchestrator.registry
+
+    def registration(key):
+        return make_registration(key, CAPACITIES[0], "eu", "http://127.0.0.1:1", validator=node.address,
+                                 chain_id=chain.chain_id)
+
+    with pytest.raises(RegistrationRefused) as refused:
+        await registry.register(registration(poor))
+    assert refused.value.code == "insufficient_stake"
+    await registry.register(registration(honest))
+    assert await registry.understaked([honest.address]) is None
+    await asyncio.to_thread(chain.request_unstake, honest, STAKE - SLASH)  # keeps one slash: below the minimum
+    await ChainSync(chain, ledger).sync_to_head()
+    worker, why = await registry.understaked([honest.address])
+    assert worker == honest.address and why.code == "insufficient_stake"
