@@ -86,6 +86,8 @@ class ValidatorNode:
         self._intake_slots = asyncio.Semaphore(INTAKE_CPU_SLOTS)
         # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
         self.spec_guard: SpecGuard | None = None
+        # Told of every blamed worker once its verdict is committed (orchestration evicts it): (worker, reason).
+        self.on_blamed: list[Callable[[str, str], Awaitable[None]]] = []
         # Set by orchestration (it knows the stage servers): the rows an accused stage received, or None.
         self.defence_source: DefenceSource | None = None
         self.wake = asyncio.Event()
@@ -264,6 +266,11 @@ class ValidatorNode:
         self.metrics.verdict_latency.observe((utcnow() - _aware(claimed.received_at)).total_seconds())
         if slash_payload is not None:
             self.metrics.slashes.inc()
+            for hook in self.on_blamed:
+                try:
+                    await hook(slash_payload["worker"], verdict.reason.value)
+                except Exception:  # the verdict is committed; a failed eviction must not undo or repeat it
+                    log.exception("job %s: could not act on the blame of %s", job_id, slash_payload["worker"])
         log.info(
             "job %s: %s%s", job_id, verdict.outcome.value,
             f", stage {verdict.blamed_stage} blamed ({verdict.reason.value})" if verdict.blamed_stage is not None else "",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from node.job import SamplingParams
+from node.validator.bans import ledger_bans
 from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
 from node.validator.grouping import GroupingPolicy, ModelShape
 from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
@@ -157,6 +158,7 @@ def build_orchestration(
             chain_id=node.domain.chain_id if getattr(node, "address", None) else None,
             allow_private_urls=getattr(args, "allow_private_stage_urls", True),
         ),
+        banned_until=ledger_bans(node.ledger) if getattr(node, "ledger", None) is not None else None,
     )
     if driver is None:
         from node.validator.stage_control import HttpPipelineDriver
@@ -174,6 +176,8 @@ def build_orchestration(
         GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages),
         regroup_interval_s=args.regroup_interval,
     )
+    if hasattr(node, "on_blamed"):
+        node.on_blamed.append(orchestrator.worker_blamed)
     issued = IssuedJobs()
     if hasattr(node, "spec_guard"):
         node.spec_guard = _spec_guard(node, issued)

@@ -120,6 +120,10 @@ class Orchestrator:
             log.warning("worker %s dropped: %s", worker, reason)
         await self.refresh()
 
+    async def worker_blamed(self, worker: str, reason: str) -> None:
+        """A verdict blamed this worker: out of its group now (it may register again, unless banned)."""
+        await self.worker_failed(worker, f"blamed by a verdict ({reason})")
+
     def assignment(self, address: str) -> Assignment:
         found = self.grouping.group_of(address)
         if found is None:

@@ -79,8 +79,11 @@ class Registry:
         stake_of: StakeLookup,
         policy: RegistryPolicy = RegistryPolicy(),
         clock: Callable[[], float] = time.time,
+        banned_until: Callable[[str], Awaitable[float | None]] | None = None,
     ) -> None:
+        """`banned_until(address)`: when a ban on that worker ends, or None (node/validator/bans.py)."""
         self._stake_of = stake_of
+        self._banned_until = banned_until
         self.policy = policy
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
@@ -96,6 +99,7 @@ class Registry:
         now = self._clock()
         async with self._lock:
             self._check_fresh(message.nonce, message.timestamp, now)
+            await self._check_not_banned(message.address, now)
             stake = await self._staked(message.address)
             self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
             previous = self._workers.get(message.address)
@@ -115,6 +119,13 @@ class Registry:
             record.region, record.stage_url,
         )
         return record
+
+    async def _check_not_banned(self, address: str, now: float) -> None:
+        until = await self._banned_until(address) if self._banned_until is not None else None
+        if until is not None and until > now:
+            raise RegistrationRefused(
+                "banned", f"{address} was blamed again and again: it may register in {until - now:.0f} s", 403
+            )
 
     def _check_audience(self, message: Registration) -> None:
         """A registration names the validator and chain it is for, so a copy cannot enrol its worker elsewhere."""
