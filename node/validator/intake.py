@@ -1,15 +1,20 @@
 """Bundle intake: every check that can refuse a bundle before it is written, cheapest first.
 
-A refused bundle writes nothing and gets a JSON error naming why (I3). `read_bundle` does the checks that
-need neither keys nor the database; the node then asks whether the job was issued and is still awaited
-(403 `unassigned_job`, 409 `duplicate_bundle`), and only then does `authenticate` recover signatures, the
-costly part, off the event loop. In order: the body parses as a
-bundle (400; a complaint's rows must hash to the digest it names, one complaint per receiving stage), its model is one this validator can replay (422), every receipt is exactly the one the spec,
-output and proofs imply, so a job id that does not match its spec is refused here (422), the output obeys
-the spec's stop ids and the model's vocabulary (422), every receipt and complaint recovers to the worker its stage assigns (403), and
-every signer and complainer has stake (403, checked by `IntakeWriter` with one query per batch). Whether a
-complaint's evidence holds is not checked here: a false one is judged and costs the complainer. What passes is stored;
-whether it is *true* is the replay's business, later.
+A refused bundle writes nothing and gets a JSON error naming why (I3). In order:
+
+1. `read_bundle`, needing neither keys nor the database: the body parses as a bundle (400; a complaint's
+   rows must hash to the digest it names, one complaint per receiving stage), its model is one this
+   validator can replay and its tokens are in the vocabulary (422), the output obeys the spec's stop ids
+   (422);
+2. the node asks whether the job was issued and is still awaited (403 `unassigned_job`, 409
+   `duplicate_bundle`): a made-up job costs no signature work;
+3. `authenticate`, off the event loop: every receipt is exactly the one the spec, output and proofs imply,
+   so a job id that does not match its spec is refused (422), and every receipt, handoff claim and
+   complaint recovers to the worker its stage assigns (403);
+4. every signer and complainer has stake (403, checked by `IntakeWriter` with one query per batch).
+
+Whether a complaint's evidence holds is not checked here: a false one is judged and costs the complainer.
+What passes is stored; whether it is *true* is the replay's business, later.
 """
 
 from __future__ import annotations
@@ -63,10 +68,6 @@ def read_bundle(body: bytes, *, vocab_sizes: dict[str, int]) -> ReadBundle:
         raise ApiError(422, "unknown_model", f"this validator cannot replay model {spec.model_id}")
     if max(spec.prompt_token_ids) >= vocab or (bundle.output_token_ids and max(bundle.output_token_ids) >= vocab):
         raise ApiError(422, "token_out_of_vocabulary", f"a token id is not below the model's vocabulary size {vocab}")
-    try:
-        check_receipts(bundle)
-    except BundleError as error:
-        raise ApiError(422, "receipt_mismatch", str(error)) from None
     stops = set(spec.sampling.stop_ids)
     if stops and any(t in stops for t in bundle.output_token_ids[:-1]):
         raise ApiError(422, "output_after_stop", "the output continues past a stop token")
@@ -74,8 +75,14 @@ def read_bundle(body: bytes, *, vocab_sizes: dict[str, int]) -> ReadBundle:
 
 
 def authenticate(read: ReadBundle, domain: ReceiptDomain) -> Admitted:
-    """Every receipt and complaint recovers to the worker its stage assigns (403): the costly check, last."""
+    """Every receipt is the one the spec, output and proofs imply (422; handoff claims are signature checks
+    too), and every receipt and complaint recovers to the worker its stage assigns (403): the costly checks,
+    run only for a job that was issued and is awaited."""
     bundle = read.bundle
+    try:
+        check_receipts(bundle)
+    except BundleError as error:
+        raise ApiError(422, "receipt_mismatch", str(error)) from None
     try:
         signers = check_signers(bundle, domain)
     except BundleError as error:
