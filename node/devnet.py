@@ -177,6 +177,7 @@ class Devnet:
                 "--epoch-seconds", "15",
                 "--heartbeat-timeout", "20",
                 "--allow-private-stage-urls",  # every worker of a devnet is on loopback
+                "--bundle-deadline", "30",  # loopback delivers in seconds; a job cut short (its cheater evicted) ends soon
                 "--results", str(self.home / "results.jsonl"),
             ],
         )

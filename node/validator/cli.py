@@ -103,6 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--min-stake-wei", type=int, default=_env_int("STAGEWISE_MIN_STAKE_WEI", None),
                      help="stake a worker needs to register, to be issued a job and to sign a receipt; at least "
                      "--slash-wei (env STAGEWISE_MIN_STAKE_WEI, default 3 slashes: 0.03 ether; docs/validator.md)")
+    run.add_argument("--bundle-deadline", type=float, default=_env_float("STAGEWISE_BUNDLE_DEADLINE", 600.0),
+                     help="an issued job whose complete bundle has not arrived after this many seconds is "
+                     "soft-invalidated: nobody paid, nobody slashed (env STAGEWISE_BUNDLE_DEADLINE, default 600)")
     add_http_limit_options(run)
     run.add_argument("--max-body-bytes", type=int, default=_env_int("STAGEWISE_MAX_BODY_BYTES", 8 * 1024 * 1024),
                      help="largest request body accepted; larger gets 413 (env STAGEWISE_MAX_BODY_BYTES, default 8 MiB)")
@@ -385,6 +388,7 @@ def _config(args: argparse.Namespace, dirs: list[Path], secret: bytes) -> Valida
         tariff=Tariff(args.wei_per_work_unit, args.slash_wei),
         min_stake_wei=args.min_stake_wei,
         claim_lease_seconds=args.lease_seconds,
+        bundle_deadline_seconds=args.bundle_deadline,
         validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
     )
 
