@@ -8,7 +8,7 @@ with exponential backoff until the stage stops or is re-pointed at another neigh
 The handshake finishes before the WebSocket opens, so that nobody unauthenticated can send a frame (a
 WebSocket buffers a whole message, up to its size limit, before anyone can look at it):
 
-1. `GET /v1/link/challenge` gives a fresh random challenge (kept `CHALLENGE_TTL_S`, used once);
+1. `GET /v1/link/challenge` gives a fresh challenge (good for `CHALLENGE_TTL_S`, once; see `Challenges`);
 2. the upgrade request carries the signed hello (see handoff.py) in the `Stagewise-Hello` header; the
    server checks it before upgrading and refuses with 403 (the reason in `Stagewise-Refused`);
 3. the server's first message is its own hello, answering the client's nonce. The server never sends
@@ -18,9 +18,12 @@ WebSocket buffers a whole message, up to its size limit, before anyone can look 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable, Mapping
 
@@ -41,8 +44,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 256 << 20  # a frame from the authenticated neighbour
 MAX_CONTROL_BYTES = 64 << 10  # anything before the hello is checked, and all the server ever sends back
 CHALLENGE_TTL_S = 30.0
-MAX_OPEN_CHALLENGES = 64
-MAX_QUEUED_BYTES = 512 << 20  # sent but not yet taken by the next stage: past it, the link is dropped
+MAX_QUEUED_BYTES = 512 << 20  # sent but not yet taken by the next stage: over it for long, the link is dropped
 
 
 class HandshakeError(Exception):
@@ -85,24 +87,36 @@ def check_hello(hello: dict, assignment: Assignment, expected_stage: int, my_add
 
 
 class Challenges:
-    """The challenges a stage server handed out and not yet seen answered: each is good once, for a while.
-    At most MAX_OPEN_CHALLENGES are kept (the oldest go first), so asking for many costs the asker only."""
+    """Challenges a stage server hands out: stateless until answered, so asking for many evicts nobody's.
 
-    def __init__(self, ttl_s: float = CHALLENGE_TTL_S, limit: int = MAX_OPEN_CHALLENGES) -> None:
-        self.ttl_s, self.limit = ttl_s, limit
-        self._open: dict[bytes, float] = {}
+    A challenge is `time (ms) | random | MAC` under a secret of this server; it is good for `ttl_s` and once:
+    only a challenge whose hello verified is remembered (`spend`), until it would have expired anyway.
+    """
+
+    def __init__(self, ttl_s: float = CHALLENGE_TTL_S, clock: Callable[[], float] = time.time) -> None:
+        self.ttl_s, self.clock = ttl_s, clock
+        self._secret = os.urandom(32)
+        self._spent: dict[bytes, float] = {}
 
     def issue(self) -> bytes:
-        challenge = os.urandom(16)
-        self._open[challenge] = time.monotonic() + self.ttl_s
-        while len(self._open) > self.limit:
-            del self._open[next(iter(self._open))]
-        return challenge
+        body = struct.pack(">Q", int(self.clock() * 1000)) + os.urandom(8)
+        return body + self._mac(body)
 
-    def take(self, challenge: bytes) -> bool:
-        """True once for a challenge this server issued that has not expired."""
-        expires = self._open.pop(challenge, None)
-        return expires is not None and time.monotonic() <= expires
+    def fresh(self, challenge: bytes) -> bool:
+        """True for a challenge this server issued, not expired and not yet spent."""
+        if len(challenge) != 32 or not hmac.compare_digest(challenge[16:], self._mac(challenge[:16])):
+            return False
+        issued = struct.unpack(">Q", challenge[:8])[0] / 1000
+        return 0 <= self.clock() - issued <= self.ttl_s and challenge not in self._spent
+
+    def spend(self, challenge: bytes) -> None:
+        """Remember a challenge a verified hello answered, so that hello cannot be replayed."""
+        now = self.clock()
+        self._spent = {c: until for c, until in self._spent.items() if until > now}
+        self._spent[challenge] = now + self.ttl_s
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:16]
 
 
 def hello_of(headers: Mapping[str, str]) -> dict:
@@ -137,9 +151,11 @@ class OutboundLink:
         on_up: Callable[[], None] | None = None,
         max_backoff_s: float = 5.0,
         max_queued_bytes: int = MAX_QUEUED_BYTES,
+        stall_s: float = 120.0,
     ):
         self.key, self.assignment = key, assignment
-        self.max_queued_bytes = max_queued_bytes
+        self.max_queued_bytes, self.stall_s = max_queued_bytes, stall_s
+        self._over_since: float | None = None
         self.queued_bytes = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.peer = assignment.stages[assignment.next_index]
@@ -168,13 +184,18 @@ class OutboundLink:
 
     def send(self, message: bytes | str) -> bool:
         """Queue a message; False (dropped) while the link is down. A next stage that does not take what it
-        is sent (the queue past `max_queued_bytes`) is dropped, as if it had closed the link."""
+        is sent is dropped, as if it had closed the link: when the queue has stayed over `max_queued_bytes`
+        for `stall_s`, or would pass twice that. A message alone in the queue is never refused."""
         if not self.connected.is_set():
             return False
-        if self.queued_bytes + len(message) > self.max_queued_bytes:
-            self._drop_slow_reader()
-            return False
-        self.queued_bytes += len(message)
+        after = self.queued_bytes + len(message)
+        if self.queued_bytes and after > self.max_queued_bytes:
+            now = time.monotonic()
+            self._over_since = self._over_since or now
+            if after > 2 * self.max_queued_bytes or now - self._over_since > self.stall_s:
+                self._drop_slow_reader()
+                return False
+        self.queued_bytes = after
         self._queue.put_nowait(message)
         return True
 
@@ -203,6 +224,7 @@ class OutboundLink:
                         self.last_error = None
                         self._queue = asyncio.Queue()
                         self.queued_bytes = 0
+                        self._over_since = None
                         self._slow = False
                         self._ws = ws
                         self.connected.set()
@@ -223,7 +245,7 @@ class OutboundLink:
                     reason = f"handshake with stage {self.assignment.next_index} failed: {refused}"
                 except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as error:
                     reason = f"link to stage {self.assignment.next_index} at {self.peer.url}: {type(error).__name__}: {error}"
-                was_up = self.connected.is_set()
+                was_up = self.connected.is_set() or self._slow  # a dropped slow reader was up: say so
                 self.connected.clear()
                 self.last_error = reason
                 if was_up:
@@ -281,6 +303,8 @@ class OutboundLink:
                 else:
                     await ws.send_str(message)
                 self.queued_bytes -= len(message)
+                if self.queued_bytes <= self.max_queued_bytes:
+                    self._over_since = None
                 self.bytes_sent += len(message)
                 self.frames_sent += 1
         finally:

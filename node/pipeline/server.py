@@ -48,10 +48,10 @@ from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_re
 from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
 from node.http_limits import HttpGuard, HttpLimits
-from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_LINK_BYTES
+from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_INBOX_BYTES
 from node.pipeline.inbox import Inbox, InboxFull
 from node.pipeline.link import (
-    CHALLENGE_PATH, LINK_PATH, MAX_MESSAGE_BYTES, REFUSED_HEADER, Challenges, HandshakeError, OutboundLink, challenge_of,
+    CHALLENGE_PATH, LINK_PATH, MAX_MESSAGE_BYTES, MAX_QUEUED_BYTES, REFUSED_HEADER, Challenges, HandshakeError, OutboundLink, challenge_of,
     check_hello, hello_of, sign_hello,
 )
 from node.pipeline.sequence import DONE, FAILED, SAMPLED, SequenceFailed, SequenceState, StageResult
@@ -144,7 +144,8 @@ class StageServer:
         on_loaded: Callable[[StageModel], None] | None = None,
         controllers: Iterable[str] = (),
         started: StartedJobs | None = None,
-        max_link_bytes: int = DEFAULT_MAX_LINK_BYTES,
+        max_inbox_bytes: int = DEFAULT_MAX_INBOX_BYTES,
+        max_send_queue_bytes: int = MAX_QUEUED_BYTES,
         http_limits: HttpLimits = HttpLimits(),
     ):
         """`controllers`: the orchestrator addresses whose signed requests may assign, release and start jobs
@@ -178,8 +179,8 @@ class StageServer:
         self._batch_counter = 0
         self._cycle_s = 0.05  # stage 0: moving average of a token's trip round the ring
         self._coalescing = False
-        self.max_link_bytes = max_link_bytes  # held for a neighbour either way: its inbox here, our queue to the next
-        self._inbox = Inbox(max_link_bytes, stall_timeout_s)
+        self.max_send_queue_bytes = max_send_queue_bytes  # what the next stage may leave untaken (link.py)
+        self._inbox = Inbox(max_inbox_bytes, stall_timeout_s)
         self._wake = asyncio.Event()
         self._outbound: OutboundLink | None = None
         self._inbound_ws: web.WebSocketResponse | None = None
@@ -308,7 +309,8 @@ class StageServer:
                 await self._close_outbound()
                 if assignment.num_stages > 1:
                     self._outbound = OutboundLink(
-                        self.key, assignment, on_lost=self._on_outbound_lost, max_queued_bytes=self.max_link_bytes
+                        self.key, assignment, on_lost=self._on_outbound_lost, max_queued_bytes=self.max_send_queue_bytes,
+                        stall_s=self.stall_timeout_s,
                     )
                     self._outbound.start()
             if old is not None and old.stages[old.previous_index] != assignment.stages[assignment.previous_index]:
@@ -422,6 +424,13 @@ class StageServer:
         batch: list[StepInput] = []
         while self._inbox:
             kind, payload = self._inbox.peek()
+            if kind == "text":
+                try:
+                    kind, payload = "msg", decode_message(payload)
+                except FrameError as error:
+                    self._inbox.popleft()
+                    log.warning("bad control message from stage %d: %s", self.assignment.previous_index, error)
+                    continue
             if kind == "frame":
                 self._inbox.popleft()
                 batch.extend(self._frame_items(payload))
@@ -859,9 +868,11 @@ class StageServer:
             if a is None or a.num_stages == 1:
                 raise HandshakeError("this stage server has no multi-stage assignment")
             hello = hello_of(request.headers)
-            if not self._challenges.take(challenge_of(hello)):
+            challenge = challenge_of(hello)
+            if not self._challenges.fresh(challenge):
                 raise HandshakeError("the hello answers no open challenge of this server (expired or used)")
-            nonce = check_hello(hello, a, a.previous_index, self.key.address, challenge_of(hello))
+            nonce = check_hello(hello, a, a.previous_index, self.key.address, challenge)
+            self._challenges.spend(challenge)
         except HandshakeError as error:
             log.warning("refused a link from %s: %s", request.remote, error)
             reason = "".join(c if " " <= c <= "~" else "?" for c in str(error)[:300])  # the peer wrote part of it
@@ -884,11 +895,8 @@ class StageServer:
                     self._inbox.append("frame", message.data, len(message.data))
                 elif message.type == aiohttp.WSMsgType.TEXT:
                     self.bytes_received += len(message.data)
-                    try:
-                        self._inbox.append("msg", decode_message(message.data), len(message.data))
-                    except FrameError as error:
-                        log.warning("bad control message from stage %d: %s", a.previous_index, error)
-                        continue
+                    # kept as text, decoded when applied: decoded JSON can take 20 times its text's memory
+                    self._inbox.append("text", message.data, len(message.data))
                 else:
                     reason = f"{message.type.name}: {ws.exception()}"
                     break
