@@ -164,6 +164,9 @@ class HttpPipelineDriver:
                 async for event in json_input.read_json_lines(response):
                     if "tokens" in event:
                         new = [int(t) for t in event["tokens"]]
+                        if len(output) + len(new) > spec.sampling.max_new_tokens:
+                            raise StageFailure(group.stages[0].worker, f"stage 0 streamed more tokens than the job's "
+                                               f"max_new_tokens ({spec.sampling.max_new_tokens})")
                         output.extend(new)
                         on_tokens(new)
                     elif event.get("done"):
