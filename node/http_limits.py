@@ -4,20 +4,23 @@ aiohttp bounds the size of a request line, its headers and its body, but not how
 client holds nor how slowly it sends: 1,100 connections that never finish their headers used up the
 validator's file descriptors. `HttpGuard` adds, on the validator's API and on every stage server:
 
-- at most `max_connections` open connections, and `max_per_client` from one address (more are closed at
-  once);
+- at most `max_connections` open connections (a new one past that takes the place of the oldest that has
+  not yet sent a request, or is closed when every one is busy), and `max_per_client` from one client (more
+  are closed at once);
 - a connection must finish a request's headers within `header_timeout_s` of opening (or of its previous
   answer), and a request's body within `body_timeout_s` (408), or it is closed;
 - a token bucket per address: `requests_per_s` on average, bursts of `burst`; past it, 429 with
   Retry-After.
 
-Limits are per remote address as the socket sees it: behind a proxy, put the limits in the proxy.
+A client is a remote IPv4 address, or an IPv6 /64 (one host can use every address of its /64). Limits go
+by the socket's remote address: behind a proxy, put the limits in the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +31,7 @@ from aiohttp import web
 log = logging.getLogger("stagewise.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_CLIENTS_TRACKED = 100_000  # rate buckets kept; the least recently seen client is forgotten first
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,8 @@ class HttpGuard:
         self.throttled_requests = 0
         self._per_client: collections.Counter[str] = collections.Counter()
         self._client_of: dict[object, str] = {}
-        self._deadlines: dict[object, asyncio.TimerHandle] = {}
-        self._buckets: dict[str, _Bucket] = {}
+        self._deadlines: dict[object, tuple[asyncio.TimerHandle, asyncio.BaseTransport]] = {}  # oldest first
+        self._buckets: collections.OrderedDict[str, _Bucket] = collections.OrderedDict()  # least recent first
 
     def __call__(self, runner: web.BaseRunner) -> None:
         """Watch the connections of `runner`'s server (call after `runner.setup()`, before a site starts)."""
@@ -107,7 +111,7 @@ class HttpGuard:
     async def _refusal(self, request: web.Request) -> _Refusal | None:
         """The answer to a request over its client's rate, or whose body is too slow or too big; else None
         (its body, if any, is then read and kept for the handler)."""
-        client = request.remote or "?"
+        client = client_of(request.remote)
         wait = self._take_token(client)
         if wait > 0:
             self.throttled_requests += 1
@@ -132,7 +136,9 @@ class HttpGuard:
 
     def _opened(self, handler, transport) -> None:
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        client = client_of(str(peer[0]) if isinstance(peer, tuple) and peer else None)
+        if len(self._client_of) >= self.limits.max_connections and self._per_client[client] < self.limits.max_per_client:
+            self._close_oldest_idle()
         if len(self._client_of) >= self.limits.max_connections or self._per_client[client] >= self.limits.max_per_client:
             self.refused_connections += 1
             if self.refused_connections in (1, 10, 100) or self.refused_connections % 1000 == 0:
@@ -157,12 +163,21 @@ class HttpGuard:
         if transport is None or transport.is_closing():
             return
         loop = asyncio.get_running_loop()
-        self._deadlines[handler] = loop.call_later(self.limits.header_timeout_s, self._too_slow, handler, transport)
+        timer = loop.call_later(self.limits.header_timeout_s, self._too_slow, handler, transport)
+        self._deadlines[handler] = (timer, transport)
 
     def _disarm(self, handler) -> None:
-        timer = self._deadlines.pop(handler, None)
-        if timer is not None:
-            timer.cancel()
+        armed = self._deadlines.pop(handler, None)
+        if armed is not None:
+            armed[0].cancel()
+
+    def _close_oldest_idle(self) -> None:
+        """Make room: close the connection that has waited longest without sending a request."""
+        for handler, (_, transport) in self._deadlines.items():
+            if not transport.is_closing():
+                self._closed(handler)  # counted out now; its connection_lost comes later and finds nothing
+                transport.close()
+                return
 
     def _too_slow(self, handler, transport) -> None:
         self._deadlines.pop(handler, None)
@@ -177,15 +192,32 @@ class HttpGuard:
         now = self.clock()
         bucket = self._buckets.get(client)
         if bucket is None:
-            if len(self._buckets) > 100_000:  # forget idle clients rather than grow without bound
-                self._buckets = {c: b for c, b in self._buckets.items() if now - b.at < 60}
+            if len(self._buckets) >= MAX_CLIENTS_TRACKED:  # forget the least recent client, in O(1)
+                self._buckets.popitem(last=False)
             bucket = self._buckets[client] = _Bucket(float(self.limits.burst), now)
+        else:
+            self._buckets.move_to_end(client)
         bucket.tokens = min(float(self.limits.burst), bucket.tokens + (now - bucket.at) * self.limits.requests_per_s)
         bucket.at = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / self.limits.requests_per_s
+
+
+def client_of(address: str | None) -> str:
+    """Who a remote address belongs to, for the limits: an IPv4 address, or the /64 of an IPv6 one."""
+    if not address:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 class _Refusal:

@@ -108,3 +108,34 @@ async def test_the_validator_api_is_guarded_the_same_way(tmp_path):
         assert statuses == [200, 200, 429]
     finally:
         await runner.cleanup()
+
+
+async def test_idle_connections_from_many_addresses_make_room_for_a_client_with_a_request():
+    # Found by the review: 8 addresses x 128 idle sockets filled the 1,024-connection cap and honest clients
+    # were turned away. A new connection past the cap now takes the place of the oldest idle one.
+    server = StageServer(SigningKey.generate(), http_limits=HttpLimits(max_connections=20, max_per_client=5))
+    await server.start()
+    try:
+        idle = []
+        for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
+            for _ in range(5):
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port, local_addr=(host, 0))
+                idle.append((reader, writer))
+        await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as session, session.get(server.url + "/health") as response:
+            assert response.status == 200
+        assert sum([await closed(reader) for reader, _ in idle]) >= 1
+        for _, writer in idle:
+            writer.close()
+    finally:
+        await server.stop()
+
+
+def test_a_client_is_an_ipv4_address_or_an_ipv6_slash_64():
+    from node.http_limits import client_of
+
+    assert client_of("203.0.113.7") == "203.0.113.7"
+    assert client_of("2001:db8:1:2:aaaa::1") == client_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_of("2001:db8:1:3::1") != client_of("2001:db8:1:2::1")
+    assert client_of("::ffff:203.0.113.7") == "203.0.113.7"
+    assert client_of(None) == "?"
