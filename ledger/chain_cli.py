@@ -337,7 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ledger.chain_server import ThreadedChainServer
 
     client = ChainClient.served_dev_chain(unbonding_delay=args.unbonding_delay)
-    owner_file = _save_owner_key(client.owner_key)
+    owner_file = _save_owner_key(client.owner_key, client.address)
     with ThreadedChainServer(client.w3, args.host, args.port, test_methods=args.test_methods) as server:
         saved = remember(server.url, client.chain_id, client.address)
         print(
@@ -355,10 +355,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_owner_key(key: SigningKey) -> Path:
-    """The served chain's owner key, readable by this user only: it slashes and anchors on that chain."""
-    path = chain_file().with_name("chain-owner.key")
-    path.unlink(missing_ok=True)
+def _save_owner_key(key: SigningKey, contract: str) -> Path:
+    """The served chain's owner key, readable by this user only: it slashes and anchors on that chain. One
+    file per contract, so a second `chain serve` leaves the first one's key alone."""
+    path = chain_file().with_name(f"chain-owner-{contract.lower()}.key")
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write("0x" + key.secret.hex() + "\n")
