@@ -32,6 +32,7 @@ from node.validator.tasks import Task, Tokenizer
 log = logging.getLogger(__name__)
 
 JobHook = Callable[[JobSpec], Awaitable[None]]
+VerdictLookup = Callable[[str], Awaitable[str | None]]
 
 
 class SeedSchedule:
@@ -74,6 +75,8 @@ class DispatchPolicy:
     idle_poll_s: float = 0.25
     retry_delay_s: float = 0.5
     """How long a sequence interrupted through nobody's fault waits before it runs again."""
+    verdict_wait_s: float = 1800.0
+    """How long a finished sequence waits for its job's verdict (with a `verdict_of` lookup)."""
 
     def __post_init__(self) -> None:
         if self.sequences_per_group is not None and self.sequences_per_group < 1:
@@ -98,7 +101,11 @@ class Dispatcher:
         on_job: JobHook | None = None,
         results_path: Path | None = None,
         history_check: HistoryCheck | None = None,
+        verdict_of: VerdictLookup | None = None,
     ) -> None:
+        """`verdict_of(job_id)`: the outcome of a job's verdict ("accepted", "blamed", ...) or None while it
+        has none. With it, a task counts as done only once the job that produced its output was accepted; any
+        other verdict runs it again from the prompt (a blamed worker is evicted meanwhile)."""
         self.orchestrator = orchestrator
         self.tokenizer = tokenizer
         self.seeds = seeds
@@ -106,6 +113,7 @@ class Dispatcher:
         self.on_job = on_job
         self.results_path = results_path
         self.history_check = history_check
+        self.verdict_of = verdict_of
         self._tasks = deque(tasks)
         self.progress = Progress(tasks_total=len(self._tasks))
         orchestrator.progress = self.progress
@@ -133,8 +141,11 @@ class Dispatcher:
                         finished.result()  # a bug in settling must not pass silently
                         continue
                     run, group_id = self._active.pop(finished)
-                    if finished.exception() is None:
+                    if finished.exception() is None and self.verdict_of is None:
                         self._finish(run, None)
+                    elif finished.exception() is None:
+                        confirming = asyncio.create_task(self._confirm(run), name=f"verdict {run.task.task_id}")
+                        self._settling.add(confirming)
                     else:
                         # rerouting waits for a regroup (maybe a group loading its layers): off the main loop,
                         # so the other groups keep getting work meanwhile
@@ -258,6 +269,30 @@ class Dispatcher:
             self._retry.appendleft(run)
 
         asyncio.get_running_loop().call_later(self.policy.retry_delay_s, ready)
+
+    async def _confirm(self, run: SequenceRun) -> None:
+        """Finish `run` once the job that produced its output has a verdict: accepted, done; blamed (or
+        soft-invalidated: its bundle never came), run again from the prompt. Tokens of earlier, interrupted jobs were
+        checked by `history_check` when the sequence moved on."""
+        job_id = run.job_ids[-1]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.verdict_wait_s
+        outcome = None
+        while outcome is None and loop.time() < deadline:
+            outcome = await self.verdict_of(job_id)
+            if outcome is None:
+                await asyncio.sleep(self.policy.idle_poll_s)
+        if outcome is None:
+            self._finish(run, f"no verdict on job {job_id} within {self.policy.verdict_wait_s:.0f} s")
+        elif outcome == "accepted":
+            self._finish(run, None)
+        elif run.reroutes >= self.policy.max_reroutes:
+            self._finish(run, f"gave up after {run.reroutes} interruptions: job {job_id} was {outcome}")
+        else:
+            log.warning("sequence %s: job %s was %s; running it again from the prompt", run.task.task_id, job_id, outcome)
+            run.reroutes += 1
+            run.generated.clear()
+            self._retry.append(run)
 
     def _finish(self, run: SequenceRun, error: str | None) -> None:
         text = self.tokenizer.decode(run.generated)

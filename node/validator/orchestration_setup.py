@@ -209,6 +209,7 @@ def build_orchestration(
             on_job=_on_job(node, issued),
             results_path=args.results,
             history_check=_history_check(node, orchestrator.model_id, model_dir),
+            verdict_of=_verdict_of(node),
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
     return Orchestration(orchestrator, dispatcher, issued)
@@ -226,6 +227,18 @@ def _on_job(node: Any, issued: IssuedJobs):
             await expect(spec)
 
     return on_job
+
+
+def _verdict_of(node: Any):
+    """The outcome of a job's verdict in the node's ledger, for the dispatcher (None: a node without one)."""
+    if not hasattr(node, "job"):
+        return None
+
+    async def outcome(job_id: str) -> str | None:
+        verdict = ((await node.job(job_id)) or {}).get("verdict")
+        return verdict.get("outcome") if verdict else None
+
+    return outcome
 
 
 def _spec_guard(node: Any, issued: IssuedJobs):

@@ -267,3 +267,32 @@ async def test_a_worker_whose_stake_fell_below_the_minimum_is_given_no_job_and_i
     assert all(result.error is None for result in results.values())
     assert workers[leaver].steps == 0  # no job ever reached it
     assert registry.get(leaver) is None
+
+
+async def test_a_task_counts_as_done_only_when_its_job_was_accepted_and_a_blamed_one_runs_again(model_dir, worker_keys):
+    # Issue 18, item 1: tasks whose every job was blamed were counted done and written to the results.
+    orchestrator, _, _ = await start(model_dir, worker_keys)
+    firsts: set[str] = set()  # the first job of every task is blamed, the rerun accepted
+    verdicts: dict[str, str] = {}
+    asked: list[str] = []
+
+    async def verdict_of(job_id: str) -> str | None:
+        asked.append(job_id)
+        if asked.count(job_id) < 2:
+            return None  # the verdict lands a moment after the job ends
+        return verdicts.setdefault(job_id, "blamed" if job_id in firsts else "accepted")
+
+    async def on_job(spec) -> None:
+        if spec.attempt == 0:
+            firsts.add(spec.job_id_hex)
+
+    dispatcher = Dispatcher(
+        orchestrator, tasks(3), ByteTokenizer(256), SeedSchedule(SECRET),
+        DispatchPolicy(sampling=SAMPLING, max_new_tokens=12, idle_poll_s=0.01), on_job=on_job, verdict_of=verdict_of,
+    )
+    progress = await dispatcher.run()
+    results = {r.task_id: r for r in progress.results}
+    assert progress.tasks_done == 3 and sorted(results) == ["t0", "t1", "t2"]
+    for result in results.values():
+        assert result.error is None and result.reroutes == 1 and len(result.output_token_ids) == 12
+        assert len(result.job_ids) == 2 and result.job_ids[0] in firsts and verdicts[result.job_ids[1]] == "accepted"
