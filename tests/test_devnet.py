@@ -1,5 +1,6 @@
 """`stagewise devnet` end to end on a tiny model: real processes, the embedded chain, a cheater caught."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -32,3 +33,8 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     leaderboard = out.split("Leaderboard")[1].split("Slashing history")[0]
     paid = [line for line in leaderboard.splitlines()[2:] if line.strip() and line.split()[3] != "0"]
     assert len(paid) >= 3  # an honest group of three stages was paid
+    # the cheater left its group when its first verdict landed, and only tasks with an accepted job are done
+    home = tmp_path / "home" / "devnet"
+    assert "dropped: blamed by a verdict" in (home / "validator" / "log.txt").read_text()
+    results = [json.loads(line) for line in (home / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 4 and all(r["error"] is None for r in results)
