@@ -312,21 +312,35 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_fund(args: argparse.Namespace) -> int:
     """Dev chains: send native currency from a prefunded dev account (or from --keystore)."""
-    from ledger.chain import tester_keys
-    from ledger.chain_server import ANVIL_CHAIN_ID, TESTER_CHAIN_ID, anvil_keys
-
     client = _client(args, with_contract=False)
-    if args.keystore:
-        sender = load_key(args.keystore, args.password_file)
-    elif client.chain_id == TESTER_CHAIN_ID:
-        sender = tester_keys(1)[0]
-    elif client.chain_id == ANVIL_CHAIN_ID:
-        sender = anvil_keys(1)[0]
-    else:
-        raise _error(f"chain {client.chain_id} is not a dev chain: pass --keystore to send from your own key")
+    sender = _sender(args, client)
     result = _run(lambda: client.fund(args.to, args.amount, from_key=sender))
     print(f"sent {format_wei(args.amount)} from {sender.address} to {args.to} (tx {result.tx_hash})")
     return 0
+
+
+def cmd_fund_rewards(args: argparse.Namespace) -> int:
+    """Pay into the contract's reward pool, which every `claim` is paid from."""
+    client = _client(args)
+    sender = _sender(args, client)
+    result = _run(lambda: client.fund_rewards(sender, args.amount))
+    print(f"added {format_wei(args.amount)} from {sender.address} to the reward pool of {client.address}: it holds "
+          f"{format_wei(_run(client.reward_pool))} (tx {result.tx_hash})")
+    return 0
+
+
+def _sender(args: argparse.Namespace, client):
+    """--keystore's key, else on a dev chain its first prefunded account."""
+    from ledger.chain import tester_keys
+    from ledger.chain_server import ANVIL_CHAIN_ID, TESTER_CHAIN_ID, anvil_keys
+
+    if args.keystore:
+        return load_key(args.keystore, args.password_file)
+    if client.chain_id == TESTER_CHAIN_ID:
+        return tester_keys(1)[0]
+    if client.chain_id == ANVIL_CHAIN_ID:
+        return anvil_keys(1)[0]
+    raise _error(f"chain {client.chain_id} is not a dev chain: pass --keystore to send from your own key")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -492,6 +506,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fund.add_argument("amount", type=parse_amount, help="1.5 (ETH), 20gwei, 1000wei")
     _common(fund, contract=False)
     fund.set_defaults(func=cmd_fund)
+
+    fund_rewards = sub.add_parser(
+        "fund-rewards", help="pay into the contract's reward pool, which workers' claims are paid from",
+        description="Pay AMOUNT into StagewiseStaking's reward pool (fundRewards). Claims revert with "
+        "InsufficientRewardPool until the pool covers them. Sends from --keystore, or on a dev chain from "
+        "its first prefunded account.",
+    )
+    fund_rewards.add_argument("amount", type=parse_amount, help="1.5 (ETH), 20gwei, 1000wei")
+    _common(fund_rewards)
+    fund_rewards.set_defaults(func=cmd_fund_rewards)
 
     # The worker commands also live under `chain` (`stagewise chain stake ...`).
     _worker_commands(sub)

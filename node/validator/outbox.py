@@ -92,11 +92,31 @@ async def deliver_once(node: Any) -> tuple[int, int]:
         if row.kind == "anchor":
             await node.ledger.mark_anchored(int(row.payload["epoch"]), tx_hash)
             node.metrics.anchors.inc()
+            await warn_if_pool_short(node, int(row.payload["epoch"]))
         await node.ledger.mark_sent(row.id, tx_hash)
         node.metrics.chain_transactions.labels(row.kind).inc()
         log.info("outbox %s %s on chain: %s", row.kind, row.key, tx_hash)
         sent += 1
     return sent, failed
+
+
+async def warn_if_pool_short(node: Any, epoch: int) -> bool:
+    """Warn (and return True) when the contract's reward pool holds less than the rewards an anchored epoch
+    added: the workers' claims of them revert with InsufficientRewardPool until the pool is funded."""
+    try:
+        record, previous = await node.ledger.epoch(epoch), await node.ledger.epoch(epoch - 1) if epoch > 1 else None
+        added = record.total_rewards - (previous.total_rewards if previous else 0)
+        pool = await asyncio.to_thread(node.chain.reward_pool)
+    except Exception as error:  # a warning must never hold up the outbox
+        log.debug("could not compare the reward pool with epoch %d: %s", epoch, error)
+        return False
+    if pool >= added:
+        return False
+    log.warning(
+        "the reward pool holds %d wei, less than the %d wei of rewards epoch %d added: claims revert until it is "
+        "funded (`stagewise chain fund-rewards AMOUNT --keystore ...`)", pool, added, epoch,
+    )
+    return True
 
 
 async def run_outbox(node: Any, *, poll_seconds: float = 0.5) -> None:

@@ -79,9 +79,12 @@ def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkey
 
     proof = epochs.reward_proof(1, {worker.address: 12_345, owner.address: 1}, worker.address)
     chain.anchor(owner, 1, keccak(b"entries"), bytes.fromhex(proof.rewards_root[2:]), 2)
-    chain.fund_rewards(owner, 10**18)
     proof_file = tmp_path / "proof.json"
     proof_file.write_text(json.dumps(proof.to_json()))
+    assert main(["claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks)]) == 1  # an empty pool
+    assert "InsufficientRewardPool" in capsys.readouterr().err
+    out = run(capsys, "chain", "fund-rewards", "1", "--keystore", str(owner_ks))  # issue 18, item 2
+    assert f"added 1 ETH ({10**18} wei) from {owner.address} to the reward pool of {contract}" in out
     out = run(capsys, "claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks))
     assert f"claimed 12345 wei for {worker.address}" in out
     assert "nothing to claim" in run(capsys, "claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks))

@@ -11,7 +11,7 @@ from node.receipts import ReceiptDomain
 from node.validator.app import build_app
 from node.validator.models import ReplayModels
 from node.validator.node import ValidatorNode
-from node.validator.outbox import deliver_once
+from node.validator.outbox import deliver_once, warn_if_pool_short
 from tests.validator.conftest import STAKE, make_config
 from tests.validator.factory import Group, run_job
 
@@ -54,6 +54,12 @@ async def test_a_blamed_stage_is_slashed_on_chain_once_and_the_others_keep_their
     anchored = chain.latest_anchor()
     assert (anchored.count, anchored.latest_epoch) == (1, epoch["number"])
     assert chain.entries_root_of(epoch["number"]).hex() == epoch["entries_root"][2:]
+    # Stage 0 was paid for its proven work, but nobody funded the pool its claim is paid from: the validator
+    # says so (issue 18, item 2) until `stagewise chain fund-rewards` pays in.
+    assert int(epoch["total_rewards"]) > 0 and chain.reward_pool() == 0
+    assert await warn_if_pool_short(node, epoch["number"])
+    await asyncio.to_thread(chain.fund_rewards, chain.dev_keys[0], int(epoch["total_rewards"]))
+    assert not await warn_if_pool_short(node, epoch["number"])
 
     # Following the chain again journals nothing new: the Slashed event is the slash already journaled.
     await ChainSync(chain, ledger).sync_to_head()
