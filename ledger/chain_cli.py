@@ -277,7 +277,7 @@ def _ledger_proof(address: str, epoch: int) -> tuple[int, list[bytes], int | Non
     from ledger.store import Ledger
 
     async def read():
-        ledger = await Ledger.open(migrate=False)
+        ledger = await Ledger.open(migrate=False, must_exist=True)
         try:
             return await ledger.reward_proof(address, epoch)
         finally:

@@ -27,13 +27,15 @@ def _wei(value: int) -> str:
     return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
 
 
-def _run(body: Callable[[Any], Awaitable[int]]) -> int:
+def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
+    """Run `body` on the ledger; a SQLite ledger that is not there is an error unless `create`."""
+
     async def main() -> int:
         from ledger.store import Ledger, LedgerError
         from node.cli import CommandError
 
         try:
-            ledger = await Ledger.open()
+            ledger = await Ledger.open(must_exist=not create)
         except LedgerError as error:
             raise CommandError(str(error)) from error
         try:
@@ -184,7 +186,7 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"schema at head: {ledger.safe_url}")  # opening the ledger already upgraded it
         return 0
 
-    return _run(body)
+    return _run(body, create=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

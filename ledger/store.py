@@ -62,6 +62,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -712,11 +713,15 @@ class Ledger:
     # --- opening -------------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str | None = None, *, migrate: bool = True) -> Ledger:
-        """Open the ledger at `url` (default: settings.database_url()) and bring its schema to head."""
+    async def open(cls, url: str | None = None, *, migrate: bool = True, must_exist: bool = False) -> Ledger:
+        """Open the ledger at `url` (default: settings.database_url()) and bring its schema to head.
+        `must_exist`: for commands that only read, a SQLite file that is not there is an error (LedgerError)
+        instead of a fresh, empty ledger that would answer "unknown" to everything."""
         from node import settings
 
         url = settings.async_url(url) if url else settings.database_url()
+        if must_exist:
+            _require_sqlite_file(url)
         if url.startswith("sqlite"):
             try:
                 await asyncio.to_thread(_use_wal, url)
@@ -1051,6 +1056,19 @@ def _run_upgrade(sync_conn: Any, revision: str) -> None:
         alembic_log.setLevel(level)
     if after != before:
         log.info("ledger schema migrated from %s to %s", before or "empty", after)
+
+
+def _require_sqlite_file(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("sqlite"):
+        return
+    path = make_url(url).database
+    if path and path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+        raise LedgerError(
+            f"there is no ledger at {path}: point at a validator's ledger with --db URL (or STAGEWISE_DB), e.g. "
+            "--db sqlite:///path/to/ledger.db or --db postgresql://user@host/db"
+        )
 
 
 def _use_wal(url: str, timeout_s: float = 60.0) -> None:

@@ -317,10 +317,15 @@ def _evidence(args) -> int:
         from ledger.store import Ledger
         from node.validator.node import evidence_document
 
-        async with await Ledger.open() as ledger:
+        async with await Ledger.open(must_exist=True) as ledger:
             return await evidence_document(ledger, args.job_id)
 
-    document = asyncio.run(fetch())
+    from ledger.store import LedgerError
+
+    try:
+        document = asyncio.run(fetch())
+    except LedgerError as error:
+        raise CommandError(str(error)) from None
     if document is None:
         raise CommandError(f"job {args.job_id} is unknown to this ledger or has no verdict yet")
     text = json.dumps(document, indent=1, sort_keys=True)

@@ -94,3 +94,16 @@ def test_an_unreachable_database_is_one_line_without_the_password(capsys, monkey
     err = capsys.readouterr().err
     assert err.startswith("error: cannot open the ledger at postgresql+asyncpg://postgres:***@127.0.0.1:1/ledger")
     assert "hunter2" not in err and "Traceback" not in err
+
+
+def test_reading_without_a_ledger_says_there_is_none_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    # Issue 18, item 8: `ledger leaderboard` without --db made an empty SQLite ledger and answered "0 workers".
+    monkeypatch.setenv("STAGEWISE_DB", "")
+    missing = tmp_path / "nowhere" / "ledger.db"
+    for command in (["ledger", "leaderboard"], ["ledger", "slashes"], ["validator", "evidence", "0x" + "11" * 32]):
+        assert main(["--db", f"sqlite:///{missing}", *command]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: there is no ledger at {missing}") and "--db" in err and err.count("\n") == 1
+    assert not missing.exists() and not missing.parent.exists()
+    assert main(["--db", f"sqlite:///{tmp_path / 'new.db'}", "ledger", "migrate"]) == 0  # making one is explicit
+    assert (tmp_path / "new.db").exists()
