@@ -485,6 +485,8 @@ class WorkerConfig:
     10-minute bundle deadline (after which the job is soft-invalidated and the bundle no longer pays)."""
     peer_wait_s: float = 60.0
     register_timeout_s: float = 600.0
+    validator_wait_s: float = 600.0
+    """How long a starting worker waits for an unreachable validator before it gives up."""
     tamper: Any = None
     """node.pipeline.engine.Tamper: changes what this stage SENDS after its honest proof was built. Only for
     tests; never set by `stagewise worker run`."""
@@ -587,8 +589,25 @@ class Worker:
 
     # ----------------------------------------------------------------- start-up checks
 
+    async def validator_health(self) -> dict[str, Any]:
+        """The validator's /health, waiting for it with backoff (1 s doubling to 30 s) for up to
+        `validator_wait_s`: a worker started before its validator waits for it, and says so."""
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.config.validator_wait_s, 1.0
+        while True:
+            try:
+                return await self.validator.health()
+            except ValidatorUnreachable as unreachable:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise WorkerError(f"{unreachable}; gave up after waiting {self.config.validator_wait_s:g} s "
+                                      "(--validator-wait)") from None
+                log.warning("%s; trying again in %.0f s", unreachable, min(delay, left))
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 30.0)
+
     async def check_stake(self) -> tuple[StakeStatus, ReceiptDomain]:
-        health = await self.validator.health()
+        health = await self.validator_health()
         self.controllers = controllers_of(health, self.config.validator_url)
         await self.check_models(health)
         info = chain_info(self.config, health)

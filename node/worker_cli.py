@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "receipt's), false-complaint (complain about honest rows); docs/handoff.md",
     )
     run.add_argument("--grace", type=float, default=30.0, help="seconds in-flight sequences get at shutdown (default 30)")
+    run.add_argument("--validator-wait", type=float, default=float(os.environ.get("STAGEWISE_VALIDATOR_WAIT") or 600),
+                     help="seconds a starting worker waits for an unreachable validator, retrying with backoff "
+                     "(env STAGEWISE_VALIDATOR_WAIT, default 600)")
     add_http_limit_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -116,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         cheat=args.cheat,
         http_limits=limits_from_args(args),
+        validator_wait_s=args.validator_wait,
     )
     try:
         asyncio.run(run_worker(config, key))

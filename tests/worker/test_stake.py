@@ -57,10 +57,11 @@ def test_worker_run_malformed_keystore(tmp_path, capsys):
 def test_worker_run_unreachable_validator(keystore, capsys, tmp_path):
     path, password = keystore
     code = main(["worker", "run", "--keystore", str(path), "--password-file", str(password), "--validator", "http://127.0.0.1:9",
-                 "--model-dir", str(tmp_path)])
+                 "--model-dir", str(tmp_path), "--validator-wait", "0"])
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the validator at http://127.0.0.1:9") and err.count("\n") == 1
+    assert "gave up after waiting 0 s (--validator-wait)" in err
 
 
 def test_worker_run_without_validator(keystore, capsys, monkeypatch):

@@ -128,3 +128,20 @@ async def test_the_worker_learns_the_chain_from_the_validator(validator_app):
     assert (flags.rpc_url, flags.min_stake_wei) == ("http://other", 5)
     with pytest.raises(WorkerError, match="pass --rpc-url"):
         chain_info(WorkerConfig(keystore=None, validator_url="x"), {"status": "ok"})
+
+
+async def test_a_worker_started_before_its_validator_waits_for_it_then_gives_up_saying_so(validator_app, caplog):
+    # Issue 18, item 9: a worker started before its validator quit at once.
+    from node.worker import Worker
+
+    port = free_port()
+    config = WorkerConfig(keystore=None, validator_url=f"http://127.0.0.1:{port}", validator_wait_s=30)
+    async with aiohttp.ClientSession() as session:
+        waiting = asyncio.create_task(Worker(config, KEYS[0], session).validator_health())
+        await asyncio.sleep(1.5)
+        assert not waiting.done() and "trying again in" in caplog.text
+        async with TestServer(validator_app, port=port):
+            assert "chain" in await asyncio.wait_for(waiting, 10)
+        impatient = WorkerConfig(keystore=None, validator_url=f"http://127.0.0.1:{port}", validator_wait_s=1.5)
+        with pytest.raises(WorkerError, match=r"cannot reach the validator.*gave up after waiting 1.5 s \(--validator-wait\)"):
+            await Worker(impatient, KEYS[0], session).validator_health()
