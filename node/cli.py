@@ -81,6 +81,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `stagewise ledger slashes | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit does not fail again
+        return 0
+    except Exception as error:  # noqa: BLE001 - anything else is still one line; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: {explain(error)} (-v shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def explain(error: BaseException) -> str:
+    """One line for an error no command turned into a CommandError: what went wrong and, where it is known,
+    what to do about it."""
+    import errno
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return f"{text}: another process listens there; choose another --port or stop it"
+    name = type(error).__name__
+    module = type(error).__module__
+    if name == "LedgerError":
+        return f"{text}; check --db (or STAGEWISE_DB)"
+    if module.startswith(("requests", "urllib3")) or name in ("ChainError", "ContractRevert"):
+        return f"{name}: {text[:300]}; check --rpc-url and --contract"
+    return f"{name}: {text[:300]}"
 
 
 if __name__ == "__main__":
