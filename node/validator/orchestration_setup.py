@@ -175,6 +175,7 @@ def build_orchestration(
         shape,
         GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages),
         regroup_interval_s=args.regroup_interval,
+        stage_alive=stage_answers_as,
     )
     if hasattr(node, "on_blamed"):
         node.on_blamed.append(orchestrator.worker_blamed)
@@ -227,6 +228,21 @@ def _on_job(node: Any, issued: IssuedJobs):
             await expect(spec)
 
     return on_job
+
+
+async def stage_answers_as(url: str, address: str) -> bool:
+    """Whether the stage server at `url` answers /health as `address` (within 3 s)."""
+    import aiohttp
+
+    from node import json_input
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=3)) as response:
+                health = await json_input.read_json(response, max_bytes=1 << 16)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        return False
+    return isinstance(health, dict) and str(health.get("address", "")).lower() == address.lower()
 
 
 def _verdict_of(node: Any):

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from node.validator.grouping import Candidate, Group, Grouping, GroupingPolicy, ModelShape, regroup
 from node.validator.pipeline_driver import PipelineDriver, StageFailure
-from node.validator.registry import Registry, WorkerRecord
+from node.validator.registry import RegistrationRefused, Registry, WorkerRecord
 from node.validator.worker_messages import SignedHeartbeat, SignedLeave, SignedRegistration
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,12 @@ class Orchestrator:
         policy: GroupingPolicy = GroupingPolicy(),
         regroup_interval_s: float = 2.0,
         register_wait_s: float = 2.0,
+        stage_alive: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> None:
+        """`stage_alive(url, address)`: whether the stage server at `url` still answers as `address`; with it,
+        a second process registering the same key elsewhere is refused while the first one runs."""
         self.registry = registry
+        self.stage_alive = stage_alive
         self.driver = driver
         self.model_id = model_id
         self.shape = shape
@@ -81,7 +86,17 @@ class Orchestrator:
     # ------------------------------------------------------------------ workers
 
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
-        previous = self.registry.get(signed.message.address)
+        address = signed.message.address
+        previous = self.registry.get(address)
+        if previous is not None and previous.stage_url != signed.message.stage_url and self.stage_alive is not None:
+            signed.verify()  # only the key's owner may make us look at its other process
+            if self.registry.is_healthy(address) and await self.stage_alive(previous.stage_url, address):
+                raise RegistrationRefused(
+                    "already_running",
+                    f"{address} already serves a stage at {previous.stage_url}, which still answers as this key: "
+                    "stop that process first (two processes with one key would sign for each other's work)",
+                    409,
+                )
         record = await self.registry.register(signed)
         if previous is not None:
             # a worker registers once per process: a second registration is a restart, whatever its stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from node.job import SamplingParams
@@ -296,3 +297,29 @@ async def test_a_task_counts_as_done_only_when_its_job_was_accepted_and_a_blamed
     for result in results.values():
         assert result.error is None and result.reroutes == 1 and len(result.output_token_ids) == 12
         assert len(result.job_ids) == 2 and result.job_ids[0] in firsts and verdicts[result.job_ids[1]] == "accepted"
+
+
+async def test_a_second_process_with_the_same_key_is_refused_while_the_first_one_serves(model_dir, worker_keys):
+    # Issue 18, item 5: a second worker with the same key took over the registration silently, and once it
+    # stopped, /v1/groups listed its dead URL as healthy.
+    from node.pipeline.server import StageServer
+    from node.validator.orchestration_setup import stage_answers_as
+    from node.validator.registry import RegistrationRefused
+
+    clock = Clock()
+    registry = Registry(stake_lookup({k.address: 10**18 for k in worker_keys}), RegistryPolicy(heartbeat_timeout_s=30), clock)
+    key = worker_keys[0]
+    driver = LocalPipeline(model_dir, {key.address: LocalWorker(key.address, model_dir)})
+    orchestrator = Orchestrator(registry, driver, model_id(model_dir), SHAPE, stage_alive=stage_answers_as)
+    first = StageServer(key)
+    await first.start()
+    try:
+        await orchestrator.register(make_registration(key, CAPACITIES[0], "eu", first.url, now=clock.now))
+        with pytest.raises(RegistrationRefused) as refused:
+            await orchestrator.register(make_registration(key, CAPACITIES[0], "eu", "http://127.0.0.1:9", now=clock.now))
+        assert refused.value.code == "already_running" and first.url in str(refused.value)
+        assert registry.get(key.address).stage_url == first.url
+    finally:
+        await first.stop()
+    record = await orchestrator.register(make_registration(key, CAPACITIES[0], "eu", "http://127.0.0.1:9", now=clock.now))
+    assert record.stage_url == "http://127.0.0.1:9"  # the first one is gone: the restart is welcome
