@@ -17,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from ledger.amounts import ether_and_wei
 from node import json_input
 from node.signing import SigningKey
 
@@ -42,12 +43,6 @@ def parse_amount(text: str) -> int:
     if value != value.to_integral_value() or value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole, non-negative number of wei")
     return int(value)
-
-
-def format_wei(wei: int) -> str:
-    if wei >= 10**15:
-        return f"{Decimal(wei) / 10**18:f}".rstrip("0").rstrip(".") + f" ETH ({wei} wei)"
-    return f"{wei} wei"
 
 
 def _when(timestamp: int) -> str:
@@ -160,7 +155,7 @@ def cmd_stake(args: argparse.Namespace) -> int:
     key = load_key(args.keystore, args.password_file)
     result = _run(lambda: client.stake(key, amount))
     total = result.events[0].total_stake
-    print(f"staked {format_wei(amount)} from {key.address}: active stake {format_wei(total)} (tx {result.tx_hash})")
+    print(f"staked {ether_and_wei(amount)} from {key.address}: active stake {ether_and_wei(total)} (tx {result.tx_hash})")
     return 0
 
 
@@ -171,7 +166,7 @@ def cmd_unstake(args: argparse.Namespace) -> int:
     result = _run(lambda: client.request_unstake(key, amount))
     event = result.events[0]
     print(
-        f"unbonding {format_wei(amount)} of {key.address}: {format_wei(event.total_unbonding)} withdrawable from "
+        f"unbonding {ether_and_wei(amount)} of {key.address}: {ether_and_wei(event.total_unbonding)} withdrawable from "
         f"{_when(event.release_at)} with `stagewise withdraw` (tx {result.tx_hash})"
     )
     return 0
@@ -192,7 +187,7 @@ def cmd_withdraw(args: argparse.Namespace) -> int:
         raise _error(str(revert)) from None
     except Exception as error:  # noqa: BLE001
         raise _error(str(error)) from None
-    print(f"withdrew {format_wei(result.events[0].amount)} to {key.address} (tx {result.tx_hash})")
+    print(f"withdrew {ether_and_wei(result.events[0].amount)} to {key.address} (tx {result.tx_hash})")
     return 0
 
 
@@ -212,12 +207,12 @@ def cmd_claim(args: argparse.Namespace) -> int:
         )
     already = _run(lambda: client.claimed_of(key.address))
     if cumulative <= already:
-        print(f"nothing to claim for {key.address}: {format_wei(already)} of {format_wei(cumulative)} already paid")
+        print(f"nothing to claim for {key.address}: {ether_and_wei(already)} of {ether_and_wei(cumulative)} already paid")
         return 0
     result = _run(lambda: client.claim(key, cumulative, proof))
     print(
-        f"claimed {format_wei(result.events[0].amount)} for {key.address} "
-        f"(cumulative {format_wei(cumulative)}, epoch {latest.latest_epoch}) (tx {result.tx_hash})"
+        f"claimed {ether_and_wei(result.events[0].amount)} for {key.address} "
+        f"(cumulative {ether_and_wei(cumulative)}, epoch {latest.latest_epoch}) (tx {result.tx_hash})"
     )
     return 0
 
@@ -297,14 +292,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     anchor = _run(client.latest_anchor)
     line = (
         f"StagewiseStaking {client.address} on chain {client.chain_id}: owner {client.owner()}, "
-        f"unbonding delay {client.unbonding_delay()} s, reward pool {format_wei(client.reward_pool())}, "
+        f"unbonding delay {client.unbonding_delay()} s, reward pool {ether_and_wei(client.reward_pool())}, "
         f"{anchor.count} anchors (latest epoch {anchor.latest_epoch if anchor.count else '-'})"
     )
     if args.address:
         info = client.stake_info(args.address)
         line += (
-            f"; {args.address}: active {format_wei(info.active)}, unbonding {format_wei(info.unbonding)}"
-            f", claimed {format_wei(client.claimed_of(args.address))}"
+            f"; {args.address}: active {ether_and_wei(info.active)}, unbonding {ether_and_wei(info.unbonding)}"
+            f", claimed {ether_and_wei(client.claimed_of(args.address))}"
         )
     print(line)
     return 0
@@ -315,7 +310,7 @@ def cmd_fund(args: argparse.Namespace) -> int:
     client = _client(args, with_contract=False)
     sender = _sender(args, client)
     result = _run(lambda: client.fund(args.to, args.amount, from_key=sender))
-    print(f"sent {format_wei(args.amount)} from {sender.address} to {args.to} (tx {result.tx_hash})")
+    print(f"sent {ether_and_wei(args.amount)} from {sender.address} to {args.to} (tx {result.tx_hash})")
     return 0
 
 
@@ -324,8 +319,8 @@ def cmd_fund_rewards(args: argparse.Namespace) -> int:
     client = _client(args)
     sender = _sender(args, client)
     result = _run(lambda: client.fund_rewards(sender, args.amount))
-    print(f"added {format_wei(args.amount)} from {sender.address} to the reward pool of {client.address}: it holds "
-          f"{format_wei(_run(client.reward_pool))} (tx {result.tx_hash})")
+    print(f"added {ether_and_wei(args.amount)} from {sender.address} to the reward pool of {client.address}: it holds "
+          f"{ether_and_wei(_run(client.reward_pool))} (tx {result.tx_hash})")
     return 0
 
 

@@ -20,11 +20,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-
-def _wei(value: int) -> str:
-    """Wei as ether with all its digits, e.g. 1.5 ETH for 1500000000000000000."""
-    whole, frac = divmod(value, 10**18)
-    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
+from ledger.amounts import ether
 
 
 def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
@@ -78,8 +74,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
         print(f"{'rank':>5}  {'worker':42}  {'rewards':>24}  {'jobs':>7}  {'work units':>12}  {'slashes':>7}  {'stake':>20}")
         for s in page.items:
             print(
-                f"{s.rank:>5}  {s.address:42}  {_wei(s.rewards):>24}  {s.accepted_jobs:>7}  {s.work_units:>12}"
-                f"  {s.slashes:>7}  {_wei(s.stake):>20}"
+                f"{s.rank:>5}  {s.address:42}  {ether(s.rewards):>24}  {s.accepted_jobs:>7}  {s.work_units:>12}"
+                f"  {s.slashes:>7}  {ether(s.stake):>20}"
             )
         print(f"{len(page.items)} of {page.total} workers (offset {page.offset})")
         return 0
@@ -100,7 +96,7 @@ def _slashes(args: argparse.Namespace) -> int:
             _print_json(page.to_json())
             return 0
         for s in page.items:
-            print(f"entry {s.seq}: {s.worker} lost {_wei(s.amount)} for job {s.job_id} stage {s.stage}")
+            print(f"entry {s.seq}: {s.worker} lost {ether(s.amount)} for job {s.job_id} stage {s.stage}")
             print(f"    evidence {s.evidence_hash}: {json.dumps(s.evidence, sort_keys=True)}")
             if s.reason:
                 print(f"    reason: {s.reason}")
@@ -125,14 +121,14 @@ def _worker(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"standing": standing.to_json(), "history": history.to_json()})
             return 0
-        print(f"worker {standing.address}: rank {standing.rank}, stake {_wei(standing.stake)}")
+        print(f"worker {standing.address}: rank {standing.rank}, stake {ether(standing.stake)}")
         print(
-            f"  rewards {_wei(standing.rewards)} over {standing.accepted_jobs} accepted stages"
-            f" ({standing.work_units} work units); {standing.slashes} slashes ({_wei(standing.slashed_amount)})"
+            f"  rewards {ether(standing.rewards)} over {standing.accepted_jobs} accepted stages"
+            f" ({standing.work_units} work units); {standing.slashes} slashes ({ether(standing.slashed_amount)})"
         )
         for e in history.items:
             where = f" job {e.job_id} stage {e.stage}" if e.job_id else ""
-            print(f"  entry {e.seq}: {e.kind} {_wei(e.amount)}{where}")
+            print(f"  entry {e.seq}: {e.kind} {ether(e.amount)}{where}")
         print(f"{len(history.items)} of {history.total} entries (offset {history.offset})")
         return 0
 
@@ -155,7 +151,7 @@ def _epochs(args: argparse.Namespace) -> int:
             anchored = f"anchored in {ep.anchor_tx}" if ep.anchor_tx else "not anchored yet"
             print(
                 f"epoch {ep.number}: entries {ep.first_seq}..{ep.last_seq} ({ep.entry_count}),"
-                f" rewards {_wei(ep.total_rewards)}, {anchored}"
+                f" rewards {ether(ep.total_rewards)}, {anchored}"
             )
             print(f"    entries root {ep.entries_root}\n    rewards root {ep.rewards_root}")
         print(f"{len(page.items)} of {page.total} epochs")

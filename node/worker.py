@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from ledger.amounts import ether_and_wei
 from node import json_input, settings
 from node.http_limits import HttpLimits
 from node.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, parse_stage, sign_complaint
@@ -99,21 +100,14 @@ class StakeStatus:
 
     def explain(self, keystore: Path | str | None = None) -> str:
         if self.enough:
-            return f"{self.address} stakes {format_wei(self.staked_wei)} on chain {self.chain_id} (minimum {format_wei(self.required_wei)})"
-        have = "no stake" if self.staked_wei == 0 else f"only {format_wei(self.staked_wei)} staked"
+            return f"{self.address} stakes {ether_and_wei(self.staked_wei)} on chain {self.chain_id} (minimum {ether_and_wei(self.required_wei)})"
+        have = "no stake" if self.staked_wei == 0 else f"only {ether_and_wei(self.staked_wei)} staked"
         return (
             f"{self.address} has {have} on chain {self.chain_id} (contract {self.contract}); "
-            f"{format_wei(max(self.missing_wei, 1))} more is needed (minimum {format_wei(self.required_wei)}). "
+            f"{ether_and_wei(max(self.missing_wei, 1))} more is needed (minimum {ether_and_wei(self.required_wei)}). "
             f"Stake it with: stagewise stake {max(self.missing_wei, 1)}wei --keystore {keystore or 'KEYSTORE'}"
             f" --rpc-url {self.rpc_url or 'RPC_URL'} --contract {self.contract}"
         )
-
-
-def format_wei(wei: int) -> str:
-    """'1.5 ETH (1500000000000000000 wei)' for people, exact wei for copying."""
-    if wei >= 10**15:
-        return f"{wei / 10**18:g} ETH ({wei} wei)"
-    return f"{wei} wei"
 
 
 def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> StakeStatus:

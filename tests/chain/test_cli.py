@@ -65,7 +65,8 @@ def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkey
     chain = ChainClient.connect(anvil.url, address=contract, dev_keys=anvil.keys)
     assert chain.is_validator(owner.address)
 
-    assert "sent 3 ETH" in run(capsys, "chain", "fund", worker.address, "3")
+    assert f"sent 3 ETH ({3 * 10**18} wei)" in run(capsys, "chain", "fund", worker.address, "3")
+    assert f"sent 10 ETH ({10 * 10**18} wei)" in run(capsys, "chain", "fund", worker.address, "10")  # printed "1 ETH"
     out = run(capsys, "stake", "2", "--keystore", str(worker_ks))
     assert f"staked 2 ETH ({2 * 10**18} wei) from {worker.address}" in out
     out = run(capsys, "chain", "unstake", "--amount", "0.5eth", "--keystore", str(worker_ks))
@@ -86,7 +87,7 @@ def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkey
     out = run(capsys, "chain", "fund-rewards", "1", "--keystore", str(owner_ks))  # issue 18, item 2
     assert f"added 1 ETH ({10**18} wei) from {owner.address} to the reward pool of {contract}" in out
     out = run(capsys, "claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks))
-    assert f"claimed 12345 wei for {worker.address}" in out
+    assert f"claimed 0.000000000000012345 ETH (12345 wei) for {worker.address}" in out
     assert "nothing to claim" in run(capsys, "claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks))
     assert "active 1.5 ETH" in run(capsys, "chain", "info", worker.address)
 
@@ -142,7 +143,7 @@ def test_claim_takes_its_proof_from_the_ledger(anvil, tmp_path, capsys, monkeypa
     epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
     chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
     monkeypatch.setenv("STAGEWISE_DB", sqlite_url)
-    assert f"claimed 4321 wei for {worker.address}" in run(capsys, "claim", *base)
+    assert f"claimed 0.000000000000004321 ETH (4321 wei) for {worker.address}" in run(capsys, "claim", *base)
     assert chain.claimed_of(worker.address) == 4_321
 
 
@@ -197,7 +198,7 @@ def test_claim_takes_its_proof_from_a_validators_api_and_checks_it_against_the_c
         base = ["--rpc-url", anvil.url, "--contract", chain.address, "--validator", address[0]]
         assert main(["claim", *base, "--keystore", str(tmp_path / "s.json")]) == 1
         assert f"no reward proof for {stranger.address} in epoch 1" in capsys.readouterr().err
-        assert f"claimed 4321 wei for {worker.address}" in run(capsys, "claim", *base, "--keystore", str(tmp_path / "w.json"))
+        assert f"claimed 0.000000000000004321 ETH (4321 wei) for {worker.address}" in run(capsys, "claim", *base, "--keystore", str(tmp_path / "w.json"))
         assert chain.claimed_of(worker.address) == 4_321
     finally:
         loop.call_soon_threadsafe(stop.set)
