@@ -97,13 +97,21 @@ def _slashes(args: argparse.Namespace) -> int:
             return 0
         for s in page.items:
             print(f"entry {s.seq}: {s.worker} lost {ether(s.amount)} for job {s.job_id} stage {s.stage}")
-            print(f"    evidence {s.evidence_hash}: {json.dumps(s.evidence, sort_keys=True)}")
-            if s.reason:
-                print(f"    reason: {s.reason}")
+            print(f"    {s.reason or 'slashed'}: {_why(s.evidence)}")
+            print(f"    evidence {s.evidence_hash} (the verifier's figures: --json)")
         print(f"{len(page.items)} of {page.total} slashes (offset {page.offset})")
         return 0
 
     return _run(body)
+
+
+def _why(evidence: Any, width: int = 200) -> str:
+    """What the verifier found, in a line: its own sentence when it wrote one, else its figures, cut short."""
+    figures = evidence.get("figures") if isinstance(evidence, dict) else None
+    text = figures.get("reason") if isinstance(figures, dict) else None
+    if not isinstance(text, str) or not text:
+        text = json.dumps(evidence, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _worker(args: argparse.Namespace) -> int:

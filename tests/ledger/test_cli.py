@@ -70,7 +70,8 @@ def test_reading_commands(filled, capsys):
     assert [w["address"] for w in board["items"]] == [A, B] and board["items"][0]["rank"] == 1
     assert main(["ledger", "slashes"]) == 0
     out = capsys.readouterr().out
-    assert B in out and '"exp": 41' in out and "1 of 1 slashes" in out
+    assert B in out and '"exp":41' in out and "1 of 1 slashes" in out
+    assert all(len(line) <= 220 for line in out.splitlines())  # issue 18, item 10: a summary, not ~700 characters
     assert main(["ledger", "worker", A.lower()]) == 0
     out = capsys.readouterr().out
     assert "rank 1" in out and "stake 32 ETH" in out and "3 of 3 entries" in out
