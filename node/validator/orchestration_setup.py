@@ -234,15 +234,11 @@ async def stage_answers_as(url: str, address: str) -> bool:
     """Whether the stage server at `url` answers /health as `address` (within 3 s)."""
     import aiohttp
 
-    from node import json_input
+    from node.validator.stage_control import stage_health
 
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=3)) as response:
-                health = await json_input.read_json(response, max_bytes=1 << 16)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
-        return False
-    return isinstance(health, dict) and str(health.get("address", "")).lower() == address.lower()
+    async with aiohttp.ClientSession() as session:
+        health = await stage_health(session, url, 3.0)
+    return health is not None and str(health.get("address", "")).lower() == address.lower()
 
 
 def _verdict_of(node: Any):

@@ -218,13 +218,19 @@ class HttpPipelineDriver:
         return JobInterrupted(reason)
 
     async def _health(self, url: str) -> dict | None:
-        try:
-            async with self._http().get(url + "/health", timeout=aiohttp.ClientTimeout(total=self.health_timeout_s)) as response:
-                if response.status != 200:
-                    return None
-                return await json_input.read_json(response)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
-            return None
+        return await stage_health(self._http(), url, self.health_timeout_s)
+
+
+async def stage_health(session: aiohttp.ClientSession, url: str, timeout_s: float) -> dict | None:
+    """A stage server's GET /health, or None when it does not answer 200 with a JSON object in time."""
+    try:
+        async with session.get(url.rstrip("/") + "/health", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            if response.status != 200:
+                return None
+            health = await json_input.read_json(response, max_bytes=1 << 20)  # an assignment of 256 stages fits
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        return None
+    return health if isinstance(health, dict) else None
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:
