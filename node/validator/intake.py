@@ -6,8 +6,9 @@ A refused bundle writes nothing and gets a JSON error naming why (I3). In order:
    rows must hash to the digest it names, one complaint per receiving stage), its model is one this
    validator can replay and its tokens are in the vocabulary (422), the output obeys the spec's stop ids
    (422);
-2. the node asks whether the job was issued and is still awaited (403 `unassigned_job`, 409
-   `duplicate_bundle`): a made-up job costs no signature work;
+2. the node asks whether the job was issued (403 `unassigned_job`) and whether it already stored its bundle
+   (409 `duplicate_bundle`, from memory): a made-up job or a resubmission costs no signature work (a
+   duplicate first stored by another validator on the ledger is refused by the write, after it);
 3. `authenticate`, off the event loop: every receipt is exactly the one the spec, output and proofs imply,
    so a job id that does not match its spec is refused (422), and every receipt, handoff claim and
    complaint recovers to the worker its stage assigns (403);

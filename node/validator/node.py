@@ -34,7 +34,6 @@ from node.signing import SigningKey
 from node.validator.config import ValidatorConfig
 from node.validator.epochs_task import entries_waiting
 from node.validator.errors import ApiError
-from node.validator.deadlines import AWAITING
 from node.validator.intake import IntakeWriter, authenticate, read_bundle
 from node.validator.metrics import ValidatorMetrics
 from node.validator.models import ReplayModels
@@ -47,6 +46,8 @@ from node.validator.verdict import Outcome, Reason, Verdict, decide
 log = logging.getLogger(__name__)
 
 INTAKE_CPU_SLOTS = 2  # bundles parsed or authenticated at once; more wait their turn
+INLINE_PARSE_BYTES = 64 << 10  # smaller bodies are parsed on the event loop (a typical bundle is ~6 KB)
+STORED_JOBS_KEPT = 100_000  # job ids intake remembers to refuse a resubmission before its signature work
 
 STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
@@ -84,6 +85,7 @@ class ValidatorNode:
         self.queue = JobQueue(ledger.write_engine, config.validator_id, config.claim_lease_seconds)
         self.intake = IntakeWriter(ledger, self.stakes_of, config.min_stake_wei)
         self._intake_slots = asyncio.Semaphore(INTAKE_CPU_SLOTS)
+        self._stored_jobs: dict[str, None] = {}  # job ids whose bundle is in, newest last (intake's cheap 409)
         # Set by orchestration: refuse a spec the orchestrator never issued (a reason string) or accept (None).
         self.spec_guard: SpecGuard | None = None
         # Told of every blamed worker once its verdict is committed (orchestration evicts it): (worker, reason).
@@ -101,22 +103,28 @@ class ValidatorNode:
     # ------------------------------------------------------------------ intake
 
     async def submit_bundle(self, body: bytes) -> dict[str, Any]:
-        """Intake (intake.py), cheapest refusal first: parse (off the loop), issued and awaited (one lookup),
-        then signatures (off the loop), then stake and the write. At most `_intake_slots` bundles use a
+        """Intake (intake.py), cheapest refusal first: parse (off the loop), issued (the spec guard), not
+        already stored by this node (in memory), then signatures (off the loop), then stake and the write. At most `_intake_slots` bundles use a
         CPU at once, so a flood of bundles queues instead of starving /health and the verdicts."""
-        async with self._intake_slots:
-            read = await asyncio.to_thread(read_bundle, body, vocab_sizes=self.models.vocab_sizes)
+        if len(body) <= INLINE_PARSE_BYTES:  # a few milliseconds at most: not worth a thread hop
+            read = read_bundle(body, vocab_sizes=self.models.vocab_sizes)
+        else:
+            async with self._intake_slots:
+                read = await asyncio.to_thread(read_bundle, body, vocab_sizes=self.models.vocab_sizes)
         if self.spec_guard is not None:
             reason = await self.spec_guard(read.bundle.spec)
             if reason:
                 raise ApiError(403, "unassigned_job", reason)
-        known = await self.ledger.job(read.job_id)
-        if known is not None and known.status != AWAITING:
+        if read.job_id in self._stored_jobs:  # the write refuses any other duplicate, after the signatures
             raise ApiError(409, "duplicate_bundle", f"job {read.job_id} was already submitted; nothing changed")
         async with self._intake_slots:
             admitted = await asyncio.to_thread(authenticate, read, self.domain)
         bundle = admitted.bundle
-        if not await self.intake.store(admitted):
+        stored = await self.intake.store(admitted)
+        self._stored_jobs[read.job_id] = None
+        while len(self._stored_jobs) > STORED_JOBS_KEPT:
+            del self._stored_jobs[next(iter(self._stored_jobs))]
+        if not stored:
             raise ApiError(409, "duplicate_bundle", f"job {admitted.job_id} was already submitted; nothing changed")
         self.metrics.bundles_queued.inc()
         self.wake.set()
