@@ -8,7 +8,7 @@ Honest: jobs of several prompt lengths, run together (so batch composition varie
 pipeline with fp32 and with bf16 on the wire; every row stages 1 and 2 received is compared with the
 one-prefill replay of the stage before them, every earlier handoff rounded to the wire dtype as the
 pipeline rounds it (node/pipeline/model.py `boundary_as_sent`; node/validator/defence.py `row_deviation`:
-per row, relative L1 against the replay rounded to the wire dtype). Attack: the `quiet` cheat (node/cheats.py) applied to each
+per row, relative L1 against the replay rounded to the wire dtype). Attack: the `quiet` cheat (node/worker/cheats.py) applied to each
 job's received prefill block with factors 0.9, 0.99 and 0.999; the bench checks the proof is unchanged
 (that is what makes the alteration invisible to the receiver) and prints the smallest deviation it causes.
 
@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from node.cheats import outside_top_k  # noqa: E402
-from node.job import SamplingParams  # noqa: E402
+from node.worker.cheats import outside_top_k  # noqa: E402
+from node.protocol.job import SamplingParams  # noqa: E402
 from node.pipeline.handoff import rows_tensor  # noqa: E402
 from node.toploc.activation import build_proofs  # noqa: E402
 from node.toploc.thresholds import HANDOFF  # noqa: E402

@@ -4,7 +4,7 @@
     .venv/bin/python bench/calibrate_toploc.py --quick         # tiny models, short jobs (under a minute)
     .venv/bin/python bench/calibrate_toploc.py --write docs/verification.md
 
-Each row runs one job through a three-stage worker group computed one way (node/toploc/calibrate.py) and
+Each row runs one job through a three-stage worker group computed one way (node/pipeline/calibration.py) and
 checks it as the validator does: every stage's activation proofs against a one-prefill replay of the whole
 model, then the sampling proof. Figures are the worst chunk of a stage (of the stage that must be blamed,
 for attacks; of all stages, for honest rows); "logit drift" is the largest difference between the logits
@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from node.job import SamplingParams  # noqa: E402
-from node.toploc.calibrate import Job, Row, attack_setups, format_table, honest_setups, run_matrix  # noqa: E402
+from node.protocol.job import SamplingParams  # noqa: E402
+from node.pipeline.calibration import Job, Row, attack_setups, format_table, honest_setups, run_matrix  # noqa: E402
 from node.toploc.thresholds import ACTIVATION, SAMPLING  # noqa: E402
 
 PARAMS = SamplingParams(temperature=0.8, top_k=50, top_p=0.95)

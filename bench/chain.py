@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from ledger import merkle  # noqa: E402
-from ledger.chain import BUILD_DIR, Artifact, ChainClient  # noqa: E402
-from ledger.chain_server import AnvilNode  # noqa: E402
-from node.signing import SigningKey  # noqa: E402
+from ledger.chain.client import BUILD_DIR, Artifact, ChainClient  # noqa: E402
+from ledger.chain.embedded import AnvilNode  # noqa: E402
+from node.protocol.signing import SigningKey  # noqa: E402
 
 RECEIPTS = 1_000
 BUDGETS = {"stake": 75_000, "slash": 100_000, "claim": 120_000}

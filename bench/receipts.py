@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eth_account import Account  # noqa: E402
 from eth_account.messages import encode_typed_data  # noqa: E402
 
-from node.bundle import Bundle, SignedStage, expected_proof_count, recover_signers, verify_bundle  # noqa: E402
-from node.job import JobSpec, SamplingParams, StageAssignment  # noqa: E402
-from node.receipts import EIP712_TYPES, ReceiptDomain, expected_receipt, sign_receipt  # noqa: E402
-from node.signing import SigningKey  # noqa: E402
+from node.protocol.bundle import Bundle, SignedStage, expected_proof_count, recover_signers, verify_bundle  # noqa: E402
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment  # noqa: E402
+from node.protocol.receipts import EIP712_TYPES, ReceiptDomain, expected_receipt, sign_receipt  # noqa: E402
+from node.protocol.signing import SigningKey  # noqa: E402
 
 
 def three_stage_bundle(domain: ReceiptDomain) -> Bundle:

@@ -31,7 +31,7 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch  # noqa: E402
 
-from node.job import SamplingParams  # noqa: E402
+from node.protocol.job import SamplingParams  # noqa: E402
 from node.toploc.activation import build_proofs, verify_proofs  # noqa: E402
 from node.toploc.codec import PROOF_BYTES, build_chunk_proofs, chunk_figures  # noqa: E402
 from node.toploc.sampling import gumbel_noise, sample_next  # noqa: E402

@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 async def generate_job(model_dir: Path, new_tokens: int):
     """One 256-token job through the 3-stage pipeline: (spec, stage results, keys, generation seconds)."""
-    from node.job import SamplingParams
+    from node.protocol.job import SamplingParams
     from node.pipeline.local import LocalPipeline
     from node.pipeline.smollm2 import chat_prompt_ids, load_tokenizer
 
@@ -87,8 +87,8 @@ async def generate_job(model_dir: Path, new_tokens: int):
 
 
 def bundle_of(spec, output, results, keys, domain):
-    from node.bundle import Bundle, SignedStage
-    from node.receipts import expected_receipt, sign_receipt
+    from node.protocol.bundle import Bundle, SignedStage
+    from node.protocol.receipts import expected_receipt, sign_receipt
 
     stages = []
     for index, (result, key) in enumerate(zip(results, keys)):
@@ -101,7 +101,7 @@ def verification_row(model_dir: Path, new_tokens: int) -> dict:
     import torch
 
     from node.pipeline.weights import load_stage
-    from node.receipts import ReceiptDomain
+    from node.protocol.receipts import ReceiptDomain
     from node.validator.replay import findings_of
     from node.validator.verdict import Tariff, decide
 
@@ -166,10 +166,10 @@ def _timed(work) -> float:
 def make_bundles(count: int, model_id: str, domain) -> list[bytes]:
     import random
 
-    from node.bundle import Bundle, SignedStage, expected_proof_count
-    from node.job import JobSpec, SamplingParams, StageAssignment
-    from node.receipts import expected_receipt, sign_receipt
-    from node.signing import SigningKey
+    from node.protocol.bundle import Bundle, SignedStage, expected_proof_count
+    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+    from node.protocol.receipts import expected_receipt, sign_receipt
+    from node.protocol.signing import SigningKey
 
     keys = [SigningKey((0x5000 + i).to_bytes(32, "big")) for i in range(3)]
     rng = random.Random(7)
@@ -197,8 +197,8 @@ async def intake_rate(
     from ledger.store import Ledger
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
 
     ledger = await Ledger.open(db_url)
     for key in keys:
@@ -332,7 +332,7 @@ def verification(model_dir, new_tokens, figures, misses) -> None:
 
 def intake(args, model_dir, count, figures, misses) -> None:
     from node.pipeline.weights import model_id
-    from node.receipts import ReceiptDomain
+    from node.protocol.receipts import ReceiptDomain
 
     domain = ReceiptDomain(1, "0x" + "22" * 20)
     bodies, keys = make_bundles(count + WARMUP_BUNDLES, model_id(model_dir), domain)

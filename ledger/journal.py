@@ -7,7 +7,7 @@ An entry is a small frozen value. Its hash commits to every field and to the has
 where `canonical_bytes` is compact JSON with sorted keys, amounts and other big integers as decimal
 strings, addresses checksummed, hashes lowercase `0x` hex, and `prev_hash` is 32 raw bytes (the first
 entry's prev_hash is 32 zero bytes). Change any stored field, or drop or reorder an entry, and every
-later hash stops matching: `ledger.verify` names the first such entry.
+later hash stops matching: `ledger.audit` names the first such entry.
 
 Kinds: stake, unstake (chain events, `ref` = "tx_hash:log_index" makes re-reading them harmless), reward
 (one per job and stage, PROTOCOL I6), slash (one per evidence hash), soft_invalidation (one per job, pays

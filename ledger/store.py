@@ -1,6 +1,6 @@
 """The ledger store: one object over one SQL database (SQLite or PostgreSQL), async SQLAlchemy 2.0.
 
-Open it from a URL (default `settings.database_url()`); opening runs the Alembic migrations to head:
+Open it from a URL (the node's settings choose the default); opening runs the Alembic migrations to head:
 
     ledger = await Ledger.open(url)              # or Ledger.open() for STAGEWISE_DB / the data dir
     ...
@@ -78,6 +78,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ledger import epochs as epoch_math
 from ledger import journal, queries
+from ledger.database_url import async_url
 from ledger.journal import Entry, NewEntry, checksum, hash32
 from ledger.models import (
     ACCEPTED,
@@ -713,13 +714,12 @@ class Ledger:
     # --- opening -------------------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str | None = None, *, migrate: bool = True, must_exist: bool = False) -> Ledger:
-        """Open the ledger at `url` (default: settings.database_url()) and bring its schema to head.
+    async def open(cls, url: str, *, migrate: bool = True, must_exist: bool = False) -> Ledger:
+        """Open the ledger at `url` (any SQLAlchemy URL; `async_url` names the async driver) and bring its
+        schema to head.
         `must_exist`: for commands that only read, a SQLite file that is not there is an error (LedgerError)
         instead of a fresh, empty ledger that would answer "unknown" to everything."""
-        from node import settings
-
-        url = settings.async_url(url) if url else settings.database_url()
+        url = async_url(url)
         if must_exist:
             _require_sqlite_file(url)
         if url.startswith("sqlite"):
@@ -1032,7 +1032,7 @@ class Ledger:
 
     async def verify(self, progress: Any = None) -> VerifyReport:
         """Recompute the journal's hash chain, the worker totals and every epoch's roots."""
-        from ledger.verify import verify
+        from ledger.audit import verify
 
         return await verify(self, progress)
 

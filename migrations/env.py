@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from ledger.models import metadata
+from ledger.database_url import async_url
 from node import settings
 
 config = context.config
@@ -22,7 +23,7 @@ target_metadata = metadata
 
 def _url() -> str:
     url = context.get_x_argument(as_dictionary=True).get("db")
-    return settings.async_url(url) if url else settings.database_url()
+    return async_url(url) if url else settings.database_url()
 
 
 def _migrate(connection: Connection) -> None:

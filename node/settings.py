@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ledger.database_url import async_url
+
 HOME_ENV = "STAGEWISE_HOME"
 DB_ENV = "STAGEWISE_DB"
 
@@ -33,12 +35,3 @@ def database_url() -> str:
     if url:
         return async_url(url)
     return f"sqlite+aiosqlite:///{data_dir() / 'ledger.db'}"
-
-
-def async_url(url: str) -> str:
-    """Accept the URLs people paste (`postgresql://`, `sqlite:///`) and name the async driver."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
-    return url

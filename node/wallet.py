@@ -2,7 +2,7 @@
 
 The keystore format is the one geth, MetaMask exports and eth-account read and write, so a worker can
 bring the key it already stakes with. The private key only ever exists decrypted inside a
-`node.signing.SigningKey`, whose repr shows the address and never the secret; no function here prints
+`node.protocol.signing.SigningKey`, whose repr shows the address and never the secret; no function here prints
 or logs a key or a password.
 
 Passwords come, in this order, from a file (`--password-file`), the environment variable
@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 from eth_utils import is_hex_address, to_checksum_address
 
-from node import json_input, settings
-from node.signing import SigningKey
+from node import settings
+from ledger import json_input
+from node.protocol.signing import SigningKey
 
 PASSWORD_ENV = "STAGEWISE_KEYSTORE_PASSWORD"
 DEFAULT_KEYSTORE_NAME = "worker.json"

@@ -73,8 +73,8 @@ class HostilePeer:
 
 
 async def health_poll(url: str) -> str:
-    from node.signing import SigningKey
-    from node.validator.stage_control import HttpPipelineDriver
+    from node.protocol.signing import SigningKey
+    from node.orchestration.stage_control import HttpPipelineDriver
 
     driver = HttpPipelineDriver(key=SigningKey.generate(), model_id="0x" + "ab" * 32)
     try:
@@ -86,7 +86,7 @@ async def health_poll(url: str) -> str:
 
 
 async def peer_receipt(url: str) -> str:
-    from node.worker import WorkerError, fetch_peer_stage
+    from node.worker.run import WorkerError, fetch_peer_stage
 
     async with aiohttp.ClientSession() as session:
         try:
@@ -97,7 +97,7 @@ async def peer_receipt(url: str) -> str:
 
 
 async def validator_answer(url: str) -> str:
-    from node.worker import ValidatorClient, WorkerError
+    from node.worker.run import ValidatorClient, WorkerError
 
     async with aiohttp.ClientSession() as session:
         try:
@@ -133,7 +133,7 @@ async def stage_stream(url: str) -> str:
 async def link_handshake(url: str) -> str:
     from node.pipeline.assignment import Assignment, PeerStage
     from node.pipeline.link import OutboundLink
-    from node.signing import SigningKey
+    from node.protocol.signing import SigningKey
 
     me, peer = SigningKey.generate(), SigningKey.generate()
     stages = (PeerStage(me.address, "http://127.0.0.1:1", 0, 1), PeerStage(peer.address, url, 1, 2))
@@ -150,8 +150,8 @@ async def link_handshake(url: str) -> str:
 
 async def chain_rpc(url: str) -> str:
     """The embedded chain's JSON-RPC server is the peer here: a client sends it the deep body."""
-    from ledger.chain import ChainClient
-    from ledger.chain_server import ChainServer
+    from ledger.chain.client import ChainClient
+    from ledger.chain.embedded import ChainServer
 
     chain = ChainClient.embedded()
     async with ChainServer(chain.w3, host="127.0.0.1", port=0) as server:
@@ -164,7 +164,7 @@ async def chain_rpc(url: str) -> str:
 
 def chain_client(url: str) -> str:
     """A worker reads the chain at the RPC URL its validator named."""
-    from ledger.chain import ChainClient, ChainError
+    from ledger.chain.client import ChainClient, ChainError
 
     try:
         ChainClient.connect(url).w3.eth.block_number
@@ -174,8 +174,8 @@ def chain_client(url: str) -> str:
 
 
 def groups_cli(url: str) -> str:
-    from node.cli import CommandError
-    from node.validator.groups_cli import _get
+    from node.cli.main import CommandError
+    from node.cli.groups import _get
 
     try:
         _get(url + "/v1/groups", 5, CommandError)
@@ -185,8 +185,8 @@ def groups_cli(url: str) -> str:
 
 
 def reward_proof(url: str) -> str:
-    from ledger.chain_cli import _validator_proof
-    from node.cli import CommandError
+    from node.cli.chain import _validator_proof
+    from node.cli.main import CommandError
 
     try:
         _validator_proof(url, "0x" + "22" * 20, 1)

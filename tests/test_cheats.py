@@ -1,6 +1,6 @@
 import pytest
 
-from node.cheats import Cheat, CheatError
+from node.worker.cheats import Cheat, CheatError
 from node.pipeline.model import ModelConfig
 from node.pipeline.tiny import tiny_model_dir
 from node.pipeline.weights import load_stage

@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from node.cli import main
+from node.cli.main import main
 
 
 def test_help_lists_commands(capsys):
@@ -13,7 +13,7 @@ def test_help_lists_commands(capsys):
 
 
 def test_no_command_prints_help_and_fails():
-    result = subprocess.run([sys.executable, "-m", "node.cli"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "node.cli.main"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "commands" in result.stdout
 
@@ -29,7 +29,7 @@ def test_start_up_errors_are_one_line_that_says_what_to_do(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        base = [sys.executable, "-m", "node.cli", "--data-dir", str(tmp_path / "home")]
+        base = [sys.executable, "-m", "node.cli.main", "--data-dir", str(tmp_path / "home")]
         run = ["validator", "run", "--model-dir", str(model_dir), "--no-chain", "--chain-id", "1",
                "--contract", "0x" + "ab" * 20, "--port", str(port)]
         cases = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.cli import build_parser
+from node.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

@@ -20,7 +20,7 @@ def free_port() -> int:
 def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     model_dir = tiny_model_dir("llama", seed=11, path=tmp_path / "model")
     result = subprocess.run(
-        [sys.executable, "-m", "node.cli", "--data-dir", str(tmp_path / "home"), "devnet",
+        [sys.executable, "-m", "node.cli.main", "--data-dir", str(tmp_path / "home"), "devnet",
          "--model-dir", str(model_dir), "--tasks", "4", "--max-new-tokens", "8", "--port", str(free_port()),
          "--timeout", "240"],
         capture_output=True, text=True, timeout=300,

@@ -44,16 +44,16 @@ def test_an_endless_answer_is_cut_off_not_read_whole(case):
 
 # json.loads is left only where the node reads a file it wrote or installed itself; the count per module says
 # how many such reads there are. Anything from a peer, a client or another person goes through
-# node/json_input.py, and `.json()` (aiohttp's unbounded reader) is used nowhere.
+# ledger/json_input.py, and `.json()` (aiohttp's unbounded reader) is used nowhere.
 OWN_FILE_READS = {
-    "node/worker.py": 2,  # its own receipt book
-    "node/toploc/cli.py": 1,  # the committed reference vectors
+    "node/worker/run.py": 2,  # its own receipt book
+    "node/cli/toploc.py": 1,  # the committed reference vectors
     "node/pipeline/model.py": 1,  # the model directory's config.json
     "node/pipeline/weights.py": 1,  # the model directory's generation_config.json
     "node/pipeline/smollm2.py": 2,  # the packaged model's config and our stamp
     "node/pipeline/tiny.py": 1,  # our stamp
-    "ledger/chain.py": 1,  # the compiled contract
-    "ledger/chain_cli.py": 1,  # the chain file `stagewise chain deploy` wrote
+    "ledger/chain/client.py": 1,  # the compiled contract
+    "node/cli/chain.py": 1,  # the chain file `stagewise chain deploy` wrote
 }
 
 
@@ -61,7 +61,7 @@ def test_no_json_from_outside_bypasses_the_bounded_parser():
     loads, readers = {}, []
     for path in sorted((ROOT / "node").rglob("*.py")) + sorted((ROOT / "ledger").rglob("*.py")):
         name = path.relative_to(ROOT).as_posix()
-        if name == "node/json_input.py":
+        if name == "ledger/json_input.py":
             continue
         text = path.read_text()
         if count := len(re.findall(r"\bjson\.loads?\(", text)):

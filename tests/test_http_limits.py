@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import aiohttp
 from aiohttp import web
 
-from node.http_limits import HttpGuard, HttpLimits
+from node.http.limits import HttpGuard, HttpLimits
 from node.pipeline.server import StageServer
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
 
 async def open_slowly(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -132,7 +132,7 @@ async def test_idle_connections_from_many_addresses_make_room_for_a_client_with_
 
 
 def test_a_client_is_an_ipv4_address_or_an_ipv6_slash_64():
-    from node.http_limits import client_of
+    from node.http.limits import client_of
 
     assert client_of("203.0.113.7") == "203.0.113.7"
     assert client_of("2001:db8:1:2:aaaa::1") == client_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"

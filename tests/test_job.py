@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from node.job import JobSpec, JobSpecError, SamplingParams, StageAssignment
+from node.protocol.job import JobSpec, JobSpecError, SamplingParams, StageAssignment
 
 WORKERS = ["0x" + f"{i:040x}" for i in (1, 2, 3)]
 
@@ -57,7 +57,7 @@ def test_every_attempt_of_a_sequence_is_its_own_job():
 
 
 def test_a_rerouted_sequence_without_tokens_gets_a_new_job_id_on_the_same_group():
-    from node.validator.rerouting import SequenceRun, continuation_spec
+    from node.orchestration.rerouting import SequenceRun, continuation_spec
 
     task = type("Task", (), {"task_id": "t"})()
     run = SequenceRun(task=task, prompt_token_ids=(1, 2, 3), seed=9, max_new_tokens=8)
@@ -72,7 +72,7 @@ def test_a_rerouted_sequence_without_tokens_gets_a_new_job_id_on_the_same_group(
 def test_what_one_spec_makes_a_validator_hash_and_verify_is_bounded():
     # A bundle body of 8 MiB once held 2.8 million prompt tokens (about a second of intake CPU to hash) or
     # tens of thousands of stages (a signature recovery each): a spec now names at most these.
-    from node.job import MAX_PROMPT_TOKENS, MAX_STAGES
+    from node.protocol.job import MAX_PROMPT_TOKENS, MAX_STAGES
 
     assert len(spec(prompt_token_ids=(1,) * MAX_PROMPT_TOKENS).prompt_token_ids) == MAX_PROMPT_TOKENS
     with pytest.raises(JobSpecError, match=f"at most {MAX_PROMPT_TOKENS} tokens"):

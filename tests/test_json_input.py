@@ -3,8 +3,8 @@ import sys
 
 import pytest
 
-from node import json_input
-from node.json_input import JsonInputError, nesting_problem
+from ledger import json_input
+from ledger.json_input import JsonInputError, nesting_problem
 
 
 def test_plain_json_parses():
@@ -23,7 +23,7 @@ def test_nesting_is_measured_outside_strings(text, depth, ok):
 def test_a_deep_body_is_an_error_not_a_crash():
     # With web3 imported the recursion limit is 100,000 and json.loads itself would overflow the C stack.
     code = (
-        "import web3, sys; from node import json_input\n"
+        "import web3, sys; from ledger import json_input\n"
         "assert sys.getrecursionlimit() >= 100000\n"
         "try:\n    json_input.loads('[' * 200000 + ']' * 200000)\nexcept json_input.JsonInputError as e:\n    print('refused:', e)\n"
     )
@@ -39,7 +39,7 @@ def test_non_json_is_refused(text):
 
 
 def test_brackets_inside_strings_never_count_with_or_without_escapes():
-    from node.json_input import nesting_problem
+    from ledger.json_input import nesting_problem
 
     assert nesting_problem('{"a": "[[[[[[", "b": [1]}', 2) is None  # no escapes: the byte-translate path
     assert nesting_problem('{"a": "\\"[[[[[[", "b": [1]}', 2) is None  # an escaped quote: the regex path

@@ -2,7 +2,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from node.signing import SignatureError, SigningKey, recover_digest, recover_message
+from node.protocol.signing import SignatureError, SigningKey, recover_digest, recover_message
 
 
 def test_message_signature_matches_eth_account():
@@ -35,7 +35,7 @@ def test_repr_hides_the_secret():
 def test_the_high_s_twin_of_a_signature_is_refused():
     """(r, n - s) with the other recovery id recovers the same signer: anyone could mint a second valid
     signature for anything a key signed, and every check keyed on signature bytes would count it twice."""
-    from node.signing import SECP256K1_N, SignatureError, SigningKey, recover_digest
+    from node.protocol.signing import SECP256K1_N, SignatureError, SigningKey, recover_digest
 
     key = SigningKey.generate()
     digest = bytes(range(32))

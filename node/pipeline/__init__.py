@@ -35,21 +35,21 @@ Stage server (one per worker process, one stage at a time):
   (every stage), token_count (= prompt + output - 1), work_units (= layers x token_count), finish_reason,
   handoffs (the chunks a receiving stage accepted: `handoff.ReceivedHandoff(claim, signature, rows)`; the hook
   gets the rows, `result()` and the HTTP result keep only the claims). Exactly what
-  node.receipts.expected_receipt(spec, stage_index, output_token_ids, proofs, received_proofs=...) needs.
+  node.protocol.receipts.expected_receipt(spec, stage_index, output_token_ids, proofs, received_proofs=...) needs.
 - `on_complaint(handoff.Complaint)` on the stage that caught its predecessor signing bytes with a proof they do
   not have. `Complaint` (frozen): complainer_stage, claim (`handoff.HandoffClaim`: job_id, sender_stage,
   chunk_index, start, count, dtype, rows_digest, proof), sender_signature, rows (the bytes received);
   `handoff.judge_evidence(complaint, sender_address)` decides it without a model. The worker signs it for the
-  chain as a `node.bundle.HandoffComplaint` (`sign_complaint(key, domain, complaint)`).
+  chain as a `node.protocol.bundle.HandoffComplaint` (`sign_complaint(key, domain, complaint)`).
 - `tamper(job_id_hex, stage_index, start_position, rows) -> rows` changes what a stage sends *after* its honest
-  proof was built, and `cheat` (node.cheats.Cheat) the handoff lies (equivocation, a false complaint): for
+  proof was built, and `cheat` (node.worker.cheats.Cheat) the handoff lies (equivocation, a false complaint): for
   tests and the devnet's cheater only (docs/handoff.md says how each is caught).
 - `assignment.Assignment(group_id, model_id, stage_index, stages=(PeerStage(worker, url, layer_start,
   layer_end), ...), wire_dtype="fp32")`. A job is accepted when its JobSpec names exactly this group, model,
   workers and layer ranges. Re-assigning with another neighbour re-points the links without reloading weights.
 - Stopping: a job stops after a token in `spec.sampling.stop_ids` (put the model's EOS ids there) or after
   `max_new_tokens`. Rerouting: a replacement stage rebuilds its KV cache by running a continuation job whose
-  prompt is the original prompt + the tokens so far (node/validator/rerouting.py); sampling noise is keyed by
+  prompt is the original prompt + the tokens so far (node/orchestration/rerouting.py); sampling noise is keyed by
   (seed, absolute position), so the tokens are the same.
 
 Control (control.py): PUT/DELETE /v1/assignment and POST /v1/jobs must be signed (EIP-191, headers

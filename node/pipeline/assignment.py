@@ -14,7 +14,7 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from node.job import JobSpec
+from node.protocol.job import JobSpec
 from node.pipeline.wire import WIRE_DTYPES
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import aiohttp
 
-from node import json_input
-from node.job import JobSpec
+from ledger import json_input
+from node.protocol.job import JobSpec
 from node.pipeline.assignment import Assignment
 from node.pipeline.control import sign_control
 from node.pipeline.sequence import StageResult
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
 
 class StageClientError(Exception):

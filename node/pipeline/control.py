@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from eth_utils import is_address
 
-from node.signing import SignatureError, SigningKey, keccak256, recover_message
+from node.protocol.signing import SignatureError, SigningKey, keccak256, recover_message
 
 SIGNER_HEADER = "X-Stagewise-Signer"
 TIMESTAMP_HEADER = "X-Stagewise-Timestamp"

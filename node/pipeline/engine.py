@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from node.job import JobSpec
+from node.protocol.job import JobSpec
 from node.pipeline.assignment import Assignment
 from node.pipeline.handoff import Complaint, HandoffClaim, ReceivedHandoff, rows_digest
 from node.pipeline.model import StageModel
 from node.pipeline.sequence import FAILED, ChunkRows, SequenceFailed, SequenceState, StageResult
 from node.pipeline.wire import cast_for_wire, dtype_name, wire_bytes
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
 # tamper(job id hex, stage index, start position, rows) -> rows actually sent. Only for tests and the devnet's
 # cheater: it changes what goes on the wire *after* the honest proof was built (the claim's digest covers the
@@ -66,7 +66,7 @@ class EngineStats:
 class StageEngine:
     def __init__(self, model: StageModel, assignment: Assignment, key: SigningKey, tamper: Tamper | None = None,
                  cheat: Any = None):
-        """`tamper` and `cheat` (node.cheats.Cheat: `equivocates`, `complains_falsely`) only for tests and the
+        """`tamper` and `cheat` (node.worker.cheats.Cheat: `equivocates`, `complains_falsely`) only for tests and the
         devnet's cheater: the handoff lies the protocol must turn back on the liar."""
         self.model, self.assignment, self.key, self.tamper = model, assignment, key, tamper
         self.equivocates = bool(cheat is not None and cheat.equivocates)

@@ -14,7 +14,7 @@
 - The last stage signs every token frame it sends to stage 0 (`tokens_message`); stage 0 checks the
   signature before it embeds a token.
 
-All signatures are EIP-191 messages (node/signing.py), with a distinct prefix per kind so one can never be
+All signatures are EIP-191 messages (node/protocol/signing.py), with a distinct prefix per kind so one can never be
 replayed as another.
 """
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from eth_hash.auto import keccak
 
-from node.signing import SignatureError, SigningKey, recover_message
+from node.protocol.signing import SignatureError, SigningKey, recover_message
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +96,7 @@ class Complaint:
 
     `rows` are the bytes the complaining stage received for the chunk (they hash to `claim.rows_digest`),
     `sender_signature` the sender's signature over `claim`. The complaining worker signs it for the chain as
-    a `node.bundle.HandoffComplaint`; the pipeline only carries it to its own worker (`on_complaint`), and a
+    a `node.protocol.bundle.HandoffComplaint`; the pipeline only carries it to its own worker (`on_complaint`), and a
     `summary()` of it round the ring.
     """
 
@@ -186,7 +186,7 @@ class ReceivedHandoff:
 
 def handoff_from_json(job_id_hex: str, sender_stage: int, data: dict[str, Any]) -> ReceivedHandoff:
     """Parse `ReceivedHandoff.to_json` (rows optional); ValueError/KeyError/TypeError on a malformed one."""
-    from node.receipts import parse_hex
+    from node.protocol.receipts import parse_hex
 
     for name in ("chunk", "start", "count"):
         if not (isinstance(data[name], int) and not isinstance(data[name], bool) and 0 <= data[name] < 2**32):

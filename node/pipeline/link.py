@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
-from node import json_input
+from ledger import json_input
 from node.pipeline.assignment import Assignment
 from node.pipeline.handoff import hello_message
-from node.signing import SignatureError, SigningKey, recover_message
+from node.protocol.signing import SignatureError, SigningKey, recover_message
 
 log = logging.getLogger("stagewise.pipeline.link")
 

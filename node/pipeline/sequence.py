@@ -2,7 +2,7 @@
 
 `SequenceState` is the mutable per-stage record: the KV cache, the proof builder over what this stage sends,
 the rebuild of what its predecessor sent, the tokens so far. `StageResult` is the frozen summary a worker
-turns into its signed receipt (node/receipts.py): the stage's proofs, the tokens it consumed or produced,
+turns into its signed receipt (node/protocol/receipts.py): the stage's proofs, the tokens it consumed or produced,
 and its work units.
 """
 
@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from node.job import JobSpec
+from node.protocol.job import JobSpec
 from node.pipeline.handoff import Complaint, ReceivedHandoff, handoff_from_json
 from node.pipeline.model import KVCache
 

@@ -40,14 +40,14 @@ import aiohttp
 import torch
 from aiohttp import web
 
-from node import json_input
-from node.job import JobSpec, JobSpecError
+from ledger import json_input
+from node.protocol.job import JobSpec, JobSpecError
 from node.pipeline.assignment import Assignment, AssignmentError
 from node.pipeline.control import ControlGuard, ControlRefused
 from node.pipeline.engine import StageEngine, StepInput, Tamper, fail, finish_reason
 from node.pipeline.handoff import Complaint, tokens_message
 from node.pipeline.model import StageModel
-from node.http_limits import HttpGuard, HttpLimits
+from node.http.limits import HttpGuard, HttpLimits
 from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_INBOX_BYTES
 from node.pipeline.inbox import Inbox, InboxFull
 from node.pipeline.link import (
@@ -60,7 +60,7 @@ from node.pipeline.weights import load_stage, model_id
 from node.pipeline.wire import (
     FrameError, decode_frame, decode_message, encode_frame, encode_message, frame_job_ids, hex_bytes,
 )
-from node.signing import SignatureError, SigningKey, recover_message
+from node.protocol.signing import SignatureError, SigningKey, recover_message
 
 log = logging.getLogger("stagewise.pipeline")
 

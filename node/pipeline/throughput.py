@@ -1,7 +1,7 @@
 """How fast this machine runs one decoder layer: the worker's throughput, measured instead of guessed.
 
 The orchestrator gives each stage of a group layers in proportion to its layer-tokens per second
-(node/validator/grouping.py), so that every stage takes about as long per token. A worker that does not
+(node/orchestration/grouping.py), so that every stage takes about as long per token. A worker that does not
 state its throughput (`stagewise worker run --throughput`) measures it at start: the first layer of the
 model it will serve, decoding one token at a time after a short prompt, as a stage does during
 generation. It takes about a second and reads only that layer's weights.

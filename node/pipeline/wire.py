@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from node import json_input
+from ledger import json_input
 
 MAGIC = b"SWA1"
 _HEADER = struct.Struct("<4sBBIH")

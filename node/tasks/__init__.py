@@ -2,7 +2,7 @@
 
 `arithmetic.jsonl` holds 52 short arithmetic and word problems, one JSON object a line:
 `{"id", "prompt", "answer", "checker"}`. A validator runs them with `--tasks arithmetic` (or any JSONL file
-of the same shape, see `node.validator.tasks`), and `node.tasks.checkers` says whether an output is right.
+of the same shape, see `node.orchestration.tasks`), and `node.tasks.checkers` says whether an output is right.
 """
 
 from __future__ import annotations

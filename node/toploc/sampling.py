@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.toploc.thresholds import SAMPLING
 
 _MASK32 = 0xFFFFFFFF

@@ -1,4 +1,4 @@
-"""The validator's HTTP routes: thin handlers over `ValidatorNode` (node/validator/node.py).
+"""The validator's HTTP routes: thin handlers over `ValidatorNode` (node/validator/service.py).
 
 Reads are public. Writes are authenticated by what they carry: a bundle by its receipts' signatures, each
 recovered and checked against the assigned, staked worker (I3). Admin actions need the node's admin
@@ -16,7 +16,7 @@ from aiohttp import web
 from eth_utils import is_checksum_address, to_checksum_address
 
 from node.validator.app import NODE
-from node.validator.errors import ApiError
+from node.http.json_errors import ApiError
 
 _JOB_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from node.http_limits import HttpGuard
-from node.validator.errors import json_errors
+from node.http.limits import HttpGuard
+from node.http.json_errors import json_errors
 
 NODE: web.AppKey[Any] = web.AppKey("validator_node", object)
 ORCHESTRATOR: web.AppKey[Any] = web.AppKey("orchestrator", object)
@@ -29,7 +29,7 @@ Registrar = Callable[[web.Application], None]
 def build_app(
     node: Any, registrars: Iterable[Registrar] = (), *, dashboard: bool = True, guard: HttpGuard | None = None
 ) -> web.Application:
-    """`guard`: the per-client limits (node/http_limits.py); install it on the runner too, after setup."""
+    """`guard`: the per-client limits (node/http/limits.py); install it on the runner too, after setup."""
     from node.validator import api
 
     middlewares = [json_errors] + ([guard.middleware] if guard is not None else [])

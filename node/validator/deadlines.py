@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 
 from ledger import journal
 from ledger.models import JOB_DONE, Job
-from node.job import JobSpec
+from node.protocol.job import JobSpec
 
 log = logging.getLogger(__name__)
 

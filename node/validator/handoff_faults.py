@@ -13,9 +13,9 @@ The validator calls `handoff_faults` before any replay; `stagewise verify-eviden
 
 from __future__ import annotations
 
-from node.bundle import Bundle
+from node.protocol.bundle import Bundle
 from node.pipeline.handoff import judge_evidence
-from node.receipts import proofs_digest
+from node.protocol.receipts import proofs_digest
 from node.validator.verdict import Findings, Reason
 
 Fault = tuple[int, Reason]
@@ -58,7 +58,7 @@ def handoff_faults(bundle: Bundle) -> tuple[Fault, ...]:
 
 def findings_without_replay(bundle: Bundle, faults: tuple[Fault, ...]) -> Findings:
     """A complaint stopped the job: no stage's proofs are checked, the evidence alone decides."""
-    from node.receipts import processed_token_count
+    from node.protocol.receipts import processed_token_count
 
     tokens = processed_token_count(bundle.spec, bundle.output_token_ids)
     work = tuple(stage.num_layers * tokens for stage in bundle.spec.stages)

@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from node.bundle import Bundle, BundleError, check_receipts, check_signers
-from node.receipts import ReceiptDomain
-from node.validator.errors import ApiError
+from node.protocol.bundle import Bundle, BundleError, check_receipts, check_signers
+from node.protocol.receipts import ReceiptDomain
+from node.http.json_errors import ApiError
 
 
 @dataclass(frozen=True)

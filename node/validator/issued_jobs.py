@@ -8,7 +8,7 @@ earlier job is refused, and that job is soft-invalidated at its deadline like an
 
 from __future__ import annotations
 
-from node.job import JobSpec
+from node.protocol.job import JobSpec
 
 
 class IssuedJobs:

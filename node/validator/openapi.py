@@ -62,7 +62,7 @@ SCHEMAS: dict[str, Any] = {
     "Bundle": {
         "type": "object",
         "description": "A job spec, every stage's signed receipt and proofs, and the output tokens "
-        "(node/bundle.py `Bundle.to_json`). Unknown fields are refused.",
+        "(node/protocol/bundle.py `Bundle.to_json`). Unknown fields are refused.",
         "required": ["spec", "stages", "output_token_ids"],
         "properties": {
             "version": {"type": "integer"},

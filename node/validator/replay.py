@@ -7,7 +7,7 @@ in INTERFACES.md: the prefill block, then decode rows in chunks of 32) and check
 committed proofs; the logits of the positions that produced output tokens check the sampling.
 
 `findings_of` returns the `Findings` that `verdict.decide` judges and the figures behind them, which go
-into the evidence (node/evidence.py) so that anyone can see why.
+into the evidence (node/validator/evidence.py) so that anyone can see why.
 
 Defences (node/validator/defence.py), judged from the first stage on: the rows a stage handed in are
 checked, over every entry, against what its predecessor honestly sends from what *it* received (its own
@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Mapping, Sequence
 
-from node.job import JobSpec
+from node.protocol.job import JobSpec
 from node.validator.verdict import Findings
 
 
@@ -49,7 +49,7 @@ def findings_of(
     from node.pipeline.model import replay, replay_from
     from node.validator.defence import check_defence
     from node.validator.verdict import Reason
-    from node.receipts import processed_token_count
+    from node.protocol.receipts import processed_token_count
     from node.toploc.activation import verify_proofs
     from node.toploc.sampling import verify_sampling
 

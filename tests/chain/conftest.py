@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ledger.chain import ChainClient
-from ledger.chain_server import AnvilNode
+from ledger.chain.client import ChainClient
+from ledger.chain.embedded import AnvilNode
 
 UNBONDING_DELAY = 100
 

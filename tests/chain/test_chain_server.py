@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from ledger.chain import ChainClient, ChainError, ContractRevert, Staked
-from ledger.chain_server import ChainServer, ThreadedChainServer
-from node.signing import SigningKey
+from ledger.chain.client import ChainClient, ChainError, ContractRevert, Staked
+from ledger.chain.embedded import ChainServer, ThreadedChainServer
+from node.protocol.signing import SigningKey
 
 
 def test_a_client_by_url_shares_the_in_process_chain():
@@ -74,7 +74,7 @@ async def test_bad_requests_get_json_rpc_errors():
 def test_a_served_dev_chain_is_owned_by_a_key_nobody_else_knows():
     # The attack (issue 15, item 5): the validator's embedded chain was owned, validated for and paid into
     # by eth-tester's well-known dev keys, so anyone who reached its JSON-RPC could slash any worker.
-    from ledger.chain import tester_keys
+    from ledger.chain.client import tester_keys
     from ledger.merkle import keccak
 
     chain = ChainClient.served_dev_chain(unbonding_delay=10)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from eth_hash.auto import keccak
 
 from ledger import journal
-from ledger.chain import ChainClient
-from ledger.chain_sync import ChainSync, cursor_name
+from ledger.chain.client import ChainClient
+from ledger.chain.sync import ChainSync, cursor_name
 from ledger.store import Ledger
 from tests.chain.conftest import UNBONDING_DELAY
 

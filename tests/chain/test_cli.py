@@ -9,12 +9,13 @@ import sys
 import pytest
 from eth_hash.auto import keccak
 
-from ledger import chain_cli, epochs
-from ledger.chain import ChainClient
-from ledger.chain_cli import parse_amount
+from ledger import epochs
+from node.cli import chain as chain_cli
+from ledger.chain.client import ChainClient
+from node.cli.chain import parse_amount
 from node import wallet
-from node.cli import CommandError
-from node.signing import SigningKey
+from node.cli.main import CommandError
+from node.protocol.signing import SigningKey
 
 PASSWORD = "correct horse battery staple"
 
@@ -24,7 +25,7 @@ def keystore_for(tmp_path, name: str, key: SigningKey):
 
 
 def main(argv: list[str]) -> int:
-    """`stagewise ARGV` with only the chain commands assembled (as node.cli.main runs them)."""
+    """`stagewise ARGV` with only the chain commands assembled (as node.cli.main.main runs them)."""
     parser = argparse.ArgumentParser(prog="stagewise")
     chain_cli.register(parser.add_subparsers())
     args = parser.parse_args(argv)
@@ -56,7 +57,7 @@ def test_parse_amount_is_exact():
 def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
     monkeypatch.setenv("STAGEWISE_RPC_URL", anvil.url)
-    owner, worker = anvil.keys[0], SigningKey.generate()
+    owner, worker = SigningKey(bytes(anvil.keys[0].key)), SigningKey.generate()
     owner_ks, worker_ks = keystore_for(tmp_path, "owner", owner), keystore_for(tmp_path, "worker", worker)
 
     out = run(capsys, "chain", "deploy", "--keystore", str(owner_ks), "--unbonding-delay", "30")
@@ -156,11 +157,11 @@ def test_claim_takes_its_proof_from_a_validators_api_and_checks_it_against_the_c
     from aiohttp import web
 
     from ledger.store import Ledger
-    from node.receipts import ReceiptDomain
+    from node.protocol.receipts import ReceiptDomain
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
 
     monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
     worker, stranger = SigningKey.generate(), SigningKey.generate()

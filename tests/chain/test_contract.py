@@ -10,7 +10,7 @@ import pytest
 from eth_hash.auto import keccak
 
 from ledger import epochs
-from ledger.chain import (
+from ledger.chain.client import (
     Anchored,
     Artifact,
     ChainClient,
@@ -21,7 +21,7 @@ from ledger.chain import (
     UnstakeRequested,
     Withdrawn,
 )
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 from tests.chain.conftest import UNBONDING_DELAY
 
 ETHER = 10**18

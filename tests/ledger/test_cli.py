@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from ledger import journal
 from ledger.store import Ledger
-from node.cli import main
+from node.cli.main import main
 from tests.ledger.helpers import address, h32
 
 A, B = address(1), address(2)

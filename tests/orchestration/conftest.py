@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from node.pipeline.tiny import tiny_model_dir
-from node.signing import SigningKey
-from node.validator.worker_messages import Capacity
+from node.protocol.signing import SigningKey
+from node.protocol.worker_messages import Capacity
 
 MIB = 1 << 20
 

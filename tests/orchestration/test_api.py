@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 from node.validator.app import build_app
 from node.validator.config import ValidatorConfig
-from node.validator.grouping import GroupingPolicy, ModelShape
-from node.validator.orchestrator import Orchestrator
-from node.validator.orchestrator_api import orchestration_registrar
-from node.validator.registry import Registry, RegistryPolicy, stake_lookup
-from node.validator.worker_messages import Capacity, make_heartbeat, make_registration
+from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.orchestration.orchestrator import Orchestrator
+from node.orchestration.api import orchestration_registrar
+from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
+from node.protocol.worker_messages import Capacity, make_heartbeat, make_registration
 
 from .conftest import CAPACITIES, MIB
 from .local_pipeline import LocalPipeline, LocalWorker
@@ -109,7 +109,7 @@ async def test_assignment_of_unknown_or_malformed_addresses(served):
 
 
 async def test_a_worker_that_leaves_is_replaced_by_the_spare_at_once(served, worker_keys):
-    from node.validator.worker_messages import make_leave
+    from node.protocol.worker_messages import make_leave
 
     client, orchestrator = served
     for key, capacity in zip(worker_keys, CAPACITIES):

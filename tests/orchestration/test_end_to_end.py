@@ -1,4 +1,4 @@
-"""The whole loop with real parts: a chain, staked workers (node.worker) with stage servers, the validator
+"""The whole loop with real parts: a chain, staked workers (node.worker.run) with stage servers, the validator
 node with orchestration. Workers register, a group forms, tasks run as jobs with orchestrator seeds, the
 last stage delivers each bundle, the validator replays it and pays the stages. Midway a stage worker dies:
 the spare takes its stage, the continuation jobs carry its receipts and are accepted like any other."""
@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from node.validator.orchestration_setup import add_orchestration_options, build_orchestration
+from node.protocol.signing import SigningKey
+from node.orchestration.setup import add_orchestration_options, build_orchestration
 
 from .conftest import MIB, ran_to_its_end
 
@@ -24,15 +25,15 @@ STAKE = 10**18
 
 @pytest.mark.slow
 async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_url, model_dir, worker_keys):
-    from ledger.chain import ChainClient
-    from ledger.chain_server import ChainServer
+    from ledger.chain.client import ChainClient
+    from ledger.chain.embedded import ChainServer
     from ledger.store import Ledger
-    from node.receipts import ReceiptDomain
+    from node.protocol.receipts import ReceiptDomain
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
-    from node.worker import Worker, WorkerConfig
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
+    from node.worker.run import Worker, WorkerConfig
 
     chain = await asyncio.to_thread(ChainClient.embedded)
     chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)
@@ -53,7 +54,7 @@ async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_ur
     node = ValidatorNode(
         ValidatorConfig(model_dirs=(model_dir,), min_stake_wei=STAKE, epoch_seconds=3600, bundle_deadline_seconds=3),
         ledger, domain=ReceiptDomain(chain.chain_id, chain.address), models=ReplayModels([model_dir]),
-        chain=chain, chain_key=chain.dev_keys[0], rpc_url=rpc_url,
+        chain=chain, chain_key=SigningKey(bytes(chain.dev_keys[0].key)), rpc_url=rpc_url,
     )
     orchestration = build_orchestration(args, node, model_dir)
     runner = web.AppRunner(build_app(node, [orchestration.registrar], dashboard=False))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.validator.grouping import (
+from node.orchestration.grouping import (
     Candidate,
     GroupingError,
     GroupingPolicy,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.signing import SigningKey
-from node.validator.tasks import TaskError, parse_task
-from node.validator.worker_messages import (
+from node.protocol.signing import SigningKey
+from node.orchestration.tasks import TaskError, parse_task
+from node.protocol.worker_messages import (
     Capacity,
     MessageError,
     make_heartbeat,

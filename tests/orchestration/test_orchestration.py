@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.pipeline.weights import load_stage, model_id
 from node.toploc.sampling import sample_next
-from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
-from node.validator.grouping import GroupingPolicy, ModelShape
-from node.validator.orchestrator import Orchestrator
-from node.validator.pipeline_driver import StageFailure
-from node.validator.registry import Registry, RegistryPolicy, stake_lookup
-from node.validator.tasks import ByteTokenizer, Task
-from node.validator.worker_messages import make_heartbeat, make_registration
+from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
+from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.orchestration.orchestrator import Orchestrator
+from node.orchestration.pipeline_driver import StageFailure
+from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
+from node.orchestration.tasks import ByteTokenizer, Task
+from node.protocol.worker_messages import make_heartbeat, make_registration
 
 from .conftest import CAPACITIES, MIB
 from .local_pipeline import LocalPipeline, LocalWorker
@@ -193,7 +193,7 @@ class LyingPipeline(LocalPipeline):
 
 async def test_a_history_with_injected_tokens_is_cut_at_the_first_bad_one(model_dir, worker_keys):
     from node.pipeline.weights import load_stage
-    from node.validator.rerouting import verified_prefix
+    from node.orchestration.rerouting import verified_prefix
 
     reference, _ = await run_tasks((await start(model_dir, worker_keys))[0])
     orchestrator, workers, _ = await start(model_dir, worker_keys)
@@ -303,8 +303,8 @@ async def test_a_second_process_with_the_same_key_is_refused_while_the_first_one
     # Issue 18, item 5: a second worker with the same key took over the registration silently, and once it
     # stopped, /v1/groups listed its dead URL as healthy.
     from node.pipeline.server import StageServer
-    from node.validator.orchestration_setup import stage_answers_as
-    from node.validator.registry import RegistrationRefused
+    from node.orchestration.setup import stage_answers_as
+    from node.orchestration.registry import RegistrationRefused
 
     clock = Clock()
     registry = Registry(stake_lookup({k.address: 10**18 for k in worker_keys}), RegistryPolicy(heartbeat_timeout_s=30), clock)

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from node.signing import SigningKey
-from node.validator.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
-from node.validator.worker_messages import (
+from node.protocol.signing import SigningKey
+from node.orchestration.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
+from node.protocol.worker_messages import (
     UNBOUND_VALIDATOR,
     Capacity,
     MessageError,

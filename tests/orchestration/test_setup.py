@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from node.validator.config import ValidatorConfig
-from node.signing import SigningKey
-from node.validator.orchestration_setup import add_orchestration_options, build_orchestration, shape_of_model
-from node.validator.registry import RegistrationRefused
-from node.validator.tasks import TaskError, load_tasks, resolve_task_file
-from node.validator.worker_messages import make_registration
+from node.protocol.signing import SigningKey
+from node.orchestration.setup import add_orchestration_options, build_orchestration, shape_of_model
+from node.orchestration.registry import RegistrationRefused
+from node.orchestration.tasks import TaskError, load_tasks, resolve_task_file
+from node.protocol.worker_messages import make_registration
 
 from .conftest import CAPACITIES, ran_to_its_end
 from .local_pipeline import LocalPipeline, LocalWorker
@@ -101,7 +101,7 @@ async def test_tasks_from_a_file_run_on_groups_formed_from_registered_workers(tm
 
 
 async def test_the_spec_guard_refuses_jobs_the_orchestrator_did_not_issue():
-    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.validator.issued_jobs import IssuedJobs
 
     issued = IssuedJobs()
@@ -113,7 +113,7 @@ async def test_the_spec_guard_refuses_jobs_the_orchestrator_did_not_issue():
 
 
 async def test_the_issued_job_record_is_bounded():
-    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.validator.issued_jobs import IssuedJobs
 
     issued = IssuedJobs(limit=3)
@@ -124,9 +124,9 @@ async def test_the_issued_job_record_is_bounded():
 
 
 async def test_the_guard_accepts_jobs_the_shared_ledger_awaits_and_refuses_the_rest():
-    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.validator.issued_jobs import IssuedJobs
-    from node.validator.orchestration_setup import _spec_guard
+    from node.orchestration.setup import _spec_guard
 
     def spec(seed):
         return JobSpec("0x" + "ab" * 32, (1,), SamplingParams(), seed, "g", (StageAssignment("0x" + "11" * 20, 0, 1),))

@@ -9,17 +9,17 @@ import asyncio
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.pipeline.weights import load_stage, model_id
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 from node.toploc.sampling import sample_next
-from node.validator.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
-from node.validator.grouping import GroupingPolicy, ModelShape
-from node.validator.orchestrator import Orchestrator
-from node.validator.registry import Registry, RegistryPolicy, stake_lookup
-from node.validator.stage_control import HttpPipelineDriver
-from node.validator.tasks import ByteTokenizer, Task
-from node.validator.worker_messages import Capacity, make_registration
+from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
+from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.orchestration.orchestrator import Orchestrator
+from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
+from node.orchestration.stage_control import HttpPipelineDriver
+from node.orchestration.tasks import ByteTokenizer, Task
+from node.protocol.worker_messages import Capacity, make_registration
 
 from .conftest import MIB
 
@@ -90,9 +90,9 @@ async def test_a_stage_server_stopped_mid_job_is_replaced_and_the_tokens_do_not_
 
 
 async def test_a_stage_server_refuses_an_orchestrator_it_does_not_trust(model_dir, worker_keys):
-    from node.validator.grouping import Group, Stage
-    from node.validator.pipeline_driver import StageFailure
-    from node.validator.registry import WorkerRecord
+    from node.orchestration.grouping import Group, Stage
+    from node.orchestration.pipeline_driver import StageFailure
+    from node.orchestration.registry import WorkerRecord
 
     validator, impostor = SigningKey.generate(), SigningKey.generate()
     key = worker_keys[0]

@@ -13,9 +13,9 @@ from node.pipeline.control import ControlGuard, ControlRefused, sign_control
 from node.pipeline.local import LocalPipeline
 from node.pipeline.server import StageServer
 from node.pipeline.weights import model_id
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 
 SHORT = SamplingParams(max_new_tokens=6)
 

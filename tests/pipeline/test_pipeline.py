@@ -6,13 +6,13 @@ import asyncio
 
 import pytest
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.pipeline.handoff import judge_evidence
 from node.pipeline.local import LocalPipeline, split_layers
 from node.pipeline.model import replay
 from node.pipeline.weights import load_stage
-from node.pipeline.whole import generate_whole
-from node.receipts import expected_receipt
+from node.pipeline.one_process import generate_whole
+from node.protocol.receipts import expected_receipt
 from node.toploc.activation import split_replay, verify_proofs
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=40)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from node.cli import main
+from node.cli.main import main
 from node.pipeline.model import ModelConfig
 from node.pipeline.smollm2 import gguf_path, smollm2_dir
 

@@ -8,7 +8,7 @@ import torch
 from node.pipeline.handoff import Complaint, HandoffClaim, judge_evidence, rebuilt_proof, rows_digest
 from node.pipeline.wire import wire_bytes
 from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
 JOB_A, JOB_B = b"\x01" * 32, b"\x02" * 32
 

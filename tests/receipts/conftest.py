@@ -4,10 +4,10 @@ import hashlib
 
 import pytest
 
-from node.bundle import Bundle, SignedStage, expected_proof_count
-from node.job import JobSpec, SamplingParams, StageAssignment
-from node.receipts import ReceiptDomain, expected_receipt, sign_receipt
-from node.signing import SigningKey
+from node.protocol.bundle import Bundle, SignedStage, expected_proof_count
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node.protocol.receipts import ReceiptDomain, expected_receipt, sign_receipt
+from node.protocol.signing import SigningKey
 
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from node.bundle import (
+from node.protocol.bundle import (
     Bundle,
     BundleError,
     SignedStage,
@@ -16,8 +16,8 @@ from node.bundle import (
     verify_bundle,
 )
 from node.pipeline.handoff import Complaint, HandoffClaim, ReceivedHandoff, rows_digest
-from node.receipts import ReceiptDomain, expected_receipt, proofs_digest, sign_receipt
-from node.signing import SigningKey
+from node.protocol.receipts import ReceiptDomain, expected_receipt, proofs_digest, sign_receipt
+from node.protocol.signing import SigningKey
 
 from .conftest import CONTRACT, make_bundle
 

@@ -6,7 +6,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from node.receipts import (
+from node.protocol.receipts import (
     EIP712_TYPES,
     ZERO_DIGEST,
     ReceiptDomain,
@@ -18,7 +18,7 @@ from node.receipts import (
     sign_receipt,
     tokens_digest,
 )
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
 from .conftest import CONTRACT, fake_proofs, make_spec
 
@@ -164,7 +164,7 @@ def test_fast_address_derivation_matches_eth_utils():
     from eth_hash.auto import keccak as reference_keccak
     from eth_utils import to_checksum_address
 
-    from node.signing import address_of_public_key, keccak256
+    from node.protocol.signing import address_of_public_key, keccak256
 
     for _ in range(50):
         public_key = coincurve.PrivateKey().public_key

@@ -6,8 +6,8 @@ import pytest
 from eth_account import Account
 
 from node import wallet
-from node.cli import main
-from node.signing import SigningKey
+from node.cli.main import main
+from node.protocol.signing import SigningKey
 
 FAST_SCRYPT = ["--scrypt-n", "1024"]  # keystores for tests: the format is the same, the unlock is cheap
 

@@ -4,7 +4,7 @@ row-by-row reference (`candidates` from a sort of the whole row) picks."""
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.toploc import sampling
 
 

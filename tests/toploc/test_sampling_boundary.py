@@ -6,7 +6,7 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.toploc import sampling
 
 MARGIN = 1e-3

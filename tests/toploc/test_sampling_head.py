@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.toploc import sampling
 
 

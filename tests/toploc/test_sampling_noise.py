@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.toploc import sampling
 from node.toploc.sampling import gumbel_noise, noise_bits, sample_next, verify_sampling
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.toploc.sampling import sample_next, verify_sampling
 
 PARAMS = SamplingParams(temperature=1.0, top_k=64, top_p=0.95)

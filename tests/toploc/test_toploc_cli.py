@@ -6,7 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
-from node.cli import main
+from node.cli.main import main
 
 VECTORS = Path(__file__).resolve().parent / "data" / "reference.json.gz"
 

@@ -7,8 +7,8 @@ import os
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.receipts import ReceiptDomain
-from node.signing import SigningKey
+from node.protocol.receipts import ReceiptDomain
+from node.protocol.signing import SigningKey
 from node.validator.config import ValidatorConfig
 from tests.validator.factory import LAYERS, Group
 
@@ -82,8 +82,8 @@ async def stake_all(ledger, keys, amount: int = STAKE) -> None:
 @pytest.fixture
 async def node(ledger, model_dir, worker_keys):
     """A validator node without a chain, its workers staked in the ledger; replays every job."""
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
 
     await stake_all(ledger, worker_keys)
     return ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN, models=ReplayModels([model_dir]))
@@ -101,7 +101,7 @@ async def client(node):
 
 @pytest.fixture(scope="session")
 def anvil():
-    from ledger.chain_server import AnvilNode
+    from ledger.chain.embedded import AnvilNode
 
     with AnvilNode(accounts=3) as node:
         yield node
@@ -121,7 +121,7 @@ def deploy_and_stake(chain, worker_keys, amount: int = STAKE):
 @pytest.fixture(params=["embedded", "anvil"])
 def chain(request, worker_keys):
     """A chain (in-process EVM or anvil) with a fresh contract and the three workers staked."""
-    from ledger.chain import ChainClient
+    from ledger.chain.client import ChainClient
 
     if request.param == "embedded":
         client = ChainClient.embedded()

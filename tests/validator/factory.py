@@ -13,10 +13,10 @@ from typing import Sequence
 
 import torch
 
-from node.bundle import Bundle, SignedStage
-from node.job import JobSpec, SamplingParams, StageAssignment
-from node.receipts import ReceiptDomain, expected_receipt, sign_receipt
-from node.signing import SigningKey
+from node.protocol.bundle import Bundle, SignedStage
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node.protocol.receipts import ReceiptDomain, expected_receipt, sign_receipt
+from node.protocol.signing import SigningKey
 
 LAYERS = 6
 SPLITS = ((0, 2), (2, 4), (4, 6))
@@ -116,7 +116,7 @@ def signed_bundle(group: Group, spec: JobSpec, output: Sequence[int], *, proof_s
     Intake accepts it (it checks form, receipts and signatures, not proofs); only a replay can tell."""
     import random
 
-    from node.bundle import expected_proof_count
+    from node.protocol.bundle import expected_proof_count
 
     rng = random.Random(proof_seed)
     signed = []

@@ -24,7 +24,7 @@ def start_validator(db_url: str, model_dir: Path, home: Path, validator_id: str,
 def spawn_validator(db_url: str, model_dir: Path, home: Path, validator_id: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "STAGEWISE_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [
-        sys.executable, "-m", "node.cli", "--db", db_url, "validator", "run",
+        sys.executable, "-m", "node.cli.main", "--db", db_url, "validator", "run",
         "--no-chain", "--chain-id", str(TEST_DOMAIN.chain_id), "--contract", TEST_DOMAIN.verifying_contract,
         "--no-orchestration", "--model-dir", str(model_dir), "--port", "0", "--validator-id", validator_id,
         "--validation-workers", "1", *extra,

@@ -6,8 +6,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import func, select
 
 from ledger.models import Job
-from node.receipts import sign_receipt
-from node.signing import SigningKey
+from node.protocol.receipts import sign_receipt
+from node.protocol.signing import SigningKey
 from node.validator.app import build_app
 from tests.validator.conftest import ADMIN_TOKEN, TEST_DOMAIN, make_config
 from tests.validator.factory import signed_bundle
@@ -58,7 +58,7 @@ def _mutations(group, other_key):
         return json.dumps(doc)
 
     def resign_stage1(doc):
-        from node.bundle import Bundle
+        from node.protocol.bundle import Bundle
 
         bundle = Bundle.from_dict(doc)
         receipt = bundle.stages[1].receipt
@@ -99,8 +99,8 @@ async def test_an_unstaked_signer_is_refused(client, group, ledger):
 
 
 async def test_an_oversized_body_gets_413(ledger, model_dir, group):
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
 
     node = ValidatorNode(make_config(model_dir, max_body_bytes=2048), ledger, domain=TEST_DOMAIN,
                          models=ReplayModels([model_dir]))
@@ -140,8 +140,8 @@ async def test_admin_actions_need_the_token(client, node, group):
 
 
 async def test_unreplayed_job_pays_every_stage_and_shows_on_the_leaderboard(ledger, model_dir, group, worker_keys):
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
     from tests.validator.conftest import stake_all
 
     await stake_all(ledger, worker_keys)
@@ -215,10 +215,10 @@ class SignatureWork:
 def made_up_bundle(group, claims_per_stage: int) -> str:
     """A job nobody issued, its stages the attacker's own keys, every stage after the first carrying many
     validly signed handoff claims (found by the review of issue 15: 4,104 recoveries, 0.36 s, then 403)."""
-    from node.bundle import Bundle, SignedStage, expected_proof_count
-    from node.job import JobSpec, SamplingParams, StageAssignment
+    from node.protocol.bundle import Bundle, SignedStage, expected_proof_count
+    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.pipeline.handoff import HandoffClaim, ReceivedHandoff
-    from node.receipts import expected_receipt
+    from node.protocol.receipts import expected_receipt
     from tests.validator.factory import SPLITS
 
     attackers = [SigningKey.generate() for _ in SPLITS]

@@ -10,7 +10,7 @@ import argparse
 
 import pytest
 
-from node.validator.bans import BanPolicy, banned_until
+from node.orchestration.bans import BanPolicy, banned_until
 from tests.validator.factory import run_job
 
 PROMPT = [3, 1, 4, 1, 5, 9]
@@ -27,11 +27,11 @@ def test_one_blame_evicts_the_second_bans_and_each_further_one_doubles_the_ban()
 
 
 async def test_a_blamed_worker_is_evicted_and_a_repeatedly_blamed_one_is_banned(ledger, model_dir, group, worker_keys):
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
-    from node.validator.orchestration_setup import add_orchestration_options, build_orchestration
-    from node.validator.registry import RegistrationRefused
-    from node.validator.worker_messages import make_registration
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
+    from node.orchestration.setup import add_orchestration_options, build_orchestration
+    from node.orchestration.registry import RegistrationRefused
+    from node.protocol.worker_messages import make_registration
     from tests.orchestration.conftest import CAPACITIES
     from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker
     from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all

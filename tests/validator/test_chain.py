@@ -6,11 +6,11 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ledger.chain_sync import ChainSync
-from node.receipts import ReceiptDomain
+from ledger.chain.sync import ChainSync
+from node.protocol.receipts import ReceiptDomain
 from node.validator.app import build_app
-from node.validator.models import ReplayModels
-from node.validator.node import ValidatorNode
+from node.validator.replay_models import ReplayModels
+from node.validator.service import ValidatorNode
 from node.validator.outbox import deliver_once, warn_if_pool_short
 from tests.validator.conftest import STAKE, make_config
 from tests.validator.factory import Group, run_job
@@ -70,8 +70,8 @@ async def test_a_blamed_stage_is_slashed_on_chain_once_and_the_others_keep_their
 
 
 async def test_with_the_chain_down_slashes_and_anchors_wait_and_arrive_once(ledger, model_dir, model_id, worker_keys):
-    from ledger.chain import ChainClient
-    from ledger.chain_server import ChainServer
+    from ledger.chain.client import ChainClient
+    from ledger.chain.embedded import ChainServer
 
     embedded = ChainClient.embedded()
     from tests.validator.conftest import deploy_and_stake
@@ -141,10 +141,10 @@ async def test_stake_below_the_minimum_on_chain_keeps_a_worker_out_and_takes_it_
     # registering; a slash is capped at the stake left, so a proven fault would cost next to nothing.
     import argparse
 
-    from node.signing import SigningKey
-    from node.validator.orchestration_setup import add_orchestration_options, build_orchestration
-    from node.validator.registry import RegistrationRefused
-    from node.validator.worker_messages import make_registration
+    from node.protocol.signing import SigningKey
+    from node.orchestration.setup import add_orchestration_options, build_orchestration
+    from node.orchestration.registry import RegistrationRefused
+    from node.protocol.worker_messages import make_registration
     from tests.orchestration.conftest import CAPACITIES
     from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker
 

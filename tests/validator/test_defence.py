@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from node.job import SamplingParams
+from node.protocol.job import SamplingParams
 from node.pipeline.handoff import ReceivedHandoff, rows_digest
 from node.pipeline.local import LocalPipeline
 from node.pipeline.model import replay
@@ -77,7 +77,7 @@ def test_rows_the_sender_did_not_sign_for_the_whole_job_are_no_defence(received,
     handoffs, proofs, key, _ = received
     first = handoffs[0]
     if defect == "unsigned":  # the receiver signs rows in the sender's name: its own key is not the sender's
-        from node.signing import SigningKey
+        from node.protocol.signing import SigningKey
 
         forged = (resigned(SigningKey.generate(), first, first.rows),) + handoffs[1:]
     elif defect == "other_bytes":
@@ -94,7 +94,7 @@ def test_rows_the_sender_did_not_sign_for_the_whole_job_are_no_defence(received,
 def test_a_defence_is_parsed_as_hostile_input(received, model_dir):
     import json
 
-    from node.job import JobSpec, StageAssignment
+    from node.protocol.job import JobSpec, StageAssignment
     from node.pipeline.weights import model_id
 
     handoffs, _, key, _ = received
@@ -131,7 +131,7 @@ async def test_a_worker_that_kept_nothing_is_not_waited_for(received, model_dir)
 
     from aiohttp import web
 
-    from node.job import JobSpec, StageAssignment
+    from node.protocol.job import JobSpec, StageAssignment
     from node.pipeline.weights import model_id
     from node.validator.defence_client import StageDefences
 
@@ -153,7 +153,7 @@ async def test_a_defence_is_read_to_its_end_however_it_is_chunked(received, mode
 
     from aiohttp import web
 
-    from node.job import JobSpec, StageAssignment
+    from node.protocol.job import JobSpec, StageAssignment
     from node.pipeline.weights import model_id
     from node.validator.defence_client import StageDefences
 

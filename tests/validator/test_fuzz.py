@@ -98,8 +98,8 @@ def check(status: int, body: bytes, content_type: str) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, model_dir, worker_keys):
     from ledger.store import Ledger
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
 
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('fuzz') / 'ledger.db'}"
 

@@ -3,9 +3,9 @@ streamed proofs) is submitted to the validator over HTTP, replayed, accepted and
 
 import pytest
 
-from node.bundle import Bundle, SignedStage
-from node.job import SamplingParams
-from node.receipts import expected_receipt, sign_receipt
+from node.protocol.bundle import Bundle, SignedStage
+from node.protocol.job import SamplingParams
+from node.protocol.receipts import expected_receipt, sign_receipt
 from tests.validator.conftest import TEST_DOMAIN, stake_all
 
 pytestmark = pytest.mark.slow

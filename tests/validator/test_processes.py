@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from ledger.models import Job, Verdict
 from ledger.store import Ledger
-from node.validator.models import ReplayModels
-from node.validator.node import ValidatorNode
+from node.validator.replay_models import ReplayModels
+from node.validator.service import ValidatorNode
 from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all
 from tests.validator.factory import signed_bundle
 from tests.validator.processes import spawn_validator, start_validator, stop, wait_listening

@@ -6,8 +6,8 @@ import asyncio
 import json
 
 
-from node.cli import main
-from node.evidence import Evidence, check_evidence
+from node.cli.main import main
+from node.validator.evidence import Evidence, check_evidence
 from tests.validator.factory import run_job
 
 PROMPT = [1, 5, 9, 14, 3]
@@ -95,8 +95,8 @@ async def test_evidence_cli_exports_from_the_ledger(client, node, group, model_d
 
 async def test_an_issued_job_without_a_bundle_by_its_deadline_is_soft_invalidated(ledger, model_dir, group, worker_keys):
     from node.validator.deadlines import sweep_once
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
     from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all
 
     await stake_all(ledger, worker_keys)
@@ -139,7 +139,7 @@ def handoff_evidence(group, spec, *, signer, sent_scale: float = 1.0, proof: byt
 
 
 async def judge_complaint(client, node, group, spec, evidence):
-    from node.bundle import Bundle, sign_complaint
+    from node.protocol.bundle import Bundle, sign_complaint
 
     return await submit_and_validate(client, node, Bundle(spec, (), (), (sign_complaint(group.keys[1], group.domain, evidence),)))
 
@@ -177,7 +177,7 @@ async def test_a_sender_that_signs_bytes_other_than_it_proves_is_slashed_on_the_
 
 
 async def test_a_complaint_needs_a_staked_complainer_and_carries_no_more_than_it_may(client, node, group, ledger):
-    from node.bundle import Bundle, sign_complaint
+    from node.protocol.bundle import Bundle, sign_complaint
 
     spec = (group.spec(PROMPT, max_new_tokens=8, seed=14))
     signed = sign_complaint(group.keys[1], group.domain, handoff_evidence(group, spec, signer=group.keys[0]))
@@ -209,12 +209,12 @@ def quietly_altered_job(group, eps: float = 4e-3, quantile: float = 0.25, new_to
     the bundle and what stages 1 and 2 really received, as the defences their workers would hand in."""
     import torch
 
-    from node.bundle import Bundle, SignedStage
+    from node.protocol.bundle import Bundle, SignedStage
     from node.pipeline.handoff import HandoffClaim, ReceivedHandoff, rows_digest
     from node.pipeline.model import replay, replay_from
     from node.pipeline.weights import load_stage
     from node.pipeline.wire import wire_bytes
-    from node.receipts import expected_receipt, sign_receipt
+    from node.protocol.receipts import expected_receipt, sign_receipt
     from node.toploc.activation import build_proofs
     from node.validator.defence import expected_spans
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from node import wallet
-from node.signing import SigningKey
+from node.protocol.signing import SigningKey
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served_chain() -> Iterator[tuple]:
-    from ledger.chain import ChainClient
-    from ledger.chain_server import ThreadedChainServer
+    from ledger.chain.client import ChainClient
+    from ledger.chain.embedded import ThreadedChainServer
 
     chain = ChainClient.embedded()
     with ThreadedChainServer(chain.w3) as server:

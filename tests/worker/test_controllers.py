@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.signing import SigningKey
-from node.worker import WorkerError, controllers_of
+from node.protocol.signing import SigningKey
+from node.worker.run import WorkerError, controllers_of
 
 
 def test_the_stage_server_trusts_the_address_the_validator_publishes():

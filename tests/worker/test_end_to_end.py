@@ -20,10 +20,10 @@ import torch
 from aiohttp import web
 
 from node import wallet
-from node.job import JobSpec, SamplingParams, StageAssignment
-from node.receipts import ReceiptDomain
-from node.signing import SigningKey
-from node.worker import WorkerConfig, WorkerError, run_worker
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node.protocol.receipts import ReceiptDomain
+from node.protocol.signing import SigningKey
+from node.worker.run import WorkerConfig, WorkerError, run_worker
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ class Stack:
 
     async def follow_chain(self) -> None:
         """What the validator's chain sync does in a running node: stake events into the ledger."""
-        from ledger.chain_sync import ChainSync
+        from ledger.chain.sync import ChainSync
 
         await ChainSync(self.chain, self.ledger).sync_to_head()
 
@@ -110,15 +110,15 @@ async def open_stack(tmp_path, db_url, model_dir, served_chain):
     from node.pipeline.weights import model_id
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.validator.grouping import GroupingPolicy
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.orchestration.grouping import GroupingPolicy
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
     from node.validator.defence_client import StageDefences
-    from node.validator.orchestration_setup import shape_of_model, stage_url_of
-    from node.validator.orchestrator import Orchestrator
-    from node.validator.orchestrator_api import orchestration_registrar
-    from node.validator.registry import Registry, RegistryPolicy, stake_lookup
-    from node.validator.stage_control import HttpPipelineDriver
+    from node.orchestration.setup import shape_of_model, stage_url_of
+    from node.orchestration.orchestrator import Orchestrator
+    from node.orchestration.api import orchestration_registrar
+    from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
+    from node.orchestration.stage_control import HttpPipelineDriver
 
     torch.set_num_threads(1)
     chain, rpc_url = served_chain
@@ -152,7 +152,7 @@ def start_worker_process(stack: Stack, key: SigningKey, *extra: str) -> subproce
     path, password = stack.keystore(key)
     env = {**os.environ, "STAGEWISE_HOME": str(stack.tmp_path / "home-proc"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "worker", "run", "--keystore", str(path), "--password-file", str(password),
+        [sys.executable, "-m", "node.cli.main", "worker", "run", "--keystore", str(path), "--password-file", str(password),
          "--validator", stack.url, "--model-dir", str(stack.model_dir), "--capacity", "1GiB", "--heartbeat", "0.5", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -271,7 +271,7 @@ async def test_a_worker_refuses_a_validator_the_contract_does_not_back(stack):
 async def test_a_new_validator_address_is_obeyed_only_once_the_contract_backs_it(stack, caplog):
     import aiohttp
 
-    from node.worker import Worker
+    from node.worker.run import Worker
 
     key = stack.staked_key()
     path, password = stack.keystore(key)

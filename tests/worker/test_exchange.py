@@ -10,11 +10,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.bundle import check_receipts, check_signers, expected_proof_count
-from node.job import JobSpec, SamplingParams, StageAssignment
-from node.receipts import ReceiptDomain
-from node.signing import SigningKey
-from node.worker import (
+from node.protocol.bundle import check_receipts, check_signers, expected_proof_count
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node.protocol.receipts import ReceiptDomain
+from node.protocol.signing import SigningKey
+from node.worker.run import (
     ReceiptBook,
     ValidatorClient,
     ValidatorRefused,
@@ -149,10 +149,10 @@ async def orchestrator_url(tmp_path):
     from node.pipeline.tiny import tiny_model_dir
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.validator.grouping import GroupingPolicy, ModelShape
-    from node.validator.orchestrator import Orchestrator
-    from node.validator.orchestrator_api import orchestration_registrar
-    from node.validator.registry import Registry, RegistryPolicy, stake_lookup
+    from node.orchestration.grouping import GroupingPolicy, ModelShape
+    from node.orchestration.orchestrator import Orchestrator
+    from node.orchestration.api import orchestration_registrar
+    from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
     from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker
 
     model_dir = tiny_model_dir("llama", seed=3, path=tmp_path / "tiny", num_layers=4)

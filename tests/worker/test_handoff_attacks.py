@@ -14,7 +14,7 @@ import asyncio
 
 import pytest
 
-from node.cheats import Cheat
+from node.worker.cheats import Cheat
 from tests.worker.test_end_to_end import open_stack, wait_for
 
 pytestmark = pytest.mark.slow

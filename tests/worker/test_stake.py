@@ -2,8 +2,8 @@
 
 import pytest
 
-from node.cli import main
-from node.worker import WorkerError, read_stake
+from node.cli.main import main
+from node.worker.run import WorkerError, read_stake
 
 
 def test_unstaked_key_is_told_what_is_missing(served_chain, worker_key):
@@ -79,7 +79,7 @@ def test_worker_run_without_a_model(keystore, capsys):
 
 
 def test_capacity_sizes():
-    from node.worker_cli import parse_size
+    from node.cli.worker import parse_size
 
     assert parse_size("8GiB") == 8 << 30 and parse_size("512m") == 512 << 20 and parse_size("1024") == 1024
     with pytest.raises(Exception):
@@ -87,7 +87,7 @@ def test_capacity_sizes():
 
 
 def test_the_validator_set_is_read_from_the_contract(served_chain, worker_key):
-    from node.worker import read_validator_role
+    from node.worker.run import read_validator_role
 
     chain, url = served_chain
     assert read_validator_role(url, chain.address, chain.dev_keys[0].address)  # the owner deployed it as one

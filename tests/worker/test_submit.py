@@ -8,11 +8,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from node.bundle import Bundle, expected_proof_count
-from node.job import JobSpec, SamplingParams, StageAssignment
-from node.receipts import ReceiptDomain
-from node.signing import SigningKey
-from node.worker import ReceiptBook, ValidatorClient, ValidatorRefused, WorkerError, chain_info, WorkerConfig
+from node.protocol.bundle import Bundle, expected_proof_count
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node.protocol.receipts import ReceiptDomain
+from node.protocol.signing import SigningKey
+from node.worker.run import ReceiptBook, ValidatorClient, ValidatorRefused, WorkerError, chain_info, WorkerConfig
 
 DOMAIN = ReceiptDomain(31337, "0x" + "ab" * 20)
 KEYS = [SigningKey(hashlib.sha256(f"submit-{i}".encode()).digest()) for i in range(3)]
@@ -47,8 +47,8 @@ async def validator_app(db_url, model_dir):
     from ledger.store import Ledger
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.validator.models import ReplayModels
-    from node.validator.node import ValidatorNode
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
 
     ledger = await Ledger.open(db_url)
     for key in KEYS:
@@ -132,7 +132,7 @@ async def test_the_worker_learns_the_chain_from_the_validator(validator_app):
 
 async def test_a_worker_started_before_its_validator_waits_for_it_then_gives_up_saying_so(validator_app, caplog):
     # Issue 18, item 9: a worker started before its validator quit at once.
-    from node.worker import Worker
+    from node.worker.run import Worker
 
     port = free_port()
     config = WorkerConfig(keystore=None, validator_url=f"http://127.0.0.1:{port}", validator_wait_s=30)

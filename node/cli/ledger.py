@@ -1,0 +1,241 @@
+"""`stagewise ledger ...`: audit and read the ledger from the command line.
+
+    stagewise ledger verify                 recompute the hash chain, totals and epoch roots; exit 1 on a mismatch
+    stagewise ledger leaderboard [--limit N --offset K]
+    stagewise ledger slashes [--worker ADDR]
+    stagewise ledger worker ADDR            a worker's standing and its latest journal entries
+    stagewise ledger epochs [--close]       closed epochs (and close a new one)
+    stagewise ledger proof ADDR [--epoch N] the Merkle proof a worker passes to the contract's claim()
+    stagewise ledger migrate                bring the schema to the latest Alembic revision
+
+The database is the global `--db` / STAGEWISE_DB, else the SQLite file in the data directory. Every
+reading command takes `--json` for machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ledger.amounts import ether
+from node import settings
+
+
+def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
+    """Run `body` on the ledger; a SQLite ledger that is not there is an error unless `create`."""
+
+    async def main() -> int:
+        from ledger.store import Ledger, LedgerError
+        from node.cli.main import CommandError
+
+        try:
+            ledger = await Ledger.open(settings.database_url(), must_exist=not create)
+        except LedgerError as error:
+            raise CommandError(str(error)) from error
+        try:
+            return await body(ledger)
+        finally:
+            await ledger.close()
+
+    return asyncio.run(main())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        from tqdm import tqdm
+
+        head, _ = await ledger.head()
+        with tqdm(total=head, unit="entry", disable=args.json or head < 50_000, desc="verifying") as bar:
+            report = await ledger.verify(progress=bar.update)
+        if args.json:
+            _print_json(report.to_json())
+        elif report.ok:
+            print(f"ok: {report.entries} journal entries and {report.epochs} epochs check out")
+        else:
+            where = f" at entry {report.first_bad_seq}" if report.first_bad_seq is not None else ""
+            print(f"MISMATCH{where}: {report.problem}")
+        return 0 if report.ok else 1
+
+    return _run(body)
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        page = await ledger.leaderboard(args.offset, args.limit)
+        if args.json:
+            _print_json(page.to_json())
+            return 0
+        print(f"{'rank':>5}  {'worker':42}  {'rewards':>24}  {'jobs':>7}  {'work units':>12}  {'slashes':>7}  {'stake':>20}")
+        for s in page.items:
+            print(
+                f"{s.rank:>5}  {s.address:42}  {ether(s.rewards):>24}  {s.accepted_jobs:>7}  {s.work_units:>12}"
+                f"  {s.slashes:>7}  {ether(s.stake):>20}"
+            )
+        print(f"{len(page.items)} of {page.total} workers (offset {page.offset})")
+        return 0
+
+    return _run(body)
+
+
+def _slashes(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        from ledger.journal import EntryError
+        from node.cli.main import CommandError
+
+        try:
+            page = await ledger.slashes(args.offset, args.limit, worker=args.worker)
+        except EntryError as error:
+            raise CommandError(str(error)) from error
+        if args.json:
+            _print_json(page.to_json())
+            return 0
+        for s in page.items:
+            print(f"entry {s.seq}: {s.worker} lost {ether(s.amount)} for job {s.job_id} stage {s.stage}")
+            print(f"    {s.reason or 'slashed'}: {_why(s.evidence)}")
+            print(f"    evidence {s.evidence_hash} (the verifier's figures: --json)")
+        print(f"{len(page.items)} of {page.total} slashes (offset {page.offset})")
+        return 0
+
+    return _run(body)
+
+
+def _why(evidence: Any, width: int = 200) -> str:
+    """What the verifier found, in a line: its own sentence when it wrote one, else its figures, cut short."""
+    figures = evidence.get("figures") if isinstance(evidence, dict) else None
+    text = figures.get("reason") if isinstance(figures, dict) else None
+    if not isinstance(text, str) or not text:
+        text = json.dumps(evidence, sort_keys=True, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _worker(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        from ledger.journal import EntryError
+        from node.cli.main import CommandError
+
+        try:
+            standing = await ledger.worker(args.address)
+        except EntryError as error:
+            raise CommandError(str(error)) from error
+        if standing is None:
+            raise CommandError(f"no worker {args.address} in the ledger")
+        history = await ledger.worker_history(args.address, args.offset, args.limit)
+        if args.json:
+            _print_json({"standing": standing.to_json(), "history": history.to_json()})
+            return 0
+        print(f"worker {standing.address}: rank {standing.rank}, stake {ether(standing.stake)}")
+        print(
+            f"  rewards {ether(standing.rewards)} over {standing.accepted_jobs} accepted stages"
+            f" ({standing.work_units} work units); {standing.slashes} slashes ({ether(standing.slashed_amount)})"
+        )
+        for e in history.items:
+            where = f" job {e.job_id} stage {e.stage}" if e.job_id else ""
+            print(f"  entry {e.seq}: {e.kind} {ether(e.amount)}{where}")
+        print(f"{len(history.items)} of {history.total} entries (offset {history.offset})")
+        return 0
+
+    return _run(body)
+
+
+def _epochs(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        if args.close:
+            closed = await ledger.close_epoch()
+            if closed is None:
+                print("nothing to close: no journal entries since the last epoch")
+            else:
+                print(f"closed epoch {closed.number} over entries {closed.first_seq}..{closed.last_seq}")
+        page = await ledger.epochs(args.offset, args.limit)
+        if args.json:
+            _print_json(page.to_json())
+            return 0
+        for ep in page.items:
+            anchored = f"anchored in {ep.anchor_tx}" if ep.anchor_tx else "not anchored yet"
+            print(
+                f"epoch {ep.number}: entries {ep.first_seq}..{ep.last_seq} ({ep.entry_count}),"
+                f" rewards {ether(ep.total_rewards)}, {anchored}"
+            )
+            print(f"    entries root {ep.entries_root}\n    rewards root {ep.rewards_root}")
+        print(f"{len(page.items)} of {page.total} epochs")
+        return 0
+
+    return _run(body)
+
+
+def _proof(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        from ledger.journal import EntryError
+        from node.cli.main import CommandError
+
+        try:
+            proof = await ledger.reward_proof(args.address, args.epoch)
+        except EntryError as error:
+            raise CommandError(str(error)) from error
+        if proof is None:
+            raise CommandError(f"no reward for {args.address} in epoch {args.epoch or 'latest'} (or no such epoch)")
+        _print_json(proof.to_json())
+        return 0
+
+    return _run(body)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    async def body(ledger: Any) -> int:
+        print(f"schema at head: {ledger.safe_url}")  # opening the ledger already upgraded it
+        return 0
+
+    return _run(body, create=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ledger",
+        help="audit and read the ledger (verify, leaderboard, slashes, worker, epochs, proof)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(title="ledger commands", metavar="COMMAND")
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    def page_args(p: argparse.ArgumentParser, limit: int = 20) -> None:
+        p.add_argument("--offset", type=int, default=0, help="skip this many rows (default 0)")
+        p.add_argument("--limit", type=int, default=limit, help=f"rows to show (default {limit}, at most 500)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = commands.add_parser("verify", help="recompute the hash chain and epoch roots; name the first mismatch")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_verify)
+
+    p = commands.add_parser("leaderboard", help="workers ranked by total reward")
+    page_args(p)
+    p.set_defaults(func=_leaderboard)
+
+    p = commands.add_parser("slashes", help="slashing history, newest first, with the evidence figures")
+    p.add_argument("--worker", help="only this worker's slashes")
+    page_args(p)
+    p.set_defaults(func=_slashes)
+
+    p = commands.add_parser("worker", help="one worker's standing and journal history, newest first")
+    p.add_argument("address", help="the worker's Ethereum address")
+    page_args(p)
+    p.set_defaults(func=_worker)
+
+    p = commands.add_parser("epochs", help="closed epochs, newest first")
+    p.add_argument("--close", action="store_true", help="first close an epoch over the entries since the last one")
+    page_args(p)
+    p.set_defaults(func=_epochs)
+
+    p = commands.add_parser("proof", help="a worker's cumulative reward and Merkle proof for claim()")
+    p.add_argument("address", help="the worker's Ethereum address")
+    p.add_argument("--epoch", type=int, help="epoch number (default: the latest)")
+    p.set_defaults(func=_proof)
+
+    p = commands.add_parser("migrate", help="bring the database schema to the latest migration")
+    p.set_defaults(func=_migrate)

@@ -1,0 +1,1 @@
+"""What every HTTP server of a node shares: connection and rate limits, and JSON errors."""

@@ -1,0 +1,230 @@
+"""The orchestrator's HTTP routes, added to the validator's aiohttp app.
+
+    POST /v1/workers/register            signed Registration   -> 201 {worker, assignment}
+    POST /v1/workers/heartbeat           signed Heartbeat      -> 200 {worker, assignment}
+    POST /v1/workers/leave               signed Leave          -> 200 {address, left: true}
+    GET  /v1/workers/{address}/assignment                      -> 200 assignment (stage or spare)
+    GET  /v1/groups                                            -> 200 {model_id, groups, spares, workers}
+    GET  /v1/orchestrator/progress                             -> 200 tasks, correct answers, tokens/s
+
+Use: `build_app(node, registrars=[orchestration_registrar(orchestrator)])`, or
+`register_routes(app, orchestrator)` on an app that is not frozen yet. Errors are the validator's JSON errors:
+400 `bad_message` (malformed or badly signed, the message says which field), 400 `stale_message`,
+409 `replayed_message`, 403 `insufficient_stake`, 404 `not_registered`, 503 `stake_unavailable`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from ledger import json_input
+
+from node.validator.app import OPENAPI_EXTRA_PATHS, ORCHESTRATOR
+from node.http.json_errors import ApiError
+from node.orchestration.orchestrator import Orchestrator
+from node.orchestration.registry import RegistrationRefused
+from node.protocol.worker_messages import (
+    MessageError,
+    parse_signed_heartbeat,
+    parse_signed_leave,
+    parse_signed_registration,
+)
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+def register_routes(app: web.Application, orchestrator: Orchestrator) -> None:
+    app[ORCHESTRATOR] = orchestrator
+    r = app.router
+    r.add_post("/v1/workers/register", register_worker)
+    r.add_post("/v1/workers/heartbeat", heartbeat)
+    r.add_post("/v1/workers/leave", leave)
+    r.add_get("/v1/workers/{address}/assignment", assignment)
+    r.add_get("/v1/groups", groups)
+    r.add_get("/v1/orchestrator/progress", progress)
+    extra = app.get(OPENAPI_EXTRA_PATHS)
+    if extra is not None:
+        extra.update(OPENAPI_PATHS)
+
+
+def orchestration_registrar(orchestrator: Orchestrator) -> Callable[[web.Application], None]:
+    """A registrar for `node.validator.app.build_app(node, registrars=[...])`."""
+    return lambda app: register_routes(app, orchestrator)
+
+
+async def register_worker(request: web.Request) -> web.Response:
+    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
+    data = await read_json_object(request)
+    try:
+        record = await orchestrator.register(parse_signed_registration(data))
+    except MessageError as error:
+        raise ApiError(400, "bad_message", str(error)) from None
+    except RegistrationRefused as refused:
+        raise ApiError(refused.status, refused.code, str(refused)) from None
+    return web.json_response(
+        {"worker": record.to_json(), "assignment": orchestrator.assignment(record.address).to_json()}, status=201
+    )
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
+    data = await read_json_object(request)
+    try:
+        record = await orchestrator.heartbeat(parse_signed_heartbeat(data))
+    except MessageError as error:
+        raise ApiError(400, "bad_message", str(error)) from None
+    except RegistrationRefused as refused:
+        raise ApiError(refused.status, refused.code, str(refused)) from None
+    return web.json_response({"worker": record.to_json(), "assignment": orchestrator.assignment(record.address).to_json()})
+
+
+async def leave(request: web.Request) -> web.Response:
+    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
+    data = await read_json_object(request)
+    try:
+        signed = parse_signed_leave(data)
+        await orchestrator.leave(signed)
+    except MessageError as error:
+        raise ApiError(400, "bad_message", str(error)) from None
+    except RegistrationRefused as refused:
+        raise ApiError(refused.status, refused.code, str(refused)) from None
+    return web.json_response({"address": signed.message.address, "left": True})
+
+
+async def assignment(request: web.Request) -> web.Response:
+    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
+    address = request.match_info["address"]
+    if not _ADDRESS.match(address):
+        raise ApiError(400, "bad_address", f"{address!r} is not a 0x-prefixed 20-byte hex address")
+    from eth_utils import to_checksum_address
+
+    address = to_checksum_address(address)
+    if orchestrator.registry.get(address) is None:
+        raise ApiError(404, "not_registered", f"{address} is not registered with this validator")
+    return web.json_response(orchestrator.assignment(address).to_json())
+
+
+async def groups(request: web.Request) -> web.Response:
+    return web.json_response(request.app[ORCHESTRATOR].groups_json())
+
+
+async def progress(request: web.Request) -> web.Response:
+    figures = request.app[ORCHESTRATOR].progress
+    if figures is None:
+        return web.json_response({"running": False})
+    return web.json_response({"running": figures.finished_at is None, **figures.to_json()})
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says what is wrong with it (413 past the app's size limit)."""
+    body = await request.read()
+    if not body:
+        raise ApiError(400, "malformed_json", "the request body is empty; send a JSON object")
+    try:
+        data = json_input.loads(body)
+    except json_input.JsonInputError as error:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "malformed_json", f"the body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+def _signed(kind: str, fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["message", "signature"],
+        "additionalProperties": False,
+        "properties": {
+            "message": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "version", *required],
+                "properties": {"kind": {"const": kind}, "version": {"const": 1}, **fields},
+            },
+            "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+        },
+    }
+
+
+_COMMON = {
+    "address": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+    "nonce": {"type": "string", "pattern": "^0x[0-9a-f]{16,64}$"},
+    "timestamp": {"type": "integer", "minimum": 1},
+}
+_REGISTRATION = _signed(
+    "stagewise/register",
+    {
+        **_COMMON,
+        "capacity": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["memory_bytes", "layer_tokens_per_s"],
+            "properties": {
+                "memory_bytes": {"type": "integer", "minimum": 1},
+                "layer_tokens_per_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "region": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+        "stage_url": {"type": "string", "maxLength": 512},
+    },
+    ["address", "capacity", "region", "stage_url", "nonce", "timestamp"],
+)
+_LEAVE = _signed("stagewise/leave", dict(_COMMON), ["address", "nonce", "timestamp"])
+_HEARTBEAT = _signed(
+    "stagewise/heartbeat", {**_COMMON, "in_flight": {"type": "integer", "minimum": 0}}, ["address", "nonce", "timestamp"]
+)
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"description": "error", "content": _ERROR} for s in statuses}
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/workers/register": {
+        "post": {
+            "summary": "Register a staked worker (signed by its key, fresh nonce and timestamp)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _REGISTRATION}}},
+            "responses": {"201": {"description": "registered; its assignment"}, **_errors(400, 403, 409, 413, 503)},
+        }
+    },
+    "/v1/workers/heartbeat": {
+        "post": {
+            "summary": "Keep a registered worker healthy (signed)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _HEARTBEAT}}},
+            "responses": {"200": {"description": "alive; its assignment"}, **_errors(400, 403, 404, 409, 413, 503)},
+        }
+    },
+    "/v1/workers/leave": {
+        "post": {
+            "summary": "A worker shutting down leaves its group now (signed); the group is repaired with a spare",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _LEAVE}}},
+            "responses": {"200": {"description": "left"}, **_errors(400, 404, 409, 413)},
+        }
+    },
+    "/v1/workers/{address}/assignment": {
+        "get": {
+            "summary": "The stage a worker serves (group, index, layer range) or that it is a spare",
+            "parameters": [{"name": "address", "in": "path", "required": True, "schema": _COMMON["address"]}],
+            "responses": {"200": {"description": "assignment"}, **_errors(400, 404)},
+        }
+    },
+    "/v1/groups": {
+        "get": {
+            "summary": "Groups, their stages, layer ranges and throughput; spares; registered workers",
+            "responses": {"200": {"description": "groups"}},
+        }
+    },
+    "/v1/orchestrator/progress": {
+        "get": {
+            "summary": "Tasks done, correct answers, tokens and tokens/s of the running task dispatch",
+            "responses": {"200": {"description": "progress"}},
+        }
+    },
+}

@@ -1,0 +1,354 @@
+"""Forming groups of stages from the workers at hand: pure functions over small frozen values.
+
+A group is an ordered list of stages that covers every layer of the model once, in contiguous ranges.
+Two rules decide its shape:
+
+* **Layers follow speed, within memory.** A stage of L layers serving T tokens costs L*T/throughput
+  seconds, and a pipeline runs at the pace of its slowest stage, so each worker gets layers in proportion
+  to the throughput it offers (measured at its start, or `--throughput`; every stage then takes about the
+  same time), capped by how many layers its memory holds and never fewer than one. When memory binds, the
+  layers it cannot hold flow to the others in proportion to their throughput (water-filling), so the
+  split is min(throughput share, memory) or close.
+* **Few stages, one region.** Every extra stage adds a network hop per token, and a hop across regions
+  costs far more than one inside a rack, so groups are packed from one region first (the fewest workers
+  whose memory holds the model, or exactly `stages_per_group` when the operator asks for a shape); only
+  workers left over in every region are mixed into cross-region groups. Whoever is left is a spare.
+
+`regroup` keeps what still works: a group whose workers are all healthy stays as it is; a group that
+lost a stage gets a spare with room for that stage's layers (same region first) and keeps its other stages
+and ranges, so in-flight sequences move to it by replaying their history into the new stage (see
+`node.orchestration.rerouting`); only a group that cannot be repaired is dissolved and its survivors regrouped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_hash.auto import keccak
+
+
+class GroupingError(ValueError):
+    """Inputs that cannot be split (more stages than layers, not enough memory)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered, staked, healthy worker as grouping sees it."""
+
+    address: str
+    memory_bytes: int
+    layer_tokens_per_s: float
+    region: str
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """How big the model is: `layer_bytes` is what one decoder layer needs resident (weights + KV room);
+    `edge_bytes` the embeddings / LM head a first or last stage holds on top."""
+
+    num_layers: int
+    layer_bytes: int
+    edge_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_layers < 1 or self.layer_bytes < 1 or self.edge_bytes < 0:
+            raise GroupingError("a model has at least one layer and a positive layer size")
+
+    def layers_that_fit(self, memory_bytes: int) -> int:
+        """How many layers a worker holds, keeping room for embeddings or head (any stage may be an edge)."""
+        return max(0, min(self.num_layers, (memory_bytes - self.edge_bytes) // self.layer_bytes))
+
+
+@dataclass(frozen=True)
+class GroupingPolicy:
+    """`stages_per_group`: None packs the fewest workers that hold the model; a number asks for that many
+    stages (more only when their memory cannot hold the model; no group when too few workers are left).
+    `max_stages` bounds a group's length."""
+
+    stages_per_group: int | None = None
+    max_stages: int = 16
+
+    def __post_init__(self) -> None:
+        if self.stages_per_group is not None and self.stages_per_group < 1:
+            raise GroupingError("stages_per_group must be at least 1")
+        if self.max_stages < 1:
+            raise GroupingError("max_stages must be at least 1")
+
+
+@dataclass(frozen=True)
+class Stage:
+    worker: str
+    layer_start: int
+    layer_end: int
+    region: str
+    layer_tokens_per_s: float
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_end - self.layer_start
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.layer_tokens_per_s / self.num_layers
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: str
+    stages: tuple[Stage, ...]
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        return tuple(stage.worker for stage in self.stages)
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return tuple(sorted({stage.region for stage in self.stages}))
+
+    @property
+    def estimated_tokens_per_s(self) -> float:
+        """Decode throughput of one sequence stream: the pace of the slowest stage."""
+        return min(stage.tokens_per_s for stage in self.stages)
+
+    @property
+    def num_layers(self) -> int:
+        return self.stages[-1].layer_end
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group_id": self.group_id,
+            "regions": list(self.regions),
+            "estimated_tokens_per_s": round(self.estimated_tokens_per_s, 3),
+            "stages": [
+                {
+                    "index": index,
+                    "worker": stage.worker,
+                    "layer_start": stage.layer_start,
+                    "layer_end": stage.layer_end,
+                    "region": stage.region,
+                    "layer_tokens_per_s": stage.layer_tokens_per_s,
+                }
+                for index, stage in enumerate(self.stages)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """Stage `stage_index` of `old_group` moved from `old_worker` to `new_worker`, forming `new_group`."""
+
+    old_group: str
+    new_group: str
+    stage_index: int
+    old_worker: str
+    new_worker: str
+
+
+@dataclass(frozen=True)
+class Grouping:
+    groups: tuple[Group, ...] = ()
+    spares: tuple[str, ...] = ()
+    replacements: tuple[Replacement, ...] = ()
+    dissolved: tuple[str, ...] = field(default=())
+
+    def group(self, group_id: str) -> Group | None:
+        return next((group for group in self.groups if group.group_id == group_id), None)
+
+    def group_of(self, worker: str) -> tuple[Group, int] | None:
+        """The group a worker serves in and its stage index there."""
+        for group in self.groups:
+            if worker in group.workers:
+                return group, group.workers.index(worker)
+        return None
+
+
+def split_layers(num_layers: int, weights: Sequence[float], caps: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Contiguous ranges [a, b) covering 0..num_layers, sized in proportion to `weights`, each in [1, cap].
+
+    Continuous water-filling first (shares above a cap are pinned to the cap and the rest re-split), then
+    largest-remainder rounding inside the same bounds, so the result is as close to proportional as integers
+    allow and deterministic.
+    """
+    count = len(weights)
+    if count == 0 or count != len(caps):
+        raise GroupingError("one weight and one cap per stage")
+    if count > num_layers:
+        raise GroupingError(f"{count} stages cannot share {num_layers} layers (every stage needs one)")
+    if any(cap < 1 for cap in caps) or sum(caps) < num_layers:
+        raise GroupingError(f"the stages' memory holds {sum(max(c, 0) for c in caps)} of {num_layers} layers")
+    if any(not (math.isfinite(w) and w > 0) for w in weights):
+        raise GroupingError("weights must be positive")
+    low = [1.0] * count
+    high = [float(cap) for cap in caps]
+    shares = _water_fill(float(num_layers), list(weights), low, high)
+    sizes = [max(1, min(caps[i], math.floor(shares[i] + 1e-9))) for i in range(count)]
+    remainder = num_layers - sum(sizes)
+    order = sorted(range(count), key=lambda i: (-(shares[i] - math.floor(shares[i] + 1e-9)), -weights[i], i))
+    while remainder > 0:
+        for i in order:
+            if remainder and sizes[i] < caps[i]:
+                sizes[i] += 1
+                remainder -= 1
+    while remainder < 0:  # rounding overshoot, only possible when the lower bound lifted a share
+        for i in reversed(order):
+            if remainder and sizes[i] > 1:
+                sizes[i] -= 1
+                remainder += 1
+    ranges, start = [], 0
+    for size in sizes:
+        ranges.append((start, start + size))
+        start += size
+    return tuple(ranges)
+
+
+def _water_fill(total: float, weights: list[float], low: list[float], high: list[float]) -> list[float]:
+    pinned: dict[int, float] = {}
+    while True:
+        free = [i for i in range(len(weights)) if i not in pinned]
+        left = total - sum(pinned.values())
+        weight_sum = sum(weights[i] for i in free)
+        shares = {i: left * weights[i] / weight_sum for i in free}
+        over = [i for i in free if shares[i] > high[i] + 1e-12]
+        under = [i for i in free if shares[i] < low[i] - 1e-12]
+        if not over and not under:
+            return [pinned[i] if i in pinned else shares[i] for i in range(len(weights))]
+        for i in over or under:
+            pinned[i] = high[i] if over else low[i]
+
+
+def build_group(workers: Sequence[Candidate], shape: ModelShape) -> Group:
+    """Order the workers (fastest first, address as tie-break) and give each its share of the layers."""
+    ordered = sorted(workers, key=lambda w: (-w.layer_tokens_per_s, w.address))
+    ranges = split_layers(
+        shape.num_layers,
+        [w.layer_tokens_per_s for w in ordered],
+        [shape.layers_that_fit(w.memory_bytes) for w in ordered],
+    )
+    stages = tuple(
+        Stage(w.address, start, end, w.region, w.layer_tokens_per_s) for w, (start, end) in zip(ordered, ranges)
+    )
+    return Group(group_id_of(stages), stages)
+
+
+def group_id_of(stages: Iterable[Stage]) -> str:
+    """A name that changes whenever a worker or a range changes: `g-` and 12 hex digits of keccak."""
+    text = ";".join(f"{s.worker}:{s.layer_start}-{s.layer_end}" for s in stages)
+    return "g-" + keccak(text.encode()).hex()[:12]
+
+
+def form_groups(candidates: Iterable[Candidate], shape: ModelShape, policy: GroupingPolicy = GroupingPolicy()) -> Grouping:
+    """Groups from scratch: one region at a time (largest first), then the leftovers mixed, then spares."""
+    by_region: dict[str, list[Candidate]] = {}
+    for candidate in _unique(candidates):
+        by_region.setdefault(candidate.region, []).append(candidate)
+    groups: list[Group] = []
+    leftovers: list[Candidate] = []
+    for region in sorted(by_region, key=lambda r: (-len(by_region[r]), r)):
+        formed, left = _pack(by_region[region], shape, policy)
+        groups += formed
+        leftovers += left
+    mixed, spares = _pack(leftovers, shape, policy)
+    groups += mixed
+    return Grouping(tuple(groups), tuple(sorted(w.address for w in spares)))
+
+
+def regroup(
+    previous: Grouping, candidates: Iterable[Candidate], shape: ModelShape, policy: GroupingPolicy = GroupingPolicy()
+) -> Grouping:
+    """The next grouping after workers came or went: keep intact groups, repair broken ones with spares
+    (rerouting), dissolve what cannot be repaired, and group everyone still free."""
+    alive = {c.address: c for c in _unique(candidates)}
+    kept: list[Group] = []
+    broken: list[Group] = []
+    for group in previous.groups:
+        if len(group.stages) and group.num_layers == shape.num_layers and all(w in alive for w in group.workers):
+            kept.append(group)
+        else:
+            broken.append(group)
+    busy = {w for group in kept for w in group.workers}
+    survivors = {w for group in broken for w in group.workers if w in alive}
+    free = [c for a, c in alive.items() if a not in busy and a not in survivors]
+    repaired: list[Group] = []
+    replacements: list[Replacement] = []
+    dissolved: list[str] = []
+    for group in broken:
+        fixed = _repair(group, alive, free, shape) if group.num_layers == shape.num_layers else None
+        if fixed is None:
+            dissolved.append(group.group_id)
+            free += [alive[w] for w in group.workers if w in alive]
+            continue
+        new_group, moves = fixed
+        repaired.append(new_group)
+        taken = {move.new_worker for move in moves}
+        free = [c for c in free if c.address not in taken]
+        replacements += moves
+    fresh = form_groups(free, shape, policy)
+    return Grouping(
+        groups=tuple(kept + repaired) + fresh.groups,
+        spares=fresh.spares,
+        replacements=tuple(replacements),
+        dissolved=tuple(dissolved),
+    )
+
+
+def _repair(group: Group, alive: dict[str, Candidate], free: list[Candidate], shape: ModelShape):
+    stages = list(group.stages)
+    moves: list[Replacement] = []
+    pool = list(free)
+    home = _majority_region(group)
+    for index, stage in enumerate(group.stages):
+        if stage.worker in alive:
+            continue
+        fits = [c for c in pool if shape.layers_that_fit(c.memory_bytes) >= stage.num_layers]
+        if not fits:
+            return None
+        best = min(fits, key=lambda c: (c.region != home, -c.layer_tokens_per_s, c.address))
+        pool.remove(best)
+        stages[index] = Stage(best.address, stage.layer_start, stage.layer_end, best.region, best.layer_tokens_per_s)
+        moves.append(Replacement(group.group_id, "", index, stage.worker, best.address))
+    new_group = Group(group_id_of(stages), tuple(stages))
+    return new_group, [Replacement(m.old_group, new_group.group_id, m.stage_index, m.old_worker, m.new_worker) for m in moves]
+
+
+def _pack(workers: Sequence[Candidate], shape: ModelShape, policy: GroupingPolicy) -> tuple[list[Group], list[Candidate]]:
+    """Greedy packing inside one pool: biggest memory first, close a group once it holds the model (and
+    has `stages_per_group` stages when asked). Returns the groups and the workers left over."""
+    pool = sorted(
+        (w for w in workers if shape.layers_that_fit(w.memory_bytes) >= 1),
+        key=lambda w: (-shape.layers_that_fit(w.memory_bytes), -w.layer_tokens_per_s, w.address),
+    )
+    unusable = [w for w in workers if shape.layers_that_fit(w.memory_bytes) < 1]
+    want = policy.stages_per_group
+    limit = min(policy.max_stages, shape.num_layers)
+    groups: list[Group] = []
+    while pool:
+        chosen: list[Candidate] = []
+        held = 0
+        for worker in list(pool):
+            if held >= shape.num_layers and (want is None or len(chosen) >= want):
+                break
+            if len(chosen) >= limit:
+                break
+            chosen.append(worker)
+            held += shape.layers_that_fit(worker.memory_bytes)
+        if held < shape.num_layers or (want is not None and len(chosen) < min(want, limit)):
+            break
+        for worker in chosen:
+            pool.remove(worker)
+        groups.append(build_group(chosen, shape))
+    return groups, pool + unusable
+
+
+def _majority_region(group: Group) -> str:
+    regions = [stage.region for stage in group.stages]
+    return max(sorted(set(regions)), key=regions.count)
+
+
+def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
+    seen: dict[str, Candidate] = {}
+    for candidate in candidates:
+        seen.setdefault(candidate.address, candidate)
+    return sorted(seen.values(), key=lambda c: c.address)

@@ -1,0 +1,255 @@
+"""The orchestrator: registered workers in, prepared groups out, kept current as workers come and go.
+
+It owns the worker `Registry` and the current `Grouping`, and it is the one place that changes the latter:
+`refresh()` regroups the healthy, staked workers (grouping.regroup: intact groups stay, broken ones are
+repaired with spares or dissolved), prepares every new group on its stage servers through the
+`PipelineDriver`, and releases the groups that are gone. A worker that failed a stage is forgotten until it
+registers again. `run_forever()` refreshes every `regroup_interval_s`, so a worker that stops heartbeating
+drops out of assignment within heartbeat_timeout_s + regroup_interval_s.
+
+The dispatcher (dispatch.py) reads `grouping` and follows `successor(group_id)` to move a sequence from a
+repaired group to its replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from node.orchestration.grouping import Candidate, Group, Grouping, GroupingPolicy, ModelShape, regroup
+from node.orchestration.pipeline_driver import PipelineDriver, StageFailure
+from node.orchestration.registry import RegistrationRefused, Registry, WorkerRecord
+from node.protocol.worker_messages import SignedHeartbeat, SignedLeave, SignedRegistration
+
+log = logging.getLogger(__name__)
+
+MAX_PREPARE_ROUNDS = 8
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What GET /v1/workers/{address}/assignment answers: the worker's stage, or that it is a spare."""
+
+    address: str
+    model_id: str
+    group: Group | None
+    stage_index: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.group is None or self.stage_index is None:
+            return {"address": self.address, "model_id": self.model_id, "status": "spare", "group": None}
+        stage = self.group.stages[self.stage_index]
+        return {
+            "address": self.address,
+            "model_id": self.model_id,
+            "status": "assigned",
+            "group_id": self.group.group_id,
+            "stage_index": self.stage_index,
+            "layer_start": stage.layer_start,
+            "layer_end": stage.layer_end,
+            "group": self.group.to_json(),
+        }
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        registry: Registry,
+        driver: PipelineDriver,
+        model_id: str,
+        shape: ModelShape,
+        policy: GroupingPolicy = GroupingPolicy(),
+        regroup_interval_s: float = 2.0,
+        register_wait_s: float = 2.0,
+        stage_alive: Callable[[str, str], Awaitable[bool]] | None = None,
+    ) -> None:
+        """`stage_alive(url, address)`: whether the stage server at `url` still answers as `address`; with it,
+        a second process registering the same key elsewhere is refused while the first one runs."""
+        self.registry = registry
+        self.stage_alive = stage_alive
+        self.driver = driver
+        self.model_id = model_id
+        self.shape = shape
+        self.policy = policy
+        self.regroup_interval_s = regroup_interval_s
+        self.register_wait_s = register_wait_s
+        self._background: set[asyncio.Task] = set()
+        self.grouping = Grouping()
+        self.changed = asyncio.Condition()
+        self._successors: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self.progress = None  # set by the dispatcher when one runs
+
+    # ------------------------------------------------------------------ workers
+
+    async def register(self, signed: SignedRegistration) -> WorkerRecord:
+        address = signed.message.address
+        previous = self.registry.get(address)
+        if previous is not None and previous.stage_url != signed.message.stage_url and self.stage_alive is not None:
+            signed.verify()  # only the key's owner may make us look at its other process
+            if self.registry.is_healthy(address) and await self.stage_alive(previous.stage_url, address):
+                raise RegistrationRefused(
+                    "already_running",
+                    f"{address} already serves a stage at {previous.stage_url}, which still answers as this key: "
+                    "stop that process first (two processes with one key would sign for each other's work)",
+                    409,
+                )
+        record = await self.registry.register(signed)
+        if previous is not None:
+            # a worker registers once per process: a second registration is a restart, whatever its stage
+            # server held (layers, links, sequences) is gone, so its group must be repaired
+            await self._drop_from_groups(record.address)
+        await self._refresh_soon(self.register_wait_s)
+        return record
+
+    async def heartbeat(self, signed: SignedHeartbeat) -> WorkerRecord:
+        return await self.registry.heartbeat(signed)
+
+    async def _refresh_soon(self, wait_s: float) -> None:
+        """Regroup in the background and wait for it at most `wait_s`: a registration is answered promptly
+        even when the new group's workers take minutes to load their layers (and keep heartbeating)."""
+        task = asyncio.create_task(self.refresh(), name="regroup after registration")
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except asyncio.TimeoutError:
+            log.info("regrouping continues in the background (workers are loading their layers)")
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("regrouping failed: %r", task.exception())
+
+    async def leave(self, signed: SignedLeave) -> None:
+        """A worker shuts down: repair its group now, before jobs fail on it."""
+        await self.registry.signed_leave(signed)
+        await self._refresh_soon(self.register_wait_s)
+
+    async def worker_failed(self, worker: str, reason: str) -> None:
+        """A stage server failed: forget the worker (it must register again) and reroute its groups."""
+        if self.registry.leave(worker):
+            log.warning("worker %s dropped: %s", worker, reason)
+        await self.refresh()
+
+    async def worker_blamed(self, worker: str, reason: str) -> None:
+        """A verdict blamed this worker: out of its group now (it may register again, unless banned)."""
+        await self.worker_failed(worker, f"blamed by a verdict ({reason})")
+
+    def assignment(self, address: str) -> Assignment:
+        found = self.grouping.group_of(address)
+        if found is None:
+            return Assignment(address, self.model_id, None, None)
+        group, index = found
+        return Assignment(address, self.model_id, group, index)
+
+    # ------------------------------------------------------------------ groups
+
+    def successor(self, group_id: str) -> Group | None:
+        """The current group that took over `group_id`'s stages (itself if it still exists), if any."""
+        seen = set()
+        while group_id not in seen:
+            seen.add(group_id)
+            group = self.grouping.group(group_id)
+            if group is not None:
+                return group
+            if group_id not in self._successors:
+                return None
+            group_id = self._successors[group_id]
+        return None
+
+    async def refresh(self) -> Grouping:
+        """Regroup from the healthy workers; prepare new groups; release vanished ones."""
+        async with self._lock:
+            old = self.grouping
+            excluded: set[str] = set()
+            for _ in range(MAX_PREPARE_ROUNDS):
+                candidates = [
+                    Candidate(r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
+                    for r in self.registry.healthy()
+                    if r.address not in excluded
+                ]
+                new = regroup(self.grouping, candidates, self.shape, self.policy)
+                failed = await self._prepare_new(old, new)
+                if failed is None:
+                    break
+                excluded.add(failed)
+                self.registry.leave(failed)
+            else:
+                log.error("could not prepare groups after %d rounds; keeping none", MAX_PREPARE_ROUNDS)
+                new = Grouping(spares=tuple(c.address for c in candidates))
+            for replacement in new.replacements:
+                self._successors[replacement.old_group] = replacement.new_group
+                log.info(
+                    "group %s: stage %d rerouted from %s to %s (now %s)", replacement.old_group,
+                    replacement.stage_index, replacement.old_worker, replacement.new_worker, replacement.new_group,
+                )
+            current = {g.group_id for g in new.groups}
+            for group in old.groups:
+                if group.group_id not in current:
+                    await self.driver.release(group)
+            for group_id in new.dissolved:
+                log.info("group %s dissolved: no spare could take its place", group_id)
+            for group in new.groups:
+                if group.group_id not in {g.group_id for g in old.groups}:
+                    log.info(
+                        "group %s formed: %s", group.group_id,
+                        ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
+                    )
+            self.grouping = Grouping(new.groups, new.spares)
+        async with self.changed:
+            self.changed.notify_all()
+        return self.grouping
+
+    async def _prepare_new(self, old: Grouping, new: Grouping) -> str | None:
+        """Prepare the groups that are new in `new`; the address of a worker that failed, or None."""
+        known = {g.group_id for g in old.groups}
+        workers = {r.address: r for r in self.registry.all()}
+        for group in new.groups:
+            if group.group_id in known:
+                continue
+            try:
+                await self.driver.prepare(group, workers)
+            except StageFailure as failure:
+                log.warning("preparing group %s failed: %s", group.group_id, failure)
+                return failure.worker
+        return None
+
+    async def _drop_from_groups(self, address: str) -> None:
+        found = self.grouping.group_of(address)
+        if found is None:
+            return
+        async with self._lock:
+            group = found[0]
+            self.grouping = Grouping(tuple(g for g in self.grouping.groups if g.group_id != group.group_id),
+                                     self.grouping.spares)
+            await self.driver.release(group)
+
+    async def run_forever(self) -> None:
+        """Regroup on a timer, so missed heartbeats take workers out of assignment."""
+        while True:
+            await asyncio.sleep(self.regroup_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # keep orchestrating; the next round tries again
+                log.exception("regrouping failed")
+
+    def groups_json(self) -> dict[str, Any]:
+        measured = self.progress.groups if self.progress is not None else {}
+        groups = []
+        for group in self.grouping.groups:
+            data = group.to_json()
+            data["measured_tokens_per_s"] = round(measured[group.group_id].tokens_per_s(), 3) if group.group_id in measured else None
+            groups.append(data)
+        return {
+            "model_id": self.model_id,
+            "num_layers": self.shape.num_layers,
+            "groups": groups,
+            "spares": list(self.grouping.spares),
+            "workers": [
+                {**r.to_json(), "healthy": self.registry.is_healthy(r.address)} for r in self.registry.all()
+            ],
+        }

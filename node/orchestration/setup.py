@@ -1,0 +1,367 @@
+"""Wiring orchestration into `stagewise validator run`: its flags, and one object to build, start and stop.
+
+The validator's cli (node/cli/validator.py) does, in order:
+
+    add_orchestration_options(run_parser)                     # --tasks, --stages-per-group, ...
+    orchestration = build_orchestration(args, node, model_dir)   # after the ValidatorNode exists
+    app = build_app(node, registrars=[orchestration.registrar])
+    ... start the web server ...
+    await orchestration.start()                               # regroup loop + task dispatch
+    ...
+    await orchestration.stop()
+
+Workers register and groups form whether or not `--tasks` is given; with it, every task runs as jobs on the
+groups (and the run's progress is at GET /v1/orchestrator/progress and in `stagewise groups`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.protocol.job import SamplingParams
+from node.orchestration.bans import ledger_bans
+from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
+from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
+from node.orchestration.orchestrator import Orchestrator
+from node.orchestration.api import orchestration_registrar
+from node.orchestration.pipeline_driver import PipelineDriver
+from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
+
+log = logging.getLogger(__name__)
+
+TASKS_ENV = "STAGEWISE_TASKS"
+SEED_SECRET_ENV = "STAGEWISE_SEED_SECRET"
+KV_HEADROOM = 1.25  # a layer needs its weights plus room for the KV cache of the sequences in flight
+
+
+def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("orchestration (workers, groups, tasks)")
+    group.add_argument(
+        "--tasks", default=os.environ.get(TASKS_ENV),
+        help=f"JSONL task file, or 'arithmetic' for the bundled set (env {TASKS_ENV}); without it no jobs are dispatched",
+    )
+    group.add_argument("--stages-per-group", type=int, help="stages per group, more only when memory needs them (default: the fewest workers whose memory holds the model)")
+    group.add_argument("--max-stages", type=int, default=16, help="longest group allowed (default 16)")
+    group.add_argument("--sequences-per-group", type=int, help="sequences kept in flight on each group (default: two per stage)")
+    group.add_argument("--wait-for-groups", type=int, default=1,
+                       help="groups that must have formed before the first task is dispatched (default 1)")
+    group.add_argument("--max-new-tokens", type=int, default=32, help="token budget per task unless the task says (default 32)")
+    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
+    group.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
+    group.add_argument("--heartbeat-timeout", type=float, default=30.0, help="seconds without a heartbeat before a worker is dropped (default 30)")
+    group.add_argument("--regroup-interval", type=float, default=2.0, help="seconds between regrouping rounds (default 2)")
+    group.add_argument(
+        "--allow-private-stage-urls", action="store_true",
+        default=os.environ.get("STAGEWISE_ALLOW_PRIVATE_STAGE_URLS", "") not in ("", "0", "false"),
+        help="accept workers whose stage URL is a loopback, private or link-local address: for devnets and "
+        "networks of your own (env STAGEWISE_ALLOW_PRIVATE_STAGE_URLS); refused by default, since the "
+        "validator sends signed requests to those URLs",
+    )
+    group.add_argument(
+        "--defence-seconds", type=float, default=float(os.environ.get("STAGEWISE_DEFENCE_SECONDS", 30)),
+        help="how long a verdict that blames a receiving stage on its proofs waits for that stage's defence, the "
+        "rows it received signed by its predecessor (env STAGEWISE_DEFENCE_SECONDS, default 30)",
+    )
+    group.add_argument(
+        "--seed-secret-file", type=Path,
+        help=f"file with the secret job seeds are derived from (else env {SEED_SECRET_ENV} as hex, else a fresh random one)",
+    )
+    group.add_argument("--results", type=Path, help="append every finished task (output, correct, job ids) to this JSONL file")
+
+
+@dataclass
+class Orchestration:
+    orchestrator: Orchestrator
+    dispatcher: Dispatcher | None
+    issued: IssuedJobs
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def registrar(self):
+        return orchestration_registrar(self.orchestrator)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.orchestrator.run_forever(), name="regroup"))
+        if self.dispatcher is not None:
+            self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+
+    async def _dispatch(self) -> None:
+        from tqdm import tqdm
+
+        figures = self.dispatcher.progress
+        with tqdm(total=figures.tasks_total, desc="tasks", unit="task", dynamic_ncols=True) as bar:
+
+            def advance(result) -> None:
+                bar.update(1)
+                bar.set_postfix(correct=f"{figures.correct}/{figures.checked}", tok_s=f"{figures.tokens_per_s():.1f}",
+                                reroutes=figures.reroutes, refresh=False)
+
+            figures.listeners.append(advance)
+            progress = await self.dispatcher.run()
+        log.info(
+            "tasks finished: %d done, %d failed, %d/%d correct, %d tokens at %.1f tokens/s, %d reroutes",
+            progress.tasks_done, progress.tasks_failed, progress.correct, progress.checked,
+            progress.tokens, progress.tokens_per_s(), progress.reroutes,
+        )
+
+    async def wait_dispatched(self) -> None:
+        """Until every task is done (returns at once without --tasks)."""
+        for task in self._tasks:
+            if task.get_name() == "dispatch":
+                await task
+
+    async def stop(self) -> None:
+        background = list(self.orchestrator._background)
+        for task in self._tasks + background:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *background, return_exceptions=True)
+        self._tasks.clear()
+        close = getattr(self.orchestrator.driver, "close", None)
+        if close is not None:
+            await close()
+
+
+def build_orchestration(
+    args: argparse.Namespace,
+    node: Any,
+    model_dir: Path,
+    *,
+    driver: PipelineDriver | None = None,
+    stake_of: StakeLookup | None = None,
+) -> Orchestration:
+    """Everything orchestration needs, from the parsed flags and the validator node (ledger stakes, min stake).
+
+    Installs the node's `spec_guard` so bundles of jobs this orchestrator did not issue are refused, and its
+    `defence_source`, which asks a registered worker's stage server for the rows its stage received.
+    """
+    from node.pipeline.weights import model_id
+    from node.orchestration.tasks import load_tasks, load_tokenizer, resolve_task_file
+
+    model_dir = Path(model_dir)
+    shape = shape_of_model(model_dir)
+    if stake_of is None:
+        stake_of = _ledger_stake(node)
+    registry = Registry(
+        stake_of,
+        RegistryPolicy(
+            min_stake_wei=int(getattr(node.config, "min_stake_wei", 1)),
+            heartbeat_timeout_s=args.heartbeat_timeout,
+            validator=getattr(node, "address", None),
+            chain_id=node.domain.chain_id if getattr(node, "address", None) else None,
+            allow_private_urls=getattr(args, "allow_private_stage_urls", True),
+        ),
+        banned_until=ledger_bans(node.ledger) if getattr(node, "ledger", None) is not None else None,
+    )
+    if driver is None:
+        from node.orchestration.stage_control import HttpPipelineDriver
+
+        key = getattr(node, "chain_key", None)
+        if key is None:
+            raise ValueError("orchestrating stage servers needs the validator's key: stage servers obey only "
+                             "requests signed by the address their validator's GET /health names")
+        driver = HttpPipelineDriver(model_dir, key=key)
+    orchestrator = Orchestrator(
+        registry,
+        driver,
+        model_id(model_dir),
+        shape,
+        GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages),
+        regroup_interval_s=args.regroup_interval,
+        stage_alive=stage_answers_as,
+    )
+    if hasattr(node, "on_blamed"):
+        node.on_blamed.append(orchestrator.worker_blamed)
+    issued = IssuedJobs()
+    if hasattr(node, "spec_guard"):
+        node.spec_guard = _spec_guard(node, issued)
+    if hasattr(node, "defence_source"):
+        from node.validator.defence_client import StageDefences
+
+        node.defence_source = StageDefences(lambda worker: stage_url_of(registry, worker),
+                                            deadline_s=getattr(args, "defence_seconds", 30.0))
+    dispatcher = None
+    if args.tasks:
+        from node.pipeline.model import ModelConfig
+
+        tasks = load_tasks(resolve_task_file(args.tasks))
+        tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)
+        dispatcher = Dispatcher(
+            orchestrator,
+            tasks,
+            tokenizer,
+            SeedSchedule(_seed_secret(args.seed_secret_file)),
+            DispatchPolicy(
+                sequences_per_group=args.sequences_per_group,
+                wait_for_groups=args.wait_for_groups,
+                max_new_tokens=args.max_new_tokens,
+                sampling=SamplingParams(
+                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                    max_new_tokens=args.max_new_tokens, stop_ids=_stop_ids(model_dir),
+                ),
+            ),
+            on_job=_on_job(node, issued),
+            results_path=args.results,
+            history_check=_history_check(node, orchestrator.model_id, model_dir),
+            verdict_of=_verdict_of(node),
+        )
+        log.info("%d tasks from %s", len(tasks), args.tasks)
+    return Orchestration(orchestrator, dispatcher, issued)
+
+
+def _on_job(node: Any, issued: IssuedJobs):
+    """Before a job reaches its group: remember it (the spec guard) and tell the node to expect its bundle,
+    so a job that never completes (a stage died and the sequence went on as a continuation) is
+    soft-invalidated at the deadline: nobody paid, nobody slashed."""
+    expect = getattr(node, "expect", None)
+
+    async def on_job(spec) -> None:
+        await issued.record(spec)
+        if expect is not None:
+            await expect(spec)
+
+    return on_job
+
+
+async def stage_answers_as(url: str, address: str) -> bool:
+    """Whether the stage server at `url` answers /health as `address` (within 3 s)."""
+    import aiohttp
+
+    from node.orchestration.stage_control import stage_health
+
+    async with aiohttp.ClientSession() as session:
+        health = await stage_health(session, url, 3.0)
+    return health is not None and str(health.get("address", "")).lower() == address.lower()
+
+
+def _verdict_of(node: Any):
+    """The outcome of a job's verdict in the node's ledger, for the dispatcher (None: a node without one)."""
+    if not hasattr(node, "job"):
+        return None
+
+    async def outcome(job_id: str) -> str | None:
+        verdict = ((await node.job(job_id)) or {}).get("verdict")
+        return verdict.get("outcome") if verdict else None
+
+    return outcome
+
+
+def _spec_guard(node: Any, issued: IssuedJobs):
+    """Accept a bundle of a job this orchestrator issued, or one the shared ledger awaits (issued by another
+    validator's orchestrator, or by this one before a restart); refuse any other spec (I1)."""
+
+    ledger = getattr(node, "ledger", None)
+    awaited = awaited_by_ledger(ledger) if ledger is not None else None
+
+    async def guard(spec) -> str | None:
+        reason = await issued.guard(spec)
+        if reason is None or (awaited is not None and await awaited(spec) is None):
+            return None
+        return reason
+
+    return guard
+
+
+def shape_of_model(model_dir: Path) -> ModelShape:
+    """Layer count and bytes per layer (weights as stored, plus KV headroom) read from the safetensors headers."""
+    from safetensors import safe_open
+
+    from node.pipeline.model import ModelConfig
+    from node.pipeline.weights import weight_files
+
+    config = ModelConfig.from_dir(model_dir)
+    layer_bytes = [0] * config.num_layers
+    edge_bytes = 0
+    for path in weight_files(model_dir):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                piece = handle.get_slice(name)
+                size = _element_bytes(piece.get_dtype())
+                for dim in piece.get_shape():
+                    size *= dim
+                parts = name.split(".")
+                if "layers" in parts:
+                    index = int(parts[parts.index("layers") + 1])
+                    layer_bytes[index] += size
+                else:
+                    edge_bytes += size
+    per_layer = max(1, int(max(layer_bytes) * KV_HEADROOM))
+    return ModelShape(num_layers=config.num_layers, layer_bytes=per_layer, edge_bytes=edge_bytes)
+
+
+def _element_bytes(dtype: str) -> int:
+    return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}.get(dtype.upper(), 4)
+
+
+def _stop_ids(model_dir: Path) -> tuple[int, ...]:
+    from node.pipeline.weights import read_generation_defaults
+
+    try:
+        eos = read_generation_defaults(model_dir).get("eos_token_id")
+    except Exception:
+        return ()
+    if eos is None:
+        return ()
+    return tuple(int(t) for t in (eos if isinstance(eos, list) else [eos]))
+
+
+def _seed_secret(path: Path | None) -> bytes | None:
+    if path is not None:
+        data = path.read_bytes().strip()
+        if len(data) < 16:
+            raise ValueError(f"{path}: a seed secret needs at least 16 bytes")
+        return data
+    value = os.environ.get(SEED_SECRET_ENV)
+    if value:
+        return bytes.fromhex(value.removeprefix("0x"))
+    return None
+
+
+def _history_check(node: Any, model_id: str, model_dir: Path):
+    """Check an interrupted job's tokens with the validator's own copy of the model before reusing them."""
+    from node.orchestration.rerouting import verified_prefix
+
+    models = getattr(node, "models", None)
+    loaded: dict[str, Any] = {}
+
+    async def check(run, sampling) -> int:
+        if models is not None and model_id in getattr(models, "ids", ()):
+            model = await models.get(model_id)
+        else:
+            if "model" not in loaded:
+                from node.pipeline.weights import load_stage
+
+                loaded["model"] = await asyncio.to_thread(load_stage, model_dir)
+            model = loaded["model"]
+        return await asyncio.to_thread(verified_prefix, model, run, sampling)
+
+    return check
+
+
+def _ledger_stake(node: Any) -> StakeLookup:
+    """Stake as the ledger follows it from chain events; when that says too little and the node has a chain,
+    the chain itself (a worker that staked a moment ago registers before the ledger has caught up)."""
+    minimum = int(getattr(node.config, "min_stake_wei", 1))
+
+    async def stake_of(address: str) -> int:
+        stakes = await node.stakes_of([address])
+        lowered = {a.lower(): v for a, v in stakes.items()}
+        stake = int(stakes.get(address, lowered.get(address.lower(), 0)))
+        chain = getattr(node, "chain", None)
+        if stake < minimum and chain is not None:
+            stake = int(await asyncio.to_thread(chain.stake_of, address))
+        return stake
+
+    return stake_of
+
+
+def stage_url_of(registry: Registry, worker: str) -> str | None:
+    record = registry.get(worker)
+    return record.stage_url if record is not None else None

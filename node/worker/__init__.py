@@ -1,0 +1,1 @@
+"""A stage worker: stake checks, its validator client, the receipts it signs, the bundles it sends."""
