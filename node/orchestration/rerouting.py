@@ -97,6 +97,7 @@ def verified_prefix(model: Any, run: SequenceRun, sampling: SamplingParams) -> i
     """
     import torch
 
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import replay
     from node.toploc.sampling import verify_sampling
 

@@ -33,6 +33,10 @@ from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.api import orchestration_registrar
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
+from node.orchestration.rerouting import verified_prefix
+from node.orchestration.stage_control import HttpPipelineDriver, stage_health
+from node.orchestration.tasks import load_tasks, load_tokenizer, resolve_task_file
+from node.validator.defence_client import StageDefences
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +146,8 @@ def build_orchestration(
     Installs the node's `spec_guard` so bundles of jobs this orchestrator did not issue are refused, and its
     `defence_source`, which asks a registered worker's stage server for the rows its stage received.
     """
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.weights import model_id
-    from node.orchestration.tasks import load_tasks, load_tokenizer, resolve_task_file
-
     model_dir = Path(model_dir)
     shape = shape_of_model(model_dir)
     if stake_of is None:
@@ -161,8 +164,6 @@ def build_orchestration(
         banned_until=ledger_bans(node.ledger) if getattr(node, "ledger", None) is not None else None,
     )
     if driver is None:
-        from node.orchestration.stage_control import HttpPipelineDriver
-
         key = getattr(node, "chain_key", None)
         if key is None:
             raise ValueError("orchestrating stage servers needs the validator's key: stage servers obey only "
@@ -183,8 +184,6 @@ def build_orchestration(
     if hasattr(node, "spec_guard"):
         node.spec_guard = _spec_guard(node, issued)
     if hasattr(node, "defence_source"):
-        from node.validator.defence_client import StageDefences
-
         node.defence_source = StageDefences(lambda worker: stage_url_of(registry, worker),
                                             deadline_s=getattr(args, "defence_seconds", 30.0))
     dispatcher = None
@@ -234,8 +233,6 @@ async def stage_answers_as(url: str, address: str) -> bool:
     """Whether the stage server at `url` answers /health as `address` (within 3 s)."""
     import aiohttp
 
-    from node.orchestration.stage_control import stage_health
-
     async with aiohttp.ClientSession() as session:
         health = await stage_health(session, url, 3.0)
     return health is not None and str(health.get("address", "")).lower() == address.lower()
@@ -273,6 +270,7 @@ def shape_of_model(model_dir: Path) -> ModelShape:
     """Layer count and bytes per layer (weights as stored, plus KV headroom) read from the safetensors headers."""
     from safetensors import safe_open
 
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import ModelConfig
     from node.pipeline.weights import weight_files
 
@@ -301,6 +299,7 @@ def _element_bytes(dtype: str) -> int:
 
 
 def _stop_ids(model_dir: Path) -> tuple[int, ...]:
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.weights import read_generation_defaults
 
     try:
@@ -326,8 +325,6 @@ def _seed_secret(path: Path | None) -> bytes | None:
 
 def _history_check(node: Any, model_id: str, model_dir: Path):
     """Check an interrupted job's tokens with the validator's own copy of the model before reusing them."""
-    from node.orchestration.rerouting import verified_prefix
-
     models = getattr(node, "models", None)
     loaded: dict[str, Any] = {}
 
@@ -336,6 +333,7 @@ def _history_check(node: Any, model_id: str, model_dir: Path):
             model = await models.get(model_id)
         else:
             if "model" not in loaded:
+                # torch: imported where used, to keep it out of start-up
                 from node.pipeline.weights import load_stage
 
                 loaded["model"] = await asyncio.to_thread(load_stage, model_dir)

@@ -49,6 +49,7 @@ class HttpPipelineDriver:
         wire_dtype: str = "fp32",
     ) -> None:
         if model_id is None:
+            # torch: imported where used, to keep it out of start-up
             from node.pipeline.weights import model_id as model_id_of
 
             model_id = model_id_of(model_dir)

@@ -18,13 +18,15 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ledger import journal
 from ledger.models import JOB_DONE, Job
 from node.protocol.job import JobSpec
+from node.validator.settle import settle
+from node.validator.verdict import soft_invalidation
 
 log = logging.getLogger(__name__)
 
 AWAITING = "awaiting"
+NO_BUNDLE = "no complete bundle by the deadline"
 
 
 async def expect(node: Any, spec: JobSpec) -> bool:
@@ -51,18 +53,18 @@ async def expect(node: Any, spec: JobSpec) -> bool:
 
 async def sweep_once(node: Any) -> list[str]:
     """Soft-invalidate every awaiting job past its deadline; returns their ids."""
-    from node.validator.verdict import soft_invalidation
-
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=node.config.bundle_deadline_seconds)
     async with node.ledger.reading() as conn:
         rows = (
             await conn.execute(
-                select(Job.job_id, Job.stage_count).where(Job.status == AWAITING, Job.received_at < cutoff).limit(500)
+                select(Job.job_id, Job.bundle).where(Job.status == AWAITING, Job.received_at < cutoff).limit(500)
             )
         ).all()
     done = []
     for row in rows:
-        verdict = soft_invalidation(row.stage_count)
+        spec = expected_spec(row.bundle)
+        verdict = soft_invalidation(len(spec.stages))
+        settlement = settle(verdict, spec, None, work_units=(0,) * len(spec.stages), soft_reason=NO_BUNDLE)
         async with node.ledger.transaction() as tx:
             taken = await tx.conn.execute(
                 update(Job).where(Job.job_id == row.job_id, Job.status == AWAITING).values(status=JOB_DONE)
@@ -76,11 +78,16 @@ async def sweep_once(node: Any) -> list[str]:
                 figures={"verdict": verdict.to_dict(), "deadline_seconds": node.config.bundle_deadline_seconds},
                 validator=node.address,
             )
-            await tx.append([journal.soft_invalidation(row.job_id, data={"reason": "no complete bundle by the deadline"})])
+            await tx.append(list(settlement.entries))
         node.metrics.verdicts.labels(verdict.outcome.value, verdict.reason.value).inc()
         log.info("job %s soft-invalidated: no complete bundle within %.0f s", row.job_id, node.config.bundle_deadline_seconds)
         done.append(row.job_id)
     return done
+
+
+def expected_spec(document: str) -> JobSpec:
+    """The spec `expect` kept in an awaiting job's row (this node's own writing, not outside bytes)."""
+    return JobSpec.from_dict(json.loads(document)["expected"])
 
 
 async def run_deadlines(node: Any, *, poll_seconds: float = 1.0) -> None:

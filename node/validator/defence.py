@@ -102,6 +102,7 @@ def row_deviation(received: Any, replayed: Any, dtype: str) -> Any:
     then; anything a stage changes on purpose moves an entry by more than that."""
     import torch
 
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.wire import WIRE_DTYPES
 
     replayed = replayed.detach().float()

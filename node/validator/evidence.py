@@ -19,6 +19,11 @@ from typing import Any
 from eth_hash.auto import keccak
 
 from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
+from node.pipeline.handoff import handoff_from_json
+from node.protocol.bundle import Bundle
+from node.protocol.job import JobSpec
+from node.validator.handoff_faults import findings_without_replay, handoff_faults
+from node.validator.replay import findings_of
 
 EVIDENCE_VERSION = 2  # 2: handoff faults (complaints judged by their evidence, equivocation)
 EVIDENCE_MAX_BYTES = 256 << 20  # an evidence file holds the job's receipts and any complaint rows; far below this
@@ -33,7 +38,7 @@ class Evidence:
     model_id: str
     bundle: dict[str, Any]
     tariff: Tariff
-    findings: Findings | None  # None when the job was accepted without replay (sample rate < 1)
+    findings: Findings | None  # None only in a soft invalidation (no bundle came to find anything in)
     figures: dict[str, Any]
     verdict: Verdict
     replayed: bool
@@ -41,8 +46,6 @@ class Evidence:
 
     @property
     def job_id(self) -> str:
-        from node.protocol.job import JobSpec
-
         return JobSpec.from_dict(self.bundle["spec"]).job_id_hex
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +61,7 @@ class Evidence:
                 "sampling_ok": self.findings.sampling_ok,
                 "work_units": list(self.findings.work_units),
                 "handoff_faults": [[stage, reason.value] for stage, reason in self.findings.handoff_faults],
+                **({"replay_skipped": True} if self.findings.replay_skipped else {}),
             },
             "figures": self.figures,
             "verdict": self.verdict.to_dict(),
@@ -83,6 +87,7 @@ class Evidence:
                     raw["sampling_ok"],
                     tuple(int(w) for w in raw["work_units"]),
                     tuple((int(stage), Reason(reason)) for stage, reason in raw["handoff_faults"]),
+                    replay_skipped=raw.get("replay_skipped") is True,
                 )
             )
             return cls(
@@ -100,9 +105,6 @@ class Evidence:
 
 
 def _defences(data: dict[str, Any]) -> dict[int, tuple[Any, ...]]:
-    from node.protocol.job import JobSpec
-    from node.pipeline.handoff import handoff_from_json
-
     raw = data.get("defences") or {}
     if not raw:
         return {}
@@ -143,10 +145,6 @@ def _describe(verdict: Verdict) -> str:
 def recompute(evidence: Evidence, model: Any) -> EvidenceCheck:
     """Judge the evidence's bundle again with the same rule: its handoff evidence without a model, then (unless
     a complaint stopped the job) a replay on `model`, the whole model."""
-    from node.protocol.bundle import Bundle
-    from node.validator.handoff_faults import findings_without_replay, handoff_faults
-    from node.validator.replay import findings_of
-
     if evidence.verdict.outcome is Outcome.SOFT_INVALIDATED:
         findings = evidence.findings or Findings((None,) * len(evidence.verdict.rewards_wei), None, (0,) * len(evidence.verdict.rewards_wei))
         return EvidenceCheck(evidence.verdict, evidence.verdict, findings, 0.0)
@@ -170,6 +168,7 @@ def needs_model(evidence: Evidence) -> bool:
 def check_evidence(evidence: Evidence, model_dir: str | None) -> EvidenceCheck:
     """Load the whole model from `model_dir` (when the verdict needs one), make sure it is the evidence's
     model, recompute."""
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.weights import load_stage, model_id
 
     if not needs_model(evidence):

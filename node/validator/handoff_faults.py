@@ -17,6 +17,7 @@ from node.protocol.bundle import Bundle
 from node.pipeline.handoff import judge_evidence
 from node.protocol.receipts import proofs_digest
 from node.validator.verdict import Findings, Reason
+from node.protocol.receipts import processed_token_count
 
 Fault = tuple[int, Reason]
 
@@ -58,8 +59,6 @@ def handoff_faults(bundle: Bundle) -> tuple[Fault, ...]:
 
 def findings_without_replay(bundle: Bundle, faults: tuple[Fault, ...]) -> Findings:
     """A complaint stopped the job: no stage's proofs are checked, the evidence alone decides."""
-    from node.protocol.receipts import processed_token_count
-
     tokens = processed_token_count(bundle.spec, bundle.output_token_ids)
     work = tuple(stage.num_layers * tokens for stage in bundle.spec.stages)
     return Findings((None,) * len(work), None, work, faults)

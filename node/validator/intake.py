@@ -20,12 +20,16 @@ What passes is stored; whether it is *true* is the replay's business, later.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from ledger.models import JOB_PENDING, Job, StageReceipt
+from node.http.json_errors import ApiError
 from node.protocol.bundle import Bundle, BundleError, check_receipts, check_signers
 from node.protocol.receipts import ReceiptDomain
-from node.http.json_errors import ApiError
+from node.validator.deadlines import AWAITING
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,6 @@ class IntakeWriter:
 
     async def store(self, admitted: Admitted) -> bool:
         """True when stored, False when the job was already known (nothing written)."""
-        import asyncio
-
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((admitted, future))
         if not self._flushing:
@@ -122,8 +124,6 @@ class IntakeWriter:
         return await future
 
     async def _flush_all(self) -> None:
-        import asyncio
-
         try:
             await asyncio.sleep(0)  # let the requests already in flight join this batch
             while self._pending:
@@ -165,10 +165,6 @@ class IntakeWriter:
         """One transaction, one multi-row insert per table: the jobs (conflicts skipped: a job already
         known stays as it was) and the receipts of the jobs that were new. Same rows as
         `LedgerTx.record_bundle` writes one by one."""
-        import datetime as dt
-
-        from ledger.models import JOB_PENDING, Job, StageReceipt
-
         now = dt.datetime.now(dt.timezone.utc)
         rows, seen = [], set()
         for admitted, _ in writable:
@@ -220,9 +216,6 @@ class IntakeWriter:
         """Insert the new jobs and fill in the ones the orchestrator registered as awaiting their bundle
         (deadlines.py); a job that already has a bundle stays as it was. Returns the ids written."""
         from sqlalchemy import bindparam, select, update
-
-        from ledger.models import Job
-        from node.validator.deadlines import AWAITING
 
         ids = [row["job_id"] for row in rows]
         known = dict((await tx.conn.execute(select(Job.job_id, Job.status).where(Job.job_id.in_(ids)))).all())

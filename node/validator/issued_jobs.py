@@ -9,6 +9,7 @@ earlier job is refused, and that job is soft-invalidated at its deadline like an
 from __future__ import annotations
 
 from node.protocol.job import JobSpec
+from node.validator.deadlines import AWAITING
 
 
 class IssuedJobs:
@@ -41,8 +42,6 @@ def awaited_by_ledger(ledger):
     """`ValidatorNode.spec_guard` for a validator without an orchestrator (`--no-orchestration`) on a shared
     ledger: accept a bundle only of a job some orchestrator on that ledger issued and still awaits (it
     records the job before any worker sees it, node.validator.deadlines)."""
-    from node.validator.deadlines import AWAITING
-
     async def guard(spec: JobSpec) -> str | None:
         record = await ledger.job(spec.job_id_hex)
         if record is not None and record.status == AWAITING:

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from ledger.store import OutboxRow
+from ledger.chain.client import ContractRevert
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
 
 async def deliver_once(node: Any) -> tuple[int, int]:
     """Take and send what is pending; returns (sent, failed attempts)."""
-    from ledger.chain.client import ContractRevert
-
     rows = await node.ledger.take_outbox(10, stale_after_s=node.config.claim_lease_seconds)
     sent = failed = 0
     for row in rows:

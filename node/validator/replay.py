@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Mapping, Sequence
 
 from node.protocol.job import JobSpec
+from node.protocol.receipts import processed_token_count
 from node.validator.verdict import Findings
+from node.validator.verdict import Reason
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,17 @@ class ReplayReport:
     findings: Findings
     figures: dict[str, Any]
     seconds: float
+
+
+def work_units_of(spec: JobSpec, output_token_ids: Sequence[int]) -> tuple[int, ...]:
+    """What each stage did for this job: its layers times the tokens it processed."""
+    tokens = processed_token_count(spec, output_token_ids)
+    return tuple(stage.num_layers * tokens for stage in spec.stages)
+
+
+def skipped_findings(spec: JobSpec, output_token_ids: Sequence[int]) -> Findings:
+    """The findings of a job the spot-check draw left out of replay: nothing checked, the work as claimed."""
+    return Findings((None,) * len(spec.stages), None, work_units_of(spec, output_token_ids), replay_skipped=True)
 
 
 def findings_of(
@@ -46,10 +59,9 @@ def findings_of(
     (stage -> the ReceivedHandoffs it handed in) are judged where that stage's proofs fail."""
     import torch
 
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import replay, replay_from
     from node.validator.defence import check_defence
-    from node.validator.verdict import Reason
-    from node.protocol.receipts import processed_token_count
     from node.toploc.activation import verify_proofs
     from node.toploc.sampling import verify_sampling
 
@@ -58,8 +70,7 @@ def findings_of(
     output = list(output_token_ids)
     boundaries = [stage.layer_end for stage in spec.stages]
     tokens = prompt + output[:-1]
-    work = processed_token_count(spec, output)
-    work_units = tuple(stage.num_layers * work for stage in spec.stages)
+    work_units = work_units_of(spec, output)
     timings: dict[str, float] = {}
     with torch.inference_mode():
         p = len(prompt)
@@ -113,6 +124,7 @@ def _sent_by(model: Any, spec: JobSpec, tokens: list[int], stage: int, inputs: M
     handoff between rounded to the wire dtype the claims name, as the pipeline computed."""
     import torch
 
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import boundary_as_sent
     from node.pipeline.wire import WIRE_DTYPES
 

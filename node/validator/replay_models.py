@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 class ReplayModels:
     def __init__(self, model_dirs: Iterable[Path]) -> None:
+        # torch: imported where used, to keep it out of start-up
         from node.pipeline.weights import model_id
 
         from node.pipeline.model import ModelConfig
@@ -38,6 +39,7 @@ class ReplayModels:
     def load(self, model_id: str) -> Any:
         """The whole model (a StageModel over every layer), loaded on first use (blocking)."""
         if model_id not in self._loaded:
+            # torch: imported where used, to keep it out of start-up
             from node.pipeline.weights import load_stage
 
             log.info("loading model %s from %s for replay", model_id, self.dirs[model_id])

@@ -23,7 +23,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ledger import journal
 from ledger.models import JOB_DONE, JOB_PENDING, Worker
 from ledger.store import Ledger
 from node.protocol.bundle import Bundle
@@ -38,10 +37,16 @@ from node.validator.intake import IntakeWriter, authenticate, read_bundle
 from node.validator.metrics import ValidatorMetrics
 from node.validator.replay_models import ReplayModels
 from node.validator.queue import ClaimedJob, JobQueue, utcnow
-from node.validator.replay import findings_of
+from node.validator.replay import findings_of, skipped_findings
+from node.validator.settle import settle
 from node.validator.spot_check import is_replayed
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
-from node.validator.verdict import Outcome, Reason, Verdict, decide
+from node.validator.verdict import Reason, Verdict, decide
+from ledger.chain.sync import ChainSync
+from ledger.models import Job, Verdict as VerdictRow
+from node.validator.deadlines import expect, run_deadlines
+from node.validator.epochs import run_epochs
+from node.validator.outbox import run_outbox
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +139,6 @@ class ValidatorNode:
     async def expect(self, spec: JobSpec) -> bool:
         """The orchestrator issued this job (call before any worker sees it): without a complete bundle
         within `bundle_deadline_seconds` it is soft-invalidated (deadlines.py)."""
-        from node.validator.deadlines import expect
-
         return await expect(self, spec)
 
     async def stakes_of(self, addresses: list[str]) -> dict[str, int]:
@@ -174,12 +177,8 @@ class ValidatorNode:
             verdict = decide(findings, self.config.tariff)
             replayed = False
         elif not replayed:
-            findings = None
-            from node.protocol.receipts import processed_token_count
-
-            tokens = processed_token_count(spec, bundle.output_token_ids)
-            rewards = tuple(s.num_layers * tokens * self.config.tariff.wei_per_work_unit for s in spec.stages)
-            verdict = Verdict(Outcome.ACCEPTED, None, None, rewards, 0)
+            findings = skipped_findings(spec, bundle.output_token_ids)
+            verdict = decide(findings, self.config.tariff)
             self.metrics.sampled_out.inc()
         else:
             model = await self.models.get(spec.model_id)
@@ -222,36 +221,10 @@ class ValidatorNode:
         digest = "0x" + evidence_hash(evidence).hex()
         stored = {k: v for k, v in evidence.to_dict().items() if k != "bundle"}
         stored["evidence_hash"] = digest
-        entries: list[journal.NewEntry] = []
-        for index, amount in enumerate(verdict.rewards_wei):
-            if amount > 0:
-                units = evidence.findings.work_units[index] if evidence.findings else amount // max(1, evidence.tariff.wei_per_work_unit)
-                entries.append(
-                    journal.reward(spec.stages[index].worker, amount, job_id=job_id, stage=index, work_units=units)
-                )
-        slash_payload = None
-        if verdict.outcome is Outcome.BLAMED:
-            blamed = spec.stages[verdict.blamed_stage].worker
-            stage_figures = (evidence.figures.get("stages") or [None] * len(spec.stages))[verdict.blamed_stage]
-            entries.append(
-                journal.slash(
-                    blamed,
-                    verdict.slash_wei,
-                    evidence_hash=digest,
-                    job_id=job_id,
-                    stage=verdict.blamed_stage,
-                    data={"reason": verdict.reason.value, "figures": stage_figures},
-                )
-            )
-            slash_payload = {
-                "worker": blamed,
-                "amount": str(verdict.slash_wei),
-                "evidence_hash": digest,
-                "job_id": job_id,
-                "stage": verdict.blamed_stage,
-            }
-        elif verdict.outcome is Outcome.SOFT_INVALIDATED:
-            entries.append(journal.soft_invalidation(job_id))
+        blamed_figures = None
+        if verdict.blamed_stage is not None:
+            blamed_figures = (evidence.figures.get("stages") or [None] * len(spec.stages))[verdict.blamed_stage]
+        settlement = settle(verdict, spec, digest, work_units=evidence.findings.work_units, blamed_figures=blamed_figures)
         async with self.ledger.transaction() as tx:
             if not await self.queue.finish(tx.conn, job_id):
                 log.warning("job %s: our claim lapsed and another validator took it; verdict dropped", job_id)
@@ -267,11 +240,12 @@ class ValidatorNode:
             if not written:
                 log.warning("job %s already has a verdict; nothing more written", job_id)
                 return
-            await tx.append(entries)
-            if slash_payload is not None:
-                await tx.enqueue("slash", digest, slash_payload)
+            await tx.append(list(settlement.entries))
+            for order in settlement.orders:
+                await tx.enqueue(order.kind, order.key, order.payload)
         self.metrics.verdicts.labels(verdict.outcome.value, verdict.reason.value if verdict.reason else "").inc()
         self.metrics.verdict_latency.observe((utcnow() - _aware(claimed.received_at)).total_seconds())
+        slash_payload = settlement.slashed
         if slash_payload is not None:
             self.metrics.slashes.inc()
             for hook in self.on_blamed:
@@ -306,11 +280,6 @@ class ValidatorNode:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, *, validators: int = 1) -> None:
-        from node.validator.deadlines import run_deadlines
-        from node.validator.epochs import run_epochs
-        from node.validator.outbox import run_outbox
-        from ledger.chain.sync import ChainSync
-
         loop = asyncio.get_running_loop()
         for _ in range(validators):
             self._tasks.append(loop.create_task(self.run_validation(), name="validation"))
@@ -377,8 +346,6 @@ class ValidatorNode:
         }
 
     async def jobs(self, *, limit: int, status: str | None) -> list[dict[str, Any]]:
-        from ledger.models import Job, Verdict as VerdictRow
-
         wanted = {v: k for k, v in STATUS_NAMES.items()}.get(status) if status else None
         query = (
             select(Job.job_id, Job.status, Job.group_id, Job.received_at, VerdictRow.outcome, VerdictRow.blamed_stage)

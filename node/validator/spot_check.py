@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from eth_hash.auto import keccak
 
+from ledger.secrets import shared_secret
+
 MIN_SECRET_BYTES = 16
 LEDGER_SECRET_NAME = "spot-check"
 
@@ -35,7 +37,6 @@ async def sample_secret(ledger, given: bytes, rate: float) -> bytes:
     if given or not 0.0 < rate < 1.0:
         check_secret(given, rate)
         return given
-    from ledger.secrets import shared_secret
 
     return await shared_secret(ledger, LEDGER_SECRET_NAME)
 

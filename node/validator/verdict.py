@@ -68,12 +68,15 @@ class Findings:
     `stage_proofs_ok[s]` is None for a stage whose proofs were not checked (nothing to check against,
     e.g. after a complaint stopped the job). `sampling_ok` is None when the sampling was not checked.
     `handoff_faults` are (stage, reason) pairs the handoff evidence proves (handoff_faults.py).
+    `replay_skipped`: the spot-check draw left this job out of replay (sample rate below 1); nothing was
+    checked, and the work is paid as its receipts claim it (the chance of a replay is the deterrent).
     """
 
     stage_proofs_ok: tuple[bool | None, ...]
     sampling_ok: bool | None
     work_units: tuple[int, ...]
     handoff_faults: tuple[tuple[int, Reason], ...] = ()
+    replay_skipped: bool = False
 
     def __post_init__(self) -> None:
         if len(self.stage_proofs_ok) != len(self.work_units):
@@ -82,6 +85,8 @@ class Findings:
             raise ValueError("a handoff fault names a stage outside the group")
         if any(w < 0 for w in self.work_units):
             raise ValueError("work units are non-negative")
+        if self.replay_skipped and (self.handoff_faults or any(ok is not None for ok in self.stage_proofs_ok)):
+            raise ValueError("a job left out of replay has nothing checked; handoff evidence is always judged")
 
     @property
     def num_stages(self) -> int:
@@ -136,6 +141,8 @@ def first_faulty_stage(findings: Findings) -> tuple[int, Reason] | None:
 def decide(findings: Findings, tariff: Tariff) -> Verdict:
     """Accept and pay every stage, or blame the first faulty stage (I4)."""
     n = findings.num_stages
+    if findings.replay_skipped:
+        return Verdict(Outcome.ACCEPTED, None, None, tuple(w * tariff.wei_per_work_unit for w in findings.work_units), 0)
     fault = first_faulty_stage(findings)
     if fault is None:
         if any(ok is None for ok in findings.stage_proofs_ok) or findings.sampling_ok is None:
