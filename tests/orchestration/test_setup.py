@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
+import click
 import pytest
 
 from node.validator.config import ValidatorConfig
 from node.protocol.signing import SigningKey
-from node.orchestration.setup import add_orchestration_options, build_orchestration, shape_of_model
+from node.cli.validator import orchestration_options
+from node.orchestration.setup import build_orchestration, shape_of_model
 from node.orchestration.registry import RegistrationRefused
 from node.orchestration.tasks import TaskError, load_tasks, resolve_task_file
 from node.protocol.worker_messages import make_registration
@@ -19,10 +20,15 @@ from .conftest import CAPACITIES, ran_to_its_end
 from .local_pipeline import LocalPipeline, LocalWorker
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_orchestration_options(parser)
-    return parser.parse_args(list(argv))
+def parse(*argv: str) -> SimpleNamespace:
+    """The orchestration flags of `stagewise validator run`, parsed as that command parses them."""
+
+    @click.command()
+    @orchestration_options
+    def command(**values):
+        return SimpleNamespace(**values)
+
+    return command.main(list(argv), standalone_mode=False)
 
 
 def test_the_bundled_task_set_loads_and_its_checkers_work():
