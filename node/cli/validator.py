@@ -12,6 +12,7 @@ torch, aiohttp and the ledger when it runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import click
 
@@ -59,6 +60,18 @@ def orchestration_options(function: Callable) -> Callable:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def parse_orchestration_flags(argv: list[str]) -> SimpleNamespace:
+    """Only the orchestration flags of `validator run`, parsed as it parses them: what
+    node.orchestration.setup.build_orchestration takes, for a validator built in-process (tests)."""
+
+    @click.command("orchestration", context_settings=CONTEXT_SETTINGS)
+    @orchestration_options
+    def command(**values: object) -> SimpleNamespace:
+        return SimpleNamespace(**values)
+
+    return command.main(list(argv), standalone_mode=False)
 
 
 @help_group("validator", short_help="run a validator node, export evidence")

@@ -6,16 +6,14 @@ the spare takes its stage, the continuation jobs carry its receipts and are acce
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 import json
 
 import aiohttp
-import click
 import pytest
 from aiohttp import web
 
 from node.protocol.signing import SigningKey
-from node.cli.validator import orchestration_options
+from node.cli.validator import parse_orchestration_flags
 from node.orchestration.setup import build_orchestration
 
 from .conftest import MIB, ran_to_its_end
@@ -23,17 +21,6 @@ from .conftest import MIB, ran_to_its_end
 pytest.importorskip("node.pipeline.server")
 
 STAKE = 10**18
-
-
-def parse_orchestration_flags(argv: list[str]) -> SimpleNamespace:
-    """The orchestration flags of `stagewise validator run`, parsed as that command parses them."""
-
-    @click.command()
-    @orchestration_options
-    def command(**values):
-        return SimpleNamespace(**values)
-
-    return command.main(argv, standalone_mode=False)
 
 
 @pytest.mark.slow

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import click
 import pytest
 
 from node.validator.config import ValidatorConfig
 from node.protocol.signing import SigningKey
-from node.cli.validator import orchestration_options
+from node.cli.validator import parse_orchestration_flags
 from node.orchestration.setup import build_orchestration, shape_of_model
 from node.orchestration.registry import RegistrationRefused
 from node.orchestration.tasks import TaskError, load_tasks, resolve_task_file
@@ -21,14 +20,7 @@ from .local_pipeline import LocalPipeline, LocalWorker
 
 
 def parse(*argv: str) -> SimpleNamespace:
-    """The orchestration flags of `stagewise validator run`, parsed as that command parses them."""
-
-    @click.command()
-    @orchestration_options
-    def command(**values):
-        return SimpleNamespace(**values)
-
-    return command.main(list(argv), standalone_mode=False)
+    return parse_orchestration_flags(list(argv))
 
 
 def test_the_bundled_task_set_loads_and_its_checkers_work():
