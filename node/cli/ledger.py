@@ -14,14 +14,16 @@ reading command takes `--json` for machine-readable output.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import click
+
 from ledger.amounts import ether
 from node import settings
+from node.cli.options import arguments, help_group
 
 
 def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
@@ -29,7 +31,7 @@ def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
 
     async def main() -> int:
         from ledger.store import Ledger, LedgerError
-        from node.cli.main import CommandError
+        from node.errors import CommandError
 
         try:
             ledger = await Ledger.open(settings.database_url(), must_exist=not create)
@@ -47,7 +49,7 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def _verify(args: argparse.Namespace) -> int:
+def _verify(args: Any) -> int:
     async def body(ledger: Any) -> int:
         from tqdm import tqdm
 
@@ -66,7 +68,7 @@ def _verify(args: argparse.Namespace) -> int:
     return _run(body)
 
 
-def _leaderboard(args: argparse.Namespace) -> int:
+def _leaderboard(args: Any) -> int:
     async def body(ledger: Any) -> int:
         page = await ledger.leaderboard(args.offset, args.limit)
         if args.json:
@@ -84,10 +86,10 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return _run(body)
 
 
-def _slashes(args: argparse.Namespace) -> int:
+def _slashes(args: Any) -> int:
     async def body(ledger: Any) -> int:
         from ledger.journal import EntryError
-        from node.cli.main import CommandError
+        from node.errors import CommandError
 
         try:
             page = await ledger.slashes(args.offset, args.limit, worker=args.worker)
@@ -115,10 +117,10 @@ def _why(evidence: Any, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _worker(args: argparse.Namespace) -> int:
+def _worker(args: Any) -> int:
     async def body(ledger: Any) -> int:
         from ledger.journal import EntryError
-        from node.cli.main import CommandError
+        from node.errors import CommandError
 
         try:
             standing = await ledger.worker(args.address)
@@ -144,7 +146,7 @@ def _worker(args: argparse.Namespace) -> int:
     return _run(body)
 
 
-def _epochs(args: argparse.Namespace) -> int:
+def _epochs(args: Any) -> int:
     async def body(ledger: Any) -> int:
         if args.close:
             closed = await ledger.close_epoch()
@@ -169,10 +171,10 @@ def _epochs(args: argparse.Namespace) -> int:
     return _run(body)
 
 
-def _proof(args: argparse.Namespace) -> int:
+def _proof(args: Any) -> int:
     async def body(ledger: Any) -> int:
         from ledger.journal import EntryError
-        from node.cli.main import CommandError
+        from node.errors import CommandError
 
         try:
             proof = await ledger.reward_proof(args.address, args.epoch)
@@ -186,7 +188,7 @@ def _proof(args: argparse.Namespace) -> int:
     return _run(body)
 
 
-def _migrate(args: argparse.Namespace) -> int:
+def _migrate(args: Any) -> int:
     async def body(ledger: Any) -> int:
         print(f"schema at head: {ledger.safe_url}")  # opening the ledger already upgraded it
         return 0
@@ -194,48 +196,84 @@ def _migrate(args: argparse.Namespace) -> int:
     return _run(body, create=True)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ledger",
-        help="audit and read the ledger (verify, leaderboard, slashes, worker, epochs, proof)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(title="ledger commands", metavar="COMMAND")
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+def _page_options(limit: int = 20):
+    def decorate(function):
+        function = click.option("--json", is_flag=True, help="print JSON")(function)
+        function = click.option("--limit", type=int, default=limit, help="rows to show, at most 500")(function)
+        return click.option("--offset", type=int, default=0, help="skip this many rows")(function)
 
-    def page_args(p: argparse.ArgumentParser, limit: int = 20) -> None:
-        p.add_argument("--offset", type=int, default=0, help="skip this many rows (default 0)")
-        p.add_argument("--limit", type=int, default=limit, help=f"rows to show (default {limit}, at most 500)")
-        p.add_argument("--json", action="store_true", help="print JSON")
+    return decorate
 
-    p = commands.add_parser("verify", help="recompute the hash chain and epoch roots; name the first mismatch")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_verify)
 
-    p = commands.add_parser("leaderboard", help="workers ranked by total reward")
-    page_args(p)
-    p.set_defaults(func=_leaderboard)
+@help_group("ledger", short_help="audit and read the ledger (verify, leaderboard, slashes, worker, epochs, proof)")
+def ledger_group() -> None:
+    """Audit and read the ledger from the command line.
 
-    p = commands.add_parser("slashes", help="slashing history, newest first, with the evidence figures")
-    p.add_argument("--worker", help="only this worker's slashes")
-    page_args(p)
-    p.set_defaults(func=_slashes)
+    \b
+    stagewise ledger verify                 recompute the hash chain, totals and epoch roots; exit 1 on a mismatch
+    stagewise ledger leaderboard [--limit N --offset K]
+    stagewise ledger slashes [--worker ADDR]
+    stagewise ledger worker ADDR            a worker's standing and its latest journal entries
+    stagewise ledger epochs [--close]       closed epochs (and close a new one)
+    stagewise ledger proof ADDR [--epoch N] the Merkle proof a worker passes to the contract's claim()
+    stagewise ledger migrate                bring the schema to the latest Alembic revision
 
-    p = commands.add_parser("worker", help="one worker's standing and journal history, newest first")
-    p.add_argument("address", help="the worker's Ethereum address")
-    page_args(p)
-    p.set_defaults(func=_worker)
+    The database is the global `--db` / STAGEWISE_DB, else the SQLite file in the data directory. Every
+    reading command takes `--json` for machine-readable output.
+    """
 
-    p = commands.add_parser("epochs", help="closed epochs, newest first")
-    p.add_argument("--close", action="store_true", help="first close an epoch over the entries since the last one")
-    page_args(p)
-    p.set_defaults(func=_epochs)
 
-    p = commands.add_parser("proof", help="a worker's cumulative reward and Merkle proof for claim()")
-    p.add_argument("address", help="the worker's Ethereum address")
-    p.add_argument("--epoch", type=int, help="epoch number (default: the latest)")
-    p.set_defaults(func=_proof)
+@ledger_group.command("verify", short_help="recompute the hash chain and epoch roots; name the first mismatch")
+@click.option("--json", is_flag=True, help="print the report as JSON")
+def verify_command(**_: object) -> int:
+    """Recompute the hash chain, totals and epoch roots; name the first mismatch (exit status 1)."""
+    return _verify(arguments())
 
-    p = commands.add_parser("migrate", help="bring the database schema to the latest migration")
-    p.set_defaults(func=_migrate)
+
+@ledger_group.command("leaderboard", short_help="workers ranked by total reward")
+@_page_options()
+def leaderboard_command(**_: object) -> int:
+    """Workers ranked by total reward."""
+    return _leaderboard(arguments())
+
+
+@ledger_group.command("slashes", short_help="slashing history, newest first, with the evidence figures")
+@click.option("--worker", help="only this worker's slashes")
+@_page_options()
+def slashes_command(**_: object) -> int:
+    """Slashing history, newest first, with the evidence figures."""
+    return _slashes(arguments())
+
+
+@ledger_group.command("worker", short_help="one worker's standing and journal history, newest first")
+@click.argument("address")
+@_page_options()
+def worker_command(**_: object) -> int:
+    """One worker's standing and journal history, newest first. ADDRESS: the worker's Ethereum address."""
+    return _worker(arguments())
+
+
+@ledger_group.command("epochs", short_help="closed epochs, newest first")
+@click.option("--close", is_flag=True, help="first close an epoch over the entries since the last one")
+@_page_options()
+def epochs_command(**_: object) -> int:
+    """Closed epochs, newest first."""
+    return _epochs(arguments())
+
+
+@ledger_group.command("proof", short_help="a worker's cumulative reward and Merkle proof for claim()")
+@click.argument("address")
+@click.option("--epoch", type=int, help="epoch number", show_default="the latest")
+def proof_command(**_: object) -> int:
+    """A worker's cumulative reward and Merkle proof for the contract's claim(). ADDRESS: the worker's
+    Ethereum address."""
+    return _proof(arguments())
+
+
+@ledger_group.command("migrate", short_help="bring the database schema to the latest migration")
+def migrate_command() -> int:
+    """Bring the database schema to the latest Alembic revision."""
+    return _migrate(arguments())
+
+
+COMMANDS = [ledger_group]

@@ -2,39 +2,48 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+import click
+
+from node.cli.options import PATH, arguments, help_group
 
 DEFAULT_VECTORS = Path(__file__).resolve().parents[2] / "tests" / "toploc" / "data" / "reference.json.gz"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("toploc", help="TOPLOC proofs: reference vectors, thresholds")
-    commands = parser.add_subparsers(title="toploc commands", metavar="COMMAND")
-
-    vectors = commands.add_parser(
-        "check-vectors",
-        help="build and verify the reference TOPLOC vectors (toploc 0.1.6) and print a summary",
-        description="Rebuild every proof of the reference vectors (reference tie-break: exact bytes; default "
-        "tie-break: bytes equal wherever the top-k is unambiguous), reproduce the reference verifier's "
-        "figures, and show that negated activations, which the reference accepts, fail here.",
-    )
-    vectors.add_argument("--vectors", type=Path, default=DEFAULT_VECTORS, help=f"vectors file (default {DEFAULT_VECTORS})")
-    vectors.set_defaults(func=_check_vectors)
-
-    thresholds = commands.add_parser("thresholds", help="print the verdict thresholds in force")
-    thresholds.set_defaults(func=_thresholds)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+@help_group("toploc", short_help="TOPLOC proofs: reference vectors, thresholds")
+def toploc_group() -> None:
+    """TOPLOC proofs: check the codec against the reference vectors, show the thresholds."""
 
 
-def _check_vectors(args: argparse.Namespace) -> int:
+@toploc_group.command(
+    "check-vectors", short_help="build and verify the reference TOPLOC vectors (toploc 0.1.6) and print a summary"
+)
+@click.option("--vectors", type=PATH, default=DEFAULT_VECTORS, help="vectors file")
+def check_vectors_command(**_: object) -> int:
+    """Rebuild every proof of the reference vectors (reference tie-break: exact bytes; default tie-break:
+    bytes equal wherever the top-k is unambiguous), reproduce the reference verifier's figures, and show
+    that negated activations, which the reference accepts, fail here."""
+    return _check_vectors(arguments())
+
+
+@toploc_group.command("thresholds", short_help="print the verdict thresholds in force")
+def thresholds_command() -> int:
+    """Print the verdict thresholds in force."""
+    return _thresholds(arguments())
+
+
+COMMANDS = [toploc_group]
+
+
+def _check_vectors(args) -> int:
     import gzip
     import json
 
     import numpy as np
     import torch
 
-    from node.cli.main import CommandError
+    from node.errors import CommandError
     from node.toploc.codec import build_chunk_proofs, chunk_figures
     from node.toploc.thresholds import ACTIVATION
 
@@ -92,7 +101,7 @@ def _check_vectors(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _thresholds(args: argparse.Namespace) -> int:
+def _thresholds(args) -> int:
     from dataclasses import asdict
 
     from node.toploc.thresholds import ACTIVATION, SAMPLING

@@ -2,90 +2,87 @@
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import click
 
 from node import wallet
+from node.cli.options import PATH, arguments, help_group
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "wallet",
-        help="create, import and show worker keys (keystore v3 files)",
-        description=(
-            "Worker keys live in Ethereum keystore v3 files (scrypt), by default "
-            "<data dir>/keys/worker.json. Passwords come from --password-file, the environment variable "
-            f"{wallet.PASSWORD_ENV}, or a hidden prompt. Private keys are never printed."
-        ),
-    )
-    parser.set_defaults(func=lambda _args: parser.print_help() or 2)
-    commands = parser.add_subparsers(title="wallet commands", metavar="COMMAND")
-
-    new = commands.add_parser("new", help="create a fresh key and write it to a new keystore file")
-    _add_keystore_arg(new)
-    _add_password_arg(new)
-    _add_scrypt_arg(new)
-    new.set_defaults(func=cmd_new)
-
-    address = commands.add_parser("address", help="print the address of a keystore (no password needed)")
-    _add_keystore_arg(address)
-    address.add_argument(
-        "--check", action="store_true", help="also decrypt the keystore, proving the password opens it"
-    )
-    _add_password_arg(address)
-    address.set_defaults(func=cmd_address)
-
-    imported = commands.add_parser(
-        "import",
-        help="import an existing keystore file or a raw private key into a new keystore",
-        description=(
-            "Import SOURCE, a keystore v3 file (checked by decrypting it, then copied unchanged), or, without "
-            "SOURCE, a hex private key read from --private-key-file or a hidden prompt and encrypted into a new "
-            "keystore."
-        ),
-    )
-    imported.add_argument("source", nargs="?", type=Path, help="a keystore v3 JSON file to import")
-    imported.add_argument("--private-key-file", type=Path, help="a file holding the hex private key to encrypt")
-    _add_keystore_arg(imported, help_extra=" to write")
-    _add_password_arg(imported)
-    _add_scrypt_arg(imported)
-    imported.set_defaults(func=cmd_import)
-
-
-def _add_keystore_arg(parser: argparse.ArgumentParser, help_extra: str = "") -> None:
-    parser.add_argument(
-        "--keystore", type=Path, help=f"keystore file{help_extra} (default <data dir>/keys/{wallet.DEFAULT_KEYSTORE_NAME})"
+def _keystore_option(help_extra: str = ""):
+    return click.option(
+        "--keystore", type=PATH, show_default=f"<data dir>/keys/{wallet.DEFAULT_KEYSTORE_NAME}",
+        help=f"keystore file{help_extra}",
     )
 
 
-def _add_password_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--password-file", type=Path, help=f"read the password from this file (else ${wallet.PASSWORD_ENV}, else a prompt)"
-    )
+_password_option = click.option(
+    "--password-file", type=PATH, help=f"read the password from this file (else ${wallet.PASSWORD_ENV}, else a prompt)"
+)
+_scrypt_option = click.option(
+    "--scrypt-n", type=int, default=wallet.DEFAULT_SCRYPT_N,
+    help="scrypt cost parameter, a power of two (lower only for throwaway keys)",
+)
 
 
-def _add_scrypt_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--scrypt-n",
-        type=int,
-        default=wallet.DEFAULT_SCRYPT_N,
-        help=f"scrypt cost parameter, a power of two (default {wallet.DEFAULT_SCRYPT_N}; lower only for throwaway keys)",
-    )
+@help_group("wallet", short_help="create, import and show worker keys (keystore v3 files)")
+def wallet_group() -> None:
+    """Worker keys live in Ethereum keystore v3 files (scrypt), by default <data dir>/keys/worker.json.
+    Passwords come from --password-file, the environment variable STAGEWISE_KEYSTORE_PASSWORD, or a hidden
+    prompt. Private keys are never printed."""
 
 
-def _keystore_path(args: argparse.Namespace) -> Path:
+@wallet_group.command("new", short_help="create a fresh key and write it to a new keystore file")
+@_keystore_option()
+@_password_option
+@_scrypt_option
+def new_command(**_: object) -> int:
+    """Create a fresh key and write it to a new keystore file."""
+    return cmd_new(arguments())
+
+
+@wallet_group.command("address", short_help="print the address of a keystore (no password needed)")
+@_keystore_option()
+@click.option("--check", is_flag=True, help="also decrypt the keystore, proving the password opens it")
+@_password_option
+def address_command(**_: object) -> int:
+    """Print the address of a keystore (no password needed)."""
+    return cmd_address(arguments())
+
+
+@wallet_group.command(
+    "import", short_help="import an existing keystore file or a raw private key into a new keystore"
+)
+@click.argument("source", required=False, type=PATH)
+@click.option("--private-key-file", type=PATH, help="a file holding the hex private key to encrypt")
+@_keystore_option(" to write")
+@_password_option
+@_scrypt_option
+def import_command(**_: object) -> int:
+    """Import SOURCE, a keystore v3 file (checked by decrypting it, then copied unchanged), or, without
+    SOURCE, a hex private key read from --private-key-file or a hidden prompt and encrypted into a new
+    keystore."""
+    return cmd_import(arguments())
+
+
+COMMANDS = [wallet_group]
+
+
+def _keystore_path(args: SimpleNamespace) -> Path:
     return args.keystore if args.keystore is not None else wallet.default_keystore_path()
 
 
 def _fail(error: wallet.WalletError):
-    from node.cli.main import CommandError
+    from node.errors import CommandError
 
     return CommandError(str(error))
 
 
-def cmd_new(args: argparse.Namespace) -> int:
+def cmd_new(args: SimpleNamespace) -> int:
     path = _keystore_path(args)
     try:
         if path.exists():  # checked before asking for a password nobody will use
@@ -100,7 +97,7 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_address(args: argparse.Namespace) -> int:
+def cmd_address(args: SimpleNamespace) -> int:
     try:
         keystore = wallet.load_keystore(_keystore_path(args))
         address = keystore.address
@@ -112,7 +109,7 @@ def cmd_address(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def cmd_import(args: SimpleNamespace) -> int:
     path = _keystore_path(args)
     try:
         if args.source is not None and args.private_key_file is not None:

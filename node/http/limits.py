@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from node import settings
+
 log = logging.getLogger("stagewise.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,11 +38,11 @@ MAX_CLIENTS_TRACKED = 100_000  # rate buckets kept; the least recently seen clie
 
 @dataclass(frozen=True)
 class HttpLimits:
-    max_connections: int = 1024
-    max_per_client: int = 128
-    header_timeout_s: float = 20.0
-    body_timeout_s: float = 60.0
-    requests_per_s: float = 200.0
+    max_connections: int = settings.MAX_CONNECTIONS.default
+    max_per_client: int = settings.MAX_CONNECTIONS_PER_CLIENT.default
+    header_timeout_s: float = settings.HEADER_TIMEOUT.default
+    body_timeout_s: float = 3 * settings.HEADER_TIMEOUT.default
+    requests_per_s: float = settings.REQUESTS_PER_SECOND.default
     burst: int = 1000
 
     def __post_init__(self) -> None:
@@ -226,30 +228,6 @@ class _Refusal:
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self.code = code
         self.response = web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
-
-
-def add_http_limit_options(parser) -> None:
-    """The flags (and environment variables) that set `HttpLimits` on a command that serves HTTP."""
-    import os
-
-    def env(name: str, kind, default):
-        value = os.environ.get(name)
-        return kind(value) if value else default
-
-    defaults = HttpLimits()
-    group = parser.add_argument_group("per-client HTTP limits")
-    group.add_argument("--max-connections", type=int, default=env("STAGEWISE_MAX_CONNECTIONS", int, defaults.max_connections),
-                       help=f"open connections in all; more are closed at once (env STAGEWISE_MAX_CONNECTIONS, default {defaults.max_connections})")
-    group.add_argument("--max-connections-per-client", type=int,
-                       default=env("STAGEWISE_MAX_CONNECTIONS_PER_CLIENT", int, defaults.max_per_client),
-                       help=f"open connections from one address (env STAGEWISE_MAX_CONNECTIONS_PER_CLIENT, default {defaults.max_per_client})")
-    group.add_argument("--requests-per-second", type=float,
-                       default=env("STAGEWISE_REQUESTS_PER_SECOND", float, defaults.requests_per_s),
-                       help=f"average requests per second from one address, bursts of {defaults.burst}; past it 429 "
-                       f"(env STAGEWISE_REQUESTS_PER_SECOND, default {defaults.requests_per_s:g})")
-    group.add_argument("--header-timeout", type=float, default=env("STAGEWISE_HEADER_TIMEOUT", float, defaults.header_timeout_s),
-                       help="seconds a connection has to send a request's headers, and as long again for its body "
-                       f"times {defaults.body_timeout_s / defaults.header_timeout_s:g} (env STAGEWISE_HEADER_TIMEOUT, default {defaults.header_timeout_s:g})")
 
 
 def limits_from_args(args) -> HttpLimits:

@@ -1,8 +1,8 @@
-"""Wiring orchestration into `stagewise validator run`: its flags, and one object to build, start and stop.
+"""Wiring orchestration into `stagewise validator run`: one object to build, start and stop.
 
-The validator's cli (node/cli/validator.py) does, in order:
+Its flags (--tasks, --stages-per-group, ...) are `orchestration_options` in node/cli/validator.py; the
+validator (node/validator/start.py) does, in order:
 
-    add_orchestration_options(run_parser)                     # --tasks, --stages-per-group, ...
     orchestration = build_orchestration(args, node, model_dir)   # after the ValidatorNode exists
     app = build_app(node, registrars=[orchestration.registrar])
     ... start the web server ...
@@ -16,14 +16,13 @@ groups (and the run's progress is at GET /v1/orchestrator/progress and in `stage
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from node import settings
 from node.protocol.job import SamplingParams
 from node.orchestration.bans import ledger_bans
 from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
@@ -40,45 +39,7 @@ from node.validator.defence_client import StageDefences
 
 log = logging.getLogger(__name__)
 
-TASKS_ENV = "STAGEWISE_TASKS"
-SEED_SECRET_ENV = "STAGEWISE_SEED_SECRET"
 KV_HEADROOM = 1.25  # a layer needs its weights plus room for the KV cache of the sequences in flight
-
-
-def add_orchestration_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("orchestration (workers, groups, tasks)")
-    group.add_argument(
-        "--tasks", default=os.environ.get(TASKS_ENV),
-        help=f"JSONL task file, or 'arithmetic' for the bundled set (env {TASKS_ENV}); without it no jobs are dispatched",
-    )
-    group.add_argument("--stages-per-group", type=int, help="stages per group, more only when memory needs them (default: the fewest workers whose memory holds the model)")
-    group.add_argument("--max-stages", type=int, default=16, help="longest group allowed (default 16)")
-    group.add_argument("--sequences-per-group", type=int, help="sequences kept in flight on each group (default: two per stage)")
-    group.add_argument("--wait-for-groups", type=int, default=1,
-                       help="groups that must have formed before the first task is dispatched (default 1)")
-    group.add_argument("--max-new-tokens", type=int, default=32, help="token budget per task unless the task says (default 32)")
-    group.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1: off)")
-    group.add_argument("--top-k", type=int, default=0, help="top-k sampling (default 0: off)")
-    group.add_argument("--heartbeat-timeout", type=float, default=30.0, help="seconds without a heartbeat before a worker is dropped (default 30)")
-    group.add_argument("--regroup-interval", type=float, default=2.0, help="seconds between regrouping rounds (default 2)")
-    group.add_argument(
-        "--allow-private-stage-urls", action="store_true",
-        default=os.environ.get("STAGEWISE_ALLOW_PRIVATE_STAGE_URLS", "") not in ("", "0", "false"),
-        help="accept workers whose stage URL is a loopback, private or link-local address: for devnets and "
-        "networks of your own (env STAGEWISE_ALLOW_PRIVATE_STAGE_URLS); refused by default, since the "
-        "validator sends signed requests to those URLs",
-    )
-    group.add_argument(
-        "--defence-seconds", type=float, default=float(os.environ.get("STAGEWISE_DEFENCE_SECONDS", 30)),
-        help="how long a verdict that blames a receiving stage on its proofs waits for that stage's defence, the "
-        "rows it received signed by its predecessor (env STAGEWISE_DEFENCE_SECONDS, default 30)",
-    )
-    group.add_argument(
-        "--seed-secret-file", type=Path,
-        help=f"file with the secret job seeds are derived from (else env {SEED_SECRET_ENV} as hex, else a fresh random one)",
-    )
-    group.add_argument("--results", type=Path, help="append every finished task (output, correct, job ids) to this JSONL file")
 
 
 @dataclass
@@ -134,7 +95,7 @@ class Orchestration:
 
 
 def build_orchestration(
-    args: argparse.Namespace,
+    args: Any,
     node: Any,
     model_dir: Path,
     *,
@@ -317,7 +278,7 @@ def _seed_secret(path: Path | None) -> bytes | None:
         if len(data) < 16:
             raise ValueError(f"{path}: a seed secret needs at least 16 bytes")
         return data
-    value = os.environ.get(SEED_SECRET_ENV)
+    value = settings.SEED_SECRET.get()
     if value:
         return bytes.fromhex(value.removeprefix("0x"))
     return None

@@ -24,9 +24,10 @@ from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
 from node.pipeline.sequence import StageResult
 from node.pipeline.weights import model_id as compute_model_id
+from node import settings
 from node.protocol.signing import SigningKey
 
-KEY_ENV = "STAGEWISE_STAGE_KEY"
+KEY_ENV = settings.STAGE_KEY.name  # the stage process reads its key here, not from `ps`
 
 
 def split_layers(num_layers: int, num_stages: int) -> list[tuple[int, int]]:

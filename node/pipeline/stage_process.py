@@ -7,41 +7,49 @@ The local pipeline starts its child stages with it. The signing key comes from t
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 import signal
+from types import SimpleNamespace
 
-from node.pipeline.local import KEY_ENV
+import click
 
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m node.pipeline.stage_process", description=__doc__)
-    parser.add_argument("--model-dir", action="append", required=True, help="a model directory this stage may load (repeatable)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for this stage")
-    parser.add_argument("--micro-batches", type=int, default=None)
-    parser.add_argument("--stall-timeout-s", type=float, default=120.0)
-    parser.add_argument("--attn-impl", choices=("eager", "sdpa"), default="sdpa")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--controller", action="append", default=[],
-                        help="an orchestrator address whose signed requests may assign this stage and start jobs (repeatable)")
-    return parser.parse_args(argv)
+from node import settings
+from node.cli.options import CONTEXT_SETTINGS
 
 
-async def serve(args: argparse.Namespace) -> None:
+@click.command("python -m node.pipeline.stage_process", context_settings=CONTEXT_SETTINGS, help=__doc__)
+@click.option("--model-dir", multiple=True, required=True, help="a model directory this stage may load (repeatable)")
+@click.option("--host", default="127.0.0.1", help="listen address")
+@click.option("--port", type=int, default=0, help="listen port, 0 picks a free one")
+@click.option("--threads", type=int, default=None, help="torch threads for this stage")
+@click.option("--micro-batches", type=int, default=None, help="micro-batches in flight (default: the server's)")
+@click.option("--stall-timeout-s", type=float, default=120.0, help="seconds a sequence may wait on a peer")
+@click.option("--attn-impl", type=click.Choice(("eager", "sdpa")), default="sdpa", help="attention implementation")
+@click.option("--device", default="cpu", help="torch device")
+@click.option("--controller", multiple=True,
+              help="an orchestrator address whose signed requests may assign this stage and start jobs (repeatable)")
+def _command(**params) -> None:
+    args = SimpleNamespace(**params)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s stage: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    asyncio.run(serve(args))
+
+
+async def serve(args: SimpleNamespace) -> None:
     from node.pipeline.server import StageServer
     from node.protocol.signing import SigningKey
 
-    secret = os.environ.get(KEY_ENV)
+    secret = settings.STAGE_KEY.get()
     if not secret:
-        raise SystemExit(f"set {KEY_ENV} to the stage's private key (hex)")
+        raise SystemExit(f"set {settings.STAGE_KEY.name} to the stage's private key (hex)")
     server = StageServer(
-        SigningKey.from_hex(secret), host=args.host, port=args.port, model_dirs=args.model_dir, device=args.device,
+        SigningKey.from_hex(secret), host=args.host, port=args.port, model_dirs=list(args.model_dir), device=args.device,
         attn_impl=args.attn_impl, micro_batches=args.micro_batches, stall_timeout_s=args.stall_timeout_s,
-        controllers=args.controller,
+        controllers=list(args.controller),
     )
     await server.start()
     print(f"listening {server.url}", flush=True)
@@ -54,13 +62,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s stage: %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    asyncio.run(serve(args))
+    _command.main(args=argv, prog_name="python -m node.pipeline.stage_process")
 
 
 if __name__ == "__main__":

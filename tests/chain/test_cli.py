@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+import click
 import pytest
 from eth_hash.auto import keccak
 
@@ -26,11 +26,9 @@ def keystore_for(tmp_path, name: str, key: SigningKey):
 
 def main(argv: list[str]) -> int:
     """`stagewise ARGV` with only the chain commands assembled (as node.cli.main.main runs them)."""
-    parser = argparse.ArgumentParser(prog="stagewise")
-    chain_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
+    cli = click.Group("stagewise", commands=chain_cli.COMMANDS)
     try:
-        return int(args.func(args) or 0)
+        return int(cli.main(args=argv, prog_name="stagewise", standalone_mode=False) or 0)
     except CommandError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -5,7 +5,6 @@ the spare takes its stage, the continuation jobs carry its receipts and are acce
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 
@@ -14,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from node.protocol.signing import SigningKey
-from node.orchestration.setup import add_orchestration_options, build_orchestration
+from node.cli.validator import parse_orchestration_flags
+from node.orchestration.setup import build_orchestration
 
 from .conftest import MIB, ran_to_its_end
 
@@ -45,9 +45,7 @@ async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_ur
 
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"{i} plus {i}?", "answer": str(2 * i), "checker": "number"}) for i in range(3)))
-    parser = argparse.ArgumentParser()
-    add_orchestration_options(parser)
-    args = parser.parse_args(["--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "10", "--temperature", "0.7",
+    args = parse_orchestration_flags(["--tasks", str(tasks), "--stages-per-group", "2", "--max-new-tokens", "10", "--temperature", "0.7",
                               "--allow-private-stage-urls"])  # the workers are on loopback
 
     ledger = await Ledger.open(sqlite_url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
@@ -10,7 +9,8 @@ import pytest
 
 from node.validator.config import ValidatorConfig
 from node.protocol.signing import SigningKey
-from node.orchestration.setup import add_orchestration_options, build_orchestration, shape_of_model
+from node.cli.validator import parse_orchestration_flags
+from node.orchestration.setup import build_orchestration, shape_of_model
 from node.orchestration.registry import RegistrationRefused
 from node.orchestration.tasks import TaskError, load_tasks, resolve_task_file
 from node.protocol.worker_messages import make_registration
@@ -19,10 +19,8 @@ from .conftest import CAPACITIES, ran_to_its_end
 from .local_pipeline import LocalPipeline, LocalWorker
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_orchestration_options(parser)
-    return parser.parse_args(list(argv))
+def parse(*argv: str) -> SimpleNamespace:
+    return parse_orchestration_flags(list(argv))
 
 
 def test_the_bundled_task_set_loads_and_its_checkers_work():

@@ -6,7 +6,6 @@ of that group, so the honest members of the group earned nothing for them either
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 
@@ -29,7 +28,8 @@ def test_one_blame_evicts_the_second_bans_and_each_further_one_doubles_the_ban()
 async def test_a_blamed_worker_is_evicted_and_a_repeatedly_blamed_one_is_banned(ledger, model_dir, group, worker_keys):
     from node.validator.replay_models import ReplayModels
     from node.validator.service import ValidatorNode
-    from node.orchestration.setup import add_orchestration_options, build_orchestration
+    from node.cli.validator import parse_orchestration_flags
+    from node.orchestration.setup import build_orchestration
     from node.orchestration.registry import RegistrationRefused
     from node.protocol.worker_messages import make_registration
     from tests.orchestration.conftest import CAPACITIES
@@ -38,10 +38,8 @@ async def test_a_blamed_worker_is_evicted_and_a_repeatedly_blamed_one_is_banned(
 
     await stake_all(ledger, worker_keys)
     node = ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN, models=ReplayModels([model_dir]))
-    parser = argparse.ArgumentParser()
-    add_orchestration_options(parser)
     driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in worker_keys})
-    orchestration = build_orchestration(parser.parse_args(["--allow-private-stage-urls", "--defence-seconds", "0.2"]), node, model_dir,
+    orchestration = build_orchestration(parse_orchestration_flags(["--allow-private-stage-urls", "--defence-seconds", "0.2"]), node, model_dir,
                                         driver=driver)
     registry, cheater = orchestration.orchestrator.registry, worker_keys[1]
 

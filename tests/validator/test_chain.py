@@ -139,10 +139,9 @@ async def test_stake_below_the_minimum_on_chain_keeps_a_worker_out_and_takes_it_
 ):
     # The attack (issue 15, item 3), on both chain backends: stake less than one slash, or withdraw after
     # registering; a slash is capped at the stake left, so a proven fault would cost next to nothing.
-    import argparse
-
     from node.protocol.signing import SigningKey
-    from node.orchestration.setup import add_orchestration_options, build_orchestration
+    from node.cli.validator import parse_orchestration_flags
+    from node.orchestration.setup import build_orchestration
     from node.orchestration.registry import RegistrationRefused
     from node.protocol.worker_messages import make_registration
     from tests.orchestration.conftest import CAPACITIES
@@ -156,9 +155,7 @@ async def test_stake_below_the_minimum_on_chain_keeps_a_worker_out_and_takes_it_
     await asyncio.to_thread(chain.fund, poor.address, 10**17)
     await asyncio.to_thread(chain.stake, poor, SLASH - 1)
     await ChainSync(chain, ledger).sync_to_head()
-    parser = argparse.ArgumentParser()
-    add_orchestration_options(parser)
-    args = parser.parse_args(["--allow-private-stage-urls"])
+    args = parse_orchestration_flags(["--allow-private-stage-urls"])
     honest = worker_keys[0]
     driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in (honest, poor)})
     registry = build_orchestration(args, node, model_dir, driver=driver).orchestrator.registry

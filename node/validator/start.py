@@ -1,0 +1,277 @@
+"""`stagewise validator run`, `validator evidence` and `verify-evidence` after parsing.
+
+The command line (node/cli/validator.py) parses the flags, every one of which also reads an environment
+variable (node/settings.py), and hands them over to `run_validator`, `export_evidence` or
+`verify_evidence`. Orchestration (worker registration, groups, dispatch: node/orchestration/setup.py)
+routes to the same process and app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from node import settings
+from node.errors import CommandError
+from node.http.limits import HttpGuard, limits_from_args
+
+if TYPE_CHECKING:  # the config imports torch-free modules lazily, like everything here
+    from node.validator.config import ValidatorConfig
+
+log = logging.getLogger("stagewise.validator")
+
+
+def _model_dirs(args) -> list[Path]:
+    """--model-dir (or STAGEWISE_MODEL_DIRS), and the bundled --model."""
+    dirs = [Path(p) for p in args.model_dir or []]
+    if getattr(args, "model", None) == "smollm2":
+        from node.pipeline.smollm2 import smollm2_dir
+
+        dirs.append(smollm2_dir())
+    return dirs
+
+
+def replay_threads(requested: int, cpu_count: int | None) -> int:
+    """Torch threads for replays: as requested, else half the cores, so that intake and the API keep the
+    rest while a replay runs (a replay is one large prefill and takes every thread it is given)."""
+    return requested if requested > 0 else max(1, (cpu_count or 2) // 2)
+
+
+def run_validator(args) -> int:
+    """Run the validator `args` (the parsed flags of `stagewise validator run`) describes until SIGTERM."""
+    dirs = _model_dirs(args)
+    if not dirs:
+        raise CommandError("no model to replay: pass --model-dir DIR or --model smollm2")
+    for path in dirs:
+        if not (Path(path) / "config.json").is_file():
+            raise CommandError(f"{path} is not a model directory (no config.json)")
+    modes = sum([bool(args.embedded_chain), bool(args.rpc_url), bool(args.no_chain)])
+    if modes != 1:
+        raise CommandError("choose one chain: --embedded-chain, --rpc-url URL --contract ADDR, or --no-chain")
+    if args.rpc_url and not args.contract:
+        raise CommandError("--rpc-url needs --contract (the staking contract's address)")
+    if args.no_chain and not (args.chain_id and args.contract):
+        raise CommandError("--no-chain needs --chain-id and --contract for the receipts' EIP-712 domain")
+    try:
+        asyncio.run(_serve(args, dirs))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(args, dirs: list[Path]) -> None:
+    from aiohttp import web
+
+    from ledger.store import Ledger
+    from node.protocol.receipts import ReceiptDomain
+    from node.validator.app import build_app
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
+    from node.protocol.signing import SigningKey
+    from node.validator.spot_check import GuessableSecret, sample_secret
+
+    import torch
+
+    torch.set_num_threads(replay_threads(args.replay_threads, os.cpu_count()))
+    log.info("replays use %d torch thread(s) (--replay-threads)", torch.get_num_threads())
+    chain = key = rpc_url = None
+    chain_server = None
+    if args.embedded_chain:
+        from ledger.chain.client import ChainClient
+        from ledger.chain.embedded import ChainServer
+
+        if args.keystore or settings.VALIDATOR_KEY.get():
+            key = _validator_key(args)  # owns the fresh contract and is its validator
+        else:
+            key = SigningKey.generate()
+            log.warning("no --keystore: the embedded chain's contract is owned by a throwaway key %s, gone when "
+                        "this process stops", key.address)
+        chain = await asyncio.to_thread(lambda: ChainClient.served_dev_chain(key))
+        chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)
+        rpc_url = await chain_server.start()
+        log.info("embedded chain %d served at %s, staking contract %s", chain.chain_id, rpc_url, chain.address)
+        domain = ReceiptDomain(chain.chain_id, chain.address)
+    elif args.rpc_url:
+        from ledger.chain.client import ChainClient
+
+        chain = await asyncio.to_thread(ChainClient.connect, args.rpc_url, address=args.contract)
+        key = _validator_key(args)
+        rpc_url = args.rpc_url
+        domain = ReceiptDomain(await asyncio.to_thread(lambda: chain.chain_id), chain.address)
+    else:
+        domain = ReceiptDomain(args.chain_id, args.contract)
+        if args.keystore or settings.VALIDATOR_KEY.get():
+            key = _validator_key(args)
+        elif not args.no_orchestration:
+            # Stage servers obey only requests signed by the address GET /health names: without a chain there
+            # is nothing to slash or anchor, so a throwaway key can sign them (workers re-read /health).
+            key = SigningKey.generate()
+            log.warning("no validator key (--keystore): stage control requests are signed by the throwaway key %s", key.address)
+
+    ledger = await Ledger.open(settings.database_url())
+    models = ReplayModels(dirs)
+    try:
+        secret = await sample_secret(ledger, args.sample_secret.encode(), args.sample_rate)
+    except GuessableSecret as error:
+        raise CommandError(f"--sample-secret: {error}") from None
+    try:
+        config = _config(args, dirs, secret)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    node = ValidatorNode(config, ledger, domain=domain, models=models, chain=chain, chain_key=key, rpc_url=rpc_url)
+    if args.no_orchestration and not args.accept_unissued_jobs:
+        from node.validator.issued_jobs import awaited_by_ledger
+
+        node.spec_guard = awaited_by_ledger(ledger)
+    elif args.no_orchestration:
+        log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
+    orchestration = None
+    if not args.no_orchestration:
+        from node.orchestration.setup import build_orchestration
+
+        orchestration = build_orchestration(args, node, dirs[0])
+    guard = HttpGuard(limits_from_args(args), on_refused=_count_refused_bundle(node))
+    app = build_app(node, [orchestration.registrar] if orchestration is not None else [], guard=guard)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    guard(runner)
+    site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
+    print(json.dumps({"event": "listening", "url": f"http://{args.host}:{port}", "validator_id": config.validator_id,
+                      "chain_id": domain.chain_id, "contract": domain.verifying_contract, "rpc_url": rpc_url,
+                      "models": sorted(models.ids)}), flush=True)
+    log.info("validator %s listening on http://%s:%d (models %s)", config.validator_id, args.host, port, ", ".join(sorted(models.ids)))
+    node.start(validators=args.validation_workers)
+    if orchestration is not None:
+        await orchestration.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        if orchestration is not None:
+            await orchestration.stop()
+        await node.stop()
+        await runner.cleanup()
+        if chain_server is not None:
+            await chain_server.stop()
+        await ledger.close()
+
+
+def _validator_key(args):
+
+    if settings.VALIDATOR_KEY.get():
+        from node.wallet import parse_private_key
+
+        return parse_private_key(settings.VALIDATOR_KEY.get())
+    if not args.keystore:
+        raise CommandError("the validator needs its key to slash and anchor: --keystore FILE (or STAGEWISE_VALIDATOR_KEY)")
+    from node.wallet import unlock
+
+    return unlock(args.keystore, args.password_file)
+
+
+def export_evidence(args) -> int:
+    """Print or write the evidence of the verdict on `args.job_id` from the ledger."""
+    async def fetch():
+        from ledger.store import Ledger
+        from node.validator.service import evidence_document
+
+        async with await Ledger.open(settings.database_url(), must_exist=True) as ledger:
+            return await evidence_document(ledger, args.job_id)
+
+    from ledger.store import LedgerError
+
+    try:
+        document = asyncio.run(fetch())
+    except LedgerError as error:
+        raise CommandError(str(error)) from None
+    if document is None:
+        raise CommandError(f"job {args.job_id} is unknown to this ledger or has no verdict yet")
+    text = json.dumps(document, indent=1, sort_keys=True)
+    if args.output:
+        args.output.write_text(text + "\n")
+        print(f"wrote evidence of {args.job_id} to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def admin_token(args) -> str | None:
+    """The admin token: from --admin-token-file, STAGEWISE_ADMIN_TOKEN, or (warned about) --admin-token."""
+
+    if args.admin_token:
+        log.warning("--admin-token puts the token on the command line, where `ps` shows it to every user of this "
+                    "machine: use --admin-token-file or STAGEWISE_ADMIN_TOKEN")
+        return args.admin_token
+    if args.admin_token_file:
+        try:
+            token = Path(args.admin_token_file).read_text().strip()
+        except OSError as error:
+            raise CommandError(f"cannot read the admin token file {args.admin_token_file}: {error.strerror}") from None
+        if not token:
+            raise CommandError(f"the admin token file {args.admin_token_file} is empty")
+        return token
+    return settings.ADMIN_TOKEN.get() or None
+
+
+def verify_evidence(args) -> int:
+    """Recompute the verdict of the evidence file `args.file`: 0 when it matches the stored one, else 1."""
+    from ledger import json_input
+    from node.validator.evidence import EVIDENCE_MAX_BYTES, Evidence, EvidenceError, check_evidence, needs_model
+
+    try:
+        evidence = Evidence.from_dict(json_input.loads(args.file.read_bytes(), max_bytes=EVIDENCE_MAX_BYTES))
+    except (OSError, ValueError) as error:
+        raise CommandError(f"cannot read evidence {args.file}: {error}") from None
+    dirs = _model_dirs(args)
+    if not dirs and needs_model(evidence):
+        raise CommandError("pass --model-dir DIR (or --model smollm2): the verdict is recomputed by replaying the model")
+    try:
+        check = check_evidence(evidence, str(dirs[0]) if dirs else None)
+    except EvidenceError as error:
+        raise CommandError(str(error)) from None
+    print(f"job {evidence.job_id}: {check.explain()} (replay {check.replay_seconds:.2f} s)")
+    if not evidence.replayed and check.matches:
+        print("note: this job was accepted without replay (--sample-rate); the replay above confirms it")
+    return 0 if check.matches else 1
+
+
+def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
+    from node.validator.config import ValidatorConfig
+    from node.validator.verdict import Tariff
+
+    return ValidatorConfig(
+        model_dirs=tuple(dirs),
+        sample_rate=args.sample_rate,
+        sample_secret=secret,
+        epoch_seconds=args.epoch_seconds,
+        epoch_entries=args.epoch_entries,
+        admin_token=admin_token(args),
+        max_body_bytes=args.max_body_bytes,
+        tariff=Tariff(args.wei_per_work_unit, args.slash_wei),
+        min_stake_wei=args.min_stake_wei,
+        claim_lease_seconds=args.lease_seconds,
+        bundle_deadline_seconds=args.bundle_deadline,
+        validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
+    )
+
+
+def _count_refused_bundle(node):
+    """The HTTP guard's refusals of POST /v1/bundles (rate, slow or oversized body) count in the bundle metrics."""
+
+    def count(request, code: str) -> None:
+        if request.path == "/v1/bundles":
+            node.metrics.bundles_refused.labels(code).inc()
+
+    return count
