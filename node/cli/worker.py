@@ -84,7 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from node import wallet
     from node.cli.main import CommandError
-    from node.worker.run import WorkerConfig, WorkerError, run_worker
+    from node.worker.config import WorkerConfig
+    from node.worker.errors import WorkerError
+    from node.worker.run import run_worker
 
     if not args.validator:
         raise CommandError(f"no validator: pass --validator URL or set {VALIDATOR_ENV}")
