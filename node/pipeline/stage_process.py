@@ -14,6 +14,8 @@ import os
 import signal
 
 from node.pipeline.local import KEY_ENV
+from node.pipeline.server import StageServer
+from node.protocol.signing import SigningKey
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,9 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from node.pipeline.server import StageServer
-    from node.protocol.signing import SigningKey
-
     secret = os.environ.get(KEY_ENV)
     if not secret:
         raise SystemExit(f"set {KEY_ENV} to the stage's private key (hex)")
