@@ -79,6 +79,7 @@ def unbacked_controller_error(validator_url: str, address: str, contract: str) -
         "validator the contract backs (check --validator, or have the contract's owner add that address)"
     )
 
+
 @dataclass(frozen=True)
 class ChainInfo:
     rpc_url: str
