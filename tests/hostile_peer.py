@@ -86,7 +86,8 @@ async def health_poll(url: str) -> str:
 
 
 async def peer_receipt(url: str) -> str:
-    from node.worker.run import WorkerError, fetch_peer_stage
+    from node.worker.bundle_assembly import fetch_peer_stage
+    from node.worker.errors import WorkerError
 
     async with aiohttp.ClientSession() as session:
         try:
@@ -97,7 +98,8 @@ async def peer_receipt(url: str) -> str:
 
 
 async def validator_answer(url: str) -> str:
-    from node.worker.run import ValidatorClient, WorkerError
+    from node.worker.errors import WorkerError
+    from node.worker.validator_client import ValidatorClient
 
     async with aiohttp.ClientSession() as session:
         try:

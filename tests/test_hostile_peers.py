@@ -46,7 +46,7 @@ def test_an_endless_answer_is_cut_off_not_read_whole(case):
 # how many such reads there are. Anything from a peer, a client or another person goes through
 # ledger/json_input.py, and `.json()` (aiohttp's unbounded reader) is used nowhere.
 OWN_FILE_READS = {
-    "node/worker/run.py": 2,  # its own receipt book
+    "node/worker/receipt_book.py": 2,  # its own receipt book
     "node/cli/toploc.py": 1,  # the committed reference vectors
     "node/pipeline/model.py": 1,  # the model directory's config.json
     "node/pipeline/weights.py": 1,  # the model directory's generation_config.json

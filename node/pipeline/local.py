@@ -22,7 +22,9 @@ import aiohttp
 from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
+from node.pipeline.model import ModelConfig
 from node.pipeline.sequence import StageResult
+from node.pipeline.server import StageServer
 from node.pipeline.weights import model_id as compute_model_id
 from node import settings
 from node.protocol.signing import SigningKey
@@ -98,8 +100,6 @@ class LocalPipeline:
         ]
 
     async def start(self) -> None:
-        from node.pipeline.model import ModelConfig
-
         self._session = aiohttp.ClientSession()
         config = ModelConfig.from_dir(self.model_dir)
         bounds = self.layer_bounds or split_layers(config.num_layers, self.num_stages)
@@ -132,8 +132,6 @@ class LocalPipeline:
             await asyncio.sleep(0.02)
 
     async def _start_in_process(self) -> None:
-        from node.pipeline.server import StageServer
-
         for index, key in enumerate(self.keys):
             options = {**self.server_options, **self.stage_options.get(index, {})}
             server = StageServer(key, model_dirs=[self.model_dir], controllers=[self.controller.address], **options)

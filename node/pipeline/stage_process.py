@@ -16,6 +16,8 @@ import click
 
 from node import settings
 from node.cli.options import CONTEXT_SETTINGS
+from node.pipeline.server import StageServer
+from node.protocol.signing import SigningKey
 
 
 @click.command("python -m node.pipeline.stage_process", context_settings=CONTEXT_SETTINGS, help=__doc__)
@@ -40,9 +42,6 @@ def _command(**params) -> None:
 
 
 async def serve(args: SimpleNamespace) -> None:
-    from node.pipeline.server import StageServer
-    from node.protocol.signing import SigningKey
-
     secret = settings.STAGE_KEY.get()
     if not secret:
         raise SystemExit(f"set {settings.STAGE_KEY.name} to the stage's private key (hex)")

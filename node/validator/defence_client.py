@@ -1,7 +1,7 @@
 """Asking an accused stage for its defence: the rows it received, from its worker's stage server.
 
 `GET {stage_url}/v1/jobs/{job_id}/inputs` answers the chunks the stage received for the job, each with the
-claim its predecessor signed and the rows as hex (node/worker/run.py keeps them until the verdict). The answer
+claim its predecessor signed and the rows as hex (node/worker/receipt_book.py keeps them until the verdict). The answer
 comes from the accused worker, so it is parsed as hostile: bounded in size and depth, every field checked.
 The verdict waits for it up to `deadline_s` while the worker cannot be reached (or answers garbage); a 404
 (nothing kept) or no answer by the deadline leaves the stage blamed.

@@ -29,504 +29,36 @@ Signed receipts are also written to `<data dir>/receipts/<address>/<job id>.json
 restarts can still serve them to the stage that assembles the bundle.
 """
 
+
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import signal
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
-from ledger.amounts import ether_and_wei
 from node import settings
-from ledger import json_input
-from node.http.limits import HttpLimits
-from node.protocol.bundle import Bundle, BundleError, SignedStage, check_receipts, check_signers, parse_stage, sign_complaint
+from node.pipeline.started_jobs import StartedJobs
+from node.protocol.bundle import Bundle, SignedStage, sign_complaint
 from node.protocol.job import JobSpec
-from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff
-from node.protocol.receipts import ReceiptDomain, ReceiptError, expected_receipt, proofs_digest, sign_receipt
+from node.protocol.receipts import ReceiptDomain, ReceiptError
 from node.protocol.signing import SigningKey
+from node.protocol.worker_messages import UNBOUND_VALIDATOR, Capacity, make_heartbeat, make_registration
+from node.worker.bundle_assembly import assemble_bundle, fetch_peer_stage
+from node.worker.config import WorkerConfig
+from node.worker.errors import WorkerError, short_error
+from node.worker.receipt_book import ReceiptBook, SignedJob, receipt_routes
+from node.worker.stake import (
+    ChainInfo, StakeStatus, chain_info, controllers_of, read_stake, read_validator_role, unbacked_controller_error,
+)
+from node.worker.validator_client import ValidatorClient, ValidatorRefused, ValidatorUnreachable
 
 log = logging.getLogger("stagewise.worker")
-
-RECEIPT_ROUTE = "/v1/jobs/{job_id}/receipt"
-T = TypeVar("T")
-
-
-class WorkerError(Exception):
-    """Why the worker cannot start or go on: one line a person can act on."""
-
-
-class ValidatorUnreachable(WorkerError):
-    """No answer from the validator (connection refused, timeout, not HTTP)."""
-
-
-class ValidatorRefused(WorkerError):
-    """The validator answered with a JSON error."""
-
-    def __init__(self, status: int, code: str, message: str, payload: Any = None) -> None:
-        super().__init__(f"the validator refused ({status} {code}): {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.payload = payload
-
-
-# ------------------------------------------------------------------------------------------------ stake
-
-
-@dataclass(frozen=True)
-class StakeStatus:
-    address: str
-    staked_wei: int
-    required_wei: int
-    chain_id: int
-    contract: str
-    rpc_url: str = ""
-
-    @property
-    def missing_wei(self) -> int:
-        return max(self.required_wei - self.staked_wei, 0)
-
-    @property
-    def enough(self) -> bool:
-        return self.staked_wei >= self.required_wei and self.staked_wei > 0
-
-    def explain(self, keystore: Path | str | None = None) -> str:
-        if self.enough:
-            return f"{self.address} stakes {ether_and_wei(self.staked_wei)} on chain {self.chain_id} (minimum {ether_and_wei(self.required_wei)})"
-        have = "no stake" if self.staked_wei == 0 else f"only {ether_and_wei(self.staked_wei)} staked"
-        return (
-            f"{self.address} has {have} on chain {self.chain_id} (contract {self.contract}); "
-            f"{ether_and_wei(max(self.missing_wei, 1))} more is needed (minimum {ether_and_wei(self.required_wei)}). "
-            f"Stake it with: stagewise stake {max(self.missing_wei, 1)}wei --keystore {keystore or 'KEYSTORE'}"
-            f" --rpc-url {self.rpc_url or 'RPC_URL'} --contract {self.contract}"
-        )
-
-
-def read_stake(rpc_url: str, contract: str, address: str, required_wei: int) -> StakeStatus:
-    """The key's active stake on the staking contract (blocking; web3). WorkerError when the chain cannot
-    be reached or holds no such contract."""
-    return _read_contract(
-        rpc_url, contract,
-        lambda chain: StakeStatus(address, chain.stake_of(address), required_wei, chain.chain_id, chain.address, rpc_url),
-    )
-
-
-def read_validator_role(rpc_url: str, contract: str, address: str) -> bool:
-    """Whether `address` is in the staking contract's validator set (blocking; web3)."""
-    return _read_contract(rpc_url, contract, lambda chain: chain.is_validator(address))
-
-
-def _read_contract(rpc_url: str, contract: str, read: Callable[[Any], T]) -> T:
-    """`read(chain)` on a fresh connection; every failure is one WorkerError that names the chain."""
-    from ledger.chain.client import ChainClient, ChainError
-
-    try:
-        return read(ChainClient.connect(rpc_url, address=contract, request_timeout=10.0))
-    except ChainError as error:
-        raise WorkerError(f"chain at {rpc_url}: {error}") from None
-    except Exception as error:  # requests/web3 connection errors come in many classes
-        raise WorkerError(f"cannot reach the chain at {rpc_url}: {_short(error)}") from None
-
-
-def unbacked_controller_error(validator_url: str, address: str, contract: str) -> WorkerError:
-    return WorkerError(
-        f"the validator at {validator_url} signs stage control as {address}, which is not a validator on the staking "
-        f"contract {contract}: the contract would refuse its slashes and anchors, and a stage server obeys only a "
-        "validator the contract backs (check --validator, or have the contract's owner add that address)"
-    )
-
-
-# --------------------------------------------------------------------------------- validator client
-
-
-class ValidatorClient:
-    """The worker's side of the validator's HTTP API (routes in INTERFACES.md)."""
-
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, timeout_s: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.session = session
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-
-    async def request(
-        self, method: str, path: str, body: Any = None, *, data: bytes | None = None, timeout_s: float | None = None
-    ) -> Any:
-        url = self.base_url + path
-        timeout = self.timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
-        kwargs: dict[str, Any] = {"timeout": timeout}
-        if data is not None:
-            kwargs["data"] = data
-            kwargs["headers"] = {"Content-Type": "application/json"}
-        elif body is not None:
-            kwargs["json"] = body
-        try:
-            async with self.session.request(method, url, **kwargs) as response:
-                raw = await json_input.read_bytes(response.content)
-                status = response.status
-        except asyncio.TimeoutError:
-            raise ValidatorUnreachable(
-                f"the validator at {self.base_url} did not answer {method} {path} within {timeout.total:.0f}s"
-            ) from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise ValidatorUnreachable(f"cannot reach the validator at {self.base_url}: {_short(error)}") from None
-        except json_input.JsonInputError as error:
-            raise ValidatorUnreachable(f"{url} answered {error}; is {self.base_url} a stagewise validator?") from None
-        try:
-            payload = json_input.loads(raw) if raw else None
-        except ValueError:
-            payload = None
-        if status >= 400:
-            error = payload.get("error") if isinstance(payload, dict) else None
-            if isinstance(error, dict):
-                raise ValidatorRefused(status, str(error.get("code", "error")), str(error.get("message", "")), payload)
-            raise ValidatorRefused(status, "http_error", raw[:200].decode("utf-8", "replace"), payload)
-        if payload is None and raw:
-            raise ValidatorUnreachable(f"{url} did not answer JSON; is {self.base_url} a stagewise validator?")
-        return payload
-
-    async def health(self) -> dict[str, Any]:
-        try:
-            payload = await self.request("GET", "/health")
-        except ValidatorRefused as refused:
-            if refused.status == 503 and isinstance(refused.payload, dict):  # degraded still says where its chain is
-                log.warning("the validator reports itself degraded: %s", refused.payload.get("ledger_error", "no reason given"))
-                return refused.payload
-            raise
-        return payload if isinstance(payload, dict) else {}
-
-    async def register(self, signed: Any, timeout_s: float = 600.0) -> Any:
-        """Registering may take long: the orchestrator prepares a new group (every stage loads its layers)
-        before it answers."""
-        return await self.request("POST", "/v1/workers/register", signed.to_json(), timeout_s=timeout_s)
-
-    async def heartbeat(self, signed: Any) -> Any:
-        return await self.request("POST", "/v1/workers/heartbeat", signed.to_json())
-
-    async def assignment(self, address: str) -> dict[str, Any]:
-        return await self.request("GET", f"/v1/workers/{address}/assignment")
-
-    async def stage_urls(self) -> dict[str, str]:
-        """Worker address -> stage server URL, from GET /v1/groups."""
-        payload = await self.request("GET", "/v1/groups")
-        workers = payload.get("workers", []) if isinstance(payload, dict) else []
-        return {w["address"]: w["stage_url"] for w in workers if isinstance(w, dict) and "stage_url" in w}
-
-    async def submit_bundle(
-        self, bundle: Bundle, attempts: int = 8, first_delay_s: float = 0.5, max_delay_s: float = 30.0
-    ) -> dict[str, Any]:
-        """POST the bundle until the validator has it. Retries only what a retry can fix (unreachable, 5xx,
-        429); a 409 (already recorded) counts as delivered; other refusals are final."""
-        body = bundle.to_json().encode()
-        delay = first_delay_s
-        for attempt in range(1, attempts + 1):
-            try:
-                result = await self.request("POST", "/v1/bundles", data=body)
-                return result if isinstance(result, dict) else {}
-            except ValidatorRefused as refused:
-                if refused.status == 409 and refused.code == "duplicate_bundle":
-                    return {"job_id": bundle.job_id_hex, "status": "duplicate"}
-                if refused.status < 500 and refused.status != 429:
-                    raise
-                problem: WorkerError = refused
-            except ValidatorUnreachable as unreachable:
-                problem = unreachable
-            if attempt == attempts:
-                raise WorkerError(f"bundle {bundle.job_id_hex} not delivered after {attempts} attempts: {problem}")
-            log.warning("bundle %s: attempt %d/%d failed (%s); retrying in %.1fs", bundle.job_id_hex, attempt, attempts, problem, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
-        raise AssertionError("unreachable")
-
-
-# ---------------------------------------------------------------------------------------- receipts
-
-
-@dataclass(frozen=True)
-class SignedJob:
-    """A receipt this worker signed, with what it needs to assemble the bundle if it is the last stage."""
-
-    spec: JobSpec
-    stage: SignedStage
-    output_token_ids: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "job_id": self.spec.job_id_hex,
-            "spec": self.spec.to_dict(),
-            "stage": self.stage.to_json(),
-            "output_token_ids": list(self.output_token_ids),
-        }
-
-
-class ReceiptBook:
-    """Signs this worker's receipts and keeps them by job id: the latest `keep_in_memory` in memory, and
-    all of them on disk when given a folder (files older than `keep_days` are removed on start).
-
-    It also keeps the rows the stage received for each job, with the claims its predecessor signed over
-    them: the stage's defence if the validator's replay blames it (PROTOCOL I2). On disk beside the receipt
-    when given a folder (`{job}.inputs.json`), else the latest `keep_in_memory` jobs' in memory."""
-
-    def __init__(
-        self,
-        key: SigningKey,
-        domain: ReceiptDomain,
-        directory: Path | None = None,
-        *,
-        keep_in_memory: int = 4096,
-        keep_days: float = 14.0,
-    ) -> None:
-        self.key = key
-        self.domain = domain
-        self.directory = directory
-        self.keep_in_memory = keep_in_memory
-        self._jobs: dict[str, SignedJob] = {}  # insertion-ordered: the oldest go first
-        self._inputs: dict[str, dict[str, Any]] = {}  # without a folder: the defences, the oldest first
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
-            cutoff = time.time() - keep_days * 86400
-            for path in directory.glob("0x*.json"):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink(missing_ok=True)
-
-    def sign(
-        self, spec: JobSpec, stage_index: int, output_token_ids: Sequence[int], proofs: Sequence[bytes],
-        handoffs: Sequence[ReceivedHandoff] = (),
-    ) -> SignedJob:
-        """Sign the one receipt the spec, output, proofs and received handoffs imply, after checking this
-        stage is ours. The handoff claims are kept with it (the bundle needs them if the previous stage's
-        receipt names other proofs than it handed over)."""
-        if not 0 <= stage_index < len(spec.stages):
-            raise WorkerError(f"job {spec.job_id_hex}: no stage {stage_index} in a {len(spec.stages)}-stage job")
-        if spec.stages[stage_index].worker != self.key.address:
-            raise WorkerError(
-                f"job {spec.job_id_hex}: stage {stage_index} is assigned to {spec.stages[stage_index].worker}, not to us"
-            )
-        received = tuple(replace(handoff, rows=b"") for handoff in handoffs)
-        receipt = expected_receipt(spec, stage_index, output_token_ids, proofs,
-                                   received_proofs=[handoff.claim.proof for handoff in received])
-        signed = SignedJob(
-            spec,
-            SignedStage(receipt, sign_receipt(self.key, receipt, self.domain), tuple(proofs), received),
-            tuple(output_token_ids),
-        )
-        if handoffs:  # the defence first: a receipt that is out never lacks the rows behind it
-            defence = {"job_id": spec.job_id_hex, "stage_index": stage_index,
-                       "handoffs": [handoff.to_json() for handoff in handoffs]}
-            if self.directory is None:
-                self._inputs[spec.job_id_hex] = defence
-                while len(self._inputs) > self.keep_in_memory:
-                    del self._inputs[next(iter(self._inputs))]
-            self._write(f"{spec.job_id_hex}.inputs.json", defence)
-        self._keep(spec.job_id_hex, signed)
-        self._write(f"{spec.job_id_hex}.json", signed.to_json())
-        return signed
-
-    def inputs(self, job_id_hex: str) -> dict[str, Any] | None:
-        """The rows this stage received for the job, as the validator asks for them (None if not kept)."""
-        job_id_hex = job_id_hex.lower()
-        if self.directory is None:
-            return self._inputs.get(job_id_hex)
-        path = self.directory / f"{job_id_hex}.inputs.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-    def _write(self, name: str, document: dict[str, Any]) -> None:
-        if self.directory is not None:
-            path = self.directory / name
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(document))
-            os.replace(tmp, path)
-
-    def get(self, job_id_hex: str) -> SignedJob | None:
-        job_id_hex = job_id_hex.lower()
-        found = self._jobs.get(job_id_hex)
-        if found is None and self.directory is not None:
-            path = self.directory / f"{job_id_hex}.json"
-            if path.exists():
-                found = _parse_signed_job(json.loads(path.read_text()))
-                self._keep(job_id_hex, found)
-        return found
-
-    def _keep(self, job_id_hex: str, signed: SignedJob) -> None:
-        self._jobs[job_id_hex] = signed
-        while len(self._jobs) > self.keep_in_memory:
-            del self._jobs[next(iter(self._jobs))]
-
-    def __len__(self) -> int:
-        return len(self._jobs)
-
-
-def _parse_signed_job(data: dict[str, Any]) -> SignedJob:
-    spec = JobSpec.from_dict(data["spec"])
-    return SignedJob(spec, parse_signed_stage(data["stage"]), tuple(data["output_token_ids"]))
-
-
-def parse_signed_stage(data: Any) -> SignedStage:
-    """A peer's stage entry (same shape as in a bundle); BundleError when malformed."""
-    return parse_stage(data)
-
-
-def receipt_routes(book: ReceiptBook) -> list[Any]:
-    """The worker's own routes on its stage server: GET /v1/jobs/{job_id}/receipt, and /inputs (the rows its
-    stage received, its defence when the validator's replay blames it)."""
-    from aiohttp import web
-
-    def job_id_of(request: web.Request) -> str | None:
-        job_id = request.match_info["job_id"]
-        return job_id if job_id.startswith("0x") and len(job_id) == 66 else None
-
-    async def get_receipt(request: web.Request) -> web.Response:
-        if (job_id := job_id_of(request)) is None:
-            return _error(400, "bad_job_id", "a job id is 0x and 64 hex digits")
-        signed = book.get(job_id)
-        if signed is None:
-            return _error(404, "unknown_job", f"no receipt for job {job_id} (yet)")
-        return web.json_response(signed.to_json())
-
-    async def get_inputs(request: web.Request) -> web.Response:
-        if (job_id := job_id_of(request)) is None:
-            return _error(400, "bad_job_id", "a job id is 0x and 64 hex digits")
-        inputs = await asyncio.to_thread(book.inputs, job_id)
-        if inputs is None:
-            return _error(404, "unknown_job", f"no received rows kept for job {job_id}")
-        return web.json_response(inputs)
-
-    return [web.get(RECEIPT_ROUTE, get_receipt), web.get(INPUTS_ROUTE, get_inputs)]
-
-
-def _error(status: int, code: str, message: str):
-    from aiohttp import web
-
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-# --------------------------------------------------------------------------------- bundle assembly
-
-
-StageFetcher = Callable[[int], Awaitable[SignedStage]]
-
-
-async def fetch_peer_stage(
-    session: aiohttp.ClientSession, stage_url: str, job_id_hex: str, *, wait_s: float = 30.0, poll_s: float = 0.2
-) -> SignedStage:
-    """A peer stage's signed receipt for a job, waiting up to `wait_s` for it to finish signing."""
-    url = stage_url.rstrip("/") + RECEIPT_ROUTE.format(job_id=job_id_hex)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    last = "no answer"
-    while True:
-        try:
-            async with session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response:
-                if response.status == 200:
-                    return parse_signed_stage((await json_input.read_json(response))["stage"])
-                last = f"HTTP {response.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, KeyError, TypeError) as error:
-            last = _short(error)
-        if loop.time() >= deadline:
-            raise WorkerError(f"no signed receipt for job {job_id_hex} from {stage_url} within {wait_s:.0f}s ({last})")
-        await asyncio.sleep(poll_s)
-
-
-async def assemble_bundle(own: SignedJob, own_index: int, fetch: StageFetcher, domain: ReceiptDomain) -> Bundle:
-    """Our signed stage plus every other stage's, fetched concurrently, checked as the validator will."""
-    spec = own.spec
-    others = [i for i in range(len(spec.stages)) if i != own_index]
-    fetched = dict(zip(others, await asyncio.gather(*(fetch(i) for i in others))))
-    fetched[own_index] = own.stage
-    stages = [fetched[i] for i in range(len(spec.stages))]
-    for i in range(1, len(stages)):  # the claims a stage received travel only where its inputs are in question
-        if stages[i].receipt.inputs_digest == proofs_digest(stages[i - 1].proofs):
-            stages[i] = replace(stages[i], received=())
-    bundle = Bundle(spec, tuple(stages), own.output_token_ids)
-    try:
-        check_receipts(bundle)
-        check_signers(bundle, domain)
-    except BundleError as error:
-        raise WorkerError(f"bundle {spec.job_id_hex} does not hold together: {error}") from None
-    return bundle
-
-
-# ----------------------------------------------------------------------------------------- running
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    keystore: Path
-    validator_url: str
-    password_file: Path | None = None
-    rpc_url: str | None = None
-    contract: str | None = None
-    min_stake_wei: int | None = None
-    host: str = "127.0.0.1"
-    port: int = 0
-    public_url: str | None = None
-    memory_bytes: int = 8 << 30
-    layer_tokens_per_s: float | None = 1000.0
-    """What the orchestrator splits layers by; None: measured at start (node/pipeline/throughput.py)."""
-    region: str = "local"
-    model_dirs: tuple[Path, ...] = ()
-    device: str = "cpu"
-    heartbeat_s: float = 5.0
-    grace_s: float = 30.0
-    submit_attempts: int = 14
-    """Backoff 0.5 s doubling to 30 s: 14 attempts span about 6 minutes, inside the validator's default
-    10-minute bundle deadline (after which the job is soft-invalidated and the bundle no longer pays)."""
-    peer_wait_s: float = 60.0
-    register_timeout_s: float = 600.0
-    validator_wait_s: float = 600.0
-    """How long a starting worker waits for an unreachable validator before it gives up."""
-    tamper: Any = None
-    """node.pipeline.engine.Tamper: changes what this stage SENDS after its honest proof was built. Only for
-    tests; never set by `stagewise worker run`."""
-    cheat: Any = None
-    """node.worker.cheats.Cheat: changes the stage's weights once loaded or lies in its handoffs (`--cheat`, the
-    devnet's cheater)."""
-    http_limits: HttpLimits = HttpLimits()
-    """What one client may cost the stage server (node/http/limits.py)."""
-
-
-@dataclass(frozen=True)
-class ChainInfo:
-    rpc_url: str
-    chain_id: int | None
-    contract: str
-    min_stake_wei: int
-
-
-def chain_info(config: WorkerConfig, health: dict[str, Any]) -> ChainInfo:
-    """Where the stake lives: flags first, then what the validator's /health says about its chain."""
-    chain = health.get("chain") if isinstance(health.get("chain"), dict) else {}
-    rpc_url = config.rpc_url or chain.get("rpc_url")
-    contract = config.contract or chain.get("staking_contract") or chain.get("contract")
-    if not rpc_url:
-        raise WorkerError("no chain to check the stake on: pass --rpc-url (the validator does not publish one)")
-    if not contract:
-        raise WorkerError("no staking contract: pass --contract (the validator does not publish one)")
-    minimum = config.min_stake_wei
-    if minimum is None:
-        minimum = int(health.get("min_stake_wei") or chain.get("min_stake_wei") or 1)
-    chain_id = chain.get("chain_id")
-    return ChainInfo(rpc_url, int(chain_id) if chain_id is not None else None, contract, minimum)
-
-
-def controllers_of(health: dict[str, Any], validator_url: str) -> tuple[str, ...]:
-    """The address whose signed control requests our stage server obeys: the validator's (GET /health)."""
-    from eth_utils import is_address, to_checksum_address
-
-    address = health.get("validator")
-    if not (isinstance(address, str) and is_address(address)):
-        raise WorkerError(
-            f"the validator at {validator_url} names no address in GET /health (\"validator\": {address!r}), so the "
-            "stage server could not tell its control requests from a stranger's; run the validator with its key"
-        )
-    return (to_checksum_address(address),)
 
 
 @dataclass
@@ -539,11 +71,6 @@ class WorkerState:
     pending: set[asyncio.Task] = field(default_factory=set)
 
 
-def _short(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return text if len(text) <= 300 else text[:300] + "…"
-
-
 def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -553,10 +80,8 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             pass
 
 
-def started_jobs(address: str) -> Any:
+def started_jobs(address: str) -> StartedJobs:
     """The job ids this worker's stage has started, kept beside its receipts across restarts."""
-    from node.pipeline.started_jobs import StartedJobs
-
     directory = receipts_dir(address)
     directory.mkdir(parents=True, exist_ok=True)
     return StartedJobs(directory / "started-jobs.txt")
@@ -624,7 +149,7 @@ class Worker:
 
     async def check_models(self, health: dict[str, Any]) -> None:
         """At least one of our model directories holds a model the validator runs (by model id)."""
-        from node.pipeline.weights import model_id
+        from node.pipeline.weights import model_id  # imports torch: kept out of start-up
 
         if not self.config.model_dirs:
             raise WorkerError("no model: pass --model-dir DIR (repeatable) or --model smollm2")
@@ -635,7 +160,7 @@ class Worker:
             try:
                 ours[await asyncio.to_thread(model_id, directory)] = directory
             except Exception as error:
-                raise WorkerError(f"cannot read the model in {directory}: {_short(error)}") from None
+                raise WorkerError(f"cannot read the model in {directory}: {short_error(error)}") from None
         wanted = health.get("models")
         if isinstance(wanted, list) and wanted and not set(ours) & {str(m).lower() for m in wanted}:
             raise WorkerError(
@@ -661,7 +186,7 @@ class Worker:
             raise
 
     async def measure_throughput(self) -> float:
-        from node.pipeline.throughput import measure_layer_tokens_per_s
+        from node.pipeline.throughput import measure_layer_tokens_per_s  # imports torch: kept out of start-up
 
         model_dir = self.config.model_dirs[0]
         speed = round(await asyncio.to_thread(measure_layer_tokens_per_s, model_dir, self.config.device), 1)
@@ -670,8 +195,6 @@ class Worker:
         return speed
 
     async def register(self) -> None:
-        from node.protocol.worker_messages import UNBOUND_VALIDATOR, Capacity, make_registration
-
         signed = make_registration(
             self.key,
             Capacity(self.config.memory_bytes, self.config.layer_tokens_per_s),
@@ -697,8 +220,6 @@ class Worker:
             await self.shutdown()
 
     async def _beat(self) -> None:
-        from node.protocol.worker_messages import make_heartbeat
-
         try:
             answer = await self.validator.heartbeat(make_heartbeat(self.key, in_flight=self._in_flight()))
         except ValidatorRefused as refused:
@@ -880,7 +401,7 @@ async def start_stage_server(
 ) -> Any:
     """Start node/pipeline's stage server with our hooks and route; it loads only the layers of the stage
     the orchestrator assigns it (PUT /v1/assignment, signed by one of `controllers`)."""
-    from node.pipeline.server import StageServer
+    from node.pipeline.server import StageServer  # imports torch: loaded only once the checks have passed
 
     server = StageServer(
         key, host=config.host, port=config.port, model_dirs=config.model_dirs, device=config.device,

@@ -17,7 +17,9 @@ def start_worker(args: Any) -> int:
 
     from node import wallet
     from node.http.limits import limits_from_args
-    from node.worker.run import WorkerConfig, WorkerError, run_worker
+    from node.worker.config import WorkerConfig
+    from node.worker.errors import WorkerError
+    from node.worker.run import run_worker
 
     if not args.validator:
         raise CommandError(f"no validator: pass --validator URL or set {settings.VALIDATOR_URL.name}")

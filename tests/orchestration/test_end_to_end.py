@@ -33,7 +33,8 @@ async def test_tasks_flow_from_registration_to_paid_verdicts(tmp_path, sqlite_ur
     from node.validator.config import ValidatorConfig
     from node.validator.replay_models import ReplayModels
     from node.validator.service import ValidatorNode
-    from node.worker.run import Worker, WorkerConfig
+    from node.worker.config import WorkerConfig
+    from node.worker.run import Worker
 
     chain = await asyncio.to_thread(ChainClient.embedded)
     chain_server = ChainServer(chain.w3, host="127.0.0.1", port=0)

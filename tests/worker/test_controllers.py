@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from node.protocol.signing import SigningKey
-from node.worker.run import WorkerError, controllers_of
+from node.worker.errors import WorkerError
+from node.worker.stake import controllers_of
 
 
 def test_the_stage_server_trusts_the_address_the_validator_publishes():

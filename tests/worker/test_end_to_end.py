@@ -23,7 +23,9 @@ from node import wallet
 from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
-from node.worker.run import WorkerConfig, WorkerError, run_worker
+from node.worker.config import WorkerConfig
+from node.worker.errors import WorkerError
+from node.worker.run import run_worker
 
 pytestmark = pytest.mark.slow
 

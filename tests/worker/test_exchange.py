@@ -14,18 +14,12 @@ from node.protocol.bundle import check_receipts, check_signers, expected_proof_c
 from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
-from node.worker.run import (
-    ReceiptBook,
-    ValidatorClient,
-    ValidatorRefused,
-    ValidatorUnreachable,
-    Worker,
-    WorkerConfig,
-    WorkerError,
-    assemble_bundle,
-    fetch_peer_stage,
-    receipt_routes,
-)
+from node.worker.bundle_assembly import assemble_bundle, fetch_peer_stage
+from node.worker.config import WorkerConfig
+from node.worker.errors import WorkerError
+from node.worker.receipt_book import ReceiptBook, receipt_routes
+from node.worker.run import Worker
+from node.worker.validator_client import ValidatorClient, ValidatorRefused, ValidatorUnreachable
 
 DOMAIN = ReceiptDomain(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3")
 KEYS = [SigningKey(hashlib.sha256(f"w{i}".encode()).digest()) for i in range(3)]

@@ -3,7 +3,8 @@
 import pytest
 
 from node.cli.main import main
-from node.worker.run import WorkerError, read_stake
+from node.worker.errors import WorkerError
+from node.worker.stake import read_stake
 
 
 def test_unstaked_key_is_told_what_is_missing(served_chain, worker_key):
@@ -87,7 +88,7 @@ def test_capacity_sizes():
 
 
 def test_the_validator_set_is_read_from_the_contract(served_chain, worker_key):
-    from node.worker.run import read_validator_role
+    from node.worker.stake import read_validator_role
 
     chain, url = served_chain
     assert read_validator_role(url, chain.address, chain.dev_keys[0].address)  # the owner deployed it as one

@@ -12,7 +12,11 @@ from node.protocol.bundle import Bundle, expected_proof_count
 from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
-from node.worker.run import ReceiptBook, ValidatorClient, ValidatorRefused, WorkerError, chain_info, WorkerConfig
+from node.worker.config import WorkerConfig
+from node.worker.errors import WorkerError
+from node.worker.receipt_book import ReceiptBook
+from node.worker.stake import chain_info
+from node.worker.validator_client import ValidatorClient, ValidatorRefused
 
 DOMAIN = ReceiptDomain(31337, "0x" + "ab" * 20)
 KEYS = [SigningKey(hashlib.sha256(f"submit-{i}".encode()).digest()) for i in range(3)]
