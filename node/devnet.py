@@ -30,6 +30,7 @@ from urllib import error as urlerror
 from urllib import request as urlrequest
 
 from ledger import json_input
+from ledger.errors import StagewiseError
 from node import settings
 from node.errors import CommandError
 from node.worker.cheats import DEFAULTS, KINDS
@@ -98,7 +99,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-class DevnetError(RuntimeError):
+class DevnetError(StagewiseError, RuntimeError):
     """Something in the devnet did not come up or did not finish: the message says what, logs are shown."""
 
 

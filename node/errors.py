@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ledger.errors import StagewiseError
 
-class CommandError(Exception):
+
+class CommandError(StagewiseError):
     """A failure the user can act on: `stagewise` prints it as one line, exit status 1, no traceback."""

@@ -25,6 +25,7 @@ from eth_utils import is_hex_address, to_checksum_address
 
 from node import settings
 from ledger import json_input
+from ledger.errors import InvalidInput
 from node.protocol.signing import SigningKey
 
 PASSWORD_ENV = settings.KEYSTORE_PASSWORD.name
@@ -36,7 +37,7 @@ MAX_SCRYPT_N = 1 << 20
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
-class WalletError(ValueError):
+class WalletError(InvalidInput):
     """A keystore or password problem the user can fix; the message says which and how."""
 
 

@@ -22,7 +22,6 @@ from ledger.amounts import ether_and_wei
 from ledger import json_input
 from node import settings
 from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments, env_option, help_group
-from node.protocol.signing import SigningKey
 
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 UNITS = {"wei": 1, "gwei": 10**9, "eth": 10**18, "ether": 10**18}

@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from ledger.errors import StagewiseError
 from node import settings
 from node.cli.options import CONTEXT_SETTINGS, env_option
 from node.errors import CommandError
@@ -37,7 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class _Failed(Exception):
+class _Failed(StagewiseError):
     """What a command raised (or a Ctrl-C), carried past click's own handling to `main`."""
 
     def __init__(self, error: BaseException, verbose: bool) -> None:

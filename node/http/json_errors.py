@@ -12,10 +12,12 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from ledger.errors import StagewiseError
+
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(StagewiseError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status

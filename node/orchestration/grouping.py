@@ -29,8 +29,10 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
+from ledger.errors import InvalidInput
 
-class GroupingError(ValueError):
+
+class GroupingError(InvalidInput):
     """Inputs that cannot be split (more stages than layers, not enough memory)."""
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from ledger.errors import StagewiseError
 from node.protocol.job import JobSpec
 from node.orchestration.grouping import Group
 from node.orchestration.registry import WorkerRecord
@@ -22,7 +23,7 @@ from node.orchestration.registry import WorkerRecord
 TokenSink = Callable[[Sequence[int]], None]
 
 
-class StageFailure(Exception):
+class StageFailure(StagewiseError):
     """A stage of a group stopped serving (unreachable, crashed, refused): `worker` names it."""
 
     def __init__(self, worker: str, reason: str) -> None:
@@ -31,7 +32,7 @@ class StageFailure(Exception):
         self.reason = reason
 
 
-class JobInterrupted(Exception):
+class JobInterrupted(StagewiseError):
     """A job failed and no stage can be blamed for it (a stall, a reassignment): run it again, drop nobody."""
 
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ledger.errors import StagewiseError
 from node.protocol.worker_messages import (
     Capacity, MessageError, Registration, SignedHeartbeat, SignedLeave, SignedRegistration,
 )
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 StakeLookup = Callable[[str], Awaitable[int]]
 
 
-class RegistrationRefused(Exception):
+class RegistrationRefused(StagewiseError):
     """A well-formed message the orchestrator will not accept; `code` and `status` go into the JSON error."""
 
     def __init__(self, code: str, message: str, status: int = 403) -> None:

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ledger import json_input
+from ledger.errors import InvalidInput
 from node.tasks import BUNDLED_SETS, bundled_path
 from node.tasks.checkers import CHECKERS
 
 _FIELDS = {"id", "prompt", "prompt_token_ids", "answer", "checker", "max_new_tokens"}
 
 
-class TaskError(ValueError):
+class TaskError(InvalidInput):
     """A task file or line that cannot be used; the message names the file and line."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from ledger import json_input
+from ledger.errors import StagewiseError
 from node.protocol.job import JobSpec
 from node.pipeline.assignment import Assignment
 from node.pipeline.control import sign_control
@@ -22,7 +23,7 @@ from node.pipeline.sequence import StageResult
 from node.protocol.signing import SigningKey
 
 
-class StageClientError(Exception):
+class StageClientError(StagewiseError):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(f"{code}: {message}" if status == 0 else f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message

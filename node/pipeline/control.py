@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from eth_utils import is_address
 
+from ledger.errors import StagewiseError
 from node.protocol.signing import SignatureError, SigningKey, keccak256, recover_message
 
 SIGNER_HEADER = "X-Stagewise-Signer"
@@ -44,7 +45,7 @@ MAX_SKEW_S = 120
 MAX_NONCES = 65536
 
 
-class ControlRefused(Exception):
+class ControlRefused(StagewiseError):
     """A control request that is not signed by a trusted orchestrator: `status` 401 or 403, `code`, message."""
 
     def __init__(self, status: int, code: str, message: str):

@@ -12,11 +12,13 @@ import asyncio
 import collections
 from typing import Any
 
+from ledger.errors import StagewiseError
+
 DEFAULT_MAX_BYTES = 512 << 20
 DEFAULT_STALL_S = 60.0
 
 
-class InboxFull(Exception):
+class InboxFull(StagewiseError):
     """The sender kept the inbox over its limit for longer than the stage waits."""
 
 

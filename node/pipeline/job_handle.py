@@ -7,10 +7,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.errors import StagewiseError
 from node.protocol.job import JobSpec
 
 
-class PipelineError(Exception):
+class PipelineError(StagewiseError):
     """A request the stage server cannot serve: `status` and `code` for the JSON error."""
 
     def __init__(self, status: int, code: str, message: str):

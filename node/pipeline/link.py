@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from ledger import json_input
+from ledger.errors import StagewiseError
 from node.pipeline.assignment import Assignment
 from node.pipeline.handoff import hello_message
 from node.protocol.signing import SignatureError, SigningKey, recover_message
@@ -47,7 +48,7 @@ CHALLENGE_TTL_S = 30.0
 MAX_QUEUED_BYTES = 512 << 20  # sent but not yet taken by the next stage: over it for long, the link is dropped
 
 
-class HandshakeError(Exception):
+class HandshakeError(StagewiseError):
     """The peer is not the neighbour the assignment names, or it did not follow the hello."""
 
 

@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ledger.errors import InvalidInput
+
 Arch = Literal["llama", "qwen2"]
 AttentionImpl = Literal["eager", "sdpa"]
 ATTENTION_IMPLS: tuple[str, ...] = ("eager", "sdpa")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(InvalidInput):
     """A config.json this decoder cannot run: the message names the field."""
 
 

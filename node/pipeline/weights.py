@@ -20,9 +20,10 @@ import torch
 from eth_hash.auto import keccak
 from safetensors import safe_open
 
+from ledger.errors import InvalidInput
 from node.pipeline.model import AttentionImpl, ModelConfig, StageModel
 
-class WeightsError(ValueError):
+class WeightsError(InvalidInput):
     """A model directory that lacks a tensor, or holds one of the wrong shape."""
 
 

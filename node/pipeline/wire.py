@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ledger import json_input
+from ledger.errors import InvalidInput
 
 MAGIC = b"SWA1"
 _HEADER = struct.Struct("<4sBBIH")
@@ -33,7 +34,7 @@ MAX_FRAME_ROWS = 1 << 16
 MAX_JSON_BYTES = 1 << 22
 
 
-class FrameError(ValueError):
+class FrameError(InvalidInput):
     """A frame that cannot be decoded: the message says what is wrong with it."""
 
 

@@ -32,6 +32,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from ledger.errors import InvalidInput
 from node.toploc.polynomial import PRIME, evaluate, injective_modulus, interpolate
 
 TOPK = 128
@@ -39,7 +40,7 @@ PROOF_BYTES = 2 + 2 * TOPK  # 258
 NO_MATCH = float(2**64)  # the reference's mantissa figures when every exponent mismatches
 
 
-class ProofFormatError(ValueError):
+class ProofFormatError(InvalidInput):
     """Proof bytes that cannot be a TOPLOC proof (wrong length, modulus or coefficient out of range)."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from ledger import json_input
+from ledger.errors import InvalidInput, StagewiseError
 from node.protocol.job import JobSpec
 from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff, handoff_from_json
 
@@ -25,11 +26,11 @@ log = logging.getLogger(__name__)
 MAX_DEFENCE_BYTES = 256 << 20
 
 
-class DefenceError(ValueError):
+class DefenceError(InvalidInput):
     """A defence document that does not parse: the message says where."""
 
 
-class NoDefence(Exception):
+class NoDefence(StagewiseError):
     """The accused worker answered that it has no defence: waiting longer changes nothing."""
 
 

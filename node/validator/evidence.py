@@ -18,6 +18,7 @@ from typing import Any
 
 from eth_hash.auto import keccak
 
+from ledger.errors import InvalidInput
 from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
 from node.pipeline.handoff import handoff_from_json
 from node.protocol.bundle import Bundle
@@ -29,7 +30,7 @@ EVIDENCE_VERSION = 2  # 2: handoff faults (complaints judged by their evidence, 
 EVIDENCE_MAX_BYTES = 256 << 20  # an evidence file holds the job's receipts and any complaint rows; far below this
 
 
-class EvidenceError(ValueError):
+class EvidenceError(InvalidInput):
     """A document that is not evidence this version can read."""
 
 

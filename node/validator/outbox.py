@@ -17,13 +17,14 @@ from typing import Any
 
 from ledger.store import OutboxRow
 from ledger.chain.client import ContractRevert
+from ledger.errors import StagewiseError
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
 
 
-class Permanent(Exception):
+class Permanent(StagewiseError):
     """A transaction that can never succeed; the row is failed with this reason."""
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 from eth_hash.auto import keccak
 
 from ledger.secrets import shared_secret
+from ledger.errors import InvalidInput
 
 MIN_SECRET_BYTES = 16
 LEDGER_SECRET_NAME = "spot-check"
 
 
-class GuessableSecret(ValueError):
+class GuessableSecret(InvalidInput):
     """A spot-check secret a worker could guess: the message says what to give instead."""
 
 

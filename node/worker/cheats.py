@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ledger.errors import InvalidInput
+
 if TYPE_CHECKING:  # torch stays out of the CLI's start-up (the devnet parses --cheat with this module)
     import torch
 
@@ -32,7 +34,7 @@ KINDS = ("perturb", "quiet", "equivocate", "false-complaint")
 DEFAULTS = {"perturb": 1e-3, "quiet": 0.9, "equivocate": 1e-2, "false-complaint": 1.0}
 
 
-class CheatError(ValueError):
+class CheatError(InvalidInput):
     """A --cheat value that does not parse."""
 
 

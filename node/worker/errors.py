@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ledger.errors import StagewiseError
 
-class WorkerError(Exception):
+
+class WorkerError(StagewiseError):
     """Why the worker cannot start or go on: one line a person can act on."""
 
 
