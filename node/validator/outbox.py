@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ledger.store import OutboxRow
+from ledger.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
 
