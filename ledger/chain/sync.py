@@ -19,8 +19,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from ledger import journal
 from ledger.chain.client import Anchored, ChainClient, ChainEvent, Slashed, Staked, UnstakeRequested, Withdrawn
+from ledger.models import Epoch
 from ledger.store import Ledger
 
 log = logging.getLogger(__name__)
@@ -142,10 +145,6 @@ class ChainSync:
                 pass
 
     async def _mark_anchored(self, tx, event: Anchored) -> int:
-        from sqlalchemy import select
-
-        from ledger.models import Epoch
-
         row = (await tx.conn.execute(select(Epoch).where(Epoch.number == event.epoch))).one_or_none()
         if row is None:
             log.warning("epoch %d anchored on chain by %s is not in this ledger", event.epoch, event.validator)
