@@ -64,7 +64,7 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
 
 async def deliver_once(node: Any) -> tuple[int, int]:
     """Take and send what is pending; returns (sent, failed attempts)."""
-    from ledger.chain.client import ContractRevert
+    from ledger.chain.errors import ContractRevert
 
     rows = await node.ledger.take_outbox(10, stale_after_s=node.config.claim_lease_seconds)
     sent = failed = 0

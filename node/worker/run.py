@@ -127,7 +127,8 @@ def read_validator_role(rpc_url: str, contract: str, address: str) -> bool:
 
 def _read_contract(rpc_url: str, contract: str, read: Callable[[Any], T]) -> T:
     """`read(chain)` on a fresh connection; every failure is one WorkerError that names the chain."""
-    from ledger.chain.client import ChainClient, ChainError
+    from ledger.chain.client import ChainClient
+    from ledger.chain.errors import ChainError
 
     try:
         return read(ChainClient.connect(rpc_url, address=contract, request_timeout=10.0))
