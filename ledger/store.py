@@ -37,9 +37,10 @@ __all__ = ["Ledger"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_LedgerCall = Callable[Concatenate["Ledger", P], Awaitable[R]]
 
 
-def _in_transaction(call: Callable[Concatenate[LedgerTx, P], Awaitable[R]]) -> Callable[Concatenate[Ledger, P], Awaitable[R]]:
+def _in_transaction(call: Callable[Concatenate[LedgerTx, P], Awaitable[R]]) -> _LedgerCall[P, R]:
     """A `LedgerTx` call as a `Ledger` call, in a transaction of its own."""
 
     @functools.wraps(call)
@@ -50,7 +51,7 @@ def _in_transaction(call: Callable[Concatenate[LedgerTx, P], Awaitable[R]]) -> C
     return run
 
 
-def _writing(call: Callable[Concatenate[AsyncConnection, P], Awaitable[R]]) -> Callable[Concatenate[Ledger, P], Awaitable[R]]:
+def _writing(call: Callable[Concatenate[AsyncConnection, P], Awaitable[R]]) -> _LedgerCall[P, R]:
     """A write taking a connection as a `Ledger` call, in a transaction of its own."""
 
     @functools.wraps(call)
@@ -61,7 +62,7 @@ def _writing(call: Callable[Concatenate[AsyncConnection, P], Awaitable[R]]) -> C
     return run
 
 
-def _reading(query: Callable[Concatenate[AsyncConnection, P], Awaitable[R]]) -> Callable[Concatenate[Ledger, P], Awaitable[R]]:
+def _reading(query: Callable[Concatenate[AsyncConnection, P], Awaitable[R]]) -> _LedgerCall[P, R]:
     """A query taking a connection as a `Ledger` call, on a reading connection of its own."""
 
     @functools.wraps(query)
