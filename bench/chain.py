@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from ledger import merkle  # noqa: E402
-from ledger.chain.client import BUILD_DIR, Artifact, ChainClient  # noqa: E402
+from ledger.chain.abi import BUILD_DIR, Artifact  # noqa: E402
+from ledger.chain.client import ChainClient  # noqa: E402
 from ledger.chain.embedded import AnvilNode  # noqa: E402
 from node.protocol.signing import SigningKey  # noqa: E402
 

@@ -11,7 +11,7 @@ has already paid. The store keeps per-worker totals; `verify` recomputes these r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,10 +132,3 @@ def entry_proof(epoch: int, first_seq: int, entry_hashes: Sequence[str], seq: in
         proof=tuple(_hex(p) for p in path),
         entries_root=_hex(merkle.root(leaves)),
     )
-
-
-def add_rewards(cumulative: dict[str, int], rewards: Iterable[tuple[str, int]]) -> dict[str, int]:
-    """Credit (worker, amount) pairs into a running cumulative map, in place; returns it."""
-    for worker, amount in rewards:
-        cumulative[worker] = cumulative.get(worker, 0) + amount
-    return cumulative

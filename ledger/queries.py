@@ -1,4 +1,10 @@
-"""The ledger's read side: leaderboard, slashing history, one worker's history, epochs. Paginated.
+"""The ledger's read side: jobs, receipts, verdicts, the journal, the leaderboard, histories, epochs.
+
+Each query takes a connection; `Ledger` offers each as a call of its own on a reading connection:
+- `job(job_id) -> JobRecord | None`, `receipts(job_id) -> [StageRecord]`, `verdict(job_id) -> VerdictRecord
+  | None`, `head() -> (seq, hash)`, `entries(after_seq, limit) -> [Entry]`.
+- `leaderboard(offset, limit)`, `worker(address)`, `worker_history(address, offset, limit, kinds=None)`,
+  `slashes(offset, limit, worker=None)`, `epochs(offset, limit)`, `epoch(number=None)`: paginated (`Page`).
 
 Every query reads indexed rows only, never aggregates the journal: the leaderboard walks the
 `ix_workers_rank` index of the per-worker totals that each append keeps current; histories walk
@@ -16,13 +22,64 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import journal
-from ledger.journal import Entry
-from ledger.models import Epoch, JournalEntry, JournalHead, Verdict, Worker
+from ledger.journal import Entry, checksum, hash32
+from ledger.models import Epoch, Job, JournalEntry, JournalHead, StageReceipt, Verdict, Worker
 
 T = TypeVar("T")
 MAX_PAGE = 500
 _J = JournalEntry.__table__
 _W = Worker.__table__
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage's receipt as the ledger keeps it (the full receipt stays inside the bundle JSON)."""
+
+    stage: int
+    worker: str
+    layer_start: int
+    layer_end: int
+    token_count: int
+    work_units: int
+    signature: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    group_id: str | None
+    model_id: str | None
+    stage_count: int
+    bundle: str
+    submitted_by: str | None
+    received_at: dt.datetime
+    status: str
+    claimed_by: str | None
+    claimed_at: dt.datetime | None
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    job_id: str
+    outcome: str
+    blamed_stage: int | None
+    reason: str | None
+    figures: dict[str, Any] | None
+    validator: str | None
+    decided_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "outcome": self.outcome,
+            "blamed_stage": self.blamed_stage,
+            "reason": self.reason,
+            "figures": self.figures,
+            "validator": self.validator,
+            "decided_at": self.decided_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True)
@@ -125,6 +182,39 @@ class EpochRecord:
         }
 
 
+async def job(conn: AsyncConnection, job_id: str) -> JobRecord | None:
+    row = (await conn.execute(select(Job.__table__).where(Job.job_id == hash32(job_id, "job_id")))).one_or_none()
+    return None if row is None else JobRecord(**row._mapping)
+
+
+async def receipts(conn: AsyncConnection, job_id: str) -> list[StageRecord]:
+    t = StageReceipt.__table__
+    rows = (await conn.execute(select(t).where(t.c.job_id == hash32(job_id, "job_id")).order_by(t.c.stage))).all()
+    return [
+        StageRecord(r.stage, r.worker, r.layer_start, r.layer_end, r.token_count, r.work_units, r.signature)
+        for r in rows
+    ]
+
+
+async def verdict(conn: AsyncConnection, job_id: str) -> VerdictRecord | None:
+    row = (
+        await conn.execute(select(Verdict.__table__).where(Verdict.job_id == hash32(job_id, "job_id")))
+    ).one_or_none()
+    return None if row is None else VerdictRecord(**row._mapping)
+
+
+async def head(conn: AsyncConnection) -> tuple[int, str]:
+    """(seq, hash) of the last journal entry; (0, 32 zero bytes) for an empty journal."""
+    row = (await conn.execute(select(JournalHead.seq, JournalHead.entry_hash).where(JournalHead.id == 1))).one()
+    return row.seq, row.entry_hash
+
+
+async def entries(conn: AsyncConnection, after_seq: int = 0, limit: int = 1000) -> list[Entry]:
+    """Journal entries in order, starting after `after_seq`."""
+    rows = (await conn.execute(select(_J).where(_J.c.seq > after_seq).order_by(_J.c.seq).limit(limit))).all()
+    return [journal.entry_from_row(r) for r in rows]
+
+
 def _page_args(offset: int, limit: int) -> tuple[int, int]:
     if offset < 0 or limit < 1:
         raise ValueError("offset must be >= 0 and limit >= 1")
@@ -158,9 +248,9 @@ async def leaderboard(conn: AsyncConnection, offset: int = 0, limit: int = 50) -
     return Page([_standing(offset + i + 1, r) for i, r in enumerate(rows)], total, offset, limit)
 
 
-async def worker_standing(conn: AsyncConnection, address: str) -> WorkerStanding | None:
+async def worker(conn: AsyncConnection, address: str) -> WorkerStanding | None:
     """One worker's leaderboard line, with its rank."""
-    row = (await conn.execute(select(_W).where(_W.c.address == address))).one_or_none()
+    row = (await conn.execute(select(_W).where(_W.c.address == checksum(address)))).one_or_none()
     if row is None:
         return None
     ahead = (
@@ -177,6 +267,7 @@ async def worker_history(
     conn: AsyncConnection, address: str, offset: int = 0, limit: int = 50, kinds: Sequence[str] | None = None
 ) -> Page[Entry]:
     """A worker's journal entries, newest first, optionally only some kinds."""
+    address = checksum(address)
     offset, limit = _page_args(offset, limit)
     where = [_J.c.worker == address]
     if kinds:
@@ -192,6 +283,7 @@ async def slashes(
     conn: AsyncConnection, offset: int = 0, limit: int = 50, worker: str | None = None
 ) -> Page[SlashRecord]:
     """Slashes, newest first (all workers, or one), with the evidence figures and the verdict's reason."""
+    worker = checksum(worker) if worker else None
     offset, limit = _page_args(offset, limit)
     where = [_J.c.kind == journal.SLASH]
     if worker is not None:

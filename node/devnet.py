@@ -197,7 +197,8 @@ class Devnet:
         return path
 
     def _stake_workers(self, rpc_url: str, contract: str, min_stake: int) -> list[Path]:
-        from ledger.chain.client import ChainClient, tester_keys
+        from ledger.chain.client import ChainClient
+        from ledger.chain.keys import tester_keys
         from node.wallet import create_keystore
 
         # dev key 3 funds the workers: the validator process sends from dev key 1, never racing this one

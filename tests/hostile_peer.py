@@ -166,7 +166,8 @@ async def chain_rpc(url: str) -> str:
 
 def chain_client(url: str) -> str:
     """A worker reads the chain at the RPC URL its validator named."""
-    from ledger.chain.client import ChainClient, ChainError
+    from ledger.chain.client import ChainClient
+    from ledger.chain.errors import ChainError
 
     try:
         ChainClient.connect(url).w3.eth.block_number

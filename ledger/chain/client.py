@@ -11,249 +11,39 @@ served by `ledger.chain.embedded`). Both run the same code path:
   a `ContractRevert` that names the contract's custom error and its arguments,
 - receipts are awaited with a timeout (`TransactionTimeout`).
 
+Around it: `ledger.chain.errors` (what it raises), `ledger.chain.abi` (compiled contracts, revert decoding),
+`ledger.chain.events` (the contract's events from its logs), `ledger.chain.keys` (signers, dev keys).
 The client is synchronous and thread-safe; async callers wrap calls in `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
-from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted
 
 from ledger import json_input
+from ledger.chain.abi import STAKING, Artifact, ErrorDecoder
+from ledger.chain.embedded import EmbeddedProvider
+from ledger.chain.errors import ChainError, TransactionTimeout
+from ledger.chain.events import ChainEvent, EventDecoder
+from ledger.chain.keys import Signer, as_account, tester_keys
 
 log = logging.getLogger(__name__)
 
-BUILD_DIR = Path(__file__).resolve().parents[2] / "contracts" / "build"
-STAKING = "StagewiseStaking"
 DEFAULT_UNBONDING_DELAY = 7 * 24 * 3600  # seconds
 DEFAULT_TX_TIMEOUT = 60.0
 PRIORITY_FEE = 10**9  # 1 gwei tip
 NONCE_ATTEMPTS = 3  # another process sending with the same key can take a nonce between our read and send
-
-# A key that signs transactions: an eth-account LocalAccount, or any key object holding its 32-byte private key
-# as `secret` (node's SigningKey), so the ledger needs nothing from the node to be handed one.
-Signer = Any
-
-
-# ---------------------------------------------------------------------------------------------- errors
-
-
-class ChainError(Exception):
-    """Something the chain refused or did not answer."""
-
-
-class ContractRevert(ChainError):
-    """A call the contract reverted. `name` is the custom error (e.g. "NotValidator"), `args` its arguments."""
-
-    def __init__(self, name: str, args: dict[str, Any], data: bytes, function: str = ""):
-        self.name = name
-        self.args_ = args
-        self.data = data
-        self.function = function
-        shown = ", ".join(f"{k}={_show(v)}" for k, v in args.items())
-        where = f"{function}: " if function else ""
-        super().__init__(f"{where}reverted with {name}({shown})")
-
-
-class TransactionTimeout(ChainError):
-    """No receipt arrived in time; the transaction may still be mined later."""
-
-
-def _show(value: Any) -> str:
-    return "0x" + value.hex() if isinstance(value, bytes) else str(value)
-
-
-# ---------------------------------------------------------------------------------------------- artifacts
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """A compiled contract from contracts/build/ (written by `make contracts`)."""
-
-    name: str
-    abi: list[dict[str, Any]]
-    bytecode: str
-
-    @classmethod
-    def load(cls, name: str = STAKING, build_dir: Path = BUILD_DIR) -> "Artifact":
-        """`name` is the contract name, optionally with its folder: "StagewiseStaking", "test/ReentrantAttacker"."""
-        path = build_dir / f"{name}.json"
-        if not path.exists():
-            raise ChainError(f"no compiled contract at {path}: run `make contracts`")
-        data = json.loads(path.read_text())
-        return cls(name=data["contractName"], abi=data["abi"], bytecode=data["bytecode"])
-
-
-def _abi_signature(entry: dict[str, Any]) -> str:
-    return f"{entry['name']}({','.join(_abi_type(i) for i in entry['inputs'])})"
-
-
-def _abi_type(param: dict[str, Any]) -> str:
-    if param["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + param["type"][5:]
-    return param["type"]
-
-
-class ErrorDecoder:
-    """Maps 4-byte revert selectors to custom errors of every ABI it has been shown."""
-
-    def __init__(self) -> None:
-        self._errors: dict[bytes, dict[str, Any]] = {}
-
-    def add_abi(self, abi: Iterable[dict[str, Any]]) -> None:
-        for entry in abi:
-            if entry.get("type") == "error":
-                self._errors[keccak(_abi_signature(entry).encode())[:4]] = entry
-
-    def decode(self, data: bytes, function: str = "") -> ContractRevert:
-        selector = data[:4]
-        entry = self._errors.get(selector)
-        if entry is not None:
-            types = [_abi_type(i) for i in entry["inputs"]]
-            try:
-                values = abi_decode(types, data[4:])
-            except Exception:  # noqa: BLE001 - malformed payload: report the raw selector below
-                values = None
-            if values is not None:
-                args = {i["name"]: _normalize(i["type"], v) for i, v in zip(entry["inputs"], values)}
-                return ContractRevert(entry["name"], args, data, function)
-        if selector == bytes.fromhex("08c379a0"):
-            return ContractRevert("Error", {"reason": abi_decode(["string"], data[4:])[0]}, data, function)
-        if selector == bytes.fromhex("4e487b71"):
-            return ContractRevert("Panic", {"code": abi_decode(["uint256"], data[4:])[0]}, data, function)
-        return ContractRevert("UnknownError", {"data": data}, data, function)
-
-
-def _normalize(abi_type: str, value: Any) -> Any:
-    if abi_type == "address":
-        return to_checksum_address(value)
-    return value
-
-
-# ---------------------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class ChainEvent:
-    """Where an event was logged. (block_number, log_index) orders events and identifies one."""
-
-    block_number: int
-    log_index: int
-    tx_hash: str
-
-    @property
-    def event_id(self) -> str:
-        return f"{self.tx_hash}:{self.log_index}"
-
-
-@dataclass(frozen=True)
-class Staked(ChainEvent):
-    worker: str
-    amount: int
-    total_stake: int
-
-
-@dataclass(frozen=True)
-class UnstakeRequested(ChainEvent):
-    worker: str
-    amount: int
-    total_unbonding: int
-    release_at: int
-
-
-@dataclass(frozen=True)
-class Withdrawn(ChainEvent):
-    worker: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Slashed(ChainEvent):
-    worker: str
-    evidence_hash: bytes
-    validator: str
-    amount: int
-
-
-@dataclass(frozen=True)
-class Anchored(ChainEvent):
-    epoch: int
-    entries_root: bytes
-    rewards_root: bytes
-    entry_count: int
-    validator: str
-
-
-@dataclass(frozen=True)
-class Claimed(ChainEvent):
-    account: str
-    amount: int
-    cumulative_amount: int
-
-
-@dataclass(frozen=True)
-class RewardsFunded(ChainEvent):
-    funder: str
-    amount: int
-    pool: int
-
-
-@dataclass(frozen=True)
-class ValidatorAdded(ChainEvent):
-    validator: str
-
-
-@dataclass(frozen=True)
-class ValidatorRemoved(ChainEvent):
-    validator: str
-
-
-@dataclass(frozen=True)
-class TreasuryChanged(ChainEvent):
-    treasury: str
-
-
-@dataclass(frozen=True)
-class OwnershipTransferred(ChainEvent):
-    previous_owner: str
-    new_owner: str
-
-
-EVENT_TYPES: dict[str, type[ChainEvent]] = {
-    cls.__name__: cls
-    for cls in (
-        Staked,
-        UnstakeRequested,
-        Withdrawn,
-        Slashed,
-        Anchored,
-        Claimed,
-        RewardsFunded,
-        ValidatorAdded,
-        ValidatorRemoved,
-        TreasuryChanged,
-        OwnershipTransferred,
-    )
-}
-
-
-def _snake(name: str) -> str:
-    name = name.rstrip("_")
-    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -287,24 +77,6 @@ class AnchorInfo:
     count: int
     latest_epoch: int
     rewards_root: bytes
-
-
-# ---------------------------------------------------------------------------------------------- keys
-
-
-def as_account(key: Signer) -> LocalAccount:
-    """An eth-account signer for a key holding its `secret` (or an account passed through)."""
-    if isinstance(key, LocalAccount):
-        return key
-    secret = getattr(key, "secret", None)
-    if not isinstance(secret, bytes) or len(secret) != 32:
-        raise TypeError(f"not a signing key: {type(key).__name__}")
-    return Account.from_key(secret)
-
-
-def tester_keys(count: int = 10) -> list[LocalAccount]:
-    """The prefunded accounts of eth-tester's genesis (private keys 1..count, 1,000,000 ether each)."""
-    return [Account.from_key(i.to_bytes(32, "big")) for i in range(1, count + 1)]
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -346,9 +118,7 @@ class ChainClient:
         self._contract = None
         self._send_lock = threading.Lock()
         self._nonces: dict[str, int] = {}
-        self._event_topics: dict[bytes, str] = {
-            keccak(_abi_signature(e).encode()): e["name"] for e in self.staking.abi if e.get("type") == "event"
-        }
+        self.events = EventDecoder(self.staking.abi)
         if address is not None:
             self.use(address)
 
@@ -368,8 +138,6 @@ class ChainClient:
         """A fresh in-process chain with ten prefunded `dev_keys`. With `deploy`, the contract is deployed by
         `owner` (default `dev_keys[0]`; another key is first given 1,000 ether), which is also a validator,
         together with `validators`; the treasury defaults to `dev_keys[1]`."""
-        from ledger.chain.embedded import EmbeddedProvider
-
         keys = tester_keys()
         client = cls(Web3(EmbeddedProvider()), dev_keys=keys, tx_timeout=tx_timeout, backend="embedded")
         if deploy:
@@ -578,7 +346,7 @@ class ChainClient:
         """The hash of the first transaction that emitted event `name` with these indexed arguments (in
         declaration order; None matches any), from one topic-filtered log query over the whole chain:
         the node searches its log index instead of this process reading every event since block 0."""
-        topic0 = next((topic for topic, event in self._event_topics.items() if event == name), None)
+        topic0 = self.events.topic(name)
         if topic0 is None:
             raise ValueError(f"the staking contract has no event {name!r}")
         padded = (None if value is None else "0x" + bytes(value).rjust(32, b"\0").hex() for value in indexed)
@@ -587,19 +355,7 @@ class ChainClient:
         return "0x" + bytes(logs[0]["transactionHash"]).hex() if logs else None
 
     def _decode_log(self, entry: Any) -> ChainEvent | None:
-        if not entry["topics"]:
-            return None
-        name = self._event_topics.get(bytes(entry["topics"][0]))
-        if name is None or name not in EVENT_TYPES:
-            return None
-        decoded = getattr(self.contract.events, name)().process_log(entry)
-        fields = {_snake(k): _plain(v) for k, v in decoded["args"].items()}
-        return EVENT_TYPES[name](
-            block_number=int(entry["blockNumber"]),
-            log_index=int(entry["logIndex"]),
-            tx_hash="0x" + bytes(entry["transactionHash"]).hex(),
-            **fields,
-        )
+        return self.events.decode(self.contract, entry)
 
     # ----------------------------------------------------------------- dev chains
 
@@ -730,10 +486,3 @@ def _bytes32(value: bytes | str) -> bytes:
         raise ValueError(f"expected 32 bytes, got {len(value)}")
     return value
 
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str) and value.startswith("0x") and len(value) == 42:
-        return to_checksum_address(value)
-    return value

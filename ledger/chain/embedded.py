@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from eth_account import Account
 from web3 import EthereumTesterProvider
+from web3.middleware import combine_middleware
+from web3.providers.eth_tester.middleware import default_transaction_fields_middleware, ethereum_tester_middleware
 
-from ledger import json_input# the one parser of outside bytes; see the note in json_input
+from ledger import json_input  # the one parser of outside bytes; see the note in json_input
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class EmbeddedProvider(EthereumTesterProvider):
     """A fresh py-evm chain (ten prefunded accounts, Prague rules) behind a lock, answering like a node."""
 
     def __init__(self) -> None:
+        # eth-tester (py-evm) only for an in-process chain: a client of a JSON-RPC node never loads it.
         from eth_tester import EthereumTester, PyEVMBackend
 
         super().__init__(EthereumTester(PyEVMBackend()))
@@ -51,7 +55,7 @@ class EmbeddedProvider(EthereumTesterProvider):
         self._ids = itertools.count()
 
     def make_request(self, method, params):
-        from eth_tester.exceptions import TransactionFailed
+        from eth_tester.exceptions import TransactionFailed  # see __init__: loaded with the chain only
 
         request_id = next(self._ids)
         with self.lock:
@@ -126,12 +130,6 @@ class ChainServer:
         """`test_methods`: also serve the chain's test-only methods (evm_*, testing_*: moving its clock,
         snapshots). Off by default: over the network they let anyone, a worker with stake for one, skip its
         unbonding delay."""
-        from web3.middleware import combine_middleware
-        from web3.providers.eth_tester.middleware import (
-            default_transaction_fields_middleware,
-            ethereum_tester_middleware,
-        )
-
         if not isinstance(w3.provider, EmbeddedProvider):
             raise TypeError("ChainServer serves the embedded chain (ChainClient.embedded().w3)")
         self.host = host
@@ -241,8 +239,6 @@ ANVIL_MNEMONIC = "test test test test test test test test test test test junk"  
 
 def anvil_keys(count: int = 10, mnemonic: str = ANVIL_MNEMONIC) -> list:
     """The prefunded dev accounts anvil derives from `mnemonic` (m/44'/60'/0'/0/i)."""
-    from eth_account import Account
-
     Account.enable_unaudited_hdwallet_features()
     return [
         Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}") for i in range(count)

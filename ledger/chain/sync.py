@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from ledger import journal
-from ledger.chain.client import Anchored, ChainClient, ChainEvent, Slashed, Staked, UnstakeRequested, Withdrawn
+from ledger.chain.client import ChainClient
+from ledger.chain.events import Anchored, ChainEvent, Slashed, Staked, UnstakeRequested, Withdrawn
 from ledger.models import Epoch
 from ledger.store import Ledger
 

@@ -100,7 +100,8 @@ def _error(message: str):
 
 
 def _client(args, *, with_contract: bool = True):
-    from ledger.chain.client import ChainClient, ChainError
+    from ledger.chain.client import ChainClient
+    from ledger.chain.errors import ChainError
 
     url = _rpc_url(args)
     try:
@@ -117,7 +118,7 @@ def _client(args, *, with_contract: bool = True):
 
 def _run(action):
     """Run a chain action, turning reverts and node errors into one-line command errors."""
-    from ledger.chain.client import ChainError
+    from ledger.chain.errors import ChainError
 
     try:
         return action()
@@ -170,7 +171,7 @@ def cmd_unstake(args) -> int:
 
 
 def cmd_withdraw(args) -> int:
-    from ledger.chain.client import ContractRevert
+    from ledger.chain.errors import ContractRevert
 
     client = _client(args)
     key = load_key(args.keystore, args.password_file)
@@ -323,7 +324,7 @@ def cmd_fund_rewards(args) -> int:
 
 def _sender(args, client):
     """--keystore's key, else on a dev chain its first prefunded account."""
-    from ledger.chain.client import tester_keys
+    from ledger.chain.keys import tester_keys
     from ledger.chain.embedded import ANVIL_CHAIN_ID, TESTER_CHAIN_ID, anvil_keys
 
     if args.keystore:
@@ -364,7 +365,7 @@ def cmd_serve(args) -> int:
 def _save_owner_key(key, contract: str) -> Path:
     """The served chain's owner key, readable by this user only: it slashes and anchors on that chain. One
     file per contract, so a second `chain serve` leaves the first one's key alone."""
-    from ledger.chain.client import as_account
+    from ledger.chain.keys import as_account
 
     path = chain_file().with_name(f"chain-owner-{contract.lower()}.key")
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

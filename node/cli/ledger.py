@@ -30,7 +30,8 @@ def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
     """Run `body` on the ledger; a SQLite ledger that is not there is an error unless `create`."""
 
     async def main() -> int:
-        from ledger.store import Ledger, LedgerError
+        from ledger.db import LedgerError
+        from ledger.store import Ledger
         from node.errors import CommandError
 
         try:

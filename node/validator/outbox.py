@@ -15,8 +15,8 @@ import asyncio
 import logging
 from typing import Any
 
-from ledger.store import OutboxRow
-from ledger.chain.client import ContractRevert
+from ledger.outbox import OutboxRow
+from ledger.chain.errors import ContractRevert
 from ledger.errors import StagewiseError
 
 log = logging.getLogger(__name__)

@@ -190,7 +190,7 @@ def export_evidence(args) -> int:
         async with await Ledger.open(settings.database_url(), must_exist=True) as ledger:
             return await evidence_document(ledger, args.job_id)
 
-    from ledger.store import LedgerError
+    from ledger.db import LedgerError
 
     try:
         document = asyncio.run(fetch())

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 from eth_utils import is_address, to_checksum_address
 
 from ledger.amounts import ether_and_wei
-from ledger.chain.client import ChainClient, ChainError
+from ledger.chain.client import ChainClient
+from ledger.chain.errors import ChainError
 from node.worker.config import WorkerConfig
 from node.worker.errors import WorkerError, short_error
 

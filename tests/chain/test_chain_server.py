@@ -5,7 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from ledger.chain.client import ChainClient, ChainError, ContractRevert, Staked
+from ledger.chain.client import ChainClient
+from ledger.chain.errors import ChainError, ContractRevert
+from ledger.chain.events import Staked
 from ledger.chain.embedded import ChainServer, ThreadedChainServer
 from node.protocol.signing import SigningKey
 
@@ -74,7 +76,7 @@ async def test_bad_requests_get_json_rpc_errors():
 def test_a_served_dev_chain_is_owned_by_a_key_nobody_else_knows():
     # The attack (issue 15, item 5): the validator's embedded chain was owned, validated for and paid into
     # by eth-tester's well-known dev keys, so anyone who reached its JSON-RPC could slash any worker.
-    from ledger.chain.client import tester_keys
+    from ledger.chain.keys import tester_keys
     from ledger.merkle import keccak
 
     chain = ChainClient.served_dev_chain(unbonding_delay=10)

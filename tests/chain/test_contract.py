@@ -10,17 +10,10 @@ import pytest
 from eth_hash.auto import keccak
 
 from ledger import epochs
-from ledger.chain.client import (
-    Anchored,
-    Artifact,
-    ChainClient,
-    Claimed,
-    ContractRevert,
-    Slashed,
-    Staked,
-    UnstakeRequested,
-    Withdrawn,
-)
+from ledger.chain.abi import Artifact
+from ledger.chain.client import ChainClient
+from ledger.chain.errors import ContractRevert
+from ledger.chain.events import Anchored, Claimed, Slashed, Staked, UnstakeRequested, Withdrawn
 from node.protocol.signing import SigningKey
 from tests.chain.conftest import UNBONDING_DELAY
 

@@ -3,7 +3,9 @@
 import pytest
 
 from ledger import journal
-from ledger.store import Ledger, LedgerError, StageRecord
+from ledger.db import LedgerError
+from ledger.queries import StageRecord
+from ledger.store import Ledger
 from tests.ledger.helpers import address, h32
 
 A, B, C = address(1), address(2), address(3)
