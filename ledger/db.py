@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ledger.errors import StagewiseError
 from ledger import journal
 from ledger.database_url import async_url
 from ledger.models import JournalHead, metadata
@@ -37,7 +38,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK = 0x5354_4147_4557  # "STAGEW": the advisory lock key held while migrating
 
 
-class LedgerError(Exception):
+class LedgerError(StagewiseError):
     """A request the ledger refuses (unknown job, bad status, ...); nothing was written."""
 
 

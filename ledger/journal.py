@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ledger.errors import InvalidInput
 from ledger.merkle import ZERO_HASH, keccak
 
 STAKE = "stake"
@@ -40,7 +41,7 @@ GENESIS_HASH = "0x" + ZERO_HASH.hex()
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-class EntryError(ValueError):
+class EntryError(InvalidInput):
     """An entry that cannot be journaled as given: the message says which field and why."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, BinaryIO
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
+from ledger.errors import InvalidInput
+
 MAX_DEPTH = 32
 MAX_BYTES = 16 << 20  # the largest answer any of our clients expects (a receipt with its proofs is ~100 KiB)
 
@@ -28,7 +30,7 @@ _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
 _QUOTED_BYTES = re.compile(rb'"[^"]*"')
 
 
-class JsonInputError(ValueError):
+class JsonInputError(InvalidInput):
     """Input that is not JSON, too deep, or uses NaN/Infinity: the message says which."""
 
 

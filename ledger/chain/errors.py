@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.errors import StagewiseError
 
-class ChainError(Exception):
+
+class ChainError(StagewiseError):
     """Something the chain refused or did not answer."""
 
 
