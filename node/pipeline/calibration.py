@@ -29,6 +29,8 @@ from node.protocol.job import SamplingParams
 from node.toploc.activation import StageProofCheck, build_proofs, split_replay, verify_proofs
 from node.toploc.sampling import sample_next, verify_sampling
 from node.toploc.thresholds import ACTIVATION, ActivationThresholds
+from node.pipeline.model import replay
+from node.pipeline.weights import load_stage
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,6 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def _load_stages(model_dir: Path, layout: Sequence[tuple[int, int]], setup: WorkerSetup) -> list:
-    from node.pipeline.weights import load_stage
-
     stages = []
     for index, (start, end) in enumerate(layout):
         dtype = setup.stage_dtype[1] if setup.stage_dtype and setup.stage_dtype[0] == index else torch.float32
@@ -223,9 +223,6 @@ def _one_prefill(stages, job: Job, prompt: list[int], tokens: list[int], setup: 
 
 def replay_job(model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, tokens: Sequence[int], threads: int = 1):
     """The validator's side: one prefill of the whole model over prompt + output[:-1]."""
-    from node.pipeline.model import replay
-    from node.pipeline.weights import load_stage
-
     with _threads(threads):
         model = load_stage(model_dir, 0, None)
         boundaries, logits = replay(model, list(job.prompt) + list(tokens[:-1]), [end for _, end in layout])

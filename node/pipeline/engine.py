@@ -23,6 +23,8 @@ from node.pipeline.model import StageModel
 from node.pipeline.sequence import FAILED, ChunkRows, SequenceFailed, SequenceState, StageResult
 from node.pipeline.wire import cast_for_wire, dtype_name, wire_bytes
 from node.protocol.signing import SigningKey
+from node.toploc.activation import ProofBuilder
+from node.toploc.sampling import sample_next
 
 # tamper(job id hex, stage index, start position, rows) -> rows actually sent. Only for tests and the devnet's
 # cheater: it changes what goes on the wire *after* the honest proof was built (the claim's digest covers the
@@ -31,8 +33,6 @@ Tamper = Callable[[str, int, int, torch.Tensor], torch.Tensor]
 
 
 def new_proof_builder():
-    from node.toploc.activation import ProofBuilder
-
     return ProofBuilder()
 
 
@@ -185,8 +185,6 @@ class StageEngine:
         return [] if proof is None else [proof]
 
     def _sample(self, seq: SequenceState, logits: torch.Tensor, position: int) -> int:
-        from node.toploc.sampling import sample_next
-
         token = sample_next(logits, seq.spec.sampling, seq.spec.seed, torch.tensor([position]))
         return int(token[0])
 

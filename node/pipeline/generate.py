@@ -9,16 +9,21 @@ import os
 import sys
 from typing import Any
 
+from node.errors import CommandError
+from node.pipeline.client import StageClientError
+from node.pipeline.local import LocalPipeline
+from node.pipeline.model import ModelConfig
+from node.pipeline.smollm2 import SmolLM2Unavailable, chat_prompt_ids, load_tokenizer, smollm2_dir
+from node.pipeline.weights import WeightsError, read_generation_defaults, resolve_model_dir
+from node.protocol.job import JobSpecError, SamplingParams
+
 
 def run_generate(args: Any) -> int:
     """Start the stages, generate and print; the exit status."""
     import asyncio
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the stages share this machine's cores
-    from node.errors import CommandError
-    from node.pipeline.smollm2 import SmolLM2Unavailable, load_tokenizer, smollm2_dir
 
-    from node.pipeline.weights import WeightsError, resolve_model_dir
 
     try:
         model_dir = resolve_model_dir(args.model_dir) if args.model_dir else smollm2_dir()
@@ -44,13 +49,6 @@ def run_generate(args: Any) -> int:
 async def _generate(args, model_dir, tokenizer) -> int:
     import time
 
-    from node.errors import CommandError
-    from node.protocol.job import JobSpecError, SamplingParams
-    from node.pipeline.client import StageClientError
-    from node.pipeline.local import LocalPipeline
-    from node.pipeline.model import ModelConfig
-    from node.pipeline.smollm2 import chat_prompt_ids
-    from node.pipeline.weights import read_generation_defaults
 
     config = ModelConfig.from_dir(model_dir)
     if args.stages > config.num_layers:

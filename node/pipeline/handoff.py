@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from eth_hash.auto import keccak
 
 from node.protocol.signing import SignatureError, SigningKey, recover_message
+from node.protocol.receipts import parse_hex
 
 if TYPE_CHECKING:
     import torch
@@ -127,6 +128,7 @@ def rows_tensor(rows: bytes, dtype: str, count: int) -> "torch.Tensor":
     """Wire bytes back to the [count, hidden] tensor they carry (ValueError when they are not `count` rows)."""
     import torch
 
+    # torch: imported where used, to keep it out of start-up
     from node.pipeline.wire import WIRE_DTYPES
 
     if count <= 0 or len(rows) % (count * DTYPE_SIZES[dtype]):
@@ -136,6 +138,7 @@ def rows_tensor(rows: bytes, dtype: str, count: int) -> "torch.Tensor":
 
 def rebuilt_proof(rows: bytes, dtype: str, count: int, prefill: bool) -> bytes:
     """The proof of `count` rows given as wire bytes, built exactly as the receiving stage builds it."""
+    # torch: imported where used, to keep it out of start-up
     from node.toploc.activation import ProofBuilder
 
     tensor = rows_tensor(rows, dtype, count)
@@ -186,8 +189,6 @@ class ReceivedHandoff:
 
 def handoff_from_json(job_id_hex: str, sender_stage: int, data: dict[str, Any]) -> ReceivedHandoff:
     """Parse `ReceivedHandoff.to_json` (rows optional); ValueError/KeyError/TypeError on a malformed one."""
-    from node.protocol.receipts import parse_hex
-
     for name in ("chunk", "start", "count"):
         if not (isinstance(data[name], int) and not isinstance(data[name], bool) and 0 <= data[name] < 2**32):
             raise ValueError(f"handoff {name} must be an integer in [0, 2**32)")

@@ -3,7 +3,7 @@
 This is what `stagewise generate`, the tests and the bench run. It is the production path end to end (HTTP
 assignment, signed WebSocket links, binary frames, proofs and their checks), with throwaway keys and an even
 split of the layers. The pipeline is its own orchestrator: it holds a throwaway `controller` key, every
-stage server trusts only that key, and the control calls (assign, release, submit) are signed with it. In `processes=True` mode each stage is its own Python process (node/pipeline/stage_process.py),
+stage server trusts only that key, and the control calls (assign, release, submit) are signed with it. In `processes=True` mode each stage is its own Python process (node/cli/stage_process.py),
 as on separate machines.
 """
 
@@ -147,7 +147,7 @@ class LocalPipeline:
             if self.threads_per_stage:
                 env["OMP_NUM_THREADS"] = str(self.threads_per_stage)
             options = {**self.server_options, **self.stage_options.get(index, {})}
-            args = [sys.executable, "-m", "node.pipeline.stage_process", "--model-dir", str(self.model_dir),
+            args = [sys.executable, "-m", "node.cli.stage_process", "--model-dir", str(self.model_dir),
                     "--controller", self.controller.address]
             if self.threads_per_stage:
                 args += ["--threads", str(self.threads_per_stage)]

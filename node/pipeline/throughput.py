@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
+from node.pipeline.weights import load_stage
+
 PROMPT_TOKENS = 32
 
 
 def measure_layer_tokens_per_s(model_dir: str | Path, device: str = "cpu", *, seconds: float = 1.0, most_steps: int = 256) -> float:
     """Layer-tokens per second of one decoder layer of the model in `model_dir` on `device` (at least one
     timed step, then steps until `seconds` have passed or `most_steps` were taken)."""
-    from node.pipeline.weights import load_stage
-
     layer = load_stage(model_dir, 0, 1, device=device)
     cache = layer.new_cache()
     vocab = layer.config.vocab_size

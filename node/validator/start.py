@@ -15,14 +15,28 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from node import settings
 from node.errors import CommandError
 from node.http.limits import HttpGuard, limits_from_args
-
-if TYPE_CHECKING:  # the config imports torch-free modules lazily, like everything here
-    from node.validator.config import ValidatorConfig
+from ledger import json_input
+from ledger.chain.client import ChainClient
+from ledger.chain.embedded import ChainServer
+from ledger.db import LedgerError
+from ledger.store import Ledger
+from node.orchestration.setup import build_orchestration
+from node.pipeline.smollm2 import smollm2_dir
+from node.protocol.receipts import ReceiptDomain
+from node.protocol.signing import SigningKey
+from node.validator.app import build_app
+from node.validator.config import ValidatorConfig
+from node.validator.evidence import EVIDENCE_MAX_BYTES, Evidence, EvidenceError, check_evidence, needs_model
+from node.validator.issued_jobs import awaited_by_ledger
+from node.validator.replay_models import ReplayModels
+from node.validator.service import ValidatorNode, evidence_document
+from node.validator.spot_check import GuessableSecret, sample_secret
+from node.validator.verdict import Tariff
+from node.wallet import parse_private_key, unlock
 
 log = logging.getLogger("stagewise.validator")
 
@@ -31,8 +45,6 @@ def _model_dirs(args) -> list[Path]:
     """--model-dir (or STAGEWISE_MODEL_DIRS), and the bundled --model."""
     dirs = [Path(p) for p in args.model_dir or []]
     if getattr(args, "model", None) == "smollm2":
-        from node.pipeline.smollm2 import smollm2_dir
-
         dirs.append(smollm2_dir())
     return dirs
 
@@ -68,13 +80,6 @@ def run_validator(args) -> int:
 async def _serve(args, dirs: list[Path]) -> None:
     from aiohttp import web
 
-    from ledger.store import Ledger
-    from node.protocol.receipts import ReceiptDomain
-    from node.validator.app import build_app
-    from node.validator.replay_models import ReplayModels
-    from node.validator.service import ValidatorNode
-    from node.protocol.signing import SigningKey
-    from node.validator.spot_check import GuessableSecret, sample_secret
 
     import torch
 
@@ -83,9 +88,6 @@ async def _serve(args, dirs: list[Path]) -> None:
     chain = key = rpc_url = None
     chain_server = None
     if args.embedded_chain:
-        from ledger.chain.client import ChainClient
-        from ledger.chain.embedded import ChainServer
-
         if args.keystore or settings.VALIDATOR_KEY.get():
             key = _validator_key(args)  # owns the fresh contract and is its validator
         else:
@@ -98,8 +100,6 @@ async def _serve(args, dirs: list[Path]) -> None:
         log.info("embedded chain %d served at %s, staking contract %s", chain.chain_id, rpc_url, chain.address)
         domain = ReceiptDomain(chain.chain_id, chain.address)
     elif args.rpc_url:
-        from ledger.chain.client import ChainClient
-
         chain = await asyncio.to_thread(ChainClient.connect, args.rpc_url, address=args.contract)
         key = _validator_key(args)
         rpc_url = args.rpc_url
@@ -126,15 +126,11 @@ async def _serve(args, dirs: list[Path]) -> None:
         raise CommandError(str(error)) from None
     node = ValidatorNode(config, ledger, domain=domain, models=models, chain=chain, chain_key=key, rpc_url=rpc_url)
     if args.no_orchestration and not args.accept_unissued_jobs:
-        from node.validator.issued_jobs import awaited_by_ledger
-
         node.spec_guard = awaited_by_ledger(ledger)
     elif args.no_orchestration:
         log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
     orchestration = None
     if not args.no_orchestration:
-        from node.orchestration.setup import build_orchestration
-
         orchestration = build_orchestration(args, node, dirs[0])
     guard = HttpGuard(limits_from_args(args), on_refused=_count_refused_bundle(node))
     app = build_app(node, [orchestration.registrar] if orchestration is not None else [], guard=guard)
@@ -171,12 +167,9 @@ async def _serve(args, dirs: list[Path]) -> None:
 def _validator_key(args):
 
     if settings.VALIDATOR_KEY.get():
-        from node.wallet import parse_private_key
-
         return parse_private_key(settings.VALIDATOR_KEY.get())
     if not args.keystore:
         raise CommandError("the validator needs its key to slash and anchor: --keystore FILE (or STAGEWISE_VALIDATOR_KEY)")
-    from node.wallet import unlock
 
     return unlock(args.keystore, args.password_file)
 
@@ -184,13 +177,9 @@ def _validator_key(args):
 def export_evidence(args) -> int:
     """Print or write the evidence of the verdict on `args.job_id` from the ledger."""
     async def fetch():
-        from ledger.store import Ledger
-        from node.validator.service import evidence_document
-
         async with await Ledger.open(settings.database_url(), must_exist=True) as ledger:
             return await evidence_document(ledger, args.job_id)
 
-    from ledger.db import LedgerError
 
     try:
         document = asyncio.run(fetch())
@@ -227,9 +216,6 @@ def admin_token(args) -> str | None:
 
 def verify_evidence(args) -> int:
     """Recompute the verdict of the evidence file `args.file`: 0 when it matches the stored one, else 1."""
-    from ledger import json_input
-    from node.validator.evidence import EVIDENCE_MAX_BYTES, Evidence, EvidenceError, check_evidence, needs_model
-
     try:
         evidence = Evidence.from_dict(json_input.loads(args.file.read_bytes(), max_bytes=EVIDENCE_MAX_BYTES))
     except (OSError, ValueError) as error:
@@ -248,9 +234,6 @@ def verify_evidence(args) -> int:
 
 
 def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
-    from node.validator.config import ValidatorConfig
-    from node.validator.verdict import Tariff
-
     return ValidatorConfig(
         model_dirs=tuple(dirs),
         sample_rate=args.sample_rate,

@@ -9,24 +9,23 @@ from typing import Any
 
 from node import settings
 from node.errors import CommandError
+from node import wallet
+from node.http.limits import limits_from_args
+from node.pipeline.smollm2 import smollm2_dir
+from node.worker.config import WorkerConfig
+from node.worker.errors import WorkerError
+from node.worker.run import run_worker
 
 
 def start_worker(args: Any) -> int:
     """Run the worker `args` (the parsed flags of `stagewise worker run`) describes until it stops."""
     import asyncio
 
-    from node import wallet
-    from node.http.limits import limits_from_args
-    from node.worker.config import WorkerConfig
-    from node.worker.errors import WorkerError
-    from node.worker.run import run_worker
 
     if not args.validator:
         raise CommandError(f"no validator: pass --validator URL or set {settings.VALIDATOR_URL.name}")
     model_dirs = list(args.model_dir)
     if args.model == "smollm2":
-        from node.pipeline.smollm2 import smollm2_dir
-
         model_dirs.append(smollm2_dir())
     if not model_dirs:
         raise CommandError("no model: pass --model-dir DIR (repeatable) or --model smollm2")

@@ -1,4 +1,4 @@
-"""Run one stage server in this process until SIGTERM: `python -m node.pipeline.stage_process --model-dir DIR`.
+"""Run one stage server in this process until SIGTERM: `python -m node.cli.stage_process --model-dir DIR`.
 
 The local pipeline starts its child stages with it. The signing key comes from the environment
 (STAGEWISE_STAGE_KEY, hex), never from the command line, where `ps` would show it. Prints
@@ -20,7 +20,7 @@ from node.pipeline.server import StageServer
 from node.protocol.signing import SigningKey
 
 
-@click.command("python -m node.pipeline.stage_process", context_settings=CONTEXT_SETTINGS, help=__doc__)
+@click.command("python -m node.cli.stage_process", context_settings=CONTEXT_SETTINGS, help=__doc__)
 @click.option("--model-dir", multiple=True, required=True, help="a model directory this stage may load (repeatable)")
 @click.option("--host", default="127.0.0.1", help="listen address")
 @click.option("--port", type=int, default=0, help="listen port, 0 picks a free one")
@@ -61,7 +61,7 @@ async def serve(args: SimpleNamespace) -> None:
 
 
 def main(argv=None) -> None:
-    _command.main(args=argv, prog_name="python -m node.pipeline.stage_process")
+    _command.main(args=argv, prog_name="python -m node.cli.stage_process")
 
 
 if __name__ == "__main__":
