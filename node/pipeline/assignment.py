@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
-from node.protocol.job import JobSpec, check_layer_range, check_layer_ranges
-from node.protocol.wire_types import Address, Hex32, UInt, parse, validated_dataclass
+from node.protocol.job import JobSpec, StageWorker, check_layer_range, check_layer_ranges
+from node.protocol.wire_types import Hex32, UInt, parse, validated_dataclass
 from node.pipeline.wire import WIRE_DTYPES
 
 
@@ -37,7 +37,7 @@ def _wire_dtype(dtype: str) -> str:
 
 @validated_dataclass(AssignmentError)
 class PeerStage:
-    worker: Address
+    worker: StageWorker
     url: Annotated[str, Strict(), AfterValidator(_stage_url)]
     layer_start: UInt
     layer_end: UInt

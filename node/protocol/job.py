@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import Field, Strict, model_validator
 
 from node.protocol.signing import keccak256 as keccak
-from node.protocol.wire_types import Address, Hex32, UInt, bounded_uint, max_items, parse, validated_dataclass
+from node.protocol.wire_types import Hex32, UInt, address, bounded_uint, max_items, parse, validated_dataclass
 
 JOB_SPEC_VERSION = 1
 MAX_SEED = 2**64 - 1
@@ -28,6 +28,9 @@ MAX_SEED = 2**64 - 1
 MAX_PROMPT_TOKENS = 1 << 16
 MAX_STAGES = 256
 MAX_NEW_TOKENS = 1 << 16
+
+
+StageWorker = address("stage worker")
 
 
 class JobSpecError(ValueError):
@@ -65,7 +68,7 @@ def check_layer_range(stage: Any) -> Any:
 class StageAssignment:
     """Stage s of a group: the worker that serves it and its layers [layer_start, layer_end)."""
 
-    worker: Address
+    worker: StageWorker
     layer_start: UInt
     layer_end: UInt
 

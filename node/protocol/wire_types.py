@@ -40,21 +40,26 @@ def checksummed(address: str) -> str | None:
     return to_checksum_address(address) if is_address(address) else None
 
 
-def _address(value: str) -> str:
-    result = checksummed(value)
-    if result is None:
-        raise ValueError(f"{value!r} is not an Ethereum address")
-    return result
+def address(what: str = "address") -> Any:
+    """An Ethereum address in any case that is one (mixed case must carry a valid EIP-55 checksum), kept
+    checksummed; `what` names it in the error ("stage worker '0x12' is not an Ethereum address")."""
+
+    def check(value: str) -> str:
+        result = checksummed(value)
+        if result is None:
+            raise ValueError(f"{what} {value!r} is not an Ethereum address")
+        return result
+
+    return Annotated[str, Strict(), AfterValidator(check), WithJsonSchema({"type": "string", "pattern": ADDRESS_PATTERN})]
 
 
 def _hex32(value: str) -> str:
     if not _HEX32.match(value):
-        raise ValueError("must be a 0x-prefixed 32-byte hex string")
+        raise ValueError(f"{value!r} is not a 0x-prefixed 32-byte hex string")
     return value.lower()
 
 
-# An Ethereum address in any case that is one (mixed case must carry a valid EIP-55 checksum), kept checksummed.
-Address = Annotated[str, Strict(), AfterValidator(_address), WithJsonSchema({"type": "string", "pattern": ADDRESS_PATTERN})]
+Address = address()
 # 32 bytes as 0x-hex (a model id), kept lowercase.
 Hex32 = Annotated[str, Strict(), AfterValidator(_hex32), WithJsonSchema({"type": "string", "pattern": HEX32_PATTERN})]
 # A non-negative integer; never a bool, a float or a string of digits.
@@ -129,7 +134,8 @@ def place(loc: Sequence[Any], names: Sequence[str] = ()) -> str:
 
 
 def explain(invalid: ValidationError, names: Sequence[str] = ()) -> str:
-    """One readable line for a validation failure: unknown or missing fields first, else the first error."""
+    """One readable line for a validation failure: unknown or missing fields first, else the first error as
+    `place: pydantic's sentence`, or our own sentence (a validator's ValueError) followed by `(at place)`."""
     errors = invalid.errors(include_url=False, include_input=False)
     for kinds, what in ((_EXTRA, "unknown"), (_MISSING, "missing")):
         grouped: dict[str, list[str]] = {}
@@ -140,6 +146,8 @@ def explain(invalid: ValidationError, names: Sequence[str] = ()) -> str:
             return f"{where + ': ' if where else ''}{what} field(s) {sorted(keys)}"
     first = errors[0]
     context = first.get("ctx") or {}
-    message = str(context["error"]) if first["type"] == "value_error" and "error" in context else first["msg"]
     where = place(first["loc"], names)
-    return f"{where}: {message}" if where else message
+    if first["type"] == "value_error" and "error" in context:
+        message = str(context["error"])
+        return f"{message} (at {where})" if where and where not in message else message
+    return f"{where}: {first['msg']}" if where else first["msg"]
