@@ -88,16 +88,16 @@ class JobSpec:
     model_id: Hex32
     prompt_token_ids: Annotated[
         tuple[UInt, ...],
-        max_items(MAX_PROMPT_TOKENS, f"a prompt has at most {MAX_PROMPT_TOKENS} tokens, not {{n}}"),
         Field(min_length=1, max_length=MAX_PROMPT_TOKENS),
+        max_items(MAX_PROMPT_TOKENS, f"a prompt has at most {MAX_PROMPT_TOKENS} tokens, not {{n}}"),
     ]
     sampling: SamplingParams
     seed: bounded_uint(MAX_SEED)
     group_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)]
     stages: Annotated[
         tuple[StageAssignment, ...],
-        max_items(MAX_STAGES, f"a job has between 1 and {MAX_STAGES} stages, not {{n}}"),
         Field(min_length=1, max_length=MAX_STAGES),
+        max_items(MAX_STAGES, f"a job has between 1 and {MAX_STAGES} stages, not {{n}}"),
     ]
     attempt: bounded_uint(MAX_SEED) = 0  # the orchestrator's count of earlier jobs for the same sequence: a job id is issued once
 
