@@ -38,7 +38,7 @@ from node.protocol.worker_messages import (
     parse_signed_registration,
 )
 from node.validator.openapi import Param, Route, add_routes
-from node.validator.schemas import AddressText, Progress
+from node.validator.schemas import AddressText, Groups, Left, Progress, RegisteredWorker, WorkerAssignment
 
 _ADDRESS = re.compile(ADDRESS_PATTERN)
 
@@ -137,13 +137,14 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
 
 
 ROUTES = (
-    Route("POST", "/v1/workers/register", register_worker, request=RegistrationBody, status=201,
-          errors=(400, 403, 409, 413, 503), description="registered; its assignment"),
-    Route("POST", "/v1/workers/heartbeat", heartbeat, request=HeartbeatBody, errors=(400, 403, 404, 409, 413, 503),
-          description="alive; its assignment"),
-    Route("POST", "/v1/workers/leave", leave, request=LeaveBody, errors=(400, 404, 409, 413), description="left"),
-    Route("GET", "/v1/workers/{address}/assignment", assignment, parameters=(Param("address", "path", AddressText),),
-          errors=(400, 404), description="assignment"),
-    Route("GET", "/v1/groups", groups, description="groups"),
+    Route("POST", "/v1/workers/register", register_worker, request=RegistrationBody, response=RegisteredWorker,
+          status=201, errors=(400, 403, 409, 413, 503), description="registered; its assignment"),
+    Route("POST", "/v1/workers/heartbeat", heartbeat, request=HeartbeatBody, response=RegisteredWorker,
+          errors=(400, 403, 404, 409, 413, 503), description="alive; its assignment"),
+    Route("POST", "/v1/workers/leave", leave, request=LeaveBody, response=Left, errors=(400, 404, 409, 413),
+          description="left"),
+    Route("GET", "/v1/workers/{address}/assignment", assignment, response=WorkerAssignment,
+          parameters=(Param("address", "path", AddressText),), errors=(400, 404), description="assignment"),
+    Route("GET", "/v1/groups", groups, response=Groups, description="groups"),
     Route("GET", "/v1/orchestrator/progress", progress, response=Progress, description="progress"),
 )

@@ -82,3 +82,34 @@ class Health(_Open):
 
 class Progress(_Open):
     running: bool
+
+
+class WorkerAssignment(_Open):
+    """Where a worker stands: `spare`, or `assigned` to a stage of a group (and that stage's layers)."""
+
+    address: AddressText
+    model_id: str
+    status: Literal["assigned", "spare"]
+    group_id: str | None = None
+    stage_index: int | None = None
+    layer_start: int | None = None
+    layer_end: int | None = None
+    group: dict[str, Any] | None = None
+
+
+class RegisteredWorker(_Open):
+    worker: dict[str, Any]
+    assignment: WorkerAssignment
+
+
+class Left(_Open):
+    address: AddressText
+    left: Literal[True]
+
+
+class Groups(_Open):
+    model_id: str
+    num_layers: int
+    groups: list[dict[str, Any]]
+    spares: list[str]
+    workers: list[dict[str, Any]]

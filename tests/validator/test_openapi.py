@@ -66,3 +66,25 @@ async def test_every_served_route_and_request_model_is_in_the_generated_document
     assert spec["seed"]["maximum"] == 2**64 - 1 and spec["stages"]["maxItems"] == 256
     assert spec["prompt_token_ids"]["minItems"] == 1 and schemas["JobSpec"]["additionalProperties"] is False
     assert schemas["SignedRegistration"]["properties"]["message"]["properties"]["kind"] == {"const": "stagewise/register"}
+
+
+async def test_answers_have_the_shapes_the_document_declares(ledger, model_dir, group, worker_keys):
+    from node.validator.replay_models import ReplayModels
+    from node.validator.schemas import Accepted, Evidence, Health, Items, Job, RewardProof
+    from node.validator.service import ValidatorNode
+    from tests.validator.conftest import ADMIN_TOKEN, TEST_DOMAIN, make_config, stake_all
+    from tests.validator.test_api import bundle_json
+
+    await stake_all(ledger, worker_keys)
+    node = ValidatorNode(make_config(model_dir, sample_rate=0.0), ledger, domain=TEST_DOMAIN, models=ReplayModels([model_dir]))
+    async with TestClient(TestServer(build_app(node))) as client:
+        accepted = Accepted.model_validate(await (await client.post("/v1/bundles", json=bundle_json(group))).json())
+        await node.validate_next()
+        Job.model_validate(await (await client.get(f"/v1/jobs/{accepted.job_id}")).json())
+        for path in ("/v1/jobs", "/v1/leaderboard", "/v1/slashes"):
+            Items.model_validate(await (await client.get(path)).json())
+        Health.model_validate(await (await client.get("/health")).json())
+        Evidence.model_validate(await (await client.get(f"/v1/jobs/{accepted.job_id}/evidence")).json())
+        await client.post("/v1/admin/epochs/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        Items.model_validate(await (await client.get("/v1/epochs")).json())
+        RewardProof.model_validate(await (await client.get(f"/v1/workers/{worker_keys[0].address}/reward-proof")).json())
