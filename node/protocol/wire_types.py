@@ -40,6 +40,11 @@ def checksummed(address: str) -> str | None:
     return to_checksum_address(address) if is_address(address) else None
 
 
+def _short(value: str) -> str:
+    """A value for an error line: quoted, and cut where it is longer than any valid one."""
+    return repr(value) if len(value) <= 80 else repr(value[:80]) + "..."
+
+
 def address(what: str = "address") -> Any:
     """An Ethereum address in any case that is one (mixed case must carry a valid EIP-55 checksum), kept
     checksummed; `what` names it in the error ("stage worker '0x12' is not an Ethereum address")."""
@@ -47,7 +52,7 @@ def address(what: str = "address") -> Any:
     def check(value: str) -> str:
         result = checksummed(value)
         if result is None:
-            raise ValueError(f"{what} {value!r} is not an Ethereum address")
+            raise ValueError(f"{what} {_short(value)} is not an Ethereum address")
         return result
 
     return Annotated[str, Strict(), AfterValidator(check), WithJsonSchema({"type": "string", "pattern": ADDRESS_PATTERN})]
@@ -55,7 +60,7 @@ def address(what: str = "address") -> Any:
 
 def _hex32(value: str) -> str:
     if not _HEX32.match(value):
-        raise ValueError(f"{value!r} is not a 0x-prefixed 32-byte hex string")
+        raise ValueError(f"{_short(value)} is not a 0x-prefixed 32-byte hex string")
     return value.lower()
 
 
