@@ -11,6 +11,7 @@ import logging
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 from ledger.errors import StagewiseError
 
@@ -23,6 +24,18 @@ class ApiError(StagewiseError):
         self.status = status
         self.code = code
         self.message = message
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a code to branch on and one readable line."""
+
+    model_config = ConfigDict(title="Error")
+    error: ErrorDetail
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

@@ -23,32 +23,29 @@ from aiohttp import web
 
 from ledger import json_input
 
-from node.validator.app import OPENAPI_EXTRA_PATHS, ORCHESTRATOR
+from node.validator.app import ORCHESTRATOR
 from node.http.json_errors import ApiError
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.registry import RegistrationRefused
+from node.protocol.wire_types import ADDRESS_PATTERN
 from node.protocol.worker_messages import (
+    HeartbeatBody,
+    LeaveBody,
     MessageError,
+    RegistrationBody,
     parse_signed_heartbeat,
     parse_signed_leave,
     parse_signed_registration,
 )
+from node.validator.openapi import Param, Route, add_routes
+from node.validator.schemas import AddressText, Groups, Left, Progress, RegisteredWorker, WorkerAssignment
 
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_ADDRESS = re.compile(ADDRESS_PATTERN)
 
 
 def register_routes(app: web.Application, orchestrator: Orchestrator) -> None:
     app[ORCHESTRATOR] = orchestrator
-    r = app.router
-    r.add_post("/v1/workers/register", register_worker)
-    r.add_post("/v1/workers/heartbeat", heartbeat)
-    r.add_post("/v1/workers/leave", leave)
-    r.add_get("/v1/workers/{address}/assignment", assignment)
-    r.add_get("/v1/groups", groups)
-    r.add_get("/v1/orchestrator/progress", progress)
-    extra = app.get(OPENAPI_EXTRA_PATHS)
-    if extra is not None:
-        extra.update(OPENAPI_PATHS)
+    add_routes(app, ROUTES)
 
 
 def orchestration_registrar(orchestrator: Orchestrator) -> Callable[[web.Application], None]:
@@ -57,6 +54,7 @@ def orchestration_registrar(orchestrator: Orchestrator) -> Callable[[web.Applica
 
 
 async def register_worker(request: web.Request) -> web.Response:
+    """Register a staked worker (signed by its key, fresh nonce and timestamp)"""
     orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     data = await read_json_object(request)
     try:
@@ -71,6 +69,7 @@ async def register_worker(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
+    """Keep a registered worker healthy (signed)"""
     orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     data = await read_json_object(request)
     try:
@@ -83,6 +82,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def leave(request: web.Request) -> web.Response:
+    """A worker shutting down leaves its group now (signed); the group is repaired with a spare"""
     orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     data = await read_json_object(request)
     try:
@@ -96,6 +96,7 @@ async def leave(request: web.Request) -> web.Response:
 
 
 async def assignment(request: web.Request) -> web.Response:
+    """The stage a worker serves (group, index, layer range) or that it is a spare"""
     orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     address = request.match_info["address"]
     if not _ADDRESS.match(address):
@@ -109,10 +110,12 @@ async def assignment(request: web.Request) -> web.Response:
 
 
 async def groups(request: web.Request) -> web.Response:
+    """Groups, their stages, layer ranges and throughput; spares; registered workers"""
     return web.json_response(request.app[ORCHESTRATOR].groups_json())
 
 
 async def progress(request: web.Request) -> web.Response:
+    """Tasks done, correct answers, tokens and tokens/s of the running task dispatch"""
     figures = request.app[ORCHESTRATOR].progress
     if figures is None:
         return web.json_response({"running": False})
@@ -133,98 +136,15 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
-_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-
-
-def _signed(kind: str, fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["message", "signature"],
-        "additionalProperties": False,
-        "properties": {
-            "message": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["kind", "version", *required],
-                "properties": {"kind": {"const": kind}, "version": {"const": 1}, **fields},
-            },
-            "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
-        },
-    }
-
-
-_COMMON = {
-    "address": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
-    "nonce": {"type": "string", "pattern": "^0x[0-9a-f]{16,64}$"},
-    "timestamp": {"type": "integer", "minimum": 1},
-}
-_REGISTRATION = _signed(
-    "stagewise/register",
-    {
-        **_COMMON,
-        "capacity": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["memory_bytes", "layer_tokens_per_s"],
-            "properties": {
-                "memory_bytes": {"type": "integer", "minimum": 1},
-                "layer_tokens_per_s": {"type": "number", "exclusiveMinimum": 0},
-            },
-        },
-        "region": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-        "stage_url": {"type": "string", "maxLength": 512},
-    },
-    ["address", "capacity", "region", "stage_url", "nonce", "timestamp"],
+ROUTES = (
+    Route("POST", "/v1/workers/register", register_worker, request=RegistrationBody, response=RegisteredWorker,
+          status=201, errors=(400, 403, 409, 413, 503), description="registered; its assignment"),
+    Route("POST", "/v1/workers/heartbeat", heartbeat, request=HeartbeatBody, response=RegisteredWorker,
+          errors=(400, 403, 404, 409, 413, 503), description="alive; its assignment"),
+    Route("POST", "/v1/workers/leave", leave, request=LeaveBody, response=Left, errors=(400, 404, 409, 413),
+          description="left"),
+    Route("GET", "/v1/workers/{address}/assignment", assignment, response=WorkerAssignment,
+          parameters=(Param("address", "path", AddressText),), errors=(400, 404), description="assignment"),
+    Route("GET", "/v1/groups", groups, response=Groups, description="groups"),
+    Route("GET", "/v1/orchestrator/progress", progress, response=Progress, description="progress"),
 )
-_LEAVE = _signed("stagewise/leave", dict(_COMMON), ["address", "nonce", "timestamp"])
-_HEARTBEAT = _signed(
-    "stagewise/heartbeat", {**_COMMON, "in_flight": {"type": "integer", "minimum": 0}}, ["address", "nonce", "timestamp"]
-)
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): {"description": "error", "content": _ERROR} for s in statuses}
-
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/workers/register": {
-        "post": {
-            "summary": "Register a staked worker (signed by its key, fresh nonce and timestamp)",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _REGISTRATION}}},
-            "responses": {"201": {"description": "registered; its assignment"}, **_errors(400, 403, 409, 413, 503)},
-        }
-    },
-    "/v1/workers/heartbeat": {
-        "post": {
-            "summary": "Keep a registered worker healthy (signed)",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _HEARTBEAT}}},
-            "responses": {"200": {"description": "alive; its assignment"}, **_errors(400, 403, 404, 409, 413, 503)},
-        }
-    },
-    "/v1/workers/leave": {
-        "post": {
-            "summary": "A worker shutting down leaves its group now (signed); the group is repaired with a spare",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _LEAVE}}},
-            "responses": {"200": {"description": "left"}, **_errors(400, 404, 409, 413)},
-        }
-    },
-    "/v1/workers/{address}/assignment": {
-        "get": {
-            "summary": "The stage a worker serves (group, index, layer range) or that it is a spare",
-            "parameters": [{"name": "address", "in": "path", "required": True, "schema": _COMMON["address"]}],
-            "responses": {"200": {"description": "assignment"}, **_errors(400, 404)},
-        }
-    },
-    "/v1/groups": {
-        "get": {
-            "summary": "Groups, their stages, layer ranges and throughput; spares; registered workers",
-            "responses": {"200": {"description": "groups"}},
-        }
-    },
-    "/v1/orchestrator/progress": {
-        "get": {
-            "summary": "Tasks done, correct answers, tokens and tokens/s of the running task dispatch",
-            "responses": {"200": {"description": "progress"}},
-        }
-    },
-}

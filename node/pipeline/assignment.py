@@ -9,12 +9,13 @@ a different neighbour (a replacement worker) re-points the links without reloadi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
+from typing import Annotated, Any
 
-from eth_utils import is_address, to_checksum_address
+from pydantic import AfterValidator, Field, Strict, model_validator
 
-from node.protocol.job import JobSpec
+from node.protocol.job import JobSpec, StageWorker, check_layer_range, check_layer_ranges
+from node.protocol.wire_types import Hex32, UInt, parse, validated_dataclass
 from node.pipeline.wire import WIRE_DTYPES
 
 
@@ -22,50 +23,42 @@ class AssignmentError(ValueError):
     """An assignment that is malformed or does not fit this server."""
 
 
-@dataclass(frozen=True)
+def _stage_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"stage url {url!r} must be http(s)://host:port")
+    return url.rstrip("/")
+
+
+def _wire_dtype(dtype: str) -> str:
+    if dtype not in WIRE_DTYPES:
+        raise ValueError(f"must be one of {sorted(WIRE_DTYPES)}")
+    return dtype
+
+
+@validated_dataclass(AssignmentError)
 class PeerStage:
-    worker: str
-    url: str
-    layer_start: int
-    layer_end: int
+    worker: StageWorker
+    url: Annotated[str, Strict(), AfterValidator(_stage_url)]
+    layer_start: UInt
+    layer_end: UInt
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.worker, str) and is_address(self.worker)):
-            raise AssignmentError(f"stage worker {self.worker!r} is not an address")
-        object.__setattr__(self, "worker", to_checksum_address(self.worker))
-        if not (isinstance(self.url, str) and self.url.startswith(("http://", "https://"))):
-            raise AssignmentError(f"stage url {self.url!r} must be http(s)://host:port")
-        object.__setattr__(self, "url", self.url.rstrip("/"))
-        if not (isinstance(self.layer_start, int) and isinstance(self.layer_end, int) and 0 <= self.layer_start < self.layer_end):
-            raise AssignmentError(f"layers [{self.layer_start}, {self.layer_end}) are not a range")
+    _range = model_validator(mode="after")(check_layer_range)
 
 
-@dataclass(frozen=True)
+@validated_dataclass(AssignmentError)
 class Assignment:
-    group_id: str
-    model_id: str
-    stage_index: int
-    stages: tuple[PeerStage, ...]
-    wire_dtype: str = "fp32"
+    group_id: Annotated[str, Strict(), Field(min_length=1, max_length=128)]
+    model_id: Hex32
+    stage_index: UInt
+    stages: Annotated[tuple[PeerStage, ...], Field(min_length=1)]
+    wire_dtype: Annotated[str, Strict(), AfterValidator(_wire_dtype), Field(json_schema_extra={"enum": sorted(WIRE_DTYPES)})] = "fp32"
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.group_id, str) and 0 < len(self.group_id) <= 128):
-            raise AssignmentError("group_id must be a non-empty string")
-        if not (isinstance(self.model_id, str) and self.model_id.startswith("0x") and len(self.model_id) == 66):
-            raise AssignmentError("model_id must be a 0x-prefixed 32-byte hex string")
-        object.__setattr__(self, "model_id", self.model_id.lower())
-        object.__setattr__(self, "stages", tuple(self.stages))
-        if not self.stages:
-            raise AssignmentError("an assignment lists at least one stage")
-        if not (isinstance(self.stage_index, int) and 0 <= self.stage_index < len(self.stages)):
-            raise AssignmentError(f"stage_index {self.stage_index} is outside 0..{len(self.stages) - 1}")
-        if self.stages[0].layer_start != 0:
-            raise AssignmentError("stage 0 must start at layer 0")
-        for before, after in zip(self.stages, self.stages[1:]):
-            if before.layer_end != after.layer_start:
-                raise AssignmentError("stage layer ranges must be contiguous")
-        if self.wire_dtype not in WIRE_DTYPES:
-            raise AssignmentError(f"wire_dtype must be one of {sorted(WIRE_DTYPES)}")
+    @model_validator(mode="after")
+    def _fits(self) -> "Assignment":
+        if self.stage_index >= len(self.stages):
+            raise ValueError(f"stage_index {self.stage_index} is outside 0..{len(self.stages) - 1}")
+        check_layer_ranges(self.stages)
+        return self
 
     @property
     def me(self) -> PeerStage:
@@ -109,20 +102,7 @@ class Assignment:
 
     @classmethod
     def from_dict(cls, data: Any) -> "Assignment":
+        """Parse untrusted input (already through ledger/json_input): any defect raises AssignmentError."""
         if not isinstance(data, dict):
             raise AssignmentError("an assignment is a JSON object")
-        allowed = {"group_id", "model_id", "stage_index", "stages", "wire_dtype"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise AssignmentError(f"unknown assignment field(s) {sorted(unknown)}")
-        missing = allowed - {"wire_dtype"} - set(data)
-        if missing:
-            raise AssignmentError(f"missing assignment field(s) {sorted(missing)}")
-        stages = data["stages"]
-        if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
-            raise AssignmentError("stages must be a list of objects")
-        try:
-            peers = tuple(PeerStage(**s) for s in stages)
-        except TypeError as error:
-            raise AssignmentError(f"stage entry: {error}") from None
-        return cls(data["group_id"], data["model_id"], data["stage_index"], peers, data.get("wire_dtype", "fp32"))
+        return parse(cls, data, AssignmentError, "assignment")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 
 from node.protocol.job import JobSpec, JobSpecError
 from node.protocol.receipts import (
@@ -132,6 +133,35 @@ class HandoffComplaint:
 def sign_complaint(key: SigningKey, domain: ReceiptDomain, evidence: Complaint) -> HandoffComplaint:
     """The complaint the receiving stage signs for this deployment over the evidence its pipeline kept."""
     return HandoffComplaint(evidence, key.sign_digest(HandoffComplaint(evidence, b"").digest(domain)))
+
+
+_HEX = Annotated[str, Field(pattern=r"^0x([0-9a-fA-F]{2})*$")]
+
+
+class StageEntryBody(BaseModel):
+    """One stage's entry: its signed receipt (node/protocol/receipts.py `StageReceipt.to_json`), the signature
+    and the proofs the receipt digests, and the handoff claims it received when its inputs differ."""
+
+    model_config = ConfigDict(extra="forbid")
+    receipt: dict[str, Any]
+    signature: Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]
+    proofs: Annotated[list[_HEX], Field(max_length=MAX_PROOFS_PER_STAGE)]
+    received: list[dict[str, Any]] = []
+
+
+# The wire form, as /openapi.json shows it. `Bundle.from_json` checks it field by field instead of through
+# this model: intake parses every bundle (>= 500/s) and names each defect in its own words (tests hold
+# those words); the spec inside is validated by `JobSpec`, the one declaration of its rules.
+class BundleBody(BaseModel):
+    """A job spec, every stage's signed receipt and proofs, and the output tokens (`Bundle.to_json`).
+    Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", title="Bundle")
+    version: Literal[1]
+    spec: JobSpec
+    stages: Annotated[list[StageEntryBody], Field(max_length=MAX_STAGES)]
+    output_token_ids: list[Annotated[int, Field(ge=0, lt=1 << 32)]]
+    complaints: list[dict[str, Any]] = []
 
 
 @dataclass(frozen=True)

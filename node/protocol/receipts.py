@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Sequence
+from functools import cached_property
+from typing import Annotated, Any, Iterable, Sequence
 
-from eth_utils import is_address, to_checksum_address
+from pydantic import Field, Strict
 
 from node.protocol.job import JobSpec
 from node.protocol.signing import SigningKey, recover_digest
 from node.protocol.signing import keccak256 as keccak
+from node.protocol.wire_types import address, validated_dataclass
 
 DOMAIN_NAME = "stagewise"
 DOMAIN_VERSION = "1"
@@ -65,39 +67,30 @@ class ReceiptError(ValueError):
     """A receipt field of the wrong type or out of range; the message names it."""
 
 
-@dataclass(frozen=True)
+ContractAddress = address("domain verifying_contract")
+
+
+@validated_dataclass(ReceiptError)
 class ReceiptDomain:
     """Which deployment a receipt is for: the chain and the staking contract (the EIP-712 domain)."""
 
-    chain_id: int
-    verifying_contract: str
-    name: str = DOMAIN_NAME
-    version: str = DOMAIN_VERSION
+    chain_id: Annotated[int, Strict(), Field(gt=0, le=2**256 - 1)]
+    verifying_contract: ContractAddress
+    name: Annotated[str, Strict()] = DOMAIN_NAME
+    version: Annotated[str, Strict()] = DOMAIN_VERSION
 
-    def __post_init__(self) -> None:
-        if not (_is_uint(self.chain_id, 2**256 - 1) and self.chain_id > 0):
-            raise ReceiptError("domain chain_id must be a positive integer")
-        if not (isinstance(self.verifying_contract, str) and is_address(self.verifying_contract)):
-            raise ReceiptError(f"domain verifying_contract {self.verifying_contract!r} is not an address")
-        object.__setattr__(self, "verifying_contract", to_checksum_address(self.verifying_contract))
-        # Computed once: every receipt digest of this deployment starts from it.
-        object.__setattr__(
-            self,
-            "_separator",
-            keccak(
-                DOMAIN_TYPEHASH
-                + keccak(self.name.encode())
-                + keccak(self.version.encode())
-                + self.chain_id.to_bytes(32, "big")
-                + bytes(12)
-                + bytes.fromhex(self.verifying_contract[2:])
-            ),
-        )
-
-    @property
+    @cached_property
     def separator(self) -> bytes:
-        """The EIP-712 domain separator (32 bytes)."""
-        return self._separator  # type: ignore[attr-defined]
+        """The EIP-712 domain separator (32 bytes), computed once: every receipt digest of this deployment
+        starts from it."""
+        return keccak(
+            DOMAIN_TYPEHASH
+            + keccak(self.name.encode())
+            + keccak(self.version.encode())
+            + self.chain_id.to_bytes(32, "big")
+            + bytes(12)
+            + bytes.fromhex(self.verifying_contract[2:])
+        )
 
     def to_eip712(self) -> dict[str, Any]:
         return {

@@ -12,22 +12,23 @@ A third message, `Leave`, says a worker is shutting down: the orchestrator takes
 
 Wire form (HTTP body of POST /v1/workers/register, /v1/workers/heartbeat and /v1/workers/leave):
     {"message": {...the canonical fields...}, "signature": "0x<65 bytes hex>"}
+declared once as the validated models `RegistrationBody`, `HeartbeatBody` and `LeaveBody` (their fields'
+rules are the messages' own, node/protocol/wire_types.py), which /openapi.json shows as they are.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Generic, TypeVar
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlparse
 
-from eth_utils import is_address, to_checksum_address
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema, create_model
 
 from node.protocol.signing import SignatureError, SigningKey, recover_message
+from node.protocol.wire_types import Address, address, parse, validated_dataclass
 
 MESSAGE_VERSION = 1
 REGISTRATION_KIND = "stagewise/register"
@@ -37,14 +38,39 @@ NONCE_BYTES = 16
 UNBOUND_VALIDATOR = "0x" + "00" * 20  # a registration that names no validator: a bound registry refuses it
 MAX_REGION_LENGTH = 64
 MAX_URL_LENGTH = 512
-_REGION = re.compile(r"^[A-Za-z0-9._-]+$")
+SIGNATURE_BYTES = 65
 
 
 class MessageError(ValueError):
     """An untrusted message that is malformed or not signed by the address it names."""
 
 
-@dataclass(frozen=True)
+def _checked_url(value: str) -> str:
+    if not 0 < len(value) <= MAX_URL_LENGTH:
+        raise ValueError(f"stage_url must be a string of at most {MAX_URL_LENGTH} characters")
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"stage_url {value!r} must be an http(s) URL with a host")
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not one
+    except ValueError:
+        raise ValueError(f"stage_url {value!r} has no valid port") from None
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.params or "@" in parsed.netloc:
+        # the validator signs PUT/DELETE requests to it: only the server's root, never a path chosen by the worker
+        raise ValueError(f"stage_url {value!r} must be scheme://host:port only (no user, path, query or fragment)")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+ValidatorAddress = address("validator")
+Nonce = Annotated[str, Strict(), Field(pattern=r"^0x[0-9a-f]{16,64}$")]
+Timestamp = Annotated[int, Strict(), Field(gt=0, lt=1 << 40, description="unix seconds")]
+Region = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_REGION_LENGTH, pattern=r"^[A-Za-z0-9._-]+$")]
+StageUrl = Annotated[
+    str, Strict(), AfterValidator(_checked_url), WithJsonSchema({"type": "string", "maxLength": MAX_URL_LENGTH})
+]
+
+
+@validated_dataclass(MessageError)
 class Capacity:
     """What a worker can hold and how fast it computes.
 
@@ -53,16 +79,8 @@ class Capacity:
     serving T tokens takes about L*T/layer_tokens_per_s seconds, whatever the model.
     """
 
-    memory_bytes: int
-    layer_tokens_per_s: float
-
-    def __post_init__(self) -> None:
-        if not (_is_int(self.memory_bytes) and 0 < self.memory_bytes < 1 << 60):
-            raise MessageError("capacity.memory_bytes must be a positive integer")
-        value = self.layer_tokens_per_s
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-            raise MessageError("capacity.layer_tokens_per_s must be a positive finite number")
-        object.__setattr__(self, "layer_tokens_per_s", float(value))
+    memory_bytes: Annotated[int, Strict(), Field(gt=0, lt=1 << 60)]
+    layer_tokens_per_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
 
 
 class WorkerMessage:
@@ -80,68 +98,46 @@ class WorkerMessage:
         return Signed(self, key.sign_message(self.canonical_bytes()))
 
 
-@dataclass(frozen=True)
+@validated_dataclass(MessageError)
 class Registration(WorkerMessage):
     """A worker offers itself: who it is, what it can do, where it is and where its stage server listens."""
 
     KIND: ClassVar[str] = REGISTRATION_KIND
 
-    address: str
+    address: Address
     capacity: Capacity
-    region: str
-    stage_url: str
-    nonce: str
-    timestamp: int
-    validator: str = UNBOUND_VALIDATOR  # the validator (and chain) it is for: a copy is worthless to another
-    chain_id: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "address", _checked_address(self.address))
-        object.__setattr__(self, "validator", _checked_address(self.validator))
-        if not (_is_int(self.chain_id) and 0 <= self.chain_id < 1 << 64):
-            raise MessageError("chain_id must be a non-negative integer")
-        if not isinstance(self.capacity, Capacity):
-            raise MessageError("capacity must be an object with memory_bytes and layer_tokens_per_s")
-        if not (isinstance(self.region, str) and 0 < len(self.region) <= MAX_REGION_LENGTH and _REGION.match(self.region)):
-            raise MessageError(f"region must be 1..{MAX_REGION_LENGTH} characters of letters, digits, '.', '_' or '-'")
-        object.__setattr__(self, "stage_url", _checked_url(self.stage_url))
-        _check_nonce(self.nonce)
-        _check_timestamp(self.timestamp)
+    region: Region
+    stage_url: StageUrl
+    nonce: Nonce
+    timestamp: Timestamp
+    validator: ValidatorAddress = UNBOUND_VALIDATOR  # the validator (and chain) it is for: a copy is worthless to another
+    chain_id: Annotated[int, Strict(), Field(ge=0, lt=1 << 64)] = 0
 
 
-@dataclass(frozen=True)
+
+@validated_dataclass(MessageError)
 class Heartbeat(WorkerMessage):
     """A worker is alive. `in_flight` is how many sequences its stage holds now (informational)."""
 
     KIND: ClassVar[str] = HEARTBEAT_KIND
 
-    address: str
-    nonce: str
-    timestamp: int
-    in_flight: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "address", _checked_address(self.address))
-        _check_nonce(self.nonce)
-        _check_timestamp(self.timestamp)
-        if not (_is_int(self.in_flight) and 0 <= self.in_flight < 1 << 31):
-            raise MessageError("in_flight must be a non-negative integer")
+    address: Address
+    nonce: Nonce
+    timestamp: Timestamp
+    in_flight: Annotated[int, Strict(), Field(ge=0, lt=1 << 31)] = 0
 
 
-@dataclass(frozen=True)
+
+@validated_dataclass(MessageError)
 class Leave(WorkerMessage):
     """A worker is shutting down: stop giving its group work, repair the group now."""
 
     KIND: ClassVar[str] = LEAVE_KIND
 
-    address: str
-    nonce: str
-    timestamp: int
+    address: Address
+    nonce: Nonce
+    timestamp: Timestamp
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "address", _checked_address(self.address))
-        _check_nonce(self.nonce)
-        _check_timestamp(self.timestamp)
 
 
 M = TypeVar("M")  # Registration, Heartbeat or Leave
@@ -193,51 +189,87 @@ def make_leave(key: SigningKey, now: float | None = None) -> SignedLeave:
     return Leave(key.address, new_nonce(), timestamp).sign(key)
 
 
-def parse_signed_registration(data: Any) -> SignedRegistration:
-    """Untrusted JSON -> a registration whose signature recovers to its address, or MessageError."""
-    body, signature = _envelope(data, REGISTRATION_KIND)
-    _check_keys("message", body, {f.name for f in fields(Registration)})
-    capacity = body["capacity"]
-    if not isinstance(capacity, dict):
-        raise MessageError("capacity must be an object with memory_bytes and layer_tokens_per_s")
-    _check_keys("capacity", capacity, {f.name for f in fields(Capacity)})
-    signed = SignedRegistration(Registration(**{**body, "capacity": Capacity(**capacity)}), signature)
+def _signature(value: Any) -> Any:
+    if not (isinstance(value, str) and value.startswith("0x")):
+        raise ValueError("signature must be a 0x-prefixed hex string")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise ValueError("signature is not hex") from None
+    if len(raw) != SIGNATURE_BYTES:
+        raise ValueError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(raw)}")
+    return raw
+
+
+Signature = Annotated[
+    bytes, BeforeValidator(_signature), WithJsonSchema({"type": "string", "pattern": f"^0x[0-9a-fA-F]{{{2 * SIGNATURE_BYTES}}}$"})
+]
+
+
+class _Kind:
+    """The `kind` and `version` every message carries on the wire: checked and dropped before its fields are
+    validated, and declared in its schema."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __call__(self, body: Any) -> Any:
+        if not isinstance(body, dict):
+            return body  # the dataclass says what is wrong with it
+        body = dict(body)
+        if body.pop("kind", None) != self.kind:
+            raise ValueError(f"message.kind must be {self.kind!r}")
+        version = body.pop("version", None)
+        if version != MESSAGE_VERSION:
+            raise ValueError(f"unsupported message version {version!r} (this validator speaks {MESSAGE_VERSION})")
+        return body
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        schema["properties"] = {"kind": {"const": self.kind}, "version": {"const": MESSAGE_VERSION}, **schema["properties"]}
+        schema["required"] = ["kind", "version", *schema.get("required", [])]
+        return schema
+
+
+def _body(name: str, message: type) -> type[BaseModel]:
+    """The wire form {message, signature} of one kind of message, as a validated model."""
+    kind = _Kind(message.KIND)
+    return create_model(
+        name,
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"A signed {message.__name__}: the message's canonical fields and its signer's EIP-191 signature.",
+        message=(Annotated[message, BeforeValidator(kind), kind], ...),
+        signature=(Signature, ...),
+    )
+
+
+RegistrationBody = _body("SignedRegistration", Registration)
+HeartbeatBody = _body("SignedHeartbeat", Heartbeat)
+LeaveBody = _body("SignedLeave", Leave)
+
+
+def _parse_signed(body_type: type[BaseModel], data: Any) -> Signed[Any]:
+    if not isinstance(data, dict):
+        raise MessageError("the body must be a JSON object {message, signature}")
+    body = parse(body_type, data, MessageError)
+    signed = Signed(body.message, body.signature)
     signed.verify()
     return signed
+
+
+def parse_signed_registration(data: Any) -> SignedRegistration:
+    """Untrusted JSON -> a registration whose signature recovers to its address, or MessageError."""
+    return _parse_signed(RegistrationBody, data)
 
 
 def parse_signed_heartbeat(data: Any) -> SignedHeartbeat:
     """Untrusted JSON -> a heartbeat whose signature recovers to its address, or MessageError."""
-    body, signature = _envelope(data, HEARTBEAT_KIND)
-    _check_keys("message", body, {f.name for f in fields(Heartbeat)}, optional={"in_flight"})
-    signed = SignedHeartbeat(Heartbeat(**body), signature)
-    signed.verify()
-    return signed
+    return _parse_signed(HeartbeatBody, data)
 
 
-def _envelope(data: Any, kind: str) -> tuple[dict[str, Any], bytes]:
-    if not isinstance(data, dict):
-        raise MessageError("the body must be a JSON object {message, signature}")
-    _check_keys("body", data, {"message", "signature"})
-    body = data["message"]
-    if not isinstance(body, dict):
-        raise MessageError("message must be an object")
-    body = dict(body)
-    if body.pop("kind", None) != kind:
-        raise MessageError(f"message.kind must be {kind!r}")
-    version = body.pop("version", None)
-    if version != MESSAGE_VERSION:
-        raise MessageError(f"unsupported message version {version!r} (this validator speaks {MESSAGE_VERSION})")
-    signature = data["signature"]
-    if not (isinstance(signature, str) and signature.startswith("0x")):
-        raise MessageError("signature must be a 0x-prefixed hex string")
-    try:
-        raw = bytes.fromhex(signature[2:])
-    except ValueError as error:
-        raise MessageError("signature is not hex") from error
-    if len(raw) != 65:
-        raise MessageError(f"signature must be 65 bytes, got {len(raw)}")
-    return body, raw
+def parse_signed_leave(data: Any) -> SignedLeave:
+    """Untrusted JSON -> a leave message whose signature recovers to its address, or MessageError."""
+    return _parse_signed(LeaveBody, data)
 
 
 def _verify(message: bytes, signature: bytes, address: str) -> None:
@@ -251,57 +283,3 @@ def _verify(message: bytes, signature: bytes, address: str) -> None:
 
 def _canonical(data: dict[str, Any]) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _checked_address(value: Any) -> str:
-    if not (isinstance(value, str) and is_address(value)):
-        raise MessageError(f"address {value!r} is not an Ethereum address")
-    return to_checksum_address(value)
-
-
-def _checked_url(value: Any) -> str:
-    if not (isinstance(value, str) and 0 < len(value) <= MAX_URL_LENGTH):
-        raise MessageError(f"stage_url must be a string of at most {MAX_URL_LENGTH} characters")
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise MessageError(f"stage_url {value!r} must be an http(s) URL with a host")
-    try:
-        parsed.port  # noqa: B018 - raises on a port that is not one
-    except ValueError:
-        raise MessageError(f"stage_url {value!r} has no valid port") from None
-    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.params or "@" in parsed.netloc:
-        # the validator signs PUT/DELETE requests to it: only the server's root, never a path chosen by the worker
-        raise MessageError(f"stage_url {value!r} must be scheme://host:port only (no user, path, query or fragment)")
-    return f"{parsed.scheme}://{parsed.netloc}"
-
-
-def _check_nonce(value: Any) -> None:
-    if not (isinstance(value, str) and re.fullmatch(r"0x[0-9a-f]{16,64}", value)):
-        raise MessageError("nonce must be 0x followed by 16..64 lowercase hex digits")
-
-
-def _check_timestamp(value: Any) -> None:
-    if not (_is_int(value) and 0 < value < 1 << 40):
-        raise MessageError("timestamp must be a positive integer (unix seconds)")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_keys(where: str, data: dict, allowed: set[str], optional: set[str] = frozenset()) -> None:
-    unknown = set(data) - allowed
-    if unknown:
-        raise MessageError(f"{where}: unknown field(s) {sorted(unknown)}")
-    missing = allowed - optional - set(data)
-    if missing:
-        raise MessageError(f"{where}: missing field(s) {sorted(missing)}")
-
-
-def parse_signed_leave(data: Any) -> SignedLeave:
-    """Untrusted JSON -> a leave message whose signature recovers to its address, or MessageError."""
-    body, signature = _envelope(data, LEAVE_KIND)
-    _check_keys("message", body, {f.name for f in fields(Leave)})
-    signed = SignedLeave(Leave(**body), signature)
-    signed.verify()
-    return signed

@@ -17,31 +17,35 @@ from eth_utils import is_checksum_address, to_checksum_address
 
 from node.validator.app import NODE
 from node.http.json_errors import ApiError
+from node.protocol.bundle import BundleBody
+from node.protocol.wire_types import ADDRESS_PATTERN, HEX32_PATTERN
+from node.validator.openapi import OPENAPI_ROUTES, Param, Route, add_routes, document
+from node.validator.schemas import (
+    JOB_STATUSES,
+    MAX_PAGE,
+    Accepted,
+    AddressText,
+    Epoch,
+    Evidence,
+    Health,
+    Items,
+    Job,
+    JobId,
+    JobStatus,
+    Limit,
+    RewardProof,
+)
 
-_JOB_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
-MAX_PAGE = 500
-JOB_STATUSES = ("awaiting_bundle", "queued", "validating", "done")
+_JOB_ID = re.compile(HEX32_PATTERN)
+_ADDRESS = re.compile(ADDRESS_PATTERN)
 
 
 def register(app: web.Application) -> None:
-    r = app.router
-    r.add_post("/v1/bundles", submit_bundle)
-    r.add_get("/v1/jobs", list_jobs)
-    r.add_get("/v1/jobs/{job_id}", get_job)
-    r.add_get("/v1/jobs/{job_id}/evidence", get_evidence)
-    r.add_get("/v1/leaderboard", leaderboard)
-    r.add_get("/v1/slashes", slashes)
-    r.add_get("/v1/workers/{address}", get_worker)
-    r.add_get("/v1/workers/{address}/reward-proof", get_reward_proof)
-    r.add_get("/v1/epochs", epochs)
-    r.add_post("/v1/admin/epochs/close", admin_close_epoch)
-    r.add_get("/metrics", metrics)
-    r.add_get("/health", health)
-    r.add_get("/openapi.json", openapi)
+    add_routes(app, ROUTES)
 
 
 async def submit_bundle(request: web.Request) -> web.Response:
+    """Submit a bundle (any stage may). Stored before the response; validated later."""
     node = request.app[NODE]
     node.metrics.bundles_received.inc()
     try:
@@ -57,6 +61,7 @@ async def submit_bundle(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """A job's status and verdict"""
     job_id = _job_id(request)
     job = await request.app[NODE].job(job_id)
     if job is None:
@@ -65,6 +70,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    """Recent jobs, newest first"""
     limit = _limit(request)
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
@@ -73,6 +79,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def get_evidence(request: web.Request) -> web.Response:
+    """The evidence of a job's verdict, to recompute it offline (I5)"""
     job_id = _job_id(request)
     evidence = await request.app[NODE].evidence(job_id)
     if evidence is None:
@@ -81,14 +88,17 @@ async def get_evidence(request: web.Request) -> web.Response:
 
 
 async def leaderboard(request: web.Request) -> web.Response:
+    """Workers by total reward"""
     return web.json_response({"items": await request.app[NODE].leaderboard(limit=_limit(request))})
 
 
 async def slashes(request: web.Request) -> web.Response:
+    """Slashing history with evidence hashes and chain transactions"""
     return web.json_response({"items": await request.app[NODE].slashes(limit=_limit(request))})
 
 
 async def get_worker(request: web.Request) -> web.Response:
+    """One worker: stake, rewards, slashes"""
     address = _address(request)
     worker = await request.app[NODE].worker(address)
     if worker is None:
@@ -97,7 +107,9 @@ async def get_worker(request: web.Request) -> web.Response:
 
 
 async def get_reward_proof(request: web.Request) -> web.Response:
-    """What `stagewise claim --validator URL` sends to the contract: public, since the root is on chain."""
+    """A worker's claim proof: cumulative reward and Merkle path to an epoch's rewards root.
+
+    What `stagewise claim --validator URL` sends to the contract: public, since the root is on chain."""
     address = _address(request)
     raw = request.query.get("epoch")
     epoch = _positive_int(raw, 2**63 - 1) if raw is not None else None
@@ -121,10 +133,12 @@ def _address(request: web.Request) -> str:
 
 
 async def epochs(request: web.Request) -> web.Response:
+    """Closed epochs with their roots and on-chain anchor transactions"""
     return web.json_response({"items": await request.app[NODE].epochs(limit=_limit(request))})
 
 
 async def admin_close_epoch(request: web.Request) -> web.Response:
+    """Close an epoch now (admin token)"""
     node = request.app[NODE]
     _require_admin(request)
     epoch = await node.close_epoch(force=True)
@@ -134,6 +148,7 @@ async def admin_close_epoch(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics"""
     node = request.app[NODE]
     await node.refresh_gauges()
     response = web.Response(body=node.metrics.render())
@@ -143,6 +158,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness and the ledger's reachability"""
     started = time.perf_counter()
     report = await request.app[NODE].health()
     report["checked_in_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -150,10 +166,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from node.validator.app import OPENAPI_EXTRA_PATHS
-    from node.validator.openapi import document
-
-    return web.json_response(document(extra_paths=request.app[OPENAPI_EXTRA_PATHS]))
+    """This document"""
+    return web.json_response(document(request.app[OPENAPI_ROUTES]))
 
 
 def _job_id(request: web.Request) -> str:
@@ -186,3 +200,29 @@ def _require_admin(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), token.encode()):
         raise ApiError(401, "unauthorized", "admin actions need 'Authorization: Bearer <admin token>'")
+
+
+_LIMIT = Param("limit", "query", Limit)
+_JOB = Param("job_id", "path", JobId)
+_WORKER = Param("address", "path", AddressText)
+
+ROUTES = (
+    Route("POST", "/v1/bundles", submit_bundle, request=BundleBody, response=Accepted, status=202,
+          errors=(400, 403, 409, 413, 422), description="stored and queued for validation"),
+    Route("GET", "/v1/jobs", list_jobs, response=Items, parameters=(_LIMIT, Param("status", "query", JobStatus)),
+          errors=(400,), description="jobs"),
+    Route("GET", "/v1/jobs/{job_id}", get_job, response=Job, parameters=(_JOB,), errors=(400, 404), description="the job"),
+    Route("GET", "/v1/jobs/{job_id}/evidence", get_evidence, response=Evidence, parameters=(_JOB,), errors=(400, 404),
+          description="evidence"),
+    Route("GET", "/v1/leaderboard", leaderboard, response=Items, parameters=(_LIMIT,), errors=(400,), description="leaderboard"),
+    Route("GET", "/v1/slashes", slashes, response=Items, parameters=(_LIMIT,), errors=(400,), description="slashes"),
+    Route("GET", "/v1/workers/{address}", get_worker, parameters=(_WORKER,), errors=(400, 404), description="the worker"),
+    Route("GET", "/v1/workers/{address}/reward-proof", get_reward_proof, response=RewardProof,
+          parameters=(_WORKER, Param("epoch", "query", Epoch)), errors=(400, 404), description="the proof"),
+    Route("GET", "/v1/epochs", epochs, response=Items, parameters=(_LIMIT,), errors=(400,), description="epochs"),
+    Route("POST", "/v1/admin/epochs/close", admin_close_epoch, status=201, errors=(401, 403, 409), admin=True,
+          description="the closed epoch"),
+    Route("GET", "/metrics", metrics, content_type="text/plain", description="text exposition"),
+    Route("GET", "/health", health, response=Health, more={503: (Health, "degraded")}, description="healthy"),
+    Route("GET", "/openapi.json", openapi, description="OpenAPI 3.1"),
+)

@@ -3,8 +3,8 @@
 `build_app(node, registrars=...)` returns an app with the validator's routes (api.py), JSON errors, a
 request body limit (413 beyond it), metrics, health and the OpenAPI document. Other parts of the node add
 their own routes by passing registrars, callables `registrar(app) -> None` that run before the app is
-frozen; orchestration keeps its state in `app[ORCHESTRATOR]` and describes its routes for /openapi.json by
-adding path items to `app[OPENAPI_EXTRA_PATHS]`.
+frozen; orchestration keeps its state in `app[ORCHESTRATOR]`. Every module adds its routes with
+`node.validator.openapi.add_routes`, which also lists them in `app[OPENAPI_ROUTES]` for /openapi.json.
 
 State every handler can reach: `app[NODE]` (the `ValidatorNode`: ledger, config, metrics, models, chain).
 """
@@ -18,10 +18,10 @@ from aiohttp import web
 
 from node.http.limits import HttpGuard
 from node.http.json_errors import json_errors
+from node.validator.openapi import OPENAPI_ROUTES
 
 NODE: web.AppKey[Any] = web.AppKey("validator_node", object)
 ORCHESTRATOR: web.AppKey[Any] = web.AppKey("orchestrator", object)
-OPENAPI_EXTRA_PATHS: web.AppKey[dict] = web.AppKey("openapi_extra_paths", dict)
 
 Registrar = Callable[[web.Application], None]
 
@@ -35,7 +35,7 @@ def build_app(
     middlewares = [json_errors] + ([guard.middleware] if guard is not None else [])
     app = web.Application(middlewares=middlewares, client_max_size=node.config.max_body_bytes)
     app[NODE] = node
-    app[OPENAPI_EXTRA_PATHS] = {}
+    app[OPENAPI_ROUTES] = []
     api.register(app)
     for registrar in registrars:
         registrar(app)

@@ -14,10 +14,17 @@ DASHBOARD_DIR = Path(__file__).with_name("dashboard")
 
 
 async def _index(request: web.Request) -> web.FileResponse:
+    """The dashboard's page"""
     return web.FileResponse(DASHBOARD_DIR / "index.html")
 
 
 def register_dashboard(app: web.Application) -> None:
     """Serve the dashboard at `/` and its assets under `/dashboard/`."""
-    app.router.add_get("/", _index)
+    from node.validator.openapi import Route, add_routes
+
     app.router.add_static("/dashboard/", DASHBOARD_DIR)
+    add_routes(app, (
+        Route("GET", "/", _index, content_type="text/html", description="HTML"),
+        Route("GET", "/dashboard/{filename}", None, summary="The dashboard's scripts and styles (static files)",
+              content_type="application/octet-stream", errors=(404,), description="the file"),
+    ))

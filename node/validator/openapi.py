@@ -1,236 +1,141 @@
-"""The OpenAPI 3.1 document of the validator API, served at /openapi.json.
+"""The OpenAPI 3.1 document of the validator API, served at /openapi.json: generated, not written.
 
-Written by hand next to the routes it describes (api.py): it is the contract that clients, the dashboard
-and the fuzz tests (tests/validator/test_fuzz.py) read. Orchestration adds its paths through
-`app[OPENAPI_EXTRA_PATHS]`.
+Each API module declares its routes once as a table of `Route`s (method, path, handler, request and
+response models, parameters, error statuses) and registers them with `add_routes`, which both adds them to
+the aiohttp router and records them in `app[OPENAPI_ROUTES]`. `document(routes)` turns that table into the
+document: a path item per route, its summary from the handler's docstring, and every model's JSON Schema
+(`model_json_schema`, the same types that validate the requests) under `components/schemas`. Clients, the
+dashboard and the fuzz tests (tests/validator/test_fuzz.py) read it.
 """
 
 from __future__ import annotations
 
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-HEX32 = {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"}
-ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
-HEX = {"type": "string", "pattern": "^0x([0-9a-fA-F]{2})*$"}
-WEI = {"type": "string", "pattern": "^[0-9]+$", "description": "an integer amount of wei, as a decimal string"}
-UINT = {"type": "integer", "minimum": 0}
+from aiohttp import web
+from pydantic import TypeAdapter
+from pydantic.json_schema import models_json_schema
 
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "SamplingParams": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "temperature": {"type": "number", "minimum": 0},
-            "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            "top_k": UINT,
-            "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": 65536},
-            "stop_ids": {"type": "array", "items": UINT},
-        },
-    },
-    "StageAssignment": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["worker", "layer_start", "layer_end"],
-        "properties": {"worker": ADDRESS, "layer_start": UINT, "layer_end": UINT},
-    },
-    "JobSpec": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["model_id", "prompt_token_ids", "sampling", "seed", "group_id", "stages"],
-        "properties": {
-            "version": {"const": 1},
-            "model_id": HEX32,
-            "prompt_token_ids": {"type": "array", "minItems": 1, "items": UINT},
-            "sampling": {"$ref": "#/components/schemas/SamplingParams"},
-            "seed": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-            "attempt": {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-            "group_id": {"type": "string", "minLength": 1, "maxLength": 128},
-            "stages": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/StageAssignment"}},
-        },
-    },
-    "Bundle": {
-        "type": "object",
-        "description": "A job spec, every stage's signed receipt and proofs, and the output tokens "
-        "(node/protocol/bundle.py `Bundle.to_json`). Unknown fields are refused.",
-        "required": ["spec", "stages", "output_token_ids"],
-        "properties": {
-            "version": {"type": "integer"},
-            "spec": {"$ref": "#/components/schemas/JobSpec"},
-            "stages": {"type": "array", "items": {"type": "object"}},
-            "output_token_ids": {"type": "array", "items": UINT},
-            "complaints": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-    "Accepted": {
-        "type": "object",
-        "required": ["job_id", "status"],
-        "properties": {"job_id": HEX32, "status": {"type": "string"}},
-    },
-    "Verdict": {
-        "type": "object",
-        "properties": {
-            "outcome": {"enum": ["accepted", "blamed", "soft_invalidated"]},
-            "blamed_stage": {"type": ["integer", "null"]},
-            "reason": {"type": ["string", "null"]},
-            "rewards_wei": {"type": "array", "items": WEI},
-            "slash_wei": WEI,
-            "replayed": {"type": "boolean"},
-        },
-    },
-    "Job": {
-        "type": "object",
-        "required": ["job_id", "status"],
-        "properties": {
-            "job_id": HEX32,
-            "status": {"enum": ["awaiting_bundle", "queued", "validating", "done"]},
-            "model_id": HEX32,
-            "group_id": {"type": "string"},
-            "stages": {"type": "array", "items": {"type": "object"}},
-            "verdict": {"oneOf": [{"$ref": "#/components/schemas/Verdict"}, {"type": "null"}]},
-        },
-    },
-    "Evidence": {
-        "type": "object",
-        "description": "Everything needed to recompute a verdict (I5): `stagewise verify-evidence FILE`.",
-        "required": ["version", "model_id", "bundle", "verdict"],
-    },
-    "RewardProof": {
-        "type": "object",
-        "required": ["epoch", "worker", "cumulative", "proof", "rewards_root"],
-        "properties": {
-            "epoch": {"type": "integer"},
-            "worker": ADDRESS,
-            "cumulative": {"type": "string", "description": "wei, decimal"},
-            "proof": {"type": "array", "items": {"type": "string"}},
-            "rewards_root": {"type": "string"},
-        },
-    },
-    "Items": {"type": "object", "required": ["items"], "properties": {"items": {"type": "array"}}},
-    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "degraded"]}}},
-}
+from node.http.json_errors import ErrorBody
+
+OPENAPI_ROUTES: web.AppKey[list] = web.AppKey("openapi_routes", list)
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+@dataclass(frozen=True)
+class Param:
+    """A path or query parameter: its name, where it is, and the type its values have."""
+
+    name: str
+    where: str  # "path" or "query"
+    kind: Any
+
+    def to_openapi(self) -> dict[str, Any]:
+        schema = TypeAdapter(self.kind).json_schema(ref_template=REF_TEMPLATE)
+        return {"name": self.name, "in": self.where, "required": self.where == "path", "schema": schema}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+@dataclass(frozen=True)
+class Route:
+    """One route of the API, as served and as documented. `handler` None: served by aiohttp itself (static files)."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Any] | None
+    request: type | None = None  # the body's model (validated by the handler's parser)
+    response: type | None = None  # the success body's model; None: `description` only
+    status: int = 200
+    errors: Sequence[int] = ()
+    parameters: Sequence[Param] = ()
+    description: str = "success"
+    content_type: str = "application/json"
+    admin: bool = False  # needs `Authorization: Bearer <admin token>`
+    summary: str | None = None  # default: the first paragraph of the handler's docstring
+    more: dict[int, tuple[type | None, str]] = field(default_factory=dict)  # other answers: status -> (model, description)
+
+    def summary_text(self) -> str:
+        text = self.summary or (self.handler.__doc__ if self.handler is not None else None) or ""
+        return " ".join(text.strip().split("\n\n")[0].split())
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json(_ref("Error"), "error") for s in statuses}
+def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
+    """Serve `routes` on `app` and list them in its OpenAPI document."""
+    if OPENAPI_ROUTES not in app:
+        app[OPENAPI_ROUTES] = []
+    for route in routes:
+        if route.handler is not None:
+            app.router.add_route(route.method, route.path, route.handler)
+        app[OPENAPI_ROUTES].append(route)
 
 
-LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": HEX32}
+def _models(routes: Sequence[Route]) -> list[type]:
+    found: dict[type, None] = {ErrorBody: None}
+    for route in routes:
+        for model in (route.request, route.response, *(model for model, _ in route.more.values())):
+            if model is not None:
+                found[model] = None
+    return list(found)
 
 
-PATHS: dict[str, Any] = {
-    "/v1/bundles": {
-        "post": {
-            "summary": "Submit a bundle (any stage may). Stored before the response; validated later.",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Bundle")}}},
-            "responses": {
-                "202": _json(_ref("Accepted"), "stored and queued for validation"),
-                **_errors(400, 403, 409, 413, 422),
-            },
-        }
-    },
-    "/v1/jobs": {
-        "get": {
-            "summary": "Recent jobs, newest first",
-            "parameters": [LIMIT, {"name": "status", "in": "query", "schema": {"enum": ["awaiting_bundle", "queued", "validating", "done"]}}],
-            "responses": {"200": _json(_ref("Items"), "jobs"), **_errors(400)},
-        }
-    },
-    "/v1/jobs/{job_id}": {
-        "get": {
-            "summary": "A job's status and verdict",
-            "parameters": [JOB_ID],
-            "responses": {"200": _json(_ref("Job"), "the job"), **_errors(400, 404)},
-        }
-    },
-    "/v1/jobs/{job_id}/evidence": {
-        "get": {
-            "summary": "The evidence of a job's verdict, to recompute it offline (I5)",
-            "parameters": [JOB_ID],
-            "responses": {"200": _json(_ref("Evidence"), "evidence"), **_errors(400, 404)},
-        }
-    },
-    "/v1/leaderboard": {
-        "get": {
-            "summary": "Workers by total reward",
-            "parameters": [LIMIT],
-            "responses": {"200": _json(_ref("Items"), "leaderboard"), **_errors(400)},
-        }
-    },
-    "/v1/slashes": {
-        "get": {
-            "summary": "Slashing history with evidence hashes and chain transactions",
-            "parameters": [LIMIT],
-            "responses": {"200": _json(_ref("Items"), "slashes"), **_errors(400)},
-        }
-    },
-    "/v1/workers/{address}": {
-        "get": {
-            "summary": "One worker: stake, rewards, slashes",
-            "parameters": [{"name": "address", "in": "path", "required": True, "schema": ADDRESS}],
-            "responses": {"200": _json({"type": "object"}, "the worker"), **_errors(400, 404)},
-        }
-    },
-    "/v1/workers/{address}/reward-proof": {
-        "get": {
-            "summary": "A worker's claim proof: cumulative reward and Merkle path to an epoch's rewards root",
-            "parameters": [
-                {"name": "address", "in": "path", "required": True, "schema": ADDRESS},
-                {"name": "epoch", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-            ],
-            "responses": {"200": _json(_ref("RewardProof"), "the proof"), **_errors(400, 404)},
-        }
-    },
-    "/v1/epochs": {
-        "get": {
-            "summary": "Closed epochs with their roots and on-chain anchor transactions",
-            "parameters": [LIMIT],
-            "responses": {"200": _json(_ref("Items"), "epochs"), **_errors(400)},
-        }
-    },
-    "/v1/admin/epochs/close": {
-        "post": {
-            "summary": "Close an epoch now (admin token)",
-            "security": [{"adminToken": []}],
-            "responses": {"201": _json({"type": "object"}, "the closed epoch"), **_errors(401, 403, 409)},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics",
-            "responses": {"200": {"description": "text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}},
-        }
-    },
-    "/health": {
-        "get": {
-            "summary": "Liveness and the ledger's reachability",
-            "responses": {"200": _json(_ref("Health"), "healthy"), "503": _json(_ref("Health"), "degraded")},
-        }
-    },
-    "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-}
+def _titles(models: Sequence[type], schemas: dict[str, Any]) -> dict[str, str]:
+    renamed = {}
+    for model in models:
+        title = getattr(model, "model_config", {}).get("title")
+        if title and title != model.__name__ and model.__name__ in schemas and title not in schemas:
+            renamed[model.__name__] = title
+    return renamed
 
 
-def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+def _renamed(schema: Any, renamed: dict[str, str]) -> Any:
+    """`schema` with its references to the models in `renamed` pointing at their new names."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in renamed:
+            schema = {**schema, "$ref": REF_TEMPLATE.format(model=renamed[ref.rsplit("/", 1)[-1]])}
+        return {key: _renamed(value, renamed) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_renamed(value, renamed) for value in schema]
+    return schema
+
+
+def document(routes: Iterable[Route] | None = None) -> dict[str, Any]:
+    """The OpenAPI document of `routes` (default: the validator's own, without orchestration or dashboard)."""
+    if routes is None:
+        from node.validator.api import ROUTES
+
+        routes = ROUTES
+    routes = list(routes)
+    models = _models(routes)
+    refs, definitions = models_json_schema([(m, "validation") for m in models], ref_template=REF_TEMPLATE)
+    schemas = definitions.get("$defs", {})
+    renamed = _titles(models, schemas)
+    if renamed:  # a model named for Python (BundleBody) is shown by its title (Bundle)
+        refs = {key: _renamed(ref, renamed) for key, ref in refs.items()}
+        schemas = {renamed.get(name, name): _renamed(schema, renamed) for name, schema in schemas.items()}
+
+    def body(model: type | None, description: str, content_type: str = "application/json") -> dict[str, Any]:
+        schema = refs[(model, "validation")] if model is not None else {}
+        if content_type != "application/json":
+            schema = {"type": "string"}
+        return {"description": description, "content": {content_type: {"schema": schema}}} if schema else {"description": description}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation: dict[str, Any] = {"summary": route.summary_text()}
+        if route.parameters:
+            operation["parameters"] = [p.to_openapi() for p in route.parameters]
+        if route.request is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(route.request, "validation")]}}}
+        if route.admin:
+            operation["security"] = [{"adminToken": []}]
+        responses = {str(route.status): body(route.response, route.description, route.content_type)}
+        responses.update({str(status): body(model, text) for status, (model, text) in route.more.items()})
+        responses.update({str(status): body(ErrorBody, "error") for status in route.errors})
+        operation["responses"] = responses
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {
@@ -239,9 +144,9 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "description": "Bundle intake, verdicts, rewards and slashes of a stagewise validator node. "
             'Every error is {"error": {"code", "message"}}.',
         },
-        "paths": {**PATHS, **(extra_paths or {})},
+        "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -131,3 +131,18 @@ async def test_a_worker_that_leaves_is_replaced_by_the_spare_at_once(served, wor
     refused = await client.post("/v1/workers/leave", json=forged)
     assert refused.status == 400 and (await refused.json())["error"]["code"] == "bad_message"
     assert orchestrator.registry.get(worker_keys[0].address) is not None
+
+
+async def test_answers_have_the_shapes_the_openapi_document_declares(served, worker_keys):
+    from node.validator.schemas import Groups, Left, RegisteredWorker, WorkerAssignment
+
+    client, _ = served
+    registered = await client.post("/v1/workers/register", json=make_registration(worker_keys[0], CAPACITIES[0], "eu", "http://127.0.0.1:9100").to_json())
+    RegisteredWorker.model_validate(await registered.json())
+    WorkerAssignment.model_validate(await (await client.get(f"/v1/workers/{worker_keys[0].address}/assignment")).json())
+    Groups.model_validate(await (await client.get("/v1/groups")).json())
+    beat = await client.post("/v1/workers/heartbeat", json=make_heartbeat(worker_keys[0]).to_json())
+    RegisteredWorker.model_validate(await beat.json())
+    from node.protocol.worker_messages import make_leave
+
+    Left.model_validate(await (await client.post("/v1/workers/leave", json=make_leave(worker_keys[0]).to_json())).json())

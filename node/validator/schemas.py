@@ -1,0 +1,115 @@
+"""The bodies the validator API answers with, as models: what /openapi.json shows (node/validator/openapi.py).
+
+They describe the answers the handlers build from the ledger (node/validator/api.py); requests are
+validated by their own types (node/protocol/bundle.py `BundleBody`, node/protocol/worker_messages.py).
+Query and path parameters are typed here too, next to the bounds the handlers enforce.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from node.protocol.wire_types import ADDRESS_PATTERN, HEX32_PATTERN
+
+MAX_PAGE = 500
+
+JobStatus = Literal["awaiting_bundle", "queued", "validating", "done"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+JobId = Annotated[str, Field(pattern=HEX32_PATTERN)]
+AddressText = Annotated[str, Field(pattern=ADDRESS_PATTERN)]
+Limit = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+Epoch = Annotated[int, Field(ge=1)]
+Wei = Annotated[str, Field(pattern=r"^[0-9]+$", description="an integer amount of wei, as a decimal string")]
+
+
+class _Open(BaseModel):
+    """An answer may grow fields: clients ignore the ones they do not know."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Accepted(_Open):
+    """A bundle stored and queued for validation."""
+
+    job_id: JobId
+    status: str
+
+
+class Verdict(_Open):
+    outcome: Literal["accepted", "blamed", "soft_invalidated"] | None = None
+    blamed_stage: int | None = None
+    reason: str | None = None
+    rewards_wei: list[Wei] = []
+    slash_wei: Wei | None = None
+    replayed: bool | None = None
+
+
+class Job(_Open):
+    job_id: JobId
+    status: JobStatus
+    model_id: JobId | None = None
+    group_id: str | None = None
+    stages: list[dict[str, Any]] = []
+    verdict: Verdict | None = None
+
+
+class Evidence(_Open):
+    """Everything needed to recompute a verdict (I5): `stagewise verify-evidence FILE`."""
+
+    version: int
+    model_id: str
+    bundle: dict[str, Any]
+    verdict: dict[str, Any]
+
+
+class RewardProof(_Open):
+    epoch: int
+    worker: AddressText
+    cumulative: Annotated[str, Field(description="wei, decimal")]
+    proof: list[str]
+    rewards_root: str
+
+
+class Items(_Open):
+    items: list[Any]
+
+
+class Health(_Open):
+    status: Literal["ok", "degraded"]
+
+
+class Progress(_Open):
+    running: bool
+
+
+class WorkerAssignment(_Open):
+    """Where a worker stands: `spare`, or `assigned` to a stage of a group (and that stage's layers)."""
+
+    address: AddressText
+    model_id: str
+    status: Literal["assigned", "spare"]
+    group_id: str | None = None
+    stage_index: int | None = None
+    layer_start: int | None = None
+    layer_end: int | None = None
+    group: dict[str, Any] | None = None
+
+
+class RegisteredWorker(_Open):
+    worker: dict[str, Any]
+    assignment: WorkerAssignment
+
+
+class Left(_Open):
+    address: AddressText
+    left: Literal[True]
+
+
+class Groups(_Open):
+    model_id: str
+    num_layers: int
+    groups: list[dict[str, Any]]
+    spares: list[str]
+    workers: list[dict[str, Any]]
