@@ -1,6 +1,6 @@
 """`stagewise devnet`: a chain, a validator and two groups of stage workers on this machine, a cheater caught.
 
-The devnet itself is node/devnet.py; this module parses its flags.
+The devnet itself is node/launch/devnet.py; this module parses its flags.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ DEFAULT_CHEAT = "worker=4,kind=perturb,scale=1e-3"
 
 
 def _cheat(text: str):
-    from node.devnet import Cheat
+    from node.launch.devnet import Cheat
 
     return Cheat.parse(text)
 
@@ -50,7 +50,7 @@ def devnet_command(**_: object) -> int:
     Every part is a real process talking HTTP on loopback: the same commands an operator runs (`stagewise
     validator run`, `stagewise worker run`), so the devnet is also their integration test.
     """
-    from node.devnet import run_devnet
+    from node.launch.devnet import run_devnet
 
     return run_devnet(arguments())
 

@@ -5,7 +5,7 @@
     stagewise verify-evidence FILE --model-dir DIR     # recompute a verdict from its evidence alone (I5)
 
 Every flag of `validator run` also reads an environment variable (shown in --help; node/settings.py), so a
-container is configured by its environment. The work is done in node/validator/start.py, which imports
+container is configured by its environment. The work is done in node/launch/validator.py, which imports
 torch, aiohttp and the ledger when it runs.
 """
 
@@ -137,7 +137,7 @@ def run_command(**_: object) -> int:
     """Serve the validator API, validate queued bundles (replay + verdict), write rewards and slashes to
     the ledger, close epochs and send slashes and anchors to the chain. Choose one chain: --embedded-chain,
     --rpc-url URL --contract ADDR, or --no-chain."""
-    from node.validator.start import run_validator  # imports torch, aiohttp and the ledger when it runs
+    from node.launch.validator import run_validator  # imports torch, aiohttp and the ledger when it runs
 
     return run_validator(arguments())
 
@@ -148,7 +148,7 @@ def run_command(**_: object) -> int:
 @click.option("-o", "--output", type=PATH, help="write to this file instead of stdout")
 def evidence_command(**_: object) -> int:
     """Print (or write) the evidence of a job's verdict from the ledger (--db). JOB_ID: 0x-prefixed."""
-    from node.validator.start import export_evidence
+    from node.launch.validator import export_evidence
 
     return export_evidence(arguments())
 
@@ -164,7 +164,7 @@ def verify_evidence_command(**_: object) -> int:
     a handoff complaint by its evidence alone (no model needed), anything else by replaying the model.
     Exit 0 when it is, 1 when it is not. FILE: evidence JSON (GET /v1/jobs/{id}/evidence or `stagewise
     validator evidence`)."""
-    from node.validator.start import verify_evidence
+    from node.launch.validator import verify_evidence
 
     return verify_evidence(arguments())
 

@@ -77,7 +77,7 @@ def run_command(**_: object) -> int:
     validator's orchestrator, serve the stage it assigns (loading only its layers), sign a receipt for
     every job and deliver bundles to the validator. SIGTERM or Ctrl-C stops it cleanly: in-flight
     sequences get --grace seconds to finish."""
-    from node.worker.start import start_worker  # imports torch, web3 and aiohttp when it runs
+    from node.launch.worker import start_worker  # imports torch, web3 and aiohttp when it runs
 
     return start_worker(arguments())
 

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ledger import json_input
 
-from node.validator.app import ORCHESTRATOR
+from node.validator.app_state import ORCHESTRATOR
 from node.http.json_errors import ApiError
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.registry import RegistrationRefused

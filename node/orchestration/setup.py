@@ -1,7 +1,7 @@
 """Wiring orchestration into `stagewise validator run`: one object to build, start and stop.
 
 Its flags (--tasks, --stages-per-group, ...) are `orchestration_options` in node/cli/validator.py; the
-validator (node/validator/start.py) does, in order:
+validator (node/launch/validator.py) does, in order:
 
     orchestration = build_orchestration(args, node, model_dir)   # after the ValidatorNode exists
     app = build_app(node, registrars=[orchestration.registrar])
@@ -149,7 +149,7 @@ def build_orchestration(
                                             deadline_s=getattr(args, "defence_seconds", 30.0))
     dispatcher = None
     if args.tasks:
-        from node.pipeline.model import ModelConfig
+        from node.pipeline.model import ModelConfig  # torch: imported where used, to keep it out of start-up
 
         tasks = load_tasks(resolve_task_file(args.tasks))
         tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)

@@ -6,7 +6,7 @@ their own routes by passing registrars, callables `registrar(app) -> None` that 
 frozen; orchestration keeps its state in `app[ORCHESTRATOR]`. Every module adds its routes with
 `node.validator.openapi.add_routes`, which also lists them in `app[OPENAPI_ROUTES]` for /openapi.json.
 
-State every handler can reach: `app[NODE]` (the `ValidatorNode`: ledger, config, metrics, models, chain).
+State every handler can reach: node/validator/app_state.py.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from aiohttp import web
 
 from node.http.limits import HttpGuard
 from node.http.json_errors import json_errors
+from node.validator import api
+from node.validator.app_state import NODE
+from node.validator.dashboard import register_dashboard
 from node.validator.openapi import OPENAPI_ROUTES
-
-NODE: web.AppKey[Any] = web.AppKey("validator_node", object)
-ORCHESTRATOR: web.AppKey[Any] = web.AppKey("orchestrator", object)
 
 Registrar = Callable[[web.Application], None]
 
@@ -30,8 +30,6 @@ def build_app(
     node: Any, registrars: Iterable[Registrar] = (), *, dashboard: bool = True, guard: HttpGuard | None = None
 ) -> web.Application:
     """`guard`: the per-client limits (node/http/limits.py); install it on the runner too, after setup."""
-    from node.validator import api
-
     middlewares = [json_errors] + ([guard.middleware] if guard is not None else [])
     app = web.Application(middlewares=middlewares, client_max_size=node.config.max_body_bytes)
     app[NODE] = node
@@ -40,7 +38,5 @@ def build_app(
     for registrar in registrars:
         registrar(app)
     if dashboard:
-        from node.validator.dashboard import register_dashboard
-
         register_dashboard(app)
     return app

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from node.validator.openapi import Route, add_routes
+
 DASHBOARD_DIR = Path(__file__).with_name("dashboard")
 
 
@@ -20,8 +22,6 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 def register_dashboard(app: web.Application) -> None:
     """Serve the dashboard at `/` and its assets under `/dashboard/`."""
-    from node.validator.openapi import Route, add_routes
-
     app.router.add_static("/dashboard/", DASHBOARD_DIR)
     add_routes(app, (
         Route("GET", "/", _index, content_type="text/html", description="HTML"),

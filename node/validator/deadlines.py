@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from ledger import json_input
 from ledger.models import JOB_DONE, Job
 from node.protocol.job import JobSpec
 from node.validator.settle import settle
@@ -87,7 +88,7 @@ async def sweep_once(node: Any) -> list[str]:
 
 def expected_spec(document: str) -> JobSpec:
     """The spec `expect` kept in an awaiting job's row (this node's own writing, not outside bytes)."""
-    return JobSpec.from_dict(json.loads(document)["expected"])
+    return JobSpec.from_dict(json_input.loads(document)["expected"])
 
 
 async def run_deadlines(node: Any, *, poll_seconds: float = 1.0) -> None:

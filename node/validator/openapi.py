@@ -101,12 +101,8 @@ def _renamed(schema: Any, renamed: dict[str, str]) -> Any:
     return schema
 
 
-def document(routes: Iterable[Route] | None = None) -> dict[str, Any]:
-    """The OpenAPI document of `routes` (default: the validator's own, without orchestration or dashboard)."""
-    if routes is None:
-        from node.validator.api import ROUTES
-
-        routes = ROUTES
+def document(routes: Iterable[Route]) -> dict[str, Any]:
+    """The OpenAPI document of `routes` (an app's `app[OPENAPI_ROUTES]`, or one module's route table)."""
     routes = list(routes)
     models = _models(routes)
     refs, definitions = models_json_schema([(m, "validation") for m in models], ref_template=REF_TEMPLATE)

@@ -30,7 +30,7 @@ def test_verify_evidence_reports_an_unreadable_file(capsys, tmp_path, model_dir)
 
 
 def test_replays_take_half_the_cores_unless_told_otherwise():
-    from node.validator.start import replay_threads
+    from node.launch.validator import replay_threads
 
     assert [replay_threads(0, cores) for cores in (None, 1, 2, 16)] == [1, 1, 1, 8]
     assert replay_threads(16, 2) == 16  # an operator who gives the whole machine to replays says so
@@ -40,7 +40,7 @@ def test_the_admin_token_comes_from_a_file_or_the_environment_and_the_flag_is_wa
     import argparse
 
     from node.cli.main import CommandError
-    from node.validator.start import admin_token
+    from node.launch.validator import admin_token
 
     monkeypatch.delenv("STAGEWISE_ADMIN_TOKEN", raising=False)
     path = tmp_path / "token"

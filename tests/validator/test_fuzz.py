@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.validator.api import ROUTES
 from node.validator.openapi import document
 from tests.validator.conftest import TEST_DOMAIN, make_config
 from tests.validator.factory import signed_bundle
@@ -20,7 +21,7 @@ from tests.validator.served import ServedValidator
 pytestmark = pytest.mark.slow
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
-OPENAPI = document()
+OPENAPI = document(ROUTES)
 
 
 def resolve(schema):
