@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from node.worker.cheats import outside_top_k  # noqa: E402
 from node.protocol.job import SamplingParams  # noqa: E402
-from node.pipeline.handoff import rows_tensor  # noqa: E402
+from node.pipeline.wire import rows_tensor  # noqa: E402
 from node.toploc.activation import build_proofs  # noqa: E402
 from node.toploc.thresholds import HANDOFF  # noqa: E402
 from node.validator.defence import row_deviation  # noqa: E402

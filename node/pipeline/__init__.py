@@ -40,7 +40,7 @@ Stage server (one per worker process, one stage at a time):
   not have. `Complaint` (frozen): complainer_stage, claim (`handoff.HandoffClaim`: job_id, sender_stage,
   chunk_index, start, count, dtype, rows_digest, proof), sender_signature, rows (the bytes received);
   `handoff.judge_evidence(complaint, sender_address)` decides it without a model. The worker signs it for the
-  chain as a `node.protocol.bundle.HandoffComplaint` (`sign_complaint(key, domain, complaint)`).
+  chain (`complaint.signed(key, domain)`, node/protocol/complaints.py).
 - `tamper(job_id_hex, stage_index, start_position, rows) -> rows` changes what a stage sends *after* its honest
   proof was built, and `cheat` (node.worker.cheats.Cheat) the handoff lies (equivocation, a false complaint): for
   tests and the devnet's cheater only (docs/handoff.md says how each is caught).

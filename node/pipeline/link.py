@@ -32,7 +32,7 @@ import aiohttp
 from ledger import json_input
 from ledger.errors import StagewiseError
 from node.pipeline.assignment import Assignment
-from node.pipeline.handoff import hello_message
+from node.protocol.handoff import hello_message
 from node.protocol.signing import SignatureError, SigningKey, recover_message
 
 log = logging.getLogger("stagewise.pipeline.link")

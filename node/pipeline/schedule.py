@@ -19,7 +19,7 @@ import torch
 
 from node.pipeline.assignment import AssignmentError
 from node.pipeline.engine import StepInput, finish_reason
-from node.pipeline.handoff import tokens_message
+from node.protocol.handoff import tokens_message
 from node.pipeline.job_handle import JobHandle, PipelineError
 from node.pipeline.sequence import SAMPLED, SequenceFailed
 from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message, frame_job_ids

@@ -14,7 +14,8 @@ from typing import Any
 
 from ledger.errors import StagewiseError
 from node.protocol.job import JobSpec
-from node.pipeline.handoff import Complaint, ReceivedHandoff, handoff_from_json
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import ReceivedHandoff, handoff_from_json
 from node.pipeline.model import KVCache
 
 RUNNING, SAMPLED, DONE, FAILED = "running", "sampled", "done", "failed"

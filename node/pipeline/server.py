@@ -47,7 +47,7 @@ from node.http.limits import HttpGuard, HttpLimits
 from node.pipeline.assignment import Assignment, AssignmentError
 from node.pipeline.control import ControlGuard, ControlRefused
 from node.pipeline.engine import StageEngine, StepInput, Tamper
-from node.pipeline.handoff import Complaint
+from node.protocol.complaints import Complaint
 from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_INBOX_BYTES
 from node.pipeline.inbox import Inbox
 from node.pipeline.job_handle import JobHandle, PipelineError

@@ -23,6 +23,7 @@ import torch
 
 from ledger import json_input
 from ledger.errors import InvalidInput
+from node.protocol.handoff import DTYPE_SIZES
 
 MAGIC = b"SWA1"
 _HEADER = struct.Struct("<4sBBIH")
@@ -160,3 +161,10 @@ def hex_bytes(value: Any, what: str, length: int | None = None) -> bytes:
     if length is not None and len(raw) != length:
         raise FrameError(f"{what} must be {length} bytes")
     return raw
+
+
+def rows_tensor(rows: bytes, dtype: str, count: int) -> torch.Tensor:
+    """Wire bytes back to the [count, hidden] tensor they carry (ValueError when they are not `count` rows)."""
+    if count <= 0 or len(rows) % (count * DTYPE_SIZES[dtype]):
+        raise ValueError(f"{len(rows)} bytes are not {count} rows of {dtype}")
+    return torch.frombuffer(bytearray(rows), dtype=WIRE_DTYPES[dtype]).view(count, -1)

@@ -15,7 +15,7 @@ Wire form (version 1; bytes are 0x-hex):
      "stages": [{"receipt": {StageReceipt.to_json()}, "signature": "0x…65 bytes", "proofs": ["0x…", …],
                  "received": [{ReceivedHandoff.to_json(with_rows=False)}, …] (only when its inputs differ)}, …],
      "output_token_ids": [int, …],
-     "complaints": [{HandoffComplaint.to_json()}, …]}
+     "complaints": [{Complaint.to_json()}, …]}
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from node.protocol.receipts import (
     ReceiptError,
     StageReceipt,
     expected_receipt,
-    keccak,
     parse_hex,
     proofs_digest,
 )
 from ledger import json_input
 from ledger.json_input import JsonInputError
-from node.pipeline.handoff import DTYPE_CODES, DTYPE_SIZES, Complaint, HandoffClaim, ReceivedHandoff, handoff_from_json, rows_digest
-from node.protocol.signing import SIGNATURE_LENGTH, SignatureError, SigningKey, recover_digest
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import DTYPE_CODES, DTYPE_SIZES, HandoffClaim, ReceivedHandoff, handoff_from_json, rows_digest
+from node.protocol.signing import SIGNATURE_LENGTH, SignatureError, recover_digest
 
 BUNDLE_VERSION = 1
 MAX_STAGES = 256
@@ -48,13 +48,6 @@ MAX_PROOF_BYTES = 4096
 MAX_PROOFS_PER_STAGE = 4 + (1 << 16) // 32  # the prefill proof + one per 32 decode rows of the longest job
 MAX_EVIDENCE_BYTES = 3 << 20  # a complaint's rows: 6 MiB of hex, inside the validator's 8 MiB body limit
 DECODE_CHUNK = 32  # decode rows per proof (INTERFACES.md, proof schedule)
-
-COMPLAINT_TYPE = (
-    "HandoffComplaint(bytes32 jobId,uint32 complainerStage,uint32 senderStage,uint32 chunkIndex,uint32 start,"
-    "uint32 count,string dtype,bytes32 rowsDigest,bytes32 claimedProofDigest,bytes32 senderSignatureDigest)"
-)
-COMPLAINT_TYPEHASH = keccak(COMPLAINT_TYPE.encode())
-
 
 class BundleError(ValueError):
     """A bundle that is malformed, inconsistent with its spec, or not signed by the assigned workers."""
@@ -82,57 +75,6 @@ class SignedStage:
         if self.received:
             data["received"] = [handoff.to_json(with_rows=False) for handoff in self.received]
         return data
-
-
-@dataclass(frozen=True)
-class HandoffComplaint:
-    """A receiving stage refuses the job and hands over the `evidence` (PROTOCOL I2, node/pipeline/handoff.py
-    `Complaint`): the rows it received for one chunk, the claim the sender signed over them (positions,
-    dtype, digest of the bytes, proof) and the sender's signature. `judge_evidence` decides it without a
-    model: the sender is at fault when it signed these bytes with a proof they do not have; any other
-    complaint is false and costs the complainer.
-
-    `signature` is the complainer's EIP-712 signature over every field of the evidence; the rows are bound
-    through the claim's digest, which they must match (intake refuses rows that do not).
-    """
-
-    evidence: Complaint
-    signature: bytes
-
-    def struct_hash(self) -> bytes:
-        evidence = self.evidence
-        claim = evidence.claim
-        return keccak(
-            COMPLAINT_TYPEHASH
-            + claim.job_id
-            + evidence.complainer_stage.to_bytes(32, "big")
-            + claim.sender_stage.to_bytes(32, "big")
-            + claim.chunk_index.to_bytes(32, "big")
-            + claim.start.to_bytes(32, "big")
-            + claim.count.to_bytes(32, "big")
-            + keccak(claim.dtype.encode())
-            + claim.rows_digest
-            + keccak(claim.proof)
-            + keccak(evidence.sender_signature)
-        )
-
-    def digest(self, domain: ReceiptDomain) -> bytes:
-        return keccak(b"\x19\x01" + domain.separator + self.struct_hash())
-
-    def to_json(self) -> dict[str, Any]:
-        evidence, claim = self.evidence, self.evidence.claim
-        return {
-            "job_id": "0x" + claim.job_id.hex(), "complainer_stage": evidence.complainer_stage,
-            "sender_stage": claim.sender_stage, "chunk_index": claim.chunk_index, "start": claim.start,
-            "count": claim.count, "dtype": claim.dtype, "rows_digest": "0x" + claim.rows_digest.hex(),
-            "claimed_proof": "0x" + claim.proof.hex(), "sender_signature": "0x" + evidence.sender_signature.hex(),
-            "rows": "0x" + evidence.rows.hex(), "signature": "0x" + self.signature.hex(),
-        }
-
-
-def sign_complaint(key: SigningKey, domain: ReceiptDomain, evidence: Complaint) -> HandoffComplaint:
-    """The complaint the receiving stage signs for this deployment over the evidence its pipeline kept."""
-    return HandoffComplaint(evidence, key.sign_digest(HandoffComplaint(evidence, b"").digest(domain)))
 
 
 _HEX = Annotated[str, Field(pattern=r"^0x([0-9a-fA-F]{2})*$")]
@@ -169,7 +111,7 @@ class Bundle:
     spec: JobSpec
     stages: tuple[SignedStage, ...]
     output_token_ids: tuple[int, ...]
-    complaints: tuple[HandoffComplaint, ...] = ()
+    complaints: tuple[Complaint, ...] = ()
 
     @cached_property
     def job_id(self) -> bytes:
@@ -245,7 +187,7 @@ class Bundle:
         if len(raw_complaints) > len(spec.stages) - 1:
             raise BundleError(f"bundle has {len(raw_complaints)} complaints; at most one per receiving stage")
         complaints = tuple(_parse_complaint(index, raw, spec) for index, raw in enumerate(raw_complaints))
-        complainers = [complaint.evidence.complainer_stage for complaint in complaints]
+        complainers = [complaint.complainer_stage for complaint in complaints]
         if len(set(complainers)) != len(complainers):
             raise BundleError("bundle complaints: at most one complaint per receiving stage")
         if not complaints:
@@ -315,7 +257,7 @@ _COMPLAINT_FIELDS = {"job_id", "complainer_stage", "sender_stage", "chunk_index"
                      "rows_digest", "claimed_proof", "sender_signature", "rows", "signature"}
 
 
-def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
+def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> Complaint:
     where = f"complaints[{index}]"
     if not isinstance(raw, dict):
         raise BundleError(f"bundle {where} must be an object")
@@ -354,7 +296,7 @@ def _parse_complaint(index: int, raw: Any, spec: JobSpec) -> HandoffComplaint:
         raise BundleError(f"bundle {where}.rows do not hash to the rows_digest the complaint names")
     claim = HandoffClaim(job_id, numbers["sender_stage"], numbers["chunk_index"], numbers["start"], numbers["count"],
                          raw["dtype"], digest, proof)
-    return HandoffComplaint(Complaint(numbers["complainer_stage"], claim, sender_signature, rows), signature)
+    return Complaint(numbers["complainer_stage"], claim, sender_signature, rows, signature)
 
 
 def expected_proof_count(output_token_count: int) -> int:
@@ -434,7 +376,7 @@ def check_signers(bundle: Bundle, domain: ReceiptDomain) -> tuple[str, ...]:
             signer = recover_digest(complaint.digest(domain), complaint.signature)
         except SignatureError as error:
             raise BundleError(f"complaints[{index}] signature: {error}") from None
-        stage = complaint.evidence.complainer_stage
+        stage = complaint.complainer_stage
         assigned = bundle.spec.stages[stage].worker
         if signer != assigned:
             raise BundleError(f"complaints[{index}] is signed by {signer}, not by stage {stage}'s worker {assigned}")

@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from node.pipeline.handoff import DTYPE_SIZES, ReceivedHandoff, rows_digest, rows_tensor
+from node.pipeline.wire import rows_tensor
+from node.protocol.handoff import DTYPE_SIZES, ReceivedHandoff, rows_digest
 from node.toploc.activation import DECODE_CHUNK_ROWS
 from node.toploc.thresholds import HANDOFF, HandoffThresholds
 

@@ -19,7 +19,7 @@ import aiohttp
 from ledger import json_input
 from ledger.errors import InvalidInput, StagewiseError
 from node.protocol.job import JobSpec
-from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff, handoff_from_json
+from node.protocol.handoff import INPUTS_ROUTE, ReceivedHandoff, handoff_from_json
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from eth_hash.auto import keccak
 
 from ledger.errors import InvalidInput
 from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
-from node.pipeline.handoff import handoff_from_json
+from node.protocol.handoff import handoff_from_json
 from node.protocol.bundle import Bundle
 from node.protocol.job import JobSpec
 from node.validator.handoff_faults import findings_without_replay, handoff_faults

@@ -1,6 +1,6 @@
 """What the handoff evidence in a bundle proves, without a model (PROTOCOL I2): pure functions of the bundle.
 
-- A complaint (`HandoffComplaint`) convicts its sender when the sender signed the rows it carries with a
+- A complaint (node/protocol/complaints.py) convicts its sender when the sender signed the rows it carries with a
   proof they do not have (`judge_evidence`); otherwise it convicts the complainer (`false_complaint`).
 - A receipt names the digest of the handoff proofs its stage received (`inputs_digest`). When it is not the
   digest of the proofs the previous stage committed to in its own receipt, the receiving stage's entry must
@@ -14,17 +14,17 @@ The validator calls `handoff_faults` before any replay; `stagewise verify-eviden
 from __future__ import annotations
 
 from node.protocol.bundle import Bundle
-from node.pipeline.handoff import judge_evidence
-from node.protocol.receipts import proofs_digest
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import rows_digest
+from node.protocol.receipts import processed_token_count, proofs_digest
 from node.validator.verdict import Findings, Reason
-from node.protocol.receipts import processed_token_count
 
 Fault = tuple[int, Reason]
 
 
 def complaint_faults(bundle: Bundle) -> tuple[Fault, ...]:
     faults = []
-    for evidence in (complaint.evidence for complaint in bundle.complaints):
+    for evidence in bundle.complaints:
         if judge_evidence(evidence, bundle.spec.stages[evidence.sender_stage].worker):
             faults.append((evidence.sender_stage, Reason.COMPLAINT))
         else:
@@ -62,3 +62,34 @@ def findings_without_replay(bundle: Bundle, faults: tuple[Fault, ...]) -> Findin
     tokens = processed_token_count(bundle.spec, bundle.output_token_ids)
     work = tuple(stage.num_layers * tokens for stage in bundle.spec.stages)
     return Findings((None,) * len(work), None, work, faults)
+
+
+def rebuilt_proof(rows: bytes, dtype: str, count: int, prefill: bool) -> bytes:
+    """The proof of `count` rows given as wire bytes, built exactly as the receiving stage builds it."""
+    # torch: imported where used, to keep it out of start-up
+    from node.pipeline.wire import rows_tensor
+    from node.toploc.activation import ProofBuilder
+
+    tensor = rows_tensor(rows, dtype, count)
+    builder = ProofBuilder()
+    if prefill:
+        return builder.add_prefill(tensor)
+    proof = None
+    for row in tensor:
+        proof = builder.add_decode_row(row) or proof
+    return proof if proof is not None else builder.finish()
+
+
+def judge_evidence(complaint: Complaint, sender: str) -> bool:
+    """True when the evidence proves the sender at fault: `sender` signed the claim, the rows are the ones it
+    signed, and the proof rebuilt from them is not the proof it signed. Anything else is a false complaint."""
+    claim = complaint.claim
+    if not claim.signed_by(complaint.sender_signature, sender):
+        return False
+    if rows_digest(complaint.rows) != claim.rows_digest:
+        return False
+    try:
+        rebuilt = rebuilt_proof(complaint.rows, claim.dtype, claim.count, prefill=claim.chunk_index == 0)
+    except (ValueError, RuntimeError):
+        return False  # rows that are no chunk cannot have been signed by an honest sender's check
+    return rebuilt != claim.proof

@@ -93,7 +93,7 @@ def authenticate(read: ReadBundle, domain: ReceiptDomain) -> Admitted:
     except BundleError as error:
         code = "bad_signature" if "signature:" in str(error) else "unassigned_signer"
         raise ApiError(403, code, str(error)) from None
-    complainers = tuple(bundle.spec.stages[c.evidence.complainer_stage].worker for c in bundle.complaints)
+    complainers = tuple(bundle.spec.stages[c.complainer_stage].worker for c in bundle.complaints)
     return Admitted(bundle, signers, read.job_id, read.text, complainers)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from node.pipeline.handoff import INPUTS_ROUTE, ReceivedHandoff
+from node.protocol.handoff import INPUTS_ROUTE, ReceivedHandoff
 from node.protocol.bundle import SignedStage, parse_stage
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain, expected_receipt, sign_receipt

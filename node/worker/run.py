@@ -44,7 +44,7 @@ import aiohttp
 
 from node import settings
 from node.pipeline.started_jobs import StartedJobs
-from node.protocol.bundle import Bundle, SignedStage, sign_complaint
+from node.protocol.bundle import Bundle, SignedStage
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain, ReceiptError
 from node.protocol.signing import SigningKey
@@ -319,7 +319,7 @@ class Worker:
         if seq is None:
             log.error("job %s: complaint about stage %d, but the job is unknown here", job_id_hex, complaint.sender_stage)
             return
-        signed = sign_complaint(self.key, self.domain, complaint)
+        signed = complaint.signed(self.key, self.domain)
         output = tuple(seq.output)[: seq.spec.sampling.max_new_tokens]
         bundle = Bundle(seq.spec, (), output, (signed,))
         log.warning("job %s: stage %d sent activations that do not match its proof; complaint signed", job_id_hex, complaint.sender_stage)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from node.protocol.job import SamplingParams
-from node.pipeline.handoff import judge_evidence
+from node.validator.handoff_faults import judge_evidence
 from node.pipeline.local import LocalPipeline, split_layers
 from node.pipeline.model import replay
 from node.pipeline.weights import load_stage

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.pipeline.handoff import Complaint, HandoffClaim, judge_evidence, rebuilt_proof, rows_digest
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import HandoffClaim, rows_digest
+from node.validator.handoff_faults import judge_evidence, rebuilt_proof
 from node.pipeline.wire import wire_bytes
 from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message
 from node.protocol.signing import SigningKey

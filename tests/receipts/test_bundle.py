@@ -12,10 +12,10 @@ from node.protocol.bundle import (
     check_receipts,
     check_signers,
     recover_signers,
-    sign_complaint,
     verify_bundle,
 )
-from node.pipeline.handoff import Complaint, HandoffClaim, ReceivedHandoff, rows_digest
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import HandoffClaim, ReceivedHandoff, rows_digest
 from node.protocol.receipts import ReceiptDomain, expected_receipt, proofs_digest, sign_receipt
 from node.protocol.signing import SigningKey
 
@@ -92,25 +92,25 @@ def _evidence(keys, bundle, rows: bytes = b"\x01\x02" * 64) -> Complaint:
 
 
 def test_a_complaint_round_trips_with_its_evidence_and_names_its_signer(bundle, keys, domain):
-    complaint = sign_complaint(keys[1], domain, _evidence(keys, bundle))
+    complaint = _evidence(keys, bundle).signed(keys[1], domain)
     stopped = Bundle(bundle.spec, bundle.stages[:1], (), (complaint,))
     assert not stopped.complete
     again = Bundle.from_json(stopped.to_json())
-    assert again == stopped and again.complaints[0].evidence.sender_stage == 0
-    assert again.complaints[0].evidence == _evidence(keys, bundle)
+    assert again == stopped and again.complaints[0].sender_stage == 0
+    assert dataclasses.replace(again.complaints[0], signature=b"") == _evidence(keys, bundle)
     check_signers(again, domain)
-    forged = dataclasses.replace(complaint, signature=sign_complaint(keys[2], domain, _evidence(keys, bundle)).signature)
+    forged = dataclasses.replace(complaint, signature=_evidence(keys, bundle).signed(keys[2], domain).signature)
     with pytest.raises(BundleError, match="complaints\\[0\\] is signed by"):
         check_signers(dataclasses.replace(stopped, complaints=(forged,)), domain)
-    swapped_rows = dataclasses.replace(complaint, evidence=dataclasses.replace(complaint.evidence, rows=b"\x03\x04" * 64))
+    swapped_rows = dataclasses.replace(complaint, rows=b"\x03\x04" * 64)
     with pytest.raises(BundleError, match="rows do not hash to the rows_digest"):
         Bundle.from_json(dataclasses.replace(stopped, complaints=(swapped_rows,)).to_json())
     with pytest.raises(BundleError, match="at most one complaint per receiving stage|at most one per receiving"):
         Bundle.from_json(dataclasses.replace(stopped, complaints=(complaint, complaint)).to_json())
     for chunk, start, count in ((0, 0, 1_500_000), (0, 3, 1), (1, 4, 33), (1, 4, 0), (40, 1252, 1)):
         # the job's prompt is 4 tokens and its budget 80: chunk 0 is [0, 4), chunk k [4 + 32 (k - 1), +32 at most)
-        claim = dataclasses.replace(complaint.evidence.claim, chunk_index=chunk, start=start, count=count)
-        off = dataclasses.replace(complaint, evidence=dataclasses.replace(complaint.evidence, claim=claim))
+        claim = dataclasses.replace(complaint.claim, chunk_index=chunk, start=start, count=count)
+        off = dataclasses.replace(complaint, claim=claim)
         with pytest.raises(BundleError, match=f"chunk {chunk} of this job is not positions"):
             Bundle.from_json(dataclasses.replace(stopped, complaints=(off,)).to_json())
     flood = json.loads(stopped.to_json())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from node.protocol.job import SamplingParams
-from node.pipeline.handoff import ReceivedHandoff, rows_digest
+from node.protocol.handoff import ReceivedHandoff, rows_digest
 from node.pipeline.local import LocalPipeline
 from node.pipeline.model import replay
 from node.pipeline.weights import load_stage

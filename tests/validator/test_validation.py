@@ -124,7 +124,8 @@ def handoff_evidence(group, spec, *, signer, sent_scale: float = 1.0, proof: byt
     `sent_scale`), signed by `signer` with `proof` (default: the honest proof of the honest output)."""
     import torch
 
-    from node.pipeline.handoff import Complaint, HandoffClaim, rows_digest
+    from node.protocol.complaints import Complaint
+    from node.protocol.handoff import HandoffClaim, rows_digest
     from node.pipeline.weights import load_stage
     from node.pipeline.wire import wire_bytes
     from node.toploc.activation import build_proofs
@@ -139,9 +140,9 @@ def handoff_evidence(group, spec, *, signer, sent_scale: float = 1.0, proof: byt
 
 
 async def judge_complaint(client, node, group, spec, evidence):
-    from node.protocol.bundle import Bundle, sign_complaint
+    from node.protocol.bundle import Bundle
 
-    return await submit_and_validate(client, node, Bundle(spec, (), (), (sign_complaint(group.keys[1], group.domain, evidence),)))
+    return await submit_and_validate(client, node, Bundle(spec, (), (), (evidence.signed(group.keys[1], group.domain),)))
 
 
 async def test_a_false_complaint_against_an_honest_sender_slashes_the_complainer_not_the_sender(client, node, group, ledger, tmp_path):
@@ -177,10 +178,10 @@ async def test_a_sender_that_signs_bytes_other_than_it_proves_is_slashed_on_the_
 
 
 async def test_a_complaint_needs_a_staked_complainer_and_carries_no_more_than_it_may(client, node, group, ledger):
-    from node.protocol.bundle import Bundle, sign_complaint
+    from node.protocol.bundle import Bundle
 
     spec = (group.spec(PROMPT, max_new_tokens=8, seed=14))
-    signed = sign_complaint(group.keys[1], group.domain, handoff_evidence(group, spec, signer=group.keys[0]))
+    signed = handoff_evidence(group, spec, signer=group.keys[0]).signed(group.keys[1], group.domain)
     twice = Bundle(spec, (), (), (signed, signed)).to_json()
     response = await client.post("/v1/bundles", data=twice)
     assert response.status == 400 and "at most one" in (await response.json())["error"]["message"]
@@ -210,7 +211,7 @@ def quietly_altered_job(group, eps: float = 4e-3, quantile: float = 0.25, new_to
     import torch
 
     from node.protocol.bundle import Bundle, SignedStage
-    from node.pipeline.handoff import HandoffClaim, ReceivedHandoff, rows_digest
+    from node.protocol.handoff import HandoffClaim, ReceivedHandoff, rows_digest
     from node.pipeline.model import replay, replay_from
     from node.pipeline.weights import load_stage
     from node.pipeline.wire import wire_bytes

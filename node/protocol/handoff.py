@@ -9,8 +9,8 @@
   and the proof. The receiver hashes what it received and rebuilds the proof from it: a digest that differs
   means the bytes are not the ones the sender signed (the job is refused, nobody can be blamed); a signed
   digest that matches with a rebuilt proof that differs is evidence against the sender, and the receiver
-  keeps it in a `Complaint` (the rows themselves, the claim and the sender's signature), which anyone can
-  judge without a model (`judge_evidence`).
+  keeps it in a `Complaint` (node/protocol/complaints.py: the rows themselves, the claim and the sender's
+  signature), which anyone can judge from the rows alone (node/validator/handoff_faults.py).
 - The last stage signs every token frame it sends to stage 0 (`tokens_message`); stage 0 checks the
   signature before it embeds a token.
 
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from eth_hash.auto import keccak
 
-from node.protocol.signing import SignatureError, SigningKey, recover_message
 from node.protocol.receipts import parse_hex
-
-if TYPE_CHECKING:
-    import torch
+from node.protocol.signing import SignatureError, SigningKey, recover_message
 
 HELLO_PREFIX = b"stagewise/link-hello/v1"
 CLAIM_PREFIX = b"stagewise/handoff-claim/v2"
@@ -89,82 +86,6 @@ class HandoffClaim:
 def tokens_message(entries: list[list[Any]]) -> bytes:
     """entries: [job id hex, position, token id, finish reason or None] per sequence in the frame."""
     return TOKENS_PREFIX + json.dumps(entries, separators=(",", ":")).encode()
-
-
-@dataclass(frozen=True)
-class Complaint:
-    """Evidence that stage `claim.sender_stage` handed over rows whose proof is not the one it signed.
-
-    `rows` are the bytes the complaining stage received for the chunk (they hash to `claim.rows_digest`),
-    `sender_signature` the sender's signature over `claim`. The complaining worker signs it for the chain as
-    a `node.protocol.bundle.HandoffComplaint`; the pipeline only carries it to its own worker (`on_complaint`), and a
-    `summary()` of it round the ring.
-    """
-
-    complainer_stage: int
-    claim: HandoffClaim
-    sender_signature: bytes
-    rows: bytes
-
-    @property
-    def job_id(self) -> bytes:
-        return self.claim.job_id
-
-    @property
-    def sender_stage(self) -> int:
-        return self.claim.sender_stage
-
-    @property
-    def chunk_index(self) -> int:
-        return self.claim.chunk_index
-
-    def summary(self) -> dict[str, Any]:
-        """What travels round the ring with the abort: who complains about whom, for which chunk."""
-        return {"complainer_stage": self.complainer_stage, "sender_stage": self.sender_stage,
-                "chunk_index": self.chunk_index}
-
-
-def rows_tensor(rows: bytes, dtype: str, count: int) -> "torch.Tensor":
-    """Wire bytes back to the [count, hidden] tensor they carry (ValueError when they are not `count` rows)."""
-    import torch
-
-    # torch: imported where used, to keep it out of start-up
-    from node.pipeline.wire import WIRE_DTYPES
-
-    if count <= 0 or len(rows) % (count * DTYPE_SIZES[dtype]):
-        raise ValueError(f"{len(rows)} bytes are not {count} rows of {dtype}")
-    return torch.frombuffer(bytearray(rows), dtype=WIRE_DTYPES[dtype]).view(count, -1)
-
-
-def rebuilt_proof(rows: bytes, dtype: str, count: int, prefill: bool) -> bytes:
-    """The proof of `count` rows given as wire bytes, built exactly as the receiving stage builds it."""
-    # torch: imported where used, to keep it out of start-up
-    from node.toploc.activation import ProofBuilder
-
-    tensor = rows_tensor(rows, dtype, count)
-    builder = ProofBuilder()
-    if prefill:
-        return builder.add_prefill(tensor)
-    proof = None
-    for row in tensor:
-        proof = builder.add_decode_row(row) or proof
-    return proof if proof is not None else builder.finish()
-
-
-def judge_evidence(complaint: Complaint, sender: str) -> bool:
-    """True when the evidence proves the sender at fault: `sender` signed the claim, the rows are the ones it
-    signed, and the proof rebuilt from them is not the proof it signed. Anything else is a false complaint."""
-    claim = complaint.claim
-    if not claim.signed_by(complaint.sender_signature, sender):
-        return False
-    if rows_digest(complaint.rows) != claim.rows_digest:
-        return False
-    try:
-        rebuilt = rebuilt_proof(complaint.rows, claim.dtype, claim.count, prefill=claim.chunk_index == 0)
-    except (ValueError, RuntimeError):
-        return False  # rows that are no chunk cannot have been signed by an honest sender's check
-    return rebuilt != claim.proof
-
 
 
 @dataclass(frozen=True)
