@@ -34,6 +34,25 @@ class JsonInputError(InvalidInput):
     """Input that is not JSON, too deep, or uses NaN/Infinity: the message says which."""
 
 
+def hex_bytes(
+    value: Any, what: str, *, length: int | None = None, max_length: int | None = None,
+    error: type[Exception] = JsonInputError,
+) -> bytes:
+    """Bytes from a 0x-prefixed hex string of untrusted origin; `error` (a ValueError by default) naming
+    `what` and the rule it breaks otherwise. The one hex reader of values from outside."""
+    if not (isinstance(value, str) and value.startswith("0x")):
+        raise error(f"{what} must be a 0x-prefixed hex string")
+    if max_length is not None and len(value) > 2 + 2 * max_length:
+        raise error(f"{what} must be at most {max_length} bytes, got {(len(value) - 2) // 2}")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise error(f"{what} is not valid hex") from None
+    if length is not None and len(raw) != length:
+        raise error(f"{what} must be {length} bytes, got {len(raw)}")
+    return raw
+
+
 def nesting_problem(text: str, max_depth: int = MAX_DEPTH) -> str | None:
     """None when every bracket of `text` is matched within `max_depth` levels (strings ignored), else why not.
 

@@ -45,3 +45,13 @@ def test_brackets_inside_strings_never_count_with_or_without_escapes():
     assert nesting_problem('{"a": "\\"[[[[[[", "b": [1]}', 2) is None  # an escaped quote: the regex path
     assert nesting_problem('[[["]]]"]]]', 2) == "nested more than 2 levels deep"
     assert nesting_problem('["[" ]]', 4) == "brackets do not match"
+
+
+def test_hex_from_outside_is_read_by_one_function_that_names_the_field():
+    from ledger.json_input import JsonInputError, hex_bytes
+
+    assert hex_bytes("0x0aff", "proof") == b"\x0a\xff"
+    for value, why in ((b"0x00", "0x-prefixed"), ("0aff", "0x-prefixed"), ("0xzz", "not valid hex"),
+                       ("0x00", "must be 2 bytes"), ("0x" + "00" * 5000, "at most 64 bytes")):
+        with pytest.raises(JsonInputError, match=why):
+            hex_bytes(value, "proof", length=2 if why == "must be 2 bytes" else None, max_length=64)

@@ -221,7 +221,7 @@ def _claim_proof(args, address: str, epoch: int) -> tuple[int, list[bytes], int 
         try:
             data = json_input.loads(Path(args.proof_file).read_bytes())
             cumulative = int(data["cumulative"])
-            proof = [bytes.fromhex(p.removeprefix("0x")) for p in data["proof"]]
+            proof = [json_input.hex_bytes(p, "proof", length=32) for p in data["proof"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise _error(f"cannot read the proof file {args.proof_file}: {error}") from None
         worker = data.get("worker")
@@ -230,7 +230,7 @@ def _claim_proof(args, address: str, epoch: int) -> tuple[int, list[bytes], int 
         return cumulative, proof, data.get("epoch")
     if args.amount is not None:
         try:
-            proof = [bytes.fromhex(p.strip().removeprefix("0x")) for p in (args.proof or "").split(",") if p.strip()]
+            proof = [json_input.hex_bytes(p.strip(), "proof", length=32) for p in (args.proof or "").split(",") if p.strip()]
         except ValueError:
             raise _error("--proof takes comma-separated 32-byte hex hashes") from None
         return args.amount, proof, None
@@ -258,7 +258,7 @@ def _validator_proof(base_url: str, address: str, epoch: int) -> tuple[int, list
     except (urllib.error.URLError, OSError, ValueError) as error:
         raise _error(f"cannot fetch a reward proof from {base_url}: {getattr(error, 'reason', error)}") from None
     try:
-        return int(data["cumulative"]), [bytes.fromhex(p.removeprefix("0x")) for p in data["proof"]], int(data["epoch"])
+        return int(data["cumulative"]), [json_input.hex_bytes(p, "proof", length=32) for p in data["proof"]], int(data["epoch"])
     except (KeyError, TypeError, ValueError, AttributeError):
         raise _error(f"the validator at {base_url} answered something that is not a reward proof") from None
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from eth_utils import is_address
 
+from ledger import json_input
 from ledger.errors import StagewiseError
 from node.protocol.signing import SignatureError, SigningKey, keccak256, recover_message
 
@@ -123,7 +124,7 @@ class ControlGuard:
         claimed, timestamp_text, nonce, signature_hex = fields
         try:
             timestamp = int(timestamp_text)
-            signature = bytes.fromhex(signature_hex.removeprefix("0x"))
+            signature = json_input.hex_bytes(signature_hex, "signature", length=65)
         except ValueError:
             raise ControlRefused(401, "bad_signature", "the timestamp or the signature is not well formed") from None
         if not (nonce.startswith("0x") and 18 <= len(nonce) <= 130):

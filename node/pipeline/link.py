@@ -65,9 +65,9 @@ def check_hello(hello: dict, assignment: Assignment, expected_stage: int, my_add
     """Check a hello (or its answer) from stage `expected_stage`; returns the sender's nonce."""
     expected = assignment.stages[expected_stage].worker
     try:
-        nonce = bytes.fromhex(str(hello["nonce"]).removeprefix("0x"))
-        signature = bytes.fromhex(str(hello["signature"]).removeprefix("0x"))
-        echoed = bytes.fromhex(str(hello["challenge"]).removeprefix("0x"))
+        nonce = json_input.hex_bytes(hello["nonce"], "hello nonce", max_length=64)
+        signature = json_input.hex_bytes(hello["signature"], "hello signature", max_length=65)
+        echoed = json_input.hex_bytes(hello["challenge"], "hello challenge", max_length=64)
         fields = (hello["group"], hello["stage"], hello["address"], hello["peer"])
     except (KeyError, ValueError, TypeError) as error:
         raise HandshakeError(f"malformed hello: {error}") from None
@@ -136,7 +136,7 @@ def hello_of(headers: Mapping[str, str]) -> dict:
 
 def challenge_of(hello: dict) -> bytes:
     try:
-        return bytes.fromhex(str(hello["challenge"]).removeprefix("0x"))
+        return json_input.hex_bytes(hello["challenge"], "hello challenge", max_length=64)
     except (KeyError, ValueError) as error:
         raise HandshakeError(f"malformed hello: {error}") from None
 
@@ -268,7 +268,7 @@ class OutboundLink:
                 answer = await json_input.read_json(response, max_bytes=MAX_CONTROL_BYTES, max_depth=2)
                 if response.status != 200:
                     raise HandshakeError(str(answer["error"]["message"]))
-                challenge = bytes.fromhex(str(answer["challenge"]).removeprefix("0x"))
+                challenge = json_input.hex_bytes(answer["challenge"], "challenge", max_length=64)
             except (ValueError, KeyError, TypeError) as error:
                 raise HandshakeError(f"no challenge from {self.peer.url} (HTTP {response.status}: {error})") from None
         return sign_hello(self.key, self.assignment, self.peer.worker, nonce, challenge)

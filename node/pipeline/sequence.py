@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ledger import json_input
 from ledger.errors import StagewiseError
+from node.protocol.bundle import MAX_PROOF_BYTES
 from node.protocol.job import JobSpec
 from node.protocol.complaints import Complaint
 from node.protocol.handoff import ReceivedHandoff, handoff_from_json
@@ -83,7 +85,7 @@ class StageResult:
         return cls(
             job_id=data["job_id"], spec=JobSpec.from_dict(data["spec"]), stage_index=int(data["stage_index"]),
             layer_start=int(data["layer_start"]), layer_end=int(data["layer_end"]),
-            proofs=tuple(bytes.fromhex(p.removeprefix("0x")) for p in data["proofs"]),
+            proofs=tuple(json_input.hex_bytes(p, "proof", max_length=MAX_PROOF_BYTES) for p in data["proofs"]),
             consumed_token_ids=tuple(data["consumed_token_ids"]), produced_token_ids=tuple(data["produced_token_ids"]),
             output_token_ids=tuple(data["output_token_ids"]), token_count=int(data["token_count"]),
             work_units=int(data["work_units"]), finish_reason=data["finish_reason"],

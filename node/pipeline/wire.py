@@ -152,15 +152,7 @@ def decode_message(text: str) -> dict[str, Any]:
 
 
 def hex_bytes(value: Any, what: str, length: int | None = None) -> bytes:
-    if not (isinstance(value, str) and value.startswith("0x")):
-        raise FrameError(f"{what} must be 0x-prefixed hex")
-    try:
-        raw = bytes.fromhex(value[2:])
-    except ValueError:
-        raise FrameError(f"{what} is not hex") from None
-    if length is not None and len(raw) != length:
-        raise FrameError(f"{what} must be {length} bytes")
-    return raw
+    return json_input.hex_bytes(value, what, length=length, error=FrameError)
 
 
 def rows_tensor(rows: bytes, dtype: str, count: int) -> torch.Tensor:

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Iterable, Sequence
 
 from pydantic import Field, Strict
 
+from ledger import json_input
+
 from node.protocol.job import JobSpec
 from node.protocol.signing import SigningKey, recover_digest
 from node.protocol.signing import keccak256 as keccak
@@ -284,17 +286,7 @@ def expected_receipt(
 
 def parse_hex(value: Any, what: str, length: int | None = None, max_length: int | None = None) -> bytes:
     """Bytes from a 0x-prefixed hex string of untrusted origin; ReceiptError naming `what` otherwise."""
-    if not (isinstance(value, str) and value.startswith("0x")):
-        raise ReceiptError(f"{what} must be a 0x-prefixed hex string")
-    try:
-        raw = bytes.fromhex(value[2:])
-    except ValueError:
-        raise ReceiptError(f"{what} is not valid hex") from None
-    if length is not None and len(raw) != length:
-        raise ReceiptError(f"{what} must be {length} bytes, got {len(raw)}")
-    if max_length is not None and len(raw) > max_length:
-        raise ReceiptError(f"{what} must be at most {max_length} bytes, got {len(raw)}")
-    return raw
+    return json_input.hex_bytes(value, what, length=length, max_length=max_length, error=ReceiptError)
 
 
 def _is_uint(value: Any, maximum: int) -> bool:

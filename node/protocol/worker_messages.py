@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema, create_model
 
+from ledger import json_input
 from node.protocol.signing import SignatureError, SigningKey, recover_message
 from node.protocol.wire_types import Address, address, parse, validated_dataclass
 
@@ -190,15 +191,7 @@ def make_leave(key: SigningKey, now: float | None = None) -> SignedLeave:
 
 
 def _signature(value: Any) -> Any:
-    if not (isinstance(value, str) and value.startswith("0x")):
-        raise ValueError("signature must be a 0x-prefixed hex string")
-    try:
-        raw = bytes.fromhex(value[2:])
-    except ValueError:
-        raise ValueError("signature is not hex") from None
-    if len(raw) != SIGNATURE_BYTES:
-        raise ValueError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(raw)}")
-    return raw
+    return json_input.hex_bytes(value, "signature", length=SIGNATURE_BYTES, error=ValueError)
 
 
 Signature = Annotated[

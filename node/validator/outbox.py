@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ledger import json_input
 from ledger.outbox import OutboxRow
 from ledger.chain.errors import ContractRevert
 from ledger.errors import StagewiseError
@@ -29,7 +30,7 @@ class Permanent(StagewiseError):
 
 
 def _hex32(value: str) -> bytes:
-    return bytes.fromhex(value.removeprefix("0x"))
+    return json_input.hex_bytes(value, "hash", length=32)
 
 
 def send_row(chain: Any, key: Any, row: OutboxRow) -> str:

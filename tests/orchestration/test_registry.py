@@ -132,7 +132,7 @@ def test_a_message_signed_by_another_key_is_refused(keys):
         (lambda m: m["message"].update(stage_url="ftp://x"), "stage_url"),
         (lambda m: m["message"].update(address="0x12"), "not an Ethereum address"),
         (lambda m: m["message"].update(kind="stagewise/heartbeat"), "kind"),
-        (lambda m: m.update(signature="0xzz"), "not hex"),
+        (lambda m: m.update(signature="0xzz"), "not valid hex"),
         (lambda m: m.update(signature="0x" + "00" * 64), "65 bytes"),
     ],
 )
