@@ -24,15 +24,17 @@ import click
 from ledger.amounts import ether
 from node import settings
 from node.cli.options import arguments, help_group
+from node.errors import CommandError
 
 
 def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
-    """Run `body` on the ledger; a SQLite ledger that is not there is an error unless `create`."""
+    """Run `body` on the ledger; a SQLite ledger that is not there is an error unless `create`, and so is
+    an argument the ledger refuses (an address that is none: EntryError)."""
 
     async def main() -> int:
         from ledger.db import LedgerError
+        from ledger.journal import EntryError
         from ledger.store import Ledger
-        from node.errors import CommandError
 
         try:
             ledger = await Ledger.open(settings.database_url(), must_exist=not create)
@@ -40,6 +42,8 @@ def _run(body: Callable[[Any], Awaitable[int]], *, create: bool = False) -> int:
             raise CommandError(str(error)) from error
         try:
             return await body(ledger)
+        except EntryError as error:
+            raise CommandError(str(error)) from error
         finally:
             await ledger.close()
 
@@ -89,13 +93,7 @@ def _leaderboard(args: Any) -> int:
 
 def _slashes(args: Any) -> int:
     async def body(ledger: Any) -> int:
-        from ledger.journal import EntryError
-        from node.errors import CommandError
-
-        try:
-            page = await ledger.slashes(args.offset, args.limit, worker=args.worker)
-        except EntryError as error:
-            raise CommandError(str(error)) from error
+        page = await ledger.slashes(args.offset, args.limit, worker=args.worker)
         if args.json:
             _print_json(page.to_json())
             return 0
@@ -120,13 +118,7 @@ def _why(evidence: Any, width: int = 200) -> str:
 
 def _worker(args: Any) -> int:
     async def body(ledger: Any) -> int:
-        from ledger.journal import EntryError
-        from node.errors import CommandError
-
-        try:
-            standing = await ledger.worker(args.address)
-        except EntryError as error:
-            raise CommandError(str(error)) from error
+        standing = await ledger.worker(args.address)
         if standing is None:
             raise CommandError(f"no worker {args.address} in the ledger")
         history = await ledger.worker_history(args.address, args.offset, args.limit)
@@ -174,13 +166,7 @@ def _epochs(args: Any) -> int:
 
 def _proof(args: Any) -> int:
     async def body(ledger: Any) -> int:
-        from ledger.journal import EntryError
-        from node.errors import CommandError
-
-        try:
-            proof = await ledger.reward_proof(args.address, args.epoch)
-        except EntryError as error:
-            raise CommandError(str(error)) from error
+        proof = await ledger.reward_proof(args.address, args.epoch)
         if proof is None:
             raise CommandError(f"no reward for {args.address} in epoch {args.epoch or 'latest'} (or no such epoch)")
         _print_json(proof.to_json())

@@ -109,6 +109,7 @@ def build_orchestration(
     """
     # torch: imported where used, to keep it out of start-up
     from node.pipeline.weights import model_id
+
     model_dir = Path(model_dir)
     shape = shape_of_model(model_dir)
     if stake_of is None:

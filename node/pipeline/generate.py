@@ -21,6 +21,7 @@ from node.protocol.job import JobSpecError, SamplingParams
 def run_generate(args: Any) -> int:
     """Start the stages, generate and print; the exit status."""
     import asyncio
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the stages share this machine's cores
 
