@@ -30,12 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from node.worker.cheats import outside_top_k  # noqa: E402
-from node.protocol.job import SamplingParams  # noqa: E402
 from node.pipeline.wire import rows_tensor  # noqa: E402
+from node.protocol.job import SamplingParams  # noqa: E402
 from node.toploc.activation import build_proofs  # noqa: E402
 from node.toploc.thresholds import HANDOFF  # noqa: E402
 from node.validator.defence import row_deviation  # noqa: E402
+from node.worker.cheats import outside_top_k  # noqa: E402
 
 FACTORS = (0.9, 0.99, 0.999)
 MUST_CATCH = 0.99

@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from node.protocol.job import SamplingParams  # noqa: E402
 from node.pipeline.calibration import Job, Row, attack_setups, format_table, honest_setups, run_matrix  # noqa: E402
+from node.protocol.job import SamplingParams  # noqa: E402
 from node.toploc.thresholds import ACTIVATION, SAMPLING  # noqa: E402
 
 PARAMS = SamplingParams(temperature=0.8, top_k=50, top_p=0.95)
@@ -45,7 +45,7 @@ def models(quick: bool, wanted: set[str], work: Path) -> list[tuple[str, Path, l
         if f"tiny-{arch}" in wanted:
             chosen.append((f"tiny {arch}", tiny_model_dir(arch, 0, work / f"tiny-{arch}"), [(0, 2), (2, 4), (4, 6)], tiny_job))
     if "smollm2" in wanted and not quick:
-        from node.pipeline.smollm2 import smollm2_dir, load_tokenizer, chat_prompt_ids
+        from node.pipeline.smollm2 import chat_prompt_ids, load_tokenizer, smollm2_dir
 
         directory = smollm2_dir()
         prompt = chat_prompt_ids(load_tokenizer(directory), "Explain in two sentences why the sky is blue.")

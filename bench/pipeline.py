@@ -76,9 +76,9 @@ def single_process_baseline() -> None:
     """Child side of run_single_process: load the whole model, warm up, time generate_whole."""
     import torch
 
-    from node.protocol.job import JobSpec, SamplingParams
-    from node.pipeline.weights import load_stage
     from node.pipeline.one_process import generate_whole
+    from node.pipeline.weights import load_stage
+    from node.protocol.job import JobSpec, SamplingParams
 
     request = json.loads(sys.stdin.read())
     torch.set_num_threads(request["threads"])
@@ -122,10 +122,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from node.protocol.job import SamplingParams
+    from node.pipeline.one_process import generate_whole
     from node.pipeline.smollm2 import load_tokenizer, smollm2_dir
     from node.pipeline.weights import load_stage
-    from node.pipeline.one_process import generate_whole
+    from node.protocol.job import SamplingParams
 
     cores = os.cpu_count() or 1
     args.processes = not args.in_process

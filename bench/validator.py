@@ -64,9 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 async def generate_job(model_dir: Path, new_tokens: int):
     """One 256-token job through the 3-stage pipeline: (spec, stage results, keys, generation seconds)."""
-    from node.protocol.job import SamplingParams
     from node.pipeline.local import LocalPipeline
     from node.pipeline.smollm2 import chat_prompt_ids, load_tokenizer
+    from node.protocol.job import SamplingParams
 
     tokenizer = load_tokenizer(model_dir) if (model_dir / "tokenizer.json").exists() else None
     prompt = chat_prompt_ids(tokenizer, "Tell me a long story about a lighthouse keeper.") if tokenizer else list(range(1, 40))

@@ -27,9 +27,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ledger.errors import StagewiseError
 from ledger import journal
 from ledger.database_url import async_url
+from ledger.errors import StagewiseError
 from ledger.models import JournalHead, metadata
 
 log = logging.getLogger(__name__)

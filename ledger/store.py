@@ -28,8 +28,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger import audit, db, proofs, queries
+from ledger import audit, db
 from ledger import outbox as chain_outbox
+from ledger import proofs, queries
 from ledger.epochs import RewardProof
 from ledger.writes import LedgerTx
 

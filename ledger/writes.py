@@ -47,8 +47,9 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger import appends, journal, outbox
+from ledger import appends
 from ledger import epochs as epoch_math
+from ledger import journal, outbox
 from ledger.db import LedgerError, insert
 from ledger.journal import Entry, NewEntry, checksum, hash32
 from ledger.models import (

@@ -13,8 +13,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from ledger.models import metadata
 from ledger.database_url import async_url
+from ledger.models import metadata
 from node import settings
 
 config = context.config

@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 from eth_utils import is_hex_address, to_checksum_address
 
-from node import settings
 from ledger import json_input
 from ledger.errors import InvalidInput
+from node import settings
 from node.protocol.signing import SigningKey
 
 PASSWORD_ENV = settings.KEYSTORE_PASSWORD.name

@@ -73,8 +73,8 @@ class HostilePeer:
 
 
 async def health_poll(url: str) -> str:
-    from node.protocol.signing import SigningKey
     from node.orchestration.stage_control import HttpPipelineDriver
+    from node.protocol.signing import SigningKey
 
     driver = HttpPipelineDriver(key=SigningKey.generate(), model_id="0x" + "ab" * 32)
     try:
@@ -177,8 +177,8 @@ def chain_client(url: str) -> str:
 
 
 def groups_cli(url: str) -> str:
-    from node.cli.main import CommandError
     from node.cli.groups import _get
+    from node.cli.main import CommandError
 
     try:
         _get(url + "/v1/groups", 5, CommandError)

@@ -1,9 +1,9 @@
 import pytest
 
-from node.worker.cheats import Cheat, CheatError
 from node.pipeline.model import ModelConfig
 from node.pipeline.tiny import tiny_model_dir
 from node.pipeline.weights import load_stage
+from node.worker.cheats import Cheat, CheatError
 
 
 def test_perturb_changes_every_weight_by_about_the_scale(tmp_path):

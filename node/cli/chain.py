@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from ledger.amounts import ether_and_wei
 from ledger import json_input
+from ledger.amounts import ether_and_wei
 from node import settings
 from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments, env_option, help_group
 
@@ -324,8 +324,8 @@ def cmd_fund_rewards(args) -> int:
 
 def _sender(args, client):
     """--keystore's key, else on a dev chain its first prefunded account."""
-    from ledger.chain.keys import tester_keys
     from ledger.chain.embedded import ANVIL_CHAIN_ID, TESTER_CHAIN_ID, anvil_keys
+    from ledger.chain.keys import tester_keys
 
     if args.keystore:
         return load_key(args.keystore, args.password_file)

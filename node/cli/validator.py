@@ -18,7 +18,13 @@ import click
 
 from node import settings
 from node.cli.options import (
-    CONTEXT_SETTINGS, PATH, PathList, arguments, env_option, help_group, http_limit_options,
+    CONTEXT_SETTINGS,
+    PATH,
+    PathList,
+    arguments,
+    env_option,
+    help_group,
+    http_limit_options,
 )
 
 MODEL_DIRS = PathList(path_type=str)

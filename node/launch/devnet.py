@@ -30,15 +30,15 @@ from urllib import error as urlerror
 from urllib import request as urlrequest
 
 from ledger import json_input
+from ledger.chain.client import ChainClient
+from ledger.chain.keys import tester_keys
 from ledger.errors import StagewiseError
 from node import settings
 from node.errors import CommandError
-from node.worker.cheats import DEFAULTS, KINDS
-from ledger.chain.client import ChainClient
-from ledger.chain.keys import tester_keys
 from node.orchestration.tasks import resolve_task_file
 from node.pipeline.smollm2 import smollm2_dir
 from node.wallet import create_keystore
+from node.worker.cheats import DEFAULTS, KINDS
 
 ETHER = 10**18
 DEVNET_SCRYPT_N = 1 << 14  # throwaway keys: fast to unlock in every process

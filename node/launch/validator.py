@@ -16,14 +16,14 @@ import signal
 import sys
 from pathlib import Path
 
-from node import settings
-from node.errors import CommandError
-from node.http.limits import HttpGuard, limits_from_args
 from ledger import json_input
 from ledger.chain.client import ChainClient
 from ledger.chain.embedded import ChainServer
 from ledger.db import LedgerError
 from ledger.store import Ledger
+from node import settings
+from node.errors import CommandError
+from node.http.limits import HttpGuard, limits_from_args
 from node.orchestration.setup import build_orchestration
 from node.pipeline.smollm2 import smollm2_dir
 from node.protocol.receipts import ReceiptDomain
@@ -78,10 +78,8 @@ def run_validator(args) -> int:
 
 
 async def _serve(args, dirs: list[Path]) -> None:
-    from aiohttp import web
-
-
     import torch
+    from aiohttp import web
 
     torch.set_num_threads(replay_threads(args.replay_threads, os.cpu_count()))
     log.info("replays use %d torch thread(s) (--replay-threads)", torch.get_num_threads())

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from node import settings
+from node import settings, wallet
 from node.errors import CommandError
-from node import wallet
 from node.http.limits import limits_from_args
 from node.pipeline.smollm2 import smollm2_dir
 from node.worker.config import WorkerConfig

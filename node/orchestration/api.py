@@ -22,8 +22,6 @@ from typing import Any
 from aiohttp import web
 
 from ledger import json_input
-
-from node.validator.app_state import ORCHESTRATOR
 from node.http.json_errors import ApiError
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.registry import RegistrationRefused
@@ -37,6 +35,7 @@ from node.protocol.worker_messages import (
     parse_signed_leave,
     parse_signed_registration,
 )
+from node.validator.app_state import ORCHESTRATOR
 from node.validator.openapi import Param, Route, add_routes
 from node.validator.schemas import AddressText, Groups, Left, Progress, RegisteredWorker, WorkerAssignment
 

@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.protocol.job import JobSpec, SamplingParams
 from node.orchestration.grouping import Group
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import JobInterrupted, StageFailure
 from node.orchestration.progress import Progress, TaskResult
 from node.orchestration.rerouting import HistoryCheck, SequenceRun, continuation_spec
 from node.orchestration.tasks import Task, Tokenizer
+from node.protocol.job import JobSpec, SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from ledger.errors import StagewiseError
-from node.protocol.job import JobSpec
 from node.orchestration.grouping import Group
 from node.orchestration.registry import WorkerRecord
+from node.protocol.job import JobSpec
 
 TokenSink = Callable[[Sequence[int]], None]
 

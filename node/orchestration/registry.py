@@ -19,7 +19,12 @@ from typing import Any
 
 from ledger.errors import StagewiseError
 from node.protocol.worker_messages import (
-    Capacity, MessageError, Registration, SignedHeartbeat, SignedLeave, SignedRegistration,
+    Capacity,
+    MessageError,
+    Registration,
+    SignedHeartbeat,
+    SignedLeave,
+    SignedRegistration,
 )
 
 log = logging.getLogger(__name__)

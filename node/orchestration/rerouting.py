@@ -40,9 +40,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.orchestration.grouping import Group
 from node.orchestration.tasks import Task
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 
 
 @dataclass

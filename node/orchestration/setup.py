@@ -23,19 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from node import settings
-from node.protocol.job import SamplingParams
-from node.orchestration.bans import ledger_bans
-from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
-from node.orchestration.grouping import GroupingPolicy, ModelShape
-from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
-from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.api import orchestration_registrar
+from node.orchestration.bans import ledger_bans
+from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
+from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
 from node.orchestration.tasks import load_tasks, load_tokenizer, resolve_task_file
+from node.protocol.job import SamplingParams
 from node.validator.defence_client import StageDefences
+from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import aiohttp
 
 from ledger import json_input
-from node.protocol.job import JobSpec
-from node.pipeline.control import sign_control
-from node.protocol.signing import SigningKey
 from node.orchestration.grouping import Group
 from node.orchestration.pipeline_driver import JobInterrupted, StageFailure, TokenSink
 from node.orchestration.registry import WorkerRecord
+from node.pipeline.control import sign_control
+from node.protocol.job import JobSpec
+from node.protocol.signing import SigningKey
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
+from node.pipeline.wire import WIRE_DTYPES
 from node.protocol.job import JobSpec, StageWorker, check_layer_range, check_layer_ranges
 from node.protocol.wire_types import Hex32, UInt, parse, validated_dataclass
-from node.pipeline.wire import WIRE_DTYPES
 
 
 class AssignmentError(ValueError):

@@ -25,12 +25,12 @@ from typing import Iterator, Sequence
 
 import torch
 
+from node.pipeline.model import replay
+from node.pipeline.weights import load_stage
 from node.protocol.job import SamplingParams
 from node.toploc.activation import StageProofCheck, build_proofs, split_replay, verify_proofs
 from node.toploc.sampling import sample_next, verify_sampling
 from node.toploc.thresholds import ACTIVATION, ActivationThresholds
-from node.pipeline.model import replay
-from node.pipeline.weights import load_stage
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import aiohttp
 
 from ledger import json_input
 from ledger.errors import StagewiseError
-from node.protocol.job import JobSpec
 from node.pipeline.assignment import Assignment
 from node.pipeline.control import sign_control
 from node.pipeline.sequence import StageResult
+from node.protocol.job import JobSpec
 from node.protocol.signing import SigningKey
 
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from node.protocol.job import JobSpec
 from node.pipeline.assignment import Assignment
-from node.protocol.complaints import Complaint
-from node.protocol.handoff import HandoffClaim, ReceivedHandoff, rows_digest
 from node.pipeline.model import StageModel
 from node.pipeline.sequence import FAILED, ChunkRows, SequenceFailed, SequenceState, StageResult
 from node.pipeline.wire import cast_for_wire, dtype_name, wire_bytes
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import HandoffClaim, ReceivedHandoff, rows_digest
+from node.protocol.job import JobSpec
 from node.protocol.signing import SigningKey
 from node.toploc.activation import ProofBuilder
 from node.toploc.sampling import sample_next

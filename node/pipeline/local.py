@@ -19,14 +19,14 @@ from typing import Any
 
 import aiohttp
 
-from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node import settings
 from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
 from node.pipeline.model import ModelConfig
 from node.pipeline.sequence import StageResult
 from node.pipeline.server import StageServer
 from node.pipeline.weights import model_id as compute_model_id
-from node import settings
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.protocol.signing import SigningKey
 
 KEY_ENV = settings.STAGE_KEY.name  # the stage process reads its key here, not from `ps`

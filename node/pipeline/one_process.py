@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from node.protocol.job import JobSpec
 from node.pipeline.model import StageModel
+from node.protocol.job import JobSpec
 from node.toploc.sampling import sample_next
 
 

@@ -15,9 +15,9 @@ import torch
 
 from node.pipeline.assignment import AssignmentError
 from node.pipeline.engine import StepInput
-from node.protocol.handoff import tokens_message
 from node.pipeline.sequence import DONE, FAILED, SequenceFailed, SequenceState
 from node.pipeline.wire import FrameError, encode_message, hex_bytes
+from node.protocol.handoff import tokens_message
 from node.protocol.job import JobSpec, JobSpecError
 from node.protocol.signing import SignatureError, recover_message
 

@@ -21,7 +21,14 @@ from node.pipeline.engine import StageEngine
 from node.pipeline.inbox import InboxFull
 from node.pipeline.job_handle import PipelineError
 from node.pipeline.link import (
-    MAX_MESSAGE_BYTES, REFUSED_HEADER, HandshakeError, OutboundLink, challenge_of, check_hello, hello_of, sign_hello,
+    MAX_MESSAGE_BYTES,
+    REFUSED_HEADER,
+    HandshakeError,
+    OutboundLink,
+    challenge_of,
+    check_hello,
+    hello_of,
+    sign_hello,
 )
 from node.pipeline.weights import load_stage, model_id
 

@@ -19,10 +19,10 @@ import torch
 
 from node.pipeline.assignment import AssignmentError
 from node.pipeline.engine import StepInput, finish_reason
-from node.protocol.handoff import tokens_message
 from node.pipeline.job_handle import JobHandle, PipelineError
 from node.pipeline.sequence import SAMPLED, SequenceFailed
 from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message, frame_job_ids
+from node.protocol.handoff import tokens_message
 from node.protocol.job import JobSpec
 
 log = logging.getLogger("stagewise.pipeline")

@@ -14,11 +14,11 @@ from typing import Any
 
 from ledger import json_input
 from ledger.errors import StagewiseError
+from node.pipeline.model import KVCache
 from node.protocol.bundle import MAX_PROOF_BYTES
-from node.protocol.job import JobSpec
 from node.protocol.complaints import Complaint
 from node.protocol.handoff import ReceivedHandoff, handoff_from_json
-from node.pipeline.model import KVCache
+from node.protocol.job import JobSpec
 
 RUNNING, SAMPLED, DONE, FAILED = "running", "sampled", "done", "failed"
 

@@ -47,7 +47,6 @@ from node.http.limits import HttpGuard, HttpLimits
 from node.pipeline.assignment import Assignment, AssignmentError
 from node.pipeline.control import ControlGuard, ControlRefused
 from node.pipeline.engine import StageEngine, StepInput, Tamper
-from node.protocol.complaints import Complaint
 from node.pipeline.inbox import DEFAULT_MAX_BYTES as DEFAULT_MAX_INBOX_BYTES
 from node.pipeline.inbox import Inbox
 from node.pipeline.job_handle import JobHandle, PipelineError
@@ -59,6 +58,7 @@ from node.pipeline.ring_place import RingPlace
 from node.pipeline.schedule import MicroBatchSchedule
 from node.pipeline.sequence import FAILED, SequenceFailed, SequenceState, StageResult
 from node.pipeline.started_jobs import StartedJobs
+from node.protocol.complaints import Complaint
 from node.protocol.job import JobSpec, JobSpecError
 from node.protocol.signing import SigningKey
 

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from ledger.errors import InvalidInput
 from node.pipeline.model import AttentionImpl, ModelConfig, StageModel
 
+
 class WeightsError(InvalidInput):
     """A model directory that lacks a tensor, or holds one of the wrong shape."""
 

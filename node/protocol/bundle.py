@@ -27,6 +27,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger import json_input
+from ledger.json_input import JsonInputError
+from node.protocol.complaints import Complaint
+from node.protocol.handoff import (
+    DTYPE_CODES,
+    DTYPE_SIZES,
+    HandoffClaim,
+    ReceivedHandoff,
+    handoff_from_json,
+    rows_digest,
+)
 from node.protocol.job import JobSpec, JobSpecError
 from node.protocol.receipts import (
     ReceiptDomain,
@@ -36,10 +47,6 @@ from node.protocol.receipts import (
     parse_hex,
     proofs_digest,
 )
-from ledger import json_input
-from ledger.json_input import JsonInputError
-from node.protocol.complaints import Complaint
-from node.protocol.handoff import DTYPE_CODES, DTYPE_SIZES, HandoffClaim, ReceivedHandoff, handoff_from_json, rows_digest
 from node.protocol.signing import SIGNATURE_LENGTH, SignatureError, recover_digest
 
 BUNDLE_VERSION = 1

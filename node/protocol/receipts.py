@@ -20,10 +20,10 @@ from typing import Annotated, Any, Iterable, Sequence
 from pydantic import Field, Strict
 
 from ledger import json_input
-
 from node.protocol.job import JobSpec
-from node.protocol.signing import SigningKey, recover_digest
+from node.protocol.signing import SigningKey
 from node.protocol.signing import keccak256 as keccak
+from node.protocol.signing import recover_digest
 from node.protocol.wire_types import address, validated_dataclass
 
 DOMAIN_NAME = "stagewise"

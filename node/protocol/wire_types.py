@@ -21,7 +21,16 @@ from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 from eth_utils import is_address, to_checksum_address
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"

@@ -34,7 +34,6 @@ fail the mantissa mean exactly as fp16 does: a worker that declares fp32 must co
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Protocol
 
 

@@ -15,10 +15,10 @@ import time
 from aiohttp import web
 from eth_utils import is_checksum_address, to_checksum_address
 
-from node.validator.app_state import NODE
 from node.http.json_errors import ApiError
 from node.protocol.bundle import BundleBody
 from node.protocol.wire_types import ADDRESS_PATTERN, HEX32_PATTERN
+from node.validator.app_state import NODE
 from node.validator.openapi import OPENAPI_ROUTES, Param, Route, add_routes, document
 from node.validator.schemas import (
     JOB_STATUSES,

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from node.http.limits import HttpGuard
 from node.http.json_errors import json_errors
+from node.http.limits import HttpGuard
 from node.validator import api
 from node.validator.app_state import NODE
 from node.validator.dashboard import register_dashboard

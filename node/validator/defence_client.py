@@ -18,8 +18,8 @@ import aiohttp
 
 from ledger import json_input
 from ledger.errors import InvalidInput, StagewiseError
-from node.protocol.job import JobSpec
 from node.protocol.handoff import INPUTS_ROUTE, ReceivedHandoff, handoff_from_json
+from node.protocol.job import JobSpec
 
 log = logging.getLogger(__name__)
 

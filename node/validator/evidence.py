@@ -19,12 +19,12 @@ from typing import Any
 from eth_hash.auto import keccak
 
 from ledger.errors import InvalidInput
-from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
-from node.protocol.handoff import handoff_from_json
 from node.protocol.bundle import Bundle
+from node.protocol.handoff import handoff_from_json
 from node.protocol.job import JobSpec
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
 from node.validator.replay import findings_of
+from node.validator.verdict import Findings, Outcome, Reason, Tariff, Verdict, decide
 
 EVIDENCE_VERSION = 2  # 2: handoff faults (complaints judged by their evidence, equivocation)
 EVIDENCE_MAX_BYTES = 256 << 20  # an evidence file holds the job's receipts and any complaint rows; far below this

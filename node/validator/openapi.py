@@ -10,7 +10,6 @@ dashboard and the fuzz tests (tests/validator/test_fuzz.py) read it.
 
 from __future__ import annotations
 
-
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

@@ -16,9 +16,9 @@ import logging
 from typing import Any
 
 from ledger import json_input
-from ledger.outbox import OutboxRow
 from ledger.chain.errors import ContractRevert
 from ledger.errors import StagewiseError
+from ledger.outbox import OutboxRow
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from node.protocol.job import JobSpec
 from node.protocol.receipts import processed_token_count
-from node.validator.verdict import Findings
-from node.validator.verdict import Reason
+from node.validator.verdict import Findings, Reason
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,9 @@ def findings_of(
 
     # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import replay, replay_from
-    from node.validator.defence import check_defence
     from node.toploc.activation import verify_proofs
     from node.toploc.sampling import verify_sampling
+    from node.validator.defence import check_defence
 
     started = time.perf_counter()
     prompt = list(spec.prompt_token_ids)

@@ -18,9 +18,8 @@ log = logging.getLogger(__name__)
 class ReplayModels:
     def __init__(self, model_dirs: Iterable[Path]) -> None:
         # torch: imported where used, to keep it out of start-up
-        from node.pipeline.weights import model_id
-
         from node.pipeline.model import ModelConfig
+        from node.pipeline.weights import model_id
 
         self.dirs: dict[str, Path] = {}
         self.vocab_sizes: dict[str, int] = {}

@@ -23,30 +23,30 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ledger.models import JOB_DONE, JOB_PENDING, Worker
+from ledger.chain.sync import ChainSync
+from ledger.models import JOB_DONE, JOB_PENDING, Job
+from ledger.models import Verdict as VerdictRow
+from ledger.models import Worker
 from ledger.store import Ledger
+from node.http.json_errors import ApiError
 from node.protocol.bundle import Bundle
-from node.validator.evidence import Evidence, evidence_hash
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
 from node.validator.config import ValidatorConfig
-from node.validator.epochs import entries_waiting
-from node.http.json_errors import ApiError
+from node.validator.deadlines import expect, run_deadlines
+from node.validator.epochs import entries_waiting, run_epochs
+from node.validator.evidence import Evidence, evidence_hash
+from node.validator.handoff_faults import findings_without_replay, handoff_faults
 from node.validator.intake import IntakeWriter, authenticate, read_bundle
 from node.validator.metrics import ValidatorMetrics
-from node.validator.replay_models import ReplayModels
+from node.validator.outbox import run_outbox
 from node.validator.queue import ClaimedJob, JobQueue, utcnow
 from node.validator.replay import findings_of, skipped_findings
+from node.validator.replay_models import ReplayModels
 from node.validator.settle import settle
 from node.validator.spot_check import is_replayed
-from node.validator.handoff_faults import findings_without_replay, handoff_faults
 from node.validator.verdict import Reason, Verdict, decide
-from ledger.chain.sync import ChainSync
-from ledger.models import Job, Verdict as VerdictRow
-from node.validator.deadlines import expect, run_deadlines
-from node.validator.epochs import run_epochs
-from node.validator.outbox import run_outbox
 
 log = logging.getLogger(__name__)
 

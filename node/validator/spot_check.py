@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from eth_hash.auto import keccak
 
-from ledger.secrets import shared_secret
 from ledger.errors import InvalidInput
+from ledger.secrets import shared_secret
 
 MIN_SECRET_BYTES = 16
 LEDGER_SECRET_NAME = "spot-check"

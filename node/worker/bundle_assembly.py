@@ -15,7 +15,6 @@ from node.protocol.receipts import ReceiptDomain, proofs_digest
 from node.worker.errors import WorkerError, short_error
 from node.worker.receipt_book import RECEIPT_ROUTE, SignedJob, parse_signed_stage
 
-
 StageFetcher = Callable[[int], Awaitable[SignedStage]]
 
 

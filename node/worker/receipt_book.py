@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from node.protocol.handoff import INPUTS_ROUTE, ReceivedHandoff
 from node.protocol.bundle import SignedStage, parse_stage
+from node.protocol.handoff import INPUTS_ROUTE, ReceivedHandoff
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain, expected_receipt, sign_receipt
 from node.protocol.signing import SigningKey

@@ -54,7 +54,13 @@ from node.worker.config import WorkerConfig
 from node.worker.errors import WorkerError, short_error
 from node.worker.receipt_book import ReceiptBook, SignedJob, receipt_routes
 from node.worker.stake import (
-    ChainInfo, StakeStatus, chain_info, controllers_of, read_stake, read_validator_role, unbacked_controller_error,
+    ChainInfo,
+    StakeStatus,
+    chain_info,
+    controllers_of,
+    read_stake,
+    read_validator_role,
+    unbacked_controller_error,
 )
 from node.worker.validator_client import ValidatorClient, ValidatorRefused, ValidatorUnreachable
 

@@ -6,9 +6,9 @@ import aiohttp
 import pytest
 
 from ledger.chain.client import ChainClient
+from ledger.chain.embedded import ChainServer, ThreadedChainServer
 from ledger.chain.errors import ChainError, ContractRevert
 from ledger.chain.events import Staked
-from ledger.chain.embedded import ChainServer, ThreadedChainServer
 from node.protocol.signing import SigningKey
 
 

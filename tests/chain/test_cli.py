@@ -10,10 +10,10 @@ import pytest
 from eth_hash.auto import keccak
 
 from ledger import epochs
-from node.cli import chain as chain_cli
 from ledger.chain.client import ChainClient
-from node.cli.chain import parse_amount
 from node import wallet
+from node.cli import chain as chain_cli
+from node.cli.chain import parse_amount
 from node.cli.main import CommandError
 from node.protocol.signing import SigningKey
 

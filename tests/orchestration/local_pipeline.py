@@ -13,12 +13,12 @@ from collections.abc import Mapping
 
 import torch
 
-from node.protocol.job import JobSpec
-from node.pipeline.weights import load_stage
-from node.toploc.sampling import sample_next
 from node.orchestration.grouping import Group
 from node.orchestration.pipeline_driver import JobInterrupted, StageFailure, TokenSink
 from node.orchestration.registry import WorkerRecord
+from node.pipeline.weights import load_stage
+from node.protocol.job import JobSpec
+from node.toploc.sampling import sample_next
 
 
 class LocalWorker:

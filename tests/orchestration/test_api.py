@@ -8,14 +8,14 @@ from types import SimpleNamespace
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from node.protocol.signing import SigningKey
-from node.validator.app import build_app
-from node.validator.config import ValidatorConfig
+from node.orchestration.api import orchestration_registrar
 from node.orchestration.grouping import GroupingPolicy, ModelShape
 from node.orchestration.orchestrator import Orchestrator
-from node.orchestration.api import orchestration_registrar
 from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
+from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import Capacity, make_heartbeat, make_registration
+from node.validator.app import build_app
+from node.validator.config import ValidatorConfig
 
 from .conftest import CAPACITIES, MIB
 from .local_pipeline import LocalPipeline, LocalWorker

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from node.protocol.signing import SigningKey
 from node.cli.validator import parse_orchestration_flags
 from node.orchestration.setup import build_orchestration
+from node.protocol.signing import SigningKey
 
 from .conftest import MIB, ran_to_its_end
 

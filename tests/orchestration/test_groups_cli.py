@@ -7,8 +7,8 @@ import threading
 
 from aiohttp import web
 
-from node.cli.main import main
 from node.cli.groups import render
+from node.cli.main import main
 
 GROUPS = {
     "model_id": "0x" + "ab" * 32,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.protocol.signing import SigningKey
 from node.orchestration.tasks import TaskError, parse_task
+from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import (
     Capacity,
     MessageError,

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.protocol.job import SamplingParams
-from node.pipeline.weights import load_stage, model_id
-from node.toploc.sampling import sample_next
-from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
+from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import GroupingPolicy, ModelShape
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import StageFailure
 from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
 from node.orchestration.tasks import ByteTokenizer, Task
+from node.pipeline.weights import load_stage, model_id
+from node.protocol.job import SamplingParams
 from node.protocol.worker_messages import make_heartbeat, make_registration
+from node.toploc.sampling import sample_next
 
 from .conftest import CAPACITIES, MIB
 from .local_pipeline import LocalPipeline, LocalWorker
@@ -192,8 +192,8 @@ class LyingPipeline(LocalPipeline):
 
 
 async def test_a_history_with_injected_tokens_is_cut_at_the_first_bad_one(model_dir, worker_keys):
-    from node.pipeline.weights import load_stage
     from node.orchestration.rerouting import verified_prefix
+    from node.pipeline.weights import load_stage
 
     reference, _ = await run_tasks((await start(model_dir, worker_keys))[0])
     orchestrator, workers, _ = await start(model_dir, worker_keys)
@@ -302,9 +302,9 @@ async def test_a_task_counts_as_done_only_when_its_job_was_accepted_and_a_blamed
 async def test_a_second_process_with_the_same_key_is_refused_while_the_first_one_serves(model_dir, worker_keys):
     # Issue 18, item 5: a second worker with the same key took over the registration silently, and once it
     # stopped, /v1/groups listed its dead URL as healthy.
-    from node.pipeline.server import StageServer
-    from node.orchestration.setup import stage_answers_as
     from node.orchestration.registry import RegistrationRefused
+    from node.orchestration.setup import stage_answers_as
+    from node.pipeline.server import StageServer
 
     clock = Clock()
     registry = Registry(stake_lookup({k.address: 10**18 for k in worker_keys}), RegistryPolicy(heartbeat_timeout_s=30), clock)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from node.protocol.signing import SigningKey
 from node.orchestration.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
+from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import (
     UNBOUND_VALIDATOR,
     Capacity,

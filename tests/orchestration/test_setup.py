@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from node.validator.config import ValidatorConfig
-from node.protocol.signing import SigningKey
 from node.cli.validator import parse_orchestration_flags
-from node.orchestration.setup import build_orchestration, shape_of_model
 from node.orchestration.registry import RegistrationRefused
+from node.orchestration.setup import build_orchestration, shape_of_model
 from node.orchestration.tasks import TaskError, load_tasks, resolve_task_file
+from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import make_registration
+from node.validator.config import ValidatorConfig
 
 from .conftest import CAPACITIES, ran_to_its_end
 from .local_pipeline import LocalPipeline, LocalWorker
@@ -122,9 +122,9 @@ async def test_the_issued_job_record_is_bounded():
 
 
 async def test_the_guard_accepts_jobs_the_shared_ledger_awaits_and_refuses_the_rest():
+    from node.orchestration.setup import _spec_guard
     from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.validator.issued_jobs import IssuedJobs
-    from node.orchestration.setup import _spec_guard
 
     def spec(seed):
         return JobSpec("0x" + "ab" * 32, (1,), SamplingParams(), seed, "g", (StageAssignment("0x" + "11" * 20, 0, 1),))

@@ -9,17 +9,17 @@ import asyncio
 import pytest
 import torch
 
-from node.protocol.job import SamplingParams
-from node.pipeline.weights import load_stage, model_id
-from node.protocol.signing import SigningKey
-from node.toploc.sampling import sample_next
-from node.orchestration.dispatch import DispatchPolicy, Dispatcher, SeedSchedule
+from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import GroupingPolicy, ModelShape
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
 from node.orchestration.stage_control import HttpPipelineDriver
 from node.orchestration.tasks import ByteTokenizer, Task
+from node.pipeline.weights import load_stage, model_id
+from node.protocol.job import SamplingParams
+from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import Capacity, make_registration
+from node.toploc.sampling import sample_next
 
 from .conftest import MIB
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from node.protocol.job import JobSpec, SamplingParams, StageAssignment
-from node.protocol.signing import SigningKey
 from node.orchestration.grouping import Group, Stage
 from node.orchestration.pipeline_driver import StageFailure
 from node.orchestration.stage_control import HttpPipelineDriver
+from node.protocol.job import JobSpec, SamplingParams, StageAssignment
+from node.protocol.signing import SigningKey
 
 
 async def test_a_stage_that_streams_more_tokens_than_the_job_allows_is_failed():

@@ -13,9 +13,8 @@ from node.pipeline.control import ControlGuard, ControlRefused, sign_control
 from node.pipeline.local import LocalPipeline
 from node.pipeline.server import StageServer
 from node.pipeline.weights import model_id
-from node.protocol.signing import SigningKey
-
 from node.protocol.job import SamplingParams
+from node.protocol.signing import SigningKey
 
 SHORT = SamplingParams(max_new_tokens=6)
 

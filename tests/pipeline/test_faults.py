@@ -9,7 +9,6 @@ import time
 import aiohttp
 import pytest
 
-from node.protocol.job import SamplingParams
 from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
 from node.pipeline.control import sign_control
@@ -17,6 +16,7 @@ from node.pipeline.link import LINK_PATH, REFUSED_HEADER, OutboundLink
 from node.pipeline.local import LocalPipeline
 from node.pipeline.server import StageServer
 from node.pipeline.wire import encode_frame
+from node.protocol.job import SamplingParams
 from node.protocol.signing import SigningKey
 
 LONG = SamplingParams(max_new_tokens=200)

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from node.protocol.job import SamplingParams
-from node.validator.handoff_faults import judge_evidence
 from node.pipeline.local import LocalPipeline, split_layers
 from node.pipeline.model import replay
-from node.pipeline.weights import load_stage
 from node.pipeline.one_process import generate_whole
+from node.pipeline.weights import load_stage
+from node.protocol.job import SamplingParams
 from node.protocol.receipts import expected_receipt
 from node.toploc.activation import split_replay, verify_proofs
+from node.validator.handoff_faults import judge_evidence
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=40)
 SAMPLED = SamplingParams(temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=40)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message, wire_bytes
 from node.protocol.complaints import Complaint
 from node.protocol.handoff import HandoffClaim, rows_digest
-from node.validator.handoff_faults import judge_evidence, rebuilt_proof
-from node.pipeline.wire import wire_bytes
-from node.pipeline.wire import FrameError, decode_frame, decode_message, encode_frame, encode_message
 from node.protocol.signing import SigningKey
+from node.validator.handoff_faults import judge_evidence, rebuilt_proof
 
 JOB_A, JOB_B = b"\x01" * 32, b"\x02" * 32
 

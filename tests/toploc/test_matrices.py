@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node.protocol.job import SamplingParams
 from node.pipeline.calibration import Job, attack_setups, check_row, honest_setups
+from node.protocol.job import SamplingParams
 
 LAYOUT = [(0, 2), (2, 4), (4, 6)]
 JOB = Job(prompt=(3, 4, 5, 6, 7, 8, 9, 10), new_tokens=34, params=SamplingParams(temperature=0.8, top_k=50, top_p=0.95), seed=7)

@@ -4,7 +4,8 @@ honest sampling under a small replay drift always passes."""
 import math
 
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.protocol.job import SamplingParams
 from node.toploc import sampling

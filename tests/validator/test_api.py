@@ -216,8 +216,8 @@ def made_up_bundle(group, claims_per_stage: int) -> str:
     """A job nobody issued, its stages the attacker's own keys, every stage after the first carrying many
     validly signed handoff claims (found by the review of issue 15: 4,104 recoveries, 0.36 s, then 403)."""
     from node.protocol.bundle import Bundle, SignedStage, expected_proof_count
-    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.protocol.handoff import HandoffClaim, ReceivedHandoff
+    from node.protocol.job import JobSpec, SamplingParams, StageAssignment
     from node.protocol.receipts import expected_receipt
     from tests.validator.factory import SPLITS
 

@@ -6,7 +6,6 @@ of that group, so the honest members of the group earned nothing for them either
 
 from __future__ import annotations
 
-
 import pytest
 
 from node.orchestration.bans import BanPolicy, banned_until
@@ -26,12 +25,12 @@ def test_one_blame_evicts_the_second_bans_and_each_further_one_doubles_the_ban()
 
 
 async def test_a_blamed_worker_is_evicted_and_a_repeatedly_blamed_one_is_banned(ledger, model_dir, group, worker_keys):
+    from node.cli.validator import parse_orchestration_flags
+    from node.orchestration.registry import RegistrationRefused
+    from node.orchestration.setup import build_orchestration
+    from node.protocol.worker_messages import make_registration
     from node.validator.replay_models import ReplayModels
     from node.validator.service import ValidatorNode
-    from node.cli.validator import parse_orchestration_flags
-    from node.orchestration.setup import build_orchestration
-    from node.orchestration.registry import RegistrationRefused
-    from node.protocol.worker_messages import make_registration
     from tests.orchestration.conftest import CAPACITIES
     from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker
     from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all

@@ -9,9 +9,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from ledger.chain.sync import ChainSync
 from node.protocol.receipts import ReceiptDomain
 from node.validator.app import build_app
+from node.validator.outbox import deliver_once, warn_if_pool_short
 from node.validator.replay_models import ReplayModels
 from node.validator.service import ValidatorNode
-from node.validator.outbox import deliver_once, warn_if_pool_short
 from tests.validator.conftest import STAKE, make_config
 from tests.validator.factory import Group, run_job
 
@@ -139,10 +139,10 @@ async def test_stake_below_the_minimum_on_chain_keeps_a_worker_out_and_takes_it_
 ):
     # The attack (issue 15, item 3), on both chain backends: stake less than one slash, or withdraw after
     # registering; a slash is capped at the stake left, so a proven fault would cost next to nothing.
-    from node.protocol.signing import SigningKey
     from node.cli.validator import parse_orchestration_flags
-    from node.orchestration.setup import build_orchestration
     from node.orchestration.registry import RegistrationRefused
+    from node.orchestration.setup import build_orchestration
+    from node.protocol.signing import SigningKey
     from node.protocol.worker_messages import make_registration
     from tests.orchestration.conftest import CAPACITIES
     from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker

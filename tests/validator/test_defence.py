@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from node.protocol.job import SamplingParams
-from node.protocol.handoff import ReceivedHandoff, rows_digest
 from node.pipeline.local import LocalPipeline
 from node.pipeline.model import replay
 from node.pipeline.weights import load_stage
 from node.pipeline.wire import wire_bytes
+from node.protocol.handoff import ReceivedHandoff, rows_digest
+from node.protocol.job import SamplingParams
 from node.validator.defence import check_defence
 from node.validator.defence_client import DefenceError, parse_defence
 
@@ -94,8 +94,8 @@ def test_rows_the_sender_did_not_sign_for_the_whole_job_are_no_defence(received,
 def test_a_defence_is_parsed_as_hostile_input(received, model_dir):
     import json
 
-    from node.protocol.job import JobSpec, StageAssignment
     from node.pipeline.weights import model_id
+    from node.protocol.job import JobSpec, StageAssignment
 
     handoffs, _, key, _ = received
     job_id = "0x" + handoffs[0].claim.job_id.hex()
@@ -131,8 +131,8 @@ async def test_a_worker_that_kept_nothing_is_not_waited_for(received, model_dir)
 
     from aiohttp import web
 
-    from node.protocol.job import JobSpec, StageAssignment
     from node.pipeline.weights import model_id
+    from node.protocol.job import JobSpec, StageAssignment
     from node.validator.defence_client import StageDefences
 
     key = received[2]
@@ -153,8 +153,8 @@ async def test_a_defence_is_read_to_its_end_however_it_is_chunked(received, mode
 
     from aiohttp import web
 
-    from node.protocol.job import JobSpec, StageAssignment
     from node.pipeline.weights import model_id
+    from node.protocol.job import JobSpec, StageAssignment
     from node.validator.defence_client import StageDefences
 
     handoffs, _, key, _ = received

@@ -5,7 +5,6 @@ verdict recomputed from its exported evidence alone (I5)."""
 import asyncio
 import json
 
-
 from node.cli.main import main
 from node.validator.evidence import Evidence, check_evidence
 from tests.validator.factory import run_job
@@ -124,10 +123,10 @@ def handoff_evidence(group, spec, *, signer, sent_scale: float = 1.0, proof: byt
     `sent_scale`), signed by `signer` with `proof` (default: the honest proof of the honest output)."""
     import torch
 
-    from node.protocol.complaints import Complaint
-    from node.protocol.handoff import HandoffClaim, rows_digest
     from node.pipeline.weights import load_stage
     from node.pipeline.wire import wire_bytes
+    from node.protocol.complaints import Complaint
+    from node.protocol.handoff import HandoffClaim, rows_digest
     from node.toploc.activation import build_proofs
 
     stage0 = load_stage(group.model_dir, 0, spec.stages[0].layer_end)
@@ -210,11 +209,11 @@ def quietly_altered_job(group, eps: float = 4e-3, quantile: float = 0.25, new_to
     the bundle and what stages 1 and 2 really received, as the defences their workers would hand in."""
     import torch
 
-    from node.protocol.bundle import Bundle, SignedStage
-    from node.protocol.handoff import HandoffClaim, ReceivedHandoff, rows_digest
     from node.pipeline.model import replay, replay_from
     from node.pipeline.weights import load_stage
     from node.pipeline.wire import wire_bytes
+    from node.protocol.bundle import Bundle, SignedStage
+    from node.protocol.handoff import HandoffClaim, ReceivedHandoff, rows_digest
     from node.protocol.receipts import expected_receipt, sign_receipt
     from node.toploc.activation import build_proofs
     from node.validator.defence import expected_spans

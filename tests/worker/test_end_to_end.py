@@ -109,18 +109,18 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
 async def open_stack(tmp_path, db_url, model_dir, served_chain):
     """The embedded chain, a validator with its orchestrator on `db_url`, groups of two stages."""
     from ledger.store import Ledger
+    from node.orchestration.api import orchestration_registrar
+    from node.orchestration.grouping import GroupingPolicy
+    from node.orchestration.orchestrator import Orchestrator
+    from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
+    from node.orchestration.setup import shape_of_model, stage_url_of
+    from node.orchestration.stage_control import HttpPipelineDriver
     from node.pipeline.weights import model_id
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.orchestration.grouping import GroupingPolicy
+    from node.validator.defence_client import StageDefences
     from node.validator.replay_models import ReplayModels
     from node.validator.service import ValidatorNode
-    from node.validator.defence_client import StageDefences
-    from node.orchestration.setup import shape_of_model, stage_url_of
-    from node.orchestration.orchestrator import Orchestrator
-    from node.orchestration.api import orchestration_registrar
-    from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
-    from node.orchestration.stage_control import HttpPipelineDriver
 
     torch.set_num_threads(1)
     chain, rpc_url = served_chain

@@ -140,13 +140,13 @@ async def orchestrator_url(tmp_path):
     """The validator app with the orchestration routes: two staked workers form one 2-stage group."""
     from types import SimpleNamespace
 
+    from node.orchestration.api import orchestration_registrar
+    from node.orchestration.grouping import GroupingPolicy, ModelShape
+    from node.orchestration.orchestrator import Orchestrator
+    from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
     from node.pipeline.tiny import tiny_model_dir
     from node.validator.app import build_app
     from node.validator.config import ValidatorConfig
-    from node.orchestration.grouping import GroupingPolicy, ModelShape
-    from node.orchestration.orchestrator import Orchestrator
-    from node.orchestration.api import orchestration_registrar
-    from node.orchestration.registry import Registry, RegistryPolicy, stake_lookup
     from tests.orchestration.local_pipeline import LocalPipeline, LocalWorker
 
     model_dir = tiny_model_dir("llama", seed=3, path=tmp_path / "tiny", num_layers=4)
