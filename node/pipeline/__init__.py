@@ -33,14 +33,14 @@ Stage server (one per worker process, one stage at a time):
   `sequence.StageResult` (frozen): job_id, spec, stage_index, layer_start, layer_end, proofs (tuple[bytes]),
   consumed_token_ids (stage 0: the prompt), produced_token_ids (last stage: the output), output_token_ids
   (every stage), token_count (= prompt + output - 1), work_units (= layers x token_count), finish_reason,
-  handoffs (the chunks a receiving stage accepted: `handoff.ReceivedHandoff(claim, signature, rows)`; the hook
+  handoffs (the chunks a receiving stage accepted: `node.protocol.handoff.ReceivedHandoff(claim, signature, rows)`; the hook
   gets the rows, `result()` and the HTTP result keep only the claims). Exactly what
   node.protocol.receipts.expected_receipt(spec, stage_index, output_token_ids, proofs, received_proofs=...) needs.
-- `on_complaint(handoff.Complaint)` on the stage that caught its predecessor signing bytes with a proof they do
-  not have. `Complaint` (frozen): complainer_stage, claim (`handoff.HandoffClaim`: job_id, sender_stage,
+- `on_complaint(Complaint)` (node/protocol/complaints.py) on the stage that caught its predecessor signing bytes with a proof they do
+  not have. `Complaint` (frozen): complainer_stage, claim (`HandoffClaim`: job_id, sender_stage,
   chunk_index, start, count, dtype, rows_digest, proof), sender_signature, rows (the bytes received);
-  `handoff.judge_evidence(complaint, sender_address)` decides it without a model. The worker signs it for the
-  chain (`complaint.signed(key, domain)`, node/protocol/complaints.py).
+  the validator judges it from the rows alone (node/validator/handoff_faults.py). The worker signs it for
+  the chain (`complaint.signed(key, domain)`).
 - `tamper(job_id_hex, stage_index, start_position, rows) -> rows` changes what a stage sends *after* its honest
   proof was built, and `cheat` (node.worker.cheats.Cheat) the handoff lies (equivocation, a false complaint): for
   tests and the devnet's cheater only (docs/handoff.md says how each is caught).

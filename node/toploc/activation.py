@@ -1,4 +1,5 @@
-"""Stage-wise activation proofs: what a stage commits to, and the validator's check of it.
+"""Where a proof is built and checked: the stage-wise activation proofs a stage commits to, and the
+validator's check of them (the sampling proof, its own kind, is in sampling.py).
 
 The proof schedule (INTERFACES.md): for a job with P prompt tokens and N generated tokens a stage sends
 its output hidden states for positions 0..P-1 as one prefill block [P, H], then one row per decode step

@@ -8,7 +8,7 @@ chain transactions it owes (outbox), which are sent afterwards, exactly once (ou
 Loops started by `start()` (each a task; `stop()` cancels them):
 - validation (`validators` of them): claim a job, replay it in a thread, decide, commit;
 - deadlines (deadlines.py): soft-invalidate issued jobs whose bundle did not arrive in time;
-- epochs (epochs_task.py): close an epoch every `epoch_seconds` or `epoch_entries` entries, owe its anchor;
+- epochs (epochs.py): close an epoch every `epoch_seconds` or `epoch_entries` entries, owe its anchor;
 - outbox (outbox.py): send owed slashes and anchors, retry while the chain is unreachable;
 - chain sync (ledger/chain/sync.py): follow staking events into the ledger's worker stakes and journal.
 """

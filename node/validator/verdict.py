@@ -1,4 +1,5 @@
-"""The verdict on one job: a pure function of what the replay found (PROTOCOL I4, I5).
+"""Where a verdict is made: the verdict on one job, a pure function of what the replay found (PROTOCOL I4,
+I5). What it pays and slashes is named in settle.py.
 
 Nothing here touches a model, a database or a clock. The replay turns a bundle into `Findings` (did each
 stage's proofs hold, did the sampling hold, which stages the handoff evidence convicts, see
