@@ -184,3 +184,19 @@ def _block_above(lines_above: list[str]) -> list[str]:
 def test_no_module_is_over_600_lines(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{MODULES[module].relative_to(ROOT)} has {lines} lines; split it by responsibility"
+
+
+def test_every_error_we_raise_on_purpose_derives_from_one_base():
+    import importlib
+    import inspect
+
+    from ledger.errors import StagewiseError
+
+    outside = []
+    for module in MODULES:
+        loaded = importlib.import_module(module)
+        for name, value in vars(loaded).items():
+            if (inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == module
+                    and not issubclass(value, StagewiseError)):
+                outside.append(f"{module}.{name}")
+    assert not outside, f"errors outside the tree rooted at StagewiseError: {outside}"

@@ -14,12 +14,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, Strict, model_validator
 
+from ledger.errors import InvalidInput
 from node.pipeline.wire import WIRE_DTYPES
 from node.protocol.job import JobSpec, StageWorker, check_layer_range, check_layer_ranges
 from node.protocol.wire_types import Hex32, UInt, parse, validated_dataclass
 
 
-class AssignmentError(ValueError):
+class AssignmentError(InvalidInput):
     """An assignment that is malformed or does not fit this server."""
 
 

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger import json_input
+from ledger.errors import InvalidInput
 from ledger.json_input import JsonInputError
 from node.protocol.complaints import Complaint
 from node.protocol.handoff import (
@@ -56,7 +57,7 @@ MAX_PROOFS_PER_STAGE = 4 + (1 << 16) // 32  # the prefill proof + one per 32 dec
 MAX_EVIDENCE_BYTES = 3 << 20  # a complaint's rows: 6 MiB of hex, inside the validator's 8 MiB body limit
 DECODE_CHUNK = 32  # decode rows per proof (INTERFACES.md, proof schedule)
 
-class BundleError(ValueError):
+class BundleError(InvalidInput):
     """A bundle that is malformed, inconsistent with its spec, or not signed by the assigned workers."""
 
 

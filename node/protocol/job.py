@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, Strict, model_validator
 
+from ledger.errors import InvalidInput
 from node.protocol.signing import keccak256 as keccak
 from node.protocol.wire_types import Hex32, UInt, address, bounded_uint, max_items, parse, validated_dataclass
 
@@ -33,7 +34,7 @@ MAX_NEW_TOKENS = 1 << 16
 StageWorker = address("stage worker")
 
 
-class JobSpecError(ValueError):
+class JobSpecError(InvalidInput):
     """A job spec that is malformed: the message says which field and why."""
 
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Iterable, Sequence
 from pydantic import Field, Strict
 
 from ledger import json_input
+from ledger.errors import InvalidInput
 from node.protocol.job import JobSpec
 from node.protocol.signing import SigningKey
 from node.protocol.signing import keccak256 as keccak
@@ -65,7 +66,7 @@ EIP712_TYPES = {
 }
 
 
-class ReceiptError(ValueError):
+class ReceiptError(InvalidInput):
     """A receipt field of the wrong type or out of range; the message names it."""
 
 

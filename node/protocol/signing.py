@@ -14,6 +14,8 @@ from functools import lru_cache
 import coincurve
 from eth_hash.auto import keccak
 
+from ledger.errors import InvalidInput
+
 SIGNATURE_LENGTH = 65
 
 try:  # safe-pysha3's C keccak: same digests, ~7x less overhead per call than eth-hash's pycryptodome backend
@@ -26,7 +28,7 @@ except ImportError:  # pragma: no cover - slower, not different
     keccak256 = keccak
 
 
-class SignatureError(ValueError):
+class SignatureError(InvalidInput):
     """A signature that is malformed or does not recover to a public key."""
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema, create_model
 
 from ledger import json_input
+from ledger.errors import InvalidInput
 from node.protocol.signing import SignatureError, SigningKey, recover_message
 from node.protocol.wire_types import Address, address, parse, validated_dataclass
 
@@ -42,7 +43,7 @@ MAX_URL_LENGTH = 512
 SIGNATURE_BYTES = 65
 
 
-class MessageError(ValueError):
+class MessageError(InvalidInput):
     """An untrusted message that is malformed or not signed by the address it names."""
 
 
