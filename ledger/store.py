@@ -23,9 +23,8 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger import audit, db
@@ -120,9 +119,6 @@ class Ledger:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def _insert(self, table: Table) -> Any:
-        return db.insert(self.dialect, table)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[LedgerTx]:

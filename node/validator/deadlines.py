@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ledger import json_input
+from ledger.db import insert
 from ledger.models import JOB_DONE, Job
 from node.protocol.job import JobSpec
 from node.validator.settle import settle
@@ -36,7 +37,7 @@ async def expect(node: Any, spec: JobSpec) -> bool:
     document = json.dumps({"expected": spec.to_dict()}, sort_keys=True, separators=(",", ":"))
     async with ledger.transaction() as tx:
         result = await tx.conn.execute(
-            ledger._insert(Job.__table__)
+            insert(ledger.dialect, Job.__table__)
             .values(
                 job_id=spec.job_id_hex,
                 group_id=spec.group_id[:66],

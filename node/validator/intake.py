@@ -25,6 +25,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from ledger.db import insert
 from ledger.models import JOB_PENDING, Job, StageReceipt
 from node.http.json_errors import ApiError
 from node.protocol.bundle import Bundle, BundleError, check_receipts, check_signers
@@ -222,8 +223,8 @@ class IntakeWriter:
         fresh = [row for row in rows if row["job_id"] not in known]
         written: set[str] = set()
         if fresh:  # RETURNING: a job another validator stored a moment ago is not ours to complete
-            insert = self.ledger._insert(Job.__table__).on_conflict_do_nothing().returning(Job.__table__.c.job_id)
-            written = set((await tx.conn.execute(insert, fresh)).scalars())
+            statement = insert(self.ledger.dialect, Job.__table__).on_conflict_do_nothing().returning(Job.__table__.c.job_id)
+            written = set((await tx.conn.execute(statement, fresh)).scalars())
         awaited = [row for row in rows if known.get(row["job_id"]) == AWAITING]
         if awaited:
             await tx.conn.execute(
