@@ -77,6 +77,9 @@ def build_cli() -> click.Group:
             level=logging.DEBUG if verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        # alembic (imported with the ledger, after this) announces each of its plugins at INFO: seven lines
+        # before every ledger command's output or its one-line error
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.DEBUG if verbose else logging.WARNING)
         if ctx.invoked_subcommand is None:
             click.echo(ctx.get_help())
             ctx.exit(2)

@@ -65,7 +65,9 @@ def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
     if OPENAPI_ROUTES not in app:
         app[OPENAPI_ROUTES] = []
     for route in routes:
-        if route.handler is not None:
+        if route.handler is not None and route.method == "GET":
+            app.router.add_get(route.path, route.handler)  # and HEAD, as aiohttp's add_get always did
+        elif route.handler is not None:
             app.router.add_route(route.method, route.path, route.handler)
         app[OPENAPI_ROUTES].append(route)
 

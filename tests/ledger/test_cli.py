@@ -108,3 +108,17 @@ def test_reading_without_a_ledger_says_there_is_none_and_creates_nothing(tmp_pat
     assert not missing.exists() and not missing.parent.exists()
     assert main(["--db", f"sqlite:///{tmp_path / 'new.db'}", "ledger", "migrate"]) == 0  # making one is explicit
     assert (tmp_path / "new.db").exists()
+
+
+def test_a_fresh_process_reading_without_a_ledger_prints_the_one_line_and_nothing_else(tmp_path):
+    # In a new process the ledger's modules (and alembic with them) are first imported after logging is set
+    # up: alembic's INFO lines about its plugins came before the error, seven of them, on every ledger command.
+    import subprocess
+    import sys
+
+    missing = tmp_path / "nowhere" / "ledger.db"
+    argv = [sys.executable, "-m", "node.cli.main", "--data-dir", str(tmp_path / "home"), "--db", f"sqlite:///{missing}",
+            "ledger", "worker", "0x" + "11" * 20]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: there is no ledger at {missing}") and result.stderr.count("\n") == 1, result.stderr

@@ -258,3 +258,12 @@ async def test_a_bundle_already_in_is_refused_before_any_signature_is_checked(cl
     assert work.calls == len(group.keys) and work.on_loop == 0  # each receipt once, off the event loop
     await assert_error(await client.post("/v1/bundles", json=document), 409, "duplicate_bundle")
     assert work.calls == len(group.keys)
+
+
+async def test_a_monitor_may_ask_head_of_any_read(client):
+    # aiohttp's add_get answered HEAD too; the route table (openapi.add_routes) must keep that: uptime
+    # checks and load balancers probe /health with HEAD, and got 405 after the move to declared routes.
+    for path in ("/health", "/metrics", "/openapi.json", "/v1/jobs", "/v1/epochs"):
+        response = await client.head(path)
+        assert response.status == 200, (path, response.status)
+    assert (await client.head("/v1/bundles")).status == 405  # a write is no read
