@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 
 from ledger import json_input
 from ledger.db import insert
+from ledger.errors import InvalidInput
 from ledger.models import JOB_DONE, Job
 from node.protocol.job import JobSpec
 from node.validator.settle import settle
@@ -64,7 +65,11 @@ async def sweep_once(node: Any) -> list[str]:
         ).all()
     done = []
     for row in rows:
-        spec = expected_spec(row.bundle)
+        try:
+            spec = expected_spec(row.bundle)
+        except InvalidInput as error:  # a row stricter rules refuse must not stall the sweep of the others
+            log.error("job %s: its issued spec no longer parses (%s); left awaiting", row.job_id, error)
+            continue
         verdict = soft_invalidation(len(spec.stages))
         settlement = settle(verdict, spec, None, work_units=(0,) * len(spec.stages), soft_reason=NO_BUNDLE)
         async with node.ledger.transaction() as tx:

@@ -1,0 +1,7 @@
+"""`python -m node.cli`: the same as the `stagewise` command."""
+
+import sys
+
+from node.cli.main import main
+
+sys.exit(main())
