@@ -38,3 +38,13 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     assert "dropped: blamed by a verdict" in (home / "validator" / "log.txt").read_text()
     results = [json.loads(line) for line in (home / "results.jsonl").read_text().splitlines()]
     assert len(results) == 4 and all(r["error"] is None for r in results)
+
+
+def test_the_devnet_report_shows_amounts_in_ether_with_their_unit(capsys):
+    from node.launch.devnet import _print_table
+
+    worker = "0x" + "ab" * 20
+    _print_table([{"rank": 1, "address": worker, "rewards": "7440000000000", "stake": str(10**18)}],
+                 {worker: "worker-0"}, ["rank", "address", "rewards", "stake"])
+    table = capsys.readouterr().out
+    assert "0.00000744 ETH" in table and "1 ETH" in table and "7440000000000" not in table

@@ -30,6 +30,7 @@ from urllib import error as urlerror
 from urllib import request as urlrequest
 
 from ledger import json_input
+from ledger.amounts import ether
 from ledger.chain.client import ChainClient
 from ledger.chain.keys import tester_keys
 from ledger.errors import StagewiseError
@@ -305,7 +306,7 @@ class Devnet:
             print(f"  {result['task_id']}: {result.get('output_text', '')!r} ({mark})")
         if progress.get("checked"):
             print(f"  {progress['correct']}/{progress['checked']} answers correct")
-        print("\nLeaderboard (amounts in wei)")
+        print("\nLeaderboard")
         _print_table(leaderboard, names, ["rank", "address", "accepted_jobs", "work_units", "rewards", "slashes", "slashed_amount", "stake"])
         print("\nSlashing history")
         _print_table(slashes, names, ["worker", "job_id", "stage", "amount", "reason", "evidence_hash"])
@@ -387,16 +388,21 @@ def _print_table(rows: list[dict[str, Any]], names: dict[str, str], preferred: l
         print("  (none)")
         return
     columns = [c for c in preferred if c in rows[0]] or list(rows[0])[:8]
-    cells = [[_cell(row.get(c), names) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c), names, c) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
-def _cell(value: Any, names: dict[str, str]) -> str:
+AMOUNT_COLUMNS = {"rewards", "slashed_amount", "stake", "amount"}  # wei in the API, ether for people
+
+
+def _cell(value: Any, names: dict[str, str], column: str = "") -> str:
     if value is None:
         return ""
+    if column in AMOUNT_COLUMNS:
+        return ether(int(value))
     text = str(value)
     if text in names:
         return f"{names[text]} {text[:8]}…"
