@@ -22,7 +22,6 @@ and ranges, so in-flight sequences move to it by replaying their history into th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from eth_hash.auto import keccak
 
 from ledger.errors import InvalidInput
+from node.pipeline.layer_split import split_layers
 
 
 class GroupingError(InvalidInput):
@@ -49,11 +49,13 @@ class Candidate:
 @dataclass(frozen=True)
 class ModelShape:
     """How big the model is: `layer_bytes` is what one decoder layer needs resident (weights + KV room);
-    `edge_bytes` the embeddings / LM head a first or last stage holds on top."""
+    `edge_bytes` the embeddings / LM head a first or last stage holds on top; `head_layers` what the LM
+    head costs per token, in layers (node/pipeline/layer_split.py)."""
 
     num_layers: int
     layer_bytes: int
     edge_bytes: int = 0
+    head_layers: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.layer_bytes < 1 or self.edge_bytes < 0:
@@ -167,60 +169,6 @@ class Grouping:
         return None
 
 
-def split_layers(num_layers: int, weights: Sequence[float], caps: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """Contiguous ranges [a, b) covering 0..num_layers, sized in proportion to `weights`, each in [1, cap].
-
-    Continuous water-filling first (shares above a cap are pinned to the cap and the rest re-split), then
-    largest-remainder rounding inside the same bounds, so the result is as close to proportional as integers
-    allow and deterministic.
-    """
-    count = len(weights)
-    if count == 0 or count != len(caps):
-        raise GroupingError("one weight and one cap per stage")
-    if count > num_layers:
-        raise GroupingError(f"{count} stages cannot share {num_layers} layers (every stage needs one)")
-    if any(cap < 1 for cap in caps) or sum(caps) < num_layers:
-        raise GroupingError(f"the stages' memory holds {sum(max(c, 0) for c in caps)} of {num_layers} layers")
-    if any(not (math.isfinite(w) and w > 0) for w in weights):
-        raise GroupingError("weights must be positive")
-    low = [1.0] * count
-    high = [float(cap) for cap in caps]
-    shares = _water_fill(float(num_layers), list(weights), low, high)
-    sizes = [max(1, min(caps[i], math.floor(shares[i] + 1e-9))) for i in range(count)]
-    remainder = num_layers - sum(sizes)
-    order = sorted(range(count), key=lambda i: (-(shares[i] - math.floor(shares[i] + 1e-9)), -weights[i], i))
-    while remainder > 0:
-        for i in order:
-            if remainder and sizes[i] < caps[i]:
-                sizes[i] += 1
-                remainder -= 1
-    while remainder < 0:  # rounding overshoot, only possible when the lower bound lifted a share
-        for i in reversed(order):
-            if remainder and sizes[i] > 1:
-                sizes[i] -= 1
-                remainder += 1
-    ranges, start = [], 0
-    for size in sizes:
-        ranges.append((start, start + size))
-        start += size
-    return tuple(ranges)
-
-
-def _water_fill(total: float, weights: list[float], low: list[float], high: list[float]) -> list[float]:
-    pinned: dict[int, float] = {}
-    while True:
-        free = [i for i in range(len(weights)) if i not in pinned]
-        left = total - sum(pinned.values())
-        weight_sum = sum(weights[i] for i in free)
-        shares = {i: left * weights[i] / weight_sum for i in free}
-        over = [i for i in free if shares[i] > high[i] + 1e-12]
-        under = [i for i in free if shares[i] < low[i] - 1e-12]
-        if not over and not under:
-            return [pinned[i] if i in pinned else shares[i] for i in range(len(weights))]
-        for i in over or under:
-            pinned[i] = high[i] if over else low[i]
-
-
 def build_group(workers: Sequence[Candidate], shape: ModelShape) -> Group:
     """Order the workers (fastest first, address as tie-break) and give each its share of the layers."""
     ordered = sorted(workers, key=lambda w: (-w.layer_tokens_per_s, w.address))
@@ -228,6 +176,7 @@ def build_group(workers: Sequence[Candidate], shape: ModelShape) -> Group:
         shape.num_layers,
         [w.layer_tokens_per_s for w in ordered],
         [shape.layers_that_fit(w.memory_bytes) for w in ordered],
+        last_extra=shape.head_layers,
     )
     stages = tuple(
         Stage(w.address, start, end, w.region, w.layer_tokens_per_s) for w, (start, end) in zip(ordered, ranges)

@@ -253,7 +253,8 @@ def shape_of_model(model_dir: Path) -> ModelShape:
                 else:
                     edge_bytes += size
     per_layer = max(1, int(max(layer_bytes) * KV_HEADROOM))
-    return ModelShape(num_layers=config.num_layers, layer_bytes=per_layer, edge_bytes=edge_bytes)
+    return ModelShape(num_layers=config.num_layers, layer_bytes=per_layer, edge_bytes=edge_bytes,
+                      head_layers=config.head_layers)
 
 
 def _element_bytes(dtype: str) -> int:

@@ -73,6 +73,6 @@ HTTP (JSON; errors are {"error": {"code", "message"}} with the right status):
 
 Local pipelines: `local.LocalPipeline(model_dir, num_stages, processes=False, wire_dtype=...)` starts S servers
 on loopback (`spec(...)`, `run(spec, on_tokens)`, `generate(...)`, `stage_results(job_id)`, `stats()`);
-`local.split_layers(num_layers, num_stages)`. `client.StageClient(url, session)` wraps the HTTP routes.
+`local.balanced_bounds(config, num_stages)` (node/pipeline/layer_split.py). `client.StageClient(url, session)` wraps the HTTP routes.
 Command: `stagewise generate --stages 3 --prompt "..."`.
 """

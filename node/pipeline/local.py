@@ -22,6 +22,7 @@ import aiohttp
 from node import settings
 from node.pipeline.assignment import Assignment, PeerStage
 from node.pipeline.client import StageClient, StageClientError
+from node.pipeline.layer_split import split_layers
 from node.pipeline.model import ModelConfig
 from node.pipeline.sequence import StageResult
 from node.pipeline.server import StageServer
@@ -32,17 +33,11 @@ from node.protocol.signing import SigningKey
 KEY_ENV = settings.STAGE_KEY.name  # the stage process reads its key here, not from `ps`
 
 
-def split_layers(num_layers: int, num_stages: int) -> list[tuple[int, int]]:
-    """Contiguous, as even as possible: the first `num_layers % num_stages` stages get one layer more."""
-    if not 1 <= num_stages <= num_layers:
-        raise ValueError(f"cannot split {num_layers} layers into {num_stages} stages")
-    base, extra = divmod(num_layers, num_stages)
-    bounds, start = [], 0
-    for index in range(num_stages):
-        end = start + base + (1 if index < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
+def balanced_bounds(config: ModelConfig, num_stages: int) -> tuple[tuple[int, int], ...]:
+    """Stages of equal speed on one machine: every stage about the same work per token, the LM head counted
+    on the last one (node/pipeline/layer_split.py), as the orchestrator splits them."""
+    return split_layers(config.num_layers, [1.0] * num_stages, [config.num_layers] * num_stages,
+                        last_extra=config.head_layers)
 
 
 @dataclass
@@ -102,7 +97,7 @@ class LocalPipeline:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         config = ModelConfig.from_dir(self.model_dir)
-        bounds = self.layer_bounds or split_layers(config.num_layers, self.num_stages)
+        bounds = self.layer_bounds or balanced_bounds(config, self.num_stages)
         self.model_id = await asyncio.get_running_loop().run_in_executor(None, compute_model_id, self.model_dir)
         try:
             if self.processes:

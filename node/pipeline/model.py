@@ -100,6 +100,15 @@ class ModelConfig:
         if self.head_dim % 2:
             raise ModelConfigError("head_dim must be even for rotary embeddings")
 
+    @property
+    def head_layers(self) -> float:
+        """What the LM head costs per token, in decoder layers: vocab x hidden multiply-adds against one
+        layer's projections (q, k, v, o and the gated MLP). Attention over the context is left out: it grows
+        with the sequence on every layer alike and does not move the balance between stages."""
+        attention = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        return self.vocab_size * self.hidden_size / (attention + mlp)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         arch = data.get("model_type")

@@ -8,13 +8,12 @@ from hypothesis import strategies as st
 
 from node.orchestration.grouping import (
     Candidate,
-    GroupingError,
     GroupingPolicy,
     ModelShape,
     form_groups,
     regroup,
-    split_layers,
 )
+from node.pipeline.layer_split import SplitError, split_layers
 
 GIB = 1 << 30
 
@@ -122,9 +121,9 @@ def test_intact_groups_survive_a_newcomer_who_waits_as_a_spare():
 
 
 def test_impossible_splits_are_refused():
-    with pytest.raises(GroupingError):
+    with pytest.raises(SplitError):
         split_layers(2, [1.0, 1.0, 1.0], [5, 5, 5])
-    with pytest.raises(GroupingError):
+    with pytest.raises(SplitError):
         split_layers(10, [1.0, 1.0], [3, 3])
 
 
@@ -142,7 +141,7 @@ def test_split_is_contiguous_within_bounds_and_exact(case):
     weights = [w for w, _ in stages]
     caps = [c for _, c in stages]
     if sum(caps) < layers:
-        with pytest.raises(GroupingError):
+        with pytest.raises(SplitError):
             split_layers(layers, weights, caps)
         return
     ranges = split_layers(layers, weights, caps)
@@ -158,3 +157,21 @@ def test_a_requested_shape_grows_only_when_memory_needs_it_and_waits_for_enough_
     assert len(group.stages) == 3  # two cannot hold 8 layers
     waiting = form_groups([worker(1, 1000.0), worker(2, 1000.0)], shape, GroupingPolicy(stages_per_group=3))
     assert waiting.groups == () and len(waiting.spares) == 2
+
+
+def test_the_last_stage_gets_fewer_layers_for_the_lm_head_it_also_runs():
+    # SmolLM2-135M: 30 layers, the head worth about 8 of them; three workers of equal speed
+    even = split_layers(30, [1.0, 1.0, 1.0], [30, 30, 30])
+    balanced = split_layers(30, [1.0, 1.0, 1.0], [30, 30, 30], last_extra=8.0)
+    assert even == ((0, 10), (10, 20), (20, 30))
+    sizes = [b - a for a, b in balanced]
+    assert sizes == [13, 13, 4] and balanced[-1][1] == 30
+    work = [sizes[0], sizes[1], sizes[2] + 8.0]
+    assert max(work) - min(work) <= 1.0  # every stage about the same time per token
+
+
+def test_grouping_counts_the_head_on_the_last_stage():
+    shape = ModelShape(num_layers=30, layer_bytes=GIB, head_layers=8.0)
+    (group,) = form_groups([worker(1, 1000), worker(2, 1000), worker(3, 1000)], shape,
+                           GroupingPolicy(stages_per_group=3)).groups
+    assert [s.num_layers for s in group.stages] == [13, 13, 4]

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from node.pipeline.local import LocalPipeline, split_layers
+from node.pipeline.layer_split import split_layers
+from node.pipeline.local import LocalPipeline, balanced_bounds
 from node.pipeline.model import replay
 from node.pipeline.one_process import generate_whole
 from node.pipeline.weights import load_stage
@@ -23,11 +24,20 @@ def prompts(count: int) -> list[list[int]]:
     return [[1, 5 + i, 17, 99 - i, 3][: 2 + i % 4] + [7 * i % 250] for i in range(count)]
 
 
-def test_layers_split_evenly():
-    assert split_layers(30, 3) == [(0, 10), (10, 20), (20, 30)]
-    assert split_layers(7, 3) == [(0, 3), (3, 5), (5, 7)]
+def test_stages_of_equal_speed_split_layers_evenly_when_the_head_costs_nothing():
+    assert split_layers(30, [1.0] * 3, [30] * 3) == ((0, 10), (10, 20), (20, 30))
+    assert split_layers(7, [1.0] * 3, [7] * 3) == ((0, 3), (3, 5), (5, 7))
     with pytest.raises(ValueError):
-        split_layers(2, 3)
+        split_layers(2, [1.0] * 3, [2] * 3)
+
+
+def test_the_local_pipeline_gives_the_last_stage_fewer_layers_for_the_lm_head():
+    from node.pipeline.model import ModelConfig
+    from node.pipeline.smollm2 import smollm2_dir
+
+    smollm2 = ModelConfig.from_dir(smollm2_dir())
+    assert round(smollm2.head_layers, 1) == 8.0  # 49152 x 576 against one layer's projections
+    assert balanced_bounds(smollm2, 3) == ((0, 13), (13, 26), (26, 30))
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
