@@ -1,5 +1,5 @@
 # One image for every stagewise role (validator, worker, tools); the role is the command.
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 STAGEWISE_HOME=/data
 WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0

@@ -1,23 +1,46 @@
 #!/bin/sh
-# One-shot set-up for docker-compose: keystores from anvil's well-known dev keys (never use them on a real
-# chain), the staking contract deployed by the validator key, and 1 ETH staked by each worker key.
+# docker-compose's one-shot set-up, safe to run on every `up`: each step checks what is there and does only
+# what is missing, and any failure stops it (and with it the services that wait for it to succeed).
+#
+#   the validator's keystore   from the secret validator-key (hex), encrypted with validator-password
+#   each worker's keystore     a fresh key, in that worker's own data volume, with its own password
+#   the staking contract       deployed by the validator's key, unless <data dir>/chain.json names one the
+#                              chain still has (anvil restarted without its state: deployed anew)
+#   gas and stake              topped up to FUND_ETH / STAKE_ETH, never sent twice
+#
+# Paths (the defaults are the compose file's mounts): SECRETS (the secret files), STAGEWISE_HOME (the
+# validator's data directory: its keystore and chain.json), WORKERS_DIR (one data directory per worker,
+# named as in WORKERS). Funding sends from the chain's prefunded dev account: anvil only.
 set -eu
-: "${STAGEWISE_KEYSTORE_PASSWORD:?set STAGEWISE_KEYSTORE_PASSWORD}"
-export STAGEWISE_RPC_URL="${STAGEWISE_RPC_URL:-http://anvil:8545}"
-keys=/data/keys
-mkdir -p "$keys"
-import_key() {  # name hex-key
-    [ -f "$keys/$1.json" ] && return 0
-    printf '%s' "$2" > /tmp/key && stagewise wallet import --private-key-file /tmp/key --keystore "$keys/$1.json" --scrypt-n 16384
-    rm -f /tmp/key
+secrets="${SECRETS:-/run/secrets}"
+workers_dir="${WORKERS_DIR:-/workers}"
+workers="${WORKERS:-worker-1 worker-2 worker-3}"
+scrypt_n="${SCRYPT_N:-262144}"
+: "${STAGEWISE_HOME:?set STAGEWISE_HOME (the validator's data directory)}"
+: "${STAGEWISE_RPC_URL:?set STAGEWISE_RPC_URL}"
+unset STAGEWISE_KEYSTORE_PASSWORD  # every password comes from its own file
+
+keystore() {  # keystore-path password-file [private-key-file]: create it once, check it opens, print its address
+    if [ ! -f "$1" ]; then
+        if [ -n "${3:-}" ]; then
+            stagewise wallet import --private-key-file "$3" --keystore "$1" --password-file "$2" --scrypt-n "$scrypt_n" >&2
+        else
+            stagewise wallet new --keystore "$1" --password-file "$2" --scrypt-n "$scrypt_n" >&2
+        fi
+    fi
+    stagewise wallet address --check --keystore "$1" --password-file "$2"
 }
-import_key validator 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-import_key worker-1 0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
-import_key worker-2 0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a
-import_key worker-3 0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6
-if [ ! -f /data/chain.json ]; then
-    stagewise chain deploy --keystore "$keys/validator.json"
-fi
-for worker in worker-1 worker-2 worker-3; do
-    stagewise stake 1 --keystore "$keys/$worker.json" || true   # already staked on a re-run
+
+validator_keystore="$STAGEWISE_HOME/keys/validator.json"
+validator=$(keystore "$validator_keystore" "$secrets/validator-password" "$secrets/validator-key")
+stagewise chain fund "$validator" "${VALIDATOR_FUND_ETH:-10}" --top-up
+stagewise chain deploy --keep-existing --keystore "$validator_keystore" --password-file "$secrets/validator-password" \
+    --unbonding-delay "${UNBONDING_DELAY:-604800}"
+
+for worker in $workers; do
+    worker_keystore="$workers_dir/$worker/keys/worker.json"
+    address=$(keystore "$worker_keystore" "$secrets/$worker-password")
+    stagewise chain fund "$address" "${FUND_ETH:-2}" --top-up
+    stagewise stake "${STAKE_ETH:-1}" --top-up --keystore "$worker_keystore" --password-file "$secrets/$worker-password"
 done
+echo "set-up complete: validator $validator, contract and stakes in place"

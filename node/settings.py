@@ -8,17 +8,19 @@ process) are read with `Variable.get()`. Nothing else in node/ or ledger/ reads 
 `STAGEWISE_*` name (tests/test_settings.py checks).
 
 The data directory is `--data-dir` / `STAGEWISE_HOME` (default `~/.stagewise`) and the ledger `--db` /
-`STAGEWISE_DB` (default a SQLite file in the data directory).
+`STAGEWISE_DB` (default a SQLite file in the data directory), its password in `STAGEWISE_DB_PASSWORD_FILE` when
+set; `chain deploy` remembers the chain it deployed to in <data dir>/chain.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.database_url import async_url
+from ledger.database_url import async_url, with_password_file
 
 _TRUE = ("1", "true", "t", "yes", "y", "on")
 
@@ -49,6 +51,8 @@ def _variables(*variables: Variable) -> dict[str, Variable]:
 # ------------------------------------------------------------------------------------------- every command
 HOME = Variable("STAGEWISE_HOME", Path, None, "where keys, caches and the default SQLite ledger live")
 DB = Variable("STAGEWISE_DB", str, None, "SQLAlchemy URL of the ledger")
+DB_PASSWORD_FILE = Variable("STAGEWISE_DB_PASSWORD_FILE", Path, None,
+                            "file holding the ledger database's password, put into the STAGEWISE_DB URL")
 
 # ------------------------------------------------------------------------------------ keys and the chain
 KEYSTORE = Variable("STAGEWISE_KEYSTORE", Path, None, "keystore v3 file the chain commands sign with")
@@ -145,8 +149,31 @@ def cache_dir() -> Path:
 
 
 def database_url() -> str:
-    """An async SQLAlchemy URL: `STAGEWISE_DB`, or a SQLite file in the data directory."""
+    """An async SQLAlchemy URL: `STAGEWISE_DB` (with the password in `STAGEWISE_DB_PASSWORD_FILE`, when
+    set), or a SQLite file in the data directory."""
     url = DB.get()
     if url:
-        return async_url(url)
+        return async_url(with_password_file(url, DB_PASSWORD_FILE.get()))
     return f"sqlite+aiosqlite:///{data_dir() / 'ledger.db'}"
+
+
+def chain_file() -> Path:
+    """Where `chain deploy` and `chain serve` remember the node and the contract: <data dir>/chain.json."""
+    return data_dir() / "chain.json"
+
+
+def remembered_chain() -> dict[str, Any]:
+    """What chain.json remembers ({rpc_url, chain_id, contract}), or {} when there is none."""
+    path = chain_file()
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def remember_chain(rpc_url: str, chain_id: int, contract: str) -> Path:
+    path = chain_file()
+    path.write_text(json.dumps({"rpc_url": rpc_url, "chain_id": chain_id, "contract": contract}, indent=2) + "\n")
+    return path

@@ -53,7 +53,7 @@ OWN_FILE_READS = {
     "node/pipeline/smollm2.py": 2,  # the packaged model's config and our stamp
     "node/pipeline/tiny.py": 1,  # our stamp
     "ledger/chain/abi.py": 1,  # the compiled contract
-    "node/cli/chain.py": 1,  # the chain file `stagewise chain deploy` wrote
+    "node/settings.py": 1,  # the chain file `stagewise chain deploy` wrote
 }
 
 

@@ -10,17 +10,18 @@ Each prints one line that says what happened. Keys are never printed.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ledger import json_input
 from ledger.amounts import ether_and_wei
 from node import settings
+from node.settings import chain_file
+from node.settings import remember_chain as remember
+from node.settings import remembered_chain as remembered
 from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments, env_option, help_group
 
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
@@ -49,26 +50,6 @@ def _when(timestamp: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ config
-
-
-def chain_file() -> Path:
-    return settings.data_dir() / "chain.json"
-
-
-def remembered() -> dict[str, Any]:
-    path = chain_file()
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def remember(rpc_url: str, chain_id: int, contract: str) -> Path:
-    path = chain_file()
-    path.write_text(json.dumps({"rpc_url": rpc_url, "chain_id": chain_id, "contract": contract}, indent=2) + "\n")
-    return path
 
 
 def _rpc_url(args) -> str:
@@ -132,6 +113,14 @@ def _run(action):
 def cmd_deploy(args) -> int:
     client = _client(args, with_contract=False)
     key = load_key(args.keystore, args.password_file)
+    gone = ""
+    if args.keep_existing:
+        kept, gone = _kept_contract(client, key.address)
+        if kept:
+            saved = remember(_rpc_url(args), client.chain_id, kept)
+            print(f"StagewiseStaking already deployed at {kept} on chain {client.chain_id} (owner {key.address}): "
+                  f"kept, nothing sent; saved to {saved}")
+            return 0
     validators = args.validator or [key.address]
     address = _run(
         lambda: client.deploy(
@@ -142,15 +131,41 @@ def cmd_deploy(args) -> int:
     print(
         f"deployed StagewiseStaking at {address} on chain {client.chain_id} (owner {key.address}, "
         f"validators {', '.join(validators)}, treasury {args.treasury or key.address}, "
-        f"unbonding delay {args.unbonding_delay} s); saved to {saved}"
+        f"unbonding delay {args.unbonding_delay} s){gone}; saved to {saved}"
     )
     return 0
+
+
+def _kept_contract(client, owner: str) -> tuple[str | None, str]:
+    """--keep-existing: the contract chain.json remembers when this chain has it (its code at that address,
+    owned by `owner`), else None and why a fresh one is deployed (a chain restarted empty has no code there)."""
+    known = remembered()
+    contract, chain_id = known.get("contract"), known.get("chain_id")
+    if not contract:
+        return None, ""
+    if chain_id != client.chain_id:
+        return None, f" (the remembered {contract} is on chain {chain_id}, not this one)"
+    if not _run(lambda: client.w3.eth.get_code(contract)):
+        return None, f" (the remembered {contract} has no code on this chain: it restarted empty)"
+    _run(lambda: client.use(contract))
+    actual = _run(client.owner)
+    if actual.lower() != owner.lower():
+        raise _error(f"the remembered contract {contract} on chain {client.chain_id} is owned by {actual}, not by "
+                     f"the keystore's {owner}: pass the owner's --keystore, or move {chain_file()} away to deploy anew")
+    return client.address, ""
 
 
 def cmd_stake(args) -> int:
     amount = _amount(args)
     client = _client(args)
     key = load_key(args.keystore, args.password_file)
+    if args.top_up:
+        active = _run(lambda: client.stake_info(key.address).active)
+        if active >= amount:
+            print(f"{key.address} has {ether_and_wei(active)} of active stake, at least {ether_and_wei(amount)}: "
+                  "nothing staked")
+            return 0
+        amount -= active
     result = _run(lambda: client.stake(key, amount))
     total = result.events[0].total_stake
     print(f"staked {ether_and_wei(amount)} from {key.address}: active stake {ether_and_wei(total)} (tx {result.tx_hash})")
@@ -307,8 +322,15 @@ def cmd_fund(args) -> int:
     """Dev chains: send native currency from a prefunded dev account (or from --keystore)."""
     client = _client(args, with_contract=False)
     sender = _sender(args, client)
-    result = _run(lambda: client.fund(args.to, args.amount, from_key=sender))
-    print(f"sent {ether_and_wei(args.amount)} from {sender.address} to {args.to} (tx {result.tx_hash})")
+    amount = args.amount
+    if args.top_up:
+        balance = _run(lambda: client.balance_of(args.to))
+        if balance >= amount:
+            print(f"{args.to} holds {ether_and_wei(balance)}, at least {ether_and_wei(amount)}: nothing sent")
+            return 0
+        amount -= balance
+    result = _run(lambda: client.fund(args.to, amount, from_key=sender))
+    print(f"sent {ether_and_wei(amount)} from {sender.address} to {args.to} (tx {result.tx_hash})")
     return 0
 
 
@@ -438,6 +460,8 @@ def _command(name: str, handler, **kwargs):
 
 @_command("stake", cmd_stake, short_help="stake native currency on the contract")
 @_amount_args("how much to stake")
+@click.option("--top-up", is_flag=True, help="AMOUNT is the active stake wanted: stake only what is missing, "
+              "nothing when it is there already (a set-up script that runs again)")
 @_common()
 def _stake():
     """Add AMOUNT to this key's active stake: 1.5 (ETH), 1.5eth, 20gwei, 1000wei."""
@@ -485,6 +509,8 @@ def chain_group() -> None:
 @click.option("--treasury", help="where slashed stake goes", show_default="the owner")
 @click.option("--unbonding-delay", type=int, default=7 * 24 * 3600, help="seconds between unstake and withdraw (7 days)")
 @click.option("--validator", multiple=True, help="a validator address (repeatable)", show_default="the owner")
+@click.option("--keep-existing", is_flag=True, help="when <data dir>/chain.json remembers a contract this chain has "
+              "(code at its address, owned by this key), keep it and send nothing; else deploy and remember anew")
 @_common(contract=False)
 def _deploy():
     """Deploy StagewiseStaking; the keystore's key becomes its owner."""
@@ -511,6 +537,7 @@ def _info():
 @_command("fund", cmd_fund, short_help="dev chains: send native currency to an address from a prefunded account")
 @click.argument("to")
 @click.argument("amount", type=AMOUNT)
+@click.option("--top-up", is_flag=True, help="AMOUNT is the balance wanted: send only what is missing")
 @_common(contract=False)
 def _fund():
     """Dev chains: send AMOUNT (1.5 (ETH), 20gwei, 1000wei) to the address TO from a prefunded dev account

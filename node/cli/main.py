@@ -64,7 +64,8 @@ def build_cli() -> click.Group:
         "`stagewise COMMAND --help` shows a command's options; the commands are listed above.",
     )
     @env_option("--data-dir", variable=settings.HOME, type=str, show_default="~/.stagewise")
-    @env_option("--db", variable=settings.DB, show_default="a SQLite file in the data dir")
+    @env_option("--db", variable=settings.DB, show_default="a SQLite file in the data dir",
+                help=f"{settings.DB.doc}; its password may come from the file {settings.DB_PASSWORD_FILE.name} names")
     @click.option("-v", "--verbose", is_flag=True, help="log debug messages, and show the traceback of an error")
     @click.pass_context
     def stagewise(ctx: click.Context, data_dir: str | None, db: str | None, verbose: bool):

@@ -92,7 +92,8 @@ def validator_group() -> None:
 @env_option("--embedded-chain", variable=settings.EMBEDDED_CHAIN,
             help="chain: start an in-process EVM, deploy the contract and serve it on loopback")
 @env_option("--rpc-url", variable=settings.RPC_URL, help="chain: JSON-RPC URL")
-@env_option("--contract", variable=settings.CONTRACT, help="chain: staking contract address")
+@env_option("--contract", variable=settings.CONTRACT, help="chain: staking contract address",
+            show_default="with --rpc-url: the one `chain deploy` remembered for that URL in <data dir>/chain.json")
 @env_option("--no-chain", variable=settings.NO_CHAIN,
             help="chain: none; stakes come from the ledger only, nothing is sent (needs --chain-id and --contract "
             "for receipts)")

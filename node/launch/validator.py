@@ -67,7 +67,12 @@ def run_validator(args) -> int:
     if modes != 1:
         raise CommandError("choose one chain: --embedded-chain, --rpc-url URL --contract ADDR, or --no-chain")
     if args.rpc_url and not args.contract:
-        raise CommandError("--rpc-url needs --contract (the staking contract's address)")
+        known = settings.remembered_chain()  # what `stagewise chain deploy` remembered, for this same node only
+        if known.get("rpc_url") != args.rpc_url or not known.get("contract"):
+            raise CommandError(f"--rpc-url needs --contract (the staking contract's address; else the one "
+                               f"`stagewise chain deploy` remembered in {settings.chain_file()} for this --rpc-url)")
+        args.contract = known["contract"]
+        log.info("staking contract %s, remembered in %s", args.contract, settings.chain_file())
     if args.no_chain and not (args.chain_id and args.contract):
         raise CommandError("--no-chain needs --chain-id and --contract for the receipts' EIP-712 domain")
     try:

@@ -204,3 +204,45 @@ def test_claim_takes_its_proof_from_a_validators_api_and_checks_it_against_the_c
         thread.join(30)
     assert main(["claim", *base, "--keystore", str(tmp_path / "w.json")]) == 1  # the validator is gone
     assert f"cannot fetch a reward proof from {address[0]}" in capsys.readouterr().err
+
+
+def test_deploy_keep_existing_and_top_ups_make_a_set_up_safe_to_run_again(anvil, tmp_path, capsys, monkeypatch):
+    """Issue 18, item 11: docker-compose's set-up runs on every `up`. `chain deploy --keep-existing` keeps the
+    contract chain.json remembers while the chain has it and deploys anew on a chain that restarted empty;
+    `stake --top-up` and `chain fund --top-up` send only what is missing."""
+    from ledger.chain.embedded import AnvilNode
+
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    monkeypatch.setenv("STAGEWISE_RPC_URL", anvil.url)
+    owner, worker, stranger = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    owner_ks, worker_ks = keystore_for(tmp_path, "owner", owner), keystore_for(tmp_path, "worker", worker)
+    stranger_ks = keystore_for(tmp_path, "stranger", stranger)
+    for address in (owner.address, stranger.address):
+        assert "sent 5 ETH" in run(capsys, "chain", "fund", address, "5", "--top-up")
+    assert f"{owner.address} holds 5 ETH" in run(capsys, "chain", "fund", owner.address, "5", "--top-up")
+    assert "nothing sent" in run(capsys, "chain", "fund", owner.address, "2", "--top-up")
+    assert "sent 3 ETH" in run(capsys, "chain", "fund", worker.address, "3", "--top-up")
+
+    deploy = ["chain", "deploy", "--keep-existing", "--keystore", str(owner_ks)]
+    assert run(capsys, *deploy).startswith("deployed StagewiseStaking at 0x")
+    contract = json.loads((tmp_path / "home" / "chain.json").read_text())["contract"]
+    out = run(capsys, *deploy)
+    assert out.startswith(f"StagewiseStaking already deployed at {contract} on chain 31337") and "nothing sent" in out
+    assert main(["chain", "deploy", "--keep-existing", "--keystore", str(stranger_ks)]) == 1  # not its owner
+    err = capsys.readouterr().err.strip()
+    assert f"is owned by {owner.address}, not by the keystore's {stranger.address}" in err and "\n" not in err
+
+    assert f"staked 1 ETH ({10**18} wei)" in run(capsys, "stake", "1", "--top-up", "--keystore", str(worker_ks))
+    assert "nothing staked" in run(capsys, "stake", "1", "--top-up", "--keystore", str(worker_ks))
+    out = run(capsys, "chain", "stake", "1.5", "--top-up", "--keystore", str(worker_ks))
+    assert "staked 0.5 ETH" in out and "active stake 1.5 ETH" in out
+    assert "active 1.5 ETH" in run(capsys, "chain", "info", worker.address)
+
+    with AnvilNode(accounts=2) as fresh:  # the chain restarted without its state: chain.json points at nothing
+        monkeypatch.setenv("STAGEWISE_RPC_URL", fresh.url)
+        run(capsys, "chain", "fund", owner.address, "5", "--top-up")
+        out = run(capsys, *deploy)
+        assert out.startswith("deployed StagewiseStaking at 0x") and f"the remembered {contract} has no code" in out
+        remembered = json.loads((tmp_path / "home" / "chain.json").read_text())
+        assert remembered["rpc_url"] == fresh.url
+        assert ChainClient.connect(fresh.url, address=remembered["contract"]).owner() == owner.address

@@ -122,3 +122,29 @@ def test_a_fresh_process_reading_without_a_ledger_prints_the_one_line_and_nothin
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: there is no ledger at {missing}") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_the_database_password_comes_from_a_file(pg_url, tmp_path, monkeypatch, capsys):
+    """Issue 18, item 11: docker-compose gives the ledger's password as a secret file
+    (STAGEWISE_DB_PASSWORD_FILE), never in the URL, the environment or `ps`."""
+    from ledger.database_url import DatabaseUrlError, with_password_file
+
+    secret = tmp_path / "postgres-password"
+    secret.write_text("p@ss:/word\n")
+    assert with_password_file("postgresql://stagewise@db:5432/ledger", secret) == (
+        "postgresql://stagewise:p%40ss%3A%2Fword@db:5432/ledger"
+    )
+    assert with_password_file("postgresql://u@db/l", None) == "postgresql://u@db/l"
+    for url, refusal in [("postgresql://db/l", "names no user"), ("postgresql://u:x@db/l", "password of its own"),
+                         ("sqlite:///ledger.db", "SQLite")]:
+        with pytest.raises(DatabaseUrlError, match=refusal):
+            with_password_file(url, secret)
+
+    monkeypatch.setenv("STAGEWISE_DB", pg_url)  # the test server's URL names a user and no password
+    monkeypatch.setenv("STAGEWISE_DB_PASSWORD_FILE", str(secret))
+    assert main(["ledger", "verify"]) == 0
+    assert "ok: 0 journal entries" in capsys.readouterr().out
+    monkeypatch.setenv("STAGEWISE_DB_PASSWORD_FILE", str(tmp_path / "missing"))
+    assert main(["ledger", "verify"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot read the database password file" in err and "\n" not in err

@@ -53,3 +53,18 @@ def test_the_admin_token_comes_from_a_file_or_the_environment_and_the_flag_is_wa
     assert "`ps` shows it" in caplog.text and "on-the-command-line" not in caplog.text  # the warning names no token
     with pytest.raises(CommandError, match="cannot read the admin token file"):
         admin_token(argparse.Namespace(admin_token=None, admin_token_file=tmp_path / "missing"))
+
+
+def test_run_takes_the_contract_chain_deploy_remembered_for_the_same_rpc_url(capsys, model_dir, tmp_path):
+    """Issue 18, item 11: docker-compose's validator runs with the contract its set-up deployed (the address
+    depends on a key made on first run), read from <data dir>/chain.json, and only for the node it was
+    deployed on."""
+    from node import settings
+
+    settings.remember_chain("http://127.0.0.1:1", 31337, "0x" + "ab" * 20)
+    assert main(["validator", "run", "--model-dir", str(model_dir), "--rpc-url", "http://127.0.0.1:2"]) == 1
+    err = capsys.readouterr().err
+    assert "--rpc-url needs --contract" in err and "chain.json" in err
+    assert main(["validator", "run", "--model-dir", str(model_dir), "--rpc-url", "http://127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "needs --contract" not in err and "\n" not in err  # past that check: the node at :1 does not answer
