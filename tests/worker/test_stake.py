@@ -45,7 +45,8 @@ def test_worker_run_wrong_password_exits_with_one_line(keystore, tmp_path, capsy
     wrong.write_text("nope\n")
     code = main(["worker", "run", "--keystore", str(path), "--password-file", str(wrong), "--validator", "http://127.0.0.1:9", "--model-dir", str(tmp_path)])
     assert code == 1
-    assert capsys.readouterr().err.strip() == f"error: wrong password for keystore {path}"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: the password in {wrong} does not open keystore {path}; ") and "--password-file" in err
 
 
 def test_worker_run_malformed_keystore(tmp_path, capsys):
