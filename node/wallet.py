@@ -49,15 +49,19 @@ class Keystore:
     address: str | None  # None: a keystore that does not state its address (it is known once unlocked)
     document: dict[str, Any]
 
-    def unlock(self, password: str) -> SigningKey:
-        """Decrypt the key. A wrong password and a tampered file both fail the MAC check."""
+    def unlock(self, password: str, source: str = "given") -> SigningKey:
+        """Decrypt the key. A wrong password and a tampered file both fail the MAC check. `source` says where
+        the password came from ("in FILE", "in $VARIABLE", "typed"), for the error; never the password."""
         from eth_keyfile import decode_keyfile_json
 
         try:
             secret = decode_keyfile_json(self.document, password.encode())
         except ValueError as error:
             if "MAC mismatch" in str(error):
-                raise WalletError(f"wrong password for keystore {self.path}") from None
+                raise WalletError(
+                    f"the password {source} does not open keystore {self.path}; give that keystore's password with "
+                    f"--password-file FILE or {PASSWORD_ENV}"
+                ) from None
             raise WalletError(f"keystore {self.path} cannot be decrypted: {error}") from None
         except Exception as error:  # eth-keyfile raises KeyError/TypeError on odd field contents
             raise WalletError(f"keystore {self.path} is malformed: {type(error).__name__} {error}") from None
@@ -239,5 +243,19 @@ def parse_private_key(text: str) -> SigningKey:
 
 def unlock(path: Path, password_file: str | os.PathLike | None = None) -> SigningKey:
     """Load a keystore and decrypt it with the password from `read_password`: what a worker does on start."""
-    keystore = load_keystore(path)
-    return keystore.unlock(read_password(password_file, prompt=f"Password for {keystore.address or keystore.path}: "))
+    return open_keystore(load_keystore(path), password_file)
+
+
+def open_keystore(keystore: Keystore, password_file: str | os.PathLike | None = None) -> SigningKey:
+    """Decrypt `keystore` with the password from `read_password`; a wrong one says where it came from."""
+    password = read_password(password_file, prompt=f"Password for {keystore.address or keystore.path}: ")
+    return keystore.unlock(password, password_source(password_file))
+
+
+def password_source(password_file: str | os.PathLike | None = None) -> str:
+    """Where `read_password` takes the password from, in words for an error message."""
+    if password_file is not None:
+        return f"in {password_file}"
+    if settings.KEYSTORE_PASSWORD.get():
+        return f"in ${PASSWORD_ENV}"
+    return "typed"

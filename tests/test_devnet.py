@@ -35,7 +35,10 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     assert len(paid) >= 3  # an honest group of three stages was paid
     # the cheater left its group when its first verdict landed, and only tasks with an accepted job are done
     home = tmp_path / "home" / "devnet"
-    assert "dropped: blamed by a verdict" in (home / "validator" / "log.txt").read_text()
+    validator_log = (home / "validator" / "log.txt").read_text()
+    assert "dropped: blamed by a verdict" in validator_log
+    # issue 18, item 10: the log is a file, not a terminal: progress as plain lines, no tqdm bar in it
+    assert "\r" not in validator_log and "█" not in validator_log and "tasks: 4/4 finished" in validator_log
     results = [json.loads(line) for line in (home / "results.jsonl").read_text().splitlines()]
     assert len(results) == 4 and all(r["error"] is None for r in results)
 

@@ -27,14 +27,15 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_hash.auto import keccak
 from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted
 
 from ledger import json_input
-from ledger.chain.abi import STAKING, Artifact, ErrorDecoder
+from ledger.chain.abi import STAKING, Artifact, ErrorDecoder, abi_signature
 from ledger.chain.embedded import EmbeddedProvider
-from ledger.chain.errors import ChainError, TransactionTimeout
+from ledger.chain.errors import ChainError, NoStakingContract, TransactionTimeout
 from ledger.chain.events import ChainEvent, EventDecoder
 from ledger.chain.keys import Signer, as_account, tester_keys
 
@@ -179,15 +180,26 @@ class ChainClient:
         return cls(w3, address=address, dev_keys=dev_keys, tx_timeout=tx_timeout, backend="rpc")
 
     def use(self, address: str) -> "ChainClient":
-        """Point this client at an already deployed StagewiseStaking."""
+        """Point this client at an already deployed StagewiseStaking: NoStakingContract where the address holds
+        no code, or code that lacks one of its functions (a Solidity contract's code holds the 4-byte selector
+        of each of its external functions)."""
         address = to_checksum_address(address)
-        if not self.w3.eth.get_code(address):
-            raise ChainError(f"no contract at {address} on chain {self.chain_id}")
+        code = bytes(self.w3.eth.get_code(address))
+        if not code:
+            raise NoStakingContract(f"no staking contract at {address} on chain {self.chain_id}: no code there")
+        if not all(selector in code for selector in self._selectors):
+            raise NoStakingContract(
+                f"no staking contract at {address} on chain {self.chain_id}: the contract there is not {STAKING}"
+            )
         self._address = address
         self._contract = self.w3.eth.contract(address=address, abi=self.staking.abi)
         return self
 
     # ----------------------------------------------------------------- chain facts
+
+    @cached_property
+    def _selectors(self) -> list[bytes]:
+        return [keccak(abi_signature(entry).encode())[:4] for entry in self.staking.abi if entry.get("type") == "function"]
 
     @cached_property
     def chain_id(self) -> int:
@@ -232,7 +244,7 @@ class ChainClient:
         self.use(result.contract_address)
         for validator in validators:
             self.add_validator(owner, validator)
-        log.info("deployed %s at %s on chain %d", STAKING, self._address, self.chain_id)
+        log.debug("deployed %s at %s on chain %d", STAKING, self._address, self.chain_id)  # callers say it once
         return self.address
 
     def add_validator(self, owner: Signer, validator: str) -> TxResult:

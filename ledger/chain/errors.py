@@ -1,5 +1,6 @@
-"""What the chain client raises: `ChainError` (refused or unanswered), `ContractRevert` (a custom error of the
-contract, decoded by `ledger.chain.abi.ErrorDecoder`), `TransactionTimeout` (no receipt in time)."""
+"""What the chain client raises: `ChainError` (refused or unanswered), `NoStakingContract` (not the contract at
+that address), `ContractRevert` (a custom error of the contract, decoded by `ledger.chain.abi.ErrorDecoder`),
+`TransactionTimeout` (no receipt in time)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from ledger.errors import StagewiseError
 
 class ChainError(StagewiseError):
     """Something the chain refused or did not answer."""
+
+
+class NoStakingContract(ChainError):
+    """The address given as the staking contract holds no code, or a contract that is not StagewiseStaking."""
 
 
 class ContractRevert(ChainError):

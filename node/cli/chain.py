@@ -82,7 +82,8 @@ def _error(message: str):
 
 def _client(args, *, with_contract: bool = True):
     from ledger.chain.client import ChainClient
-    from ledger.chain.errors import ChainError
+    from ledger.chain.errors import ChainError, NoStakingContract
+    from node.errors import FIND_THE_STAKING_CONTRACT
 
     url = _rpc_url(args)
     try:
@@ -90,6 +91,8 @@ def _client(args, *, with_contract: bool = True):
         client.chain_id  # noqa: B018 - fail here, clearly, when the node is unreachable
         if with_contract:
             client.use(_contract(args))
+    except NoStakingContract as error:
+        raise _error(f"{error}; {FIND_THE_STAKING_CONTRACT}") from None
     except ChainError as error:
         raise _error(str(error)) from None
     except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeouts: one line for the user
@@ -166,6 +169,13 @@ def cmd_stake(args) -> int:
                   "nothing staked")
             return 0
         amount -= active
+    balance = _run(lambda: client.balance_of(key.address))
+    if amount >= balance:  # checked before sending: the node's refusal names neither figure
+        raise _error(
+            f"{key.address} holds {ether_and_wei(balance)} on chain {client.chain_id}, not enough to stake "
+            f"{ether_and_wei(amount)} and pay the gas; stake less, or send more to {key.address} first "
+            "(nothing was sent)"
+        )
     result = _run(lambda: client.stake(key, amount))
     total = result.events[0].total_stake
     print(f"staked {ether_and_wei(amount)} from {key.address}: active stake {ether_and_wei(total)} (tx {result.tx_hash})")
@@ -194,7 +204,7 @@ def cmd_withdraw(args) -> int:
         result = client.withdraw(key)
     except ContractRevert as revert:
         if revert.name == "UnbondingNotElapsed":
-            raise _error(f"{key.address} can withdraw from {_when(revert.args_['releaseAt'])}, not yet") from None
+            raise _error(_not_yet(client, key.address, revert.args_["releaseAt"])) from None
         if revert.name == "NothingToWithdraw":
             raise _error(f"{key.address} has nothing unbonding: request it first with `stagewise unstake`") from None
         raise _error(str(revert)) from None
@@ -202,6 +212,17 @@ def cmd_withdraw(args) -> int:
         raise _error(str(error)) from None
     print(f"withdrew {ether_and_wei(result.events[0].amount)} to {key.address} (tx {result.tx_hash})")
     return 0
+
+
+def _not_yet(client, address: str, release_at: int) -> str:
+    """Why a withdrawal is early, by the chain's clock: the latest block's time, which on a dev chain stands
+    still until a transaction mines a new block."""
+    latest = _run(client.timestamp)
+    return (
+        f"{address} can withdraw from {_when(release_at)}; the chain's latest block is from {_when(latest)} "
+        f"({max(release_at - latest, 0)} s earlier) and the contract goes by block time, which on a dev chain moves "
+        "only when a block is mined (by any transaction): run `stagewise withdraw` again once a later block exists"
+    )
 
 
 def cmd_claim(args) -> int:

@@ -45,7 +45,8 @@ def new_command(**_: object) -> int:
     return cmd_new(arguments())
 
 
-@wallet_group.command("address", short_help="print the address of a keystore (no password needed)")
+@wallet_group.command("address", short_help="print the address of a keystore (no password needed; --check: and "
+                      "prove the password opens it)")
 @_keystore_option()
 @click.option("--check", is_flag=True, help="also decrypt the keystore, proving the password opens it")
 @_password_option
@@ -102,10 +103,13 @@ def cmd_address(args: SimpleNamespace) -> int:
         keystore = wallet.load_keystore(_keystore_path(args))
         address = keystore.address
         if args.check or address is None:  # a keystore without an address field needs its password
-            address = keystore.unlock(wallet.read_password(args.password_file)).address
+            address = wallet.open_keystore(keystore, args.password_file).address
     except wallet.WalletError as error:
         raise _fail(error) from None
-    print(address)
+    if args.check:  # say what was proven, not only the address that needs no password
+        print(f"{address}: the password {wallet.password_source(args.password_file)} opens keystore {keystore.path}")
+    else:
+        print(address)
     return 0
 
 
@@ -118,7 +122,7 @@ def cmd_import(args: SimpleNamespace) -> int:
             raise wallet.WalletError(f"{path} already exists; choose another --keystore path (nothing was written)")
         if args.source is not None:
             source = wallet.load_keystore(args.source)
-            key = source.unlock(wallet.read_password(args.password_file, prompt=f"Password for {source.address or source.path}: "))
+            key = wallet.open_keystore(source, args.password_file)
             address = key.address
             wallet.write_keystore(path, {**source.document, "address": address[2:].lower()})
         else:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -19,10 +20,11 @@ from pathlib import Path
 from ledger import json_input
 from ledger.chain.client import ChainClient
 from ledger.chain.embedded import ChainServer
+from ledger.chain.errors import ChainError, NoStakingContract
 from ledger.db import LedgerError
 from ledger.store import Ledger
 from node import settings
-from node.errors import CommandError
+from node.errors import FIND_THE_STAKING_CONTRACT, CommandError
 from node.http.limits import HttpGuard, limits_from_args
 from node.orchestration.setup import build_orchestration
 from node.pipeline.smollm2 import smollm2_dir
@@ -36,7 +38,7 @@ from node.validator.replay_models import ReplayModels
 from node.validator.service import ValidatorNode, evidence_document
 from node.validator.spot_check import GuessableSecret, sample_secret
 from node.validator.verdict import Tariff
-from node.wallet import parse_private_key, unlock
+from node.wallet import WalletError, parse_private_key, unlock
 
 log = logging.getLogger("stagewise.validator")
 
@@ -103,7 +105,7 @@ async def _serve(args, dirs: list[Path]) -> None:
         log.info("embedded chain %d served at %s, staking contract %s", chain.chain_id, rpc_url, chain.address)
         domain = ReceiptDomain(chain.chain_id, chain.address)
     elif args.rpc_url:
-        chain = await asyncio.to_thread(ChainClient.connect, args.rpc_url, address=args.contract)
+        chain = await asyncio.to_thread(_connect, args.rpc_url, args.contract)
         key = _validator_key(args)
         rpc_url = args.rpc_url
         domain = ReceiptDomain(await asyncio.to_thread(lambda: chain.chain_id), chain.address)
@@ -167,14 +169,34 @@ async def _serve(args, dirs: list[Path]) -> None:
         await ledger.close()
 
 
+def _connect(rpc_url: str, contract: str) -> ChainClient:
+    """The node at --rpc-url and the staking contract at --contract on it (blocking); what goes wrong is one
+    CommandError that says what to do."""
+    try:
+        return ChainClient.connect(rpc_url, address=contract)
+    except NoStakingContract as error:
+        raise CommandError(f"{error}; {FIND_THE_STAKING_CONTRACT}") from None
+    except ChainError as error:
+        raise CommandError(f"the chain at {rpc_url}: {error}; check --rpc-url") from None
+    except OSError as error:  # requests' connection errors and timeouts are OSErrors
+        found = re.search(r"\[Errno -?\d+\] ([^\"')]+)", str(error))
+        reason = found.group(1).strip() if found else type(error).__name__
+        raise CommandError(f"cannot reach the chain at {rpc_url} ({reason}); check --rpc-url: is its node running, "
+                           "and is that its JSON-RPC URL?") from None
+    except ValueError as error:
+        raise CommandError(f"--contract {contract}: {error}; it takes the staking contract's 0x address") from None
+
+
 def _validator_key(args):
 
     if settings.VALIDATOR_KEY.get():
         return parse_private_key(settings.VALIDATOR_KEY.get())
     if not args.keystore:
         raise CommandError("the validator needs its key to slash and anchor: --keystore FILE (or STAGEWISE_VALIDATOR_KEY)")
-
-    return unlock(args.keystore, args.password_file)
+    try:
+        return unlock(args.keystore, args.password_file)
+    except WalletError as error:
+        raise CommandError(str(error)) from None
 
 
 def export_evidence(args) -> int:

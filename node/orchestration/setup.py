@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import GroupingPolicy, ModelShape
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
+from node.orchestration.progress import Progress
 from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
@@ -39,6 +42,7 @@ from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
 
 log = logging.getLogger(__name__)
 
+PROGRESS_LOG_EVERY_S = 10.0  # without a terminal, task progress is a log line at most this often
 KV_HEADROOM = 1.25  # a layer needs its weights plus room for the KV cache of the sequences in flight
 
 
@@ -59,10 +63,22 @@ class Orchestration:
             self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
 
     async def _dispatch(self) -> None:
+        figures = self.dispatcher.progress
+        if sys.stderr is not None and sys.stderr.isatty():
+            progress = await self._dispatch_with_a_bar(figures)
+        else:  # a log file or a pipe: a bar there is carriage returns and block characters, so plain lines
+            figures.listeners.append(_TaskLog(figures))
+            progress = await self.dispatcher.run()
+        log.info(
+            "tasks finished: %d done, %d failed, %d/%d correct, %d tokens at %.1f tokens/s, %d reroutes",
+            progress.tasks_done, progress.tasks_failed, progress.correct, progress.checked,
+            progress.tokens, progress.tokens_per_s(), progress.reroutes,
+        )
+
+    async def _dispatch_with_a_bar(self, figures: Progress) -> Progress:
         from tqdm import tqdm
 
-        figures = self.dispatcher.progress
-        with tqdm(total=figures.tasks_total, desc="tasks", unit="task", dynamic_ncols=True) as bar:
+        with tqdm(total=figures.tasks_total, desc="tasks", unit="task", dynamic_ncols=True, file=sys.stderr) as bar:
 
             def advance(result) -> None:
                 bar.update(1)
@@ -70,12 +86,7 @@ class Orchestration:
                                 reroutes=figures.reroutes, refresh=False)
 
             figures.listeners.append(advance)
-            progress = await self.dispatcher.run()
-        log.info(
-            "tasks finished: %d done, %d failed, %d/%d correct, %d tokens at %.1f tokens/s, %d reroutes",
-            progress.tasks_done, progress.tasks_failed, progress.correct, progress.checked,
-            progress.tokens, progress.tokens_per_s(), progress.reroutes,
-        )
+            return await self.dispatcher.run()
 
     async def wait_dispatched(self) -> None:
         """Until every task is done (returns at once without --tasks)."""
@@ -92,6 +103,26 @@ class Orchestration:
         close = getattr(self.orchestrator.driver, "close", None)
         if close is not None:
             await close()
+
+
+class _TaskLog:
+    """The progress bar's figures as a log line: after the first task, at most every `every_s` seconds, and
+    after the last."""
+
+    def __init__(self, figures: Progress, every_s: float = PROGRESS_LOG_EVERY_S) -> None:
+        self.figures = figures
+        self.every_s = every_s
+        self.last: float | None = None
+
+    def __call__(self, result) -> None:
+        figures, now = self.figures, time.monotonic()
+        finished = figures.tasks_done + figures.tasks_failed
+        if self.last is not None and now - self.last < self.every_s and finished < figures.tasks_total:
+            return
+        self.last = now
+        log.info("tasks: %d/%d finished (%d failed), %d/%d correct, %.1f tokens/s, %d reroutes", finished,
+                 figures.tasks_total, figures.tasks_failed, figures.correct, figures.checked, figures.tokens_per_s(),
+                 figures.reroutes)
 
 
 def build_orchestration(

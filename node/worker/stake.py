@@ -13,7 +13,8 @@ from eth_utils import is_address, to_checksum_address
 
 from ledger.amounts import ether_and_wei
 from ledger.chain.client import ChainClient
-from ledger.chain.errors import ChainError
+from ledger.chain.errors import ChainError, NoStakingContract
+from node.errors import FIND_THE_STAKING_CONTRACT
 from node.worker.config import WorkerConfig
 from node.worker.errors import WorkerError, short_error
 
@@ -67,6 +68,8 @@ def _read_contract(rpc_url: str, contract: str, read: Callable[[Any], T]) -> T:
     """`read(chain)` on a fresh connection; every failure is one WorkerError that names the chain."""
     try:
         return read(ChainClient.connect(rpc_url, address=contract, request_timeout=10.0))
+    except NoStakingContract as error:
+        raise WorkerError(f"chain at {rpc_url}: {error}; {FIND_THE_STAKING_CONTRACT}") from None
     except ChainError as error:
         raise WorkerError(f"chain at {rpc_url}: {error}") from None
     except Exception as error:  # requests/web3 connection errors come in many classes

@@ -45,8 +45,21 @@ def test_default_keystore_lives_under_the_data_dir(isolated_home, monkeypatch, c
     path = isolated_home / "home" / "keys" / "worker.json"
     assert path.exists()
     capsys.readouterr()
-    assert main(["wallet", "address", "--check"]) == 0
+    assert main(["wallet", "address"]) == 0
     assert capsys.readouterr().out.strip() == wallet.load_keystore(path).address
+    assert main(["wallet", "address", "--check"]) == 0
+    assert capsys.readouterr().out.strip() == f"{wallet.load_keystore(path).address}: the password in " \
+        f"${wallet.PASSWORD_ENV} opens keystore {path}"
+
+
+def test_address_check_says_the_password_opened_the_keystore(tmp_path, password_file, capsys, monkeypatch):
+    # Issue 18, item 10: `--check` printed the address alone, as without it: nothing said the password worked.
+    keystore = tmp_path / "k.json"
+    address = wallet.create_keystore(keystore, "correct horse battery staple", scrypt_n=1024).address
+    assert main(["wallet", "address", "--check", "--keystore", str(keystore), "--password-file", str(password_file)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"{address}: the password in {password_file} opens keystore {keystore}"
+    assert "correct horse" not in out
 
 
 def test_new_never_overwrites_a_keystore(tmp_path, password_file, capsys):
@@ -63,7 +76,10 @@ def test_wrong_password_is_one_clear_error(tmp_path, password_file, capsys, monk
     monkeypatch.setenv(wallet.PASSWORD_ENV, "wrong")
     assert main(["wallet", "address", "--check", "--keystore", str(keystore)]) == 1
     err = capsys.readouterr().err
-    assert err.strip() == f"error: wrong password for keystore {keystore}"
+    assert err.strip() == (
+        f"error: the password in ${wallet.PASSWORD_ENV} does not open keystore {keystore}; give that keystore's "
+        f"password with --password-file FILE or {wallet.PASSWORD_ENV}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -93,7 +109,7 @@ def test_tampered_ciphertext_fails_the_mac(tmp_path):
     cipher = document["crypto"]["ciphertext"]
     document["crypto"]["ciphertext"] = ("0" if cipher[0] != "0" else "1") + cipher[1:]
     path.write_text(json.dumps(document))
-    with pytest.raises(wallet.WalletError, match="wrong password"):
+    with pytest.raises(wallet.WalletError, match="does not open keystore"):
         wallet.load_keystore(path).unlock("pw")
 
 

@@ -68,3 +68,46 @@ def test_run_takes_the_contract_chain_deploy_remembered_for_the_same_rpc_url(cap
     assert main(["validator", "run", "--model-dir", str(model_dir), "--rpc-url", "http://127.0.0.1:1"]) == 1
     err = capsys.readouterr().err.strip()
     assert "needs --contract" not in err and "\n" not in err  # past that check: the node at :1 does not answer
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if " INFO " not in line and " WARNING " not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_run_says_what_to_do_about_its_chain_key_and_database(capsys, tmp_path, model_dir, anvil, monkeypatch):
+    # Issue 18, item 4: an unreachable --rpc-url, an address that is not the staking contract, a keystore the
+    # password does not open and a --db that cannot be opened: one line each that says what to do.
+    from ledger.chain.client import ChainClient
+    from node import wallet
+    from node.protocol.signing import SigningKey
+
+    monkeypatch.delenv("STAGEWISE_VALIDATOR_KEY", raising=False)
+    chain = ChainClient.connect(anvil.url, dev_keys=anvil.keys)
+    chain.deploy(anvil.keys[0], validators=[anvil.keys[0].address])
+    keystore = wallet.create_keystore(tmp_path / "v.json", "right", SigningKey(bytes(anvil.keys[0].key)), scrypt_n=2).path
+    monkeypatch.setenv(wallet.PASSWORD_ENV, "wrong")
+    run = ["validator", "run", "--model-dir", str(model_dir), "--port", "0"]
+
+    assert main([*run, "--rpc-url", "http://127.0.0.1:9", "--contract", chain.address]) == 1
+    line = _one_error_line(capsys)
+    assert "cannot reach the chain at http://127.0.0.1:9" in line and "check --rpc-url" in line, line
+    assert "HTTPConnectionPool" not in line, line
+
+    empty = "0x" + "11" * 20
+    assert main([*run, "--rpc-url", anvil.url, "--contract", empty]) == 1
+    line = _one_error_line(capsys)
+    assert f"no staking contract at {empty} on chain {chain.chain_id}: no code there; pass as --contract" in line, line
+
+    assert main([*run, "--rpc-url", anvil.url, "--contract", chain.address, "--keystore", str(keystore)]) == 1
+    line = _one_error_line(capsys)
+    assert f"the password in ${wallet.PASSWORD_ENV} does not open keystore {keystore}; " in line and "wrong" not in line
+    assert "--password-file" in line and "-v shows" not in line, line
+
+    monkeypatch.setenv(wallet.PASSWORD_ENV, "right")
+    bad_db = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'ledger.db'}"
+    assert main(["--db", bad_db, *run, "--rpc-url", anvil.url, "--contract", chain.address, "--keystore", str(keystore)]) == 1
+    line = _one_error_line(capsys)
+    assert f"cannot open the ledger at {bad_db}" in line and "check --db" in line, line
