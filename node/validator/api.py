@@ -97,8 +97,14 @@ async def leaderboard(request: web.Request) -> web.Response:
 
 
 async def slashes(request: web.Request) -> web.Response:
-    """Slashing history with evidence hashes and chain transactions (a page: items, total, offset, limit)"""
-    return web.json_response(await request.app[NODE].slashes(limit=limit(request), offset=offset(request)))
+    """Slashing history with evidence hashes and chain transactions (a page: items, total, offset, limit)
+
+    `?worker=0x…`: one worker's slashes only."""
+    worker = request.query.get("worker")
+    if worker is not None:
+        worker = _checked_address(worker)
+    page = await request.app[NODE].slashes(limit=limit(request), offset=offset(request), worker=worker)
+    return web.json_response(page)
 
 
 async def get_worker(request: web.Request) -> web.Response:
@@ -127,7 +133,11 @@ async def get_reward_proof(request: web.Request) -> web.Response:
 
 
 def address_of(request: web.Request) -> str:
-    address = request.match_info["address"]
+    """The `{address}` of the path, checksummed; 400 unless it is an address (with a right checksum if mixed-case)."""
+    return _checked_address(request.match_info["address"])
+
+
+def _checked_address(address: str) -> str:
     if not _ADDRESS.match(address):
         raise ApiError(400, "bad_address", "a worker address is 0x and 40 hex digits")
     body = address[2:]
@@ -232,7 +242,7 @@ ROUTES = (
     Route("GET", "/v1/jobs/{job_id}/evidence", get_evidence, response=Evidence, parameters=(_JOB,), errors=(400, 404),
           description="evidence"),
     Route("GET", "/v1/leaderboard", leaderboard, response=Page, parameters=(_LIMIT, _OFFSET), errors=(400,), description="leaderboard"),
-    Route("GET", "/v1/slashes", slashes, response=Page, parameters=(_LIMIT, _OFFSET), errors=(400,), description="slashes"),
+    Route("GET", "/v1/slashes", slashes, response=Page, parameters=(_LIMIT, _OFFSET, Param("worker", "query", AddressText)), errors=(400,), description="slashes"),
     Route("GET", "/v1/workers/{address}", get_worker, parameters=(_WORKER,), errors=(400, 404), description="the worker"),
     Route("GET", "/v1/workers/{address}/reward-proof", get_reward_proof, response=RewardProof,
           parameters=(_WORKER, Param("epoch", "query", Epoch)), errors=(400, 404), description="the proof"),

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from ledger import journal
-from ledger.models import EpochReward, Job, JournalEntry, StageReceipt, Verdict, Worker
+from ledger.models import ChainOutbox, EpochReward, Job, JournalEntry, StageReceipt, Verdict, Worker
 from ledger.store import Ledger
 
 SERIES_ENTRIES = 5000  # the newest journal entries a time series looks at
@@ -23,6 +23,7 @@ _W = Worker.__table__
 _R = StageReceipt.__table__
 _V = Verdict.__table__
 _JOBS = Job.__table__
+_O = ChainOutbox.__table__
 
 
 async def series(ledger: Ledger, bucket_s: int, buckets: int) -> dict[str, Any]:
@@ -124,8 +125,11 @@ async def slashed_workers(ledger: Ledger, offset: int, limit: int) -> dict[str, 
         for worker in workers:
             last = (
                 await conn.execute(
-                    select(_J.c.seq, _J.c.job_id, _J.c.stage, _J.c.at_ms, _J.c.data, _V.c.reason)
-                    .select_from(_J.outerjoin(_V, _V.c.job_id == _J.c.job_id))
+                    select(_J.c.seq, _J.c.job_id, _J.c.stage, _J.c.at_ms, _J.c.data, _V.c.reason, _O.c.status, _O.c.tx_hash)
+                    .select_from(
+                        _J.outerjoin(_V, _V.c.job_id == _J.c.job_id)
+                        .outerjoin(_O, (_O.c.kind == "slash") & (_O.c.key == _J.c.evidence_hash))
+                    )
                     .where(_J.c.worker == worker.address, _J.c.kind == journal.SLASH)
                     .order_by(_J.c.seq.desc())
                     .limit(1)
@@ -140,6 +144,8 @@ async def slashed_workers(ledger: Ledger, offset: int, limit: int) -> dict[str, 
                 "last_job_id": last.job_id if last else None,
                 "last_stage": last.stage if last else None,
                 "last_reason": _why(last.data, last.reason) if last else None,
+                "last_chain_status": last.status if last else None,  # the slash sent to the contract: pending, sent
+                "last_chain_tx": last.tx_hash if last else None,
             })
     return {"items": items, "total": total, "offset": offset, "limit": limit}
 
@@ -209,6 +215,15 @@ async def claimable(ledger: Ledger, address: str, rewards: int) -> dict[str, Any
         "cumulative_wei": str(cumulative),
         "pending_wei": str(max(0, rewards - cumulative)),
     }
+
+
+async def slash_reason(ledger: Ledger, evidence_hash: str) -> str | None:
+    """The verifier's one-line reason for the slash resting on this evidence (None: no such slash)."""
+    async with ledger.reading() as conn:
+        row = (
+            await conn.execute(select(_J.c.data).where(_J.c.evidence_hash == evidence_hash, _J.c.kind == journal.SLASH))
+        ).one_or_none()
+    return None if row is None else _why(row.data, None)
 
 
 def _why(data: Any, reason: str | None) -> str | None:

@@ -46,6 +46,7 @@ class Verdict(_Open):
     rewards_wei: list[Wei] = []
     slash_wei: Wei | None = None
     replayed: bool | None = None
+    why: str | None = Field(None, description="a slash's one line from the verifier: which chunk failed, by how much")
 
 
 class Job(_Open):

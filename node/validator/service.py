@@ -33,6 +33,7 @@ from node.protocol.bundle import Bundle
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
+from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, run_deadlines
 from node.validator.epochs import entries_waiting, run_epochs
@@ -342,8 +343,15 @@ class ValidatorNode:
                 }
                 for r in receipts
             ],
-            "verdict": None if verdict is None else _verdict_json(verdict),
+            "verdict": None if verdict is None else await self._verdict_with_why(verdict),
         }
+
+    async def _verdict_with_why(self, verdict: Any) -> dict[str, Any]:
+        """The verdict, and for a slash the verifier's one line (which chunk failed, by how much) as `why`."""
+        data = _verdict_json(verdict)
+        if verdict.outcome == "blamed" and data["evidence_hash"]:
+            data["why"] = await insight.slash_reason(self.ledger, data["evidence_hash"])
+        return data
 
     async def jobs(self, *, limit: int, status: str | None, offset: int = 0) -> list[dict[str, Any]]:
         wanted = {v: k for k, v in STATUS_NAMES.items()}.get(status) if status else None

@@ -154,8 +154,13 @@ async def test_a_worker_page_shows_its_jobs_verdicts_rewards_slashes_and_claimab
     assert "mantissa error" in slashes and " ETH" in slashes
     claimable = dom.split('id="claimable"', 1)[1].split("</div>", 1)[0]
     assert "epoch 1" in claimable and " ETH" in claimable
-    # the page's own chart of the validator is not there: a worker page is the worker's
-    assert 'id="overview" hidden' in dom
+    assert 'id="overview" hidden' in dom  # a worker page is the worker's, not the overview
+
+    blamed_job = re.search(r'href="#/job/(0x[0-9a-f]{64})"', jobs).group(1)  # newest first: the blamed one
+    job = await rendered_dom(str(client.make_url("/")) + f"#/job/{blamed_job}", tmp_path / "chromium")
+    why = job.split('id="why"', 1)[1].split("</p>", 1)[0]
+    assert "stage 1 blamed" in why and "mantissa error" in why
+    assert all(f"#/worker/{key.address}" in job for key in group.keys) and "/evidence" in job
 
 
 def test_amounts_are_ether_with_their_unit(tmp_path):

@@ -36,8 +36,14 @@ async def test_slashed_workers_rank_below_clean_ones_and_repeated_slashes_collap
     [row] = collapsed["items"]
     assert (row["worker"], row["count"], row["last_stage"], collapsed["total"]) == (cheater, 2, 1, 1)
     assert "mantissa error" in row["last_reason"] and row["last_job_id"].startswith("0x")
+    assert row["last_chain_status"] == "pending" and row["last_chain_tx"] is None  # owed to the contract, not sent
     everything = await get(client, "/v1/slashes?limit=1")
     assert everything["total"] == 2 and len(everything["items"]) == 1  # the full history pages too
+    clean = await get(client, f"/v1/slashes?worker={group.keys[0].address.lower()}")
+    assert clean["total"] == 0 and (await get(client, f"/v1/slashes?worker={cheater}"))["total"] == 2
+    await assert_error(await client.get("/v1/slashes?worker=0x12"), 400, "bad_address")
+    job = await get(client, f"/v1/jobs/{row['last_job_id']}")
+    assert "mantissa error" in job["verdict"]["why"]  # the verifier's one line, on the job too
 
 
 async def test_the_series_buckets_rewards_slashes_and_verified_tokens(client, node, group):

@@ -213,6 +213,7 @@ function renderLists() {
       ["last", (r) => when(r.last_at_ms)],
       ["last job", (r) => jobLink(r.last_job_id) + (r.last_stage !== null ? ` <small>stage ${esc(r.last_stage)}</small>` : "")],
       ["why", (r) => `<span class="figures">${esc(r.last_reason)}</span>`],
+      ["chain", (r) => r.last_chain_tx ? txLink(r.last_chain_tx) : `<span class="muted">${esc(r.last_chain_status || "—")}</span>`],
     ], "nobody slashed"),
     paged("epochs", API + "epochs", [
       ["epoch", (r) => esc(r.number)],
@@ -276,12 +277,13 @@ async function renderWorker(address) {
       ["work units", (r) => esc(r.work_units)],
       ["at", (r) => when(r.at_ms)],
     ], "no rewards"),
-    paged("worker-slashes", `${API}workers/${address}/entries?kind=slash`, [
+    paged("worker-slashes", `${API}slashes?worker=${address}`, [
       ["#", (r) => esc(r.seq)],
-      ["job", (r) => jobLink(r.job_id)],
+      ["job", (r) => jobLink(r.job_id) + ` <small>stage ${esc(r.stage)}</small>`],
       ["amount", (r) => etherCell(r.amount)],
-      ["why", (r) => `<span class="figures">${esc(why(r.data))}</span>`],
+      ["why", (r) => `<span class="figures">${esc(why(r.evidence, r.reason))}</span>`],
       ["at", (r) => when(r.at_ms)],
+      ["chain", (r) => r.chain_tx ? txLink(r.chain_tx) : `<span class="muted">${esc(r.chain_status || "—")}</span>`],
     ], "never slashed"),
   ]);
 }
@@ -293,7 +295,8 @@ async function renderJob(jobId) {
   el("detail").innerHTML = `<p><a href="#/">← overview</a></p><h2>Job <span class="addr">${esc(job.job_id)}</span></h2>` +
     `<p>${esc(job.status)} · ${outcomeBadge(verdict.outcome)} · group <span class="addr">${esc(short(job.group_id))}</span> · received ${when(job.received_at)}` +
     `${verdict.evidence_hash ? ` · <a href="${API}jobs/${esc(job.job_id)}/evidence">evidence</a>` : ""} · <a href="${API}jobs/${esc(job.job_id)}">JSON</a></p>` +
-    (verdict.reason ? `<p class="figures">${verdict.blamed_stage !== null ? `stage ${esc(verdict.blamed_stage)} blamed: ` : ""}${esc(verdict.reason)}</p>` : "") +
+    (verdict.reason ? `<p id="why" class="figures">${verdict.blamed_stage !== null ? `stage ${esc(verdict.blamed_stage)} blamed (${esc(verdict.reason)}): ` : ""}` +
+      `${esc(verdict.why || verdict.reason)}</p>` : "") +
     table(job.stages, [
       ["stage", (s) => esc(s.stage)],
       ["worker", (s) => workerLink(s.worker)],
