@@ -22,6 +22,7 @@ from node.validator.app_state import NODE
 from node.validator.openapi import OPENAPI_ROUTES, Param, Route, add_routes, document
 from node.validator.schemas import (
     JOB_STATUSES,
+    MAX_OFFSET,
     MAX_PAGE,
     Accepted,
     AddressText,
@@ -33,6 +34,8 @@ from node.validator.schemas import (
     JobId,
     JobStatus,
     Limit,
+    Offset,
+    Page,
     RewardProof,
 )
 
@@ -71,11 +74,12 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     """Recent jobs, newest first"""
-    limit = _limit(request)
+    limit_ = limit(request)
     status = request.query.get("status")
     if status is not None and status not in JOB_STATUSES:
         raise ApiError(400, "bad_query", f"status must be one of {', '.join(JOB_STATUSES)}")
-    return web.json_response({"items": await request.app[NODE].jobs(limit=limit, status=status)})
+    jobs = await request.app[NODE].jobs(limit=limit_, status=status, offset=offset(request))
+    return web.json_response({"items": jobs})
 
 
 async def get_evidence(request: web.Request) -> web.Response:
@@ -88,18 +92,24 @@ async def get_evidence(request: web.Request) -> web.Response:
 
 
 async def leaderboard(request: web.Request) -> web.Response:
-    """Workers by total reward"""
-    return web.json_response({"items": await request.app[NODE].leaderboard(limit=_limit(request))})
+    """Workers by total reward (a page: items, total, offset, limit)"""
+    return web.json_response(await request.app[NODE].leaderboard(limit=limit(request), offset=offset(request)))
 
 
 async def slashes(request: web.Request) -> web.Response:
-    """Slashing history with evidence hashes and chain transactions"""
-    return web.json_response({"items": await request.app[NODE].slashes(limit=_limit(request))})
+    """Slashing history with evidence hashes and chain transactions (a page: items, total, offset, limit)
+
+    `?worker=0x…`: one worker's slashes only."""
+    worker = request.query.get("worker")
+    if worker is not None:
+        worker = _checked_address(worker)
+    page = await request.app[NODE].slashes(limit=limit(request), offset=offset(request), worker=worker)
+    return web.json_response(page)
 
 
 async def get_worker(request: web.Request) -> web.Response:
     """One worker: stake, rewards, slashes"""
-    address = _address(request)
+    address = address_of(request)
     worker = await request.app[NODE].worker(address)
     if worker is None:
         raise ApiError(404, "unknown_worker", f"no worker {address}")
@@ -110,7 +120,7 @@ async def get_reward_proof(request: web.Request) -> web.Response:
     """A worker's claim proof: cumulative reward and Merkle path to an epoch's rewards root.
 
     What `stagewise claim --validator URL` sends to the contract: public, since the root is on chain."""
-    address = _address(request)
+    address = address_of(request)
     raw = request.query.get("epoch")
     epoch = _positive_int(raw, 2**63 - 1) if raw is not None else None
     if raw is not None and epoch is None:
@@ -122,8 +132,12 @@ async def get_reward_proof(request: web.Request) -> web.Response:
     return web.json_response(proof.to_json())
 
 
-def _address(request: web.Request) -> str:
-    address = request.match_info["address"]
+def address_of(request: web.Request) -> str:
+    """The `{address}` of the path, checksummed; 400 unless it is an address (with a right checksum if mixed-case)."""
+    return _checked_address(request.match_info["address"])
+
+
+def _checked_address(address: str) -> str:
     if not _ADDRESS.match(address):
         raise ApiError(400, "bad_address", "a worker address is 0x and 40 hex digits")
     body = address[2:]
@@ -133,8 +147,8 @@ def _address(request: web.Request) -> str:
 
 
 async def epochs(request: web.Request) -> web.Response:
-    """Closed epochs with their roots and on-chain anchor transactions"""
-    return web.json_response({"items": await request.app[NODE].epochs(limit=_limit(request))})
+    """Closed epochs with their roots and on-chain anchor transactions (a page: items, total, offset, limit)"""
+    return web.json_response(await request.app[NODE].epochs(limit=limit(request), offset=offset(request)))
 
 
 async def admin_close_epoch(request: web.Request) -> web.Response:
@@ -177,11 +191,23 @@ def _job_id(request: web.Request) -> str:
     return job_id.lower()
 
 
-def _limit(request: web.Request) -> int:
-    limit = _positive_int(request.query.get("limit", "100"), MAX_PAGE)
-    if limit is None:
+def limit(request: web.Request) -> int:
+    """The `limit` query parameter: a page size in [1, MAX_PAGE], 100 by default."""
+    value = _positive_int(request.query.get("limit", "100"), MAX_PAGE)
+    if value is None:
         raise ApiError(400, "bad_query", f"limit must be an integer in [1, {MAX_PAGE}]")
-    return limit
+    return value
+
+
+def offset(request: web.Request) -> int:
+    """The `offset` query parameter: how many rows to skip, 0 by default."""
+    raw = request.query.get("offset", "0")
+    if raw == "0":
+        return 0
+    value = _positive_int(raw, MAX_OFFSET)
+    if value is None:
+        raise ApiError(400, "bad_query", f"offset must be an integer in [0, {MAX_OFFSET}]")
+    return value
 
 
 def _positive_int(raw: str, most: int) -> int | None:
@@ -203,23 +229,24 @@ def _require_admin(request: web.Request) -> None:
 
 
 _LIMIT = Param("limit", "query", Limit)
+_OFFSET = Param("offset", "query", Offset)
 _JOB = Param("job_id", "path", JobId)
 _WORKER = Param("address", "path", AddressText)
 
 ROUTES = (
     Route("POST", "/v1/bundles", submit_bundle, request=BundleBody, response=Accepted, status=202,
           errors=(400, 403, 409, 413, 422), description="stored and queued for validation"),
-    Route("GET", "/v1/jobs", list_jobs, response=Items, parameters=(_LIMIT, Param("status", "query", JobStatus)),
+    Route("GET", "/v1/jobs", list_jobs, response=Items, parameters=(_LIMIT, _OFFSET, Param("status", "query", JobStatus)),
           errors=(400,), description="jobs"),
     Route("GET", "/v1/jobs/{job_id}", get_job, response=Job, parameters=(_JOB,), errors=(400, 404), description="the job"),
     Route("GET", "/v1/jobs/{job_id}/evidence", get_evidence, response=Evidence, parameters=(_JOB,), errors=(400, 404),
           description="evidence"),
-    Route("GET", "/v1/leaderboard", leaderboard, response=Items, parameters=(_LIMIT,), errors=(400,), description="leaderboard"),
-    Route("GET", "/v1/slashes", slashes, response=Items, parameters=(_LIMIT,), errors=(400,), description="slashes"),
+    Route("GET", "/v1/leaderboard", leaderboard, response=Page, parameters=(_LIMIT, _OFFSET), errors=(400,), description="leaderboard"),
+    Route("GET", "/v1/slashes", slashes, response=Page, parameters=(_LIMIT, _OFFSET, Param("worker", "query", AddressText)), errors=(400,), description="slashes"),
     Route("GET", "/v1/workers/{address}", get_worker, parameters=(_WORKER,), errors=(400, 404), description="the worker"),
     Route("GET", "/v1/workers/{address}/reward-proof", get_reward_proof, response=RewardProof,
           parameters=(_WORKER, Param("epoch", "query", Epoch)), errors=(400, 404), description="the proof"),
-    Route("GET", "/v1/epochs", epochs, response=Items, parameters=(_LIMIT,), errors=(400,), description="epochs"),
+    Route("GET", "/v1/epochs", epochs, response=Page, parameters=(_LIMIT, _OFFSET), errors=(400,), description="epochs"),
     Route("POST", "/v1/admin/epochs/close", admin_close_epoch, status=201, errors=(401, 403, 409), admin=True,
           description="the closed epoch"),
     Route("GET", "/metrics", metrics, content_type="text/plain", description="text exposition"),

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from node.http.json_errors import json_errors
 from node.http.limits import HttpGuard
-from node.validator import api
+from node.validator import api, insight_api
 from node.validator.app_state import NODE
 from node.validator.dashboard import register_dashboard
 from node.validator.openapi import OPENAPI_ROUTES
@@ -35,6 +35,7 @@ def build_app(
     app[NODE] = node
     app[OPENAPI_ROUTES] = []
     api.register(app)
+    insight_api.register(app)
     for registrar in registrars:
         registrar(app)
     if dashboard:

@@ -1,7 +1,9 @@
-"""The web dashboard: static HTML and a little JavaScript over the validator's public API.
+"""The web dashboard: one static page and its JavaScript over the validator's public API.
 
-Nothing is built: `dashboard/` is served as it is, and the page fetches the same JSON that the CLI and
-other clients read (leaderboard, slashes, groups, epochs), so what a person sees is what the API says.
+Nothing is built: `dashboard/` is served as it is (index.html, app.js, format.js, style.css, and the chart
+library uPlot, vendored from npm under `dashboard/vendor/` with its licence), and the page fetches the same
+JSON that the CLI and other clients read (orchestrator progress, groups, standings, the time series, slashes
+per worker, epochs, jobs; node/validator/insight_api.py), so what a person sees is what the API says.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ JobStatus = Literal["awaiting_bundle", "queued", "validating", "done"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 JobId = Annotated[str, Field(pattern=HEX32_PATTERN)]
 AddressText = Annotated[str, Field(pattern=ADDRESS_PATTERN)]
+MAX_OFFSET = 10**9
 Limit = Annotated[int, Field(ge=1, le=MAX_PAGE)]
+Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 Epoch = Annotated[int, Field(ge=1)]
 Wei = Annotated[str, Field(pattern=r"^[0-9]+$", description="an integer amount of wei, as a decimal string")]
 
@@ -44,6 +46,7 @@ class Verdict(_Open):
     rewards_wei: list[Wei] = []
     slash_wei: Wei | None = None
     replayed: bool | None = None
+    why: str | None = Field(None, description="a slash's one line from the verifier: which chunk failed, by how much")
 
 
 class Job(_Open):
@@ -74,6 +77,43 @@ class RewardProof(_Open):
 
 class Items(_Open):
     items: list[Any]
+
+
+class Page(_Open):
+    """A page of a longer list: `offset` rows skipped, at most `limit` returned, `total` in all."""
+
+    items: list[Any]
+    total: int
+    offset: int
+    limit: int
+
+
+class SeriesBucket(_Open):
+    start_ms: int
+    jobs: int
+    tokens: int
+    tokens_per_s: float
+    rewards_wei: Wei
+    reward_entries: int
+    slashes: int
+    slashed_wei: Wei
+
+
+class Series(_Open):
+    """The journal over time: one bucket per `bucket_s` seconds that had a reward or a slash, oldest first."""
+
+    bucket_s: int
+    items: list[SeriesBucket]
+
+
+class Claimable(_Open):
+    """`cumulative_wei` is what a claim with epoch `epoch`'s root carries (the contract pays it less what it paid
+    before); `pending_wei` was earned since and is claimable once the next epoch closes."""
+
+    worker: AddressText
+    epoch: int | None
+    cumulative_wei: Wei
+    pending_wei: Wei
 
 
 class Health(_Open):

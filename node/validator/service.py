@@ -33,6 +33,7 @@ from node.protocol.bundle import Bundle
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
+from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, run_deadlines
 from node.validator.epochs import entries_waiting, run_epochs
@@ -342,15 +343,23 @@ class ValidatorNode:
                 }
                 for r in receipts
             ],
-            "verdict": None if verdict is None else _verdict_json(verdict),
+            "verdict": None if verdict is None else await self._verdict_with_why(verdict),
         }
 
-    async def jobs(self, *, limit: int, status: str | None) -> list[dict[str, Any]]:
+    async def _verdict_with_why(self, verdict: Any) -> dict[str, Any]:
+        """The verdict, and for a slash the verifier's one line (which chunk failed, by how much) as `why`."""
+        data = _verdict_json(verdict)
+        if verdict.outcome == "blamed" and data["evidence_hash"]:
+            data["why"] = await insight.slash_reason(self.ledger, data["evidence_hash"])
+        return data
+
+    async def jobs(self, *, limit: int, status: str | None, offset: int = 0) -> list[dict[str, Any]]:
         wanted = {v: k for k, v in STATUS_NAMES.items()}.get(status) if status else None
         query = (
             select(Job.job_id, Job.status, Job.group_id, Job.received_at, VerdictRow.outcome, VerdictRow.blamed_stage)
             .select_from(Job.__table__.outerjoin(VerdictRow.__table__, VerdictRow.job_id == Job.job_id))
             .order_by(Job.received_at.desc())
+            .offset(offset)
             .limit(limit)
         )
         if wanted:
@@ -372,17 +381,20 @@ class ValidatorNode:
     async def evidence(self, job_id: str) -> dict[str, Any] | None:
         return await evidence_document(self.ledger, job_id)
 
-    async def leaderboard(self, *, limit: int) -> list[dict[str, Any]]:
-        return (await self.ledger.leaderboard(0, limit)).to_json()["items"]
+    async def leaderboard(self, *, limit: int, offset: int = 0) -> dict[str, Any]:
+        """A page: `items`, `total`, `offset`, `limit`."""
+        return (await self.ledger.leaderboard(offset, limit)).to_json()
 
-    async def slashes(self, *, limit: int) -> list[dict[str, Any]]:
-        items = (await self.ledger.slashes(0, limit)).to_json()["items"]
+    async def slashes(self, *, limit: int, offset: int = 0, worker: str | None = None) -> dict[str, Any]:
+        """A page of slashes (all workers', or one's), each with its chain transaction once sent."""
+        page = (await self.ledger.slashes(offset, limit, worker)).to_json()
+        items = page["items"]
         sent = {row.key: row for row in await self.ledger.outbox() if row.kind == "slash"}
         for item in items:
             row = sent.get(item["evidence_hash"])
             item["chain_status"] = row.status if row else None
             item["chain_tx"] = row.tx_hash if row else None
-        return items
+        return page
 
     async def worker(self, address: str) -> dict[str, Any] | None:
         standing = await self.ledger.worker(address)
@@ -391,8 +403,9 @@ class ValidatorNode:
         history = await self.ledger.worker_history(address, 0, 20)
         return {**standing.to_json(), "recent_entries": [e.to_json() for e in history.items]}
 
-    async def epochs(self, *, limit: int) -> list[dict[str, Any]]:
-        return (await self.ledger.epochs(0, limit)).to_json()["items"]
+    async def epochs(self, *, limit: int, offset: int = 0) -> dict[str, Any]:
+        """A page: `items`, `total`, `offset`, `limit`."""
+        return (await self.ledger.epochs(offset, limit)).to_json()
 
     async def health(self) -> dict[str, Any]:
         report: dict[str, Any] = {
