@@ -162,7 +162,8 @@ class Dispatcher:
         load: dict[str, int] = {}
         for _, group_id in self._active.values():
             load[group_id] = load.get(group_id, 0) + 1
-        open_groups = [g for g in self.orchestrator.grouping.groups if g.group_id not in self._suspect]
+        closed = set(self._suspect) | set(self.orchestrator.withdrawn)  # failing, or being regrouped right now
+        open_groups = [g for g in self.orchestrator.grouping.groups if g.group_id not in closed]
         while open_groups:
             for group in list(open_groups):
                 if load.get(group.group_id, 0) >= self.policy.in_flight_for(group):

@@ -8,7 +8,8 @@ registers again. `run_forever()` refreshes every `regroup_interval_s`, so a work
 drops out of assignment within heartbeat_timeout_s + regroup_interval_s.
 
 The dispatcher (dispatch.py) reads `grouping` and follows `successor(group_id)` to move a sequence from a
-repaired group to its replacement.
+repaired group to its replacement; while a regrouping prepares, the groups it replaces or dissolves are
+`withdrawn`: they take no new job, and are nobody's successor (their healthy stages are being moved).
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class Orchestrator:
         self.grouping = Grouping()
         self.changed = asyncio.Condition()
         self._successors: dict[str, str] = {}
+        # groups that the regrouping under way replaces or dissolves: no new work goes there meanwhile (their new
+        # stage may take minutes to load its layers, and the healthy stages are being moved to the repaired group)
+        self.withdrawn: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
         self.progress = None  # set by the dispatcher when one runs
 
@@ -154,7 +158,7 @@ class Orchestrator:
         while group_id not in seen:
             seen.add(group_id)
             group = self.grouping.group(group_id)
-            if group is not None:
+            if group is not None and group_id not in self.withdrawn:
                 return group
             if group_id not in self._successors:
                 return None
@@ -164,44 +168,52 @@ class Orchestrator:
     async def refresh(self) -> Grouping:
         """Regroup from the healthy workers; prepare new groups; release vanished ones."""
         async with self._lock:
-            old = self.grouping
-            excluded: set[str] = set()
-            for _ in range(MAX_PREPARE_ROUNDS):
-                candidates = [
-                    Candidate(r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
-                    for r in self.registry.healthy()
-                    if r.address not in excluded
-                ]
-                new = regroup(self.grouping, candidates, self.shape, self.policy)
-                failed = await self._prepare_new(old, new)
-                if failed is None:
-                    break
-                excluded.add(failed)
-                self.registry.leave(failed)
-            else:
-                log.error("could not prepare groups after %d rounds; keeping none", MAX_PREPARE_ROUNDS)
-                new = Grouping(spares=tuple(c.address for c in candidates))
-            for replacement in new.replacements:
-                self._successors[replacement.old_group] = replacement.new_group
+            try:
+                return await self._regroup()
+            finally:
+                self.withdrawn = frozenset()
+                async with self.changed:
+                    self.changed.notify_all()
+
+    async def _regroup(self) -> Grouping:
+        """refresh()'s work, under its lock."""
+        old = self.grouping
+        excluded: set[str] = set()
+        for _ in range(MAX_PREPARE_ROUNDS):
+            candidates = [
+                Candidate(r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
+                for r in self.registry.healthy()
+                if r.address not in excluded
+            ]
+            new = regroup(old, candidates, self.shape, self.policy)
+            self.withdrawn = frozenset(g.group_id for g in old.groups if new.group(g.group_id) is None)
+            failed = await self._prepare_new(old, new)
+            if failed is None:
+                break
+            excluded.add(failed)
+            self.registry.leave(failed)
+        else:
+            log.error("could not prepare groups after %d rounds; keeping none", MAX_PREPARE_ROUNDS)
+            new = Grouping(spares=tuple(c.address for c in candidates))
+        for replacement in new.replacements:
+            self._successors[replacement.old_group] = replacement.new_group
+            log.info(
+                "group %s: stage %d rerouted from %s to %s (now %s)", replacement.old_group,
+                replacement.stage_index, replacement.old_worker, replacement.new_worker, replacement.new_group,
+            )
+        current = {g.group_id for g in new.groups}
+        for group in old.groups:
+            if group.group_id not in current:
+                await self.driver.release(group)
+        for group_id in new.dissolved:
+            log.info("group %s dissolved: no spare could take its place", group_id)
+        for group in new.groups:
+            if group.group_id not in {g.group_id for g in old.groups}:
                 log.info(
-                    "group %s: stage %d rerouted from %s to %s (now %s)", replacement.old_group,
-                    replacement.stage_index, replacement.old_worker, replacement.new_worker, replacement.new_group,
+                    "group %s formed: %s", group.group_id,
+                    ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
                 )
-            current = {g.group_id for g in new.groups}
-            for group in old.groups:
-                if group.group_id not in current:
-                    await self.driver.release(group)
-            for group_id in new.dissolved:
-                log.info("group %s dissolved: no spare could take its place", group_id)
-            for group in new.groups:
-                if group.group_id not in {g.group_id for g in old.groups}:
-                    log.info(
-                        "group %s formed: %s", group.group_id,
-                        ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
-                    )
-            self.grouping = Grouping(new.groups, new.spares)
-        async with self.changed:
-            self.changed.notify_all()
+        self.grouping = Grouping(new.groups, new.spares)
         return self.grouping
 
     async def _prepare_new(self, old: Grouping, new: Grouping) -> str | None:

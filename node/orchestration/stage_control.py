@@ -9,7 +9,8 @@ trust because their validator's GET /health names its address (node/pipeline/con
 
 A failed job is diagnosed before it is reported: a stage that does not answer GET /health is the one that
 dropped out (`StageFailure`, so the orchestrator reroutes); a stage that answers serving a newer group was
-moved there by the orchestrator itself; anything else, a handoff complaint included (its evidence goes to the
+moved there by the orchestrator itself (also while that group is still being prepared: its new stage may take
+minutes to load), so it is not to blame; anything else, a handoff complaint included (its evidence goes to the
 verdict, which may blame the complainer), is a `JobInterrupted` (continued on the group's successor, nobody
 dropped).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -62,6 +64,9 @@ class HttpPipelineDriver:
         self.wire_dtype = wire_dtype
         self._urls: dict[str, tuple[str, ...]] = {}  # group id -> stage server URLs
         self._assigned: dict[str, str] = {}  # worker -> group id it was last assigned
+        # worker -> the group ids last sent to it (PUT started): a stage that serves one of them was moved by us,
+        # even while its new group is still being prepared (its other stages loading their layers)
+        self._offered: dict[str, deque[str]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -94,6 +99,8 @@ class HttpPipelineDriver:
             {"worker": s.worker, "url": url, "layer_start": s.layer_start, "layer_end": s.layer_end}
             for s, url in zip(group.stages, urls)
         ]
+        for stage in group.stages:
+            self._offered.setdefault(stage.worker, deque(maxlen=4)).append(group.group_id)
         # every stage loads its layers at the same time
         await asyncio.gather(*(self._assign(group, index, url, peers) for index, url in enumerate(urls)))
         self._urls[group.group_id] = tuple(urls)
@@ -209,7 +216,8 @@ class HttpPipelineDriver:
                 return StageFailure(stage.worker, f"{reason} (its stage server does not answer)")
         for stage, health in zip(group.stages, healths):
             serving = (health.get("assignment") or {}).get("group_id")
-            if serving != group.group_id and serving != self._assigned.get(stage.worker):
+            moved_by_us = serving == self._assigned.get(stage.worker) or serving in self._offered.get(stage.worker, ())
+            if serving != group.group_id and not moved_by_us:
                 return StageFailure(stage.worker, f"{reason} (it lost its assignment: restarted?)")
         if any((health.get("assignment") or {}).get("group_id") != group.group_id for health in healths):
             # the orchestrator moved a stage to a newer group (a repair): nobody's fault, continue there

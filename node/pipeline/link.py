@@ -170,6 +170,7 @@ class OutboundLink:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._slow = False
+        self._closers: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"link->{self.peer.url}")
@@ -207,7 +208,9 @@ class OutboundLink:
             log.warning("stage %d does not take what it is sent (%d bytes waiting): dropping the link",
                         self.assignment.next_index, self.queued_bytes)
             self._slow = True
-            asyncio.get_running_loop().create_task(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION))
+            closing = asyncio.get_running_loop().create_task(ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION))
+            self._closers.add(closing)  # held until done: a task nobody holds may be collected while pending
+            closing.add_done_callback(self._closers.discard)
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -289,6 +292,7 @@ class OutboundLink:
     async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         """Send what is queued until the peer closes; returns its close reason (": why", or "")."""
         reader = asyncio.get_running_loop().create_task(ws.receive())  # the peer only ever closes
+        getter: asyncio.Task | None = None
         try:
             while True:
                 getter = asyncio.get_running_loop().create_task(self._queue.get())
@@ -309,4 +313,9 @@ class OutboundLink:
                 self.bytes_sent += len(message)
                 self.frames_sent += 1
         finally:
-            reader.cancel()
+            # both, also when the link is closed (cancelled) while waiting: a task left pending on the old queue
+            # would be destroyed pending when collected
+            for task in (reader, getter):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(reader, *([getter] if getter is not None else []), return_exceptions=True)

@@ -22,8 +22,10 @@ What `stagewise worker run` does, in order, stopping with one clear message at t
    (POST /v1/bundles) with retries. The job id makes resubmission harmless (I3). A stage that refuses a
    job because its predecessor's activations do not match the proof it signed (I2) signs an EIP-712
    complaint and delivers a bundle holding it, so the validator blames that sender;
-7. on SIGTERM/SIGINT: stop taking jobs, let in-flight sequences finish for a grace period, fail the rest
-   with a log line each, finish pending bundle submissions, exit 0.
+7. on SIGTERM/SIGINT: tell the validator (a signed Leave: the orchestrator repairs the group at once, a spare
+   taking this stage with the same layers, and continues the in-flight sequences there from their history),
+   stop taking jobs, let in-flight sequences finish for a grace period, fail the rest with a log line each,
+   finish pending bundle submissions, exit 0.
 
 Signed receipts are also written to `<data dir>/receipts/<address>/<job id>.json`, so a worker that
 restarts can still serve them to the stage that assembles the bundle.
@@ -48,7 +50,7 @@ from node.protocol.bundle import Bundle, SignedStage
 from node.protocol.job import JobSpec
 from node.protocol.receipts import ReceiptDomain, ReceiptError
 from node.protocol.signing import SigningKey
-from node.protocol.worker_messages import UNBOUND_VALIDATOR, Capacity, make_heartbeat, make_registration
+from node.protocol.worker_messages import UNBOUND_VALIDATOR, Capacity, make_heartbeat, make_leave, make_registration
 from node.worker.bundle_assembly import assemble_bundle, fetch_peer_stage
 from node.worker.config import WorkerConfig
 from node.worker.errors import WorkerError, short_error
@@ -289,6 +291,7 @@ class Worker:
     async def shutdown(self) -> None:
         """Stop taking jobs; give in-flight sequences `grace_s` to finish, fail the rest; deliver bundles."""
         log.info("stopping: %d sequence(s) in flight, %d bundle(s) being delivered", self._in_flight(), len(self.state.pending))
+        await self._leave()
         if self.server is not None:
             await self.server.stop(grace_s=self.config.grace_s)
         if self.state.pending:
@@ -297,6 +300,18 @@ class Worker:
                 task.cancel()
                 log.error("bundle delivery abandoned at shutdown: %s", task.get_name())
         log.info("stopped: %d bundle(s) delivered, %d failed", self.state.submitted, self.state.failed_submissions)
+
+    async def _leave(self) -> None:
+        """Say goodbye (signed), so that the orchestrator repairs our group now rather than after our heartbeat
+        times out; it moves the in-flight sequences to the repaired group. Best effort: a validator that does not
+        answer finds out from the missing heartbeats."""
+        try:
+            await self.validator.leave(make_leave(self.key), timeout_s=min(10.0, max(1.0, self.config.grace_s)))
+            log.info("told the validator this worker is leaving")
+        except ValidatorRefused as refused:
+            log.info("leave: %s", refused)  # not registered (any more): nothing to repair
+        except WorkerError as error:  # unreachable, or an answer we cannot read
+            log.warning("could not tell the validator this worker is leaving: %s", error)
 
     # ----------------------------------------------------------------- jobs
 

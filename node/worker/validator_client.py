@@ -93,6 +93,10 @@ class ValidatorClient:
     async def heartbeat(self, signed: Any) -> Any:
         return await self.request("POST", "/v1/workers/heartbeat", signed.to_json())
 
+    async def leave(self, signed: Any, timeout_s: float = 10.0) -> Any:
+        """Shutting down: the orchestrator repairs our group now (a spare takes our stage)."""
+        return await self.request("POST", "/v1/workers/leave", signed.to_json(), timeout_s=timeout_s)
+
     async def assignment(self, address: str) -> dict[str, Any]:
         return await self.request("GET", f"/v1/workers/{address}/assignment")
 

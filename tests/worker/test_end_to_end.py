@@ -106,8 +106,8 @@ async def stack(tmp_path, sqlite_url, model_dir, served_chain):
 
 
 @contextlib.asynccontextmanager
-async def open_stack(tmp_path, db_url, model_dir, served_chain):
-    """The embedded chain, a validator with its orchestrator on `db_url`, groups of two stages."""
+async def open_stack(tmp_path, db_url, model_dir, served_chain, stages_per_group: int = 2):
+    """The embedded chain, a validator with its orchestrator on `db_url`, groups of two stages (or as asked)."""
     from ledger.store import Ledger
     from node.orchestration.api import orchestration_registrar
     from node.orchestration.grouping import GroupingPolicy
@@ -134,7 +134,7 @@ async def open_stack(tmp_path, db_url, model_dir, served_chain):
     driver = HttpPipelineDriver(model_dir, key=validator_key, link_timeout_s=10)
     orchestrator = Orchestrator(
         Registry(stake_lookup(chain), RegistryPolicy(min_stake_wei=STAKE, heartbeat_timeout_s=5)), driver,
-        model_id(model_dir), shape_of_model(model_dir), GroupingPolicy(stages_per_group=2), regroup_interval_s=0.5,
+        model_id(model_dir), shape_of_model(model_dir), GroupingPolicy(stages_per_group=stages_per_group), regroup_interval_s=0.5,
     )
     node.defence_source = StageDefences(lambda worker: stage_url_of(orchestrator.registry, worker), deadline_s=10)
     runner = web.AppRunner(build_app(node, registrars=[orchestration_registrar(orchestrator)], dashboard=False))
@@ -199,7 +199,7 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
         judged = await stack.node.job(spec.job_id_hex)
         assert (judged["status"], judged["verdict"]["outcome"]) == ("done", "accepted"), judged
 
-        # SIGTERM while a long sequence is in flight: it gets --grace 1 s, then fails clearly; exit 0.
+        # SIGTERM while a long sequence is in flight: it says it leaves, the sequence fails clearly; exit 0.
         started = asyncio.Event()
         long_job = asyncio.create_task(stack.driver.run(group, stack.spec(group, seed=78, max_new_tokens=2000),
                                                         lambda ids: started.set()))
@@ -218,7 +218,10 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
     assert process.returncode == 0, log
     assert "registered with" in log and "stopping: 1 sequence(s) in flight" in log
     assert f"measured {offered[keys[0].address]:g} layer-tokens/s" in log
-    assert "the stage server is shutting down" in log and "stopped:" in log
+    # it told the validator, whose orchestrator took its stage back (no spare: the group is dissolved) and failed
+    # the sequence with a log line; had the validator not answered, the grace period would have ended it
+    assert "told the validator this worker is leaving" in log and "stopped:" in log
+    assert "the stage was released" in log or "the stage server is shutting down" in log
     for key in keys:
         assert key.secret.hex() not in log
 
