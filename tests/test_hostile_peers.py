@@ -39,7 +39,9 @@ def test_an_endless_answer_is_cut_off_not_read_whole(case):
     result = run_case(case, "--huge")
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
     sent = int(re.search(r"peer sent (\d+) bytes in one answer", result.stdout).group(1))
-    assert sent < BODY_LIMIT + (8 << 20), f"the client read {sent} bytes of an endless answer"
+    # The peer offers 512 MiB; what it counts as sent includes what the kernel's socket buffers took before the
+    # client hung up, several MiB more on a loaded machine (24 MiB seen on 2 busy cores), so the bound allows that.
+    assert sent < BODY_LIMIT + (32 << 20), f"the client read {sent} bytes of an endless answer"
 
 
 # json.loads is left only where the node reads a file it wrote or installed itself; the count per module says
