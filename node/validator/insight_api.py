@@ -38,10 +38,10 @@ async def standings(request: web.Request) -> web.Response:
 async def series(request: web.Request) -> web.Response:
     """Rewards, slashes, jobs and verified tokens/s per time bucket, oldest first (the newest journal entries)"""
     raw = request.query.get("bucket_s", "60")
-    if not raw.isascii() or not raw.isdigit() or int(raw) not in BUCKETS:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or int(raw) not in BUCKETS:
         raise ApiError(400, "bad_query", f"bucket_s must be one of {', '.join(map(str, BUCKETS))}")
     buckets = request.query.get("buckets", "120")
-    if not (buckets.isascii() and buckets.isdigit()) or not 1 <= int(buckets) <= 1000:
+    if not (buckets.isascii() and buckets.isdigit() and len(buckets) <= 4) or not 1 <= int(buckets) <= 1000:
         raise ApiError(400, "bad_query", "buckets must be an integer in [1, 1000]")
     return web.json_response(await insight.series(request.app[NODE].ledger, int(raw), int(buckets)))
 

@@ -57,6 +57,9 @@ async def test_the_series_buckets_rewards_slashes_and_verified_tokens(client, no
     assert int(bucket["rewards_wei"]) > 0 and int(bucket["slashed_wei"]) > 0
     await assert_error(await client.get("/v1/stats/series?bucket_s=7"), 400, "bad_query")
     await assert_error(await client.get("/v1/stats/series?buckets=0"), 400, "bad_query")
+    # digits past what int() converts (4300) were a 500; any number too long to be a choice is a 400
+    await assert_error(await client.get("/v1/stats/series?bucket_s=" + "9" * 5000), 400, "bad_query")
+    await assert_error(await client.get("/v1/stats/series?buckets=" + "9" * 5000), 400, "bad_query")
 
 
 async def test_a_worker_s_jobs_entries_and_claimable_amount(client, node, group):
