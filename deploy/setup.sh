@@ -28,7 +28,8 @@ keystore() {  # keystore-path password-file [private-key-file]: create it once, 
             stagewise wallet new --keystore "$1" --password-file "$2" --scrypt-n "$scrypt_n" >&2
         fi
     fi
-    stagewise wallet address --check --keystore "$1" --password-file "$2"
+    stagewise wallet address --check --keystore "$1" --password-file "$2" >&2  # fails loudly on a wrong password
+    stagewise wallet address --keystore "$1"
 }
 
 validator_keystore="$STAGEWISE_HOME/keys/validator.json"

@@ -243,4 +243,4 @@ def test_the_set_up_script_is_safe_to_run_again_and_after_the_chain_restarted_em
     with AnvilNode(accounts=1) as anvil:
         result = subprocess.run(["sh", str(ROOT / "deploy/setup.sh")], capture_output=True, text=True, timeout=300,
                                 env={**env, "STAGEWISE_RPC_URL": anvil.url})
-        assert result.returncode != 0 and "wrong password" in result.stderr
+        assert result.returncode != 0 and "does not open keystore" in result.stderr

@@ -21,7 +21,7 @@ def test_three_stage_smollm2_answers_from_the_command_line(capsys):
     captured = capsys.readouterr()
     assert status == 0
     assert "Paris" in captured.out
-    assert "layers [0,10), [10,20), [20,30)" in captured.err
+    assert "layers [0,13), [13,26), [26,30)" in captured.err
 
 
 def test_generate_explains_a_directory_without_a_tokenizer(llama_dir, capsys):
