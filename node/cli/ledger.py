@@ -1,16 +1,5 @@
-"""`stagewise ledger ...`: audit and read the ledger from the command line.
-
-    stagewise ledger verify                 recompute the hash chain, totals and epoch roots; exit 1 on a mismatch
-    stagewise ledger leaderboard [--limit N --offset K]
-    stagewise ledger slashes [--worker ADDR]
-    stagewise ledger worker ADDR            a worker's standing and its latest journal entries
-    stagewise ledger epochs [--close]       closed epochs (and close a new one)
-    stagewise ledger proof ADDR [--epoch N] the Merkle proof a worker passes to the contract's claim()
-    stagewise ledger migrate                bring the schema to the latest Alembic revision
-
-The database is the global `--db` / STAGEWISE_DB, else the SQLite file in the data directory. Every
-reading command takes `--json` for machine-readable output.
-"""
+"""`stagewise ledger ...`: audit and read the ledger from the command line (the commands are listed in
+`ledger_group`'s help, which `stagewise ledger --help` prints)."""
 
 from __future__ import annotations
 
