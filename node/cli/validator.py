@@ -26,6 +26,7 @@ from node.cli.options import (
     help_group,
     http_limit_options,
 )
+from node.orchestration.grouping import PREFERRED_STAGES
 
 MODEL_DIRS = PathList(path_type=str)
 
@@ -36,8 +37,11 @@ def orchestration_options(function: Callable) -> Callable:
     options = [
         env_option("--tasks", variable=settings.TASKS,
                    help="JSONL task file, or 'arithmetic' for the bundled set; without it no jobs are dispatched"),
-        click.option("--stages-per-group", type=int, help="stages per group, more only when memory needs them",
-                     show_default="the fewest workers whose memory holds the model"),
+        click.option("--stages-per-group", type=int, help="exactly this many stages per group, more only when memory "
+                     "needs them", show_default="at least --preferred-stages"),
+        click.option("--preferred-stages", type=int, default=PREFERRED_STAGES,
+                     help="without --stages-per-group: at least this many stages per group while that many workers "
+                     "are free (fewer otherwise, so one or two workers still form a group), more when memory needs them"),
         click.option("--max-stages", type=int, default=16, help="longest group allowed"),
         click.option("--sequences-per-group", type=int, help="sequences kept in flight on each group",
                      show_default="two per stage"),

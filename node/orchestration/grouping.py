@@ -10,8 +10,9 @@ Two rules decide its shape:
   layers it cannot hold flow to the others in proportion to their throughput (water-filling), so the
   split is min(throughput share, memory) or close.
 * **Few stages, one region.** Every extra stage adds a network hop per token, and a hop across regions
-  costs far more than one inside a rack, so groups are packed from one region first (the fewest workers
-  whose memory holds the model, or exactly `stages_per_group` when the operator asks for a shape); only
+  costs far more than one inside a rack, so groups are packed from one region first (at least
+  `preferred_stages` workers and more only when memory needs them, or exactly `stages_per_group` when the
+  operator asks for a shape: a few stages, since the product is a pipeline); only
   workers left over in every region are mixed into cross-region groups. Whoever is left is a spare.
 
 `regroup` keeps what still works: a group whose workers are all healthy stays as it is; a group that
@@ -30,6 +31,9 @@ from eth_hash.auto import keccak
 
 from ledger.errors import InvalidInput
 from node.pipeline.layer_split import split_layers
+
+
+PREFERRED_STAGES = 3  # what `validator run` asks for unless told: workers that each hold the model still pipeline
 
 
 class GroupingError(InvalidInput):
@@ -68,16 +72,21 @@ class ModelShape:
 
 @dataclass(frozen=True)
 class GroupingPolicy:
-    """`stages_per_group`: None packs the fewest workers that hold the model; a number asks for that many
-    stages (more only when their memory cannot hold the model; no group when too few workers are left).
-    `max_stages` bounds a group's length."""
+    """`stages_per_group`: a number asks for exactly that many stages (more only when their memory cannot
+    hold the model; no group when too few workers are left). None packs at least `preferred_stages` workers
+    (fewer when fewer are free, so one or two workers still form a group), more only when memory needs
+    them: workers that could each hold the whole model still make a pipeline, which is what the product
+    is. `max_stages` bounds a group's length."""
 
     stages_per_group: int | None = None
     max_stages: int = 16
+    preferred_stages: int = 1
 
     def __post_init__(self) -> None:
         if self.stages_per_group is not None and self.stages_per_group < 1:
             raise GroupingError("stages_per_group must be at least 1")
+        if self.preferred_stages < 1:
+            raise GroupingError("preferred_stages must be at least 1")
         if self.max_stages < 1:
             raise GroupingError("max_stages must be at least 1")
 
@@ -272,14 +281,15 @@ def _pack(workers: Sequence[Candidate], shape: ModelShape, policy: GroupingPolic
         key=lambda w: (-shape.layers_that_fit(w.memory_bytes), -w.layer_tokens_per_s, w.address),
     )
     unusable = [w for w in workers if shape.layers_that_fit(w.memory_bytes) < 1]
-    want = policy.stages_per_group
     limit = min(policy.max_stages, shape.num_layers)
     groups: list[Group] = []
     while pool:
+        want = policy.stages_per_group
+        enough = want if want is not None else min(policy.preferred_stages, len(pool), limit)
         chosen: list[Candidate] = []
         held = 0
         for worker in list(pool):
-            if held >= shape.num_layers and (want is None or len(chosen) >= want):
+            if held >= shape.num_layers and len(chosen) >= enough:
                 break
             if len(chosen) >= limit:
                 break

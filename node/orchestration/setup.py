@@ -28,7 +28,7 @@ from node import settings
 from node.orchestration.api import orchestration_registrar
 from node.orchestration.bans import ledger_bans
 from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
-from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.orchestration.grouping import PREFERRED_STAGES, GroupingPolicy, ModelShape
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.progress import Progress
@@ -167,7 +167,8 @@ def build_orchestration(
         driver,
         model_id(model_dir),
         shape,
-        GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages),
+        GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages,
+                       preferred_stages=getattr(args, "preferred_stages", PREFERRED_STAGES)),
         regroup_interval_s=args.regroup_interval,
         stage_alive=stage_answers_as,
     )

@@ -175,3 +175,17 @@ def test_grouping_counts_the_head_on_the_last_stage():
     (group,) = form_groups([worker(1, 1000), worker(2, 1000), worker(3, 1000)], shape,
                            GroupingPolicy(stages_per_group=3)).groups
     assert [s.num_layers for s in group.stages] == [13, 13, 4]
+
+
+def test_workers_that_each_hold_the_model_still_form_a_pipeline_when_asked_to_prefer_one():
+    # issue 18, item 7: three 8 GiB workers used to form three one-stage groups
+    shape = ModelShape(num_layers=30, layer_bytes=64 << 20, head_layers=8.0)
+    workers = [worker(n, 1000, 8 * GIB) for n in range(1, 4)]
+    fewest = form_groups(workers, shape)  # the pure function's default: the fewest workers that hold the model
+    assert [len(g.stages) for g in fewest.groups] == [1, 1, 1]
+    pipeline = form_groups(workers, shape, GroupingPolicy(preferred_stages=3))
+    assert [len(g.stages) for g in pipeline.groups] == [3] and pipeline.spares == ()
+    alone = form_groups(workers[:1], shape, GroupingPolicy(preferred_stages=3))
+    assert [len(g.stages) for g in alone.groups] == [1]  # one worker still serves
+    four = form_groups(workers + [worker(4, 1000, 8 * GIB)], shape, GroupingPolicy(preferred_stages=3))
+    assert sorted(len(g.stages) for g in four.groups) == [1, 3]

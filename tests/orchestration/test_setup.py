@@ -155,3 +155,11 @@ async def test_a_worker_staking_less_than_a_slash_cannot_register_on_a_default_v
         await orchestrator.register(make_registration(poor, CAPACITIES[0], "eu", "http://127.0.0.1:1"))
     assert refused.value.code == "insufficient_stake"
     assert (await orchestrator.register(make_registration(rich, CAPACITIES[0], "eu", "http://127.0.0.1:1"))).address == rich.address
+
+
+def test_validator_run_prefers_a_three_stage_pipeline_unless_told_otherwise(model_dir):
+    node = SimpleNamespace(config=ValidatorConfig(), spec_guard=None)
+    default = build_orchestration(parse(), node, model_dir, driver=LocalPipeline(model_dir, {}))
+    assert default.orchestrator.policy.preferred_stages == 3 and default.orchestrator.policy.stages_per_group is None
+    asked = build_orchestration(parse("--stages-per-group", "2"), node, model_dir, driver=LocalPipeline(model_dir, {}))
+    assert asked.orchestrator.policy.stages_per_group == 2
