@@ -122,7 +122,7 @@ async def get_reward_proof(request: web.Request) -> web.Response:
     What `stagewise claim --validator URL` sends to the contract: public, since the root is on chain."""
     address = address_of(request)
     raw = request.query.get("epoch")
-    epoch = _positive_int(raw, 2**63 - 1) if raw is not None else None
+    epoch = positive_int(raw, 2**63 - 1) if raw is not None else None
     if raw is not None and epoch is None:
         raise ApiError(400, "bad_query", "epoch must be a positive integer")
     proof = await request.app[NODE].ledger.reward_proof(address, epoch)
@@ -193,7 +193,7 @@ def _job_id(request: web.Request) -> str:
 
 def limit(request: web.Request) -> int:
     """The `limit` query parameter: a page size in [1, MAX_PAGE], 100 by default."""
-    value = _positive_int(request.query.get("limit", "100"), MAX_PAGE)
+    value = positive_int(request.query.get("limit", "100"), MAX_PAGE)
     if value is None:
         raise ApiError(400, "bad_query", f"limit must be an integer in [1, {MAX_PAGE}]")
     return value
@@ -204,13 +204,13 @@ def offset(request: web.Request) -> int:
     raw = request.query.get("offset", "0")
     if raw == "0":
         return 0
-    value = _positive_int(raw, MAX_OFFSET)
+    value = positive_int(raw, MAX_OFFSET)
     if value is None:
         raise ApiError(400, "bad_query", f"offset must be an integer in [0, {MAX_OFFSET}]")
     return value
 
 
-def _positive_int(raw: str, most: int) -> int | None:
+def positive_int(raw: str, most: int) -> int | None:
     """`raw` as an integer in [1, most], else None. ASCII digits only: str.isdigit() also admits '²', which
     int() then refuses."""
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:

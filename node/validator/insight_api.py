@@ -17,7 +17,7 @@ from pydantic import Field
 
 from node.http.json_errors import ApiError
 from node.validator import insight
-from node.validator.api import address_of, limit, offset
+from node.validator.api import address_of, limit, offset, positive_int
 from node.validator.app_state import NODE
 from node.validator.openapi import Param, Route, add_routes
 from node.validator.schemas import AddressText, Claimable, Limit, Offset, Page, Series
@@ -37,13 +37,13 @@ async def standings(request: web.Request) -> web.Response:
 
 async def series(request: web.Request) -> web.Response:
     """Rewards, slashes, jobs and verified tokens/s per time bucket, oldest first (the newest journal entries)"""
-    raw = request.query.get("bucket_s", "60")
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6) or int(raw) not in BUCKETS:
+    bucket_s = positive_int(request.query.get("bucket_s", "60"), max(BUCKETS))
+    if bucket_s not in BUCKETS:
         raise ApiError(400, "bad_query", f"bucket_s must be one of {', '.join(map(str, BUCKETS))}")
-    buckets = request.query.get("buckets", "120")
-    if not (buckets.isascii() and buckets.isdigit() and len(buckets) <= 4) or not 1 <= int(buckets) <= 1000:
+    buckets = positive_int(request.query.get("buckets", "120"), 1000)
+    if buckets is None:
         raise ApiError(400, "bad_query", "buckets must be an integer in [1, 1000]")
-    return web.json_response(await insight.series(request.app[NODE].ledger, int(raw), int(buckets)))
+    return web.json_response(await insight.series(request.app[NODE].ledger, bucket_s, buckets))
 
 
 async def slashed_workers(request: web.Request) -> web.Response:
