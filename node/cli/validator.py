@@ -42,6 +42,10 @@ def orchestration_options(function: Callable) -> Callable:
         click.option("--preferred-stages", type=int, default=PREFERRED_STAGES,
                      help="without --stages-per-group: at least this many stages per group while that many workers "
                      "are free (fewer otherwise, so one or two workers still form a group), more when memory needs them"),
+        click.option("--short-group-wait", type=float, default=30.0,
+                     help="seconds free workers wait for others before forming a group of fewer than "
+                     "--preferred-stages stages (workers are started one after another; a formed group keeps its "
+                     "shape), 0 = form at once"),
         click.option("--max-stages", type=int, default=16, help="longest group allowed"),
         click.option("--sequences-per-group", type=int, help="sequences kept in flight on each group",
                      show_default="two per stage"),

@@ -23,6 +23,7 @@ and ranges, so in-flight sequences move to it by replaying their history into th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,12 +43,14 @@ class GroupingError(InvalidInput):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A registered, staked, healthy worker as grouping sees it."""
+    """A registered, staked, healthy worker as grouping sees it; `free_s`: how long it has been waiting
+    outside any group (the orchestrator counts it; unknown = long enough)."""
 
     address: str
     memory_bytes: int
     layer_tokens_per_s: float
     region: str
+    free_s: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,14 @@ class GroupingPolicy:
     hold the model; no group when too few workers are left). None packs at least `preferred_stages` workers
     (fewer when fewer are free, so one or two workers still form a group), more only when memory needs
     them: workers that could each hold the whole model still make a pipeline, which is what the product
-    is. `max_stages` bounds a group's length."""
+    is. `max_stages` bounds a group's length. `short_group_wait_s`: a group of fewer than `preferred_stages`
+    forms only once all its workers have waited that long for others, since workers are started one after
+    another and a group, once formed, is not merged with the next worker to come."""
 
     stages_per_group: int | None = None
     max_stages: int = 16
     preferred_stages: int = 1
+    short_group_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stages_per_group is not None and self.stages_per_group < 1:
@@ -89,6 +95,8 @@ class GroupingPolicy:
             raise GroupingError("preferred_stages must be at least 1")
         if self.max_stages < 1:
             raise GroupingError("max_stages must be at least 1")
+        if not self.short_group_wait_s >= 0:
+            raise GroupingError("short_group_wait_s must be zero or more")
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,10 @@ def _pack(workers: Sequence[Candidate], shape: ModelShape, policy: GroupingPolic
             held += shape.layers_that_fit(worker.memory_bytes)
         if held < shape.num_layers or (want is not None and len(chosen) < min(want, limit)):
             break
+        if want is None and len(chosen) < min(policy.preferred_stages, limit) and any(
+            worker.free_s < policy.short_group_wait_s for worker in chosen
+        ):
+            break  # others may still come: a shorter pipeline only once these have waited for them
         for worker in chosen:
             pool.remove(worker)
         groups.append(build_group(chosen, shape))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,8 @@ class Orchestrator:
         # stage may take minutes to load its layers, and the healthy stages are being moved to the repaired group)
         self.withdrawn: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
+        self._free_since: dict[str, float] = {}  # worker -> when it was first seen outside any group (monotonic)
+        self._waiting: frozenset[str] = frozenset()
         self.progress = None  # set by the dispatcher when one runs
 
     # ------------------------------------------------------------------ workers
@@ -178,10 +181,12 @@ class Orchestrator:
     async def _regroup(self) -> Grouping:
         """refresh()'s work, under its lock."""
         old = self.grouping
+        free_s = self._count_free_time(old)
         excluded: set[str] = set()
         for _ in range(MAX_PREPARE_ROUNDS):
             candidates = [
-                Candidate(r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
+                Candidate(r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region,
+                          free_s.get(r.address, 0.0))
                 for r in self.registry.healthy()
                 if r.address not in excluded
             ]
@@ -214,7 +219,24 @@ class Orchestrator:
                     ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
                 )
         self.grouping = Grouping(new.groups, new.spares)
+        self._say_who_waits(new)
         return self.grouping
+
+    def _count_free_time(self, old: Grouping) -> dict[str, float]:
+        """Seconds each healthy worker has spent outside any group (0 for those in one)."""
+        now = time.monotonic()
+        busy = {w for group in old.groups for w in group.workers}
+        healthy = {r.address for r in self.registry.healthy()}
+        self._free_since = {a: self._free_since.get(a, now) for a in healthy - busy}
+        return {a: (now - self._free_since[a] if a in self._free_since else 0.0) for a in healthy}
+
+    def _say_who_waits(self, grouping: Grouping) -> None:
+        waiting = frozenset(grouping.spares)
+        if waiting and waiting != self._waiting and self.policy.short_group_wait_s > 0:
+            log.info("%d free worker(s) wait up to %.0f s for others to form a pipeline of %d stages "
+                     "(--preferred-stages, --short-group-wait)", len(waiting), self.policy.short_group_wait_s,
+                     self.policy.preferred_stages)
+        self._waiting = waiting
 
     async def _prepare_new(self, old: Grouping, new: Grouping) -> str | None:
         """Prepare the groups that are new in `new`; the address of a worker that failed, or None."""

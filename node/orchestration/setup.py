@@ -168,7 +168,8 @@ def build_orchestration(
         model_id(model_dir),
         shape,
         GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages,
-                       preferred_stages=getattr(args, "preferred_stages", PREFERRED_STAGES)),
+                       preferred_stages=getattr(args, "preferred_stages", PREFERRED_STAGES),
+                       short_group_wait_s=getattr(args, "short_group_wait", 0.0)),
         regroup_interval_s=args.regroup_interval,
         stage_alive=stage_answers_as,
     )

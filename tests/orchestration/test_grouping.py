@@ -189,3 +189,19 @@ def test_workers_that_each_hold_the_model_still_form_a_pipeline_when_asked_to_pr
     assert [len(g.stages) for g in alone.groups] == [1]  # one worker still serves
     four = form_groups(workers + [worker(4, 1000, 8 * GIB)], shape, GroupingPolicy(preferred_stages=3))
     assert sorted(len(g.stages) for g in four.groups) == [1, 3]
+
+
+def test_workers_arriving_one_by_one_wait_for_each_other_before_a_shorter_pipeline_forms():
+    # issue 18, item 7, as the README's path runs it: workers start one after the other, and the first one
+    # used to form a one-stage group of its own at once, so three workers made three one-stage groups
+    shape = ModelShape(num_layers=30, layer_bytes=64 << 20)
+    policy = GroupingPolicy(preferred_stages=3, short_group_wait_s=30.0)
+    first, second, third = (worker(n, 1000, 8 * GIB) for n in range(1, 4))
+    just_came = form_groups([Candidate(**{**vars(first), "free_s": 1.0})], shape, policy)
+    assert just_came.groups == () and just_came.spares == (first.address,)
+    two = [Candidate(**{**vars(first), "free_s": 12.0}), Candidate(**{**vars(second), "free_s": 2.0})]
+    assert form_groups(two, shape, policy).groups == ()
+    three = two + [Candidate(**{**vars(third), "free_s": 0.0})]
+    assert [len(g.stages) for g in form_groups(three, shape, policy).groups] == [3]  # no wait once enough came
+    waited = [Candidate(**{**vars(first), "free_s": 31.0}), Candidate(**{**vars(second), "free_s": 30.0})]
+    assert [len(g.stages) for g in form_groups(waited, shape, policy).groups] == [2]  # nobody else came: serve
