@@ -77,6 +77,10 @@ def run_validator(args) -> int:
         log.info("staking contract %s, remembered in %s", args.contract, settings.chain_file())
     if args.no_chain and not (args.chain_id and args.contract):
         raise CommandError("--no-chain needs --chain-id and --contract for the receipts' EIP-712 domain")
+    if args.embedded_chain and not getattr(args, "allow_private_stage_urls", False):
+        # The embedded chain's RPC listens on loopback only, so its workers (who must stake there) are on this host.
+        args.allow_private_stage_urls = True
+        log.info("--embedded-chain: workers on this host are accepted (loopback stage URLs allowed)")
     try:
         asyncio.run(_serve(args, dirs))
     except KeyboardInterrupt:
