@@ -212,3 +212,32 @@ def test_the_self_contained_node_and_three_workers_as_the_readme_says(tmp_path, 
         for actor in (*workers, validator):
             actor.stop()
     assert node.returncode == 0, validator.log("validator.log")[-3000:]
+
+
+def test_the_production_validator_on_postgresql_and_a_chain_node_as_the_readme_says(tmp_path, tiny_model, pg_url):
+    from ledger.chain.embedded import AnvilNode
+
+    (_devnet, production) = readme_blocks("A validator operator's path")
+    wallet_new, chain_fund, deploy, run_validator, fund_rewards = production
+    operator = Actor(tmp_path / "operator", STAGEWISE_PORT=str(free_port()))
+    (operator.home / "admin-token.txt").write_text(subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True,
+                                                                  text=True, check=True).stdout)
+    with AnvilNode(accounts=2) as node:
+        try:
+            address = re.search(r"address:\s+(0x[0-9a-fA-F]{40})", operator.run(wallet_new).stdout).group(1)
+            values = {"model_dir": str(tiny_model), "http://NODE:8545": node.url, "ADDR": address,
+                      "postgresql://user@db/stagewise": pg_url.replace("+asyncpg", ""), "0.0.0.0": "127.0.0.1"}
+            operator.run(filled(chain_fund, values))
+            deployed = operator.run(filled(deploy, values)).stdout
+            values["0x…"] = re.search(r"deployed StagewiseStaking at (0x[0-9a-fA-F]{40})", deployed).group(1)
+            validator = operator.start(filled(run_validator, values), "validator.log")
+            listening = json.loads(validator.stdout.readline() or b"{}")
+            assert listening.get("url"), operator.log("validator.log")[-3000:]
+            health = get_json(f"{listening['url']}/health")
+            assert health["validator"] == address and health["chain"]["staking_contract"] == values["0x…"]
+            assert "to the reward pool" in operator.run(filled(fund_rewards, values)).stdout
+            epochs = operator.run(["stagewise", "--db", values["postgresql://user@db/stagewise"], "ledger", "epochs"])
+            assert "error" not in epochs.stderr
+        finally:
+            operator.stop()
+    assert validator.returncode == 0, operator.log("validator.log")[-3000:]
