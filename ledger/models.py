@@ -359,4 +359,29 @@ class NodeSecret(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+
+class OrchestratorWorker(Base):
+    """A worker registered with an orchestrator, kept so that a restarted validator resumes it (not a
+    journal fact: it moves no money). `record` is the registry's JSON of it; `signed_at` the timestamp of
+    the registration it last accepted, so a replayed older one is refused after a restart too."""
+
+    __tablename__ = "orchestrator_workers"
+
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON)
+    signed_at: Mapped[float] = mapped_column(Numeric(20, 6, asdecimal=False))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OrchestratorGroups(Base):
+    """The groups an orchestrator last formed for a model (their stages and layer ranges), as JSON."""
+
+    __tablename__ = "orchestrator_groups"
+
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    groups: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 metadata = Base.metadata

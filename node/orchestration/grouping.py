@@ -33,7 +33,6 @@ from eth_hash.auto import keccak
 from ledger.errors import InvalidInput
 from node.pipeline.layer_split import split_layers
 
-
 PREFERRED_STAGES = 3  # what `validator run` asks for unless told: workers that each hold the model still pipeline
 
 
@@ -155,6 +154,17 @@ class Group:
                 for index, stage in enumerate(self.stages)
             ],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Group:
+        """The group `to_json` wrote; GroupingError when its id is not that of its stages (a damaged row)."""
+        stages = tuple(
+            Stage(str(s["worker"]), int(s["layer_start"]), int(s["layer_end"]), str(s["region"]), float(s["layer_tokens_per_s"]))
+            for s in data["stages"]
+        )
+        if not stages or group_id_of(stages) != data["group_id"]:
+            raise GroupingError(f"group {data.get('group_id')!r} does not match its stages")
+        return cls(data["group_id"], stages)
 
 
 @dataclass(frozen=True)

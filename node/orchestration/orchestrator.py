@@ -24,6 +24,7 @@ from typing import Any
 from node.orchestration.grouping import Candidate, Group, Grouping, GroupingPolicy, ModelShape, regroup
 from node.orchestration.pipeline_driver import PipelineDriver, StageFailure
 from node.orchestration.registry import RegistrationRefused, Registry, WorkerRecord
+from node.orchestration.resume import SavedOrchestration
 from node.protocol.worker_messages import SignedHeartbeat, SignedLeave, SignedRegistration
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,12 @@ class Orchestrator:
         regroup_interval_s: float = 2.0,
         register_wait_s: float = 2.0,
         stage_alive: Callable[[str, str], Awaitable[bool]] | None = None,
+        saved: SavedOrchestration | None = None,
     ) -> None:
         """`stage_alive(url, address)`: whether the stage server at `url` still answers as `address`; with it,
-        a second process registering the same key elsewhere is refused while the first one runs."""
+        a second process registering the same key elsewhere is refused while the first one runs. `saved`:
+        where workers and groups are kept for a restart (`resume`)."""
+        self.saved = saved
         self.registry = registry
         self.stage_alive = stage_alive
         self.driver = driver
@@ -105,6 +109,8 @@ class Orchestrator:
                     409,
                 )
         record = await self.registry.register(signed)
+        if self.saved is not None:
+            await self.saved.worker_registered(record)
         if previous is not None:
             # a worker registers once per process: a second registration is a restart, whatever its stage
             # server held (layers, links, sequences) is gone, so its group must be repaired
@@ -134,12 +140,47 @@ class Orchestrator:
     async def leave(self, signed: SignedLeave) -> None:
         """A worker shuts down: repair its group now, before jobs fail on it."""
         await self.registry.signed_leave(signed)
+        await self._forget(signed.message.address)
         await self._refresh_soon(self.register_wait_s)
 
     async def worker_failed(self, worker: str, reason: str) -> None:
         """A stage server failed: forget the worker (it must register again) and reroute its groups."""
         if self.registry.leave(worker):
             log.warning("worker %s dropped: %s", worker, reason)
+            await self._forget(worker)
+        await self.refresh()
+
+    async def _forget(self, worker: str) -> None:
+        if self.saved is not None:
+            await self.saved.worker_gone(worker)
+
+    async def resume(self) -> None:
+        """Take back the workers and groups saved before a restart (node/orchestration/resume.py): every saved
+        group is prepared again (its stage servers still hold it, so nothing loads); one with a stage that no
+        longer answers is left out, its workers regrouped."""
+        if self.saved is None:
+            return
+        workers, groups = await self.saved.load()
+        if not workers:
+            return
+        self.registry.restore(workers)
+        records = {r.address: r for r in self.registry.all()}
+        kept = []
+        async with self._lock:
+            for group in groups:
+                if group.num_layers != self.shape.num_layers or not all(w in records for w in group.workers):
+                    continue
+                try:
+                    await self.driver.prepare(group, records)
+                except StageFailure as failure:
+                    log.warning("saved group %s not resumed: %s", group.group_id, failure)
+                    self.registry.leave(failure.worker)
+                    await self._forget(failure.worker)
+                    continue
+                kept.append(group)
+            self.grouping = Grouping(tuple(kept), ())
+        log.info("resumed %d worker(s) and %d of %d group(s) kept in the ledger before the restart", len(workers),
+                 len(kept), len(groups))
         await self.refresh()
 
     async def worker_blamed(self, worker: str, reason: str) -> None:
@@ -197,6 +238,7 @@ class Orchestrator:
                 break
             excluded.add(failed)
             self.registry.leave(failed)
+            await self._forget(failed)
         else:
             log.error("could not prepare groups after %d rounds; keeping none", MAX_PREPARE_ROUNDS)
             new = Grouping(spares=tuple(c.address for c in candidates))
@@ -219,6 +261,8 @@ class Orchestrator:
                     ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
                 )
         self.grouping = Grouping(new.groups, new.spares)
+        if self.saved is not None:
+            await self.saved.groups_changed(self.grouping.groups)
         self._say_who_waits(new)
         return self.grouping
 

@@ -62,6 +62,8 @@ class WorkerRecord:
     registered_at: float
     last_seen: float
     in_flight: int = 0
+    signed_at: int = 0  # the accepted registration's own timestamp and nonce: an older or the same one is refused
+    signed_nonce: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,24 @@ class WorkerRecord:
             "last_seen": self.last_seen,
             "in_flight": self.in_flight,
         }
+
+    def to_saved(self) -> dict[str, Any]:
+        """What a restarted orchestrator needs back (node/orchestration/resume.py)."""
+        return {**self.to_json(), "signed_at": self.signed_at, "signed_nonce": self.signed_nonce}
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> WorkerRecord:
+        return cls(
+            address=str(saved["address"]),
+            capacity=Capacity(memory_bytes=int(saved["memory_bytes"]), layer_tokens_per_s=float(saved["layer_tokens_per_s"])),
+            region=str(saved["region"]),
+            stage_url=str(saved["stage_url"]),
+            stake_wei=int(saved["stake_wei"]),
+            registered_at=float(saved["registered_at"]),
+            last_seen=float(saved["last_seen"]),
+            signed_at=int(saved["signed_at"]),
+            signed_nonce=str(saved["signed_nonce"]),
+        )
 
 
 class Registry:
@@ -105,10 +125,16 @@ class Registry:
         now = self._clock()
         async with self._lock:
             self._check_fresh(message.nonce, message.timestamp, now)
+            previous = self._workers.get(message.address)
+            if previous is not None and (message.timestamp < previous.signed_at
+                                         or (message.timestamp, message.nonce) == (previous.signed_at, previous.signed_nonce)):
+                # the nonces seen are forgotten on a restart, the accepted registration is not (resume.py)
+                raise RegistrationRefused(
+                    "replayed_message", f"{message.address} registered at {previous.signed_at} already: a registration "
+                    "must be newer than the last one accepted", 409)
             await self._check_not_banned(message.address, now)
             stake = await self._staked(message.address)
             self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
-            previous = self._workers.get(message.address)
             record = WorkerRecord(
                 address=message.address,
                 capacity=message.capacity,
@@ -117,6 +143,8 @@ class Registry:
                 stake_wei=stake,
                 registered_at=previous.registered_at if previous else now,
                 last_seen=now,
+                signed_at=message.timestamp,
+                signed_nonce=message.nonce,
             )
             self._workers[message.address] = record
         log.info(
@@ -177,6 +205,13 @@ class Registry:
             self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
             del self._workers[message.address]
         log.info("worker %s left", message.address)
+
+    def restore(self, records: Iterable[WorkerRecord]) -> None:
+        """Workers a restarted orchestrator had (node/orchestration/resume.py), each given one heartbeat timeout
+        from now to be heard from again."""
+        now = self._clock()
+        for record in records:
+            self._workers[record.address] = replace(record, last_seen=now, in_flight=0)
 
     def leave(self, address: str) -> bool:
         """Forget a worker (it said goodbye, or its stage server failed); True when it was known."""

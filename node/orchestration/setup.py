@@ -34,6 +34,7 @@ from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.progress import Progress
 from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
+from node.orchestration.resume import SavedOrchestration
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
 from node.orchestration.tasks import load_tasks, load_tokenizer, resolve_task_file
 from node.protocol.job import SamplingParams
@@ -58,6 +59,7 @@ class Orchestration:
         return orchestration_registrar(self.orchestrator)
 
     async def start(self) -> None:
+        await self.orchestrator.resume()
         self._tasks.append(asyncio.create_task(self.orchestrator.run_forever(), name="regroup"))
         if self.dispatcher is not None:
             self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
@@ -162,16 +164,18 @@ def build_orchestration(
             raise ValueError("orchestrating stage servers needs the validator's key: stage servers obey only "
                              "requests signed by the address their validator's GET /health names")
         driver = HttpPipelineDriver(model_dir, key=key)
+    served_model = model_id(model_dir)
     orchestrator = Orchestrator(
         registry,
         driver,
-        model_id(model_dir),
+        served_model,
         shape,
         GroupingPolicy(stages_per_group=args.stages_per_group, max_stages=args.max_stages,
                        preferred_stages=getattr(args, "preferred_stages", PREFERRED_STAGES),
                        short_group_wait_s=getattr(args, "short_group_wait", 0.0)),
         regroup_interval_s=args.regroup_interval,
         stage_alive=stage_answers_as,
+        saved=SavedOrchestration(node.ledger, served_model) if getattr(node, "ledger", None) is not None else None,
     )
     if hasattr(node, "on_blamed"):
         node.on_blamed.append(orchestrator.worker_blamed)

@@ -1,0 +1,70 @@
+"""What an orchestrator must not forget across a restart: the workers registered with it and the groups it
+formed, per model. It moves no money, so it lives beside the journal, not in it.
+
+`save_worker` on every accepted registration (with the registration's signed timestamp, so that a replayed
+older registration is refused after a restart as well), `forget_worker` when a worker leaves,
+`save_groups` after every regrouping, and `load_orchestrator_state` once, on start. Heartbeats are not
+written: a restored worker has one heartbeat timeout to be heard from again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from ledger.db import insert
+from ledger.models import OrchestratorGroups, OrchestratorWorker
+
+
+@dataclass(frozen=True)
+class SavedWorker:
+    record: dict[str, Any]
+    signed_at: float
+
+
+@dataclass(frozen=True)
+class OrchestratorState:
+    workers: tuple[SavedWorker, ...] = ()
+    groups: tuple[dict[str, Any], ...] = ()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+async def save_worker(ledger, model_id: str, address: str, record: dict[str, Any], signed_at: float) -> None:
+    row = {"model_id": model_id, "address": address, "record": record, "signed_at": signed_at, "updated_at": _now()}
+    async with ledger.transaction() as tx:
+        statement = insert(tx.dialect, OrchestratorWorker.__table__).values(**row)
+        await tx.conn.execute(statement.on_conflict_do_update(
+            index_elements=["model_id", "address"],
+            set_={"record": row["record"], "signed_at": row["signed_at"], "updated_at": row["updated_at"]},
+        ))
+
+
+async def forget_worker(ledger, model_id: str, address: str) -> None:
+    async with ledger.transaction() as tx:
+        await tx.conn.execute(delete(OrchestratorWorker).where(
+            OrchestratorWorker.model_id == model_id, OrchestratorWorker.address == address))
+
+
+async def save_groups(ledger, model_id: str, groups: list[dict[str, Any]]) -> None:
+    row = {"model_id": model_id, "groups": groups, "updated_at": _now()}
+    async with ledger.transaction() as tx:
+        statement = insert(tx.dialect, OrchestratorGroups.__table__).values(**row)
+        await tx.conn.execute(statement.on_conflict_do_update(
+            index_elements=["model_id"], set_={"groups": row["groups"], "updated_at": row["updated_at"]}))
+
+
+async def load_orchestrator_state(ledger, model_id: str) -> OrchestratorState:
+    async with ledger.reading() as conn:
+        workers = (await conn.execute(
+            select(OrchestratorWorker.record, OrchestratorWorker.signed_at)
+            .where(OrchestratorWorker.model_id == model_id).order_by(OrchestratorWorker.address)
+        )).all()
+        groups = (await conn.execute(
+            select(OrchestratorGroups.groups).where(OrchestratorGroups.model_id == model_id))).scalar_one_or_none()
+    return OrchestratorState(tuple(SavedWorker(dict(r), float(t)) for r, t in workers), tuple(groups or ()))

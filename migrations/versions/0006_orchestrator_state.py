@@ -1,0 +1,37 @@
+"""orchestrator_workers and orchestrator_groups: what an orchestrator resumes after a restart (issue 19).
+
+Revision ID: 0006
+Revises: 0005
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "orchestrator_workers",
+        sa.Column("model_id", sa.String(66), primary_key=True),
+        sa.Column("address", sa.String(42), primary_key=True),
+        sa.Column("record", sa.JSON, nullable=False),
+        sa.Column("signed_at", sa.Numeric(20, 6, asdecimal=False), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "orchestrator_groups",
+        sa.Column("model_id", sa.String(66), primary_key=True),
+        sa.Column("groups", sa.JSON, nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("orchestrator_groups")
+    op.drop_table("orchestrator_workers")
