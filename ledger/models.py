@@ -384,4 +384,16 @@ class OrchestratorGroups(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+
+class OrchestratorLease(Base):
+    """Which validator process orchestrates a model on this ledger, until when (unix seconds): the others
+    validate and stand by, and one of them takes over once the lease runs out unrenewed."""
+
+    __tablename__ = "orchestrator_lease"
+
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[float] = mapped_column(Numeric(20, 6, asdecimal=False))
+
+
 metadata = Base.metadata

@@ -5,6 +5,9 @@ formed, per model. It moves no money, so it lives beside the journal, not in it.
 older registration is refused after a restart as well), `forget_worker` when a worker leaves,
 `save_groups` after every regrouping, and `load_orchestrator_state` once, on start. Heartbeats are not
 written: a restored worker has one heartbeat timeout to be heard from again.
+
+Several validator processes may share one ledger; one orchestrates a model at a time, the holder of its lease
+(`hold_lease`, renewed well before it runs out), and another takes the lease once it has run out.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from ledger.db import insert
-from ledger.models import OrchestratorGroups, OrchestratorWorker
+from ledger.models import OrchestratorGroups, OrchestratorLease, OrchestratorWorker
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,28 @@ async def load_orchestrator_state(ledger, model_id: str) -> OrchestratorState:
         groups = (await conn.execute(
             select(OrchestratorGroups.groups).where(OrchestratorGroups.model_id == model_id))).scalar_one_or_none()
     return OrchestratorState(tuple(SavedWorker(dict(r), float(t)) for r, t in workers), tuple(groups or ()))
+
+
+async def hold_lease(ledger, model_id: str, holder: str, ttl_s: float, now: float) -> tuple[str, float]:
+    """Take or renew the orchestrator lease of `model_id` for `holder` when it is free, expired or already
+    `holder`'s; returns who holds it now and until when. One statement decides, so two validators racing
+    for it cannot both win. Clocks of the validators sharing a ledger must agree to well within `ttl_s`."""
+    row = {"model_id": model_id, "holder": holder, "expires_at": now + ttl_s}
+    table = OrchestratorLease.__table__
+    async with ledger.transaction() as tx:
+        statement = insert(tx.dialect, table).values(**row)
+        await tx.conn.execute(statement.on_conflict_do_update(
+            index_elements=["model_id"],
+            set_={"holder": row["holder"], "expires_at": row["expires_at"]},
+            where=(table.c.holder == holder) | (table.c.expires_at < now),
+        ))
+        current = (await tx.conn.execute(
+            select(table.c.holder, table.c.expires_at).where(table.c.model_id == model_id))).one()
+    return str(current.holder), float(current.expires_at)
+
+
+async def give_up_lease(ledger, model_id: str, holder: str) -> None:
+    """A validator stopping cleanly lets another take over at once."""
+    async with ledger.transaction() as tx:
+        await tx.conn.execute(delete(OrchestratorLease).where(
+            OrchestratorLease.model_id == model_id, OrchestratorLease.holder == holder))

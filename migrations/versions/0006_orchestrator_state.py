@@ -1,4 +1,5 @@
-"""orchestrator_workers and orchestrator_groups: what an orchestrator resumes after a restart (issue 19).
+"""orchestrator_workers, orchestrator_groups and orchestrator_lease: what an orchestrator resumes after a
+restart, and which of the validator processes on one ledger orchestrates (issue 19).
 
 Revision ID: 0006
 Revises: 0005
@@ -31,7 +32,15 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
 
+    op.create_table(
+        "orchestrator_lease",
+        sa.Column("model_id", sa.String(66), primary_key=True),
+        sa.Column("holder", sa.String(200), nullable=False),
+        sa.Column("expires_at", sa.Numeric(20, 6, asdecimal=False), nullable=False),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("orchestrator_lease")
     op.drop_table("orchestrator_groups")
     op.drop_table("orchestrator_workers")

@@ -58,6 +58,9 @@ def orchestration_options(function: Callable) -> Callable:
         click.option("--heartbeat-timeout", type=float, default=30.0,
                      help="seconds without a heartbeat before a worker is dropped"),
         click.option("--regroup-interval", type=float, default=2.0, help="seconds between regrouping rounds"),
+        click.option("--orchestrator-lease", type=float, default=15.0,
+                     help="seconds the orchestrator lease in the ledger lasts unrenewed: of the validator processes "
+                     "sharing a ledger one orchestrates, and another takes over this long after it dies"),
         env_option("--allow-private-stage-urls", variable=settings.ALLOW_PRIVATE_STAGE_URLS,
                    help="accept workers whose stage URL is a loopback, private or link-local address: for devnets "
                    "and networks of your own; refused by default, since the validator sends signed requests to "

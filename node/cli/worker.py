@@ -43,7 +43,9 @@ def worker_group() -> None:
 @click.option("--keystore", type=PATH, help="keystore v3 file", show_default="<data dir>/keys/worker.json")
 @click.option("--password-file", type=PATH,
               help=f"keystore password file (else ${settings.KEYSTORE_PASSWORD.name}, else a prompt)")
-@env_option("--validator", variable=settings.VALIDATOR_URL, help="validator base URL")
+@env_option("--validator", variable=settings.VALIDATOR_URL,
+            help="validator base URL; several validator processes sharing one ledger comma-separated (the worker "
+            "talks to the one that orchestrates and moves on when it stops)")
 @env_option("--rpc-url", variable=settings.RPC_URL, help="chain JSON-RPC URL", show_default="the validator's")
 @env_option("--contract", variable=settings.CONTRACT, help="staking contract address", show_default="the validator's")
 @click.option("--min-stake", type=int, help="minimum stake in wei to insist on", show_default="the validator's")

@@ -10,7 +10,8 @@
 Use: `build_app(node, registrars=[orchestration_registrar(orchestrator)])`, or
 `register_routes(app, orchestrator)` on an app that is not frozen yet. Errors are the validator's JSON errors:
 400 `bad_message` (malformed or badly signed, the message says which field), 400 `stale_message`,
-409 `replayed_message`, 403 `insufficient_stake`, 404 `not_registered`, 503 `stake_unavailable`.
+409 `replayed_message`, 403 `insufficient_stake`, 404 `not_registered`, 503 `stake_unavailable`, 503
+`not_orchestrating` (another validator process on the same ledger orchestrates: node/orchestration/leadership.py).
 """
 
 from __future__ import annotations
@@ -103,6 +104,10 @@ async def assignment(request: web.Request) -> web.Response:
     from eth_utils import to_checksum_address
 
     address = to_checksum_address(address)
+    try:
+        orchestrator.check_leading()
+    except RegistrationRefused as refused:
+        raise ApiError(refused.status, refused.code, str(refused)) from None
     if orchestrator.registry.get(address) is None:
         raise ApiError(404, "not_registered", f"{address} is not registered with this validator")
     return web.json_response(orchestrator.assignment(address).to_json())
@@ -140,10 +145,10 @@ ROUTES = (
           status=201, errors=(400, 403, 409, 413, 503), description="registered; its assignment"),
     Route("POST", "/v1/workers/heartbeat", heartbeat, request=HeartbeatBody, response=RegisteredWorker,
           errors=(400, 403, 404, 409, 413, 503), description="alive; its assignment"),
-    Route("POST", "/v1/workers/leave", leave, request=LeaveBody, response=Left, errors=(400, 404, 409, 413),
+    Route("POST", "/v1/workers/leave", leave, request=LeaveBody, response=Left, errors=(400, 404, 409, 413, 503),
           description="left"),
     Route("GET", "/v1/workers/{address}/assignment", assignment, response=WorkerAssignment,
-          parameters=(Param("address", "path", AddressText),), errors=(400, 404), description="assignment"),
+          parameters=(Param("address", "path", AddressText),), errors=(400, 404, 503), description="assignment"),
     Route("GET", "/v1/groups", groups, response=Groups, description="groups"),
     Route("GET", "/v1/orchestrator/progress", progress, response=Progress, description="progress"),
 )

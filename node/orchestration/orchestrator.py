@@ -74,6 +74,7 @@ class Orchestrator:
         a second process registering the same key elsewhere is refused while the first one runs. `saved`:
         where workers and groups are kept for a restart (`resume`)."""
         self.saved = saved
+        self.standing_by: str | None = None  # who orchestrates instead, while this process stands by (leadership.py)
         self.registry = registry
         self.stage_alive = stage_alive
         self.driver = driver
@@ -96,7 +97,15 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ workers
 
+    def check_leading(self) -> None:
+        """RegistrationRefused (503 not_orchestrating) while another validator process orchestrates."""
+        if self.standing_by is not None:
+            raise RegistrationRefused(
+                "not_orchestrating", f"this validator stands by: {self.standing_by} orchestrates; try another of "
+                "the validator's URLs (worker run --validator, repeatable)", 503)
+
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
+        self.check_leading()
         address = signed.message.address
         previous = self.registry.get(address)
         if previous is not None and previous.stage_url != signed.message.stage_url and self.stage_alive is not None:
@@ -119,6 +128,7 @@ class Orchestrator:
         return record
 
     async def heartbeat(self, signed: SignedHeartbeat) -> WorkerRecord:
+        self.check_leading()
         return await self.registry.heartbeat(signed)
 
     async def _refresh_soon(self, wait_s: float) -> None:
@@ -139,6 +149,7 @@ class Orchestrator:
 
     async def leave(self, signed: SignedLeave) -> None:
         """A worker shuts down: repair its group now, before jobs fail on it."""
+        self.check_leading()
         await self.registry.signed_leave(signed)
         await self._forget(signed.message.address)
         await self._refresh_soon(self.register_wait_s)
@@ -149,6 +160,12 @@ class Orchestrator:
             log.warning("worker %s dropped: %s", worker, reason)
             await self._forget(worker)
         await self.refresh()
+
+    def forget_everything(self) -> None:
+        """Out of office (leadership.py): no workers, no groups, until the next `resume`."""
+        self.grouping = Grouping()
+        self.registry.clear()
+        self._free_since.clear()
 
     async def _forget(self, worker: str) -> None:
         if self.saved is not None:
@@ -330,4 +347,5 @@ class Orchestrator:
             "workers": [
                 {**r.to_json(), "healthy": self.registry.is_healthy(r.address)} for r in self.registry.all()
             ],
+            "standing_by": self.standing_by,
         }

@@ -213,6 +213,9 @@ class Registry:
         for record in records:
             self._workers[record.address] = replace(record, last_seen=now, in_flight=0)
 
+    def clear(self) -> None:
+        self._workers.clear()
+
     def leave(self, address: str) -> bool:
         """Forget a worker (it said goodbye, or its stage server failed); True when it was known."""
         return self._workers.pop(address, None) is not None

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from node.orchestration.api import orchestration_registrar
 from node.orchestration.bans import ledger_bans
 from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import PREFERRED_STAGES, GroupingPolicy, ModelShape
+from node.orchestration.leadership import LEASE_S, Leadership
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.progress import Progress
@@ -52,17 +54,35 @@ class Orchestration:
     orchestrator: Orchestrator
     dispatcher: Dispatcher | None
     issued: IssuedJobs
+    leadership: Leadership | None = None  # with a ledger: orchestrate only while holding its lease
+    new_dispatcher: Callable[[], Dispatcher] | None = None  # a fresh dispatcher for a later term as orchestrator
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _terms: int = 0
+    _dispatched: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def registrar(self):
         return orchestration_registrar(self.orchestrator)
 
     async def start(self) -> None:
+        if self.leadership is None:
+            self._tasks.append(asyncio.create_task(self._lead(), name="orchestrate"))
+        else:
+            self._tasks.append(asyncio.create_task(self.leadership.run(self._lead), name="leadership"))
+
+    async def _lead(self) -> None:
+        """One term as this ledger's orchestrator: take back what the ledger keeps, regroup on a timer and
+        dispatch the tasks, until cancelled (the process stops, or another took the lease)."""
+        if self._terms and self.new_dispatcher is not None:
+            self.dispatcher = self.new_dispatcher()
+        self._terms += 1
         await self.orchestrator.resume()
-        self._tasks.append(asyncio.create_task(self.orchestrator.run_forever(), name="regroup"))
+        jobs = [self.orchestrator.run_forever()]
         if self.dispatcher is not None:
-            self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+            jobs.append(self._dispatch())
+        else:
+            self._dispatched.set()
+        await asyncio.gather(*jobs)
 
     async def _dispatch(self) -> None:
         figures = self.dispatcher.progress
@@ -76,6 +96,7 @@ class Orchestration:
             progress.tasks_done, progress.tasks_failed, progress.correct, progress.checked,
             progress.tokens, progress.tokens_per_s(), progress.reroutes,
         )
+        self._dispatched.set()
 
     async def _dispatch_with_a_bar(self, figures: Progress) -> Progress:
         from tqdm import tqdm
@@ -92,9 +113,9 @@ class Orchestration:
 
     async def wait_dispatched(self) -> None:
         """Until every task is done (returns at once without --tasks)."""
-        for task in self._tasks:
-            if task.get_name() == "dispatch":
-                await task
+        if self.dispatcher is None:
+            return
+        await self._dispatched.wait()
 
     async def stop(self) -> None:
         background = list(self.orchestrator._background)
@@ -185,17 +206,18 @@ def build_orchestration(
     if hasattr(node, "defence_source"):
         node.defence_source = StageDefences(lambda worker: stage_url_of(registry, worker),
                                             deadline_s=getattr(args, "defence_seconds", 30.0))
-    dispatcher = None
+    new_dispatcher = None
     if args.tasks:
         from node.pipeline.model import ModelConfig  # torch: imported where used, to keep it out of start-up
 
         tasks = load_tasks(resolve_task_file(args.tasks))
         tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)
-        dispatcher = Dispatcher(
+        seeds = SeedSchedule(_seed_secret(args.seed_secret_file))
+        new_dispatcher = lambda: Dispatcher(  # noqa: E731 (one per term as orchestrator: leadership.py)
             orchestrator,
             tasks,
             tokenizer,
-            SeedSchedule(_seed_secret(args.seed_secret_file)),
+            seeds,
             DispatchPolicy(
                 sequences_per_group=args.sequences_per_group,
                 wait_for_groups=args.wait_for_groups,
@@ -211,7 +233,11 @@ def build_orchestration(
             verdict_of=_verdict_of(node),
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
-    return Orchestration(orchestrator, dispatcher, issued)
+    leadership = None
+    if getattr(node, "ledger", None) is not None and getattr(getattr(node, "config", None), "validator_id", None):
+        leadership = Leadership(orchestrator, node.ledger, node.config.validator_id,
+                                lease_s=getattr(args, "orchestrator_lease", LEASE_S))
+    return Orchestration(orchestrator, new_dispatcher() if new_dispatcher else None, issued, leadership, new_dispatcher)
 
 
 def _on_job(node: Any, issued: IssuedJobs):

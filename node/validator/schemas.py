@@ -153,3 +153,4 @@ class Groups(_Open):
     groups: list[dict[str, Any]]
     spares: list[str]
     workers: list[dict[str, Any]]
+    standing_by: str | None = None  # who orchestrates while this validator process stands by

@@ -32,14 +32,39 @@ class ValidatorRefused(WorkerError):
 
 
 class ValidatorClient:
-    """The worker's side of the validator's HTTP API (routes in INTERFACES.md)."""
+    """The worker's side of the validator's HTTP API (routes in INTERFACES.md).
+
+    `base_url` may name several validator processes that share one ledger, comma-separated: one of them
+    orchestrates at a time (node/orchestration/leadership.py), so a request that finds its process down or
+    standing by (503 `not_orchestrating`) goes to the next, which is then kept."""
 
     def __init__(self, base_url: str, session: aiohttp.ClientSession, timeout_s: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [url.strip().rstrip("/") for url in base_url.split(",") if url.strip()]
+        if not self.base_urls:
+            raise WorkerError("no validator URL given")
+        self._current = 0
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
 
+    @property
+    def base_url(self) -> str:
+        return self.base_urls[self._current]
+
     async def request(
+        self, method: str, path: str, body: Any = None, *, data: bytes | None = None, timeout_s: float | None = None
+    ) -> Any:
+        for tried in range(len(self.base_urls)):
+            try:
+                return await self._request_one(method, path, body, data=data, timeout_s=timeout_s)
+            except (ValidatorUnreachable, ValidatorRefused) as problem:
+                moved_on = isinstance(problem, ValidatorUnreachable) or problem.code == "not_orchestrating"
+                if not moved_on or tried == len(self.base_urls) - 1:
+                    raise
+                self._current = (self._current + 1) % len(self.base_urls)
+                log.warning("%s; trying the validator at %s", problem, self.base_url)
+        raise AssertionError("unreachable")
+
+    async def _request_one(
         self, method: str, path: str, body: Any = None, *, data: bytes | None = None, timeout_s: float | None = None
     ) -> Any:
         url = self.base_url + path

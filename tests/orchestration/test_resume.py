@@ -4,10 +4,14 @@ captured before the restart and replayed after it does not take a worker out of 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from ledger.store import Ledger
 from node.orchestration.grouping import GroupingPolicy, ModelShape
+from node.orchestration.leadership import Leadership
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
 from node.orchestration.resume import SavedOrchestration
@@ -108,3 +112,57 @@ async def test_a_registration_replayed_after_a_restart_cannot_move_a_worker_out_
     clock.now += 1  # the worker itself restarting still registers (a newer registration)
     await after.register(make_registration(keys[1], CAPACITIES[1], "eu", "http://127.0.0.1:9001", now=clock.now))
     assert after.registry.get(keys[1].address).stage_url == "http://127.0.0.1:9001"
+
+
+class Unreachable:
+    """A ledger this process can no longer reach (it hangs, or the network to the database is cut)."""
+
+    def transaction(self):
+        raise ConnectionError("database unreachable")
+
+    reading = transaction
+
+
+async def leading(orchestration: Orchestrator, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if orchestration.standing_by is None and orchestration.grouping.groups:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not orchestrating (standing by for {orchestration.standing_by})")
+
+
+async def test_of_two_validators_on_one_ledger_one_orchestrates_and_the_other_takes_over_when_it_is_gone(
+    ledger, model_dir, worker_keys
+):
+    keys, clock = worker_keys[:4], time.time
+    workers = {k.address: LocalWorker(k.address, model_dir) for k in keys}
+    first = orchestrator_on(ledger, model_dir, keys, LocalPipeline(model_dir, workers), clock)
+    second = orchestrator_on(ledger, model_dir, keys, LocalPipeline(model_dir, workers), clock)
+    first_lead = Leadership(first, ledger, "validator-a", lease_s=0.6)
+    second_lead = Leadership(second, ledger, "validator-b", lease_s=0.6)
+
+    async def term(orchestrator):
+        await orchestrator.resume()
+        await orchestrator.run_forever()
+
+    a = asyncio.create_task(first_lead.run(lambda: term(first)))
+    await asyncio.sleep(0.3)
+    b = asyncio.create_task(second_lead.run(lambda: term(second)))
+    try:
+        for key, capacity in zip(keys, CAPACITIES):
+            await first.register(make_registration(key, capacity, "eu", "http://127.0.0.1:9000"))
+        await first.refresh()
+        await leading(first)
+        groups = first.grouping.groups
+        with pytest.raises(RegistrationRefused) as refused:  # the other one stands by and says who leads
+            await second.register(make_registration(keys[0], CAPACITIES[0], "eu", "http://127.0.0.1:9000"))
+        assert refused.value.code == "not_orchestrating" and "validator-a" in str(refused.value)
+
+        first_lead.ledger = Unreachable()  # the orchestrating process is cut off: it can renew no more
+        await leading(second, timeout=5)
+        assert second.grouping.groups == groups  # taken over as they were, nobody registered again
+        assert first.standing_by is not None and first.grouping.groups == ()  # and the first one let go in time
+    finally:
+        for task in (a, b):
+            task.cancel()
+        await asyncio.gather(a, b, return_exceptions=True)

@@ -171,7 +171,7 @@ def stop_process(process: subprocess.Popen) -> str:
     return log
 
 
-async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_validator(stack):
+async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_validator(stack, caplog):
     keys = [stack.staked_key(), stack.staked_key()]
     await stack.follow_chain()
     process = start_worker_process(stack, keys[0], "--grace", "1")
@@ -221,7 +221,10 @@ async def test_worker_process_serves_its_stage_and_its_receipt_reaches_the_valid
     # it told the validator, whose orchestrator took its stage back (no spare: the group is dissolved) and failed
     # the sequence with a log line; had the validator not answered, the grace period would have ended it
     assert "told the validator this worker is leaving" in log and "stopped:" in log
-    assert "the stage was released" in log or "the stage server is shutting down" in log
+    # the sequence fails on whichever stage notices first: the process's own, or the in-process worker's (which
+    # stage the process serves depends on the throughput it measured)
+    assert any(why in text for why in ("the stage was released", "the stage server is shutting down")
+               for text in (log, caplog.text)), (log, caplog.text)
     for key in keys:
         assert key.secret.hex() not in log
 
