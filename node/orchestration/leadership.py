@@ -29,6 +29,7 @@ class Leadership:
         self.holder = holder
         self.lease_s = lease_s
         self.clock = clock
+        orchestrator.standing_by = "nobody yet (the lease is being read)"  # until the first answer from the ledger
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Until cancelled: while this process holds the lease, `lead()` runs; when the lease is lost (or cannot

@@ -129,7 +129,13 @@ class Orchestrator:
 
     async def heartbeat(self, signed: SignedHeartbeat) -> WorkerRecord:
         self.check_leading()
-        return await self.registry.heartbeat(signed)
+        try:
+            return await self.registry.heartbeat(signed)
+        except RegistrationRefused:
+            # the lease went elsewhere while this waited (and the registry was emptied): a worker told "not
+            # registered" would register again with the new orchestrator, which reads as its restart
+            self.check_leading()
+            raise
 
     async def _refresh_soon(self, wait_s: float) -> None:
         """Regroup in the background and wait for it at most `wait_s`: a registration is answered promptly
