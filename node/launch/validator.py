@@ -275,7 +275,8 @@ def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
         min_stake_wei=args.min_stake_wei,
         claim_lease_seconds=args.lease_seconds,
         bundle_deadline_seconds=args.bundle_deadline,
-        validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
+        # port 0 (any free one) is not a name two processes on one host can tell apart: the process id is
+        validator_id=args.validator_id or f"{os.uname().nodename}:{args.port or f'pid{os.getpid()}'}",
     )
 
 
