@@ -29,48 +29,53 @@ class Leadership:
         self.holder = holder
         self.lease_s = lease_s
         self.clock = clock
-        orchestrator.standing_by = "nobody yet (the lease is being read)"  # until the first answer from the ledger
+        self._leading: asyncio.Task | None = None
+        self._held_until = 0.0
+        self._said: str | None = None
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Until cancelled: while this process holds the lease, `lead()` runs; when the lease is lost (or cannot
         be renewed before it runs out), `lead` is cancelled and this process stands by again."""
-        leading: asyncio.Task | None = None
-        held_until = 0.0
-        said: str | None = None
         try:
             while True:
-                try:
-                    holder, until = await hold_lease(self.ledger, self.orchestrator.model_id, self.holder,
-                                                     self.lease_s, self.clock())
-                except Exception as error:  # the ledger is unreachable: lead only while the lease surely holds
-                    log.warning("cannot renew the orchestrator lease: %s", error)
-                    holder, until = (self.holder, held_until) if self.clock() < held_until - self.lease_s / 3 else ("", 0.0)
-                if holder == self.holder:
-                    held_until = until
-                    if leading is None:
-                        log.info("this validator (%s) orchestrates model %s", self.holder, self.orchestrator.model_id)
-                        self.orchestrator.standing_by = None
-                        leading = asyncio.create_task(lead(), name="orchestrate")
-                    said = None
-                else:
-                    if leading is not None:
-                        log.warning("the orchestrator lease went to %s: standing by", holder or "nobody (ledger down)")
-                        await _cancel(leading)
-                        leading = None
-                        self.orchestrator.forget_everything()  # a later term starts from the ledger
-                    self.orchestrator.standing_by = holder or "unknown"
-                    if said != holder:
-                        log.info("standing by: %s orchestrates model %s; this validator takes over if its lease runs "
-                                 "out", holder or "an unreachable ledger", self.orchestrator.model_id)
-                        said = holder
+                await self.step(lead)
                 await asyncio.sleep(self.lease_s / 3)
         finally:
-            if leading is not None:
-                await _cancel(leading)
+            if self._leading is not None:
+                await _cancel(self._leading)
+                self._leading = None
                 try:
                     await give_up_lease(self.ledger, self.orchestrator.model_id, self.holder)
                 except Exception as error:  # stopping anyway: the lease runs out by itself
                     log.warning("could not hand the orchestrator lease back: %s", error)
+
+    async def step(self, lead: Callable[[], Awaitable[None]]) -> None:
+        """One look at the lease: take or renew it, and start or stop leading accordingly."""
+        try:
+            holder, until = await hold_lease(self.ledger, self.orchestrator.model_id, self.holder, self.lease_s,
+                                             self.clock())
+        except Exception as error:  # the ledger is unreachable: lead only while the lease surely holds
+            log.warning("cannot renew the orchestrator lease: %s", error)
+            still = self.clock() < self._held_until - self.lease_s / 3
+            holder, until = (self.holder, self._held_until) if still else ("", 0.0)
+        if holder == self.holder:
+            self._held_until = until
+            if self._leading is None:
+                log.info("this validator (%s) orchestrates model %s", self.holder, self.orchestrator.model_id)
+                self.orchestrator.standing_by = None
+                self._leading = asyncio.create_task(lead(), name="orchestrate")
+            self._said = None
+            return
+        if self._leading is not None:
+            log.warning("the orchestrator lease went to %s: standing by", holder or "nobody (ledger down)")
+            await _cancel(self._leading)
+            self._leading = None
+            self.orchestrator.forget_everything()  # a later term starts from the ledger
+        self.orchestrator.standing_by = holder or "unknown"
+        if self._said != holder:
+            log.info("standing by: %s orchestrates model %s; this validator takes over if its lease runs out",
+                     holder or "an unreachable ledger", self.orchestrator.model_id)
+            self._said = holder
 
 
 async def _cancel(task: asyncio.Task) -> None:

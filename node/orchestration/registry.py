@@ -211,7 +211,8 @@ class Registry:
         from now to be heard from again."""
         now = self._clock()
         for record in records:
-            self._workers[record.address] = replace(record, last_seen=now, in_flight=0)
+            if record.address not in self._workers:  # one that registered meanwhile is newer than the saved one
+                self._workers[record.address] = replace(record, last_seen=now, in_flight=0)
 
     def clear(self) -> None:
         self._workers.clear()

@@ -68,6 +68,8 @@ class Orchestration:
         if self.leadership is None:
             self._tasks.append(asyncio.create_task(self._lead(), name="orchestrate"))
         else:
+            self.orchestrator.standing_by = "nobody yet (the lease is being read)"
+            await self.leadership.step(self._lead)  # a lone validator leads from its first request on
             self._tasks.append(asyncio.create_task(self.leadership.run(self._lead), name="leadership"))
 
     async def _lead(self) -> None:

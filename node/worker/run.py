@@ -203,7 +203,24 @@ class Worker:
         return speed
 
     async def register(self) -> None:
-        signed = make_registration(
+        signed = self._registration()
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + self.config.validator_wait_s, 1.0
+        while True:
+            try:
+                await self.validator.register(signed, timeout_s=self.config.register_timeout_s)
+                break
+            except ValidatorRefused as refused:  # 503: no validator orchestrates yet, or the stake cannot be read
+                if refused.status != 503 or loop.time() + delay > deadline:
+                    raise
+                log.warning("%s; registering again in %.0f s", refused, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                signed = self._registration()  # a fresh nonce and timestamp
+        log.info("registered with %s as %s, stage server %s", self.validator.base_url, self.key.address, self.stage_url)
+
+    def _registration(self):
+        return make_registration(
             self.key,
             Capacity(self.config.memory_bytes, self.config.layer_tokens_per_s),
             self.config.region,
@@ -212,8 +229,6 @@ class Worker:
             validator=self.controllers[0] if self.controllers else UNBOUND_VALIDATOR,
             chain_id=self.domain.chain_id if self.domain else 0,
         )
-        await self.validator.register(signed, timeout_s=self.config.register_timeout_s)
-        log.info("registered with %s as %s, stage server %s", self.config.validator_url, self.key.address, self.stage_url)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeat and follow the assignment until `stop` is set, then shut down cleanly."""

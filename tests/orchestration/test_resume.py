@@ -138,8 +138,8 @@ async def test_of_two_validators_on_one_ledger_one_orchestrates_and_the_other_ta
     workers = {k.address: LocalWorker(k.address, model_dir) for k in keys}
     first = orchestrator_on(ledger, model_dir, keys, LocalPipeline(model_dir, workers), clock)
     second = orchestrator_on(ledger, model_dir, keys, LocalPipeline(model_dir, workers), clock)
-    first_lead = Leadership(first, ledger, "validator-a", lease_s=0.6)
-    second_lead = Leadership(second, ledger, "validator-b", lease_s=0.6)
+    first_lead = Leadership(first, ledger, "validator-a", lease_s=2.0)
+    second_lead = Leadership(second, ledger, "validator-b", lease_s=2.0)
 
     async def term(orchestrator):
         await orchestrator.resume()
@@ -159,7 +159,7 @@ async def test_of_two_validators_on_one_ledger_one_orchestrates_and_the_other_ta
         assert refused.value.code == "not_orchestrating" and "validator-a" in str(refused.value)
 
         first_lead.ledger = Unreachable()  # the orchestrating process is cut off: it can renew no more
-        await leading(second, timeout=5)
+        await leading(second, timeout=15)
         assert second.grouping.groups == groups  # taken over as they were, nobody registered again
         assert first.standing_by is not None and first.grouping.groups == ()  # and the first one let go in time
     finally:
