@@ -101,6 +101,8 @@ async def record(conn: AsyncConnection, sample: SampleRecord) -> str | None:
     """Store `sample` if its job was accepted (SampleError otherwise); returns its digest, or None when the job
     already has a sample. The caller journals `journal.sample(job_id, digest)` in the same transaction."""
     job_id = journal.hash32(sample.job_id, "job_id")
+    if not 0 < len(sample.task_id) <= 128 or len(sample.task_source) > 256:
+        raise SampleError("a sample's task id has 1 to 128 characters and its source at most 256")
     verdict = (await conn.execute(select(Verdict.outcome, Verdict.figures).where(Verdict.job_id == job_id))).first()
     if verdict is None:
         raise SampleError(f"job {job_id} has no verdict: a sample is recorded once its job is accepted")
