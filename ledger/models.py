@@ -391,6 +391,21 @@ class Sample(Base):
     __table_args__ = (Index("ix_samples_task", "task_id", "model_id"),)
 
 
+class TaskStats(Base):
+    """Samples of one task on one model and how many the checker passed, kept by `record_sample` in the same
+    transaction (GET /v1/tasks reads these rows instead of aggregating `samples`)."""
+
+    __tablename__ = "task_stats"
+
+    task_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    task_source: Mapped[str] = mapped_column(String(256))
+    samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    correct: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 class NodeSecret(Base):
     """A secret the validators sharing this ledger must agree on and workers must not know (the spot-check
     secret), made once by whichever validator needs it first."""

@@ -28,7 +28,7 @@ from ledger import journal
 from ledger.db import insert
 from ledger.errors import InvalidInput
 from ledger.merkle import keccak
-from ledger.models import ACCEPTED, Sample, Verdict
+from ledger.models import ACCEPTED, Sample, TaskStats, Verdict
 
 DIGEST_DOMAIN = b"stagewise/sample/v1"
 COMMITTED = (
@@ -136,7 +136,25 @@ async def record(conn: AsyncConnection, sample: SampleRecord) -> str | None:
         "recorded_at": dt.datetime.now(dt.timezone.utc),
     }
     result = await conn.execute(insert(conn.dialect.name, Sample.__table__).values(**stored).on_conflict_do_nothing())
-    return row_digest if result.rowcount == 1 else None
+    if result.rowcount != 1:
+        return None
+    await _count(conn, row, stored["recorded_at"])
+    return row_digest
+
+
+async def _count(conn: AsyncConnection, row: dict[str, Any], now: dt.datetime) -> None:
+    """Fold one more sample into its (task, model) line of `task_stats`."""
+    t = TaskStats.__table__
+    checked, correct = int(row["correct"] is not None), int(bool(row["correct"]))
+    stmt = insert(conn.dialect.name, t).values(
+        task_id=row["task_id"], model_id=row["model_id"], task_source=row["task_source"], samples=1,
+        checked=checked, correct=correct, updated_at=now,
+    )
+    await conn.execute(stmt.on_conflict_do_update(
+        index_elements=[t.c.task_id, t.c.model_id],
+        set_={"samples": t.c.samples + 1, "checked": t.c.checked + checked, "correct": t.c.correct + correct,
+              "updated_at": now},
+    ))
 
 
 def row_from_stored(stored: Any) -> dict[str, Any]:

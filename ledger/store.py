@@ -12,7 +12,7 @@ Open it from a URL (the node's settings choose the default); opening runs the Al
   record_verdict, record_sample, append, set_stake, set_job_status, enqueue, close_epoch, mark_anchored, set_cursor. The
   same calls exist on `Ledger`, each in a transaction of its own.
 - reading (`ledger.queries`): job, receipts, verdict, head, entries, leaderboard, worker, worker_history,
-  slashes, epochs, epoch; and get_cursor (`ledger.outbox`).
+  slashes, epochs, epoch, tasks; and get_cursor (`ledger.outbox`).
 - the chain outbox (`ledger.outbox`): take_outbox, mark_sent, mark_failed, outbox.
 - proofs (`ledger.proofs`): reward_proof, entry_proof.
 - `verify() -> VerifyReport` (`ledger.audit`): recompute the hash chain, the totals and every epoch root.
@@ -165,6 +165,7 @@ class Ledger:
     slashes = _reading(queries.slashes)
     epochs = _reading(queries.epochs)
     epoch = _reading(queries.epoch)
+    tasks = _reading(queries.tasks)
 
     # --- proofs (ledger.proofs) and the audit (ledger.audit) ------------------------------------------
 

@@ -73,12 +73,20 @@ async def anchored(ledger, chain):
     return ledger
 
 
+async def test_task_lines_count_samples_and_passes_per_task_and_model(anchored):
+    page = await anchored.tasks()
+    assert page.total == 1
+    assert page.items[0].to_json() == {"task_id": "t1", "model_id": MODEL, "task_source": "gen:linear:n=2:seed=1",
+                                       "samples": 2, "checked": 2, "correct": 1, "pass_rate": 0.5}
+
+
 async def test_a_blamed_jobs_output_is_never_recorded_as_a_row(anchored):
     with pytest.raises(SampleError, match="blamed"):
         await anchored.record_sample(sample(3, "t1", "x = 3", True))
     with pytest.raises(SampleError, match="no verdict"):
         await anchored.record_sample(sample(9, "t1", "x = 3", True))
     assert await anchored.record_sample(sample(1, "t1", "x = 3", True)) is None  # one row per job
+    assert (await anchored.tasks()).items[0].samples == 2  # and counted once
 
 
 async def test_export_writes_accepted_anchored_rows_that_verify_against_the_chain(anchored, chain, tmp_path):
