@@ -7,10 +7,13 @@ dataset relies on (`COMMITTED`), so a row is proved by three hashes anyone can r
 journal entry's hash (`sample_entry_hash`), and the Merkle path from that hash to the entries root its epoch
 anchored on chain (ledger.dataset.verify).
 
-    digest = keccak256("stagewise/sample/v1" || canonical JSON of the committed fields)
+    digest = keccak256("stagewise/sample/v1" || keccak256(prompt_token_ids packed)
+                       || keccak256(completion_token_ids packed) || canonical JSON of the other committed fields)
 
-Canonical JSON: sorted keys, no spaces, ASCII; token ids as arrays of integers, the seed as an integer, the
-sampling parameters as an object, the verdict's figures as the JSON text stored with the verdict.
+Token ids are packed as unsigned 64-bit little-endian integers, one after another (a verifier hashes them
+straight from an Arrow or numpy buffer, with no Python integer per token). Canonical JSON: sorted keys, no
+spaces, ASCII; the seed as an integer, the sampling parameters as an object, the verdict's figures as the JSON
+text stored with the verdict.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +39,7 @@ COMMITTED = (
     "job_id", "task_id", "task_source", "model_id", "prompt_text", "prompt_token_ids", "completion_text",
     "completion_token_ids", "sampling", "seed", "answer", "checker", "correct", "verdict", "verdict_figures",
 )
+TOKEN_FIELDS = ("prompt_token_ids", "completion_token_ids")
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_new_tokens", "stop_ids")
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
@@ -76,15 +81,23 @@ def sampling_params(value: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def packed_tokens(tokens: Any) -> bytes:
+    """Token ids (a list, or a numpy array) as the digest packs them: uint64 little-endian, one after another.
+    SampleError for anything but non-negative integers."""
+    values = np.asarray(tokens)
+    if values.ndim != 1 or (values.size and (values.dtype.kind not in "iu" or values.min() < 0)):
+        raise SampleError("token ids are a list of non-negative integers")
+    return values.astype("<u8").tobytes()
+
+
 def digest(row: Mapping[str, Any]) -> str:
     """The digest of a row (any mapping holding the `COMMITTED` fields) as 0x hex. TypeError, ValueError or
     SampleError when a field cannot have been written by the ledger (not a list of integers, ...)."""
-    body = {name: row[name] for name in COMMITTED}
-    body["prompt_token_ids"] = [int(t) for t in body["prompt_token_ids"]]
-    body["completion_token_ids"] = [int(t) for t in body["completion_token_ids"]]
+    body = {name: row[name] for name in COMMITTED if name not in TOKEN_FIELDS}
     body["seed"] = int(body["seed"])
     body["sampling"] = sampling_params(body["sampling"])
-    return "0x" + keccak(DIGEST_DOMAIN + _CANONICAL.encode(body).encode()).hex()
+    tokens = b"".join(keccak(packed_tokens(row[name])) for name in TOKEN_FIELDS)
+    return "0x" + keccak(DIGEST_DOMAIN + tokens + _CANONICAL.encode(body).encode()).hex()
 
 
 def sample_entry_hash(job_id: str, row_digest: str, seq: int, at_ms: int, prev_hash: str) -> str:
@@ -155,24 +168,3 @@ async def _count(conn: AsyncConnection, row: dict[str, Any], now: dt.datetime) -
         set_={"samples": t.c.samples + 1, "checked": t.c.checked + checked, "correct": t.c.correct + correct,
               "updated_at": now},
     ))
-
-
-def row_from_stored(stored: Any) -> dict[str, Any]:
-    """A `samples` row as the committed fields' values (JSON columns parsed)."""
-    return {
-        "job_id": stored.job_id,
-        "task_id": stored.task_id,
-        "task_source": stored.task_source,
-        "model_id": stored.model_id,
-        "prompt_text": stored.prompt_text,
-        "prompt_token_ids": json.loads(stored.prompt_token_ids),
-        "completion_text": stored.completion_text,
-        "completion_token_ids": json.loads(stored.completion_token_ids),
-        "sampling": json.loads(stored.sampling),
-        "seed": int(stored.seed),
-        "answer": stored.answer,
-        "checker": stored.checker,
-        "correct": None if stored.correct is None else bool(stored.correct),
-        "verdict": stored.verdict,
-        "verdict_figures": stored.verdict_figures,
-    }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
@@ -30,9 +31,8 @@ from ledger.dataset.card import write_card
 from ledger.dataset.passk import TaskTally
 from ledger.errors import InvalidInput
 from ledger.models import Epoch, JournalEntry, Sample
-from ledger.samples import row_from_stored
 
-BATCH = 5_000
+BATCH = 2_000
 _J = JournalEntry.__table__
 _S = Sample.__table__
 
@@ -60,22 +60,70 @@ class ExportReport:
                 "tasks": self.tasks, "k": self.k, "seconds": round(self.seconds, 3)}
 
 
+_TOKEN_FIELDS = ("prompt_token_ids", "completion_token_ids")
+_STORED = ("job_id", "task_id", "task_source", "model_id", "prompt_text", "prompt_token_ids", "completion_text",
+           "completion_token_ids", "sampling", "seed", "answer", "checker", "correct", "verdict", "verdict_figures")
+
+
+# Dictionary encoding only where values repeat (the rest would try it, fail and fall back, at a cost per row).
+_DICTIONARY = ["task_source", "model_id", "answer", "checker", "verdict", "verdict_figures", "entries_root",
+               "anchor_tx", "task_id"]
+
+
+def _token_lists(texts: list[str]) -> pa.Array:
+    """JSON arrays of integers (token ids as stored) as one Arrow list array, parsed by numpy in one call: no
+    Python int per token. ExportError when a stored array is not a list of integers."""
+    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([0 if text == "[]" else text.count(",") + 1 for text in texts])
+    values = np.fromstring(",".join(text[1:-1] for text in texts if text != "[]"), dtype=np.int64, sep=",")
+    if len(values) != offsets[-1] or not all(text[:1] == "[" and text[-1:] == "]" for text in texts):
+        raise ExportError("a stored token array is not a JSON list of integers")
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def _arrow_column(name: str, values: Any, field: pa.Field) -> pa.Array:
+    """One column as Arrow; sampling parameters converted once per distinct value and repeated by index."""
+    if isinstance(values, pa.Array):
+        return values
+    if name == "merkle_proof":  # concatenated paths: one buffer of 32-byte hashes and the offsets between rows
+        offsets = np.zeros(len(values) + 1, dtype=np.int32)
+        offsets[1:] = np.cumsum([0 if path is None else len(path) // 32 for path in values])
+        blob = b"".join(path for path in values if path is not None)
+        hashes = pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(blob) // 32, [None, pa.py_buffer(blob)])
+        mask = pa.array([path is None for path in values]) if None in values else None
+        return pa.ListArray.from_arrays(pa.array(offsets), hashes, mask=mask)
+    if name == "sampling":
+        distinct: dict[int, int] = {}
+        order = [distinct.setdefault(id(value), len(distinct)) for value in values]
+        firsts = {position: value for value, position in zip(values, order)}
+        table = pa.array([firsts[i] for i in range(len(distinct))], type=field.type)
+        return table.take(pa.array(order, type=pa.int32()))
+    return pa.array(values, type=field.type)
+
+
 class _Writer:
-    """Record batches into a Parquet file, or the same rows as JSON lines."""
+    """Pages of rows (as columns of Python values) into a Parquet file, or as JSON lines."""
 
     def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
         self.schema = schema
-        self.fmt = fmt
-        self._parquet = pq.ParquetWriter(path, schema, compression="zstd") if fmt == "parquet" else None
+        dictionary = [name for name in _DICTIONARY if name in schema.names]
+        # snappy, Parquet's default: zstd would make the file about half as big and cost 5 us more a row
+        self._parquet = (pq.ParquetWriter(path, schema, compression="snappy", use_dictionary=dictionary)
+                         if fmt == "parquet" else None)
         self._jsonl = open(path, "w", encoding="utf-8") if fmt == "jsonl" else None
 
     def write(self, columns: dict[str, list[Any]]) -> None:
         if self._parquet is not None:
-            self._parquet.write_batch(pa.RecordBatch.from_pydict(columns, schema=self.schema))
+            arrays = [_arrow_column(field.name, columns[field.name], field) for field in self.schema]
+            self._parquet.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
             return
         names = list(columns)
-        for values in zip(*columns.values()):
-            self._jsonl.write(json.dumps(dict(zip(names, values)), ensure_ascii=False) + "\n")
+        values = [v.to_pylist() if isinstance(v, pa.Array) else v for v in columns.values()]
+        proofs = names.index("merkle_proof") if "merkle_proof" in names else None
+        if proofs is not None:
+            values[proofs] = [None if path is None else ["0x" + path[i:i + 32].hex() for i in range(0, len(path), 32)]
+                              for path in values[proofs]]
+        self._jsonl.writelines(json.dumps(dict(zip(names, row)), ensure_ascii=False) + "\n" for row in zip(*values))
 
     def close(self) -> None:
         if self._parquet is not None:
@@ -84,62 +132,99 @@ class _Writer:
             self._jsonl.close()
 
 
-async def _epoch_tree(conn: AsyncConnection, first_seq: int, last_seq: int) -> list[list[bytes]]:
-    hashes: list[bytes] = []
-    after = first_seq - 1
-    while after < last_seq:
-        page = (await conn.execute(
-            select(_J.c.seq, _J.c.entry_hash).where(_J.c.seq > after, _J.c.seq <= last_seq).order_by(_J.c.seq)
-            .limit(100_000)
-        )).all()
-        if not page:
+@dataclass(frozen=True)
+class _Tree:
+    """One epoch's Merkle tree, each level one bytes object (32 bytes a node): a million leaves hold 64 MB,
+    not a hundred in small objects."""
+
+    first_seq: int
+    levels: tuple[bytes, ...]
+
+    @property
+    def root(self) -> str:
+        return "0x" + self.levels[-1][:32].hex()
+
+    def proof(self, seq: int) -> bytes:
+        """The sibling hashes from entry `seq` up to the root, concatenated (32 bytes each)."""
+        index, path = seq - self.first_seq, []
+        for level in self.levels[:-1]:
+            sibling = (index ^ 1) * 32
+            if sibling < len(level):
+                path.append(level[sibling:sibling + 32])
+            index //= 2
+        return b"".join(path)
+
+
+# The two reads below go through the driver (exec_driver_sql): SQLAlchemy's result rows cost more than the
+# database here, about 15 us a row of the page. Their only values are integers from the ledger itself.
+_PAGE_SQL = (
+    "SELECT j.seq, j.at_ms, j.prev_hash, j.entry_hash, " + ", ".join(f"s.{name}" for name in _STORED)
+    + f" FROM journal j JOIN samples s ON s.job_id = j.job_id WHERE j.kind = '{journal.SAMPLE}' AND j.seq > {{after}}{{bound}}"
+    " ORDER BY j.seq LIMIT {limit}"
+)
+# An epoch's entry hashes come concatenated by the database, a page at a time: one string, not a row per entry.
+# SQLite before 3.44 has no ORDER BY inside group_concat and keeps the subquery's order; the tree's root is
+# compared with the epoch's stored entries root either way, so an order it did not keep fails the export.
+_HASHES_SQL = {
+    "postgresql": "SELECT count(*), max(seq), string_agg(h, '' ORDER BY seq) FROM (SELECT seq, substr(entry_hash, 3) AS h"
+                  " FROM journal WHERE seq > {after} AND seq <= {last} ORDER BY seq LIMIT {limit}) AS page",
+    "sqlite": "SELECT count(*), max(seq), group_concat(h, '') FROM (SELECT seq, substr(entry_hash, 3) AS h"
+              " FROM journal WHERE seq > {after} AND seq <= {last} ORDER BY seq LIMIT {limit})",
+}
+
+
+async def _epoch_tree(conn: AsyncConnection, epoch: Any) -> _Tree:
+    """The Merkle tree of `epoch`'s entries; ExportError when it does not give the root the epoch stores."""
+    leaves = bytearray()
+    after, last = int(epoch.first_seq) - 1, int(epoch.last_seq)
+    sql = _HASHES_SQL["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    while after < last:
+        count, top, hashes = (await conn.exec_driver_sql(sql.format(after=after, last=last, limit=100_000))).one()
+        if not count:
             break
-        hashes.extend(bytes.fromhex(h[2:]) for _, h in page)
-        after = page[-1].seq
-    return merkle.levels(hashes)
+        leaves += bytes.fromhex(hashes)
+        after = top
+    levels = [bytes(leaves)]
+    while len(levels[-1]) > 32:
+        levels.append(merkle.parent_level(levels[-1]))
+    tree = _Tree(epoch.first_seq, tuple(levels))
+    if len(leaves) != 32 * epoch.entry_count or tree.root != epoch.entries_root:
+        raise ExportError(f"epoch {epoch.number}: its journal entries do not give the entries root it stores "
+                          f"({epoch.entries_root}); run `stagewise ledger verify`")
+    return tree
 
 
 async def _sample_pages(conn: AsyncConnection, after: int, last_seq: int | None):
     """Pages of (sample entry, its row) with after < seq <= last_seq (no bound when None), in journal order."""
+    bound = "" if last_seq is None else f" AND j.seq <= {int(last_seq)}"
     while True:
-        query = (
-            select(_J.c.seq, _J.c.at_ms, _J.c.prev_hash, _J.c.entry_hash, _S)
-            .join(_S, _S.c.job_id == _J.c.job_id)
-            .where(_J.c.kind == journal.SAMPLE, _J.c.seq > after)
-            .order_by(_J.c.seq)
-            .limit(BATCH)
-        )
-        if last_seq is not None:
-            query = query.where(_J.c.seq <= last_seq)
-        page = (await conn.execute(query)).all()
+        page = (await conn.exec_driver_sql(_PAGE_SQL.format(after=int(after), bound=bound, limit=BATCH))).all()
         if not page:
             return
         yield page
-        after = page[-1].seq
+        after = page[-1][0]
 
 
-def _columns(page, epoch: Any, tree: list[list[bytes]] | None, tally: Callable[[dict[str, Any]], None]) -> dict:
-    columns: dict[str, list[Any]] = {name: [] for name in layout.SAMPLE_SCHEMA.names}
-    root = None if tree is None else "0x" + tree[-1][0].hex()
-    for stored in page:
-        row = row_from_stored(stored)
-        tally(row)
-        if tree is not None:
-            path = ["0x" + p.hex() for p in merkle.proof_from_levels(tree, stored.seq - epoch.first_seq)]
-        else:
-            path = None
-        row.update(
-            epoch=None if epoch is None else epoch.number,
-            journal_seq=stored.seq,
-            journal_at_ms=stored.at_ms,
-            journal_prev_hash=stored.prev_hash,
-            entry_hash=stored.entry_hash,
-            merkle_proof=path,
-            entries_root=root,
-            anchor_tx=None if epoch is None else epoch.anchor_tx,
-        )
-        for name, values in columns.items():
-            values.append(row[name])
+def _columns(page, epoch: Any, tree: _Tree | None, parsed: dict[str, Any]) -> dict[str, list[Any]]:
+    """A page of rows as the schema's columns: Python values, the token ids as Arrow arrays."""
+    stored = dict(zip(("seq", "at_ms", "prev_hash", "entry_hash", *_STORED), map(list, zip(*page))))
+    count = len(page)
+    columns = {name: stored[name] for name in _STORED}
+    for name in _TOKEN_FIELDS:
+        columns[name] = _token_lists(stored[name])
+    columns["sampling"] = [parsed.get(text) or parsed.setdefault(text, json.loads(text)) for text in stored["sampling"]]
+    columns["seed"] = [int(seed) for seed in stored["seed"]]
+    columns["correct"] = [None if value is None else bool(value) for value in stored["correct"]]
+    columns.update(
+        epoch=[None if epoch is None else epoch.number] * count,
+        journal_seq=stored["seq"],
+        journal_at_ms=stored["at_ms"],
+        journal_prev_hash=stored["prev_hash"],
+        entry_hash=stored["entry_hash"],
+        merkle_proof=[None] * count if tree is None else [tree.proof(seq) for seq in stored["seq"]],
+        entries_root=[None if tree is None else tree.root] * count,
+        anchor_tx=[None if epoch is None else epoch.anchor_tx] * count,
+    )
     return columns
 
 
@@ -163,12 +248,20 @@ async def export_dataset(
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[tuple[str, str], TaskTally] = {}
 
-    def tally(row: dict[str, Any]) -> None:
-        key = (row["task_id"], row["model_id"])
-        found = tallies.get(key)
-        if found is None:
-            found = tallies[key] = TaskTally(row["task_id"], row["task_source"], row["model_id"])
-        found.add(row["correct"])
+    parsed: dict[str, Any] = {}  # sampling parameters by their JSON text: a run has a few
+
+    def tally(columns: dict[str, list[Any]]) -> None:
+        for task_id, source, model_id, correct in zip(columns["task_id"], columns["task_source"], columns["model_id"],
+                                                      columns["correct"]):
+            found = tallies.get((task_id, model_id))
+            if found is None:
+                found = tallies[(task_id, model_id)] = TaskTally(task_id, source, model_id)
+            found.add(correct)
+
+    def write(page, epoch, tree) -> None:
+        columns = _columns(page, epoch, tree, parsed)
+        tally(columns)
+        writer.write(columns)
 
     written = unanchored = epochs_used = 0
     writer = _Writer(layout.data_file(out, layout.SAMPLES, fmt), fmt, layout.SAMPLE_SCHEMA)
@@ -182,16 +275,16 @@ async def export_dataset(
                 tree = None
                 async for page in _sample_pages(conn, epoch.first_seq - 1, epoch.last_seq):
                     if tree is None:
-                        tree = await _epoch_tree(conn, epoch.first_seq, epoch.last_seq)
+                        tree = await _epoch_tree(conn, epoch)
                         epochs_used += 1
-                    writer.write(_columns(page, epoch, tree, tally))
+                    write(page, epoch, tree)
                     written += len(page)
                     unanchored += 0 if epoch.anchor_tx else len(page)
                     if progress:
                         progress(len(page))
             if include_unanchored:
                 async for page in _sample_pages(conn, last_closed, None):
-                    writer.write(_columns(page, None, None, tally))
+                    write(page, None, None)
                     written += len(page)
                     unanchored += len(page)
     finally:

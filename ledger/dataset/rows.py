@@ -46,7 +46,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("journal_at_ms", pa.int64()),
     ("journal_prev_hash", pa.string()),
     ("entry_hash", pa.string()),
-    ("merkle_proof", pa.list_(pa.string())),
+    ("merkle_proof", pa.list_(pa.binary(32))),
     ("entries_root", pa.string()),
     ("anchor_tx", pa.string()),
 ])
@@ -84,7 +84,7 @@ FIELD_NOTES = {
     "journal_at_ms": "that entry's time (ms since the epoch)",
     "journal_prev_hash": "the hash of the entry before it",
     "entry_hash": "keccak256(prev_hash || canonical entry), the entry committing to this row's digest",
-    "merkle_proof": "the sibling hashes from entry_hash to entries_root (OpenZeppelin sorted pairs)",
+    "merkle_proof": "the sibling hashes from entry_hash to entries_root (OpenZeppelin sorted pairs): 32 bytes each in Parquet, 0x-hex in JSONL",
     "entries_root": "the epoch's entries root, as anchored on chain",
     "anchor_tx": "the transaction that anchored the epoch",
 }

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ledger import json_input, merkle
@@ -77,6 +78,9 @@ class ChainRoots:
 
 
 def _hash32(value: Any) -> bytes | None:
+    """A 32-byte hash from a proof: raw bytes (Parquet) or 0x-hex (JSONL); None for anything else."""
+    if isinstance(value, bytes):
+        return value if len(value) == 32 else None
     if not isinstance(value, str) or len(value) != 66 or value[:2] != "0x":
         return None
     try:
@@ -102,21 +106,33 @@ def check_row(row: dict[str, Any], root_of: Callable[[int], bytes]) -> str | Non
     if entry != row.get("entry_hash"):
         return (f"its content does not hash to its journal entry (entry {row.get('journal_seq')} would be {entry}, "
                 f"the row says {row.get('entry_hash')}): changed since it was exported")
-    path = [_hash32(p) for p in proof]
-    if any(p is None for p in path):
-        return "its Merkle proof holds something other than 32-byte hashes"
+    if not all(type(p) is bytes and len(p) == 32 for p in proof):  # Parquet gives bytes; JSONL, hex
+        proof = [_hash32(p) for p in proof]
+        if any(p is None for p in proof):
+            return "its Merkle proof holds something other than 32-byte hashes"
     on_chain = root_of(int(epoch))
     if on_chain == merkle.ZERO_HASH:
         return f"epoch {epoch} is not anchored on chain"
-    if merkle.process_proof(bytes.fromhex(entry[2:]), path) != on_chain:
+    if merkle.process_proof(bytes.fromhex(entry[2:]), proof) != on_chain:
         return f"its Merkle proof does not lead to the entries root epoch {epoch} anchored on chain (0x{on_chain.hex()})"
     return None
+
+
+def _column(array: pa.Array) -> list[Any]:
+    """A column of a record batch as one value a row, as `to_pylist` gives it, except token ids without nulls:
+    numpy slices of the column's buffer (what the digest packs), not a Python int per token."""
+    if pa.types.is_list(array.type) and pa.types.is_integer(array.type.value_type) and array.null_count == 0:
+        offsets, values = array.offsets.to_numpy(), array.values.to_numpy()
+        return [values[offsets[i]:offsets[i + 1]] for i in range(len(array))]
+    return array.to_pylist()
 
 
 def _rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
     if fmt == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH):
-            yield from batch.to_pylist()
+            names = batch.schema.names
+            for values in zip(*(_column(column) for column in batch.columns)):
+                yield dict(zip(names, values))
         return
     with open(path, "rb") as handle:
         for number, line in enumerate(handle):

@@ -10,10 +10,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import text
 
 from ledger import journal
 from ledger.chain.client import ChainClient
-from ledger.dataset.export import export_dataset
+from ledger.dataset.export import ExportError, export_dataset
 from ledger.dataset.passk import pass_at_k
 from ledger.dataset.verify import ChainRoots, verify_dataset
 from ledger.samples import SampleError, SampleRecord
@@ -175,7 +176,8 @@ async def test_a_row_forged_from_a_blamed_job_fails(anchored, chain, tmp_path):
 
     def forge(rows):
         forged = dict(rows[0], job_id=h32(3), journal_seq=slash.seq, journal_at_ms=slash.at_ms,
-                      journal_prev_hash=slash.prev_hash, entry_hash=slash.entry_hash, merkle_proof=list(proof.proof))
+                      journal_prev_hash=slash.prev_hash, entry_hash=slash.entry_hash,
+                      merkle_proof=[bytes.fromhex(p[2:]) for p in proof.proof])
         rows.append(forged)
         rows.append(dict(forged, verdict="blamed"))
 
@@ -217,3 +219,11 @@ def test_pass_at_k_is_the_unbiased_estimator():
     assert pass_at_k(n=4, c=1, k=2) == pytest.approx(1 - (3 * 2) / (4 * 3))  # 1 - C(3,2)/C(4,2) = 0.5
     assert pass_at_k(n=5, c=2, k=3) == pytest.approx(1 - 1 / 10)  # 1 - C(3,3)/C(5,3)
     assert pass_at_k(n=2, c=1, k=3) is None  # fewer samples than k: not defined
+
+
+async def test_an_export_refuses_an_epoch_whose_entries_no_longer_give_its_root(anchored, tmp_path):
+    """A ledger edited after anchoring (an entry's stored hash) would yield proofs that fail: it is refused."""
+    async with anchored.transaction() as tx:
+        await tx.conn.execute(text("UPDATE journal SET entry_hash = :h WHERE seq = 1"), {"h": h32(999)})
+    with pytest.raises(ExportError, match="epoch 1: its journal entries do not give the entries root"):
+        await export_dataset(anchored, tmp_path / "ds", "parquet")
