@@ -46,8 +46,8 @@ Reasoning traces produced by a stagewise network: each row is the output of one 
 replayed (or spot-checked) and **accepted**, with the proof that the row is part of the ledger whose epoch
 roots are anchored on chain. Blamed and soft-invalidated jobs are never exported.
 
-* {report.rows} rows in `{layout.SAMPLES}.{fmt}` over {report.epochs} epochs; {report.tasks} tasks, {len(report.models)} model(s).
-* {report.pairs} rows in `{layout.PASS_AT_K}.{fmt}`: per (task, model) `n` checked samples, `correct`, pass@1 and
+* {report.rows:,} rows in `{layout.SAMPLES}.{fmt}` over {report.epochs} epochs; {report.tasks:,} tasks, {len(report.models)} model(s).
+* {report.pairs:,} rows in `{layout.PASS_AT_K}.{fmt}`: per (task, model) `n` checked samples, `correct`, pass@1 and
   pass@{report.k} (the unbiased estimator 1 - C(n-c, k)/C(n, k); null when n < k), `unchecked` samples
   without a checker.
 {unanchored}
@@ -74,9 +74,10 @@ rows = datasets.load_dataset("parquet", data_files="{layout.SAMPLES}.parquet", s
 stagewise dataset verify DIR --rpc-url URL --contract 0xSTAKING_CONTRACT
 ```
 
-For every row: `digest = keccak256("stagewise/sample/v1" || canonical JSON of the committed fields)`
-(job, task, model, prompt and completion texts and tokens, sampling, seed, answer, checker, result,
-verdict and figures); the row's `sample` journal entry, rebuilt from that digest, `journal_seq`,
+For every row: `digest = keccak256("stagewise/sample/v1" ‖ keccak256(prompt_token_ids) ‖
+keccak256(completion_token_ids) ‖ canonical JSON of the other committed fields)`, token ids packed as uint64
+little-endian, the JSON with sorted keys and no spaces (job, task, model, prompt and completion texts,
+sampling, seed, answer, checker, result, verdict and figures: `ledger/samples.py`); the row's `sample` journal entry, rebuilt from that digest, `journal_seq`,
 `journal_at_ms` and `journal_prev_hash`, must hash to `entry_hash`; `merkle_proof` must lead from
 `entry_hash` to the entries root the contract's `entriesRootOf(epoch)` holds. One RPC call per epoch.
 A changed completion, a dropped proof or a row of a job that was not accepted fails, and the command
