@@ -39,6 +39,7 @@ from node.orchestration.tasks import load_task_source, load_tokenizer
 from node.protocol.job import SamplingParams
 from node.validator.defence_client import StageDefences
 from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
+from node.validator.samples import checked_recorder
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,10 @@ def _verdict_of(node: Any):
 
 
 def _on_sample(node: Any):
-    """Record an accepted sample as a dataset row in the node's ledger (None: a node without one)."""
+    """Record an accepted sample as a dataset row in the node's ledger, once checked against the bundle the
+    validator accepted (node.validator.samples); None for a node without a ledger."""
     ledger = getattr(node, "ledger", None)
-    return None if ledger is None else ledger.record_sample
+    return None if ledger is None else checked_recorder(ledger)
 
 
 def _spec_guard(node: Any, issued: IssuedJobs):
