@@ -27,7 +27,7 @@ from ledger.dataset.rows import find_samples
 from ledger.models import ACCEPTED
 from ledger.samples import SampleError, digest, sample_entry_hash
 
-READ_BATCH = 8_192
+READ_BATCH = 1_024
 MAX_LINE_BYTES = 64 << 20
 FAILURES_KEPT = 1_000
 
