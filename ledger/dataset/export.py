@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ledger import journal, merkle
+from ledger import journal, json_input, merkle
 from ledger.dataset import rows as layout
 from ledger.dataset.card import write_card
 from ledger.dataset.passk import TaskTally
@@ -212,7 +212,7 @@ def _columns(page, epoch: Any, tree: _Tree | None, parsed: dict[str, Any]) -> di
     columns = {name: stored[name] for name in _STORED}
     for name in _TOKEN_FIELDS:
         columns[name] = _token_lists(stored[name])
-    columns["sampling"] = [parsed.get(text) or parsed.setdefault(text, json.loads(text)) for text in stored["sampling"]]
+    columns["sampling"] = [parsed.get(text) or parsed.setdefault(text, json_input.loads(text)) for text in stored["sampling"]]
     columns["seed"] = [int(seed) for seed in stored["seed"]]
     columns["correct"] = [None if value is None else bool(value) for value in stored["correct"]]
     columns.update(
