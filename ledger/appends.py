@@ -58,6 +58,7 @@ async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[New
         (journal.SLASH, _J.c.evidence_hash, "evidence_hash"),
         (journal.SOFT_INVALIDATION, _J.c.job_id, "job_id"),
         (journal.ANCHOR, _J.c.epoch, "epoch"),
+        (journal.SAMPLE, _J.c.job_id, "job_id"),
     ):
         keys = sorted({getattr(e, attr) for e in by_kind.get(kind, [])})
         for chunk in _chunks(keys):

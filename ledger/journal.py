@@ -11,7 +11,9 @@ later hash stops matching: `ledger.audit` names the first such entry.
 
 Kinds: stake, unstake (chain events, `ref` = "tx_hash:log_index" makes re-reading them harmless), reward
 (one per job and stage, PROTOCOL I6), slash (one per evidence hash), soft_invalidation (one per job, pays
-nobody), anchor (one per epoch, written once the epoch's roots are on chain). Rewards and slashes are kept
+nobody), anchor (one per epoch, written once the epoch's roots are on chain), sample (one per accepted job
+whose output became a dataset row: `data` = {"sample": the row's digest, ledger.samples}; moves no money, and
+puts every dataset row under an anchored entries root). Rewards and slashes are kept
 apart: a slash is taken from the worker's *stake* on chain and never reduces the rewards that worker
 has already earned, so the cumulative reward in an epoch's rewards root only ever grows.
 """
@@ -34,7 +36,8 @@ REWARD = "reward"
 SLASH = "slash"
 SOFT_INVALIDATION = "soft_invalidation"
 ANCHOR = "anchor"
-KINDS = (STAKE, UNSTAKE, REWARD, SLASH, SOFT_INVALIDATION, ANCHOR)
+SAMPLE = "sample"
+KINDS = (STAKE, UNSTAKE, REWARD, SLASH, SOFT_INVALIDATION, ANCHOR, SAMPLE)
 
 ENCODING_VERSION = 1
 GENESIS_HASH = "0x" + ZERO_HASH.hex()
@@ -128,6 +131,7 @@ class NewEntry:
             SLASH: ("worker", "evidence_hash"),
             SOFT_INVALIDATION: ("job_id",),
             ANCHOR: ("epoch",),
+            SAMPLE: ("job_id",),
         }[self.kind]
         missing = [name for name in required if getattr(self, name) is None]
         if missing:
@@ -143,6 +147,8 @@ class NewEntry:
             return (SOFT_INVALIDATION, self.job_id)
         if self.kind == ANCHOR:
             return (ANCHOR, self.epoch)
+        if self.kind == SAMPLE:
+            return (SAMPLE, self.job_id)
         return None
 
 
@@ -211,6 +217,11 @@ def soft_invalidation(job_id: str, *, data: dict[str, Any] | None = None) -> New
 def anchor(epoch: int, *, data: dict[str, Any] | None = None) -> NewEntry:
     """Epoch `epoch`'s roots are on chain (`data`: roots, tx hash)."""
     return NewEntry(ANCHOR, 0, epoch=epoch, data=data)
+
+
+def sample(job_id: str, digest: str) -> NewEntry:
+    """The accepted job `job_id` produced the dataset row whose digest is `digest` (ledger.samples)."""
+    return NewEntry(SAMPLE, 0, job_id=job_id, data={"sample": hash32(digest, "sample digest")})
 
 
 def fields_of(entry: NewEntry) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     DDL,
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -268,6 +269,20 @@ class JournalEntry(Base):
             sqlite_where=text("kind = 'anchor'"),
             postgresql_where=text("kind = 'anchor'"),
         ),
+        # One dataset row per job; the export walks sample entries in journal order (migration 0006).
+        Index(
+            "ux_journal_sample",
+            "job_id",
+            unique=True,
+            sqlite_where=text("kind = 'sample'"),
+            postgresql_where=text("kind = 'sample'"),
+        ),
+        Index(
+            "ix_journal_samples",
+            "seq",
+            sqlite_where=text("kind = 'sample'"),
+            postgresql_where=text("kind = 'sample'"),
+        ),
     )
 
 
@@ -345,6 +360,49 @@ class ChainCursor(Base):
 
     name: Mapped[str] = mapped_column(String(140), primary_key=True)
     block: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Sample(Base):
+    """What an accepted job produced, as a dataset row: the task, the texts and tokens, the checker's result
+    and the verdict (copied when recorded). Its `digest` (ledger.samples) is what the job's `sample` journal
+    entry commits to, so every row can be proved against an anchored entries root (migration 0006)."""
+
+    __tablename__ = "samples"
+
+    job_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(128))
+    task_source: Mapped[str] = mapped_column(String(256))
+    model_id: Mapped[str] = mapped_column(String(66))
+    prompt_text: Mapped[str | None] = mapped_column(Text)
+    prompt_token_ids: Mapped[str] = mapped_column(Text)  # a JSON array
+    completion_text: Mapped[str] = mapped_column(Text)
+    completion_token_ids: Mapped[str] = mapped_column(Text)  # a JSON array
+    sampling: Mapped[str] = mapped_column(Text)  # a JSON object
+    seed: Mapped[str] = mapped_column(String(20))  # a uint64 in decimal: above BIGINT's range
+    answer: Mapped[str | None] = mapped_column(Text)
+    checker: Mapped[str | None] = mapped_column(String(32))
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    verdict: Mapped[str] = mapped_column(String(24))
+    verdict_figures: Mapped[str | None] = mapped_column(Text)  # a JSON value
+    digest: Mapped[str] = mapped_column(String(66))
+    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_samples_task", "task_id", "model_id"),)
+
+
+class TaskStats(Base):
+    """Samples of one task on one model and how many the checker passed, kept by `record_sample` in the same
+    transaction (GET /v1/tasks reads these rows instead of aggregating `samples`)."""
+
+    __tablename__ = "task_stats"
+
+    task_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    task_source: Mapped[str] = mapped_column(String(256))
+    samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    checked: Mapped[int] = mapped_column(BigInteger, default=0)
+    correct: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -3,6 +3,7 @@
 Each query takes a connection; `Ledger` offers each as a call of its own on a reading connection:
 - `job(job_id) -> JobRecord | None`, `receipts(job_id) -> [StageRecord]`, `verdict(job_id) -> VerdictRecord
   | None`, `head() -> (seq, hash)`, `entries(after_seq, limit) -> [Entry]`.
+- `tasks(offset, limit)`: per task and model, accepted samples and the checker's passes.
 - `leaderboard(offset, limit)`, `worker(address)`, `worker_history(address, offset, limit, kinds=None)`,
   `slashes(offset, limit, worker=None)`, `epochs(offset, limit)`, `epoch(number=None)`: paginated (`Page`).
 
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import journal
 from ledger.journal import Entry, checksum, hash32
-from ledger.models import Epoch, Job, JournalEntry, JournalHead, StageReceipt, Verdict, Worker
+from ledger.models import Epoch, Job, JournalEntry, JournalHead, StageReceipt, TaskStats, Verdict, Worker
 
 T = TypeVar("T")
 MAX_PAGE = 500
@@ -320,6 +321,39 @@ def _epoch(row: Any) -> EpochRecord:
         anchor_tx=row.anchor_tx,
         anchored_at=row.anchored_at,
     )
+
+
+@dataclass(frozen=True)
+class TaskLine:
+    """One task on one model: accepted samples, how many had a checker, how many it passed."""
+
+    task_id: str
+    model_id: str
+    task_source: str
+    samples: int
+    checked: int
+    correct: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "model_id": self.model_id,
+            "task_source": self.task_source,
+            "samples": self.samples,
+            "checked": self.checked,
+            "correct": self.correct,
+            "pass_rate": self.correct / self.checked if self.checked else None,
+        }
+
+
+async def tasks(conn: AsyncConnection, offset: int = 0, limit: int = 50) -> Page[TaskLine]:
+    """Tasks by id, then model: the lines `record_sample` keeps (ledger.samples)."""
+    offset, limit = _page_args(offset, limit)
+    t = TaskStats.__table__
+    rows = (await conn.execute(select(t).order_by(t.c.task_id, t.c.model_id).offset(offset).limit(limit))).all()
+    total = (await conn.execute(select(func.count()).select_from(t))).scalar_one()
+    return Page([TaskLine(r.task_id, r.model_id, r.task_source, r.samples, r.checked, r.correct) for r in rows],
+                total, offset, limit)
 
 
 async def epochs(conn: AsyncConnection, offset: int = 0, limit: int = 50) -> Page[EpochRecord]:

@@ -9,10 +9,10 @@ Open it from a URL (the node's settings choose the default); opening runs the Al
 
 `Ledger` is a facade; each part lives in the module that describes it:
 - writing: `async with ledger.transaction() as tx:` gives a `LedgerTx` (`ledger.writes`): record_bundle,
-  record_verdict, append, set_stake, set_job_status, enqueue, close_epoch, mark_anchored, set_cursor. The
+  record_verdict, record_sample, append, set_stake, set_job_status, enqueue, close_epoch, mark_anchored, set_cursor. The
   same calls exist on `Ledger`, each in a transaction of its own.
 - reading (`ledger.queries`): job, receipts, verdict, head, entries, leaderboard, worker, worker_history,
-  slashes, epochs, epoch; and get_cursor (`ledger.outbox`).
+  slashes, epochs, epoch, tasks; and get_cursor (`ledger.outbox`).
 - the chain outbox (`ledger.outbox`): take_outbox, mark_sent, mark_failed, outbox.
 - proofs (`ledger.proofs`): reward_proof, entry_proof.
 - `verify() -> VerifyReport` (`ledger.audit`): recompute the hash chain, the totals and every epoch root.
@@ -142,6 +142,7 @@ class Ledger:
     close_epoch = _in_transaction(LedgerTx.close_epoch)
     mark_anchored = _in_transaction(LedgerTx.mark_anchored)
     set_cursor = _in_transaction(LedgerTx.set_cursor)
+    record_sample = _in_transaction(LedgerTx.record_sample)
 
     # --- the chain outbox and cursors (ledger.outbox) -------------------------------------------------
 
@@ -164,6 +165,7 @@ class Ledger:
     slashes = _reading(queries.slashes)
     epochs = _reading(queries.epochs)
     epoch = _reading(queries.epoch)
+    tasks = _reading(queries.tasks)
 
     # --- proofs (ledger.proofs) and the audit (ledger.audit) ------------------------------------------
 

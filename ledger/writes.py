@@ -19,6 +19,8 @@ Calls on a transaction, all idempotent (each also exists on `Ledger`, in a trans
   journaled (reward per job and stage, slash per evidence hash, soft invalidation per job, anchor per
   epoch, `ref` per chain event) is skipped, never an error (`ledger.appends`). Worker totals (the
   leaderboard) are updated in the same transaction.
+- `record_sample(SampleRecord) -> Entry | None`: the dataset row of an accepted job and its `sample` entry
+  (ledger.samples); SampleError for a job not accepted.
 - `set_stake(address, stake, block=None)`: the stake the chain reports for a worker.
 - `set_job_status(job_id, status, claimed_by=None, error=None)`: "pending" | "validating" | "done". The
   queue's claiming logic (SELECT ... FOR UPDATE SKIP LOCKED) is the validator's; the `jobs` columns
@@ -49,7 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import appends
 from ledger import epochs as epoch_math
-from ledger import journal, outbox
+from ledger import journal, outbox, samples
 from ledger.db import LedgerError, insert
 from ledger.journal import Entry, NewEntry, checksum, hash32
 from ledger.models import (
@@ -224,6 +226,17 @@ class LedgerTx:
         self._head = (last.seq, last.entry_hash)
         await appends.update_totals(self.conn, written)
         return written
+
+    async def record_sample(self, sample: samples.SampleRecord) -> Entry | None:
+        """Store the dataset row of an accepted job and journal the `sample` entry that commits to it
+        (ledger.samples); None when the job already has one. A job without an accepted verdict raises
+        SampleError: a blamed job's output never becomes a row."""
+        await self.lock()
+        row_digest = await samples.record(self.conn, sample)
+        if row_digest is None:
+            return None
+        written = await self.append([journal.sample(sample.job_id, row_digest)])
+        return written[0] if written else None
 
     async def set_stake(self, address: str, stake: int, block: int | None = None) -> None:
         """The stake the chain reports for `address` (at `block`); creates the worker if new."""

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from node.pipeline.tiny import tiny_model_dir
@@ -21,7 +22,8 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     model_dir = tiny_model_dir("llama", seed=11, path=tmp_path / "model")
     result = subprocess.run(
         [sys.executable, "-m", "node.cli.main", "--data-dir", str(tmp_path / "home"), "devnet",
-         "--model-dir", str(model_dir), "--tasks", "4", "--max-new-tokens", "8", "--port", str(free_port()),
+         "--model-dir", str(model_dir), "--tasks", "4", "--samples-per-task", "2", "--max-new-tokens", "8",
+         "--port", str(free_port()),
          "--timeout", "240"],
         capture_output=True, text=True, timeout=300,
     )
@@ -38,9 +40,16 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     validator_log = (home / "validator" / "log.txt").read_text()
     assert "dropped: blamed by a verdict" in validator_log
     # issue 18, item 10: the log is a file, not a terminal: progress as plain lines, no tqdm bar in it
-    assert "\r" not in validator_log and "█" not in validator_log and "tasks: 4/4 finished" in validator_log
+    assert "\r" not in validator_log and "█" not in validator_log and "tasks: 8/8 finished" in validator_log
     results = [json.loads(line) for line in (home / "results.jsonl").read_text().splitlines()]
-    assert len(results) == 4 and all(r["error"] is None for r in results)
+    assert len(results) == 8 and all(r["error"] is None for r in results)
+    # issue 17: the run's dataset, one row per accepted sequence, every row verified against the chain
+    assert "verified against the chain: 8 of 8 rows hold" in out, out[-3000:]
+    assert "8 rows (one per accepted job) of 4 tasks on 1 model(s), 4 pass@k rows (k = 2)" in out
+    rows = pq.read_table(home / "dataset" / "samples.parquet").to_pylist()
+    assert len(rows) == 8 and all(r["verdict"] == "accepted" and r["merkle_proof"] is not None for r in rows)
+    assert sorted(r["job_id"] for r in rows) == sorted(r["job_ids"][-1] for r in results)
+    assert (home / "dataset" / "README.md").read_text().count("| `0x") == 1  # one model in the card
 
 
 def test_the_devnet_report_shows_amounts_in_ether_with_their_unit(capsys):

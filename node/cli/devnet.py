@@ -22,7 +22,10 @@ def _cheat(text: str):
                short_help="run a local devnet: chain, validator, two groups of stage workers, a cheater caught")
 @click.option("--workers", type=int, default=6, help="stage workers to start (6: two groups of 3)")
 @click.option("--stages", type=int, default=3, help="stages per group")
-@click.option("--tasks", type=int, default=12, help="tasks to run from the bundled arithmetic set")
+@click.option("--tasks", type=int, default=6, help="tasks to run from the bundled arithmetic set")
+@click.option("--samples-per-task", type=click.IntRange(1, 64), default=2,
+              help="times each task runs, each with its own seed: the dataset's pass@k per task")
+@click.option("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy, every sample alike)")
 @click.option("--max-new-tokens", type=int, default=24, help="token budget per task")
 @click.option(
     "--cheat", type=Parsed(_cheat, "cheat"), default=DEFAULT_CHEAT,
@@ -45,7 +48,8 @@ def devnet_command(**_: object) -> int:
     cheats (--cheat): it perturbs its layers' weights, computes and proves honestly on top of them, and is
     caught by the validator's replay, blamed and slashed, while the stages beside it are not. At the end the
     best-paid worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise
-    claim`).
+    claim`), and the run's dataset is exported from the ledger and every row verified against the chain
+    (`stagewise dataset export` and `dataset verify`).
 
     Every part is a real process talking HTTP on loopback: the same commands an operator runs (`stagewise
     validator run`, `stagewise worker run`), so the devnet is also their integration test.

@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "node.cli.validator",
     "node.cli.groups",
     "node.cli.devnet",
+    "node.cli.dataset",
 )
 
 

@@ -36,7 +36,10 @@ def orchestration_options(function: Callable) -> Callable:
     and tasks."""
     options = [
         env_option("--tasks", variable=settings.TASKS,
-                   help="JSONL task file, or 'arithmetic' for the bundled set; without it no jobs are dispatched"),
+                   help="JSONL task file, 'arithmetic' for the bundled set, or a generator gen:NAME:n=N:seed=S "
+                   "(NAME: arithmetic, linear, modular, word); without it no jobs are dispatched"),
+        click.option("--samples-per-task", type=click.IntRange(1, 1024), default=1,
+                     help="run each task this many times, each with its own seed: the samples of its pass@k"),
         click.option("--stages-per-group", type=int, help="exactly this many stages per group, more only when memory "
                      "needs them", show_default="at least --preferred-stages"),
         click.option("--preferred-stages", type=int, default=PREFERRED_STAGES,

@@ -7,7 +7,10 @@ and run a bundled set of arithmetic tasks on them, and follows it all through th
 until every job has a verdict and an epoch is anchored on chain. One worker cheats (`--cheat`): it
 perturbs its layers' weights, computes and proves honestly on top of them, and is caught by the
 validator's replay, blamed and slashed, while the stages beside it are not. At the end the best-paid
-worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise claim`).
+worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise claim`), and the
+run's dataset is exported from the ledger (`stagewise dataset export`: every accepted sample, each task run
+`--samples-per-task` times, with pass@k) and every row verified against the roots anchored on chain
+(`stagewise dataset verify`).
 
 Every part is a real process talking HTTP on loopback: the same commands an operator runs
 (`stagewise validator run`, `stagewise worker run`), so the devnet is also their integration test. The
@@ -129,6 +132,11 @@ class Devnet:
         self.chain: dict[str, str] = {}  # rpc_url and contract, once the validator says where its chain is
         self.started = time.monotonic()
 
+    @property
+    def sequences(self) -> int:
+        """What the orchestrator runs: every task, `--samples-per-task` times."""
+        return self.args.tasks * self.args.samples_per_task
+
     # ------------------------------------------------------------------------------------------- start
 
     def start(self) -> None:
@@ -152,6 +160,8 @@ class Devnet:
                 "--wait-for-groups", str(max(1, self.args.workers // self.args.stages)),
                 "--sequences-per-group", "4",
                 "--max-new-tokens", str(self.args.max_new_tokens),
+                "--samples-per-task", str(self.args.samples_per_task),
+                "--temperature", str(self.args.temperature),
                 "--epoch-seconds", "15",
                 "--heartbeat-timeout", "20",
                 "--allow-private-stage-urls",  # every worker of a devnet is on loopback
@@ -243,7 +253,7 @@ class Devnet:
         """Show progress until every task ran, every job has a verdict and the epoch holding them is anchored."""
         from tqdm import tqdm
 
-        total = self.args.tasks
+        total = self.sequences
         tasks_bar = tqdm(total=total, desc="tasks done", unit="task", position=0, dynamic_ncols=True)
         verdict_bar = tqdm(total=total, desc="jobs verified", unit="job", position=1, dynamic_ncols=True)
         status = tqdm(total=0, bar_format="{desc}", position=2, dynamic_ncols=True)
@@ -317,6 +327,7 @@ class Devnet:
             print(f"  epoch {latest['number']} anchored in transaction {latest['anchor_tx']}: "
                   f"entries root {latest['entries_root']}, rewards root {latest['rewards_root']}")
         claimed = self.claim(leaderboard, names)
+        dataset_holds = self.dataset()
         caught = {row.get("worker") for row in slashes}
         honest_slashed = len(caught - {self.cheater})
         if self.cheater:
@@ -325,7 +336,43 @@ class Devnet:
                   f"honest workers slashed: {honest_slashed}.")
         print(f"Finished in {time.monotonic() - self.started:.0f} s; logs in {self.home}.")
         print(f"Dashboard: {self.url}/ (up while the devnet runs: `stagewise devnet --serve` keeps it up)")
-        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught) and claimed
+        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught) and claimed and dataset_holds
+
+    def dataset(self) -> bool:
+        """Export the run's dataset from the validator's ledger and verify every row against the chain, as anyone
+        would: `stagewise dataset export` and `stagewise dataset verify`. True when every row holds."""
+        import pyarrow.parquet as pq
+
+        out = self.home / "dataset"
+        env = dict(os.environ, **{settings.HOME.name: str(self.home / "validator")})
+        exported = self._command(["dataset", "export", str(out), "--json"], env)
+        checked = self._command(["dataset", "verify", str(out), "--rpc-url", self.chain["rpc_url"],
+                                 "--contract", self.chain["contract"], "--json"], env)
+        if exported is None or checked is None:
+            return False
+        print(f"\nDataset in {out}: {exported['rows']} rows (one per accepted job) of {exported['tasks']} tasks on "
+              f"{len(exported['models'])} model(s), {exported['pass_at_k_rows']} pass@k rows (k = {exported['k']}), "
+              f"a card in README.md")
+        lines = pq.read_table(out / "pass_at_k.parquet").to_pylist()[:6]
+        for line in lines:
+            at_k = "" if line["pass_at_k"] is None else f", pass@{line['k']} {line['pass_at_k']:.2f}"
+            print(f"  {line['task_id']}: {line['correct']}/{line['n']} correct, pass@1 {line['pass_at_1'] or 0:.2f}{at_k}")
+        print(f"  verified against the chain: {checked['held']} of {checked['rows']} rows hold "
+              f"({checked['epochs']} epoch(s), one RPC call each)")
+        for failure in checked["failures"][:5]:
+            print(f"  FAIL {failure}")
+        return bool(checked["ok"]) and checked["rows"] == exported["rows"] > 0
+
+    def _command(self, argv: list[str], env: dict[str, str]) -> dict[str, Any] | None:
+        """`stagewise ARGV --json` in a process of its own: its JSON answer, or None (and its error shown)."""
+        result = subprocess.run([sys.executable, "-m", "node.cli.main", *argv], capture_output=True, text=True,
+                                timeout=300, env=env)
+        try:
+            return json_input.loads(result.stdout)
+        except ValueError:
+            said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            print(f"\nstagewise {' '.join(argv[:2])} failed: {said[-1] if said else f'exit status {result.returncode}'}")
+            return None
 
     def claim(self, leaderboard: list[dict[str, Any]], names: dict[str, str]) -> bool:
         """The best-paid worker claims its reward on chain as any worker does: `stagewise claim`, its proof

@@ -5,7 +5,10 @@ Each task becomes a `SequenceRun` with a seed the orchestrator derives from its 
 whichever group has room, continuations after a stage failure on the group that replaced it
 (rerouting.py). Every group holds up to `sequences_per_group` sequences in flight, so its pipeline stays
 full; as soon as one finishes the next task starts. Finished tasks are decoded, checked against their
-reference answer and counted in `Progress`.
+reference answer and counted in `Progress`. With `samples_per_task` k, each task runs as k sequences, each
+with its own seed, so that the dataset has a pass rate per task; with `on_sample`, the output of a sequence
+whose job was accepted is handed over as a `SampleRecord` (the validator records it in the ledger: one
+dataset row, ledger.samples).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.samples import SampleRecord
 from node.orchestration.grouping import Group
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import JobInterrupted, StageFailure
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 JobHook = Callable[[JobSpec], Awaitable[None]]
 VerdictLookup = Callable[[str], Awaitable[str | None]]
+SampleHook = Callable[[SampleRecord], Awaitable[object]]
 
 
 class SeedSchedule:
@@ -77,8 +82,12 @@ class DispatchPolicy:
     """How long a sequence interrupted through nobody's fault waits before it runs again."""
     verdict_wait_s: float = 1800.0
     """How long a finished sequence waits for its job's verdict (with a `verdict_of` lookup)."""
+    samples_per_task: int = 1
+    """Sequences per task, each with its own seed: the samples a task's pass rate is measured on."""
 
     def __post_init__(self) -> None:
+        if self.samples_per_task < 1:
+            raise ValueError("samples_per_task must be at least 1")
         if self.sequences_per_group is not None and self.sequences_per_group < 1:
             raise ValueError("sequences_per_group must be at least 1")
         if self.wait_for_groups < 1:
@@ -102,6 +111,7 @@ class Dispatcher:
         results_path: Path | None = None,
         history_check: HistoryCheck | None = None,
         verdict_of: VerdictLookup | None = None,
+        on_sample: SampleHook | None = None,
     ) -> None:
         """`verdict_of(job_id)`: the outcome of a job's verdict ("accepted", "blamed", ...) or None while it
         has none. With it, a task counts as done only once the job that produced its output was accepted; any
@@ -114,7 +124,8 @@ class Dispatcher:
         self.results_path = results_path
         self.history_check = history_check
         self.verdict_of = verdict_of
-        self._tasks = deque(tasks)
+        self.on_sample = on_sample
+        self._tasks = deque(task for task in tasks for _ in range(policy.samples_per_task))
         self.progress = Progress(tasks_total=len(self._tasks))
         orchestrator.progress = self.progress
         self._retry: deque[SequenceRun] = deque()
@@ -286,6 +297,8 @@ class Dispatcher:
         if outcome is None:
             self._finish(run, f"no verdict on job {job_id} within {self.policy.verdict_wait_s:.0f} s")
         elif outcome == "accepted":
+            if self.on_sample is not None:
+                await self._record_sample(run, job_id)
             self._finish(run, None)
         elif run.reroutes >= self.policy.max_reroutes:
             self._finish(run, f"gave up after {run.reroutes} interruptions: job {job_id} was {outcome}")
@@ -294,6 +307,25 @@ class Dispatcher:
             run.reroutes += 1
             run.generated.clear()
             self._retry.append(run)
+
+    async def _record_sample(self, run: SequenceRun, job_id: str) -> None:
+        """Hand the accepted output of `run` to `on_sample`: the whole sequence (a rerouted one spans jobs; the
+        last one's acceptance covers it, the earlier tokens having passed `history_check`)."""
+        text = self.tokenizer.decode(run.generated)
+        sampling = self.policy.sampling
+        record = SampleRecord(
+            job_id=job_id, task_id=run.task.task_id, task_source=run.task.source or "unnamed",
+            model_id=self.orchestrator.model_id, prompt_token_ids=run.prompt_token_ids,
+            completion_token_ids=tuple(run.generated), completion_text=text,
+            sampling={"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+                      "max_new_tokens": run.max_new_tokens, "stop_ids": list(sampling.stop_ids)},
+            seed=run.seed, prompt_text=run.task.prompt, answer=run.task.answer, checker=run.task.checker,
+            correct=run.task.check(text),
+        )
+        try:
+            await self.on_sample(record)
+        except Exception as error:  # the dataset misses a row; the task still counts, the run goes on
+            log.error("sequence %s: the sample of job %s was not recorded: %r", run.task.task_id, job_id, error)
 
     def _finish(self, run: SequenceRun, error: str | None) -> None:
         text = self.tokenizer.decode(run.generated)

@@ -38,10 +38,11 @@ from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
 from node.orchestration.resume import SavedOrchestration
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
-from node.orchestration.tasks import load_tasks, load_tokenizer, resolve_task_file
+from node.orchestration.tasks import load_task_source, load_tokenizer
 from node.protocol.job import SamplingParams
 from node.validator.defence_client import StageDefences
 from node.validator.issued_jobs import IssuedJobs, awaited_by_ledger
+from node.validator.samples import checked_recorder
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def build_orchestration(
     if args.tasks:
         from node.pipeline.model import ModelConfig  # torch: imported where used, to keep it out of start-up
 
-        tasks = load_tasks(resolve_task_file(args.tasks))
+        tasks = load_task_source(args.tasks)
         tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)
         seeds = SeedSchedule(_seed_secret(args.seed_secret_file))
         new_dispatcher = lambda: Dispatcher(  # noqa: E731 (one per term as orchestrator: leadership.py)
@@ -228,11 +229,13 @@ def build_orchestration(
                     temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                     max_new_tokens=args.max_new_tokens, stop_ids=_stop_ids(model_dir),
                 ),
+                samples_per_task=getattr(args, "samples_per_task", 1) or 1,
             ),
             on_job=_on_job(node, issued),
             results_path=args.results,
             history_check=_history_check(node, orchestrator.model_id, model_dir),
             verdict_of=_verdict_of(node),
+            on_sample=_on_sample(node),
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
     leadership = None
@@ -275,6 +278,13 @@ def _verdict_of(node: Any):
         return verdict.get("outcome") if verdict else None
 
     return outcome
+
+
+def _on_sample(node: Any):
+    """Record an accepted sample as a dataset row in the node's ledger, once checked against the bundle the
+    validator accepted (node.validator.samples); None for a node without a ledger."""
+    ledger = getattr(node, "ledger", None)
+    return None if ledger is None else checked_recorder(ledger)
 
 
 def _spec_guard(node: Any, issued: IssuedJobs):

@@ -7,7 +7,9 @@ One JSON object a line:
 come together or not at all; `id` defaults to the line number; `max_new_tokens` overrides the run's default.
 A malformed line fails the whole load with its line number: a task set is checked before any job runs.
 
-`--tasks arithmetic` names the bundled set (node/tasks/arithmetic.jsonl).
+`--tasks arithmetic` names the bundled set (node/tasks/arithmetic.jsonl); `--tasks gen:linear:n=200:seed=1` a
+generator (node/tasks/generators.py). `load_task_source` takes any of the three; each task remembers its
+source, which the dataset's rows carry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ledger import json_input
 from ledger.errors import InvalidInput
 from node.tasks import BUNDLED_SETS, bundled_path
 from node.tasks.checkers import CHECKERS
+from node.tasks.generators import generate, is_generator_spec
 
 _FIELDS = {"id", "prompt", "prompt_token_ids", "answer", "checker", "max_new_tokens"}
 
@@ -37,6 +40,7 @@ class Task:
     answer: str | None = None
     checker: str | None = None
     max_new_tokens: int | None = None
+    source: str = ""
 
     def check(self, output_text: str) -> bool | None:
         """True or False when the task has a checker; None when nothing can be said."""
@@ -103,8 +107,20 @@ def resolve_task_file(name_or_path: str) -> Path:
     return path
 
 
-def load_tasks(path: Path) -> tuple[Task, ...]:
-    """Every task in a JSONL file; blank lines are skipped; any bad line raises TaskError with its number."""
+def load_task_source(spec: str) -> tuple[Task, ...]:
+    """The tasks `--tasks` names: a generator (`gen:NAME:n=N:seed=S`), a bundled set, or a JSONL file."""
+    if is_generator_spec(spec):
+        try:
+            made = generate(spec)
+        except ValueError as error:
+            raise TaskError(str(error)) from None
+        return tuple(Task(t.task_id, t.prompt, None, t.answer, t.checker, None, spec) for t in made)
+    return load_tasks(resolve_task_file(spec), source=spec if len(spec) <= 256 else Path(spec).name[-256:])
+
+
+def load_tasks(path: Path, source: str | None = None) -> tuple[Task, ...]:
+    """Every task in a JSONL file (their `source`: `source`, else the path); blank lines are skipped; any bad
+    line raises TaskError with its number."""
     tasks: list[Task] = []
     seen: set[str] = set()
     with open(path, encoding="utf-8") as handle:
@@ -112,7 +128,7 @@ def load_tasks(path: Path) -> tuple[Task, ...]:
             if not line.strip():
                 continue
             try:
-                task = parse_task(json_input.loads(line), default_id=f"line-{number}")
+                task = parse_task(json_input.loads(line), default_id=f"line-{number}", source=source or str(path))
             except (ValueError, TaskError) as error:
                 raise TaskError(f"{path}:{number}: {error}") from None
             if task.task_id in seen:
@@ -124,7 +140,7 @@ def load_tasks(path: Path) -> tuple[Task, ...]:
     return tuple(tasks)
 
 
-def parse_task(data: Any, default_id: str) -> Task:
+def parse_task(data: Any, default_id: str, source: str = "") -> Task:
     if not isinstance(data, dict):
         raise TaskError("a task is a JSON object")
     unknown = set(data) - _FIELDS
@@ -153,4 +169,4 @@ def parse_task(data: Any, default_id: str) -> Task:
     limit = data.get("max_new_tokens")
     if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= 1 << 16):
         raise TaskError("max_new_tokens must be an integer in [1, 65536]")
-    return Task(task_id, prompt, ids, answer, checker, limit)
+    return Task(task_id, prompt, ids, answer, checker, limit, source)

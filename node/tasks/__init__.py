@@ -3,6 +3,7 @@
 `arithmetic.jsonl` holds 52 short arithmetic and word problems, one JSON object a line:
 `{"id", "prompt", "answer", "checker"}`. A validator runs them with `--tasks arithmetic` (or any JSONL file
 of the same shape, see `node.orchestration.tasks`), and `node.tasks.checkers` says whether an output is right.
+`node.tasks.generators` makes verifiable math tasks from a seed (`--tasks gen:linear:n=200:seed=1`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
     GET /v1/workers/{address}/jobs         the jobs a worker served, with verdicts and the verifier's why
     GET /v1/workers/{address}/entries      its journal entries (kind=reward or slash to filter)
     GET /v1/workers/{address}/claimable    what it can claim with the latest closed epoch's root
+    GET /v1/tasks                          per task and model: accepted samples, checked, correct, pass rate
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ async def worker_claimable(request: web.Request) -> web.Response:
     return web.json_response({"worker": address, **await insight.claimable(node.ledger, address, standing.rewards)})
 
 
+async def tasks(request: web.Request) -> web.Response:
+    """Per task and model, by task id: accepted samples, how many a checker judged, how many passed, the pass rate"""
+    page = await request.app[NODE].ledger.tasks(offset(request), limit(request))
+    return web.json_response(page.to_json())
+
+
 _PAGE = (Param("limit", "query", Limit), Param("offset", "query", Offset))
 _WORKER = Param("address", "path", AddressText)
 _BUCKET = Annotated[int, Field(json_schema_extra={"enum": list(BUCKETS)}, description="seconds per bucket")]
@@ -95,4 +102,5 @@ ROUTES = (
           parameters=(_WORKER, *_PAGE, Param("kind", "query", EntryKind)), errors=(400,), description="entries"),
     Route("GET", "/v1/workers/{address}/claimable", worker_claimable, response=Claimable, parameters=(_WORKER,),
           errors=(400, 404), description="the claimable amount"),
+    Route("GET", "/v1/tasks", tasks, response=Page, parameters=_PAGE, errors=(400,), description="tasks"),
 )

@@ -68,3 +68,12 @@ def test_entry_proofs():
         proof = epochs.entry_proof(2, 11, hashes, seq)
         assert proof.entry_hash == hashes[seq - 11] and proof.verify()
         assert proof.entries_root == epochs.entries_root(hashes)
+
+
+def test_parent_level_builds_the_same_tree_packed():
+    for count in range(1, 12):
+        leaves = [bytes([i]) * 32 for i in range(count)]
+        packed = [b"".join(leaves)]
+        while len(packed[-1]) > 32:
+            packed.append(merkle.parent_level(packed[-1]))
+        assert packed == [b"".join(level) for level in merkle.levels(leaves)]

@@ -323,3 +323,35 @@ async def test_a_second_process_with_the_same_key_is_refused_while_the_first_one
         await first.stop()
     record = await orchestrator.register(make_registration(key, CAPACITIES[0], "eu", "http://127.0.0.1:9", now=clock.now))
     assert record.stage_url == "http://127.0.0.1:9"  # the first one is gone: the restart is welcome
+
+
+async def test_samples_per_task_runs_each_task_k_times_and_hands_over_only_accepted_outputs(model_dir, worker_keys):
+    orchestrator, _, _ = await start(model_dir, worker_keys)
+    blamed: set[str] = set()
+    recorded = []
+
+    async def verdict_of(job_id: str) -> str | None:
+        if not blamed:
+            blamed.add(job_id)  # the first job to finish is blamed: its output must never become a row
+        return "blamed" if job_id in blamed else "accepted"
+
+    async def on_sample(record) -> None:
+        recorded.append(record)
+
+    two = [Task("t0", prompt="hi", answer="3", checker="math", source="gen:linear:n=2:seed=1"),
+           Task("t1", prompt_token_ids=(4, 5, 6), source="file.jsonl")]
+    dispatcher = Dispatcher(
+        orchestrator, two, ByteTokenizer(256), SeedSchedule(SECRET),
+        DispatchPolicy(sampling=SAMPLING, max_new_tokens=6, idle_poll_s=0.01, samples_per_task=3),
+        verdict_of=verdict_of, on_sample=on_sample,
+    )
+    progress = await dispatcher.run()
+    assert progress.tasks_total == 6 and progress.tasks_done == 6
+    assert sorted(r.task_id for r in recorded) == ["t0"] * 3 + ["t1"] * 3
+    assert len({r.seed for r in recorded}) == 6  # every sample its own orchestrator seed
+    assert not blamed & {r.job_id for r in recorded}
+    first = next(r for r in recorded if r.task_id == "t0")
+    assert first.prompt_text == "hi" and first.checker == "math" and first.task_source == "gen:linear:n=2:seed=1"
+    assert first.correct in (True, False) and first.model_id == orchestrator.model_id
+    assert len(first.completion_token_ids) == 6 and first.sampling["max_new_tokens"] == 6
+    assert next(r for r in recorded if r.task_id == "t1").correct is None  # no checker, no verdict on it

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from ledger.samples import SampleRecord
 from node.orchestration.api import orchestration_registrar
 from node.orchestration.grouping import GroupingPolicy, ModelShape
 from node.orchestration.orchestrator import Orchestrator
@@ -101,12 +102,19 @@ async def test_the_dashboard_shows_progress_charts_pipelines_regions_standings_a
         for seed in (2, 3, 4):
             blamed = await submit_and_validate(client, node, run_job(group, group.spec(PROMPT, max_new_tokens=6, seed=seed), perturbed_stage=1))
             assert blamed["verdict"]["blamed_stage"] == 1
+        await node.ledger.record_sample(SampleRecord(
+            job_id=honest["job_id"], task_id="linear-1-00001", task_source="gen:linear:n=1:seed=1",
+            model_id=group.model_id, prompt_token_ids=(1, 2), completion_token_ids=(3, 4), completion_text="\\boxed{2}",
+            sampling={"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 6, "stop_ids": []}, seed=1,
+            answer="2", checker="math", correct=True,
+        ))
         closed = await client.post("/v1/admin/epochs/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert closed.status == 201
         url = str(client.make_url("/"))
 
         dom = await rendered_dom(url, tmp_path / "chromium")
         await screenshot(url, tmp_path / "overview.png")
+        all_tasks = await rendered_dom(url + "#/tasks", tmp_path / "chromium")
 
     cheater, clean = worker_keys[1].address, worker_keys[0].address
     assert "could not load" not in dom
@@ -128,6 +136,10 @@ async def test_the_dashboard_shows_progress_charts_pipelines_regions_standings_a
     epochs = section(dom, "epochs")
     assert "<td>1</td>" in epochs
     assert section(dom, "jobs").count("#/job/0x") == 4
+    tasks = section(dom, "tasks")
+    assert "linear-1-00001" in tasks and "1 / 1" in tasks and "100 %" in tasks and "<meter" in tasks
+    assert 'data-route="tasks"' in all_tasks and "linear-1-00001" in section(all_tasks, "all-tasks")
+    assert 'id="overview" hidden' in all_tasks
     chain = dom.split('id="chain"', 1)[1].split("</dl>", 1)[0]
     assert ">31337<" in chain and ("ab" * 20) in chain.lower()
 

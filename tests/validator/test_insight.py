@@ -3,6 +3,8 @@ slashes of the same worker, and an epoch closed."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.validator.conftest import ADMIN_TOKEN
 from tests.validator.factory import run_job
 from tests.validator.test_api import assert_error
@@ -87,3 +89,30 @@ async def test_a_worker_s_jobs_entries_and_claimable_amount(client, node, group)
     assert after["epoch"] == 1 and after["cumulative_wei"] == proof["cumulative"]
     await assert_error(await client.get("/v1/workers/0x" + "00" * 20 + "/claimable"), 404, "unknown_worker")
     await assert_error(await client.get(f"/v1/workers/{cheater}/jobs?offset=-1"), 400, "bad_query")
+
+
+async def test_tasks_show_each_task_s_accepted_samples_and_pass_rate_per_model(client, node, group):
+    from ledger.samples import SampleError, SampleRecord
+
+    await judged(client, node, group)
+    jobs = (await get(client, f"/v1/workers/{group.keys[1].address}/jobs"))["items"]
+    accepted = next(row["job_id"] for row in jobs if row["outcome"] == "accepted")
+    blamed = next(row["job_id"] for row in jobs if row["blamed"])
+    sampling = {"temperature": 0.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 6, "stop_ids": []}
+
+    def record(job_id):
+        return SampleRecord(job_id=job_id, task_id="linear-1-00001", task_source="gen:linear:n=1:seed=1",
+                            model_id=group.model_id, prompt_token_ids=(1, 2), completion_token_ids=(3, 4),
+                            completion_text="\\boxed{2}", sampling=sampling, seed=1, answer="2", checker="math",
+                            correct=True)
+
+    assert (await get(client, "/v1/tasks"))["total"] == 0
+    await node.ledger.record_sample(record(accepted))
+    with pytest.raises(SampleError, match="blamed"):
+        await node.ledger.record_sample(record(blamed))
+    page = await get(client, "/v1/tasks?limit=10")
+    assert page["total"] == 1
+    assert page["items"][0] == {"task_id": "linear-1-00001", "model_id": group.model_id,
+                                "task_source": "gen:linear:n=1:seed=1", "samples": 1, "checked": 1, "correct": 1,
+                                "pass_rate": 1.0}
+    await assert_error(await client.get("/v1/tasks?limit=0"), 400, "bad_query")

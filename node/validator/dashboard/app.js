@@ -1,6 +1,7 @@
 // The dashboard: one page over the validator's public API, refreshed every few seconds; no build step.
 // Routes: #/ (overview), #/worker/0x… (a worker's jobs, verdicts, rewards, slashes, claimable amount),
-// #/job/0x… (a job's stages and verdict), #/tx/0x… (a transaction on a chain with no known explorer).
+// #/job/0x… (a job's stages and verdict), #/tasks (every task's samples and pass rate per model),
+// #/tx/0x… (a transaction on a chain with no known explorer).
 "use strict";
 
 const API = "v1/";
@@ -8,6 +9,7 @@ const PAGE = 10;
 const REFRESH_MS = 5000;
 const offsets = {};     // list id -> offset, kept across refreshes
 const renderers = {};   // list id -> () => Promise, to redraw one list when its pager moves
+const sizes = {};       // list id -> rows a page
 const charts = {};
 let chain = null;
 
@@ -34,6 +36,7 @@ async function show(id, render) {
 
 // A list with a pager: `url` answers {items, total?}; `columns` as format.js `table` takes them.
 function paged(id, url, columns, emptyText, size = PAGE) {
+  sizes[id] = size;
   renderers[id] = async () => {
     const offset = offsets[id] || 0;
     const data = await getJSON(`${url}${url.includes("?") ? "&" : "?"}limit=${size + 1}&offset=${offset}`);
@@ -54,7 +57,7 @@ document.addEventListener("click", (event) => {
   const button = event.target.closest(".pager button");
   if (!button) return;
   const id = button.parentElement.dataset.for;
-  offsets[id] = Math.max(0, (offsets[id] || 0) + Number(button.dataset.step) * PAGE);
+  offsets[id] = Math.max(0, (offsets[id] || 0) + Number(button.dataset.step) * (sizes[id] || PAGE));
   show(id, renderers[id]);
 });
 
@@ -194,8 +197,18 @@ async function renderGroups() {
   }).join("") : '<p class="muted">no worker registered</p>';
 }
 
+// Per task and model: accepted samples, how many the checker passed, the pass rate (GET /v1/tasks).
+const TASK_COLUMNS = [
+  ["task", (r) => `<span class="task" title="${esc(r.task_source)}">${esc(r.task_id)}</span>`],
+  ["model", (r) => `<span class="addr" title="${esc(r.model_id)}">${esc(short(r.model_id))}</span>`],
+  ["samples", (r) => esc(r.samples)],
+  ["correct", (r) => r.checked ? `${esc(r.correct)} / ${esc(r.checked)}` : '<span class="muted">no checker</span>'],
+  ["pass rate", (r) => passRate(r.pass_rate)],
+];
+
 function renderLists() {
   return Promise.all([
+    paged("tasks", API + "tasks", TASK_COLUMNS, "no accepted samples yet"),
     paged("standings", API + "standings", [
       ["#", (r) => esc(r.rank)],
       ["worker", (r) => workerLink(r.address) + (r.slashes ? ' <span class="badge bad">slashed</span>' : "")],
@@ -307,6 +320,18 @@ async function renderJob(jobId) {
     ], "no stages");
 }
 
+async function renderTasks() {
+  const detail = el("detail");
+  if (detail.dataset.view !== "tasks") {
+    detail.dataset.view = "tasks";
+    detail.innerHTML = '<p><a href="#/">← overview</a></p><h2>Tasks</h2>' +
+      '<p class="muted">One line per task and model: the accepted samples of the task (blamed jobs never count), how many ' +
+      'a checker passed, and the pass rate. The dataset with every sample and its proof: <code>stagewise dataset export</code>.</p>' +
+      '<section><div id="all-tasks" class="paged"></div></section>';
+  }
+  await paged("all-tasks", API + "tasks", TASK_COLUMNS, "no accepted samples yet", 50);
+}
+
 function renderTx(tx) {
   el("detail").dataset.view = `tx/${tx}`;
   el("detail").innerHTML = `<p><a href="#/">← overview</a></p><h2>Transaction</h2><p class="addr">${esc(tx)}</p>` +
@@ -318,13 +343,14 @@ function renderTx(tx) {
 
 async function render() {
   const route = location.hash.replace(/^#\/?/, "").split("/");
-  const detail = route[0] === "worker" || route[0] === "job" || route[0] === "tx";
+  const detail = ["worker", "job", "tx", "tasks"].includes(route[0]);
   el("overview").hidden = detail;
   el("detail").hidden = !detail;
   document.body.dataset.route = route[0] || "overview";
   await renderChain();
   if (route[0] === "worker") await show("detail", () => renderWorker(route[1]));
   else if (route[0] === "job") await show("detail", () => renderJob(route[1]));
+  else if (route[0] === "tasks") await show("detail", renderTasks);
   else if (route[0] === "tx") renderTx(route[1]);
   else await Promise.all([show("progress", renderProgress), show("charts", renderCharts), show("groups", renderGroups), renderLists()]);
   el("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;

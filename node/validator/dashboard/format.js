@@ -65,6 +65,13 @@ function outcomeBadge(outcome) {
   return `<span class="badge ${kind}">${esc(outcome.replace("_", " "))}</span>`;
 }
 
+// A pass rate (0..1, or null without a checker) as a percentage with a bar.
+function passRate(rate) {
+  if (rate === null || rate === undefined) return '<span class="muted">—</span>';
+  const percent = Math.round(Number(rate) * 100);
+  return `<span class="rate"><meter min="0" max="1" value="${esc(rate)}"></meter> ${esc(percent)} %</span>`;
+}
+
 // A table from rows and [heading, row -> HTML] columns.
 function table(rows, columns, emptyText) {
   if (!rows.length) return `<p class="muted empty">${esc(emptyText)}</p>`;
