@@ -1,8 +1,8 @@
 """orchestrator_workers, orchestrator_groups and orchestrator_lease: what an orchestrator resumes after a
 restart, and which of the validator processes on one ledger orchestrates (issue 19).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
