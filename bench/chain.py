@@ -5,6 +5,11 @@ Rows (one run, side by side, gas from transaction receipts):
   anchor, epoch of 10,000 entries        target: within 1% of the 10-entry anchor (anchor gas must not grow
                                          with the epoch; the roots come from ledger.merkle over real trees)
   stake / slash / claim                  budgets (claim: a proof from a rewards tree of 1,000 workers)
+  slash / anchor at threshold t = 1, 3, 5
+                                         what t validators' signatures cost (PROTOCOL I7); target: at t = 3,
+                                         at most 30,000 gas above the single-key slash and anchor of the
+                                         contract before I7 (70,883 and 64,603 gas, measured by this bench
+                                         at commit 1451a3c; gas is deterministic)
   per 1,000 stage receipts, stagewise    one anchor for an epoch that covers them
   per 1,000 stage receipts, on-chain     one submission per receipt (contracts/bench/ReceiptRegistry.sol,
                                          what a protocol that records every work key on chain pays)
@@ -35,10 +40,14 @@ from ledger import merkle  # noqa: E402
 from ledger.chain.abi import BUILD_DIR, Artifact  # noqa: E402
 from ledger.chain.client import ChainClient  # noqa: E402
 from ledger.chain.embedded import AnvilNode  # noqa: E402
+from ledger.chain.keys import tester_keys  # noqa: E402
 from node.protocol.signing import SigningKey  # noqa: E402
 
 RECEIPTS = 1_000
 BUDGETS = {"stake": 75_000, "slash": 100_000, "claim": 120_000}
+BEFORE_I7 = {"slash": 70_883, "anchor": 64_603}  # one validator's transaction, no signatures checked
+THRESHOLD_OVERHEAD = 30_000  # gas t = 3 signatures may add
+THRESHOLDS = (1, 3, 5)
 
 
 def entry_hashes(count: int, tag: str) -> list[bytes]:
@@ -65,19 +74,19 @@ def measure(chain: ChainClient, submissions: int) -> dict[str, int]:
     gas: dict[str, int] = {}
 
     # Anchors: a first anchor writes fresh slots (counter, epoch), so compare two later ones like for like.
-    chain.anchor(validator, 1, merkle.root(entry_hashes(3, "warm-up")), merkle.keccak(b"r1"), 3)
+    chain.signed_anchor(validator, [validator], 1, merkle.root(entry_hashes(3, "warm-up")), merkle.keccak(b"r1"), 3)
     small = entry_hashes(10, "epoch-2")
-    gas["anchor_10"] = chain.anchor(validator, 2, merkle.root(small), merkle.keccak(b"r2"), len(small)).gas_used
+    gas["anchor_10"] = chain.signed_anchor(validator, [validator], 2, merkle.root(small), merkle.keccak(b"r2"), len(small)).gas_used
     large = entry_hashes(10_000, "epoch-3")
-    gas["anchor_10000"] = chain.anchor(validator, 3, merkle.root(large), merkle.keccak(b"r3"), len(large)).gas_used
+    gas["anchor_10000"] = chain.signed_anchor(validator, [validator], 3, merkle.root(large), merkle.keccak(b"r3"), len(large)).gas_used
 
     gas["stake"] = chain.stake(worker, 10**18).gas_used
-    gas["slash"] = chain.slash(validator, worker.address, 10**17, merkle.keccak(b"evidence")).gas_used
+    gas["slash"] = chain.signed_slash(validator, [validator], worker.address, 10**17, merkle.keccak(b"evidence")).gas_used
 
     # Claim against a rewards root over 1,000 workers, the claimant among them.
     workers = [worker.address] + [SigningKey(merkle.keccak(b"w%d" % i)).address for i in range(999)]
     root, leaves, amounts = rewards_tree(workers)
-    chain.anchor(validator, 4, merkle.keccak(b"entries-4"), root, len(workers))
+    chain.signed_anchor(validator, [validator], 4, merkle.keccak(b"entries-4"), root, len(workers))
     chain.fund_rewards(validator, sum(amounts))
     gas["claim"] = chain.claim(worker, amounts[0], merkle.proof(leaves, 0)).gas_used
 
@@ -89,6 +98,21 @@ def measure(chain: ChainClient, submissions: int) -> dict[str, int]:
         total += chain.transact(worker, contract.functions.submit(merkle.keccak(b"receipt %d" % i))).gas_used
     gas["per_receipt_1000"] = total * RECEIPTS // submissions
     gas["stagewise_1000"] = gas["anchor_10"]  # one anchor covers an epoch of any size
+
+    # Threshold orders: four more validators (signing keys only), then t of the five sign each order.
+    signers = [validator] + tester_keys(9)[5:9]
+    for key in signers[1:]:
+        chain.add_validator(validator, key.address)
+    epoch = 5
+    for t in THRESHOLDS:
+        chain.set_threshold(validator, t)
+        gas[f"slash_t{t}"] = chain.signed_slash(
+            validator, signers[:t], worker.address, 10**15, merkle.keccak(b"evidence t%d" % t)
+        ).gas_used
+        gas[f"anchor_t{t}"] = chain.signed_anchor(
+            validator, signers[:t], epoch, merkle.keccak(b"entries %d" % epoch), merkle.keccak(b"r"), 10
+        ).gas_used
+        epoch += 1
     return gas
 
 
@@ -116,6 +140,12 @@ def report(gas: dict[str, int], backend: str, submissions: int) -> bool:
     )
     ratio = gas["stagewise_1000"] / gas["per_receipt_1000"]
     rows.append(("stagewise / per-receipt", f"1/{1 / ratio:,.0f}", "<= 1/100", ratio <= 0.01))
+    for name in ("slash", "anchor"):
+        for t in THRESHOLDS:
+            value = gas[f"{name}_t{t}"]
+            extra = value - BEFORE_I7[name]
+            target, passed = (f"<= +{THRESHOLD_OVERHEAD:,}", extra <= THRESHOLD_OVERHEAD) if t == 3 else ("—", None)
+            rows.append((f"{name} gas, threshold t = {t} (vs one key before I7)", f"{value:,} ({extra:+,})", target, passed))
     ok = True
     for label, value, target, passed in rows:
         verdict = "" if passed is None else ("ok" if passed else "MISS")

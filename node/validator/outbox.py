@@ -44,13 +44,12 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
                 raise Permanent("the evidence is used on chain but its Slashed event was not found")
             return found
         slashable = chain.stake_info(payload["worker"]).slashable
-        amount = min(int(payload["amount"]), slashable)
-        if amount <= 0:
+        if slashable <= 0:
             raise Permanent(f"{payload['worker']} has no stake left on chain to slash")
-        if amount < int(payload["amount"]):  # the journal keeps the verdict's amount; the stake follows the chain
+        if slashable < int(payload["amount"]):  # the contract takes what is left; the journal keeps the verdict's
             log.warning("slashing %s: %d wei of the %s the verdict set, all the stake it has left",
-                        payload["worker"], amount, payload["amount"])
-        return chain.slash(key, payload["worker"], amount, evidence).tx_hash
+                        payload["worker"], slashable, payload["amount"])
+        return chain.signed_slash(key, [key], payload["worker"], int(payload["amount"]), evidence).tx_hash
     if row.kind == "anchor":
         epoch = int(payload["epoch"])
         latest = chain.latest_anchor()
@@ -59,8 +58,8 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
             if found is None:
                 raise Permanent(f"the chain is past epoch {epoch} ({latest.latest_epoch}) without anchoring it")
             return found
-        return chain.anchor(
-            key, epoch, _hex32(payload["entries_root"]), _hex32(payload["rewards_root"]), int(payload["entry_count"])
+        return chain.signed_anchor(
+            key, [key], epoch, _hex32(payload["entries_root"]), _hex32(payload["rewards_root"]), int(payload["entry_count"])
         ).tx_hash
     raise Permanent(f"unknown outbox kind {row.kind!r}")
 

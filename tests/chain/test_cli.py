@@ -78,7 +78,7 @@ def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkey
     assert chain.stake_info(worker.address).active == int(1.5 * 10**18)
 
     proof = epochs.reward_proof(1, {worker.address: 12_345, owner.address: 1}, worker.address)
-    chain.anchor(owner, 1, keccak(b"entries"), bytes.fromhex(proof.rewards_root[2:]), 2)
+    chain.signed_anchor(owner, [owner], 1, keccak(b"entries"), bytes.fromhex(proof.rewards_root[2:]), 2)
     proof_file = tmp_path / "proof.json"
     proof_file.write_text(json.dumps(proof.to_json()))
     assert main(["claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks)]) == 1  # an empty pool
@@ -140,7 +140,7 @@ def test_claim_takes_its_proof_from_the_ledger(anvil, tmp_path, capsys, monkeypa
     assert main(["claim", *base]) == 1
     assert "no epoch is anchored" in capsys.readouterr().err
     epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
-    chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+    chain.signed_anchor(validator, [validator], epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
     monkeypatch.setenv("STAGEWISE_DB", sqlite_url)
     assert f"claimed 0.000000000000004321 ETH (4321 wei) for {worker.address}" in run(capsys, "claim", *base)
     assert chain.claimed_of(worker.address) == 4_321
@@ -169,7 +169,7 @@ def test_claim_takes_its_proof_from_a_validators_api_and_checks_it_against_the_c
     chain.fund(worker.address, 10**18)
     chain.fund_rewards(validator, 10_000)
     epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
-    chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+    chain.signed_anchor(validator, [validator], epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
 
     # the validator's API on its own loop in a thread, as a remote node would serve it
     loop, served, stop = asyncio.new_event_loop(), threading.Event(), asyncio.Event()  # the Event binds to loop on use
