@@ -9,6 +9,7 @@ routes to the same process and app.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -145,6 +146,8 @@ async def _serve(args, dirs: list[Path]) -> None:
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
+    if node.config.public_url is None:
+        node.config = dataclasses.replace(node.config, public_url=f"http://{args.host}:{port}")
     print(json.dumps({"event": "listening", "url": f"http://{args.host}:{port}", "validator_id": config.validator_id,
                       "chain_id": domain.chain_id, "contract": domain.verifying_contract, "rpc_url": rpc_url,
                       "models": sorted(models.ids)}), flush=True)
@@ -272,6 +275,9 @@ def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
         claim_lease_seconds=args.lease_seconds,
         bundle_deadline_seconds=args.bundle_deadline,
         validator_id=args.validator_id or f"{os.uname().nodename}:{args.port}",
+        peers=tuple(url.rstrip("/") for url in args.peers),
+        public_url=args.public_url.rstrip("/") if args.public_url else None,
+        audit_rate=args.audit_rate,
     )
 
 

@@ -317,6 +317,16 @@ class ValidatorNode:
         log.info("epoch %d closed (%d entries); anchor owed", record.number, record.entry_count)
         return record.to_json()
 
+    async def epoch_entries(self, number: int) -> dict[str, Any] | None:
+        """Epoch `number`'s entries in full and the cumulative rewards epoch `number - 1` closed with."""
+        record = await self.ledger.epoch(number)
+        if record is None:
+            return None
+        entries = await self.ledger.entries(record.first_seq - 1, record.last_seq - record.first_seq + 1)
+        previous = await self.ledger.epoch_cumulative(number - 1) if number > 1 else {}
+        return {"epoch": number, "entries": [e.to_json() for e in entries],
+                "previous_cumulative": {w: str(a) for w, a in previous.items()}}
+
     # ------------------------------------------------------------------ reads
 
     async def job(self, job_id: str) -> dict[str, Any] | None:
