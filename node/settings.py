@@ -111,6 +111,8 @@ PUBLIC_URL = Variable("STAGEWISE_PUBLIC_URL", str, None,
                       "this validator's API URL as its peers reach it (default http://HOST:PORT)")
 AUDIT_RATE = Variable("STAGEWISE_AUDIT_RATE", float, 0.1,
                       "fraction of a peer's rewarded jobs replayed before co-signing its anchor")
+COSIGN_ONLY = Variable("STAGEWISE_COSIGN_ONLY", bool, False,
+                       "only judge and co-sign peers' slash and anchor orders: no jobs, epochs or transactions")
 ACCEPT_UNISSUED_JOBS = Variable("STAGEWISE_ACCEPT_UNISSUED_JOBS", bool, False,
                                 "with --no-orchestration: take bundles of any job, not only issued ones")
 

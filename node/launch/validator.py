@@ -136,6 +136,8 @@ async def _serve(args, dirs: list[Path]) -> None:
     elif args.no_orchestration:
         log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
     orchestration = None
+    if args.cosign_only and not args.no_orchestration:
+        raise CommandError("--cosign-only runs no orchestrator: add --no-orchestration")
     if not args.no_orchestration:
         orchestration = build_orchestration(args, node, dirs[0])
     guard = HttpGuard(limits_from_args(args), on_refused=_count_refused_bundle(node))
@@ -278,6 +280,7 @@ def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
         peers=tuple(url.rstrip("/") for url in args.peers),
         public_url=args.public_url.rstrip("/") if args.public_url else None,
         audit_rate=args.audit_rate,
+        cosign_only=args.cosign_only,
     )
 
 

@@ -45,6 +45,8 @@ class ValidatorConfig:
     audit_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     """This node's own secret behind the audit draw, so a proposer cannot tell which jobs will be replayed
     (made at random per process unless given)."""
+    cosign_only: bool = False
+    """Judge and co-sign peers' orders only: no validation, epochs or chain transactions of its own."""
     order_ttl_seconds: int = 7 * 24 * 3600
     """How long the signatures of a slash or anchor order stay valid on chain."""
 

@@ -62,6 +62,8 @@ def already_on_chain(chain: Any, row: OutboxRow) -> str | None:
             found = chain.event_tx("Anchored", epoch.to_bytes(32, "big"))
             if found is None:
                 raise Permanent(f"the chain is past epoch {epoch} ({latest.latest_epoch}) without anchoring it")
+            if chain.entries_root_of(epoch) != _hex32(payload["entries_root"]):
+                raise Permanent(f"epoch {epoch} is anchored on chain with other roots (another ledger's) by {found}")
             return found
         if epoch > latest.latest_epoch + 1:
             raise Waiting(f"epoch {latest.latest_epoch + 1} is not anchored yet; anchors go one epoch at a time")

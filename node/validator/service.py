@@ -282,6 +282,8 @@ class ValidatorNode:
 
     def start(self, *, validators: int = 1) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.cosign_only:  # a co-signer only answers POST /v1/cosign; it owes the chain nothing
+            return
         for _ in range(validators):
             self._tasks.append(loop.create_task(self.run_validation(), name="validation"))
         self._tasks.append(loop.create_task(run_epochs(self), name="epochs"))

@@ -107,6 +107,7 @@ async def gather(node: Any, row: OutboxRow, threshold: int) -> tuple[Order, byte
     own = node.chain_key.address
     if own not in signatures and await is_validator(own):
         signatures[own] = sign_order(node.chain_key, order, domain)
+    payload = await _kept(node, row, payload, order, signatures)  # the order is fixed before any peer sees it
     problems: list[str] = []
     if len(signatures) < threshold and node.config.peers:
         body = {"order": order.to_json(), "proposer": node.config.public_url}
@@ -128,14 +129,21 @@ async def gather(node: Any, row: OutboxRow, threshold: int) -> tuple[Order, byte
                 problems.append(f"{answer.peer} answered a signature that is not a validator's for this order")
                 continue
             signatures[signer] = answer.signature
-    payload["order"] = order.to_json()
-    payload["signatures"] = {s: "0x" + sig.hex() for s, sig in sorted(signatures.items())}
-    if payload != row.payload:
-        await node.ledger.set_outbox_payload(row.id, payload)
+    await _kept(node, row, payload, order, signatures)
     if len(signatures) < threshold:
         raise Waiting(f"{len(signatures)} of {threshold} validator signatures" + (f" ({'; '.join(problems)})" if problems else ""))
     chosen = dict(sorted(signatures.items(), key=lambda item: int(item[0], 16))[:threshold])
     return order, pack_signatures(chosen)
+
+
+async def _kept(node: Any, row: OutboxRow, payload: dict[str, Any], order: Order, signatures: dict[str, bytes]
+                ) -> dict[str, Any]:
+    """Write the order and its signatures into the row when they changed; the payload as written."""
+    updated = dict(payload, order=order.to_json(),
+                   signatures={s: "0x" + sig.hex() for s, sig in sorted(signatures.items())})
+    if updated != payload:
+        await node.ledger.set_outbox_payload(row.id, updated)
+    return updated
 
 
 def _recovers(order: Order, domain: Any, signature: bytes | None) -> str | None:
