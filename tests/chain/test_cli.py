@@ -246,3 +246,18 @@ def test_deploy_keep_existing_and_top_ups_make_a_set_up_safe_to_run_again(anvil,
         remembered = json.loads((tmp_path / "home" / "chain.json").read_text())
         assert remembered["rpc_url"] == fresh.url
         assert ChainClient.connect(fresh.url, address=remembered["contract"]).owner() == owner.address
+
+
+def test_deploy_sets_the_validator_set_and_its_threshold(anvil, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    monkeypatch.setenv("STAGEWISE_RPC_URL", anvil.url)
+    owner_ks = keystore_for(tmp_path, "owner", SigningKey(bytes(anvil.keys[0].key)))
+    validators = [SigningKey.generate().address for _ in range(3)]
+    flags = [flag for address in validators for flag in ("--validator", address)]
+    assert main(["chain", "deploy", "--keystore", str(owner_ks), *flags[:4], "--threshold", "3"]) == 1
+    assert "--threshold 3: between 1 and the 2 validator(s) given" in capsys.readouterr().err
+    out = run(capsys, "chain", "deploy", "--keystore", str(owner_ks), *flags, "--threshold", "2")
+    assert "2 of them sign each slash and anchor" in out
+    chain = ChainClient.connect(anvil.url, address=json.loads((tmp_path / "home" / "chain.json").read_text())["contract"])
+    assert (chain.threshold(), chain.validator_count()) == (2, 3)
+    assert all(chain.is_validator(address) for address in validators)
