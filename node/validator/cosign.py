@@ -171,7 +171,10 @@ async def judge_anchor(node: Any, order: AnchorOrder, proposer: str) -> None:
     for entry in entries:
         if entry.kind == journal.SLASH:
             if entry.job_id is None:
-                raise Refused("slash_entry", f"slash entry {entry.seq} names no job whose evidence could be judged")
+                # A slash the ledger followed from the chain (ledger/chain/sync.py): t validators signed it there.
+                if not await asyncio.to_thread(node.chain.evidence_used, bytes.fromhex(entry.evidence_hash[2:])):
+                    raise Refused("slash_entry", f"slash entry {entry.seq} names no job and never happened on chain")
+                continue
             evidence, verdict, spec = await _recomputed_verdict(node, proposer, entry.job_id)
             if "0x" + evidence_hash(evidence).hex() != entry.evidence_hash:
                 raise Refused("slash_entry", f"slash entry {entry.seq}: its evidence does not hash to its evidence hash")

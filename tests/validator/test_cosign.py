@@ -187,6 +187,11 @@ async def test_an_epoch_is_cosigned_only_when_its_roots_match_its_entries(networ
     await _judged(network, perturbed_stage=None)
     await _judged(network, perturbed_stage=1)
     assert await deliver_once(network.proposer) == (1, 0)  # the slash, co-signed
+    # A slash another proposer carried to the chain: the ledger follows it (no job of its own), the peers
+    # accept it in the epoch because it happened there, with two signatures.
+    network.chain.signed_slash(network.chain.dev_keys[0], [network.chain.dev_keys[0], network.peers[1].chain_key],
+                               worker_keys[2].address, 5, b"\x07" * 32)
+    await ChainSync(network.chain, network.proposer.ledger).sync_to_head()
     epoch = await network.proposer.close_epoch()
     peer = network.peers[0]
     proposer_url = network.proposer.config.public_url
