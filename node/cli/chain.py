@@ -328,6 +328,7 @@ def cmd_info(args) -> int:
     line = (
         f"StagewiseStaking {client.address} on chain {client.chain_id}: owner {client.owner()}, "
         f"unbonding delay {client.unbonding_delay()} s, reward pool {ether_and_wei(client.reward_pool())}, "
+        f"{client.threshold()} of {client.validator_count()} validators sign a slash or an anchor, "
         f"{anchor.count} anchors (latest epoch {anchor.latest_epoch if anchor.count else '-'})"
     )
     if args.address:

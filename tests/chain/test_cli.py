@@ -260,4 +260,5 @@ def test_deploy_sets_the_validator_set_and_its_threshold(anvil, tmp_path, capsys
     assert "2 of them sign each slash and anchor" in out
     chain = ChainClient.connect(anvil.url, address=json.loads((tmp_path / "home" / "chain.json").read_text())["contract"])
     assert (chain.threshold(), chain.validator_count()) == (2, 3)
+    assert "2 of 3 validators sign a slash or an anchor" in run(capsys, "chain", "info")
     assert all(chain.is_validator(address) for address in validators)
