@@ -209,3 +209,14 @@ async def test_an_epoch_is_cosigned_only_when_its_roots_match_its_entries(networ
     assert network.chain.latest_anchor().latest_epoch == epoch["number"]
     assert _metric(peer, 'stagewise_cosign_signed_total{kind="anchor"} 1.0')
     assert _metric(peer, "stagewise_cosign_audited_jobs_total 2.0")  # both rewarded jobs (--audit-rate 1)
+
+
+async def test_a_cosign_request_that_is_not_an_order_is_refused_with_a_json_error(client):
+    """The `client` fixture's node has no chain: nothing it could sign; hostile bodies get 4xx, never 500."""
+    for body, status, code in ((b"{", 400, "bad_json"), (b"[]", 422, "refused"), (b'{"order": 7}', 422, "refused")):
+        response = await client.post("/v1/cosign", data=body)
+        assert response.status == status, await response.text()
+        assert (await response.json())["error"]["code"] == code
+    response = await client.get("/v1/epochs/0/entries")
+    assert response.status == 400
+    assert (await client.get("/v1/epochs/5/entries")).status == 404
