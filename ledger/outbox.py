@@ -4,8 +4,11 @@
   a slash is owed in the transaction that journals it): a chain transaction owed; None when (kind, key) is
   already queued or sent.
 - `take(conn, limit, kinds=None, stale_after_s=300)`: claims rows to send (SKIP LOCKED on PostgreSQL);
-  `mark_sent(conn, id, tx_hash)`, `mark_failed(conn, id, error, retry=True)`, `rows(conn, status=None)`.
-  `Ledger` offers them as `take_outbox`, `mark_sent`, `mark_failed` and `outbox`, each in a transaction.
+  `mark_sent(conn, id, tx_hash)`, `mark_failed(conn, id, error, retry=True)`, `rows(conn, status=None)`;
+  `set_payload(conn, id, payload)` keeps what a sender gathered for a row (a signed order and its validators'
+  signatures, PROTOCOL I7) so that a sender that dies loses none of it.
+  `Ledger` offers them as `take_outbox`, `mark_sent`, `mark_failed`, `set_outbox_payload` and `outbox`, each in
+  a transaction.
 - `set_cursor(conn, name, block)`, `get_cursor(conn, name) -> int | None`: the last chain block whose events
   a follower (`ledger.chain.sync`) has journaled.
 """
@@ -100,6 +103,10 @@ async def mark_failed(conn: AsyncConnection, outbox_id: int, error: str, *, retr
         .where(_O.c.id == outbox_id)
         .values(status=OUTBOX_PENDING if retry else OUTBOX_FAILED, last_error=error, updated_at=_now())
     )
+
+
+async def set_payload(conn: AsyncConnection, outbox_id: int, payload: dict[str, Any]) -> None:
+    await conn.execute(update(_O).where(_O.c.id == outbox_id).values(payload=payload, updated_at=_now()))
 
 
 async def rows(conn: AsyncConnection, status: str | None = None) -> list[OutboxRow]:

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import journal
 from ledger.journal import Entry, checksum, hash32
-from ledger.models import Epoch, Job, JournalEntry, JournalHead, StageReceipt, TaskStats, Verdict, Worker
+from ledger.models import Epoch, EpochReward, Job, JournalEntry, JournalHead, StageReceipt, TaskStats, Verdict, Worker
 
 T = TypeVar("T")
 MAX_PAGE = 500
@@ -371,3 +371,10 @@ async def epoch(conn: AsyncConnection, number: int | None = None) -> EpochRecord
     query = select(t).order_by(t.c.number.desc()).limit(1) if number is None else select(t).where(t.c.number == number)
     row = (await conn.execute(query)).one_or_none()
     return None if row is None else _epoch(row)
+
+
+async def epoch_cumulative(conn: AsyncConnection, number: int) -> dict[str, int]:
+    """Every worker's cumulative reward as epoch `number` closed it (its rewards root's leaves); {} for epoch 0."""
+    t = EpochReward.__table__
+    rows = (await conn.execute(select(t.c.worker, t.c.cumulative).where(t.c.epoch == number))).all()
+    return {r.worker: int(r.cumulative) for r in rows}

@@ -13,7 +13,7 @@ Open it from a URL (the node's settings choose the default); opening runs the Al
   same calls exist on `Ledger`, each in a transaction of its own.
 - reading (`ledger.queries`): job, receipts, verdict, head, entries, leaderboard, worker, worker_history,
   slashes, epochs, epoch, tasks; and get_cursor (`ledger.outbox`).
-- the chain outbox (`ledger.outbox`): take_outbox, mark_sent, mark_failed, outbox.
+- the chain outbox (`ledger.outbox`): take_outbox, mark_sent, mark_failed, set_outbox_payload, outbox.
 - proofs (`ledger.proofs`): reward_proof, entry_proof.
 - `verify() -> VerifyReport` (`ledger.audit`): recompute the hash chain, the totals and every epoch root.
 """
@@ -149,6 +149,7 @@ class Ledger:
     take_outbox = _writing(chain_outbox.take)
     mark_sent = _writing(chain_outbox.mark_sent)
     mark_failed = _writing(chain_outbox.mark_failed)
+    set_outbox_payload = _writing(chain_outbox.set_payload)
     outbox = _reading(chain_outbox.rows)
     get_cursor = _reading(chain_outbox.get_cursor)
 
@@ -166,6 +167,7 @@ class Ledger:
     epochs = _reading(queries.epochs)
     epoch = _reading(queries.epoch)
     tasks = _reading(queries.tasks)
+    epoch_cumulative = _reading(queries.epoch_cumulative)
 
     # --- proofs (ledger.proofs) and the audit (ledger.audit) ------------------------------------------
 

@@ -105,6 +105,14 @@ VALIDATION_WORKERS = Variable("STAGEWISE_VALIDATION_WORKERS", int, 1, "concurren
 REPLAY_THREADS = Variable("STAGEWISE_REPLAY_THREADS", int, 0, "torch threads for replays, 0 = half the cores")
 NO_ORCHESTRATION = Variable("STAGEWISE_NO_ORCHESTRATION", bool, False,
                             "validate only: no worker registration, groups or dispatch")
+PEERS = Variable("STAGEWISE_PEERS", str, None,
+                 "other validators' API URLs, space-separated: they co-sign this node's slashes and anchors (I7)")
+PUBLIC_URL = Variable("STAGEWISE_PUBLIC_URL", str, None,
+                      "this validator's API URL as its peers reach it (default http://HOST:PORT)")
+AUDIT_RATE = Variable("STAGEWISE_AUDIT_RATE", float, 0.1,
+                      "fraction of a peer's rewarded jobs replayed before co-signing its anchor")
+COSIGN_ONLY = Variable("STAGEWISE_COSIGN_ONLY", bool, False,
+                       "only judge and co-sign peers' slash and anchor orders: no jobs, epochs or transactions")
 ACCEPT_UNISSUED_JOBS = Variable("STAGEWISE_ACCEPT_UNISSUED_JOBS", bool, False,
                                 "with --no-orchestration: take bundles of any job, not only issued ones")
 

@@ -32,12 +32,19 @@ def test_the_devnet_pays_the_honest_slashes_the_cheater_and_anchors(tmp_path):
     assert "was caught and slashed; honest workers slashed: 0." in out
     assert "anchored in transaction 0x" in out
     assert "claims its reward: claimed" in out  # against the anchored root, paid from the reward pool
+    # PROTOCOL I7: three validators, threshold two; every slash and anchor above was co-signed by the second,
+    # which replayed the evidence itself; the third, dishonest, could not slash an honest worker.
+    dishonest = out.split("A dishonest validator")[1]
+    assert dishonest.count("refused: not_reproduced:") == 2 and "refused its lone signature: " in dishonest
+    assert "TooFewSignatures" in dishonest and "the dishonest slash was refused by the other two" in dishonest
     leaderboard = out.split("Leaderboard")[1].split("Slashing history")[0]
     paid = [line for line in leaderboard.splitlines()[2:] if line.strip() and line.split()[3] != "0"]
     assert len(paid) >= 3  # an honest group of three stages was paid
     # the cheater left its group when its first verdict landed, and only tasks with an accepted job are done
     home = tmp_path / "home" / "devnet"
     validator_log = (home / "validator" / "log.txt").read_text()
+    cosigner_log = (home / "cosigner" / "log.txt").read_text()
+    assert "co-signed slash order" in cosigner_log and "co-signed anchor order" in cosigner_log
     assert "dropped: blamed by a verdict" in validator_log
     # issue 18, item 10: the log is a file, not a terminal: progress as plain lines, no tqdm bar in it
     assert "\r" not in validator_log and "█" not in validator_log and "tasks: 8/8 finished" in validator_log

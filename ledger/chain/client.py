@@ -38,11 +38,13 @@ from ledger.chain.embedded import EmbeddedProvider
 from ledger.chain.errors import ChainError, NoStakingContract, TransactionTimeout
 from ledger.chain.events import ChainEvent, EventDecoder
 from ledger.chain.keys import Signer, as_account, tester_keys
+from ledger.chain.orders import AnchorOrder, OrderDomain, SlashOrder, pack_signatures, sign_order
 
 log = logging.getLogger(__name__)
 
 DEFAULT_UNBONDING_DELAY = 7 * 24 * 3600  # seconds
 DEFAULT_TX_TIMEOUT = 60.0
+ORDER_TTL = 7 * 24 * 3600  # seconds a signed slash or anchor order stays valid on chain
 PRIORITY_FEE = 10**9  # 1 gwei tip
 NONCE_ATTEMPTS = 3  # another process sending with the same key can take a nonce between our read and send
 
@@ -78,6 +80,13 @@ class AnchorInfo:
     count: int
     latest_epoch: int
     rewards_root: bytes
+
+
+@dataclass(frozen=True)
+class PendingRecovery:
+    to: str
+    amount: int
+    executable_at: int  # unix seconds; 0 when none is announced
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -134,11 +143,13 @@ class ChainClient:
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         treasury: str | None = None,
         validators: Iterable[str] = (),
+        threshold: int = 1,
         tx_timeout: float = DEFAULT_TX_TIMEOUT,
     ) -> "ChainClient":
         """A fresh in-process chain with ten prefunded `dev_keys`. With `deploy`, the contract is deployed by
         `owner` (default `dev_keys[0]`; another key is first given 1,000 ether), which is also a validator,
-        together with `validators`; the treasury defaults to `dev_keys[1]`."""
+        together with `validators`, `threshold` of them signing each slash and anchor; the treasury defaults
+        to `dev_keys[1]`."""
         keys = tester_keys()
         client = cls(Web3(EmbeddedProvider()), dev_keys=keys, tx_timeout=tx_timeout, backend="embedded")
         if deploy:
@@ -150,6 +161,7 @@ class ChainClient:
                 treasury=treasury or keys[1].address,
                 unbonding_delay=unbonding_delay,
                 validators=[as_account(deployer).address, *validators],
+                threshold=threshold,
             )
         return client
 
@@ -237,13 +249,18 @@ class ChainClient:
         treasury: str | None = None,
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         validators: Iterable[str] = (),
+        threshold: int = 1,
     ) -> str:
-        """Deploy StagewiseStaking with `owner` as owner, add `validators`, and use it. Returns its address."""
+        """Deploy StagewiseStaking with `owner` as owner, add `validators` and require `threshold` of them to
+        sign each slash and anchor (no threshold is set without validators), and use it. Returns its address."""
         owner_address = as_account(owner).address
         result = self.deploy_artifact(owner, self.staking, treasury or owner_address, int(unbonding_delay))
         self.use(result.contract_address)
+        validators = list(validators)
         for validator in validators:
             self.add_validator(owner, validator)
+        if validators:
+            self.set_threshold(owner, threshold)
         log.debug("deployed %s at %s on chain %d", STAKING, self._address, self.chain_id)  # callers say it once
         return self.address
 
@@ -252,6 +269,20 @@ class ChainClient:
 
     def remove_validator(self, owner: Signer, validator: str) -> TxResult:
         return self._transact(owner, "removeValidator", to_checksum_address(validator))
+
+    def set_threshold(self, owner: Signer, threshold: int) -> TxResult:
+        """Require `threshold` distinct validators' signatures on every slash and anchor."""
+        return self._transact(owner, "setThreshold", int(threshold))
+
+    def announce_recovery(self, owner: Signer, to: str, amount: int) -> TxResult:
+        """Announce taking `amount` wei of the reward pool back; executable after the contract's delay."""
+        return self._transact(owner, "announceRecovery", to_checksum_address(to), int(amount))
+
+    def cancel_recovery(self, owner: Signer) -> TxResult:
+        return self._transact(owner, "cancelRecovery")
+
+    def execute_recovery(self, owner: Signer) -> TxResult:
+        return self._transact(owner, "executeRecovery")
 
     def set_treasury(self, owner: Signer, treasury: str) -> TxResult:
         return self._transact(owner, "setTreasury", to_checksum_address(treasury))
@@ -282,15 +313,50 @@ class ChainClient:
 
     # ----------------------------------------------------------------- validators
 
-    def slash(self, key: Signer, worker: str, amount: int, evidence_hash: bytes) -> TxResult:
-        """Send `amount` wei of `worker`'s stake to the treasury; once per `evidence_hash`."""
-        return self._transact(key, "slash", to_checksum_address(worker), int(amount), _bytes32(evidence_hash))
+    @property
+    def domain(self) -> OrderDomain:
+        """The EIP-712 domain slash and anchor orders for this contract are signed in."""
+        return OrderDomain(self.chain_id, self.address)
 
-    def anchor(self, key: Signer, epoch: int, entries_root: bytes, rewards_root: bytes, entry_count: int) -> TxResult:
-        """Record a closed epoch's roots; epochs must strictly increase."""
+    def order_deadline(self, ttl: int = ORDER_TTL) -> int:
+        """A deadline `ttl` seconds after the chain's latest block."""
+        return self.timestamp() + int(ttl)
+
+    def slash(self, sender: Signer, order: SlashOrder, signatures: bytes) -> TxResult:
+        """Execute a slash order that validators signed (`signatures` as `pack_signatures` packs them): up to
+        `order.amount` wei of the worker's stake to the treasury; once per evidence hash. `sender` only pays gas."""
         return self._transact(
-            key, "anchor", int(epoch), _bytes32(entries_root), _bytes32(rewards_root), int(entry_count)
+            sender, "slash", to_checksum_address(order.worker), int(order.amount), _bytes32(order.evidence_hash),
+            int(order.deadline), bytes(signatures),
         )
+
+    def anchor(self, sender: Signer, order: AnchorOrder, signatures: bytes) -> TxResult:
+        """Execute an anchor order that validators signed: the epoch after the latest anchored one."""
+        return self._transact(
+            sender, "anchor", int(order.epoch), _bytes32(order.entries_root), _bytes32(order.rewards_root),
+            int(order.entry_count), int(order.deadline), bytes(signatures),
+        )
+
+    def signed_slash(
+        self, sender: Signer, signers: Sequence[Signer], worker: str, amount: int, evidence_hash: bytes
+    ) -> TxResult:
+        """Sign a slash order with every key of `signers` here and execute it (tests, benches, one-process
+        devnets; a validator network collects the signatures through its outbox)."""
+        order = SlashOrder(to_checksum_address(worker), int(amount), _bytes32(evidence_hash), self.order_deadline())
+        return self.slash(sender, order, self.sign_all(order, signers))
+
+    def signed_anchor(
+        self, sender: Signer, signers: Sequence[Signer], epoch: int, entries_root: bytes, rewards_root: bytes,
+        entry_count: int,
+    ) -> TxResult:
+        """Sign an anchor order with every key of `signers` here and execute it."""
+        order = AnchorOrder(int(epoch), _bytes32(entries_root), _bytes32(rewards_root), int(entry_count),
+                            self.order_deadline())
+        return self.anchor(sender, order, self.sign_all(order, signers))
+
+    def sign_all(self, order: SlashOrder | AnchorOrder, signers: Sequence[Signer]) -> bytes:
+        """Every key's signature of `order` in this contract's domain, packed in ascending signer order."""
+        return pack_signatures({as_account(k).address: sign_order(k, order, self.domain) for k in signers})
 
     # ----------------------------------------------------------------- reads
 
@@ -309,6 +375,21 @@ class ChainClient:
 
     def is_validator(self, address: str) -> bool:
         return bool(self.contract.functions.isValidator(to_checksum_address(address)).call())
+
+    def threshold(self) -> int:
+        """How many distinct validators must sign a slash or an anchor (0: none set, neither can happen)."""
+        return int(self.contract.functions.threshold().call())
+
+    def validator_count(self) -> int:
+        return int(self.contract.functions.validatorCount().call())
+
+    def pending_recovery(self) -> PendingRecovery:
+        f = self.contract.functions
+        return PendingRecovery(
+            to=to_checksum_address(f.recoveryTo().call()),
+            amount=int(f.recoveryAmount().call()),
+            executable_at=int(f.recoveryAt().call()),
+        )
 
     def owner(self) -> str:
         return to_checksum_address(self.contract.functions.owner().call())

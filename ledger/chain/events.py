@@ -94,6 +94,30 @@ class ValidatorRemoved(ChainEvent):
 
 
 @dataclass(frozen=True)
+class ThresholdChanged(ChainEvent):
+    threshold: int
+
+
+@dataclass(frozen=True)
+class RecoveryAnnounced(ChainEvent):
+    to: str
+    amount: int
+    executable_at: int
+
+
+@dataclass(frozen=True)
+class RecoveryCancelled(ChainEvent):
+    to: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class RecoveryExecuted(ChainEvent):
+    to: str
+    amount: int
+
+
+@dataclass(frozen=True)
 class TreasuryChanged(ChainEvent):
     treasury: str
 
@@ -116,6 +140,10 @@ EVENT_TYPES: dict[str, type[ChainEvent]] = {
         RewardsFunded,
         ValidatorAdded,
         ValidatorRemoved,
+        ThresholdChanged,
+        RecoveryAnnounced,
+        RecoveryCancelled,
+        RecoveryExecuted,
         TreasuryChanged,
         OwnershipTransferred,
     )

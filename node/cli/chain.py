@@ -19,10 +19,10 @@ import click
 from ledger import json_input
 from ledger.amounts import ether_and_wei
 from node import settings
+from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments, env_option, help_group
 from node.settings import chain_file
 from node.settings import remember_chain as remember
 from node.settings import remembered_chain as remembered
-from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments, env_option, help_group
 
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 UNITS = {"wei": 1, "gwei": 10**9, "eth": 10**18, "ether": 10**18}
@@ -125,15 +125,16 @@ def cmd_deploy(args) -> int:
                   f"kept, nothing sent; saved to {saved}")
             return 0
     validators = args.validator or [key.address]
+    if not 1 <= args.threshold <= len(validators):
+        raise _error(f"--threshold {args.threshold}: between 1 and the {len(validators)} validator(s) given; lower it or add --validator")
     address = _run(
-        lambda: client.deploy(
-            key, treasury=args.treasury or key.address, unbonding_delay=args.unbonding_delay, validators=validators
-        )
+        lambda: client.deploy(key, treasury=args.treasury or key.address, unbonding_delay=args.unbonding_delay,
+                              validators=validators, threshold=args.threshold)
     )
     saved = remember(_rpc_url(args), client.chain_id, address)
     print(
         f"deployed StagewiseStaking at {address} on chain {client.chain_id} (owner {key.address}, "
-        f"validators {', '.join(validators)}, treasury {args.treasury or key.address}, "
+        f"validators {', '.join(validators)}, {args.threshold} of them sign each slash and anchor, treasury {args.treasury or key.address}, "
         f"unbonding delay {args.unbonding_delay} s){gone}; saved to {saved}"
     )
     return 0
@@ -327,6 +328,7 @@ def cmd_info(args) -> int:
     line = (
         f"StagewiseStaking {client.address} on chain {client.chain_id}: owner {client.owner()}, "
         f"unbonding delay {client.unbonding_delay()} s, reward pool {ether_and_wei(client.reward_pool())}, "
+        f"{client.threshold()} of {client.validator_count()} validators sign a slash or an anchor, "
         f"{anchor.count} anchors (latest epoch {anchor.latest_epoch if anchor.count else '-'})"
     )
     if args.address:
@@ -530,6 +532,7 @@ def chain_group() -> None:
 @click.option("--treasury", help="where slashed stake goes", show_default="the owner")
 @click.option("--unbonding-delay", type=int, default=7 * 24 * 3600, help="seconds between unstake and withdraw (7 days)")
 @click.option("--validator", multiple=True, help="a validator address (repeatable)", show_default="the owner")
+@click.option("--threshold", type=int, default=1, help="how many distinct validators sign each slash and anchor")
 @click.option("--keep-existing", is_flag=True, help="when <data dir>/chain.json remembers a contract this chain has "
               "(code at its address, owned by this key), keep it and send nothing; else deploy and remember anew")
 @_common(contract=False)

@@ -131,6 +131,11 @@ def validator_group() -> None:
 @click.option("--admin-token", help="the token itself: avoid, every user of the machine sees it in `ps` "
               "(a warning says so); use the file or the environment variable")
 @env_option("--validator-id", variable=settings.VALIDATOR_ID, show_default="host:port")
+@env_option("--peer", "peers", variable=settings.PEERS, multiple=True, default=(),
+            help="another validator of the contract's set (its API URL), asked to co-sign; repeatable")
+@env_option("--public-url", variable=settings.PUBLIC_URL, show_default="http://HOST:PORT")
+@env_option("--audit-rate", variable=settings.AUDIT_RATE)
+@env_option("--cosign-only", variable=settings.COSIGN_ONLY)
 @env_option("--lease-seconds", variable=settings.LEASE_SECONDS)
 @env_option("--wei-per-work-unit", variable=settings.WEI_PER_WORK_UNIT, help="reward per layer x token, in wei (1 gwei)")
 @env_option("--slash-wei", variable=settings.SLASH_WEI, help="stake taken from a blamed worker, in wei (0.01 ether)")

@@ -1,16 +1,20 @@
 """The devnet: the whole story on one machine, what `stagewise devnet` and `make demo` run.
 
 It starts a validator node with an in-process chain (the staking contract deployed, served on loopback
-JSON-RPC) and a SQLite ledger, creates and stakes worker keys, starts stage workers as separate processes
+JSON-RPC) and a SQLite ledger, two more validators of the contract's set (threshold two: every slash and
+anchor needs two of the three, PROTOCOL I7): an honest co-signer with a ledger of its own
+(`validator run --cosign-only`) and a dishonest one, creates and stakes worker keys, starts stage workers as separate processes
 (each loads only its layers of SmolLM2-135M-Instruct), lets the orchestrator form groups of three stages
 and run a bundled set of arithmetic tasks on them, and follows it all through the validator's public API
 until every job has a verdict and an epoch is anchored on chain. One worker cheats (`--cheat`): it
 perturbs its layers' weights, computes and proves honestly on top of them, and is caught by the
-validator's replay, blamed and slashed, while the stages beside it are not. At the end the best-paid
-worker claims its reward on chain with a Merkle proof from the validator's API (`stagewise claim`), and the
-run's dataset is exported from the ledger (`stagewise dataset export`: every accepted sample, each task run
-`--samples-per-task` times, with pass@k) and every row verified against the roots anchored on chain
-(`stagewise dataset verify`).
+validator's replay, blamed and slashed (the co-signer replays the evidence before it signs), while the
+stages beside it are not. At the end the best-paid worker claims its reward on chain with a Merkle proof
+from the validator's API (`stagewise claim`), the dishonest validator tries to slash an honest worker
+with made-up evidence: both other validators refuse to co-sign and the contract refuses its lone
+signature (node/launch/dishonest_validator.py); and the run's dataset is exported from the ledger
+(`stagewise dataset export`: every accepted sample, each task run `--samples-per-task` times, with pass@k)
+and every row verified against the roots anchored on chain (`stagewise dataset verify`).
 
 Every part is a real process talking HTTP on loopback: the same commands an operator runs
 (`stagewise validator run`, `stagewise worker run`), so the devnet is also their integration test. The
@@ -23,6 +27,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,13 +40,15 @@ from urllib import request as urlrequest
 from ledger import json_input
 from ledger.amounts import ether
 from ledger.chain.client import ChainClient
+from ledger.chain.errors import ChainError
 from ledger.chain.keys import tester_keys
 from ledger.errors import StagewiseError
 from node import settings
 from node.errors import CommandError
+from node.launch.dishonest_validator import DishonestValidator
 from node.orchestration.tasks import resolve_task_file
 from node.pipeline.smollm2 import smollm2_dir
-from node.wallet import create_keystore
+from node.wallet import create_keystore, unlock
 from node.worker.cheats import DEFAULTS, KINDS
 
 ETHER = 10**18
@@ -130,6 +137,8 @@ class Devnet:
         self.workers: list[str] = []
         self.cheater: str | None = None
         self.chain: dict[str, str] = {}  # rpc_url and contract, once the validator says where its chain is
+        self.cosigner_url = f"http://127.0.0.1:{_free_port()}"
+        self.dishonest: DishonestValidator | None = None
         self.started = time.monotonic()
 
     @property
@@ -146,11 +155,15 @@ class Devnet:
             validator_keystore, self.password_file.read_text(), scrypt_n=DEVNET_SCRYPT_N
         ).address
         tasks_file = self._task_file()
+        self.dishonest = DishonestValidator()
         self._spawn(
             "validator",
             [
                 "validator", "run",
                 "--embedded-chain",
+                "--peer", self.cosigner_url,
+                "--peer", self.dishonest.url,
+                "--public-url", self.url,
                 "--keystore", str(validator_keystore),
                 "--password-file", str(self.password_file),
                 "--model-dir", str(self.model_dir),
@@ -176,6 +189,7 @@ class Devnet:
         chain = health["chain"]
         print(f"validator {health['validator']} at {self.url}; chain {chain['chain_id']} at {chain['rpc_url']}, "
               f"staking contract {chain['staking_contract']}")
+        self._start_cosigner(validator_keystore, chain["rpc_url"], chain["staking_contract"])
         keys = self._stake_workers(chain["rpc_url"], chain["staking_contract"], int(chain["min_stake_wei"]))
         for index, keystore in enumerate(keys):
             flags = [
@@ -198,6 +212,37 @@ class Devnet:
             how = "on its layers' weights" if self.args.cheat.kind == "perturb" else "in its handoffs (docs/handoff.md)"
             print(f"worker-{self.args.cheat.worker} ({self.cheater}) cheats: {self.args.cheat.kind} "
                   f"{self.args.cheat.scale:g} {how}")
+
+    def _start_cosigner(self, owner_keystore: Path, rpc_url: str, contract: str) -> None:
+        """The second and third validators: the owner (the first validator's key) adds them to the contract's
+        set and requires two signatures; the honest one runs as its own process with its own ledger."""
+        password = self.password_file.read_text()
+        keystore = self.home / "cosigner" / "keys" / "validator.json"
+        keystore.parent.mkdir(parents=True)
+        cosigner = create_keystore(keystore, password, scrypt_n=DEVNET_SCRYPT_N).address
+        owner = unlock(owner_keystore, self.password_file)
+        chain = ChainClient.connect(rpc_url, address=contract)
+        for address in (cosigner, self.dishonest.address):
+            chain.add_validator(owner, address)
+        chain.set_threshold(owner, 2)
+        self._spawn(
+            "cosigner",
+            [
+                "validator", "run",
+                "--rpc-url", rpc_url, "--contract", contract,
+                "--keystore", str(keystore), "--password-file", str(self.password_file),
+                "--model-dir", str(self.model_dir),
+                "--port", self.cosigner_url.rsplit(":", 1)[1],
+                "--no-orchestration", "--cosign-only",
+                "--peer", self.url, "--peer", self.dishonest.url, "--public-url", self.cosigner_url,
+                "--audit-rate", "0.25",
+            ],
+            # its replays are off the workers' path (a slash or an anchor may wait a few seconds for them):
+            # on a small machine the stage workers come first
+            nice=10,
+        )
+        print(f"validators {self.validator_address} (proposer), {cosigner} (co-signer, {self.cosigner_url}) and "
+              f"{self.dishonest.address} (dishonest): two of the three sign every slash and anchor")
 
     def _task_file(self) -> Path:
         lines = resolve_task_file("arithmetic").read_text().splitlines()
@@ -225,7 +270,7 @@ class Devnet:
         self.chain = {"rpc_url": rpc_url, "contract": contract}
         return keystores
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str], *, nice: int = 0) -> None:
         role_home = self.home / name
         role_home.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **{settings.HOME.name: str(role_home)}, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
@@ -233,7 +278,7 @@ class Devnet:
         log = open(role_home / "log.txt", "w")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "node.cli.main", *argv], stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
 
     def _wait_for_validator(self) -> dict[str, Any]:
@@ -328,6 +373,8 @@ class Devnet:
                   f"entries root {latest['entries_root']}, rewards root {latest['rewards_root']}")
         claimed = self.claim(leaderboard, names)
         dataset_holds = self.dataset()
+        refused = self.dishonest_slash(names)
+        slashes = _rows(self.get("/v1/slashes"), "slashes")
         caught = {row.get("worker") for row in slashes}
         honest_slashed = len(caught - {self.cheater})
         if self.cheater:
@@ -336,7 +383,7 @@ class Devnet:
                   f"honest workers slashed: {honest_slashed}.")
         print(f"Finished in {time.monotonic() - self.started:.0f} s; logs in {self.home}.")
         print(f"Dashboard: {self.url}/ (up while the devnet runs: `stagewise devnet --serve` keeps it up)")
-        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught) and claimed and dataset_holds
+        return honest_slashed == 0 and (self.cheater is None or self.cheater in caught) and claimed and dataset_holds and refused
 
     def dataset(self) -> bool:
         """Export the run's dataset from the validator's ledger and verify every row against the chain, as anyone
@@ -374,6 +421,32 @@ class Devnet:
             print(f"\nstagewise {' '.join(argv[:2])} failed: {said[-1] if said else f'exit status {result.returncode}'}")
             return None
 
+    def dishonest_slash(self, names: dict[str, str]) -> bool:
+        """The dishonest validator's slash of an honest worker: True when both others and the chain refused it."""
+        jobs = _rows(self.get("/v1/jobs?limit=500"), "jobs")
+        accepted = next((j for j in jobs if j.get("outcome") == "accepted"), None)
+        if accepted is None:
+            print("\nNo accepted job for the dishonest validator to lie about.")
+            return False
+        job = self.get(f"/v1/jobs/{accepted['job_id']}")
+        stage = next(s["stage"] for s in job["stages"] if s["worker"] != self.cheater)
+        chain = ChainClient.connect(self.chain["rpc_url"], address=self.chain["contract"])
+        try:
+            attempt = self.dishonest.attempt_slash(chain, {"validator": self.url, "cosigner": self.cosigner_url},
+                                                   job, stage, tester_keys(3)[2])
+        except (ChainError, OSError, urlerror.URLError, KeyError, ValueError) as error:
+            print(f"\nThe dishonest validator's attempt failed to run: {error}")
+            return False
+        print(f"\nA dishonest validator ({self.dishonest.address}) asks to slash honest {names.get(attempt.worker)} "
+              f"({attempt.worker}) with made-up evidence for job {attempt.job_id[:10]}…")
+        for name, reason in attempt.refusals.items():
+            print(f"  the {name} " + ("SIGNED it" if reason is None else f"refused: {reason[:160]}"))
+        print("  the contract " + (f"refused its lone signature: {attempt.chain_refusal[:120]}" if attempt.chain_refusal
+                                   else "EXECUTED it"))
+        print(f"  {names.get(attempt.worker)}'s stake: {ether(attempt.stake_before)} before, {ether(attempt.stake_after)} "
+              f"after; the dishonest slash was " + ("refused by the other two" if attempt.refused else "NOT refused"))
+        return attempt.refused
+
     def claim(self, leaderboard: list[dict[str, Any]], names: dict[str, str]) -> bool:
         """The best-paid worker claims its reward on chain as any worker does: `stagewise claim`, its proof
         from the validator's API, checked against the root anchored on chain. True when it was paid."""
@@ -404,6 +477,8 @@ class Devnet:
     # ------------------------------------------------------------------------------------------- stop
 
     def stop(self) -> None:
+        if self.dishonest is not None:
+            self.dishonest.stop()
         for process in self.processes.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -418,6 +493,12 @@ class Devnet:
     def get(self, path: str) -> Any:
         with urlrequest.urlopen(self.url + path, timeout=10) as response:
             return json_input.read_json_file(response)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _rows(data: Any, key: str) -> list[dict[str, Any]]:

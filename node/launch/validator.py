@@ -9,6 +9,7 @@ routes to the same process and app.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -139,6 +140,8 @@ async def _serve(args, dirs: list[Path]) -> None:
     elif args.no_orchestration:
         log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
     orchestration = None
+    if args.cosign_only and not args.no_orchestration:
+        raise CommandError("--cosign-only runs no orchestrator: add --no-orchestration")
     if not args.no_orchestration:
         orchestration = build_orchestration(args, node, dirs[0])
     guard = HttpGuard(limits_from_args(args), on_refused=_count_refused_bundle(node))
@@ -149,6 +152,8 @@ async def _serve(args, dirs: list[Path]) -> None:
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port
+    if node.config.public_url is None:
+        node.config = dataclasses.replace(node.config, public_url=f"http://{args.host}:{port}")
     print(json.dumps({"event": "listening", "url": f"http://{args.host}:{port}", "validator_id": config.validator_id,
                       "chain_id": domain.chain_id, "contract": domain.verifying_contract, "rpc_url": rpc_url,
                       "models": sorted(models.ids)}), flush=True)
@@ -277,6 +282,10 @@ def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
         bundle_deadline_seconds=args.bundle_deadline,
         # port 0 (any free one) is not a name two processes on one host can tell apart: the process id is
         validator_id=args.validator_id or f"{os.uname().nodename}:{args.port or f'pid{os.getpid()}'}",
+        peers=tuple(url.rstrip("/") for url in args.peers),
+        public_url=args.public_url.rstrip("/") if args.public_url else None,
+        audit_rate=args.audit_rate,
+        cosign_only=args.cosign_only,
     )
 
 

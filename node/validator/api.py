@@ -15,10 +15,12 @@ import time
 from aiohttp import web
 from eth_utils import is_checksum_address, to_checksum_address
 
+from ledger import json_input
 from node.http.json_errors import ApiError
 from node.protocol.bundle import BundleBody
 from node.protocol.wire_types import ADDRESS_PATTERN, HEX32_PATTERN
 from node.validator.app_state import NODE
+from node.validator.cosign import Refused, cosign
 from node.validator.openapi import OPENAPI_ROUTES, Param, Route, add_routes, document
 from node.validator.schemas import (
     JOB_STATUSES,
@@ -26,7 +28,10 @@ from node.validator.schemas import (
     MAX_PAGE,
     Accepted,
     AddressText,
+    Cosigned,
+    CosignRequest,
     Epoch,
+    EpochEntries,
     Evidence,
     Health,
     Items,
@@ -151,6 +156,30 @@ async def epochs(request: web.Request) -> web.Response:
     return web.json_response(await request.app[NODE].epochs(limit=limit(request), offset=offset(request)))
 
 
+async def epoch_entries(request: web.Request) -> web.Response:
+    """A closed epoch's entries and the cumulative rewards before it, for a co-signer to recompute its roots"""
+    number = positive_int(request.match_info["number"], 10**12)
+    if number is None:
+        raise ApiError(400, "bad_epoch", "an epoch is a positive integer")
+    package = await request.app[NODE].epoch_entries(number)
+    if package is None:
+        raise ApiError(404, "unknown_epoch", f"epoch {number} is not closed")
+    return web.json_response(package)
+
+
+async def cosign_order(request: web.Request) -> web.Response:
+    """Judge a peer validator's slash or anchor order and sign it when it holds (PROTOCOL I7)"""
+    node = request.app[NODE]
+    try:
+        body = json_input.loads(await request.read(), max_bytes=node.config.max_body_bytes)
+    except json_input.JsonInputError as error:
+        raise ApiError(400, "bad_json", str(error)) from None
+    try:
+        return web.json_response(await cosign(node, body))
+    except Refused as refusal:
+        raise ApiError(422, "refused", f"{refusal.code}: {refusal}") from None
+
+
 async def admin_close_epoch(request: web.Request) -> web.Response:
     """Close an epoch now (admin token)"""
     node = request.app[NODE]
@@ -247,6 +276,10 @@ ROUTES = (
     Route("GET", "/v1/workers/{address}/reward-proof", get_reward_proof, response=RewardProof,
           parameters=(_WORKER, Param("epoch", "query", Epoch)), errors=(400, 404), description="the proof"),
     Route("GET", "/v1/epochs", epochs, response=Page, parameters=(_LIMIT, _OFFSET), errors=(400,), description="epochs"),
+    Route("GET", "/v1/epochs/{number}/entries", epoch_entries, response=EpochEntries,
+          parameters=(Param("number", "path", Epoch),), errors=(400, 404), description="the epoch's entries"),
+    Route("POST", "/v1/cosign", cosign_order, request=CosignRequest, response=Cosigned, errors=(400, 422),
+          description="this validator's signature of the order"),
     Route("POST", "/v1/admin/epochs/close", admin_close_epoch, status=201, errors=(401, 403, 409), admin=True,
           description="the closed epoch"),
     Route("GET", "/metrics", metrics, content_type="text/plain", description="text exposition"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,20 @@ class ValidatorConfig:
     claim_lease_seconds: float = 120.0
     """A claimed job whose validator has not finished by then (it crashed) is taken again."""
     validator_id: str = "validator"
+    peers: tuple[str, ...] = ()
+    """Other validators of the contract's set (their API URLs): asked to co-sign this node's slash and anchor
+    orders, and the only places this node fetches evidence and epoch entries from when it co-signs (I7)."""
+    public_url: str | None = None
+    """This node's API URL as its peers know it (one of their --peer URLs): where they fetch what they judge."""
+    audit_rate: float = 0.1
+    """Fraction of a peer's rewarded jobs this node replays before co-signing that peer's anchor."""
+    audit_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    """This node's own secret behind the audit draw, so a proposer cannot tell which jobs will be replayed
+    (made at random per process unless given)."""
+    cosign_only: bool = False
+    """Judge and co-sign peers' orders only: no validation, epochs or chain transactions of its own."""
+    order_ttl_seconds: int = 7 * 24 * 3600
+    """How long the signatures of a slash or anchor order stay valid on chain."""
 
     def __post_init__(self) -> None:
         if self.min_stake_wei is None:
@@ -48,5 +63,8 @@ class ValidatorConfig:
         check_secret(self.sample_secret, self.sample_rate)
         if self.epoch_seconds <= 0 or self.epoch_entries <= 0:
             raise ValueError("epochs close after a positive number of seconds or entries")
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ValueError("audit_rate must be in [0, 1]")
+        check_secret(self.audit_secret, self.audit_rate)
         if self.max_body_bytes < 1024:
             raise ValueError("max_body_bytes must be at least 1 KiB")

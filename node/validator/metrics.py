@@ -47,6 +47,25 @@ class ValidatorMetrics:
         self.chain_errors = Counter(
             "stagewise_chain_errors", "Failed attempts to reach or write the chain, by kind", ["kind"], registry=r
         )
+        self.orders_waiting = Counter(
+            "stagewise_orders_waiting",
+            "Outbox passes that left a slash or anchor order waiting for validator signatures, by kind", ["kind"],
+            registry=r,
+        )
+        self.peer_refusals = Counter(
+            "stagewise_peer_refusals", "Refusals this node's peers gave its orders, by kind", ["kind"], registry=r
+        )
+        self.cosign_refusals = Counter(
+            "stagewise_cosign_refusals", "Peers' orders this node refused to co-sign, by kind and reason",
+            ["kind", "reason"], registry=r,
+        )
+        self.cosign_signed = Counter(
+            "stagewise_cosign_signed", "Peers' orders this node judged and co-signed, by kind", ["kind"], registry=r
+        )
+        self.cosign_audited = Counter(
+            "stagewise_cosign_audited_jobs", "Rewarded jobs replayed while judging a peer's anchor (--audit-rate)",
+            registry=r,
+        )
         self.sampled_out = Counter(
             "stagewise_jobs_not_replayed", "Jobs accepted without replay because of --sample-rate", registry=r
         )

@@ -1,12 +1,15 @@
-"""Send what the ledger owes the chain (slashes, epoch anchors), each exactly once.
+"""Send what the ledger owes the chain (slashes, epoch anchors), each exactly once, each with a threshold of
+validator signatures (PROTOCOL I7).
 
 The outbox row is written in the same transaction as the decision (a verdict's slash, an epoch's close),
-so nothing owed is forgotten; this loop delivers it. Never twice: before every send the chain is asked
-whether the effect is already there (`evidenceUsed(hash)` for a slash, `latestEpoch >= epoch` for an
-anchor), which covers a crash between sending and marking the row sent; the contract itself refuses a
-second slash for one evidence hash and a non-increasing epoch. While the chain is unreachable a row goes
-back to pending and is retried with a growing pause; a revert that will never succeed (nothing left to
-slash) fails the row for good, with the reason kept.
+so nothing owed is forgotten; this loop delivers it. First the chain is asked whether the effect is
+already there (`evidenceUsed(hash)` for a slash, `latestEpoch >= epoch` for an anchor), which covers a
+crash between sending and marking the row sent; the contract itself refuses a second slash for one
+evidence hash and any epoch but the next. Then the row's typed order gathers the contract's threshold of
+validator signatures (signatures.py: this node's own and its peers'), kept in the row as they come; with
+fewer the row waits, and it is never sent with fewer. While the chain is unreachable or signatures are
+missing a row goes back to pending and is retried with a growing pause; a revert that will never succeed
+(nothing left to slash) fails the row for good, with the reason kept.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ledger import json_input
 from ledger.chain.errors import ContractRevert
 from ledger.errors import StagewiseError
 from ledger.outbox import OutboxRow
+from node.validator.signatures import Waiting, gather
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,9 @@ def _hex32(value: str) -> bytes:
     return json_input.hex_bytes(value, "hash", length=32)
 
 
-def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
-    """Deliver one outbox row (blocking); returns the hash of the transaction that carries its effect."""
+def already_on_chain(chain: Any, row: OutboxRow) -> str | None:
+    """The hash of the transaction that already carries this row's effect, or None; Permanent when the row can
+    never take effect (nothing left to slash, the chain past the epoch without it)."""
     payload = row.payload
     if row.kind == "slash":
         evidence = _hex32(payload["evidence_hash"])
@@ -44,13 +49,12 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
                 raise Permanent("the evidence is used on chain but its Slashed event was not found")
             return found
         slashable = chain.stake_info(payload["worker"]).slashable
-        amount = min(int(payload["amount"]), slashable)
-        if amount <= 0:
+        if slashable <= 0:
             raise Permanent(f"{payload['worker']} has no stake left on chain to slash")
-        if amount < int(payload["amount"]):  # the journal keeps the verdict's amount; the stake follows the chain
+        if slashable < int(payload["amount"]):  # the contract takes what is left; the journal keeps the verdict's
             log.warning("slashing %s: %d wei of the %s the verdict set, all the stake it has left",
-                        payload["worker"], amount, payload["amount"])
-        return chain.slash(key, payload["worker"], amount, evidence).tx_hash
+                        payload["worker"], slashable, payload["amount"])
+        return None
     if row.kind == "anchor":
         epoch = int(payload["epoch"])
         latest = chain.latest_anchor()
@@ -58,20 +62,42 @@ def send_row(chain: Any, key: Any, row: OutboxRow) -> str:
             found = chain.event_tx("Anchored", epoch.to_bytes(32, "big"))
             if found is None:
                 raise Permanent(f"the chain is past epoch {epoch} ({latest.latest_epoch}) without anchoring it")
+            if chain.entries_root_of(epoch) != _hex32(payload["entries_root"]):
+                raise Permanent(f"epoch {epoch} is anchored on chain with other roots (another ledger's) by {found}")
             return found
-        return chain.anchor(
-            key, epoch, _hex32(payload["entries_root"]), _hex32(payload["rewards_root"]), int(payload["entry_count"])
-        ).tx_hash
+        if epoch > latest.latest_epoch + 1:
+            raise Waiting(f"epoch {latest.latest_epoch + 1} is not anchored yet; anchors go one epoch at a time")
+        return None
     raise Permanent(f"unknown outbox kind {row.kind!r}")
+
+
+async def deliver_row(node: Any, row: OutboxRow, threshold: int) -> str:
+    """Deliver one outbox row; returns the hash of the transaction that carries its effect. Waiting while
+    fewer than `threshold` validators signed its order."""
+    found = await asyncio.to_thread(already_on_chain, node.chain, row)
+    if found is not None:
+        return found
+    order, signatures = await gather(node, row, threshold)
+    send = node.chain.slash if row.kind == "slash" else node.chain.anchor
+    return (await asyncio.to_thread(send, node.chain_key, order, signatures)).tx_hash
 
 
 async def deliver_once(node: Any) -> tuple[int, int]:
     """Take and send what is pending; returns (sent, failed attempts)."""
     rows = await node.ledger.take_outbox(10, stale_after_s=node.config.claim_lease_seconds)
     sent = failed = 0
+    threshold: int | None = None  # read once a pass, when the chain answers
     for row in rows:
         try:
-            tx_hash = await asyncio.to_thread(send_row, node.chain, node.chain_key, row)
+            if threshold is None:
+                threshold = await asyncio.to_thread(node.chain.threshold)
+            tx_hash = await deliver_row(node, row, threshold)
+        except Waiting as waiting:
+            log.info("outbox %s %s waits: %s", row.kind, row.key, waiting)
+            await node.ledger.mark_failed(row.id, f"waiting: {waiting}", retry=True)
+            node.metrics.orders_waiting.labels(row.kind).inc()
+            failed += 1
+            continue
         except Permanent as error:
             log.error("outbox %s %s failed for good: %s", row.kind, row.key, error)
             await node.ledger.mark_failed(row.id, str(error), retry=False)

@@ -154,3 +154,30 @@ class Groups(_Open):
     spares: list[str]
     workers: list[dict[str, Any]]
     standing_by: str | None = None  # who orchestrates while this validator process stands by
+
+
+class CosignRequest(_Open):
+    """A peer validator's slash or anchor order to judge and co-sign (PROTOCOL I7): the order as typed data,
+    the proposer's API URL (one of this node's --peer URLs: what is judged is fetched from there only) and,
+    for a slash, the job whose evidence it rests on."""
+
+    order: dict[str, Any]
+    proposer: str
+    job_id: JobId | None = None
+
+
+class Cosigned(_Open):
+    """This validator's EIP-712 signature of the order (65 bytes r || s || v, low s)."""
+
+    signer: AddressText
+    signature: str
+    order: dict[str, Any]
+
+
+class EpochEntries(_Open):
+    """A closed epoch's journal entries in full, and the cumulative rewards the epoch before it closed with:
+    what a co-signer recomputes the epoch's roots from."""
+
+    epoch: int
+    entries: list[dict[str, Any]]
+    previous_cumulative: dict[str, Wei]

@@ -282,6 +282,8 @@ class ValidatorNode:
 
     def start(self, *, validators: int = 1) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.cosign_only:  # a co-signer only answers POST /v1/cosign; it owes the chain nothing
+            return
         for _ in range(validators):
             self._tasks.append(loop.create_task(self.run_validation(), name="validation"))
         self._tasks.append(loop.create_task(run_epochs(self), name="epochs"))
@@ -316,6 +318,16 @@ class ValidatorNode:
             )
         log.info("epoch %d closed (%d entries); anchor owed", record.number, record.entry_count)
         return record.to_json()
+
+    async def epoch_entries(self, number: int) -> dict[str, Any] | None:
+        """Epoch `number`'s entries in full and the cumulative rewards epoch `number - 1` closed with."""
+        record = await self.ledger.epoch(number)
+        if record is None:
+            return None
+        entries = await self.ledger.entries(record.first_seq - 1, record.last_seq - record.first_seq + 1)
+        previous = await self.ledger.epoch_cumulative(number - 1) if number > 1 else {}
+        return {"epoch": number, "entries": [e.to_json() for e in entries],
+                "previous_cumulative": {w: str(a) for w, a in previous.items()}}
 
     # ------------------------------------------------------------------ reads
 

@@ -38,4 +38,4 @@ def test_artifacts_pin_the_evm_both_backends_run():
     assert artifact["compiler"]["evmVersion"] == "cancun"
     assert artifact["compiler"]["solc"].startswith("0.8.37")
     names = {e["name"] for e in artifact["abi"] if e["type"] == "error"}
-    assert {"NotValidator", "EvidenceAlreadyUsed", "EpochNotIncreasing", "InvalidProof", "ReentrantCall"} <= names
+    assert {"NotValidator", "EvidenceAlreadyUsed", "EpochNotNext", "TooFewSignatures", "SignerOutOfOrder", "InvalidProof", "ReentrantCall"} <= names

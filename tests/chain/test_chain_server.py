@@ -29,8 +29,8 @@ def test_a_client_by_url_shares_the_in_process_chain():
         remote.stake(worker, 1)
         assert local.stake_of(worker.address) == 10**17 + 2
         with pytest.raises(ContractRevert, match="NotValidator") as refused:
-            remote.anchor(worker, 1, bytes(32), bytes(32), 0)
-        assert refused.value.args_ == {"caller": worker.address}
+            remote.signed_anchor(worker, [worker], 1, bytes(32), bytes(32), 0)
+        assert refused.value.args_ == {"signer": worker.address}
 
         remote.request_unstake(worker, 10**17 + 2)
         with pytest.raises(ContractRevert, match="UnbondingNotElapsed"):
@@ -89,7 +89,7 @@ def test_a_served_dev_chain_is_owned_by_a_key_nobody_else_knows():
         for dev_key in tester_keys():
             assert not chain.is_validator(dev_key.address)
         with pytest.raises(ContractRevert, match="NotValidator"):
-            intruder.slash(tester_keys()[0], worker.address, 10**17, keccak(b"made up"))
+            intruder.signed_slash(tester_keys()[0], tester_keys()[:1], worker.address, 10**17, keccak(b"made up"))
         assert chain.stake_of(worker.address) == 10**18
-        chain.slash(chain.owner_key, worker.address, 10**17, keccak(b"evidence"))  # the owner still can
+        chain.signed_slash(chain.owner_key, [chain.owner_key], worker.address, 10**17, keccak(b"evidence"))  # the owner still can
         assert chain.stake_of(worker.address) == 9 * 10**17

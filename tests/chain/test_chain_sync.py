@@ -18,9 +18,9 @@ async def test_events_become_journal_entries_once_across_restarts(db_url):
     chain.stake(bob, 500)
     chain.request_unstake(alice, 300)
     blamed = keccak(b"job 1 stage 0")
-    chain.slash(validator, bob.address, 200, blamed)
+    chain.signed_slash(validator, [validator], bob.address, 200, blamed)
     unknown = keccak(b"slashed by someone else")
-    chain.slash(validator, alice.address, 50, unknown)
+    chain.signed_slash(validator, [validator], alice.address, 50, unknown)
 
     ledger = await Ledger.open(db_url)
     try:
@@ -61,19 +61,23 @@ async def test_an_anchor_on_chain_marks_the_ledger_epoch(sqlite_url):
     ledger = await Ledger.open(sqlite_url)
     try:
         await ledger.append([journal.reward(worker.address, 70, job_id=keccak(b"job"), stage=0, work_units=12)])
+        await ledger.close_epoch()
+        # Epoch 1 anchored with roots this ledger did not close (another ledger's): logged, not marked.
+        chain.signed_anchor(validator, [validator], 1, keccak(b"not ours"), keccak(b"x"), 1)
+        await ledger.append([journal.reward(worker.address, 30, job_id=keccak(b"job 2"), stage=0, work_units=5)])
         epoch = await ledger.close_epoch()
-        chain.anchor(validator, 0, keccak(b"not ours"), keccak(b"x"), 1)  # an epoch this ledger lacks: logged
         # The anchor was sent, then the validator died before recording it: the follower completes it.
-        sent = chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+        sent = chain.signed_anchor(validator, [validator], epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
         (done,) = await ChainSync(chain, ledger).sync_to_head()
         assert done.anchors_marked == 1
+        assert (await ledger.epoch(1)).anchor_tx is None
         record = await ledger.epoch(epoch.number)
         assert record.anchor_tx == sent.tx_hash
-        assert [e.kind for e in await ledger.entries()] == ["reward", "anchor"]
+        assert [e.kind for e in await ledger.entries()] == ["reward", "reward", "anchor"]
 
         proof = await ledger.reward_proof(worker.address)
         chain.fund_rewards(validator, 100)
         claimed = chain.claim(worker, proof.cumulative, [bytes.fromhex(p[2:]) for p in proof.proof])
-        assert claimed.events[0].amount == 70
+        assert claimed.events[0].amount == 100
     finally:
         await ledger.close()

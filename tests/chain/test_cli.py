@@ -78,7 +78,7 @@ def test_deploy_stake_unstake_withdraw_and_claim(anvil, tmp_path, capsys, monkey
     assert chain.stake_info(worker.address).active == int(1.5 * 10**18)
 
     proof = epochs.reward_proof(1, {worker.address: 12_345, owner.address: 1}, worker.address)
-    chain.anchor(owner, 1, keccak(b"entries"), bytes.fromhex(proof.rewards_root[2:]), 2)
+    chain.signed_anchor(owner, [owner], 1, keccak(b"entries"), bytes.fromhex(proof.rewards_root[2:]), 2)
     proof_file = tmp_path / "proof.json"
     proof_file.write_text(json.dumps(proof.to_json()))
     assert main(["claim", "--proof-file", str(proof_file), "--keystore", str(worker_ks)]) == 1  # an empty pool
@@ -140,7 +140,7 @@ def test_claim_takes_its_proof_from_the_ledger(anvil, tmp_path, capsys, monkeypa
     assert main(["claim", *base]) == 1
     assert "no epoch is anchored" in capsys.readouterr().err
     epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
-    chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+    chain.signed_anchor(validator, [validator], epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
     monkeypatch.setenv("STAGEWISE_DB", sqlite_url)
     assert f"claimed 0.000000000000004321 ETH (4321 wei) for {worker.address}" in run(capsys, "claim", *base)
     assert chain.claimed_of(worker.address) == 4_321
@@ -169,7 +169,7 @@ def test_claim_takes_its_proof_from_a_validators_api_and_checks_it_against_the_c
     chain.fund(worker.address, 10**18)
     chain.fund_rewards(validator, 10_000)
     epoch = asyncio.run(_ledger_with_an_epoch(sqlite_url, worker.address))
-    chain.anchor(validator, epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
+    chain.signed_anchor(validator, [validator], epoch.number, epoch.entries_root, epoch.rewards_root, epoch.entry_count)
 
     # the validator's API on its own loop in a thread, as a remote node would serve it
     loop, served, stop = asyncio.new_event_loop(), threading.Event(), asyncio.Event()  # the Event binds to loop on use
@@ -246,3 +246,19 @@ def test_deploy_keep_existing_and_top_ups_make_a_set_up_safe_to_run_again(anvil,
         remembered = json.loads((tmp_path / "home" / "chain.json").read_text())
         assert remembered["rpc_url"] == fresh.url
         assert ChainClient.connect(fresh.url, address=remembered["contract"]).owner() == owner.address
+
+
+def test_deploy_sets_the_validator_set_and_its_threshold(anvil, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STAGEWISE_KEYSTORE_PASSWORD", PASSWORD)
+    monkeypatch.setenv("STAGEWISE_RPC_URL", anvil.url)
+    owner_ks = keystore_for(tmp_path, "owner", SigningKey(bytes(anvil.keys[0].key)))
+    validators = [SigningKey.generate().address for _ in range(3)]
+    flags = [flag for address in validators for flag in ("--validator", address)]
+    assert main(["chain", "deploy", "--keystore", str(owner_ks), *flags[:4], "--threshold", "3"]) == 1
+    assert "--threshold 3: between 1 and the 2 validator(s) given" in capsys.readouterr().err
+    out = run(capsys, "chain", "deploy", "--keystore", str(owner_ks), *flags, "--threshold", "2")
+    assert "2 of them sign each slash and anchor" in out
+    chain = ChainClient.connect(anvil.url, address=json.loads((tmp_path / "home" / "chain.json").read_text())["contract"])
+    assert (chain.threshold(), chain.validator_count()) == (2, 3)
+    assert "2 of 3 validators sign a slash or an anchor" in run(capsys, "chain", "info")
+    assert all(chain.is_validator(address) for address in validators)

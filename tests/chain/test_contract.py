@@ -75,15 +75,15 @@ def test_only_the_owner_keeps_the_validator_set(chain: ChainClient):
         chain.remove_validator(owner, newcomer.address)
 
     with reverts("NotValidator"):
-        chain.anchor(newcomer, 1, keccak(b"e"), keccak(b"r"), 1)
+        chain.signed_anchor(owner, [newcomer], 1, keccak(b"e"), keccak(b"r"), 1)
     chain.add_validator(owner, newcomer.address)
     assert chain.is_validator(newcomer.address)
-    chain.anchor(newcomer, 1, keccak(b"e"), keccak(b"r"), 1)
+    chain.signed_anchor(owner, [newcomer], 1, keccak(b"e"), keccak(b"r"), 1)  # threshold 1: its signature suffices
     chain.remove_validator(owner, newcomer.address)
     with reverts("NotValidator"):
-        chain.anchor(newcomer, 2, keccak(b"e"), keccak(b"r"), 1)
+        chain.signed_anchor(owner, [newcomer], 2, keccak(b"e"), keccak(b"r"), 1)
     with reverts("NotValidator"):
-        chain.slash(newcomer, owner.address, 1, keccak(b"evidence"))
+        chain.signed_slash(newcomer, [newcomer], owner.address, 1, keccak(b"evidence"))
 
     changed = chain.set_treasury(owner, newcomer.address)
     assert chain.treasury() == newcomer.address and type(changed.events[0]).__name__ == "TreasuryChanged"
@@ -99,14 +99,11 @@ def test_slash_takes_active_then_unbonding_stake_never_more_once_per_evidence(ch
     chain.stake(worker, 100)
     chain.request_unstake(worker, 60)  # active 40, unbonding 60
     evidence = keccak(b"bundle 1, stage 0")
-    with reverts("SlashExceedsStake") as too_much:
-        chain.slash(validator, worker.address, 101, evidence)
-    assert too_much.value.args_ == {"amount": 101, "slashable": 100}
     with reverts("ZeroAmount"):
-        chain.slash(validator, worker.address, 0, evidence)
+        chain.signed_slash(validator, [validator], worker.address, 0, evidence)
 
     treasury_before = chain.balance_of(treasury)
-    slashed = chain.slash(validator, worker.address, 70, evidence)
+    slashed = chain.signed_slash(validator, [validator], worker.address, 70, evidence)
     assert slashed.events == (
         Slashed(
             *_where(slashed), worker=worker.address, evidence_hash=evidence, validator=validator.address, amount=70
@@ -118,40 +115,41 @@ def test_slash_takes_active_then_unbonding_stake_never_more_once_per_evidence(ch
     assert chain.evidence_used(evidence)
 
     with reverts("EvidenceAlreadyUsed"):
-        chain.slash(validator, worker.address, 1, evidence)
-    chain.slash(validator, worker.address, 30, keccak(b"bundle 2, stage 1"))
+        chain.signed_slash(validator, [validator], worker.address, 1, evidence)
+    capped = chain.signed_slash(validator, [validator], worker.address, 31, keccak(b"bundle 2, stage 1"))
+    assert capped.events[0].amount == 30  # an order for more than is left takes what is left, never more
     assert chain.stake_info(worker.address).slashable == 0
+    with reverts("NothingToSlash"):
+        chain.signed_slash(validator, [validator], worker.address, 1, keccak(b"bundle 3, stage 0"))
     assert chain.balance_of(treasury) == treasury_before + 100
     chain.advance_time(UNBONDING_DELAY + 1)
     with reverts("NothingToWithdraw"):
         chain.withdraw(worker)
 
 
-def test_anchor_epochs_strictly_increase(chain: ChainClient):
+def test_anchor_epochs_advance_one_at_a_time(chain: ChainClient):
     validator = chain.dev_keys[0]
     assert chain.latest_anchor().count == 0
-    first = chain.anchor(validator, 0, keccak(b"entries 0"), keccak(b"rewards 0"), 10)
+    first = chain.signed_anchor(validator, [validator], 1, keccak(b"entries 1"), keccak(b"rewards 1"), 10)
     assert first.events == (
         Anchored(
             *_where(first),
-            epoch=0,
-            entries_root=keccak(b"entries 0"),
-            rewards_root=keccak(b"rewards 0"),
+            epoch=1,
+            entries_root=keccak(b"entries 1"),
+            rewards_root=keccak(b"rewards 1"),
             entry_count=10,
             validator=validator.address,
         ),
     )
-    for stale in (0,):
-        with reverts("EpochNotIncreasing"):
-            chain.anchor(validator, stale, keccak(b"x"), keccak(b"y"), 1)
-    chain.anchor(validator, 7, keccak(b"entries 7"), keccak(b"rewards 7"), 3)
-    with reverts("EpochNotIncreasing") as stale:
-        chain.anchor(validator, 6, keccak(b"x"), keccak(b"y"), 1)
-    assert stale.value.args_ == {"epoch": 6, "latestEpoch": 7}
+    for wrong in (0, 1, 3, 7):
+        with reverts("EpochNotNext") as refused:
+            chain.signed_anchor(validator, [validator], wrong, keccak(b"x"), keccak(b"y"), 1)
+        assert refused.value.args_ == {"epoch": wrong, "expected": 2}
+    chain.signed_anchor(validator, [validator], 2, keccak(b"entries 2"), keccak(b"rewards 2"), 3)
     latest = chain.latest_anchor()
-    assert (latest.count, latest.latest_epoch, latest.rewards_root) == (2, 7, keccak(b"rewards 7"))
-    assert chain.entries_root_of(0) == keccak(b"entries 0")
-    assert chain.entries_root_of(7) == keccak(b"entries 7")
+    assert (latest.count, latest.latest_epoch, latest.rewards_root) == (2, 2, keccak(b"rewards 2"))
+    assert chain.entries_root_of(1) == keccak(b"entries 1")
+    assert chain.entries_root_of(2) == keccak(b"entries 2")
 
 
 def test_claim_pays_cumulative_rewards_once_against_the_latest_root(chain: ChainClient):
@@ -161,7 +159,7 @@ def test_claim_pays_cumulative_rewards_once_against_the_latest_root(chain: Chain
         chain.claim(alice, 1, [])
 
     root, proofs = rewards_root({alice.address: 500, bob.address: 300, chain.dev_keys[4].address: 7})
-    chain.anchor(validator, 1, keccak(b"entries 1"), root, 3)
+    chain.signed_anchor(validator, [validator], 1, keccak(b"entries 1"), root, 3)
     with reverts("InsufficientRewardPool"):
         chain.claim(alice, 500, proofs[alice.address])
     chain.fund_rewards(funder, 1_000)
@@ -180,7 +178,7 @@ def test_claim_pays_cumulative_rewards_once_against_the_latest_root(chain: Chain
 
     # The next epoch's root carries cumulative amounts: only the difference is paid, old roots are dead.
     root2, proofs2 = rewards_root({alice.address: 800, bob.address: 300})
-    chain.anchor(validator, 2, keccak(b"entries 2"), root2, 2)
+    chain.signed_anchor(validator, [validator], 2, keccak(b"entries 2"), root2, 2)
     with reverts("InvalidProof"):
         chain.claim(bob, 300, proofs[bob.address])
     again = chain.claim(alice, 800, proofs2[alice.address])
@@ -197,7 +195,7 @@ def test_every_leaf_of_an_odd_sized_ledger_tree_can_claim(chain: ChainClient):
     cumulative = {w.address: 100 * (i + 1) for i, w in enumerate(workers)}
     root, proofs = rewards_root(cumulative)
     assert sorted(len(p) for p in proofs.values()) == [1, 3, 3, 3, 3]  # the fifth leaf is promoted twice
-    chain.anchor(validator, 1, keccak(b"entries"), root, len(workers))
+    chain.signed_anchor(validator, [validator], 1, keccak(b"entries"), root, len(workers))
     chain.fund_rewards(validator, sum(cumulative.values()))
     for worker in workers:
         chain.claim(worker, cumulative[worker.address], proofs[worker.address])
@@ -221,7 +219,7 @@ def test_reentrant_withdraw_and_claim_are_refused_by_the_lock(chain: ChainClient
     assert chain.balance_of(chain.address) == 5_000
 
     root, proofs = rewards_root({attacker_address: 400, worker.address: 1})
-    chain.anchor(owner, 1, keccak(b"entries"), root, 2)
+    chain.signed_anchor(owner, [owner], 1, keccak(b"entries"), root, 2)
     chain.fund_rewards(owner, 1_000)
     chain.transact(worker, attacker.functions.attackClaim(400, proofs[attacker_address]))
     assert chain.balance_of(attacker_address) == 1_400
@@ -245,7 +243,7 @@ def test_a_worker_that_refuses_payment_keeps_its_unbonding_stake(chain: ChainCli
 
 
 def test_every_custom_error_is_exercised_by_name():
-    source = Path(__file__).read_text()
+    source = "".join(path.read_text() for path in Path(__file__).parent.glob("test_*.py"))
     declared = {e["name"] for e in Artifact.load().abi if e["type"] == "error"}
     exercised = set(re.findall(r'reverts\("(\w+)"\)', source)) | set(re.findall(r'name == "(\w+)"', source))
     assert declared - exercised == set()
@@ -295,7 +293,7 @@ def test_fund_lets_a_fresh_key_stake_and_events_replay_in_order(chain: ChainClie
     assert chain.balance_of(fresh.address) == ETHER
     chain.stake(fresh, ETHER // 2)
     chain.request_unstake(fresh, ETHER // 4)
-    chain.slash(chain.dev_keys[0], fresh.address, 5, keccak(b"e"))
+    chain.signed_slash(chain.dev_keys[0], [chain.dev_keys[0]], fresh.address, 5, keccak(b"e"))
     events = chain.events_since(start)
     assert [type(e).__name__ for e in events] == ["Staked", "UnstakeRequested", "Slashed"]
     assert all(e.worker == fresh.address for e in events)
@@ -309,10 +307,10 @@ def test_the_transaction_of_a_slash_or_an_anchor_is_found_by_its_indexed_fields(
     chain.fund(worker.address, ETHER)
     chain.stake(worker, ETHER // 2)
     evidence = keccak(b"the slash a crashed validator sent")
-    slashed = chain.slash(chain.dev_keys[0], worker.address, 5, evidence)
+    slashed = chain.signed_slash(chain.dev_keys[0], [chain.dev_keys[0]], worker.address, 5, evidence)
     latest = chain.latest_anchor()
     epoch = (latest.latest_epoch if latest.count else 0) + 1
-    anchored = chain.anchor(chain.dev_keys[0], epoch, keccak(b"e"), keccak(b"r"), 1)
+    anchored = chain.signed_anchor(chain.dev_keys[0], [chain.dev_keys[0]], epoch, keccak(b"e"), keccak(b"r"), 1)
     assert chain.event_tx("Slashed", None, evidence) == slashed.tx_hash
     assert chain.event_tx("Slashed", bytes.fromhex(worker.address[2:]), evidence) == slashed.tx_hash  # padded to 32 bytes
     assert chain.event_tx("Slashed", None, keccak(b"never used")) is None

@@ -21,11 +21,14 @@ def start_validator(db_url: str, model_dir: Path, home: Path, validator_id: str,
     return process, wait_listening(process, home, validator_id)
 
 
-def spawn_validator(db_url: str, model_dir: Path, home: Path, validator_id: str, *extra: str) -> subprocess.Popen:
+def spawn_validator(db_url: str, model_dir: Path, home: Path, validator_id: str, *extra: str,
+                    chain: tuple[str, ...] | None = None) -> subprocess.Popen:
+    """`chain`: the chain flags (default: none, in TEST_DOMAIN)."""
     env = {**os.environ, "STAGEWISE_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if chain is None:
+        chain = ("--no-chain", "--chain-id", str(TEST_DOMAIN.chain_id), "--contract", TEST_DOMAIN.verifying_contract)
     command = [
-        sys.executable, "-m", "node.cli.main", "--db", db_url, "validator", "run",
-        "--no-chain", "--chain-id", str(TEST_DOMAIN.chain_id), "--contract", TEST_DOMAIN.verifying_contract,
+        sys.executable, "-m", "node.cli.main", "--db", db_url, "validator", "run", *chain,
         "--no-orchestration", "--model-dir", str(model_dir), "--port", "0", "--validator-id", validator_id,
         "--validation-workers", "1", *extra,
     ]

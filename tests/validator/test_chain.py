@@ -124,8 +124,8 @@ async def test_a_crash_after_sending_does_not_send_twice(chain, sqlite_ledger, m
     await ChainSync(chain, ledger).sync_to_head()
     await perturbed_job_through(node, group)
     [row] = await ledger.take_outbox(10)
-    tx = await asyncio.to_thread(chain.slash, chain.dev_keys[0], row.payload["worker"], SLASH,
-                                 bytes.fromhex(row.payload["evidence_hash"][2:]))
+    tx = await asyncio.to_thread(chain.signed_slash, chain.dev_keys[0], chain.dev_keys[:1], row.payload["worker"],
+                                 SLASH, bytes.fromhex(row.payload["evidence_hash"][2:]))
     await ledger.mark_failed(row.id, "simulated crash after sending", retry=True)  # back to pending
     assert [r.status for r in await ledger.outbox()] == [OUTBOX_PENDING]
     assert await deliver_once(node) == (1, 0)
