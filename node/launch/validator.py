@@ -120,7 +120,7 @@ async def _serve(args, dirs: list[Path]) -> None:
             log.warning("no validator key (--keystore): stage control requests are signed by the throwaway key %s", key.address)
 
     ledger = await Ledger.open(settings.database_url())
-    models = ReplayModels(dirs)
+    models = ReplayModels(dirs, precision=args.precision, device=args.replay_device)
     try:
         secret = await sample_secret(ledger, args.sample_secret.encode(), args.sample_rate)
     except GuessableSecret as error:

@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from node.protocol.precision import PRECISIONS
+
 
 class _Figures(Protocol):
     exp_mismatches: int
@@ -94,3 +96,39 @@ class HandoffThresholds:
 ACTIVATION = ActivationThresholds()
 SAMPLING = SamplingThresholds()
 HANDOFF = HandoffThresholds()
+
+
+@dataclass(frozen=True)
+class PrecisionThresholds:
+    """The verdict's bounds for jobs declared in one precision (PROTOCOL I8)."""
+
+    activation: ActivationThresholds
+    sampling: SamplingThresholds
+
+
+# PROVISIONAL for bf16 and fp16: set from the figures issue 20 reports, not yet from this project's calibration
+# (bench/calibrate_toploc.py --precision bf16|fp16 measures the honest and attack matrices and replaces them).
+# Honest bf16 workers decoding with a KV cache, against a bf16 or fp32 prefill replay, on SmolLM2-135M and a
+# tiny Llama, worst chunk: exponent mismatches <= 8 / 128, mantissa error mean <= 2.37, median <= 1; the gross
+# cheats (int4 per-group and 2:4-sparse weights, low-rank MLPs, a skipped layer) read 5-30x higher. The
+# bounds below sit about 2x above that honest worst and below the weakest gross cheat (int4: mean ~6x the
+# honest worst). A worker that computes in bf16 while its job declares fp32 still fails fp32's bounds (mean
+# 0.75..1.02 against 0.05). fp16 keeps 3 more mantissa bits than bf16, so its honest drift in the bf16 fields
+# a proof compares is smaller; until measured it takes bf16's bounds, which are on the safe side for honest
+# workers. Sampling: a bf16 (fp16) last stage computes its logits in bf16 (fp16), whose step near a logit of
+# 16 is 0.125 (0.016); the margin is a few such steps, measured on the tiny models by
+# tests/validator/test_precision.py (honest bf16 worst seen there: printed by that test).
+LOW_PRECISION_ACTIVATION = ActivationThresholds(
+    max_exp_mismatches=16, max_sign_mismatches=4, max_mant_err_mean=4.0, max_mant_err_median=2.0
+)
+BY_PRECISION: dict[str, PrecisionThresholds] = {
+    "fp32": PrecisionThresholds(ACTIVATION, SAMPLING),
+    "bf16": PrecisionThresholds(LOW_PRECISION_ACTIVATION, SamplingThresholds(logit_margin=0.5)),
+    "fp16": PrecisionThresholds(LOW_PRECISION_ACTIVATION, SamplingThresholds(logit_margin=0.125)),
+}
+assert set(BY_PRECISION) == set(PRECISIONS)
+
+
+def thresholds_for(precision: str) -> PrecisionThresholds:
+    """The activation and sampling thresholds a job declared in `precision` is judged with (KeyError if unknown)."""
+    return BY_PRECISION[precision]
