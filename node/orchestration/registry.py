@@ -62,6 +62,8 @@ class WorkerRecord:
     registered_at: float
     last_seen: float
     in_flight: int = 0
+    device: str = "cpu"
+    precisions: tuple[str, ...] = ("fp32",)  # what its device computes (PROTOCOL I8)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,8 @@ class WorkerRecord:
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
             "in_flight": self.in_flight,
+            "device": self.device,
+            "precisions": list(self.precisions),
         }
 
 
@@ -117,6 +121,8 @@ class Registry:
                 stake_wei=stake,
                 registered_at=previous.registered_at if previous else now,
                 last_seen=now,
+                device=message.device,
+                precisions=tuple(message.precisions),
             )
             self._workers[message.address] = record
         log.info(

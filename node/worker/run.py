@@ -203,6 +203,17 @@ class Worker:
         return speed
 
     async def register(self) -> None:
+        from node.pipeline.devices import DeviceError, supported_precisions  # imports torch: kept out of start-up
+
+        try:
+            computes = supported_precisions(self.config.device)
+        except DeviceError as error:
+            raise WorkerError(f"{error}; pass --device cpu or a device torch lists") from None
+        offered = computes if self.config.precisions is None else self.config.precisions
+        missing = [p for p in offered if p not in computes]
+        if missing:
+            raise WorkerError(f"--precision {', '.join(missing)}: {self.config.device} computes "
+                              f"{', '.join(computes)} only; offer those")
         signed = make_registration(
             self.key,
             Capacity(self.config.memory_bytes, self.config.layer_tokens_per_s),
@@ -211,6 +222,8 @@ class Worker:
             # for the validator whose /health named it (the contract backs it) on this chain, and no other
             validator=self.controllers[0] if self.controllers else UNBOUND_VALIDATOR,
             chain_id=self.domain.chain_id if self.domain else 0,
+            device=self.config.device,
+            precisions=tuple(offered),
         )
         await self.validator.register(signed, timeout_s=self.config.register_timeout_s)
         log.info("registered with %s as %s, stage server %s", self.config.validator_url, self.key.address, self.stage_url)
