@@ -90,7 +90,8 @@ def findings_of(
             if stage in defences and stage > 0:
                 handed = defences[stage]
                 sent = _sent_by(model, spec, tokens, stage - 1, inputs, handed, replayed)
-                defence = check_defence(handed, spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p)
+                defence = check_defence(handed, spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p,
+                                        thresholds.handoff)
                 defence_figures[str(stage)] = defence.figures()
                 if defence.valid:  # its real inputs: replay it and every later stage from them
                     if defence.altered:
