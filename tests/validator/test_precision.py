@@ -136,3 +136,47 @@ async def test_a_bf16_validator_takes_bf16_bundles_and_refuses_fp32_ones(ledger,
         assert refused.status == 422 and (await refused.json())["error"]["code"] == "wrong_precision"
     finally:
         await client.close()
+
+
+@pytest.mark.slow
+async def test_a_bf16_job_is_accepted_over_http_and_its_evidence_recomputes_in_bf16(ledger, model_dir):
+    """A bf16 validator node takes the bundle of a bf16 pipeline job, replays it in bf16 and pays; anyone
+    re-judging the stored evidence (`verify-evidence`) replays it in the precision the job declared."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from node.pipeline.local import LocalPipeline
+    from node.protocol.bundle import Bundle, SignedStage
+    from node.protocol.receipts import expected_receipt, sign_receipt
+    from node.validator.app import build_app
+    from node.validator.evidence import Evidence, check_evidence
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
+    from tests.validator.conftest import make_config, stake_all
+
+    torch.set_num_threads(1)
+    async with LocalPipeline(model_dir, 3, precision="bf16") as pipe:
+        spec = pipe.spec(PROMPTS[0], SamplingParams(temperature=0.8, top_k=50, max_new_tokens=12), seed=5)
+        output = await pipe.run(spec)
+        results = await pipe.stage_results(spec.job_id_hex)
+        keys = list(pipe.keys)
+    stages = []
+    for index, (result, key) in enumerate(zip(results, keys)):
+        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
+        assert receipt.precision == "bf16"
+        stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
+    await stake_all(ledger, keys)
+    node = ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN,
+                         models=ReplayModels([model_dir], precision="bf16"))
+    client = TestClient(TestServer(build_app(node)))
+    await client.start_server()
+    try:
+        response = await client.post("/v1/bundles", data=Bundle(spec, tuple(stages), tuple(output)).to_json())
+        assert response.status == 202, await response.text()
+        assert await node.validate_next() == spec.job_id_hex
+        job = await (await client.get(f"/v1/jobs/{spec.job_id_hex}")).json()
+        assert job["verdict"]["outcome"] == "accepted", job
+        document = await (await client.get(f"/v1/jobs/{spec.job_id_hex}/evidence")).json()
+    finally:
+        await client.close()
+    check = check_evidence(Evidence.from_dict(document), str(model_dir))
+    assert check.matches and check.recomputed.outcome is Outcome.ACCEPTED
