@@ -102,6 +102,9 @@ BUNDLE_DEADLINE = Variable("STAGEWISE_BUNDLE_DEADLINE", float, 600.0,
                            "seconds after which an issued job without its complete bundle is soft-invalidated")
 MAX_BODY_BYTES = Variable("STAGEWISE_MAX_BODY_BYTES", int, 8 * 1024 * 1024, "largest request body accepted")
 VALIDATION_WORKERS = Variable("STAGEWISE_VALIDATION_WORKERS", int, 1, "concurrent validations in this process")
+PRECISION = Variable("STAGEWISE_PRECISION", str, "fp32",
+                     "what the model's jobs declare and its stages compute in: fp32, bf16 or fp16 (PROTOCOL I8)")
+REPLAY_DEVICE = Variable("STAGEWISE_REPLAY_DEVICE", str, "cpu", "torch device the validator replays on (cpu, cuda)")
 REPLAY_THREADS = Variable("STAGEWISE_REPLAY_THREADS", int, 0, "torch threads for replays, 0 = half the cores")
 NO_ORCHESTRATION = Variable("STAGEWISE_NO_ORCHESTRATION", bool, False,
                             "validate only: no worker registration, groups or dispatch")

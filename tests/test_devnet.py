@@ -67,3 +67,13 @@ def test_the_devnet_report_shows_amounts_in_ether_with_their_unit(capsys):
                  {worker: "worker-0"}, ["rank", "address", "rewards", "stake"])
     table = capsys.readouterr().out
     assert "0.00000744 ETH" in table and "1 ETH" in table and "7440000000000" not in table
+
+
+@pytest.mark.parametrize("precision, kind, scale", [("fp32", "perturb", 1e-3), ("bf16", "int4", 128), ("fp16", "int4", 128)])
+def test_the_devnet_cheat_without_a_kind_is_one_the_declared_precisions_proofs_separate(precision, kind, scale):
+    from node.launch.devnet import Cheat
+
+    cheat = Cheat.parse("worker=2").for_precision(precision)
+    assert (cheat.worker, cheat.kind, cheat.scale) == (2, kind, scale)
+    assert Cheat.parse("worker=1,kind=sparse-2-4").for_precision("bf16").worker_flag() == "sparse-2-4:1"
+    assert Cheat.parse("none") is None

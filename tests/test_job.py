@@ -27,6 +27,23 @@ def test_job_id_is_stable_through_json():
     assert parsed.job_id == original.job_id and len(original.job_id) == 32
 
 
+def test_the_declared_precision_is_part_of_the_job_id_and_fp32_keeps_the_ids_it_had():
+    assert spec().precision == "fp32"
+    assert spec(precision="bf16").job_id != spec().job_id != spec(precision="fp16").job_id
+    assert "precision" not in spec().to_dict() and spec(precision="fp32").job_id == spec().job_id
+    assert JobSpec.from_dict({**spec().to_dict(), "precision": "bf16"}) == spec(precision="bf16")
+    # a job id from before precisions existed (tests/receipts/conftest.py's spec, computed on the old code)
+    from tests.receipts.conftest import make_keys, make_spec
+
+    assert make_spec(make_keys(3)).job_id_hex == "0x7ef1d35afd39bd0968170323d9d72d2c3fe276b26680058bc3198f927fbd2138"
+
+
+@pytest.mark.parametrize("precision", ["int8", "FP32", "", 16])
+def test_an_unknown_precision_is_refused(precision):
+    with pytest.raises(JobSpecError, match="precision"):
+        JobSpec.from_dict({**spec().to_dict(), "precision": precision})
+
+
 def test_any_change_changes_the_job_id():
     base = spec().job_id
     assert spec(seed=43).job_id != base

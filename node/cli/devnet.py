@@ -9,7 +9,7 @@ import click
 
 from node.cli.options import CONTEXT_SETTINGS, PATH, Parsed, arguments
 
-DEFAULT_CHEAT = "worker=4,kind=perturb,scale=1e-3"
+DEFAULT_CHEAT = "worker=4"  # its kind follows --precision: perturb 1e-3 in fp32, int4 per-group weights in bf16/fp16
 
 
 def _cheat(text: str):
@@ -30,9 +30,13 @@ def _cheat(text: str):
 @click.option(
     "--cheat", type=Parsed(_cheat, "cheat"), default=DEFAULT_CHEAT,
     help="which worker cheats and how, e.g. worker=4,kind=perturb,scale=1e-3 (perturb: relative noise on its "
-    "layers' weights; or a handoff lie: quiet, equivocate, false-complaint, docs/handoff.md); 'none' for an "
+    "layers' weights; int4:GROUP or sparse-2-4: cheaper weights; or a handoff lie: quiet, equivocate, "
+    "false-complaint, docs/handoff.md); without a kind, perturb in fp32 and int4 in bf16/fp16; 'none' for an "
     "honest devnet",
 )
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              help="what the jobs declare (PROTOCOL I8): every stage computes in it, hands over in it, and the "
+              "validator replays in it with its thresholds")
 @click.option("--port", type=int, default=8700, help="the validator's port: API and dashboard")
 @click.option("--timeout", type=float, default=600.0, help="give up after this many seconds")
 @click.option("--serve", is_flag=True, help="keep the validator and its dashboard up until Ctrl-C")

@@ -148,6 +148,10 @@ def validator_group() -> None:
 @http_limit_options
 @env_option("--max-body-bytes", variable=settings.MAX_BODY_BYTES, help="largest request body accepted; larger gets 413 (8 MiB)")
 @env_option("--validation-workers", variable=settings.VALIDATION_WORKERS)
+@env_option("--precision", variable=settings.PRECISION, type=click.Choice(["fp32", "bf16", "fp16"]),
+            help="what the model's jobs declare (PROTOCOL I8): stages compute in it, the replay runs in it and the "
+            "verdict uses its thresholds; fp32 by default, the only one calibrated on this project's machines")
+@env_option("--device", "replay_device", variable=settings.REPLAY_DEVICE)
 @env_option("--replay-threads", variable=settings.REPLAY_THREADS, show_default="0: half the cores",
             help="torch threads for replays; half the cores leaves the rest to bundle intake and the API, a machine "
             "that only validates may give it every core")

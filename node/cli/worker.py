@@ -62,12 +62,17 @@ def worker_group() -> None:
 @click.option("--model-dir", type=PATH, multiple=True, help="a model directory this worker may serve (repeatable)")
 @click.option("--model", type=click.Choice(["smollm2"]),
               help="a bundled model: smollm2 = SmolLM2-135M-Instruct (converted once into the cache)")
-@click.option("--device", default="cpu", help="torch device for the stage")
+@click.option("--device", default="cpu", help="torch device the stage computes on: cpu, cuda (ROCm builds of torch "
+              "call theirs cuda too), cuda:1, ...")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="a precision this worker offers to compute in (repeatable); the validator groups it only for "
+              "jobs that declare one of them", show_default="every one the device computes")
 @click.option("--heartbeat", type=float, default=5.0, help="seconds between heartbeats")
 @click.option(
     "--cheat", type=Parsed(_cheat, "KIND:SCALE"), default=None, metavar="KIND:SCALE",
     help="devnets and demos only: misbehave on purpose to be caught. perturb:1e-3 (relative noise on this "
-    "stage's weights; its proofs stay consistent, only the validator's replay catches it), or a handoff lie: "
+    "stage's weights; its proofs stay consistent, only the validator's replay catches it), int4:128 or sparse-2-4 "
+    "(cheaper weights: int4 per-group or 2:4-sparse, what the bf16 devnet's cheater runs), or a handoff lie: "
     "quiet:0.9 (alter what the proof does not bind), equivocate:0.01 (hand over proofs other than the "
     "receipt's), false-complaint (complain about honest rows); docs/handoff.md",
 )

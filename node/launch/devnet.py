@@ -49,19 +49,26 @@ from node.launch.dishonest_validator import DishonestValidator
 from node.orchestration.tasks import resolve_task_file
 from node.pipeline.smollm2 import smollm2_dir
 from node.wallet import create_keystore, unlock
-from node.worker.cheats import DEFAULTS, KINDS
+from node.worker.cheats import DEFAULTS, KINDS, WEIGHT_KINDS
 
 ETHER = 10**18
 DEVNET_SCRYPT_N = 1 << 14  # throwaway keys: fast to unlock in every process
 
 
+# The cheat a devnet shows when --cheat names no kind, by declared precision: in fp32 the smallest weight noise
+# the proofs catch; in bf16 and fp16 that noise sits below honest drift (issue 20: 0.5x the honest worst), so
+# the cheater loads int4 per-group weights, which the proofs separate from honest drift by about 6x.
+DEFAULT_KINDS = {"fp32": "perturb", "bf16": "int4", "fp16": "int4"}
+
+
 @dataclass(frozen=True)
 class Cheat:
-    """Which worker cheats and how: `--cheat worker=4,kind=perturb,scale=1e-3`."""
+    """Which worker cheats and how: `--cheat worker=4,kind=perturb,scale=1e-3`. No kind: the declared
+    precision's default (`for_precision`)."""
 
     worker: int
-    kind: str
-    scale: float
+    kind: str | None
+    scale: float | None
 
     @classmethod
     def parse(cls, text: str) -> "Cheat | None":
@@ -71,10 +78,16 @@ class Cheat:
         unknown = set(fields) - {"worker", "kind", "scale"}
         if unknown:
             raise ValueError(f"unknown --cheat field(s): {', '.join(sorted(unknown))}")
-        kind = fields.get("kind", "perturb")
-        if kind not in KINDS:
+        kind = fields.get("kind")
+        if kind is not None and kind not in KINDS:
             raise ValueError(f"--cheat kind must be one of {', '.join(KINDS)}")
-        return cls(worker=int(fields.get("worker", 4)), kind=kind, scale=float(fields.get("scale", DEFAULTS[kind])))
+        scale = float(fields["scale"]) if "scale" in fields else None
+        return cls(worker=int(fields.get("worker", 4)), kind=kind, scale=scale)
+
+    def for_precision(self, precision: str) -> "Cheat":
+        """This cheat with its kind and scale filled in: the precision's default kind, the kind's default scale."""
+        kind = self.kind or DEFAULT_KINDS[precision]
+        return Cheat(self.worker, kind, DEFAULTS[kind] if self.scale is None else self.scale)
 
     def worker_flag(self) -> str:
         return f"{self.kind}:{self.scale:g}"
@@ -87,6 +100,8 @@ def run_devnet(args: Any) -> int:
         shutil.rmtree(home)
     home.mkdir(parents=True)
     model_dir = args.model_dir or _bundled_model()
+    if args.cheat is not None:
+        args.cheat = args.cheat.for_precision(args.precision)
     devnet = Devnet(home, model_dir, args)
     story_holds = True
     # SIGTERM (a CI timeout, `kill`) must stop the worker processes too: they run in sessions of their own
@@ -180,6 +195,7 @@ class Devnet:
                 "--allow-private-stage-urls",  # every worker of a devnet is on loopback
                 "--bundle-deadline", "30",  # loopback delivers in seconds; a job cut short (its cheater evicted) ends soon
                 "--results", str(self.home / "results.jsonl"),
+                "--precision", self.args.precision,
             ],
         )
         health = self._wait_for_validator()
@@ -188,7 +204,7 @@ class Devnet:
                               "stop it or pick another --port")
         chain = health["chain"]
         print(f"validator {health['validator']} at {self.url}; chain {chain['chain_id']} at {chain['rpc_url']}, "
-              f"staking contract {chain['staking_contract']}")
+              f"staking contract {chain['staking_contract']}; jobs declare {self.args.precision}")
         self._start_cosigner(validator_keystore, chain["rpc_url"], chain["staking_contract"])
         keys = self._stake_workers(chain["rpc_url"], chain["staking_contract"], int(chain["min_stake_wei"]))
         for index, keystore in enumerate(keys):
@@ -209,7 +225,7 @@ class Devnet:
                 self.cheater = self.workers[index]
             self._spawn(f"worker-{index}", flags)
         if self.cheater:
-            how = "on its layers' weights" if self.args.cheat.kind == "perturb" else "in its handoffs (docs/handoff.md)"
+            how = "on its layers' weights" if self.args.cheat.kind in WEIGHT_KINDS else "in its handoffs (docs/handoff.md)"
             print(f"worker-{self.args.cheat.worker} ({self.cheater}) cheats: {self.args.cheat.kind} "
                   f"{self.args.cheat.scale:g} {how}")
 

@@ -89,12 +89,26 @@ def run_validator(args) -> int:
     return 0
 
 
+def _check_device(device: str, precision: str) -> None:
+    """The replay device exists and computes the declared precision (PROTOCOL I8), or a one-line error."""
+    from node.pipeline.devices import DeviceError, supported_precisions  # torch: kept out of start-up
+
+    try:
+        computes = supported_precisions(device)
+    except DeviceError as error:
+        raise CommandError(f"{error}; pass --device cpu or a device torch lists") from None
+    if precision not in computes:
+        raise CommandError(f"--precision {precision}: --device {device} computes {', '.join(computes)} only; "
+                           "declare one of those or replay on another device")
+
+
 async def _serve(args, dirs: list[Path]) -> None:
     import torch
     from aiohttp import web
 
     torch.set_num_threads(replay_threads(args.replay_threads, os.cpu_count()))
     log.info("replays use %d torch thread(s) (--replay-threads)", torch.get_num_threads())
+    _check_device(args.replay_device, args.precision)
     chain = key = rpc_url = None
     chain_server = None
     if args.embedded_chain:
@@ -125,7 +139,7 @@ async def _serve(args, dirs: list[Path]) -> None:
             log.warning("no validator key (--keystore): stage control requests are signed by the throwaway key %s", key.address)
 
     ledger = await Ledger.open(settings.database_url())
-    models = ReplayModels(dirs)
+    models = ReplayModels(dirs, precision=args.precision, device=args.replay_device)
     try:
         secret = await sample_secret(ledger, args.sample_secret.encode(), args.sample_rate)
     except GuessableSecret as error:

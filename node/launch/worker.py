@@ -48,6 +48,7 @@ def start_worker(args: Any) -> int:
         region=args.region,
         model_dirs=tuple(model_dirs),
         device=args.device,
+        precisions=tuple(args.precisions) or None,
         heartbeat_s=args.heartbeat,
         grace_s=args.grace,
         cheat=args.cheat,

@@ -211,7 +211,8 @@ class Dispatcher:
             if refused.code == "stake_unavailable":  # the chain or ledger is down: wait, drop nobody
                 raise JobInterrupted(f"no job issued: {refused}")
             raise StageFailure(worker, f"no job issued: {refused}")
-        spec = continuation_spec(run, group, self.orchestrator.model_id, self.policy.sampling)
+        spec = continuation_spec(run, group, self.orchestrator.model_id, self.policy.sampling,
+                                 self.orchestrator.precision)
         run.job_ids.append(spec.job_id_hex)
         run.groups.append(group.group_id)
         if self.on_job is not None:

@@ -69,16 +69,19 @@ class Orchestrator:
         register_wait_s: float = 2.0,
         stage_alive: Callable[[str, str], Awaitable[bool]] | None = None,
         saved: SavedOrchestration | None = None,
+        precision: str = "fp32",
     ) -> None:
         """`stage_alive(url, address)`: whether the stage server at `url` still answers as `address`; with it,
         a second process registering the same key elsewhere is refused while the first one runs. `saved`:
-        where workers and groups are kept for a restart (`resume`)."""
+        where workers and groups are kept for a restart (`resume`). `precision`: what this model's jobs declare
+        (PROTOCOL I8); a worker whose device does not compute it is refused."""
         self.saved = saved
         self.standing_by: str | None = None  # who orchestrates instead, while this process stands by (leadership.py)
         self.registry = registry
         self.stage_alive = stage_alive
         self.driver = driver
         self.model_id = model_id
+        self.precision = precision
         self.shape = shape
         self.policy = policy
         self.regroup_interval_s = regroup_interval_s
@@ -107,6 +110,13 @@ class Orchestrator:
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         self.check_leading()
         address = signed.message.address
+        if self.precision not in signed.message.precisions:
+            signed.verify()
+            raise RegistrationRefused(
+                "unsupported_precision",
+                f"this validator's jobs compute in {self.precision}; {address} offers "
+                f"{', '.join(signed.message.precisions)} on {signed.message.device}",
+            )
         previous = self.registry.get(address)
         if previous is not None and previous.stage_url != signed.message.stage_url and self.stage_alive is not None:
             signed.verify()  # only the key's owner may make us look at its other process
@@ -252,7 +262,7 @@ class Orchestrator:
                 Candidate(r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region,
                           free_s.get(r.address, 0.0))
                 for r in self.registry.healthy()
-                if r.address not in excluded
+                if r.address not in excluded and self.precision in r.precisions
             ]
             new = regroup(old, candidates, self.shape, self.policy)
             self.withdrawn = frozenset(g.group_id for g in old.groups if new.group(g.group_id) is None)

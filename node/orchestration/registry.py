@@ -64,6 +64,8 @@ class WorkerRecord:
     in_flight: int = 0
     signed_at: int = 0  # the accepted registration's own timestamp and nonce: an older or the same one is refused
     signed_nonce: str = ""
+    device: str = "cpu"
+    precisions: tuple[str, ...] = ("fp32",)  # what its device computes (PROTOCOL I8)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,8 @@ class WorkerRecord:
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
             "in_flight": self.in_flight,
+            "device": self.device,
+            "precisions": list(self.precisions),
         }
 
     def to_saved(self) -> dict[str, Any]:
@@ -94,11 +98,13 @@ class WorkerRecord:
             last_seen=float(saved["last_seen"]),
             signed_at=int(saved["signed_at"]),
             signed_nonce=str(saved["signed_nonce"]),
+            device=str(saved.get("device", "cpu")),
+            precisions=tuple(str(p) for p in saved.get("precisions", ("fp32",))),
         )
 
 
 class Registry:
-    """In-memory worker table of one validator (workers re-register after a validator restart)."""
+    """The worker table of one validator, in memory; the orchestrator keeps it in the ledger too (resume.py)."""
 
     def __init__(
         self,
@@ -145,6 +151,8 @@ class Registry:
                 last_seen=now,
                 signed_at=message.timestamp,
                 signed_nonce=message.nonce,
+                device=message.device,
+                precisions=tuple(message.precisions),
             )
             self._workers[message.address] = record
         log.info(

@@ -64,7 +64,8 @@ class SequenceRun:
         return bool(self.generated) and self.generated[-1] in stop_ids
 
 
-def continuation_spec(run: SequenceRun, group: Group, model_id: str, sampling: SamplingParams) -> JobSpec:
+def continuation_spec(run: SequenceRun, group: Group, model_id: str, sampling: SamplingParams,
+                      precision: str = "fp32") -> JobSpec:
     """The job that carries `run` on from its history on `group` (the first job when there is no history)."""
     remaining = run.max_new_tokens - len(run.generated)
     if remaining < 1:
@@ -83,13 +84,14 @@ def continuation_spec(run: SequenceRun, group: Group, model_id: str, sampling: S
         group_id=group.group_id,
         stages=tuple(StageAssignment(s.worker, s.layer_start, s.layer_end) for s in group.stages),
         attempt=len(run.groups),  # the jobs issued for this sequence so far: its every job has its own id
+        precision=precision,
     )
 
 
 HistoryCheck = Callable[["SequenceRun", SamplingParams], Awaitable[int]]
 
 
-def verified_prefix(model: Any, run: SequenceRun, sampling: SamplingParams) -> int:
+def verified_prefix(model: Any, run: SequenceRun, sampling: SamplingParams, precision: str = "fp32") -> int:
     """How many of `run.generated` pass the sampling proof against a replay of the whole model (blocking).
 
     One forward over prompt + history gives the logits that predicted every generated token; the first token
@@ -100,6 +102,7 @@ def verified_prefix(model: Any, run: SequenceRun, sampling: SamplingParams) -> i
     # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import replay
     from node.toploc.sampling import verify_sampling
+    from node.toploc.thresholds import thresholds_for
 
     history = list(run.generated)
     for index, token in enumerate(history):
@@ -115,5 +118,6 @@ def verified_prefix(model: Any, run: SequenceRun, sampling: SamplingParams) -> i
             return 0
     prompt = list(run.prompt_token_ids)
     _, logits = replay(model, prompt + history[:-1], [model.config.num_layers])
-    check = verify_sampling(logits[len(prompt) - 1 :], torch.tensor(history), sampling, run.seed, len(prompt))
+    check = verify_sampling(logits[len(prompt) - 1 :], torch.tensor(history), sampling, run.seed, len(prompt),
+                            margin=thresholds_for(precision).sampling.logit_margin)
     return len(history) if check.ok else int(check.first_failure)

@@ -169,6 +169,7 @@ def build_orchestration(
 
     model_dir = Path(model_dir)
     shape = shape_of_model(model_dir)
+    precision = getattr(args, "precision", "fp32")  # what this model's jobs declare (PROTOCOL I8)
     if stake_of is None:
         stake_of = _ledger_stake(node)
     registry = Registry(
@@ -187,7 +188,7 @@ def build_orchestration(
         if key is None:
             raise ValueError("orchestrating stage servers needs the validator's key: stage servers obey only "
                              "requests signed by the address their validator's GET /health names")
-        driver = HttpPipelineDriver(model_dir, key=key)
+        driver = HttpPipelineDriver(model_dir, key=key, precision=precision)
     served_model = model_id(model_dir)
     orchestrator = Orchestrator(
         registry,
@@ -200,6 +201,7 @@ def build_orchestration(
         regroup_interval_s=args.regroup_interval,
         stage_alive=stage_answers_as,
         saved=SavedOrchestration(node.ledger, served_model) if getattr(node, "ledger", None) is not None else None,
+        precision=precision,
     )
     if hasattr(node, "on_blamed"):
         node.on_blamed.append(orchestrator.worker_blamed)
@@ -233,7 +235,7 @@ def build_orchestration(
             ),
             on_job=_on_job(node, issued),
             results_path=args.results,
-            history_check=_history_check(node, orchestrator.model_id, model_dir),
+            history_check=_history_check(node, orchestrator.model_id, model_dir, precision),
             verdict_of=_verdict_of(node),
             on_sample=_on_sample(node),
         )
@@ -361,22 +363,23 @@ def _seed_secret(path: Path | None) -> bytes | None:
     return None
 
 
-def _history_check(node: Any, model_id: str, model_dir: Path):
+def _history_check(node: Any, model_id: str, model_dir: Path, precision: str = "fp32"):
     """Check an interrupted job's tokens with the validator's own copy of the model before reusing them."""
     models = getattr(node, "models", None)
     loaded: dict[str, Any] = {}
 
     async def check(run, sampling) -> int:
         if models is not None and model_id in getattr(models, "ids", ()):
-            model = await models.get(model_id)
+            model = await models.get(model_id, precision)
         else:
             if "model" not in loaded:
                 # torch: imported where used, to keep it out of start-up
                 from node.pipeline.weights import load_stage
+                from node.pipeline.wire import WIRE_DTYPES
 
-                loaded["model"] = await asyncio.to_thread(load_stage, model_dir)
+                loaded["model"] = await asyncio.to_thread(load_stage, model_dir, dtype=WIRE_DTYPES[precision])
             model = loaded["model"]
-        return await asyncio.to_thread(verified_prefix, model, run, sampling)
+        return await asyncio.to_thread(verified_prefix, model, run, sampling, precision)
 
     return check
 

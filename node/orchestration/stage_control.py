@@ -48,8 +48,11 @@ class HttpPipelineDriver:
         link_timeout_s: float = 30.0,
         health_timeout_s: float = 3.0,
         job_timeout_s: float = 3600.0,
-        wire_dtype: str = "fp32",
+        precision: str = "fp32",
+        wire_dtype: str | None = None,
     ) -> None:
+        """`precision`: what the model's jobs declare (PROTOCOL I8); every stage computes in it and, unless
+        `wire_dtype` says otherwise, hands its activations over in it."""
         if model_id is None:
             # torch: imported where used, to keep it out of start-up
             from node.pipeline.weights import model_id as model_id_of
@@ -61,7 +64,8 @@ class HttpPipelineDriver:
         self.link_timeout_s = link_timeout_s
         self.health_timeout_s = health_timeout_s
         self.job_timeout_s = job_timeout_s
-        self.wire_dtype = wire_dtype
+        self.precision = precision
+        self.wire_dtype = precision if wire_dtype is None else wire_dtype
         self._urls: dict[str, tuple[str, ...]] = {}  # group id -> stage server URLs
         self._assigned: dict[str, str] = {}  # worker -> group id it was last assigned
         # worker -> the group ids last sent to it (PUT started): a stage that serves one of them was moved by us,
@@ -116,6 +120,8 @@ class HttpPipelineDriver:
             "stage_index": index,
             "stages": peers,
             "wire_dtype": self.wire_dtype,
+            # named only when not fp32: a stage server from before declared precisions still takes fp32 groups
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
         }
         worker = group.stages[index].worker
         try:

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, Strict, model_validator
 from ledger.errors import InvalidInput
 from node.pipeline.wire import WIRE_DTYPES
 from node.protocol.job import JobSpec, StageWorker, check_layer_range, check_layer_ranges
+from node.protocol.precision import DEFAULT_PRECISION, Precision
 from node.protocol.wire_types import Hex32, UInt, parse, validated_dataclass
 
 
@@ -53,6 +54,7 @@ class Assignment:
     stage_index: UInt
     stages: Annotated[tuple[PeerStage, ...], Field(min_length=1)]
     wire_dtype: Annotated[str, Strict(), AfterValidator(_wire_dtype), Field(json_schema_extra={"enum": sorted(WIRE_DTYPES)})] = "fp32"
+    precision: Precision = DEFAULT_PRECISION  # what this group's jobs declare: the stage computes its layers in it (I8)
 
     @model_validator(mode="after")
     def _fits(self) -> "Assignment":
@@ -91,6 +93,8 @@ class Assignment:
             raise AssignmentError(f"job is for group {spec.group_id!r}, this stage serves {self.group_id!r}")
         if spec.model_id != self.model_id:
             raise AssignmentError(f"job is for model {spec.model_id}, this group runs {self.model_id}")
+        if spec.precision != self.precision:
+            raise AssignmentError(f"job declares {spec.precision}, this group computes in {self.precision}")
         ours = [(s.worker, s.layer_start, s.layer_end) for s in self.stages]
         theirs = [(s.worker, s.layer_start, s.layer_end) for s in spec.stages]
         if ours != theirs:

@@ -55,7 +55,8 @@ class LocalPipeline:
         num_stages: int = 3,
         *,
         processes: bool = False,
-        wire_dtype: str = "fp32",
+        wire_dtype: str | None = None,
+        precision: str = "fp32",
         group_id: str = "local",
         layer_bounds: Sequence[tuple[int, int]] | None = None,
         server_options: dict[str, Any] | None = None,
@@ -65,7 +66,8 @@ class LocalPipeline:
         self.model_dir = Path(model_dir)
         self.num_stages = num_stages
         self.processes = processes
-        self.wire_dtype = wire_dtype
+        self.precision = precision
+        self.wire_dtype = precision if wire_dtype is None else wire_dtype  # handoffs in the declared precision
         self.group_id = group_id
         self.layer_bounds = list(layer_bounds) if layer_bounds else None
         self.server_options = dict(server_options or {})
@@ -105,9 +107,9 @@ class LocalPipeline:
             else:
                 await self._start_in_process()
             peers = tuple(PeerStage(k.address, url, a, b) for k, url, (a, b) in zip(self.keys, self.urls, bounds))
-            self.assignment = Assignment(self.group_id, self.model_id, 0, peers, self.wire_dtype)
+            self.assignment = Assignment(self.group_id, self.model_id, 0, peers, self.wire_dtype, self.precision)
             await asyncio.gather(*[
-                client.assign(Assignment(self.group_id, self.model_id, index, peers, self.wire_dtype))
+                client.assign(Assignment(self.group_id, self.model_id, index, peers, self.wire_dtype, self.precision))
                 for index, client in enumerate(self.clients)
             ])
             await self.wait_linked()
@@ -177,7 +179,8 @@ class LocalPipeline:
     def spec(self, prompt_token_ids: Sequence[int], sampling: SamplingParams | None = None, seed: int = 0) -> JobSpec:
         assert self.assignment is not None, "start() first"
         stages = tuple(StageAssignment(s.worker, s.layer_start, s.layer_end) for s in self.assignment.stages)
-        return JobSpec(self.model_id, tuple(prompt_token_ids), sampling or SamplingParams(), seed, self.group_id, stages)
+        return JobSpec(self.model_id, tuple(prompt_token_ids), sampling or SamplingParams(), seed, self.group_id, stages,
+                       precision=self.precision)
 
     async def run(self, spec: JobSpec, on_tokens: Callable[[list[int]], Any] | None = None) -> tuple[int, ...]:
         """Submit `spec` at stage 0 and follow it to the end; raises StageClientError when it fails."""

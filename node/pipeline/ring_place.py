@@ -31,6 +31,7 @@ from node.pipeline.link import (
     sign_hello,
 )
 from node.pipeline.weights import load_stage, model_id
+from node.pipeline.wire import WIRE_DTYPES
 
 log = logging.getLogger("stagewise.pipeline")
 
@@ -60,20 +61,24 @@ class RingPlace:
         if assignment.me.worker != self.key.address:
             raise AssignmentError(f"stage {assignment.stage_index} is assigned to {assignment.me.worker}, this server is {self.key.address}")
         async with self._assign_lock:
-            wanted = (assignment.model_id, assignment.me.layer_start, assignment.me.layer_end)
+            # the layers in the precision the group's jobs declare, unless this server was told to compute in
+            # another dtype whatever they declare (`dtype`: what the tests' precision cheat does)
+            dtype = self.dtype if self.dtype is not None else WIRE_DTYPES[assignment.precision]
+            wanted = (assignment.model_id, assignment.me.layer_start, assignment.me.layer_end, dtype)
             old = self.assignment
             if self._loaded != wanted or self.engine is None:
                 model_dir = await self._find_model(assignment.model_id)
                 started = time.monotonic()
                 model = await asyncio.get_running_loop().run_in_executor(
                     self._executor,
-                    lambda: load_stage(model_dir, wanted[1], wanted[2], attn_impl=self.attn_impl, dtype=self.dtype, device=self.device),
+                    lambda: load_stage(model_dir, wanted[1], wanted[2], attn_impl=self.attn_impl, dtype=dtype, device=self.device),
                 )
                 if self.on_loaded is not None:
                     self.on_loaded(model)
                 if model.config.num_layers != assignment.stages[-1].layer_end:
                     raise AssignmentError(f"the group covers {assignment.stages[-1].layer_end} layers, the model has {model.config.num_layers}")
-                log.info("loaded layers [%d, %d) of %s in %.1f s", wanted[1], wanted[2], model_dir, time.monotonic() - started)
+                log.info("loaded layers [%d, %d) of %s in %s in %.1f s", wanted[1], wanted[2], model_dir, dtype,
+                         time.monotonic() - started)
                 self._fail_all("the stage was reassigned")
                 self.engine = StageEngine(model, assignment, self.key, self.tamper, self.cheat)
                 self._loaded = wanted

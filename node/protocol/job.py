@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import Field, Strict, model_validator
 
 from ledger.errors import InvalidInput
+from node.protocol.precision import DEFAULT_PRECISION, Precision
 from node.protocol.signing import keccak256 as keccak
 from node.protocol.wire_types import Hex32, UInt, address, bounded_uint, max_items, parse, validated_dataclass
 
@@ -101,6 +102,7 @@ class JobSpec:
         max_items(MAX_STAGES, f"a job has between 1 and {MAX_STAGES} stages, not {{n}}"),
     ]
     attempt: bounded_uint(MAX_SEED) = 0  # the orchestrator's count of earlier jobs for the same sequence: a job id is issued once
+    precision: Precision = DEFAULT_PRECISION  # what every stage computes in and the replay uses (PROTOCOL I8)
 
     @model_validator(mode="after")
     def _contiguous(self) -> "JobSpec":
@@ -124,6 +126,9 @@ class JobSpec:
             "stages": [{"worker": s.worker, "layer_start": s.layer_start, "layer_end": s.layer_end} for s in self.stages],
             "version": JOB_SPEC_VERSION,
             **({"attempt": self.attempt} if self.attempt else {}),  # absent when 0: earlier ids stay as they were
+            # absent when fp32, for the same reason; any other precision is in the job id, so a job's id names
+            # the precision it was issued in and a bundle claiming another one is another (unissued) job
+            **({"precision": self.precision} if self.precision != DEFAULT_PRECISION else {}),
         }
 
     def canonical_bytes(self) -> bytes:

@@ -22,6 +22,7 @@ from pydantic import Field, Strict
 from ledger import json_input
 from ledger.errors import InvalidInput
 from node.protocol.job import JobSpec
+from node.protocol.precision import DEFAULT_PRECISION, check_precision
 from node.protocol.signing import SigningKey
 from node.protocol.signing import keccak256 as keccak
 from node.protocol.signing import recover_digest
@@ -37,7 +38,7 @@ DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address v
 RECEIPT_TYPE = (
     "StageReceipt(bytes32 jobId,string groupId,uint32 stageIndex,uint32 layerStart,uint32 layerEnd,"
     "bytes32 modelId,bytes32 proofsDigest,bytes32 tokensDigest,bytes32 inputsDigest,uint64 tokenCount,"
-    "uint64 workUnits)"
+    "uint64 workUnits,string precision)"
 )
 DOMAIN_TYPEHASH = keccak(DOMAIN_TYPE.encode())
 RECEIPT_TYPEHASH = keccak(RECEIPT_TYPE.encode())
@@ -62,6 +63,7 @@ EIP712_TYPES = {
         {"name": "inputsDigest", "type": "bytes32"},
         {"name": "tokenCount", "type": "uint64"},
         {"name": "workUnits", "type": "uint64"},
+        {"name": "precision", "type": "string"},
     ],
 }
 
@@ -119,6 +121,7 @@ class StageReceipt:
     inputs_digest: bytes  # proofs_digest of the handoff proofs this stage received (zero on stage 0), I2
     token_count: int
     work_units: int
+    precision: str = DEFAULT_PRECISION  # what the stage computed in, the job's declared precision (I8)
 
     def __post_init__(self) -> None:
         for name in ("job_id", "model_id", "proofs_digest", "tokens_digest", "inputs_digest"):
@@ -135,6 +138,10 @@ class StageReceipt:
                 raise ReceiptError(f"receipt {name} must be an integer in [0, 2**64)")
         if self.layer_start >= self.layer_end:
             raise ReceiptError("receipt layer range must be non-empty")
+        try:
+            check_precision(self.precision, "receipt precision")
+        except ValueError as wrong:
+            raise ReceiptError(str(wrong)) from None
 
     def struct_hash(self) -> bytes:
         return keccak(
@@ -150,6 +157,7 @@ class StageReceipt:
             + self.inputs_digest
             + self.token_count.to_bytes(32, "big")
             + self.work_units.to_bytes(32, "big")
+            + keccak(self.precision.encode())
         )
 
     def digest(self, domain: ReceiptDomain) -> bytes:
@@ -169,6 +177,7 @@ class StageReceipt:
             "inputsDigest": self.inputs_digest,
             "tokenCount": self.token_count,
             "workUnits": self.work_units,
+            "precision": self.precision,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -282,6 +291,7 @@ def expected_receipt(
         inputs_digest=inputs_digest,
         token_count=token_count,
         work_units=stage.num_layers * token_count,
+        precision=spec.precision,
     )
 
 

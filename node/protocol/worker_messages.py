@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from ledger import json_input
 from ledger.errors import InvalidInput
+from node.protocol.precision import DEFAULT_PRECISION, Precision
 from node.protocol.signing import SignatureError, SigningKey, recover_message
 from node.protocol.wire_types import Address, address, parse, validated_dataclass
 
@@ -67,6 +68,9 @@ ValidatorAddress = address("validator")
 Nonce = Annotated[str, Strict(), Field(pattern=r"^0x[0-9a-f]{16,64}$")]
 Timestamp = Annotated[int, Strict(), Field(gt=0, lt=1 << 40, description="unix seconds")]
 Region = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_REGION_LENGTH, pattern=r"^[A-Za-z0-9._-]+$")]
+Device = Annotated[str, Strict(), Field(min_length=1, max_length=32, pattern=r"^[a-z]+(:[0-9]+)?$")]
+Precisions = Annotated[tuple[Precision, ...], Field(min_length=1, max_length=8)]
+CPU_ONLY = ("cpu", (DEFAULT_PRECISION,))  # what a registration that names neither means (workers from before I8)
 StageUrl = Annotated[
     str, Strict(), AfterValidator(_checked_url), WithJsonSchema({"type": "string", "maxLength": MAX_URL_LENGTH})
 ]
@@ -114,7 +118,16 @@ class Registration(WorkerMessage):
     timestamp: Timestamp
     validator: ValidatorAddress = UNBOUND_VALIDATOR  # the validator (and chain) it is for: a copy is worthless to another
     chain_id: Annotated[int, Strict(), Field(ge=0, lt=1 << 64)] = 0
+    device: Device = CPU_ONLY[0]  # the torch device its stage computes on (cpu, cuda, cuda:1, ...)
+    precisions: Precisions = CPU_ONLY[1]  # what that device computes: the validator groups it only for these (I8)
 
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if (self.device, tuple(self.precisions)) == CPU_ONLY:  # the encoding workers signed before I8
+            del data["device"], data["precisions"]
+        else:
+            data["precisions"] = list(self.precisions)
+        return data
 
 
 @validated_dataclass(MessageError)
@@ -172,11 +185,14 @@ def new_nonce() -> str:
 
 def make_registration(
     key: SigningKey, capacity: Capacity, region: str, stage_url: str, now: float | None = None, *,
-    validator: str = UNBOUND_VALIDATOR, chain_id: int = 0,
+    validator: str = UNBOUND_VALIDATOR, chain_id: int = 0, device: str = CPU_ONLY[0],
+    precisions: tuple[str, ...] = CPU_ONLY[1],
 ) -> SignedRegistration:
-    """What a worker sends to POST /v1/workers/register, for the validator `validator` on chain `chain_id`."""
+    """What a worker sends to POST /v1/workers/register, for the validator `validator` on chain `chain_id`:
+    its stage computes on `device` in any of `precisions`."""
     timestamp = int(time.time() if now is None else now)
-    return Registration(key.address, capacity, region, stage_url, new_nonce(), timestamp, validator, chain_id).sign(key)
+    return Registration(key.address, capacity, region, stage_url, new_nonce(), timestamp, validator, chain_id,
+                        device, tuple(precisions)).sign(key)
 
 
 def make_heartbeat(key: SigningKey, in_flight: int = 0, now: float | None = None) -> SignedHeartbeat:

@@ -36,6 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from node.protocol.precision import PRECISIONS
+
 
 class _Figures(Protocol):
     exp_mismatches: int
@@ -94,3 +96,53 @@ class HandoffThresholds:
 ACTIVATION = ActivationThresholds()
 SAMPLING = SamplingThresholds()
 HANDOFF = HandoffThresholds()
+
+
+@dataclass(frozen=True)
+class PrecisionThresholds:
+    """The verdict's bounds for jobs declared in one precision (PROTOCOL I8)."""
+
+    activation: ActivationThresholds
+    sampling: SamplingThresholds
+    handoff: HandoffThresholds
+
+
+# PROVISIONAL for bf16 and fp16: set from the figures issue 20 reports and this branch's bf16 devnet, not yet
+# from the calibration (bench/calibrate_toploc.py --precision bf16|fp16 measures the honest and attack matrices
+# and replaces them). Issue 20: honest bf16 workers decoding with a KV cache, against a bf16 or fp32 prefill
+# replay, on SmolLM2-135M and a tiny Llama, worst chunk: exponent mismatches <= 8 / 128, mantissa error mean
+# <= 2.37, median <= 1; the gross cheats (int4 per-group and 2:4-sparse weights, low-rank MLPs, a skipped
+# layer) read 5-30x higher. The bf16 devnet on SmolLM2-135M (12 honest jobs, 72 chunks, 4 sequences a group
+# decoding with a KV cache) read at worst exp 9, mean 2.17, median 2 (the last stage); its int4 per-group
+# cheater's mildest chunk exp 26, mean 10.7, median 9. Each bound sits near the geometric middle of the
+# honest worst and that mildest cheat. A worker that computes in bf16 while its job declares fp32 still fails
+# fp32's bounds (mean 0.75..1.02 against 0.05). fp16 keeps 3 more mantissa bits than bf16, so its honest drift
+# in the bf16 fields a proof compares is smaller; until measured it takes bf16's bounds, on the safe side for
+# honest workers. Sampling: a bf16 (fp16) last stage computes its logits in bf16 (fp16), whose step near a
+# logit of 16 is 0.125 (0.016): the margin is four such steps. Honest gaps seen: 0.0073 (tiny Llama, T=0.8,
+# tests/validator/test_precision.py), 0 (the SmolLM2 devnet, greedy).
+LOW_PRECISION_ACTIVATION = ActivationThresholds(
+    max_exp_mismatches=16, max_sign_mismatches=4, max_mant_err_mean=5.0, max_mant_err_median=4.0
+)
+# The handoff tolerance in a low precision: rows computed in bf16 differ from a bf16 one-prefill replay by
+# far more than fp32's 5e-4 (the bf16 devnet on SmolLM2-135M: honest rows up to 0.019 relative L1, which
+# fp32's bound turned into a conviction of the honest first stage when the cheater sat last). PROVISIONAL,
+# from bench/calibrate_handoff.py --precision bf16 (4 jobs x 70 tokens a model, 658-858 rows): honest worst
+# row 0.0188 (tiny Llama), 0.0176 (tiny Qwen2), 0.0299 (SmolLM2-135M); a quiet x0.9 alteration of what the
+# proof does not bind, smallest worst row 0.0369, 0.0487, 0.0922. 0.06 sits 2x above the honest worst: it
+# catches a 10 % alteration on SmolLM2 (1.5x) but not on the tiny models, and 1 % (0.002-0.004) not at all:
+# bf16's detection floor for a handoff alteration is 10-20 %. Below it, the altered rows are taken as the
+# receiver's real inputs (the receiver is judged on what it got, never blamed for it).
+LOW_PRECISION_HANDOFF = HandoffThresholds(max_row_rel_l1=0.06)
+BY_PRECISION: dict[str, PrecisionThresholds] = {
+    "fp32": PrecisionThresholds(ACTIVATION, SAMPLING, HANDOFF),
+    "bf16": PrecisionThresholds(LOW_PRECISION_ACTIVATION, SamplingThresholds(logit_margin=0.5), LOW_PRECISION_HANDOFF),
+    "fp16": PrecisionThresholds(LOW_PRECISION_ACTIVATION, SamplingThresholds(logit_margin=0.125), LOW_PRECISION_HANDOFF),
+}
+assert set(BY_PRECISION) == set(PRECISIONS)
+
+
+def thresholds_for(precision: str) -> PrecisionThresholds:
+    """The activation, sampling and handoff thresholds a job declared in `precision` is judged with (KeyError if
+    unknown)."""
+    return BY_PRECISION[precision]

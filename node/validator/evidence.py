@@ -167,10 +167,11 @@ def needs_model(evidence: Evidence) -> bool:
 
 
 def check_evidence(evidence: Evidence, model_dir: str | None) -> EvidenceCheck:
-    """Load the whole model from `model_dir` (when the verdict needs one), make sure it is the evidence's
-    model, recompute."""
+    """Load the whole model from `model_dir` (when the verdict needs one) in the precision the job declared,
+    make sure it is the evidence's model, recompute."""
     # torch: imported where used, to keep it out of start-up
     from node.pipeline.weights import load_stage, model_id
+    from node.pipeline.wire import WIRE_DTYPES
 
     if not needs_model(evidence):
         return recompute(evidence, None)
@@ -179,4 +180,5 @@ def check_evidence(evidence: Evidence, model_dir: str | None) -> EvidenceCheck:
     found = model_id(model_dir)
     if found != evidence.model_id.lower():
         raise EvidenceError(f"{model_dir} is model {found}, the evidence is for {evidence.model_id}")
-    return recompute(evidence, load_stage(model_dir))
+    precision = Bundle.from_dict(evidence.bundle).spec.precision
+    return recompute(evidence, load_stage(model_dir, dtype=WIRE_DTYPES[precision]))

@@ -4,8 +4,8 @@ A refused bundle writes nothing and gets a JSON error naming why (I3). In order:
 
 1. `read_bundle`, needing neither keys nor the database: the body parses as a bundle (400; a complaint's
    rows must hash to the digest it names, one complaint per receiving stage), its model is one this
-   validator can replay and its tokens are in the vocabulary (422), the output obeys the spec's stop ids
-   (422);
+   validator can replay, in the precision this validator declares for it (422 `wrong_precision`, I8), its
+   tokens are in the vocabulary (422), the output obeys the spec's stop ids (422);
 2. the node asks whether the job was issued (403 `unassigned_job`) and whether it already stored its bundle
    (409 `duplicate_bundle`, from memory): a made-up job or a resubmission costs no signature work (a
    duplicate first stored by another validator on the ledger is refused by the write, after it);
@@ -59,7 +59,7 @@ class Admitted:
 StakeOf = Callable[[list[str]], Awaitable[dict[str, int]]]
 
 
-def read_bundle(body: bytes, *, vocab_sizes: dict[str, int]) -> ReadBundle:
+def read_bundle(body: bytes, *, vocab_sizes: dict[str, int], precisions: dict[str, str] | None = None) -> ReadBundle:
     """Form, model, vocabulary, receipts and stop ids: what a bundle is refused for without keys or database."""
     if not body:
         raise ApiError(400, "malformed_json", "the request body is empty; send a bundle as JSON")
@@ -72,6 +72,10 @@ def read_bundle(body: bytes, *, vocab_sizes: dict[str, int]) -> ReadBundle:
     vocab = vocab_sizes.get(spec.model_id)
     if vocab is None:
         raise ApiError(422, "unknown_model", f"this validator cannot replay model {spec.model_id}")
+    declared = (precisions or {}).get(spec.model_id)
+    if declared is not None and spec.precision != declared:  # I8: the validator chooses a model's precision
+        raise ApiError(422, "wrong_precision",
+                       f"jobs on model {spec.model_id} declare {declared} at this validator, not {spec.precision}")
     if max(spec.prompt_token_ids) >= vocab or (bundle.output_token_ids and max(bundle.output_token_ids) >= vocab):
         raise ApiError(422, "token_out_of_vocabulary", f"a token id is not below the model's vocabulary size {vocab}")
     stops = set(spec.sampling.stop_ids)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from node.protocol.job import JobSpec
 from node.protocol.receipts import processed_token_count
+from node.toploc.thresholds import thresholds_for
 from node.validator.verdict import Findings, Reason
 
 
@@ -63,7 +64,11 @@ def findings_of(
     from node.toploc.activation import verify_proofs
     from node.toploc.sampling import verify_sampling
     from node.validator.defence import check_defence
+    from node.pipeline.wire import WIRE_DTYPES  # torch too  # isort: skip
 
+    if model.dtype != WIRE_DTYPES[spec.precision]:
+        raise ValueError(f"a job declared {spec.precision} is replayed in {spec.precision}, not in {model.dtype}")
+    thresholds = thresholds_for(spec.precision)  # I8: the declared precision's bounds
     started = time.perf_counter()
     prompt = list(spec.prompt_token_ids)
     output = list(output_token_ids)
@@ -85,7 +90,8 @@ def findings_of(
             if stage in defences and stage > 0:
                 handed = defences[stage]
                 sent = _sent_by(model, spec, tokens, stage - 1, inputs, handed, replayed)
-                defence = check_defence(handed, spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p)
+                defence = check_defence(handed, spec.stages[stage - 1].worker, stage_proofs[stage - 1], sent, p,
+                                        thresholds.handoff)
                 defence_figures[str(stage)] = defence.figures()
                 if defence.valid:  # its real inputs: replay it and every later stage from them
                     if defence.altered:
@@ -94,14 +100,15 @@ def findings_of(
                     rerun, logits = replay_from(model, defence.inputs, spec.stages[stage].layer_start,
                                                 boundaries[stage:], logits_from=p - 1)
                     hidden[stage:] = rerun
-            check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs))
+            check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs), thresholds.activation)
             proofs_ok.append(bool(check.ok))
             stage_figures.append(_jsonable(check))
         timings["proofs"] = time.perf_counter() - started - timings["forward"]
         sampling_ok: bool | None = None
         sampling_figures: Any = None
         if all(proofs_ok) and output:
-            check = verify_sampling(logits, output, spec.sampling, spec.seed, first_position=p)
+            check = verify_sampling(logits, output, spec.sampling, spec.seed, first_position=p,
+                                    margin=thresholds.sampling.logit_margin)
             sampling_ok = bool(check.ok)
             sampling_figures = _sampling_summary(check)
         elif all(proofs_ok):
@@ -109,7 +116,7 @@ def findings_of(
     findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(faults))
     seconds = time.perf_counter() - started
     timings["sampling"] = seconds - timings["forward"] - timings["proofs"]
-    figures = {"stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens),
+    figures = {"precision": spec.precision, "stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens),
                "seconds": {k: round(v, 4) for k, v in timings.items()}}
     if defence_figures:
         figures["defences"] = defence_figures

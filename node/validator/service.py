@@ -113,10 +113,11 @@ class ValidatorNode:
         already stored by this node (in memory), then signatures (off the loop), then stake and the write. At most `_intake_slots` bundles use a
         CPU at once, so a flood of bundles queues instead of starving /health and the verdicts."""
         if len(body) <= INLINE_PARSE_BYTES:  # a few milliseconds at most: not worth a thread hop
-            read = read_bundle(body, vocab_sizes=self.models.vocab_sizes)
+            read = read_bundle(body, vocab_sizes=self.models.vocab_sizes, precisions=self.models.precisions)
         else:
             async with self._intake_slots:
-                read = await asyncio.to_thread(read_bundle, body, vocab_sizes=self.models.vocab_sizes)
+                read = await asyncio.to_thread(read_bundle, body, vocab_sizes=self.models.vocab_sizes,
+                                             precisions=self.models.precisions)
         if self.spec_guard is not None:
             reason = await self.spec_guard(read.bundle.spec)
             if reason:
@@ -182,7 +183,7 @@ class ValidatorNode:
             verdict = decide(findings, self.config.tariff)
             self.metrics.sampled_out.inc()
         else:
-            model = await self.models.get(spec.model_id)
+            model = await self.models.get(spec.model_id, spec.precision)  # I8: replayed as declared
             proofs = [stage.proofs for stage in bundle.stages]
             asked: set[int] = set()
             while True:

@@ -3,7 +3,12 @@
 Kinds:
 - `perturb:SCALE` computes wrong and hides nothing: relative noise on its layers' weights, the cheapest way to
   pass off a different (smaller, quantized, fine-tuned) model as the one the job names. Its proofs match
-  what it sends, so its neighbour accepts them; the validator's replay blames it (I4).
+  what it sends, so its neighbour accepts them; the validator's replay blames it (I4). In bf16 a noise of
+  1e-3 moves few weights by a bf16 step and sits below honest drift: the bf16 devnet uses the next two.
+- `int4:GROUP` and `sparse-2-4` load cheaper weights in place of the real ones (node/pipeline/weight_cheats.py):
+  every matrix of its decoder layers rounded to 4-bit integers with one scale per GROUP inputs, or pruned to
+  2:4 structured sparsity. What a worker would run to serve more for less; its proofs separate it from
+  honest bf16 drift by 5-9x (issue 20's figures), so the replay blames it.
 - The handoff lies of PROTOCOL I2, each one an attack on its neighbours that the protocol must turn back on
   the liar:
   - `quiet:FACTOR` scales every entry of its prefill block that its proof does not bind (outside the top-k)
@@ -30,8 +35,9 @@ if TYPE_CHECKING:  # torch stays out of the CLI's start-up (the devnet parses --
 
     from node.pipeline.model import StageModel
 
-KINDS = ("perturb", "quiet", "equivocate", "false-complaint")
-DEFAULTS = {"perturb": 1e-3, "quiet": 0.9, "equivocate": 1e-2, "false-complaint": 1.0}
+KINDS = ("perturb", "int4", "sparse-2-4", "quiet", "equivocate", "false-complaint")
+DEFAULTS = {"perturb": 1e-3, "int4": 128.0, "sparse-2-4": 1.0, "quiet": 0.9, "equivocate": 1e-2, "false-complaint": 1.0}
+WEIGHT_KINDS = ("perturb", "int4", "sparse-2-4")  # the ones that change the stage's weights (the rest lie in handoffs)
 
 
 class CheatError(InvalidInput):
@@ -53,8 +59,8 @@ class Cheat:
             value = float(scale) if scale else DEFAULTS[kind]
         except ValueError:
             raise CheatError(f"cheat scale {scale!r} is not a number") from None
-        if not value > 0 or kind == "quiet" and not value < 1:
-            raise CheatError("cheat scale must be > 0 (and below 1 for quiet)")
+        if not value > 0 or kind == "quiet" and not value < 1 or kind == "int4" and value != int(value):
+            raise CheatError("cheat scale must be > 0 (below 1 for quiet, a whole group size for int4)")
         return cls(kind, value)
 
     @property
@@ -81,10 +87,20 @@ class Cheat:
         return None
 
     def apply(self, model: "StageModel", seed: int = 0) -> None:
-        """Change the loaded stage in place (perturb only): w <- w * (1 + scale * N(0, 1)), the same noise on
-        every run."""
+        """Change the loaded stage in place: perturb, w <- w * (1 + scale * N(0, 1)), the same noise on every
+        run; int4 or sparse-2-4, every matrix of its decoder layers replaced by its cheaper stand-in."""
         import torch
 
+        if self.kind in ("int4", "sparse-2-4"):
+            # torch: imported where used, to keep it out of the CLI's start-up
+            from node.pipeline.weight_cheats import quantize_int4_per_group, sparsify_2_4
+
+            cheaper = sparsify_2_4 if self.kind == "sparse-2-4" else lambda w: quantize_int4_per_group(w, int(self.scale))
+            with torch.no_grad():
+                for parameter in model.layers.parameters():
+                    if parameter.dim() == 2:
+                        parameter.copy_(cheaper(parameter))
+            return
         if self.kind != "perturb":
             return
         generator = torch.Generator().manual_seed(seed)

@@ -26,6 +26,9 @@ class WorkerConfig:
     region: str = "local"
     model_dirs: tuple[Path, ...] = ()
     device: str = "cpu"
+    precisions: tuple[str, ...] | None = None
+    """The precisions offered to the validator (PROTOCOL I8); None: every one `device` computes
+    (node/pipeline/devices.py)."""
     heartbeat_s: float = 5.0
     grace_s: float = 30.0
     submit_attempts: int = 14

@@ -203,7 +203,8 @@ class Worker:
         return speed
 
     async def register(self) -> None:
-        signed = self._registration()
+        offered = self._offered_precisions()
+        signed = self._registration(offered)
         loop = asyncio.get_running_loop()
         deadline, delay = loop.time() + self.config.validator_wait_s, 1.0
         while True:
@@ -216,10 +217,25 @@ class Worker:
                 log.warning("%s; registering again in %.0f s", refused, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-                signed = self._registration()  # a fresh nonce and timestamp
+                signed = self._registration(offered)  # a fresh nonce and timestamp
         log.info("registered with %s as %s, stage server %s", self.validator.base_url, self.key.address, self.stage_url)
 
-    def _registration(self):
+    def _offered_precisions(self) -> tuple[str, ...]:
+        """What this worker offers to compute in (PROTOCOL I8): --precision, else all its device computes."""
+        from node.pipeline.devices import DeviceError, supported_precisions  # imports torch: kept out of start-up
+
+        try:
+            computes = supported_precisions(self.config.device)
+        except DeviceError as error:
+            raise WorkerError(f"{error}; pass --device cpu or a device torch lists") from None
+        offered = computes if self.config.precisions is None else self.config.precisions
+        missing = [p for p in offered if p not in computes]
+        if missing:
+            raise WorkerError(f"--precision {', '.join(missing)}: {self.config.device} computes "
+                              f"{', '.join(computes)} only; offer those")
+        return tuple(offered)
+
+    def _registration(self, offered: tuple[str, ...]):
         return make_registration(
             self.key,
             Capacity(self.config.memory_bytes, self.config.layer_tokens_per_s),
@@ -228,6 +244,8 @@ class Worker:
             # for the validator whose /health named it (the contract backs it) on this chain, and no other
             validator=self.controllers[0] if self.controllers else UNBOUND_VALIDATOR,
             chain_id=self.domain.chain_id if self.domain else 0,
+            device=self.config.device,
+            precisions=tuple(offered),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -355,3 +355,27 @@ async def test_samples_per_task_runs_each_task_k_times_and_hands_over_only_accep
     assert first.correct in (True, False) and first.model_id == orchestrator.model_id
     assert len(first.completion_token_ids) == 6 and first.sampling["max_new_tokens"] == 6
     assert next(r for r in recorded if r.task_id == "t1").correct is None  # no checker, no verdict on it
+
+
+async def test_a_worker_whose_device_cannot_compute_the_declared_precision_is_never_grouped(model_dir, worker_keys):
+    """PROTOCOL I8: the validator declares bf16 for its model. A worker that offers fp32 only (an older GPU, or
+    an operator who says so) is refused at registration, and one that offers bf16 is grouped; the jobs the
+    dispatcher issues declare bf16."""
+    from node.orchestration.registry import RegistrationRefused
+
+    clock = Clock()
+    registry = Registry(stake_lookup({k.address: 10**18 for k in worker_keys}), RegistryPolicy(heartbeat_timeout_s=30), clock)
+    driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in worker_keys})
+    orchestrator = Orchestrator(registry, driver, model_id(model_dir), SHAPE, GroupingPolicy(stages_per_group=2),
+                                precision="bf16")
+    fp32_only = make_registration(worker_keys[0], CAPACITIES[0], "eu", "http://127.0.0.1:9000", now=clock.now)
+    with pytest.raises(RegistrationRefused, match="compute in bf16") as refused:
+        await orchestrator.register(fp32_only)
+    assert refused.value.code == "unsupported_precision" and registry.get(worker_keys[0].address) is None
+    for key, capacity in zip(worker_keys[1:3], CAPACITIES[1:3]):
+        await orchestrator.register(make_registration(key, capacity, "eu", "http://127.0.0.1:9000", now=clock.now,
+                                                      device="cuda", precisions=("fp32", "bf16")))
+    await orchestrator.refresh()
+    grouped = {s.worker for g in orchestrator.grouping.groups for s in g.stages}
+    assert grouped == {worker_keys[1].address, worker_keys[2].address}
+    assert registry.get(worker_keys[1].address).to_json()["precisions"] == ["fp32", "bf16"]

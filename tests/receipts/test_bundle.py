@@ -61,6 +61,28 @@ def test_receipt_that_disagrees_with_the_spec_is_named(bundle, keys, domain):
         check_receipts(tampered)
 
 
+def test_a_receipt_for_another_precision_than_the_jobs_is_refused(bundle, keys, domain):
+    """Attack (PROTOCOL I8): a stage that computed in bf16 signs receipts saying so, for a job declared fp32.
+    Its signed precision is not the job's: the bundle is refused before any replay."""
+    stage = bundle.stages[1]
+    assert bundle.spec.precision == "fp32"
+    other = dataclasses.replace(stage.receipt, precision="bf16")
+    signed = SignedStage(other, sign_receipt(keys[1], other, domain), stage.proofs)
+    tampered = dataclasses.replace(bundle, stages=(bundle.stages[0], signed, bundle.stages[2]))
+    with pytest.raises(BundleError, match="stage 1 receipt does not match the job: precision differ"):
+        check_receipts(tampered)
+
+
+def test_a_bundle_that_relabels_an_fp32_job_as_bf16_is_another_job(bundle, keys, domain):
+    """Attack: the receipts of an fp32 job re-used under a spec that claims bf16 (the validator would then
+    judge with bf16's looser thresholds). The precision is in the job id, so every receipt names another job;
+    re-signed receipts make a bundle for a job id nobody issued (the validator's spec guard refuses it)."""
+    relabelled = dataclasses.replace(bundle, spec=dataclasses.replace(bundle.spec, precision="bf16"))
+    assert relabelled.job_id != bundle.job_id
+    with pytest.raises(BundleError, match="stage 0 receipt does not match the job: job_id, precision differ"):
+        check_receipts(relabelled)
+
+
 def test_swapped_proofs_break_the_digest(bundle):
     stage = bundle.stages[0]
     swapped = dataclasses.replace(stage, proofs=stage.proofs[::-1])

@@ -74,6 +74,7 @@ CHANGES = {
     "inputs_digest": b"\x04" * 32,
     "token_count": 44,
     "work_units": 173,
+    "precision": "bf16",
 }
 
 
@@ -122,6 +123,7 @@ def test_receipt_json_round_trip():
         ({"layer_end": 4}, "layer range"),
         ({"group_id": ""}, "group_id"),
         ({"extra": 1}, "unknown field"),
+        ({"precision": "int8"}, "precision"),
     ],
 )
 def test_malformed_receipt_json_is_rejected(change, message):
@@ -171,3 +173,13 @@ def test_fast_address_derivation_matches_eth_utils():
         expected = to_checksum_address(reference_keccak(public_key.format(compressed=False)[1:])[-20:])
         assert address_of_public_key(public_key) == expected
     assert keccak256(b"stagewise") == reference_keccak(b"stagewise")
+
+
+def test_a_receipt_signs_the_precision_its_job_declares():
+    from .conftest import make_keys, make_spec
+
+    spec = make_spec(make_keys(3))
+    output = tuple(range(100, 110))
+    assert expected_receipt(spec, 0, output, fake_proofs(0, 1)).precision == "fp32"
+    bf16 = dataclasses.replace(spec, precision="bf16")
+    assert expected_receipt(bf16, 0, output, fake_proofs(0, 1)).precision == "bf16"
