@@ -96,9 +96,9 @@ def honest_setups(dtype: torch.dtype = torch.float32) -> list[WorkerSetup]:
         WorkerSetup("eager attention", attn_impl="eager"),
         WorkerSetup("one prefill instead of KV-cache decode, eager", one_prefill=True, attn_impl="eager"),
     ]
-    if dtype == torch.float32:
-        return plain
     emulated = [WorkerSetup(f"GPU kernels: {variant.name}", kernels=variant) for variant in gpu_like_variants(dtype)]
+    if dtype == torch.float32:
+        return plain + emulated
     emulated.append(WorkerSetup("GPU kernels: split-K x4 fp32 + flash, batch 4", batch=4, kernels=gpu_like_variants(dtype)[1]))
     return plain + emulated
 
@@ -114,6 +114,7 @@ def attack_setups(num_stages: int, dtype: torch.dtype = torch.float32) -> list[W
         WorkerSetup(f"stage {middle} skips a layer", attack=True, skip_layer=(middle, 0), blame=middle),
         WorkerSetup(f"stage {middle} in fp16", attack=True, stage_dtype=(middle, torch.float16), blame=middle),
         WorkerSetup(f"stage {middle} in bf16", attack=True, stage_dtype=(middle, torch.bfloat16), blame=middle),
+        WorkerSetup("every stage with TF32 matmuls", attack=True, kernels=KernelVariant("TF32", matmul="tf32"), blame=0),
         WorkerSetup("one prompt token changed", attack=True, change_prompt=True, blame=0),
         WorkerSetup(f"stage {middle} activations x 1.01", attack=True, scale_output=(middle, 1.01), blame=middle),
         WorkerSetup(f"stage {last} activations negated", attack=True, scale_output=(last, -1.0), blame=last),

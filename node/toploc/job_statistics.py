@@ -118,3 +118,11 @@ def sequential_step(test: SequentialTest, state: SequentialState, figures: JobFi
 def first_flagged(decisions: Sequence[str]) -> int | None:
     """The stage to blame from one job's decisions, one per stage in pipeline order: the first "flag"."""
     return next((stage for stage, decision in enumerate(decisions) if decision == "flag"), None)
+
+
+# bf16, from bench/calibrate_toploc.py --precision bf16 (docs/verification.md): the worst honest kernel's job mean
+# at any stage was 2.54 (tiny Llama / Qwen2; per-chunk sd 0.55-0.57), fp8 e4m3 weights' weakest job 2.89. H0 at
+# 2.6 sits above every honest kernel measured; H1 at 2.9 is fp8. Expected chunks to flag fp8:
+# BF16_SEQUENTIAL.chunks_needed() = 72.5 (about 2,300 decode tokens of one stage); false alarms <= 1.01e-4 per
+# decision while honest chunk means stay <= 2.6 on average.
+BF16_SEQUENTIAL = SequentialTest(honest_mean=2.6, cheat_mean=2.9, chunk_sd=0.6, alpha=1e-4, beta=1e-2)

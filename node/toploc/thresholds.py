@@ -26,6 +26,11 @@ honest chunk seen is 3x below it), median <= 0.5 (i.e. 0), exponent mismatches <
 `logit_margin` = 1e-3 logit units, 14x the largest honest drift; injected, greedy, other-seed and draft
 tokens miss by far more (tests/toploc/test_sampling_proof.py).
 
+bf16 and fp16 (a job's declared precision, PROTOCOL I8) have their own bounds below (BF16_*, FP16_*, and the
+job-level JOB_THRESHOLDS), each beside the largest honest and the smallest attack figure it separates; fp32's are
+the dataclasses' defaults. The emulated fp32 GPU kernels (node/pipeline/kernel_variants.py: split-K, flash-style
+attention) drift 0 in fp32; emulated TF32 matmuls read mantissa mean 0.13-0.23 and are caught, like fp16.
+
 Not measured here: a GPU worker against a CPU validator (no GPU on this machine). fp32 GPU kernels differ
 from CPU ones by ~1e-6..1e-5 relative, still far below bf16's 4e-3 step, but TF32 matmuls (1e-3) would
 fail the mantissa mean exactly as fp16 does: a worker that declares fp32 must compute in fp32.
@@ -118,13 +123,39 @@ ACTIVATION = ActivationThresholds()
 SAMPLING = SamplingThresholds()
 HANDOFF = HandoffThresholds()
 
+# bf16 (bench/calibrate_toploc.py --precision bf16; docs/verification.md has every row). Honest matrix: 3,432
+# chunks on tiny Llama and Qwen2 (104 jobs of 12 + 321 tokens, 4 sequences a batch) plus SmolLM2-135M, worker
+# in bf16 with KV-cache decoding, batch 1/4/8, eager/SDPA, 1/2 threads and the emulated GPU kernels
+# (node/pipeline/kernel_variants.py), the validator replaying in bf16. Worst full chunk, honest -> threshold
+# <- weakest gross attack's worst chunk at the stage it must blame:
+#   mantissa mean     3.17 -> 6.0  <- 9.55 (int4 per group of 64, tiny Llama); 2:4 28.0, skip 33.3, rank/4 48.5
+#   mantissa median   2    -> 5    <- 8 (int4)
+#   exponent / 128    21   -> 40   <- 28 (int4; caught by mean and median), other model 123
+#   sign / 128        1    -> 4    <- (negation; not a low-precision attack)
+# Short chunks (< 16 rows; honest worst by rows, tiny Llama, 17,280 one-row chunks: 1: 25.6 / 17 / 52,
+# 2: 17.9 / 11 / 39, 4: 8.4 / 6 / 20, 8: 5.2 / 4 / 16) are judged by the short_* bounds: they still catch
+# a skipped layer, another model or low-rank weights (>= 28 mean), not int4, which the job's full chunks catch.
 BF16_ACTIVATION = ActivationThresholds(
-    max_exp_mismatches=32, max_sign_mismatches=4, max_mant_err_mean=8.0, max_mant_err_median=6.0,
-    short_rows=8, short_max_exp_mismatches=80, short_max_mant_err_mean=34.0, short_max_mant_err_median=24.0,
+    max_exp_mismatches=40, max_sign_mismatches=4, max_mant_err_mean=6.0, max_mant_err_median=5.0,
+    short_rows=16, short_max_exp_mismatches=80, short_max_mant_err_mean=34.0, short_max_mant_err_median=24.0,
 )
+# fp16 has 3 more mantissa bits than bf16, so the same kernel differences move it less in fp16 units, but the
+# proof compares bf16 fields: bf16's thresholds bound fp16 from above. Not separately calibrated here.
 FP16_ACTIVATION = BF16_ACTIVATION
-BF16_SAMPLING = SamplingThresholds(logit_margin=3.0)
-FP16_SAMPLING = SamplingThresholds(logit_margin=0.5)
+# bf16 sampling margin. Honest drift between the logits a bf16 last stage sampled from and a bf16 replay is
+# large (decode rows: max 0.71 tiny, 1.44 SmolLM2; teacher-forced with emulated kernels: p99.9 0.35 tiny, max 2.78
+# SmolLM2), but mostly common to all ids: what a token's check sees is the *gap* between its perturbed score and
+# the best one, at most 0.42 on SmolLM2 (1,400 teacher-forced positions; 1 gap above 0.25) and under 0.5 on the
+# tiny models (0 refused at margin 0.5 over 14,000; at 1.0, 0 of 100,000, gap max 0.18). 1.0 leaves 2.4x over the
+# largest honest gap (0 refused in 101,400 positions: <= 3e-5 per token at 95 %, 1e-5 not yet shown); the price is the
+# per-token bite: an id drawn from the other top-50 candidates passes 59 % (SmolLM2) to 68 % (tiny Llama) of the
+# time at 1.0 (8.8 % at 0.5, 96 % at 2.0), so single injected tokens are caught statistically, a run of k of
+# them with probability 1 - 0.68^k. docs/verification.md has the positions and the bound reached.
+BF16_SAMPLING = SamplingThresholds(logit_margin=1.0)
+FP16_SAMPLING = SamplingThresholds(logit_margin=1.0)  # not calibrated separately: bf16's bounds fp16 from above
+# Job level (node/toploc/job_statistics.py): bf16 honest job means (mean over a stage's chunks of their mantissa
+# means) reach 2.54 (tiny models, the most drifting kernels; SmolLM2 1.17); gross attacks' jobs >= 7.8; the
+# subtle attacks sit under or at the honest spread (docs/verification.md, detection floor).
 JOB_THRESHOLDS = {
     "fp32": JobThresholds(max_mant_err_mean=0.05, min_chunks=1),
     "bf16": JobThresholds(max_mant_err_mean=3.0, min_chunks=8),

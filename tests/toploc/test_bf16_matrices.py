@@ -60,3 +60,34 @@ def test_a_changed_prompt_and_draft_tokens_are_caught_in_bf16(tiny_dirs, name):
     setup = GROSS[name]
     row = check_row("llama", tiny_dirs["llama"], LAYOUT, JOB, setup, dtype=torch.bfloat16)
     assert row.blamed == setup.blame, row.stages
+
+
+def test_injected_tokens_stay_caught_at_the_bf16_sampling_margin(tiny_dirs):
+    """The bf16 margin (1.0 logit units) lets honest drift through, and still refuses a token from outside the
+    filtered set at its position, and a run of injected top-k tokens somewhere in it."""
+    from node.pipeline.model import replay
+    from node.pipeline.weights import load_stage
+    from node.toploc.sampling import sample_next, verify_sampling
+    from node.toploc.thresholds import BF16_SAMPLING
+
+    model = load_stage(tiny_dirs["llama"], dtype=torch.bfloat16)
+    prompt, count = list(JOB.prompt), 48
+    kernels = HONEST["GPU kernels: split-K x2, partials summed in the declared dtype"]
+    assert check_row("llama", tiny_dirs["llama"], LAYOUT, JOB, kernels, dtype=torch.bfloat16).sampling_ok
+    honest = []
+    for _ in range(count):  # an honest bf16 run, to tamper with
+        _, logits = replay(model, prompt + honest, [model.config.num_layers])
+        honest.append(int(sample_next(logits[-1:].float(), JOB.params, JOB.seed, torch.tensor([len(prompt) + len(honest)]))[0]))
+    _, logits = replay(model, prompt + honest[:-1], [model.config.num_layers])
+    logits = logits[len(prompt) - 1 :].float()
+    margin = BF16_SAMPLING.logit_margin
+    assert verify_sampling(logits, honest, JOB.params, JOB.seed, len(prompt), margin=margin).ok
+    outside = list(honest)
+    outside[20] = int(logits[20].argsort()[0])  # the least likely id: outside top-k
+    check = verify_sampling(logits, outside, JOB.params, JOB.seed, len(prompt), margin=margin)
+    assert not check.ok and check.first_failure == 20
+    injected = list(honest)
+    for position in range(0, count, 3):  # every third token: another top-k candidate
+        ranked = logits[position].argsort(descending=True)[:JOB.params.top_k].tolist()
+        injected[position] = next(t for t in ranked[5:] if t != honest[position])
+    assert not verify_sampling(logits, injected, JOB.params, JOB.seed, len(prompt), margin=margin).ok
