@@ -113,15 +113,12 @@ def summary(rows: list[Row], dtype: torch.dtype) -> str:
             weakest = "-"
         ratio = f" ({threshold / largest:.1f}x the honest worst)" if largest else ""
         lines.append(f"| {label} | {fmt(largest)} | <= {threshold}{ratio} | {weakest} |")
-    worst_attack = [
-        (max(r.stages[r.setup.blame].mant_err_mean, 0), r) for r in attacks if r.setup.draft_tokens is False and r.setup.blame is not None
-    ]
-    if worst_attack:
-        value, row = min(worst_attack, key=lambda pair: pair[0])
-        largest = max(s.mant_err_mean for r in honest for s in r.stages)
+    largest = max(s.mant_err_mean for r in honest for s in r.stages)
+    by_mean = [(r.stages[r.setup.blame].mant_err_mean, r) for r in attacks if r.stages[r.setup.blame].mant_err_mean > thresholds.max_mant_err_mean]
+    if by_mean and largest:
+        value, row = min(by_mean, key=lambda pair: pair[0])
         lines.append(
-            f"| mantissa mean: weakest gross attack's worst chunk / honest worst | | | {value / max(largest, 1e-9):.1f}x "
-            f"({row.model}: {row.setup.name}) |"
+            f"| mantissa mean: weakest attack it catches / honest worst | | | {value / largest:.1f}x ({row.model}: {row.setup.name}) |"
         )
     lines.append(f"| logit drift (decode rows) | {max(r.logit_drift for r in honest):.3g} | margin {sampling.logit_margin:g} | - |")
     return "\n".join(lines)
