@@ -94,3 +94,14 @@ def test_the_false_alarm_bound_and_the_boundaries_follow_wald():
     assert TEST.false_alarm_bound == pytest.approx(1e-4 / 0.99)
     with pytest.raises(ValueError):
         SequentialTest(honest_mean=2.0, cheat_mean=1.0, chunk_sd=1.0)
+
+
+def test_short_chunks_are_judged_by_their_own_bounds_in_bf16_only():
+    from node.toploc.codec import ChunkFigures
+    from node.toploc.thresholds import ACTIVATION, BF16_ACTIVATION
+
+    one_row = ChunkFigures(exp_mismatches=40, sign_mismatches=0, mant_err_mean=25.0, mant_err_median=17.0, points=128)
+    assert BF16_ACTIVATION.chunk_passes(one_row, rows=1)
+    assert not BF16_ACTIVATION.chunk_passes(one_row, rows=32)  # the same figures in a full chunk: a cheat
+    assert not BF16_ACTIVATION.chunk_passes(one_row)  # rows unknown: the full-chunk bounds
+    assert ACTIVATION.short_rows == 0 and not ACTIVATION.chunk_passes(one_row, rows=1)
