@@ -11,6 +11,14 @@ matrix changes one thing on the worker side:
   layer, one stage computed in fp16 or bf16 where fp32 is declared, a changed prompt token, one stage's
   activations scaled by 1.01 or negated — every row must fail, blaming the stage that did it.
 
+Every row runs in a declared precision (`dtype`: fp32, bf16 or fp16; the worker's stages and the
+validator's replay both compute in it, PROTOCOL I8). In the low precisions the honest matrix adds the
+emulated GPU kernels of node/pipeline/kernel_variants.py, and the attack matrix the cheaper weights of
+node/pipeline/calibration_cheats.py (int4 per group, 2:4 sparsity, low rank; and the *subtle* ones, int8
+and fp8 weights, an fp8 or int8 KV cache, whose single chunks sit at the honest floor: those rows carry
+`subtle=True` and are judged over whole jobs and across jobs, node/toploc/job_statistics.py), a draft
+model's tokens (the sampling proof's) and a changed prompt token.
+
 `run_matrix` returns the raw figures per row and stage; `bench/calibrate_toploc.py` prints them as the
 table in docs/verification.md, and tests/toploc run a small version on tiny models.
 """
@@ -19,18 +27,41 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
+from node.pipeline.calibration_cheats import WeightCheat, cheat_weights
+from node.pipeline.kernel_variants import NATIVE, KernelVariant, apply_kernel_variant, gpu_like_variants
 from node.pipeline.model import replay
 from node.pipeline.weights import load_stage
 from node.protocol.job import SamplingParams
 from node.toploc.activation import StageProofCheck, build_proofs, split_replay, verify_proofs
+from node.toploc.codec import ChunkFigures
 from node.toploc.sampling import sample_next, verify_sampling
-from node.toploc.thresholds import ACTIVATION, ActivationThresholds
+from node.toploc.thresholds import (
+    ACTIVATION,
+    BF16_ACTIVATION,
+    BF16_SAMPLING,
+    FP16_ACTIVATION,
+    FP16_SAMPLING,
+    SAMPLING,
+    ActivationThresholds,
+    SamplingThresholds,
+)
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def declared_thresholds(dtype: torch.dtype) -> tuple[ActivationThresholds, SamplingThresholds]:
+    """The per-chunk and sampling thresholds a declared precision is judged with."""
+    return {
+        torch.float32: (ACTIVATION, SAMPLING),
+        torch.bfloat16: (BF16_ACTIVATION, BF16_SAMPLING),
+        torch.float16: (FP16_ACTIVATION, FP16_SAMPLING),
+    }[dtype]
 
 
 @dataclass(frozen=True)
@@ -49,32 +80,65 @@ class WorkerSetup:
     stage_dtype: tuple[int, torch.dtype] | None = None
     change_prompt: bool = False
     scale_output: tuple[int, float] | None = None  # (stage, factor) applied to what the stage sends
+    kernels: KernelVariant = NATIVE  # emulated GPU kernels on every stage
+    weight_cheat: tuple[int, WeightCheat] | None = None  # (stage, kind): cheaper weights on that stage
+    kv_cheat: tuple[int, str] | None = None  # (stage, "fp8" | "int8"): that stage's KV cache quantized
+    draft_tokens: bool = False  # the last stage samples from an early exit after stage 0 (a draft model)
+    subtle: bool = False  # below one chunk's resolution: judged per job / across jobs, not per chunk
     blame: int | None = None  # the stage that must be blamed (None: all must pass)
 
 
-def honest_setups() -> list[WorkerSetup]:
-    return [
+def honest_setups(dtype: torch.dtype = torch.float32) -> list[WorkerSetup]:
+    plain = [
         WorkerSetup("baseline: KV-cache decode, batch 1, SDPA, 1 thread"),
         WorkerSetup("2 threads", threads=2),
         WorkerSetup("batch 8 (7 other sequences beside)", batch=8),
         WorkerSetup("eager attention", attn_impl="eager"),
         WorkerSetup("one prefill instead of KV-cache decode, eager", one_prefill=True, attn_impl="eager"),
     ]
+    emulated = [WorkerSetup(f"GPU kernels: {variant.name}", kernels=variant) for variant in gpu_like_variants(dtype)]
+    if dtype == torch.float32:
+        return plain + emulated
+    emulated.append(WorkerSetup("GPU kernels: split-K x4 fp32 + flash, batch 4", batch=4, kernels=gpu_like_variants(dtype)[1]))
+    return plain + emulated
 
 
-def attack_setups(num_stages: int) -> list[WorkerSetup]:
+def attack_setups(num_stages: int, dtype: torch.dtype = torch.float32) -> list[WorkerSetup]:
     middle = num_stages // 2
     last = num_stages - 1
+    if dtype != torch.float32:
+        return _low_precision_attacks(middle, last)
     return [
         WorkerSetup(f"stage {middle} weights x (1 + 1e-3 noise)", attack=True, weight_noise=(middle, 1e-3), blame=middle),
         WorkerSetup("a different model of the same shape", attack=True, other_model=True, blame=0),
         WorkerSetup(f"stage {middle} skips a layer", attack=True, skip_layer=(middle, 0), blame=middle),
         WorkerSetup(f"stage {middle} in fp16", attack=True, stage_dtype=(middle, torch.float16), blame=middle),
         WorkerSetup(f"stage {middle} in bf16", attack=True, stage_dtype=(middle, torch.bfloat16), blame=middle),
+        WorkerSetup("every stage with TF32 matmuls", attack=True, kernels=KernelVariant("TF32", matmul="tf32"), blame=0),
         WorkerSetup("one prompt token changed", attack=True, change_prompt=True, blame=0),
         WorkerSetup(f"stage {middle} activations x 1.01", attack=True, scale_output=(middle, 1.01), blame=middle),
         WorkerSetup(f"stage {last} activations negated", attack=True, scale_output=(last, -1.0), blame=last),
     ]
+
+
+def _low_precision_attacks(middle: int, last: int) -> list[WorkerSetup]:
+    gross = [
+        WorkerSetup(f"stage {middle} int4 weights (per group of 64)", attack=True, weight_cheat=(middle, "int4"), blame=middle),
+        WorkerSetup(f"stage {middle} 2:4-sparse weights", attack=True, weight_cheat=(middle, "sparse_2_4"), blame=middle),
+        WorkerSetup(f"stage {middle} rank-1/4 weights", attack=True, weight_cheat=(middle, "low_rank"), blame=middle),
+        WorkerSetup(f"stage {middle} skips a layer", attack=True, skip_layer=(middle, 0), blame=middle),
+        WorkerSetup("a different model of the same shape", attack=True, other_model=True, blame=0),
+        WorkerSetup("one prompt token changed", attack=True, change_prompt=True, blame=0),
+        WorkerSetup(f"stage {last} samples a draft model's tokens", attack=True, draft_tokens=True, blame=last),
+    ]
+    subtle = [
+        WorkerSetup(f"stage {middle} int8 weights (per channel)", attack=True, subtle=True, weight_cheat=(middle, "int8"), blame=middle),
+        WorkerSetup(f"stage {middle} fp8 e4m3 weights", attack=True, subtle=True, weight_cheat=(middle, "fp8"), blame=middle),
+        WorkerSetup(f"stage {middle} fp8 KV cache", attack=True, subtle=True, kv_cheat=(middle, "fp8"), blame=middle),
+        WorkerSetup(f"stage {middle} int8 KV cache", attack=True, subtle=True, kv_cheat=(middle, "int8"), blame=middle),
+        WorkerSetup(f"stage {middle} weights x (1 + 1e-3 noise)", attack=True, subtle=True, weight_noise=(middle, 1e-3), blame=middle),
+    ]
+    return gross + subtle
 
 
 @dataclass(frozen=True)
@@ -96,6 +160,7 @@ class StageFigures:
     mant_err_mean: float
     mant_err_median: float
     chunks: int
+    every_chunk: tuple[ChunkFigures, ...] = ()  # all chunks' figures, for job-level and cross-job statistics
 
 
 @dataclass(frozen=True)
@@ -107,9 +172,16 @@ class Row:
     sampling_ok: bool
     logit_drift: float  # max |generation logits - replay logits| over the generated positions
     sampling_worst_gap: float
+    dtype: torch.dtype = torch.float32
+    position_drifts: tuple[float, ...] = ()  # per generated position: max |generation - replay logits|
+    sampling_failures: int = 0  # positions the sampling proof refused
 
     @property
     def as_expected(self) -> bool:
+        """Honest rows pass; gross attacks are blamed on their stage; subtle attacks are not judged per
+        chunk, but must not be pinned on another stage."""
+        if self.setup.attack and self.setup.subtle:
+            return self.blamed in (None, self.setup.blame)
         if self.setup.attack:
             return self.blamed == self.setup.blame
         return self.blamed is None and self.sampling_ok
@@ -132,10 +204,10 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _load_stages(model_dir: Path, layout: Sequence[tuple[int, int]], setup: WorkerSetup) -> list:
+def _load_stages(model_dir: Path, layout: Sequence[tuple[int, int]], setup: WorkerSetup, declared: torch.dtype) -> list:
     stages = []
     for index, (start, end) in enumerate(layout):
-        dtype = setup.stage_dtype[1] if setup.stage_dtype and setup.stage_dtype[0] == index else torch.float32
+        dtype = setup.stage_dtype[1] if setup.stage_dtype and setup.stage_dtype[0] == index else declared
         stage = load_stage(model_dir, start, end, attn_impl=setup.attn_impl, dtype=dtype)
         generator = torch.Generator().manual_seed(1000 + index)
         with torch.no_grad():
@@ -150,10 +222,15 @@ def _load_stages(model_dir: Path, layout: Sequence[tuple[int, int]], setup: Work
                         std = torch.tensor(0.0)
                     fresh = torch.randn(parameter.shape, generator=generator) * std + mean
                     parameter.copy_(fresh.to(parameter.dtype))
+        if setup.weight_cheat and setup.weight_cheat[0] == index:
+            cheat_weights(stage, setup.weight_cheat[1])
         if setup.skip_layer and setup.skip_layer[0] == index:
             kept = [layer for i, layer in enumerate(stage.layers) if i != setup.skip_layer[1]]
             stage.layers = torch.nn.ModuleList(kept)
-        stages.append(stage)
+        kernels = setup.kernels
+        if setup.kv_cheat and setup.kv_cheat[0] == index:
+            kernels = replace(kernels, kv_cache=setup.kv_cheat[1])
+        stages.append(apply_kernel_variant(stage, kernels))
     return stages
 
 
@@ -166,10 +243,20 @@ def _other_prompts(job: Job, vocab: int, count: int) -> list[list[int]]:
     return prompts
 
 
-def run_worker(model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, setup: WorkerSetup) -> _Run:
+def run_worker(
+    model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, setup: WorkerSetup, dtype: torch.dtype = torch.float32
+) -> _Run:
     """Generate the job as a group of stages would, returning what each stage sent for the job."""
+    return run_batch(model_dir, layout, job, setup, dtype)[0][1]
+
+
+def run_batch(
+    model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, setup: WorkerSetup, dtype: torch.dtype = torch.float32
+) -> list[tuple[Job, _Run]]:
+    """Generate the job and the `setup.batch - 1` other sequences beside it in one ragged batch, returning
+    every sequence's job and what each stage sent for it (the job itself first)."""
     with _threads(setup.threads):
-        stages = _load_stages(model_dir, layout, setup)
+        stages = _load_stages(model_dir, layout, setup, dtype)
         vocab = stages[0].config.vocab_size
         prompt = list(job.prompt)
         if setup.change_prompt:
@@ -179,38 +266,47 @@ def run_worker(model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, set
         prompts = others[:target] + [prompt] + others[target:]
         caches = [[stage.new_cache() for _ in prompts] for stage in stages]
         seeds = [job.seed if i == target else job.seed + 1 + i for i in range(len(prompts))]
-        sent_rows: list[list[torch.Tensor]] = [[] for _ in stages]
-        tokens: list[int] = []
-        logits_rows: list[torch.Tensor] = []
+        sent_rows: list[list[list[torch.Tensor]]] = [[[] for _ in prompts] for _ in stages]
+        tokens: list[list[int]] = [[] for _ in prompts]
+        logits_rows: list[list[torch.Tensor]] = [[] for _ in prompts]
 
         inputs = torch.tensor([t for p in prompts for t in p])
         counts = [len(p) for p in prompts]
         positions = torch.tensor(counts)
         for step in range(job.new_tokens):
             x = inputs
+            ends = torch.tensor(counts).cumsum(0) - 1
             for index, stage in enumerate(stages):
                 x = stage(x, caches[index], counts)
                 if setup.scale_output and setup.scale_output[0] == index:
                     x = x * setup.scale_output[1]
-                start = sum(counts[:target])
-                sent_rows[index].append(x[start : start + counts[target]].float())
-            ends = torch.tensor(counts).cumsum(0) - 1
-            logits = stages[-1].logits(x[ends]).float()
+                for i, (start, count) in enumerate(zip((ends - torch.tensor(counts) + 1).tolist(), counts)):
+                    sent_rows[index][i].append(x[start : start + count].float())
+                if index == 0 and setup.draft_tokens:  # an early exit after stage 0 proposes the tokens
+                    with torch.inference_mode():
+                        draft = stages[-1].logits(stages[-1].norm(x[ends])).float()
+            logits = draft if setup.draft_tokens else stages[-1].logits(x[ends]).float()
             next_tokens = torch.stack(
                 [sample_next(logits[i : i + 1], job.params, seeds[i], positions[i : i + 1])[0] for i in range(len(prompts))]
             )
-            tokens.append(int(next_tokens[target]))
-            logits_rows.append(logits[target])
+            for i in range(len(prompts)):
+                tokens[i].append(int(next_tokens[i]))
+                logits_rows[i].append(logits[i])
             inputs, counts, positions = next_tokens, [1] * len(prompts), positions + 1
 
-        # Step 0 is the prefill; steps 1..N-1 fed back tokens 0..N-2 (the last sampled token never is).
-        sent = [(rows[0], torch.cat(rows[1:]) if len(rows) > 1 else rows[0][:0]) for rows in sent_rows]
-        if setup.one_prefill:
-            sent = _one_prefill(stages, job, prompt, tokens, setup)
-        return _Run(sent=sent, tokens=tokens, logits=torch.stack(logits_rows))
+        order = [target] + [i for i in range(len(prompts)) if i != target]
+        results = []
+        for i in order:
+            # Step 0 is the prefill; steps 1..N-1 fed back tokens 0..N-2 (the last sampled token never is).
+            sent = [(rows[i][0], torch.cat(rows[i][1:]) if len(rows[i]) > 1 else rows[i][0][:0]) for rows in sent_rows]
+            if setup.one_prefill:
+                sent = _one_prefill(stages, prompts[i], tokens[i], setup)
+            sequence = job if i == target else Job(tuple(prompts[i]), job.new_tokens, job.params, seeds[i])
+            results.append((sequence, _Run(sent=sent, tokens=tokens[i], logits=torch.stack(logits_rows[i]))))
+        return results
 
 
-def _one_prefill(stages, job: Job, prompt: list[int], tokens: list[int], setup: WorkerSetup):
+def _one_prefill(stages, prompt: list[int], tokens: list[int], setup: WorkerSetup):
     x = torch.tensor(prompt + tokens[:-1])
     sent = []
     for index, stage in enumerate(stages):
@@ -221,40 +317,72 @@ def _one_prefill(stages, job: Job, prompt: list[int], tokens: list[int], setup: 
     return sent
 
 
-def replay_job(model_dir: Path, layout: Sequence[tuple[int, int]], job: Job, tokens: Sequence[int], threads: int = 1):
-    """The validator's side: one prefill of the whole model over prompt + output[:-1]."""
-    with _threads(threads):
-        model = load_stage(model_dir, 0, None)
-        boundaries, logits = replay(model, list(job.prompt) + list(tokens[:-1]), [end for _, end in layout])
-    return boundaries, logits
-
-
 def check_row(
     model_name: str,
     model_dir: Path,
     layout: Sequence[tuple[int, int]],
     job: Job,
     setup: WorkerSetup,
-    thresholds: ActivationThresholds = ACTIVATION,
+    thresholds: ActivationThresholds | None = None,
     margin: float | None = None,
     validator_threads: int = 1,
+    dtype: torch.dtype = torch.float32,
 ) -> Row:
-    run = run_worker(model_dir, layout, job, setup)
-    boundaries, logits = replay_job(model_dir, layout, job, run.tokens, threads=validator_threads)
+    """One job computed by the worker group as `setup` says, judged as the validator judges it in `dtype`
+    (with that precision's thresholds unless others are given)."""
+    return check_rows(model_name, model_dir, layout, job, setup, thresholds, margin, validator_threads, dtype)[0]
+
+
+def check_rows(
+    model_name: str,
+    model_dir: Path,
+    layout: Sequence[tuple[int, int]],
+    job: Job,
+    setup: WorkerSetup,
+    thresholds: ActivationThresholds | None = None,
+    margin: float | None = None,
+    validator_threads: int = 1,
+    dtype: torch.dtype = torch.float32,
+    every_sequence: bool = False,
+) -> list[Row]:
+    """`check_row`, and with `every_sequence` also one row per other sequence of the batch (each an honest
+    job of its own, or as much an attack as the stage's computation; a changed prompt is the job's alone)."""
+    declared, sampling_thresholds = declared_thresholds(dtype)
+    thresholds = declared if thresholds is None else thresholds
+    margin = sampling_thresholds.logit_margin if margin is None else margin
+    runs = run_batch(model_dir, layout, job, setup, dtype)
+    if not every_sequence or setup.change_prompt:
+        runs = runs[:1]
+    rows = []
+    with _threads(validator_threads):
+        model = load_stage(model_dir, 0, None, dtype=dtype)
+        for sequence, run in runs:
+            boundaries, logits = replay(model, list(sequence.prompt) + list(run.tokens[:-1]), [end for _, end in layout])
+            rows.append(_judge(model_name, setup, layout, sequence, run, boundaries, logits, thresholds, margin, dtype))
+    return rows
+
+
+def _judge(model_name, setup, layout, job, run, boundaries, logits, thresholds, margin, dtype) -> Row:
     figures, blamed = [], None
     for index, (hidden, (prefill, decode)) in enumerate(zip(boundaries, run.sent)):
         proofs = build_proofs(prefill, decode)
-        replay_prefill, replay_decode = split_replay(hidden, len(job.prompt))
+        replay_prefill, replay_decode = split_replay(hidden.float(), len(job.prompt))
         check = verify_proofs(replay_prefill, replay_decode, proofs, thresholds)
         figures.append(_worst(index, check))
         if blamed is None and not check.ok:
             blamed = index
     prompt_len = len(job.prompt)
-    replay_logits = logits[prompt_len - 1 :]
+    replay_logits = logits[prompt_len - 1 :].float()
     sampling = verify_sampling(replay_logits, run.tokens, job.params, job.seed, prompt_len, margin=margin)
-    drift = float((replay_logits - run.logits).abs().max())
+    drifts = (replay_logits - run.logits).abs().amax(-1)
     finite = [g for g in sampling.score_gaps if math.isfinite(g)]
-    return Row(model_name, setup, tuple(figures), blamed, sampling.ok, drift, max(finite) if finite else 0.0)
+    failures = sum(1 for gap, inside in zip(sampling.score_gaps, sampling.in_filter) if gap > margin or not inside)
+    if blamed is None and not sampling.ok:
+        blamed = len(layout) - 1
+    return Row(
+        model_name, setup, tuple(figures), blamed, sampling.ok, float(drifts.max()), max(finite) if finite else 0.0,
+        dtype, tuple(drifts.tolist()), failures,
+    )
 
 
 def _worst(stage: int, check: StageProofCheck) -> StageFigures:
@@ -267,6 +395,7 @@ def _worst(stage: int, check: StageProofCheck) -> StageFigures:
         mant_err_mean=max(f.mant_err_mean for f in figures),
         mant_err_median=max(f.mant_err_median for f in figures),
         chunks=len(check.chunks),
+        every_chunk=tuple(figures),
     )
 
 
@@ -274,15 +403,20 @@ def run_matrix(
     model_name: str,
     model_dir: Path,
     layout: Sequence[tuple[int, int]],
-    job: Job,
+    jobs: Job | Sequence[Job],
     setups: Sequence[WorkerSetup],
     progress=None,
+    dtype: torch.dtype = torch.float32,
+    every_sequence: bool = False,
 ) -> list[Row]:
+    """Every setup on every job: one row per (setup, job), and with `every_sequence` one per other
+    sequence of a batch beside it."""
     rows = []
     for setup in setups:
-        rows.append(check_row(model_name, model_dir, layout, job, setup))
-        if progress is not None:
-            progress(rows[-1])
+        for job in [jobs] if isinstance(jobs, Job) else jobs:
+            rows += check_rows(model_name, model_dir, layout, job, setup, dtype=dtype, every_sequence=every_sequence)
+            if progress is not None:
+                progress(rows[-1])
     return rows
 
 
@@ -304,7 +438,12 @@ def format_table(rows: Sequence[Row]) -> str:
         expected = "-" if row.setup.blame is None else str(row.setup.blame)
         blamed = "none" if row.blamed is None else str(row.blamed)
         drift = f"{row.logit_drift:.2e}" if not row.setup.attack else "-"
-        verdict = ("caught" if row.as_expected else "MISSED") if row.setup.attack else ("pass" if row.as_expected else "FALSE ALARM")
+        if row.setup.attack and row.setup.subtle:
+            verdict = ("caught per chunk" if row.blamed is not None else "per job / across jobs") if row.as_expected else "WRONG BLAME"
+        elif row.setup.attack:
+            verdict = "caught" if row.as_expected else "MISSED"
+        else:
+            verdict = "pass" if row.as_expected else "FALSE ALARM"
         lines.append(
             f"| {row.model} | {row.setup.name} | {'attack' if row.setup.attack else 'honest'} | {blamed} ({expected}) "
             f"| {exp} | {sign} | {_fmt(mean)} | {_fmt(median)} | {drift} | {verdict} |"

@@ -164,7 +164,8 @@ def verify_proofs(
     for index, chunk in enumerate(chunks):
         kind = "prefill" if prefill is not None and index == 0 else "decode"
         if index in figures:
-            checks.append(ChunkCheck(index, kind, spans[index], thresholds.chunk_passes(figures[index]), figures[index]))
+            rows = spans[index][1] - spans[index][0]
+            checks.append(ChunkCheck(index, kind, spans[index], thresholds.chunk_passes(figures[index], rows), figures[index]))
         else:
             error = errors.get(index, "proof missing")
             checks.append(ChunkCheck(index, kind, spans[index], False, None, error))

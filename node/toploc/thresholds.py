@@ -26,6 +26,11 @@ honest chunk seen is 3x below it), median <= 0.5 (i.e. 0), exponent mismatches <
 `logit_margin` = 1e-3 logit units, 14x the largest honest drift; injected, greedy, other-seed and draft
 tokens miss by far more (tests/toploc/test_sampling_proof.py).
 
+bf16 and fp16 (a job's declared precision, PROTOCOL I8) have their own bounds below (BF16_*, FP16_*, and the
+job-level JOB_THRESHOLDS), each beside the largest honest and the smallest attack figure it separates; fp32's are
+the dataclasses' defaults. The emulated fp32 GPU kernels (node/pipeline/kernel_variants.py: split-K, flash-style
+attention) drift 0 in fp32; emulated TF32 matmuls read mantissa mean 0.13-0.23 and are caught, like fp16.
+
 Not measured here: a GPU worker against a CPU validator (no GPU on this machine). fp32 GPU kernels differ
 from CPU ones by ~1e-6..1e-5 relative, still far below bf16's 4e-3 step, but TF32 matmuls (1e-3) would
 fail the mantissa mean exactly as fp16 does: a worker that declares fp32 must compute in fp32.
@@ -50,20 +55,33 @@ class _Figures(Protocol):
 @dataclass(frozen=True)
 class ActivationThresholds:
     """A chunk passes when every figure is at or below its bound. Counts are per 128 compared entries
-    (scaled for the rare smaller chunk)."""
+    (scaled for the rare smaller chunk).
+
+    A chunk of fewer than `short_rows` rows (a job's last decode chunk, a short prompt) is judged by the
+    `short_*` bounds instead: its top-128 reaches down to small entries, whose low-precision rounding
+    drifts far more than the large ones' (bf16, tiny Llama, honest worst chunk by rows: 1: mean 25.6,
+    2: 17.9, 4: 8.4, 8: 5.2, 32: 3.1). At most one chunk of a job's decode rows is short."""
 
     max_exp_mismatches: int = 4
     max_sign_mismatches: int = 2
     max_mant_err_mean: float = 0.05
     max_mant_err_median: float = 0.5
+    short_rows: int = 0
+    short_max_exp_mismatches: int = 128
+    short_max_mant_err_mean: float = float("inf")
+    short_max_mant_err_median: float = float("inf")
 
-    def chunk_passes(self, figures: _Figures) -> bool:
+    def chunk_passes(self, figures: _Figures, rows: int | None = None) -> bool:
         scale = figures.points / 128
+        short = rows is not None and rows < self.short_rows
+        exp = self.short_max_exp_mismatches if short else self.max_exp_mismatches
+        mean = self.short_max_mant_err_mean if short else self.max_mant_err_mean
+        median = self.short_max_mant_err_median if short else self.max_mant_err_median
         return (
-            figures.exp_mismatches <= self.max_exp_mismatches * scale
+            figures.exp_mismatches <= exp * scale
             and figures.sign_mismatches <= self.max_sign_mismatches * scale
-            and figures.mant_err_mean <= self.max_mant_err_mean
-            and figures.mant_err_median <= self.max_mant_err_median
+            and figures.mant_err_mean <= mean
+            and figures.mant_err_median <= median
         )
 
 
@@ -93,9 +111,58 @@ class HandoffThresholds:
     max_row_rel_l1: float = 5e-4
 
 
+@dataclass(frozen=True)
+class JobThresholds:
+    """A stage's whole job passes when the mean over its chunks of their mantissa-error means is at or below
+    `max_mant_err_mean`; jobs with fewer than `min_chunks` chunks are not judged this way (their mean has not
+    settled). node/toploc/job_statistics.py computes the figure."""
+
+    max_mant_err_mean: float
+    min_chunks: int
+
+
 ACTIVATION = ActivationThresholds()
 SAMPLING = SamplingThresholds()
 HANDOFF = HandoffThresholds()
+
+# bf16 (bench/calibrate_toploc.py --precision bf16; docs/verification.md has every row). Honest matrix: 3,432
+# chunks on tiny Llama and Qwen2 (104 jobs of 12 + 321 tokens, 4 sequences a batch) plus SmolLM2-135M, worker
+# in bf16 with KV-cache decoding, batch 1/4/8, eager/SDPA, 1/2 threads and the emulated GPU kernels
+# (node/pipeline/kernel_variants.py), the validator replaying in bf16. Worst full chunk, honest -> threshold
+# <- weakest gross attack's worst chunk at the stage it must blame:
+#   mantissa mean     3.17 -> 6.0  <- 9.55 (int4 per group of 64, tiny Llama); 2:4 28.0, skip 33.3, rank/4 48.5
+#   mantissa median   2    -> 5    <- 8 (int4)
+#   exponent / 128    21   -> 40   <- 28 (int4; caught by mean and median), other model 123
+#   sign / 128        1    -> 4    <- (negation; not a low-precision attack)
+# Short chunks (< 16 rows; honest worst by rows, tiny Llama, 17,280 one-row chunks: 1: 25.6 / 17 / 52,
+# 2: 17.9 / 11 / 39, 4: 8.4 / 6 / 20, 8: 5.2 / 4 / 16) are judged by the short_* bounds: they still catch
+# a skipped layer, another model or low-rank weights (>= 28 mean), not int4, which the job's full chunks catch.
+BF16_ACTIVATION = ActivationThresholds(
+    max_exp_mismatches=40, max_sign_mismatches=4, max_mant_err_mean=6.0, max_mant_err_median=5.0,
+    short_rows=16, short_max_exp_mismatches=80, short_max_mant_err_mean=34.0, short_max_mant_err_median=24.0,
+)
+# fp16 has 3 more mantissa bits than bf16, so the same kernel differences move it less in fp16 units, but the
+# proof compares bf16 fields: bf16's thresholds bound fp16 from above. Not separately calibrated here.
+FP16_ACTIVATION = BF16_ACTIVATION
+# bf16 sampling margin. Honest drift between the logits a bf16 last stage sampled from and a bf16 replay is
+# large (decode rows: max 0.71 tiny, 1.44 SmolLM2; teacher-forced with emulated kernels: p99.9 0.35 tiny, max 2.78
+# SmolLM2), but mostly common to all ids: what a token's check sees is the *gap* between its perturbed score and
+# the best one, at most 0.42 on SmolLM2 (1,400 teacher-forced positions; 1 gap above 0.25) and under 0.5 on the
+# tiny models (0 refused at margin 0.5 over 14,000; at 1.0, 0 of 100,000, gap max 0.18). 1.0 leaves 2.4x over the
+# largest honest gap (0 refused in 101,400 positions: <= 3e-5 per token at 95 %, 1e-5 not yet shown); the price is the
+# per-token bite: an id drawn from the other top-50 candidates passes 59 % (SmolLM2) to 68 % (tiny Llama) of the
+# time at 1.0 (8.8 % at 0.5, 96 % at 2.0), so single injected tokens are caught statistically, a run of k of
+# them with probability 1 - 0.68^k. docs/verification.md has the positions and the bound reached.
+BF16_SAMPLING = SamplingThresholds(logit_margin=1.0)
+FP16_SAMPLING = SamplingThresholds(logit_margin=1.0)  # not calibrated separately: bf16's bounds fp16 from above
+# Job level (node/toploc/job_statistics.py): bf16 honest job means (mean over a stage's chunks of their mantissa
+# means) reach 2.54 (tiny models, the most drifting kernels; SmolLM2 1.17); gross attacks' jobs >= 7.8; the
+# subtle attacks sit under or at the honest spread (docs/verification.md, detection floor).
+JOB_THRESHOLDS = {
+    "fp32": JobThresholds(max_mant_err_mean=0.05, min_chunks=1),
+    "bf16": JobThresholds(max_mant_err_mean=3.0, min_chunks=8),
+    "fp16": JobThresholds(max_mant_err_mean=3.0, min_chunks=8),
+}
 
 
 @dataclass(frozen=True)
@@ -107,37 +174,21 @@ class PrecisionThresholds:
     handoff: HandoffThresholds
 
 
-# PROVISIONAL for bf16 and fp16: set from the figures issue 20 reports and this branch's bf16 devnet, not yet
-# from the calibration (bench/calibrate_toploc.py --precision bf16|fp16 measures the honest and attack matrices
-# and replaces them). Issue 20: honest bf16 workers decoding with a KV cache, against a bf16 or fp32 prefill
-# replay, on SmolLM2-135M and a tiny Llama, worst chunk: exponent mismatches <= 8 / 128, mantissa error mean
-# <= 2.37, median <= 1; the gross cheats (int4 per-group and 2:4-sparse weights, low-rank MLPs, a skipped
-# layer) read 5-30x higher. The bf16 devnet on SmolLM2-135M (12 honest jobs, 72 chunks, 4 sequences a group
-# decoding with a KV cache) read at worst exp 9, mean 2.17, median 2 (the last stage); its int4 per-group
-# cheater's mildest chunk exp 26, mean 10.7, median 9. Each bound sits near the geometric middle of the
-# honest worst and that mildest cheat. A worker that computes in bf16 while its job declares fp32 still fails
-# fp32's bounds (mean 0.75..1.02 against 0.05). fp16 keeps 3 more mantissa bits than bf16, so its honest drift
-# in the bf16 fields a proof compares is smaller; until measured it takes bf16's bounds, on the safe side for
-# honest workers. Sampling: a bf16 (fp16) last stage computes its logits in bf16 (fp16), whose step near a
-# logit of 16 is 0.125 (0.016): the margin is four such steps. Honest gaps seen: 0.0073 (tiny Llama, T=0.8,
-# tests/validator/test_precision.py), 0 (the SmolLM2 devnet, greedy).
-LOW_PRECISION_ACTIVATION = ActivationThresholds(
-    max_exp_mismatches=16, max_sign_mismatches=4, max_mant_err_mean=5.0, max_mant_err_median=4.0
-)
 # The handoff tolerance in a low precision: rows computed in bf16 differ from a bf16 one-prefill replay by
 # far more than fp32's 5e-4 (the bf16 devnet on SmolLM2-135M: honest rows up to 0.019 relative L1, which
-# fp32's bound turned into a conviction of the honest first stage when the cheater sat last). PROVISIONAL,
-# from bench/calibrate_handoff.py --precision bf16 (4 jobs x 70 tokens a model, 658-858 rows): honest worst
-# row 0.0188 (tiny Llama), 0.0176 (tiny Qwen2), 0.0299 (SmolLM2-135M); a quiet x0.9 alteration of what the
-# proof does not bind, smallest worst row 0.0369, 0.0487, 0.0922. 0.06 sits 2x above the honest worst: it
-# catches a 10 % alteration on SmolLM2 (1.5x) but not on the tiny models, and 1 % (0.002-0.004) not at all:
-# bf16's detection floor for a handoff alteration is 10-20 %. Below it, the altered rows are taken as the
-# receiver's real inputs (the receiver is judged on what it got, never blamed for it).
+# fp32's bound turned into a conviction of the honest first stage when the cheater sat last).
+# bench/calibrate_handoff.py --precision bf16 (4 jobs x 70 tokens a model, 658-858 rows): honest worst row
+# 0.0188 (tiny Llama), 0.0176 (tiny Qwen2), 0.0299 (SmolLM2-135M); a quiet x0.9 alteration of what the proof
+# does not bind, smallest worst row 0.0369, 0.0487, 0.0922. 0.06 sits 2x above the honest worst: it catches a
+# 10 % alteration on SmolLM2 (1.5x) but not on the tiny models, and 1 % (0.002-0.004) not at all: bf16's
+# detection floor for a handoff alteration is 10-20 %. Below it, the altered rows are taken as the receiver's
+# real inputs (the receiver is judged on what it got, never blamed for it). Fewer rows than the activation
+# matrix: a wider handoff calibration is still to do.
 LOW_PRECISION_HANDOFF = HandoffThresholds(max_row_rel_l1=0.06)
 BY_PRECISION: dict[str, PrecisionThresholds] = {
     "fp32": PrecisionThresholds(ACTIVATION, SAMPLING, HANDOFF),
-    "bf16": PrecisionThresholds(LOW_PRECISION_ACTIVATION, SamplingThresholds(logit_margin=0.5), LOW_PRECISION_HANDOFF),
-    "fp16": PrecisionThresholds(LOW_PRECISION_ACTIVATION, SamplingThresholds(logit_margin=0.125), LOW_PRECISION_HANDOFF),
+    "bf16": PrecisionThresholds(BF16_ACTIVATION, BF16_SAMPLING, LOW_PRECISION_HANDOFF),
+    "fp16": PrecisionThresholds(FP16_ACTIVATION, FP16_SAMPLING, LOW_PRECISION_HANDOFF),
 }
 assert set(BY_PRECISION) == set(PRECISIONS)
 

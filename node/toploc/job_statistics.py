@@ -1,0 +1,128 @@
+"""Statistics over more than one chunk: a whole job's figures for one stage, and a sequential test over a
+worker's jobs. They exist for the subtle cheats (int8 / fp8 weights, an fp8 KV cache) whose single chunks
+sit inside honest drift in the low precisions, but move the *average* of a stage's figures.
+
+- `job_figures(chunks)`: one stage's chunks in one job reduced to the mean of their mantissa-error means
+  and the rate of exponent mismatches per compared entry; `job_passes(figures, thresholds)` compares them
+  with a `JobThresholds` (node/toploc/thresholds.py) once the job has enough chunks for the mean to settle.
+- `SequentialTest` + `sequential_step`: Wald's sequential probability ratio test on the per-job means of
+  one (worker, stage), Gaussian model: honest mean `honest_mean` against a cheating `cheat_mean`, per-chunk
+  spread `chunk_sd`. Each job adds its log-likelihood ratio; crossing `upper` flags the stage (false-alarm
+  probability per decision <= alpha / (1 - beta), Wald's bound), falling under `lower` clears it and the
+  test restarts (so a long honest history never builds credit a later cheat can spend). The state is
+  per stage. A stage's figures also carry the drift of every stage before it (the validator replays from
+  tokens, not from what the stage received), so `first_flagged` blames the first flagged stage in
+  pipeline order, as PROTOCOL I4 does for single chunks.
+
+All pure functions on small frozen values: the caller (the validator's verdict, or a bench) keeps the state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from node.toploc.thresholds import JobThresholds
+
+
+class _ChunkFigures(Protocol):
+    exp_mismatches: int
+    mant_err_mean: float
+    points: int
+
+
+NO_MATCH = float(2**63)  # a chunk whose exponents all differ reports 2**64; it counts as this large
+
+
+@dataclass(frozen=True)
+class JobFigures:
+    """One stage's figures over one job's chunks."""
+
+    chunks: int
+    mant_err_mean: float  # mean over chunks of each chunk's mantissa-error mean
+    exp_rate: float  # exponent mismatches per compared entry, over every chunk
+
+
+def job_figures(chunks: Sequence[_ChunkFigures]) -> JobFigures:
+    if not chunks:
+        raise ValueError("a job has at least one chunk")
+    means = [min(c.mant_err_mean, NO_MATCH) for c in chunks]
+    points = sum(c.points for c in chunks)
+    return JobFigures(len(chunks), sum(means) / len(means), sum(c.exp_mismatches for c in chunks) / max(points, 1))
+
+
+def job_passes(figures: JobFigures, thresholds: JobThresholds) -> bool:
+    return figures.chunks < thresholds.min_chunks or figures.mant_err_mean <= thresholds.max_mant_err_mean
+
+
+@dataclass(frozen=True)
+class SequentialTest:
+    """Wald's SPRT on per-job means: H0 chunks ~ N(honest_mean, chunk_sd), H1 ~ N(cheat_mean, chunk_sd)."""
+
+    honest_mean: float
+    cheat_mean: float
+    chunk_sd: float
+    alpha: float = 1e-4  # false alarms per decision (honest stage flagged)
+    beta: float = 1e-2  # misses per decision (cheating stage cleared)
+
+    def __post_init__(self) -> None:
+        if not (self.cheat_mean > self.honest_mean and self.chunk_sd > 0 and 0 < self.alpha < 1 and 0 < self.beta < 1):
+            raise ValueError("need cheat_mean > honest_mean, chunk_sd > 0 and alpha, beta in (0, 1)")
+
+    @property
+    def upper(self) -> float:
+        return math.log((1 - self.beta) / self.alpha)
+
+    @property
+    def lower(self) -> float:
+        return math.log(self.beta / (1 - self.alpha))
+
+    @property
+    def false_alarm_bound(self) -> float:
+        """Wald: P(flag | honest) <= alpha / (1 - beta) per decision."""
+        return self.alpha / (1 - self.beta)
+
+    def log_ratio(self, figures: JobFigures) -> float:
+        """log L(H1) / L(H0) of a job whose `chunks` chunks average `mant_err_mean`."""
+        shift = self.cheat_mean - self.honest_mean
+        middle = (self.cheat_mean + self.honest_mean) / 2
+        return figures.chunks * shift * (min(figures.mant_err_mean, NO_MATCH) - middle) / self.chunk_sd**2
+
+    def chunks_needed(self) -> float:
+        """Expected chunks to reach a decision against a cheat at `cheat_mean` (Wald's average sample number)."""
+        per_chunk = (self.cheat_mean - self.honest_mean) ** 2 / (2 * self.chunk_sd**2)
+        return (self.beta * self.lower + (1 - self.beta) * self.upper) / per_chunk
+
+
+@dataclass(frozen=True)
+class SequentialState:
+    """A (worker, stage)'s running test: the log-likelihood ratio since the last restart, and how many jobs
+    it holds."""
+
+    log_ratio: float = 0.0
+    jobs: int = 0
+
+
+def sequential_step(test: SequentialTest, state: SequentialState, figures: JobFigures) -> tuple[SequentialState, str]:
+    """Add one job: returns the new state and "flag" (the stage's figures drift: blame it), "clear" (the
+    test restarts from zero) or "continue"."""
+    total = state.log_ratio + test.log_ratio(figures)
+    if total >= test.upper:
+        return SequentialState(), "flag"
+    if total <= test.lower:
+        return SequentialState(), "clear"
+    return SequentialState(total, state.jobs + 1), "continue"
+
+
+def first_flagged(decisions: Sequence[str]) -> int | None:
+    """The stage to blame from one job's decisions, one per stage in pipeline order: the first "flag"."""
+    return next((stage for stage, decision in enumerate(decisions) if decision == "flag"), None)
+
+
+# bf16, from bench/calibrate_toploc.py --precision bf16 (docs/verification.md): the worst honest kernel's job mean
+# at any stage was 2.54 (tiny Llama / Qwen2; per-chunk sd 0.55-0.57), fp8 e4m3 weights' weakest job 2.89. H0 at
+# 2.6 sits above every honest kernel measured; H1 at 2.9 is fp8. Expected chunks to flag fp8:
+# BF16_SEQUENTIAL.chunks_needed() = 72.5 (about 2,300 decode tokens of one stage); false alarms <= 1.01e-4 per
+# decision while honest chunk means stay <= 2.6 on average.
+BF16_SEQUENTIAL = SequentialTest(honest_mean=2.6, cheat_mean=2.9, chunk_sd=0.6, alpha=1e-4, beta=1e-2)

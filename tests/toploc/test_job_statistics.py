@@ -1,0 +1,107 @@
+"""Whole-job figures and the sequential test over a worker's jobs: an honest stage whose chunks scatter
+around the honest mean is never flagged, a stage whose mean sits at a cheat's level is flagged within the
+expected number of jobs, and only the stage whose own figures drift is flagged."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from node.toploc.job_statistics import (
+    NO_MATCH,
+    JobFigures,
+    SequentialState,
+    SequentialTest,
+    first_flagged,
+    job_figures,
+    job_passes,
+    sequential_step,
+)
+from node.toploc.thresholds import JOB_THRESHOLDS, JobThresholds
+
+
+@dataclass(frozen=True)
+class Chunk:
+    exp_mismatches: int
+    mant_err_mean: float
+    points: int = 128
+
+
+def test_a_jobs_figures_are_the_mean_over_its_chunks():
+    figures = job_figures([Chunk(2, 1.0), Chunk(0, 3.0), Chunk(6, 2.0)])
+    assert figures == JobFigures(chunks=3, mant_err_mean=2.0, exp_rate=8 / 384)
+
+
+def test_a_chunk_without_any_exponent_match_counts_as_very_large_not_infinite():
+    figures = job_figures([Chunk(128, float(2**64)), Chunk(0, 1.0)])
+    assert figures.mant_err_mean == pytest.approx((NO_MATCH + 1) / 2)
+
+
+def test_short_jobs_are_not_judged_by_their_mean():
+    thresholds = JobThresholds(max_mant_err_mean=2.0, min_chunks=8)
+    assert job_passes(JobFigures(4, 9.0, 0.0), thresholds)
+    assert not job_passes(JobFigures(8, 2.1, 0.0), thresholds)
+    assert job_passes(JobFigures(8, 2.0, 0.0), thresholds)
+
+
+def test_every_precision_has_job_thresholds():
+    assert set(JOB_THRESHOLDS) == {"fp32", "bf16", "fp16"}
+
+
+TEST = SequentialTest(honest_mean=1.0, cheat_mean=1.5, chunk_sd=0.8, alpha=1e-4, beta=1e-2)
+
+
+def _jobs(rng: random.Random, mean: float, count: int, chunks: int = 20) -> list[JobFigures]:
+    return [JobFigures(chunks, sum(rng.gauss(mean, TEST.chunk_sd) for _ in range(chunks)) / chunks, 0.0) for _ in range(count)]
+
+
+def _run(jobs: list[JobFigures]) -> list[str]:
+    state, decisions = SequentialState(), []
+    for job in jobs:
+        state, decision = sequential_step(TEST, state, job)
+        decisions.append(decision)
+    return decisions
+
+
+def test_an_honest_stage_is_never_flagged_over_many_jobs():
+    decisions = _run(_jobs(random.Random(1), TEST.honest_mean, 2000))
+    assert "flag" not in decisions
+    assert decisions.count("clear") > 100  # the test keeps deciding, and restarts each time
+
+
+def test_a_stage_at_the_cheats_mean_is_flagged_within_the_expected_chunks():
+    decisions = _run(_jobs(random.Random(2), TEST.cheat_mean, 200))
+    first = decisions.index("flag")
+    assert (first + 1) * 20 <= 3 * TEST.chunks_needed()
+
+
+def test_only_the_stage_whose_figures_drift_is_flagged():
+    rng = random.Random(3)
+    stages = {0: _jobs(rng, TEST.honest_mean, 100), 1: _jobs(rng, TEST.cheat_mean + 0.3, 100), 2: _jobs(rng, TEST.honest_mean, 100)}
+    flagged = {stage for stage, jobs in stages.items() if "flag" in _run(jobs)}
+    assert flagged == {1}
+
+
+def test_blame_goes_to_the_first_flagged_stage_since_later_stages_inherit_its_drift():
+    assert first_flagged(["continue", "flag", "flag"]) == 1
+    assert first_flagged(["clear", "continue", "continue"]) is None
+
+
+def test_the_false_alarm_bound_and_the_boundaries_follow_wald():
+    assert TEST.upper > 0 > TEST.lower
+    assert TEST.false_alarm_bound == pytest.approx(1e-4 / 0.99)
+    with pytest.raises(ValueError):
+        SequentialTest(honest_mean=2.0, cheat_mean=1.0, chunk_sd=1.0)
+
+
+def test_short_chunks_are_judged_by_their_own_bounds_in_bf16_only():
+    from node.toploc.codec import ChunkFigures
+    from node.toploc.thresholds import ACTIVATION, BF16_ACTIVATION
+
+    one_row = ChunkFigures(exp_mismatches=40, sign_mismatches=0, mant_err_mean=25.0, mant_err_median=17.0, points=128)
+    assert BF16_ACTIVATION.chunk_passes(one_row, rows=1)
+    assert not BF16_ACTIVATION.chunk_passes(one_row, rows=32)  # the same figures in a full chunk: a cheat
+    assert not BF16_ACTIVATION.chunk_passes(one_row)  # rows unknown: the full-chunk bounds
+    assert ACTIVATION.short_rows == 0 and not ACTIVATION.chunk_passes(one_row, rows=1)
