@@ -77,8 +77,10 @@ async def test_a_bf16_cheater_on_the_last_stage_is_blamed_and_its_honest_predece
     from node.worker.cheats import Cheat
 
     cheat = Cheat.parse("sparse-2-4")
+    # 40 tokens: a 32-row decode chunk, judged by bf16's full-chunk bounds (a job whose chunks all have fewer than
+    # 16 rows is judged by the short-chunk bounds alone, which a 2:4-sparse stage passes: docs/verification.md)
     jobs = await pipeline_jobs(model_dir, "bf16", stage_options={2: {"cheat": cheat, "on_loaded": cheat.apply}},
-                               max_new_tokens=8, with_defences=True)
+                               max_new_tokens=40, with_defences=True)
     for verdict, figures in replayed(model_dir, "bf16", jobs):
         assert (verdict.outcome, verdict.blamed_stage, verdict.reason) == (Outcome.BLAMED, 2, Reason.PROOF), figures
         assert verdict.rewards_wei[0] > 0 and verdict.rewards_wei[1] > 0
