@@ -107,8 +107,9 @@ async def build(url: str, n_entries: int, chain) -> tuple[int, int, float]:
 
 async def anchor(ledger: Ledger, chain) -> None:
     epoch = await ledger.close_epoch()
-    sent = await asyncio.to_thread(chain.anchor, chain.dev_keys[0], epoch.number, bytes.fromhex(epoch.entries_root[2:]),
-                                   bytes.fromhex(epoch.rewards_root[2:]), epoch.entry_count)
+    sent = await asyncio.to_thread(chain.signed_anchor, chain.dev_keys[0], [chain.dev_keys[0]], epoch.number,
+                                   bytes.fromhex(epoch.entries_root[2:]), bytes.fromhex(epoch.rewards_root[2:]),
+                                   epoch.entry_count)
     await ledger.mark_anchored(epoch.number, sent.tx_hash)
 
 

@@ -37,8 +37,9 @@ def sample(job: int, task: str, completion: str, correct: bool) -> SampleRecord:
 
 async def anchor_all(ledger: Ledger, chain: ChainClient) -> None:
     epoch = await ledger.close_epoch()
-    sent = chain.anchor(chain.dev_keys[0], epoch.number, bytes.fromhex(epoch.entries_root[2:]),
-                        bytes.fromhex(epoch.rewards_root[2:]), epoch.entry_count)
+    sent = chain.signed_anchor(chain.dev_keys[0], [chain.dev_keys[0]], epoch.number,
+                               bytes.fromhex(epoch.entries_root[2:]), bytes.fromhex(epoch.rewards_root[2:]),
+                               epoch.entry_count)
     await ledger.mark_anchored(epoch.number, sent.tx_hash)
 
 
