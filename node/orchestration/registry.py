@@ -31,6 +31,7 @@ from node.protocol.worker_messages import (
 log = logging.getLogger(__name__)
 
 StakeLookup = Callable[[str], Awaitable[int]]
+LEDGER_READS = 4
 
 
 class RegistrationRefused(StagewiseError):
@@ -117,6 +118,9 @@ class Registry:
         self._nonces: dict[str, float] = {}  # nonce -> when it may be forgotten
         self._expiries: list[tuple[float, str]] = []  # the same, as a heap: forgetting costs no scan of them all
         self._lock = asyncio.Lock()
+        # ledger reads (stake, ban) in flight at once: enough to overlap round trips, few enough to leave the
+        # ledger's connection pool to intake and verdicts (a burst of heartbeats exhausted it: 503s)
+        self._reads = asyncio.Semaphore(LEDGER_READS)
 
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         message = signed.message
@@ -152,7 +156,10 @@ class Registry:
         return record
 
     async def _check_not_banned(self, address: str, now: float) -> None:
-        until = await self._banned_until(address) if self._banned_until is not None else None
+        if self._banned_until is None:
+            return
+        async with self._reads:
+            until = await self._banned_until(address)
         if until is not None and until > now:
             raise RegistrationRefused(
                 "banned", f"{address} was blamed again and again: it may register in {until - now:.0f} s", 403
@@ -277,7 +284,8 @@ class Registry:
 
     async def _staked(self, address: str) -> int:
         try:
-            stake = int(await self._stake_of(address))
+            async with self._reads:
+                stake = int(await self._stake_of(address))
         except Exception as error:  # the chain or ledger is down: refuse, say why, keep nothing
             raise RegistrationRefused("stake_unavailable", f"cannot read the stake of {address}: {error}", 503) from error
         if stake < self.policy.min_stake_wei:

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from node.orchestration.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
+from node.orchestration.registry import LEDGER_READS, RegistrationRefused, Registry, RegistryPolicy, stake_lookup
 from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import (
     UNBOUND_VALIDATOR,
@@ -125,6 +125,28 @@ async def test_the_same_message_sent_twice_at_once_is_taken_once(keys):
         refused = [o for o in outcomes if isinstance(o, RegistrationRefused)]
         assert len(refused) == 1 and refused[0].code == "replayed_message"
     assert [r.address for r in registry.healthy()] == [keys[0].address]
+
+
+async def test_a_burst_of_heartbeats_reads_a_few_stakes_at_a_time(keys):
+    """Heartbeats do not wait for each other's stake reads, but they share the ledger's connection pool with
+    intake and verdicts: only LEDGER_READS reads are in flight at once, and every heartbeat is answered."""
+    reading, most = 0, 0
+
+    async def counted_stake(address: str) -> int:
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        await asyncio.sleep(0.005)
+        reading -= 1
+        return 10**18
+
+    clock = Clock()
+    registry = Registry(counted_stake, RegistryPolicy(min_stake_wei=10**18), clock)
+    for key in keys:
+        await registry.register(make_registration(key, CAPACITY, "eu", "http://h:1", now=NOW))
+    beats = [make_heartbeat(keys[i % 3], now=NOW) for i in range(30)]
+    records = await asyncio.gather(*(registry.heartbeat(beat) for beat in beats))
+    assert len(records) == 30 and most == LEDGER_READS
 
 
 async def test_a_worker_that_stops_heartbeating_is_no_longer_healthy(keys):
