@@ -142,11 +142,17 @@ async def validator_rows(args, tmp: Path, model_dir: Path, figures: dict) -> Non
     await seed_stakes(db_url, addresses)
     stages = StageServers()
     urls = await stages.start(addresses)
-    started = time.monotonic()
-    registrations = sign_in_pool("register", secrets, [(u, rng.choice(REGIONS), VALIDATOR_KEY.address, CHAIN_ID) for u in urls])
     rounds = args.rounds
-    # heartbeats are signed ahead with the timestamp they will be sent at (signing is 1 ms of the generator's
-    # CPU each: 2,000/s signed live would measure the generator); planned from the end of registration on
+    # Messages are signed ahead (1 ms of the generator's CPU each: signed live, the generator would be what is
+    # measured). A registration's timestamp must be within 120 s of the validator's clock when it arrives, so
+    # all carry one timestamp 100 s after signing should end: valid from then - 20 s to then + 220 s.
+    started = time.monotonic()
+    sample = sign_in_pool("register", secrets[:64], [("http://127.0.0.1:1", "eu-west", VALIDATOR_KEY.address,
+                                                      CHAIN_ID, None)] * 64)
+    expected_s = 0.8 * (time.monotonic() - started) * n / len(sample)
+    stamp = time.time() + expected_s + 100
+    registrations = sign_in_pool("register", secrets, [(u, rng.choice(REGIONS), VALIDATOR_KEY.address, CHAIN_ID, stamp)
+                                                       for u in urls])
     signing_s = time.monotonic() - started
     process, base = start_validator(tmp, db_url, model_dir, "--allow-private-stage-urls", "--heartbeat-timeout", "3600",
                                     "--regroup-interval", "2", "--validation-workers", "1")

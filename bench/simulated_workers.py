@@ -155,8 +155,8 @@ def _sign_part(part: tuple[str, list[bytes], list]) -> list[bytes]:
     for secret, value in zip(secrets, extra):
         key = SigningKey(secret)
         if kind == "register":
-            url, region, validator, chain_id = value
-            signed = make_registration(key, Capacity(8 << 30, 20_000.0), region, url, validator=validator,
+            url, region, validator, chain_id, stamp = value
+            signed = make_registration(key, Capacity(8 << 30, 20_000.0), region, url, stamp, validator=validator,
                                        chain_id=chain_id)
         elif kind == "heartbeat":
             signed = make_heartbeat(key, now=value)
