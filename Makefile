@@ -41,7 +41,7 @@ test: setup
 		$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b --quick || exit 1; done
+	@for b in $$(grep -l '__main__' bench/*.py); do echo "== $$b"; $(PY) $$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) contracts/node_modules

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from eth_hash.auto import keccak
@@ -186,14 +187,28 @@ class Grouping:
     dissolved: tuple[str, ...] = field(default=())
 
     def group(self, group_id: str) -> Group | None:
-        return next((group for group in self.groups if group.group_id == group_id), None)
+        return self._by_id.get(group_id)
 
     def group_of(self, worker: str) -> tuple[Group, int] | None:
         """The group a worker serves in and its stage index there."""
+        return self._by_worker.get(worker)
+
+    # Indexes built on first use: a regrouping asks for every group of the old grouping in the new one, which
+    # by scanning was quadratic in the groups (3,333 groups of 10,000 workers: seconds a round).
+    @cached_property
+    def _by_id(self) -> dict[str, Group]:
+        found: dict[str, Group] = {}
         for group in self.groups:
-            if worker in group.workers:
-                return group, group.workers.index(worker)
-        return None
+            found.setdefault(group.group_id, group)
+        return found
+
+    @cached_property
+    def _by_worker(self) -> dict[str, tuple[Group, int]]:
+        found: dict[str, tuple[Group, int]] = {}
+        for group in self.groups:
+            for index, worker in enumerate(group.workers):
+                found.setdefault(worker, (group, index))
+        return found
 
 
 def build_group(workers: Sequence[Candidate], shape: ModelShape) -> Group:

@@ -10,6 +10,7 @@ that falls below the minimum (unstake, slash) drops the worker at its next heart
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import logging
 import time
@@ -30,6 +31,7 @@ from node.protocol.worker_messages import (
 log = logging.getLogger(__name__)
 
 StakeLookup = Callable[[str], Awaitable[int]]
+LEDGER_READS = 4
 
 
 class RegistrationRefused(StagewiseError):
@@ -120,7 +122,11 @@ class Registry:
         self._clock = clock
         self._workers: dict[str, WorkerRecord] = {}
         self._nonces: dict[str, float] = {}  # nonce -> when it may be forgotten
+        self._expiries: list[tuple[float, str]] = []  # the same, as a heap: forgetting costs no scan of them all
         self._lock = asyncio.Lock()
+        # ledger reads (stake, ban) in flight at once: enough to overlap round trips, few enough to leave the
+        # ledger's connection pool to intake and verdicts (a burst of heartbeats exhausted it: 503s)
+        self._reads = asyncio.Semaphore(LEDGER_READS)
 
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         message = signed.message
@@ -129,18 +135,13 @@ class Registry:
         if not self.policy.allow_private_urls:
             await refuse_private_url(message.stage_url)
         now = self._clock()
+        self._check_new_registration(message, now)  # cheap checks first: a replay costs no ledger read
+        # the ledger reads are outside the lock, so registrations and heartbeats do not queue behind each other's
+        await self._check_not_banned(message.address, now)
+        stake = await self._staked(message.address)
         async with self._lock:
-            self._check_fresh(message.nonce, message.timestamp, now)
-            previous = self._workers.get(message.address)
-            if previous is not None and (message.timestamp < previous.signed_at
-                                         or (message.timestamp, message.nonce) == (previous.signed_at, previous.signed_nonce)):
-                # the nonces seen are forgotten on a restart, the accepted registration is not (resume.py)
-                raise RegistrationRefused(
-                    "replayed_message", f"{message.address} registered at {previous.signed_at} already: a registration "
-                    "must be newer than the last one accepted", 409)
-            await self._check_not_banned(message.address, now)
-            stake = await self._staked(message.address)
-            self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
+            previous = self._check_new_registration(message, now)  # again: the same message may have raced us
+            self._remember(message.nonce, message.timestamp + self.policy.max_clock_skew_s)
             record = WorkerRecord(
                 address=message.address,
                 capacity=message.capacity,
@@ -163,11 +164,34 @@ class Registry:
         return record
 
     async def _check_not_banned(self, address: str, now: float) -> None:
-        until = await self._banned_until(address) if self._banned_until is not None else None
+        if self._banned_until is None:
+            return
+        async with self._reads:
+            until = await self._banned_until(address)
         if until is not None and until > now:
             raise RegistrationRefused(
                 "banned", f"{address} was blamed again and again: it may register in {until - now:.0f} s", 403
             )
+
+    def _check_new_registration(self, message: Registration, now: float) -> WorkerRecord | None:
+        """Refuse a stale or replayed registration; the worker's current record, if any."""
+        self._check_fresh(message.nonce, message.timestamp, now)
+        previous = self._workers.get(message.address)
+        if previous is not None and (message.timestamp < previous.signed_at
+                                     or (message.timestamp, message.nonce) == (previous.signed_at, previous.signed_nonce)):
+            # the nonces seen are forgotten on a restart, the accepted registration is not (resume.py)
+            raise RegistrationRefused(
+                "replayed_message", f"{message.address} registered at {previous.signed_at} already: a registration "
+                "must be newer than the last one accepted", 409)
+        return previous
+
+    def _check_heartbeat(self, message, now: float) -> WorkerRecord:
+        """Refuse a stale or replayed heartbeat, or one from a worker not registered; the worker's record."""
+        self._check_fresh(message.nonce, message.timestamp, now)
+        record = self._workers.get(message.address)
+        if record is None:
+            raise RegistrationRefused("not_registered", f"{message.address} is not registered: register first", 404)
+        return record
 
     def _check_audience(self, message: Registration) -> None:
         """A registration names the validator and chain it is for, so a copy cannot enrol its worker elsewhere."""
@@ -185,18 +209,16 @@ class Registry:
         message = signed.message
         signed.verify()
         now = self._clock()
-        async with self._lock:
-            self._check_fresh(message.nonce, message.timestamp, now)
-            record = self._workers.get(message.address)
-            if record is None:
-                raise RegistrationRefused("not_registered", f"{message.address} is not registered: register first", 404)
-            try:
-                stake = await self._staked(message.address)
-            except RegistrationRefused:
-                del self._workers[message.address]
+        self._check_heartbeat(message, now)  # cheap checks first: a replay costs no ledger read
+        try:
+            stake = await self._staked(message.address)  # outside the lock: heartbeats do not queue behind reads
+        except RegistrationRefused:
+            if self._workers.pop(message.address, None) is not None:
                 log.warning("worker %s dropped: stake below the minimum", message.address)
-                raise
-            self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
+            raise
+        async with self._lock:
+            record = self._check_heartbeat(message, now)  # again: the same heartbeat may have raced us
+            self._remember(message.nonce, message.timestamp + self.policy.max_clock_skew_s)
             record = replace(record, last_seen=now, stake_wei=stake, in_flight=message.in_flight)
             self._workers[message.address] = record
             return record
@@ -210,7 +232,7 @@ class Registry:
             self._check_fresh(message.nonce, message.timestamp, now)
             if message.address not in self._workers:
                 raise RegistrationRefused("not_registered", f"{message.address} is not registered", 404)
-            self._nonces[message.nonce] = message.timestamp + self.policy.max_clock_skew_s
+            self._remember(message.nonce, message.timestamp + self.policy.max_clock_skew_s)
             del self._workers[message.address]
         log.info("worker %s left", message.address)
 
@@ -244,9 +266,13 @@ class Registry:
         record = self._workers.get(address)
         return record is not None and record.last_seen >= self._clock() - self.policy.heartbeat_timeout_s
 
+    def _remember(self, nonce: str, expiry: float) -> None:
+        self._nonces[nonce] = expiry
+        heapq.heappush(self._expiries, (expiry, nonce))
+
     def _check_fresh(self, nonce: str, timestamp: int, now: float) -> None:
-        for old in [n for n, expiry in self._nonces.items() if expiry < now]:
-            del self._nonces[old]
+        while self._expiries and self._expiries[0][0] < now:
+            del self._nonces[heapq.heappop(self._expiries)[1]]
         if abs(timestamp - now) > self.policy.max_clock_skew_s:
             raise RegistrationRefused(
                 "stale_message",
@@ -270,7 +296,8 @@ class Registry:
 
     async def _staked(self, address: str) -> int:
         try:
-            stake = int(await self._stake_of(address))
+            async with self._reads:
+                stake = int(await self._stake_of(address))
         except Exception as error:  # the chain or ledger is down: refuse, say why, keep nothing
             raise RegistrationRefused("stake_unavailable", f"cannot read the stake of {address}: {error}", 503) from error
         if stake < self.policy.min_stake_wei:

@@ -205,3 +205,16 @@ def test_workers_arriving_one_by_one_wait_for_each_other_before_a_shorter_pipeli
     assert [len(g.stages) for g in form_groups(three, shape, policy).groups] == [3]  # no wait once enough came
     waited = [Candidate(**{**vars(first), "free_s": 31.0}), Candidate(**{**vars(second), "free_s": 30.0})]
     assert [len(g.stages) for g in form_groups(waited, shape, policy).groups] == [2]  # nobody else came: serve
+
+
+def test_a_grouping_finds_each_group_and_each_workers_stage_as_a_scan_would():
+    """group() and group_of() are looked up in indexes (a regrouping asks for every old group); they answer
+    what reading the groups in order answers, and None for what is not there."""
+    workers = [worker(i, 1000.0 + i, memory=(i % 3 + 1) * GIB, region=("eu", "us")[i % 2]) for i in range(60)]
+    grouping = form_groups(workers, ModelShape(num_layers=8, layer_bytes=GIB // 4), GroupingPolicy(preferred_stages=3))
+    assert len(grouping.groups) > 5
+    for group in grouping.groups:
+        assert grouping.group(group.group_id) is group
+        for index, address in enumerate(group.workers):
+            assert grouping.group_of(address) == (group, index)
+    assert grouping.group("g-000000000000") is None and grouping.group_of(grouping.spares[0] if grouping.spares else "0x0") is None

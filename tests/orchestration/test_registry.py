@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
 
-from node.orchestration.registry import RegistrationRefused, Registry, RegistryPolicy, stake_lookup
+from node.orchestration.registry import LEDGER_READS, RegistrationRefused, Registry, RegistryPolicy, stake_lookup
 from node.protocol.signing import SigningKey
 from node.protocol.worker_messages import (
     UNBOUND_VALIDATOR,
@@ -85,6 +86,67 @@ async def test_replayed_and_stale_messages_are_refused(keys):
     with pytest.raises(RegistrationRefused) as stale:
         await registry.register(make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW - 61))
     assert stale.value.code == "stale_message"
+
+
+async def test_a_nonce_is_refused_for_its_whole_window_and_forgotten_after_it(keys):
+    """Messages arrive out of timestamp order; each nonce is remembered until its own timestamp + skew has
+    passed, and no longer, so the table holds one window of traffic however long the validator runs."""
+    clock = Clock()
+    registry = registry_for({keys[0].address: 10**18}, clock, max_clock_skew_s=60)
+    await registry.register(make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW))
+    late = make_heartbeat(keys[0], now=NOW + 50)  # remembered until NOW + 110
+    early = make_heartbeat(keys[0], now=NOW - 50)  # sent after it, remembered until NOW + 10
+    await registry.heartbeat(late)
+    await registry.heartbeat(early)
+    clock.now = NOW + 20
+    for signed, code in ((late, "replayed_message"), (early, "stale_message")):
+        with pytest.raises(RegistrationRefused) as refused:
+            await registry.heartbeat(signed)
+        assert refused.value.code == code
+    for _ in range(600):  # ten minutes of one heartbeat a second
+        clock.now += 1
+        await registry.heartbeat(make_heartbeat(keys[0], now=clock.now))
+    assert len(registry._nonces) <= 61
+
+
+async def test_the_same_message_sent_twice_at_once_is_taken_once(keys):
+    """Stakes are read outside the registry's lock (heartbeats must not queue behind each other's ledger
+    reads), so two copies of one message can both be past their first check while the stake is read: the
+    second is still refused as a replay."""
+
+    async def slow_stake(address: str) -> int:
+        await asyncio.sleep(0.01)  # a ledger read: other requests run meanwhile
+        return 10**18
+
+    registry = Registry(slow_stake, RegistryPolicy(min_stake_wei=10**18), Clock())
+    for signed, send in ((make_registration(keys[0], CAPACITY, "eu", "http://h:1", now=NOW), registry.register),
+                         (make_heartbeat(keys[0], now=NOW), registry.heartbeat)):
+        outcomes = await asyncio.gather(send(signed), send(signed), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, RegistrationRefused)]
+        assert len(refused) == 1 and refused[0].code == "replayed_message"
+    assert [r.address for r in registry.healthy()] == [keys[0].address]
+
+
+async def test_a_burst_of_heartbeats_reads_a_few_stakes_at_a_time(keys):
+    """Heartbeats do not wait for each other's stake reads, but they share the ledger's connection pool with
+    intake and verdicts: only LEDGER_READS reads are in flight at once, and every heartbeat is answered."""
+    reading, most = 0, 0
+
+    async def counted_stake(address: str) -> int:
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        await asyncio.sleep(0.005)
+        reading -= 1
+        return 10**18
+
+    clock = Clock()
+    registry = Registry(counted_stake, RegistryPolicy(min_stake_wei=10**18), clock)
+    for key in keys:
+        await registry.register(make_registration(key, CAPACITY, "eu", "http://h:1", now=NOW))
+    beats = [make_heartbeat(keys[i % 3], now=NOW) for i in range(30)]
+    records = await asyncio.gather(*(registry.heartbeat(beat) for beat in beats))
+    assert len(records) == 30 and most == LEDGER_READS
 
 
 async def test_a_worker_that_stops_heartbeating_is_no_longer_healthy(keys):
