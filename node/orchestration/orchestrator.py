@@ -94,6 +94,7 @@ class Orchestrator:
         # stage may take minutes to load its layers, and the healthy stages are being moved to the repaired group)
         self.withdrawn: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
+        self._queued: asyncio.Task | None = None  # the regroup round registrations wait for, not yet begun
         self._free_since: dict[str, float] = {}  # worker -> when it was first seen outside any group (monotonic)
         self._waiting: frozenset[str] = frozenset()
         self.progress = None  # set by the dispatcher when one runs
@@ -150,9 +151,11 @@ class Orchestrator:
     async def _refresh_soon(self, wait_s: float) -> None:
         """Regroup in the background and wait for it at most `wait_s`: a registration is answered promptly
         even when the new group's workers take minutes to load their layers (and keep heartbeating)."""
-        task = asyncio.create_task(self.refresh(), name="regroup after registration")
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
+        task = self._queued
+        if task is None or task.done():  # a round queued and not yet begun sees this worker too: one for a burst
+            task = self._queued = asyncio.create_task(self._refresh(queued=True), name="regroup after registration")
+            self._background.add(task)
+            task.add_done_callback(self._background_done)
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_s)
         except asyncio.TimeoutError:
@@ -244,7 +247,12 @@ class Orchestrator:
 
     async def refresh(self) -> Grouping:
         """Regroup from the healthy workers; prepare new groups; release vanished ones."""
+        return await self._refresh()
+
+    async def _refresh(self, queued: bool = False) -> Grouping:
         async with self._lock:
+            if queued:
+                self._queued = None  # from here on, a registration needs a round of its own
             try:
                 return await self._regroup()
             finally:
@@ -287,8 +295,9 @@ class Orchestrator:
                 await self.driver.release(group)
         for group_id in new.dissolved:
             log.info("group %s dissolved: no spare could take its place", group_id)
+        before = {g.group_id for g in old.groups}
         for group in new.groups:
-            if group.group_id not in {g.group_id for g in old.groups}:
+            if group.group_id not in before:
                 log.info(
                     "group %s formed: %s", group.group_id,
                     ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),

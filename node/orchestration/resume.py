@@ -26,7 +26,7 @@ class SavedOrchestration:
     def __init__(self, ledger, model_id: str) -> None:
         self.ledger = ledger
         self.model_id = model_id
-        self._saved_groups: list[dict] | None = None
+        self._saved_ids: list[str] | None = None
 
     async def worker_registered(self, record: WorkerRecord) -> None:
         await save_worker(self.ledger, self.model_id, record.address, record.to_saved(), record.signed_at)
@@ -35,10 +35,10 @@ class SavedOrchestration:
         await forget_worker(self.ledger, self.model_id, address)
 
     async def groups_changed(self, groups: tuple[Group, ...]) -> None:
-        rows = [group.to_json() for group in groups]
-        if rows != self._saved_groups:
-            await save_groups(self.ledger, self.model_id, rows)
-            self._saved_groups = rows
+        ids = [group.group_id for group in groups]  # a group's id is the hash of its stages
+        if ids != self._saved_ids:
+            await save_groups(self.ledger, self.model_id, [group.to_json() for group in groups])
+            self._saved_ids = ids
 
     async def load(self) -> tuple[tuple[WorkerRecord, ...], tuple[Group, ...]]:
         state = await load_orchestrator_state(self.ledger, self.model_id)
@@ -53,5 +53,5 @@ class SavedOrchestration:
                 groups.append(Group.from_json(saved))
             except (KeyError, TypeError, ValueError, GroupingError) as error:
                 log.warning("a saved group could not be read back (%r): its workers are grouped afresh", error)
-        self._saved_groups = list(state.groups)
+        self._saved_ids = [str(saved.get("group_id")) for saved in state.groups]
         return tuple(workers), tuple(groups)

@@ -166,8 +166,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, bytes):
         return "0x" + value.hex()
-    if isinstance(value, float) and value != value:
-        return None
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None  # JSON has neither NaN nor infinity (an unbounded threshold: fp32's short-chunk bounds)
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if hasattr(value, "tolist"):
