@@ -29,14 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from bench.ledger import Figure, _pg_admin  # noqa: E402
+from bench.ledger import Figure, scratch_postgres  # noqa: E402
 from ledger import journal, samples  # noqa: E402
 from ledger.models import Sample  # noqa: E402
 from ledger.store import Ledger  # noqa: E402
@@ -213,18 +212,10 @@ async def main() -> int:
                 if args.only == "postgresql":
                     return 1
             else:
-                name = f"sw_bench_{uuid.uuid4().hex[:10]}"
-                with _pg_admin(args.pg_url) as conn:
-                    conn.execute(f'CREATE DATABASE "{name}"')
-                try:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        url = args.pg_url.rsplit("/", 1)[0] + "/" + name
-                        figures = await run_backend(url, n_entries, _fresh_contract(chain), rpc_url, Path(tmp))
-                        results.append(("postgresql", figures))
-                        print("\n".join(f.line("postgresql") for f in figures), flush=True)
-                finally:
-                    with _pg_admin(args.pg_url) as conn:
-                        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                with scratch_postgres(args.pg_url) as url, tempfile.TemporaryDirectory() as tmp:
+                    figures = await run_backend(url, n_entries, _fresh_contract(chain), rpc_url, Path(tmp))
+                    results.append(("postgresql", figures))
+                    print("\n".join(f.line("postgresql") for f in figures), flush=True)
     finally:
         stop()
 

@@ -13,6 +13,7 @@ Prints one line per figure with its target; exits 1 when any target is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import os
 import random
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +171,19 @@ def _pg_admin(base: str):
     return psycopg.connect(base.replace("postgresql+asyncpg://", "postgresql://"), autocommit=True)
 
 
+@contextlib.contextmanager
+def scratch_postgres(base: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server of `base` for one bench run, dropped afterwards: its URL."""
+    name = f"sw_bench_{uuid.uuid4().hex[:10]}"
+    with _pg_admin(base) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with _pg_admin(base) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="100,000 entries instead of 1,000,000 (under a minute)")
@@ -196,16 +211,9 @@ async def main() -> int:
             if args.only == "postgresql":
                 return 1
         else:
-            name = f"sw_bench_{uuid.uuid4().hex[:10]}"
-            with _pg_admin(args.pg_url) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            try:
-                url = args.pg_url.rsplit("/", 1)[0] + "/" + name
+            with scratch_postgres(args.pg_url) as url:
                 results.append(("postgresql", await run_backend(url, batches, workers, args.quick)))
                 print("\n".join(f.line("postgresql") for f in results[-1][1]), flush=True)
-            finally:
-                with _pg_admin(args.pg_url) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     misses = [(b, f) for b, figs in results for f in figs if not f.ok]
     print(f"\nsummary (load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
