@@ -279,8 +279,8 @@ async def epoch_row(db_url: str, entries: int, workers: int) -> dict:
         chain = await asyncio.to_thread(ChainClient.embedded, unbonding_delay=60)
         validator = chain.dev_keys[0]
         started = time.perf_counter()
-        receipt = await asyncio.to_thread(chain.anchor, validator, epoch.number, epoch.entries_root,
-                                          epoch.rewards_root, epoch.entry_count)
+        receipt = await asyncio.to_thread(chain.signed_anchor, validator, [validator], epoch.number,
+                                          epoch.entries_root, epoch.rewards_root, epoch.entry_count)
         await ledger.mark_anchored(epoch.number, receipt.tx_hash)
         anchor_s = time.perf_counter() - started
     finally:

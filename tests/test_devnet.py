@@ -1,7 +1,6 @@
 """`stagewise devnet` end to end on a tiny model: real processes, the embedded chain, a cheater caught."""
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -9,12 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from node.pipeline.tiny import tiny_model_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.loopback import free_port
 
 
 @pytest.mark.slow

@@ -10,15 +10,15 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from tests.loopback import free_port, get_json
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +51,6 @@ def filled(argv: list[str], values: dict[str, str]) -> list[str]:
     left = [t for t in out if any(p in t for p in PLACEHOLDERS)]
     assert not left, f"{argv}: placeholders with no value {left}"
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Actor:
@@ -102,11 +96,6 @@ class Actor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def wait_until(what: str, check, timeout: float, *logs: tuple[Actor, str]):

@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,23 +19,13 @@ from ledger.chain.client import ChainClient
 from ledger.chain.embedded import AnvilNode
 from node import wallet
 from node.protocol.signing import SigningKey
+from tests.loopback import free_port, get_json
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 8.0  # renewed every third: a loaded 2-core machine can stall a process for seconds
 TAKEOVER_BOUND_S = 90.0  # lease run out, the group prepared again, a job run and validated on 2 loaded cores
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
 
 
 def wait_until(what: str, check, timeout: float, logs: list[Path]):

@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import socket
 
 import aiohttp
 import pytest
@@ -17,6 +16,7 @@ from node.worker.errors import WorkerError
 from node.worker.receipt_book import ReceiptBook
 from node.worker.stake import chain_info
 from node.worker.validator_client import ValidatorClient, ValidatorRefused
+from tests.loopback import free_port
 
 DOMAIN = ReceiptDomain(31337, "0x" + "ab" * 20)
 KEYS = [SigningKey(hashlib.sha256(f"submit-{i}".encode()).digest()) for i in range(3)]
@@ -63,12 +63,6 @@ async def validator_app(db_url, model_dir):
     )
     yield build_app(node, dashboard=False)
     await ledger.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_a_bundle_delivered_twice_is_recorded_once(validator_app, model_dir):
