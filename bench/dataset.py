@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from bench.ledger import Figure, scratch_postgres  # noqa: E402
+from bench.ledger import Figure, print_summary, scratch_postgres  # noqa: E402
 from ledger import journal, samples  # noqa: E402
 from ledger.models import Sample  # noqa: E402
 from ledger.store import Ledger  # noqa: E402
@@ -219,15 +219,7 @@ async def main() -> int:
     finally:
         stop()
 
-    misses = [(b, f) for b, figs in results for f in figs if not f.ok]
-    print(f"\nsummary (load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    for backend, figs in results:
-        print("\n".join(f.line(backend) for f in figs))
-    if misses:
-        print(f"{len(misses)} target(s) missed: " + ", ".join(f"{b} {f.name}" for b, f in misses))
-        return 1
-    print("all targets met")
-    return 0
+    return print_summary(results)
 
 
 def _fresh_contract(chain):

@@ -171,6 +171,19 @@ def _pg_admin(base: str):
     return psycopg.connect(base.replace("postgresql+asyncpg://", "postgresql://"), autocommit=True)
 
 
+def print_summary(results: list[tuple[str, list[Figure]]]) -> int:
+    """Every backend's figures side by side; the exit status: 1 when a target was missed."""
+    misses = [(b, f) for b, figs in results for f in figs if not f.ok]
+    print(f"\nsummary (load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    for backend, figs in results:
+        print("\n".join(f.line(backend) for f in figs))
+    if misses:
+        print(f"{len(misses)} target(s) missed: " + ", ".join(f"{b} {f.name}" for b, f in misses))
+        return 1
+    print("all targets met")
+    return 0
+
+
 @contextlib.contextmanager
 def scratch_postgres(base: str) -> Iterator[str]:
     """A fresh database on the PostgreSQL server of `base` for one bench run, dropped afterwards: its URL."""
@@ -215,15 +228,7 @@ async def main() -> int:
                 results.append(("postgresql", await run_backend(url, batches, workers, args.quick)))
                 print("\n".join(f.line("postgresql") for f in results[-1][1]), flush=True)
 
-    misses = [(b, f) for b, figs in results for f in figs if not f.ok]
-    print(f"\nsummary (load average at end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    for backend, figs in results:
-        print("\n".join(f.line(backend) for f in figs))
-    if misses:
-        print(f"{len(misses)} target(s) missed: " + ", ".join(f"{b} {f.name}" for b, f in misses))
-        return 1
-    print("all targets met")
-    return 0
+    return print_summary(results)
 
 
 if __name__ == "__main__":
