@@ -4,8 +4,9 @@ Recomputes, in one pass over the journal in order:
 1. the hash chain: positions 1, 2, ... without gaps, each entry's prev_hash equal to the previous entry's
    hash, each entry's hash equal to keccak256(prev_hash || its fields as stored), the head row equal to the
    last entry;
-2. every epoch: its entry range and count, its entries root, and its rewards root and stored leaves from
-   the cumulative rewards summed out of the journal;
+2. every epoch: its entry range and count, its entries root, and its rewards root and stored leaves: the
+   previous chain epoch's cumulative rewards (closed here, or followed from the validator that anchored
+   it) plus the rewards journaled since this ledger's previous epoch;
 3. the per-worker totals the leaderboard shows, and the worker count kept in the head row.
 It stops at the first problem and names the entry (or epoch, or worker) concerned.
 """
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import epochs as epoch_math
-from ledger import journal
+from ledger import journal, queries
 from ledger.models import Epoch, EpochReward, JournalEntry, JournalHead, Worker
 
 BATCH = 20_000
@@ -66,7 +67,8 @@ async def verify(conn: AsyncConnection, progress: Callable[[int], Any] | None = 
     head = (await conn.execute(select(JournalHead.seq, JournalHead.entry_hash).where(JournalHead.id == 1))).one()
     prev_hash = journal.GENESIS_HASH
     expected_seq = 1
-    cumulative: dict[str, int] = {}
+    cumulative: dict[str, int] = {}  # rewards journaled here so far, by worker
+    own_before: dict[str, int] = {}  # the same, as of this ledger's previous epoch
     totals: dict[str, list[int]] = {}  # worker -> [rewards, accepted, work_units, slashes, slashed]
     epoch_index = 0
     epoch_hashes: list[str] = []
@@ -82,10 +84,18 @@ async def verify(conn: AsyncConnection, progress: Callable[[int], Any] | None = 
         root = epoch_math.entries_root(epoch_hashes)
         if root != ep.entries_root:
             return f"epoch {ep.number}: entries root {ep.entries_root} but its entries give {root}"
-        root = epoch_math.rewards_root(cumulative)
-        if root != ep.rewards_root:
-            return f"epoch {ep.number}: rewards root {ep.rewards_root} but the journal's rewards give {root}"
         return None
+
+    async def expected_leaves(ep: Any) -> dict[str, int] | str:
+        """Epoch `ep`'s cumulative rewards: epoch `ep.number - 1`'s (closed here or followed) plus the rewards
+        journaled since this ledger's previous epoch; a problem (str) when the previous is unknown."""
+        previous = await queries.epoch_cumulative(conn, ep.number - 1)
+        if previous is None:
+            return f"epoch {ep.number}: epoch {ep.number - 1} is neither closed nor followed in this ledger"
+        expected = dict(previous)
+        for worker, amount in cumulative.items():
+            expected[worker] = expected.get(worker, 0) + amount - own_before.get(worker, 0)
+        return {w: a for w, a in expected.items() if a > 0}
 
     last_seq = 0
     while True:
@@ -128,19 +138,22 @@ async def verify(conn: AsyncConnection, progress: Callable[[int], Any] | None = 
                     problem = check_epoch(epoch_index)
                     if problem:
                         return fail(epochs[epoch_index].first_seq, problem)
+                    ep = epochs[epoch_index]
+                    expected = await expected_leaves(ep)
+                    if isinstance(expected, str):
+                        return fail(ep.first_seq, expected)
+                    root = epoch_math.rewards_root(expected)
+                    if root != ep.rewards_root:
+                        return fail(ep.first_seq, f"epoch {ep.number}: rewards root {ep.rewards_root} but the journal's "
+                                                  f"rewards give {root}")
                     leaves = (
                         await conn.execute(
-                            select(EpochReward.worker, EpochReward.cumulative).where(
-                                EpochReward.epoch == epochs[epoch_index].number
-                            )
+                            select(EpochReward.worker, EpochReward.cumulative).where(EpochReward.epoch == ep.number)
                         )
                     ).all()
-                    stored = {r.worker: r.cumulative for r in leaves}
-                    if stored != {w: a for w, a in cumulative.items() if a > 0}:
-                        return fail(
-                            epochs[epoch_index].first_seq,
-                            f"epoch {epochs[epoch_index].number}: stored reward leaves differ from the journal's",
-                        )
+                    if {r.worker: r.cumulative for r in leaves} != expected:
+                        return fail(ep.first_seq, f"epoch {ep.number}: stored reward leaves differ from the journal's")
+                    own_before = dict(cumulative)
                     epoch_index += 1
                     epoch_hashes = []
         last_seq = rows[-1].seq

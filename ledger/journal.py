@@ -179,6 +179,17 @@ class Entry(NewEntry):
             "entry_hash": self.entry_hash,
         }
 
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> "Entry":
+        """The entry `to_json` wrote (a peer's epoch, an export): EntryError or KeyError when it is not one.
+        Its hash is not checked here (`hash_fields` does that)."""
+        return cls(
+            item["kind"], int(item["amount"]), worker=item["worker"], job_id=item["job_id"], stage=item["stage"],
+            work_units=item["work_units"], evidence_hash=item["evidence_hash"], epoch=item["epoch"], ref=item["ref"],
+            data=item["data"], seq=int(item["seq"]), at_ms=int(item["at_ms"]),
+            prev_hash=hash32(item["prev_hash"], "prev_hash"), entry_hash=hash32(item["entry_hash"], "entry_hash"),
+        )
+
 
 def stake(worker: str, amount: int, *, ref: str | None = None, data: dict[str, Any] | None = None) -> NewEntry:
     """Stake added on chain; `ref` ("tx_hash:log_index") makes re-reading the event a no-op."""

@@ -303,7 +303,8 @@ class JournalHead(Base):
 
 
 class Epoch(Base):
-    """A closed range of journal entries [first_seq, last_seq] with its two Merkle roots."""
+    """A closed range of journal entries [first_seq, last_seq] with its two Merkle roots. Its number is the
+    chain epoch it is anchored as; the numbers other validators anchored in between are followed_epochs."""
 
     __tablename__ = "epochs"
 
@@ -326,6 +327,34 @@ class EpochReward(Base):
     __tablename__ = "epoch_rewards"
 
     epoch: Mapped[int] = mapped_column(ForeignKey("epochs.number", ondelete="CASCADE"), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(42), primary_key=True)
+    cumulative: Mapped[int] = mapped_column(Wei)
+
+
+class FollowedEpoch(Base):
+    """A chain epoch another validator anchored, as this ledger followed it: its roots (checked against the
+    chain's Anchored event) and where its entries came from. Its entries live in the proposer's ledger."""
+
+    __tablename__ = "followed_epochs"
+
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    proposer: Mapped[str] = mapped_column(String(42))
+    entry_count: Mapped[int] = mapped_column(BigInteger)
+    entries_root: Mapped[str] = mapped_column(String(66))
+    rewards_root: Mapped[str] = mapped_column(String(66))
+    total_rewards: Mapped[int] = mapped_column(Wei)
+    anchor_tx: Mapped[str] = mapped_column(String(66))
+    source: Mapped[str] = mapped_column(String(500))
+    followed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FollowedReward(Base):
+    """A worker's cumulative reward as of a followed epoch: the leaves of its rewards root, which the next
+    epoch this ledger proposes adds its own rewards to, and which claim proofs are served from."""
+
+    __tablename__ = "followed_rewards"
+
+    epoch: Mapped[int] = mapped_column(ForeignKey("followed_epochs.number", ondelete="CASCADE"), primary_key=True)
     worker: Mapped[str] = mapped_column(String(42), primary_key=True)
     cumulative: Mapped[int] = mapped_column(Wei)
 

@@ -5,6 +5,7 @@
   already queued or sent.
 - `take(conn, limit, kinds=None, stale_after_s=300)`: claims rows to send (SKIP LOCKED on PostgreSQL);
   `mark_sent(conn, id, tx_hash)`, `mark_failed(conn, id, error, retry=True)`, `rows(conn, status=None)`;
+  `supersede(conn, kind, keys, reason)` fails for good what is no longer owed (an epoch another validator took);
   `set_payload(conn, id, payload)` keeps what a sender gathered for a row (a signed order and its validators'
   signatures, PROTOCOL I7) so that a sender that dies loses none of it.
   `Ledger` offers them as `take_outbox`, `mark_sent`, `mark_failed`, `set_outbox_payload` and `outbox`, each in
@@ -102,6 +103,15 @@ async def mark_failed(conn: AsyncConnection, outbox_id: int, error: str, *, retr
         update(_O)
         .where(_O.c.id == outbox_id)
         .values(status=OUTBOX_PENDING if retry else OUTBOX_FAILED, last_error=error, updated_at=_now())
+    )
+
+
+async def supersede(conn: AsyncConnection, kind: str, keys: Sequence[str], reason: str) -> None:
+    """Rows of `kind` with these keys that were not sent are no longer owed: failed for good, with `reason`."""
+    await conn.execute(
+        update(_O)
+        .where(_O.c.kind == kind, _O.c.key.in_(list(keys)), _O.c.status != OUTBOX_SENT)
+        .values(status=OUTBOX_FAILED, last_error=reason, updated_at=_now())
     )
 
 

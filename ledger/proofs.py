@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger import epochs as epoch_math
 from ledger import queries
 from ledger.journal import checksum
-from ledger.models import Epoch, EpochReward, JournalEntry
+from ledger.models import Epoch, JournalEntry
 
 REWARD_TREES_KEPT = 8  # epochs whose rewards tree is kept for claim proofs (workers claim against the latest)
 _J = JournalEntry.__table__
@@ -25,22 +25,23 @@ class RewardProofs:
     """Reward proofs of one ledger, keeping the rewards trees of its latest epochs."""
 
     def __init__(self) -> None:
-        self._trees: dict[int, epoch_math.RewardTree] = {}  # by epoch number, oldest first
+        self._trees: dict[tuple[int, str], epoch_math.RewardTree] = {}  # by epoch and root, oldest first
 
     async def reward_proof(
         self, conn: AsyncConnection, worker: str, epoch: int | None = None
     ) -> epoch_math.RewardProof | None:
-        """The claim proof of `worker`'s cumulative reward in `epoch` (default: the latest); None if the
-        epoch does not exist or the worker had earned nothing by then."""
-        record = await queries.epoch(conn, epoch)
-        if record is None:
+        """The claim proof of `worker`'s cumulative reward in chain epoch `epoch` (default: the latest this
+        ledger closed or followed); None if this ledger has no such epoch or the worker had earned nothing by then."""
+        number = await queries.latest_known_epoch(conn) if epoch is None else epoch
+        root = await queries.rewards_root_of(conn, number) if number > 0 else None
+        if root is None:
             return None
-        tree = self._trees.get(record.number)
+        # Keyed by root too: an unanchored epoch another validator's anchor took is given up, and its number
+        # then holds the followed epoch's rewards.
+        tree = self._trees.get((number, root))
         if tree is None:
-            t = EpochReward.__table__
-            rows = (await conn.execute(select(t.c.worker, t.c.cumulative).where(t.c.epoch == record.number))).all()
-            tree = epoch_math.RewardTree.build(record.number, {r.worker: r.cumulative for r in rows})
-            self._trees[record.number] = tree  # a closed epoch's rewards never change
+            tree = epoch_math.RewardTree.build(number, await queries.epoch_cumulative(conn, number) or {})
+            self._trees[(number, root)] = tree
             while len(self._trees) > REWARD_TREES_KEPT:
                 self._trees.pop(next(iter(self._trees)))
         return tree.proof(checksum(worker))

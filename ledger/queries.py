@@ -24,7 +24,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import journal
 from ledger.journal import Entry, checksum, hash32
-from ledger.models import Epoch, EpochReward, Job, JournalEntry, JournalHead, StageReceipt, TaskStats, Verdict, Worker
+from ledger.models import (
+    Epoch,
+    EpochReward,
+    FollowedEpoch,
+    FollowedReward,
+    Job,
+    JournalEntry,
+    JournalHead,
+    StageReceipt,
+    TaskStats,
+    Verdict,
+    Worker,
+)
 
 T = TypeVar("T")
 MAX_PAGE = 500
@@ -181,6 +193,23 @@ class EpochRecord:
             "anchor_tx": self.anchor_tx,
             "anchored_at": self.anchored_at.isoformat() if self.anchored_at else None,
         }
+
+
+@dataclass(frozen=True)
+class FollowedEpochRecord:
+    """A chain epoch another validator anchored, as this ledger follows it (its entries are in that ledger)."""
+
+    number: int
+    proposer: str
+    entry_count: int
+    entries_root: str
+    rewards_root: str
+    total_rewards: int
+    anchor_tx: str
+    source: str
+
+    def to_row(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 async def job(conn: AsyncConnection, job_id: str) -> JobRecord | None:
@@ -373,8 +402,59 @@ async def epoch(conn: AsyncConnection, number: int | None = None) -> EpochRecord
     return None if row is None else _epoch(row)
 
 
-async def epoch_cumulative(conn: AsyncConnection, number: int) -> dict[str, int]:
-    """Every worker's cumulative reward as epoch `number` closed it (its rewards root's leaves); {} for epoch 0."""
-    t = EpochReward.__table__
-    rows = (await conn.execute(select(t.c.worker, t.c.cumulative).where(t.c.epoch == number))).all()
-    return {r.worker: int(r.cumulative) for r in rows}
+async def epoch_cumulative(conn: AsyncConnection, number: int) -> dict[str, int] | None:
+    """Every worker's cumulative reward as chain epoch `number` closed it (its rewards root's leaves), from an
+    epoch this ledger closed or one it followed; {} for epoch 0, None when this ledger has neither."""
+    if number == 0:
+        return {}
+    for table in (EpochReward.__table__, FollowedReward.__table__):
+        rows = (await conn.execute(select(table.c.worker, table.c.cumulative).where(table.c.epoch == number))).all()
+        if rows:
+            return {r.worker: int(r.cumulative) for r in rows}
+    return {} if await has_epoch(conn, number) else None
+
+
+async def has_epoch(conn: AsyncConnection, number: int) -> bool:
+    """Whether this ledger closed or followed chain epoch `number`."""
+    for table in (Epoch.__table__, FollowedEpoch.__table__):
+        if (await conn.execute(select(table.c.number).where(table.c.number == number))).first() is not None:
+            return True
+    return False
+
+
+async def rewards_root_of(conn: AsyncConnection, number: int) -> str | None:
+    """The rewards root of chain epoch `number` as this ledger closed or followed it; None when it has neither."""
+    for table in (Epoch.__table__, FollowedEpoch.__table__):
+        root = (await conn.execute(select(table.c.rewards_root).where(table.c.number == number))).scalar_one_or_none()
+        if root is not None:
+            return root
+    return None
+
+
+async def latest_known_epoch(conn: AsyncConnection) -> int:
+    """The highest chain epoch this ledger closed or followed; 0 before any."""
+    own = (await conn.execute(select(func.max(Epoch.number)))).scalar_one_or_none() or 0
+    followed = (await conn.execute(select(func.max(FollowedEpoch.number)))).scalar_one_or_none() or 0
+    return max(own, followed)
+
+
+async def entries_waiting(conn: AsyncConnection) -> int:
+    """Journal entries not yet in a closed epoch, not counting anchor entries: an epoch holding nothing but
+    the previous epoch's anchor is not worth a transaction of its own (it rides with the next one)."""
+    last = (await conn.execute(select(func.max(Epoch.last_seq)))).scalar_one_or_none() or 0
+    query = select(func.count()).select_from(JournalEntry).where(JournalEntry.seq > last, JournalEntry.kind != "anchor")
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def first_unsettled_epoch(conn: AsyncConnection) -> int:
+    """The first chain epoch this ledger has still to settle with the chain: its earliest own epoch not yet
+    marked anchored, or the one after the latest it closed or followed."""
+    pending = (await conn.execute(select(func.min(Epoch.number)).where(Epoch.anchor_tx.is_(None)))).scalar_one_or_none()
+    return pending if pending is not None else await latest_known_epoch(conn) + 1
+
+
+async def followed_epoch(conn: AsyncConnection, number: int) -> FollowedEpochRecord | None:
+    row = (await conn.execute(select(FollowedEpoch.__table__).where(FollowedEpoch.number == number))).one_or_none()
+    return None if row is None else FollowedEpochRecord(
+        row.number, row.proposer, row.entry_count, row.entries_root, row.rewards_root, int(row.total_rewards),
+        row.anchor_tx, row.source)

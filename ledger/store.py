@@ -140,6 +140,8 @@ class Ledger:
     set_job_status = _in_transaction(LedgerTx.set_job_status)
     enqueue = _in_transaction(LedgerTx.enqueue)
     close_epoch = _in_transaction(LedgerTx.close_epoch)
+    follow_epoch = _in_transaction(LedgerTx.follow_epoch)
+    abandon_epochs = _in_transaction(LedgerTx.abandon_epochs)
     mark_anchored = _in_transaction(LedgerTx.mark_anchored)
     set_cursor = _in_transaction(LedgerTx.set_cursor)
     record_sample = _in_transaction(LedgerTx.record_sample)
@@ -168,6 +170,10 @@ class Ledger:
     epoch = _reading(queries.epoch)
     tasks = _reading(queries.tasks)
     epoch_cumulative = _reading(queries.epoch_cumulative)
+    latest_known_epoch = _reading(queries.latest_known_epoch)
+    first_unsettled_epoch = _reading(queries.first_unsettled_epoch)
+    entries_waiting = _reading(queries.entries_waiting)
+    followed_epoch = _reading(queries.followed_epoch)
 
     # --- proofs (ledger.proofs) and the audit (ledger.audit) ------------------------------------------
 

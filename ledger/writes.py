@@ -26,7 +26,10 @@ Calls on a transaction, all idempotent (each also exists on `Ledger`, in a trans
   queue's claiming logic (SELECT ... FOR UPDATE SKIP LOCKED) is the validator's; the `jobs` columns
   status, claimed_by, claimed_at, attempts, last_error and the (status, received_at) index are for it.
 - `enqueue(kind, key, payload) -> int | None`: a chain transaction owed (None: already queued; `ledger.outbox`).
-- `close_epoch() -> EpochRecord | None`: close an epoch over the entries since the last one (None if none).
+- `close_epoch(number=None) -> EpochRecord | None`: close an epoch over the entries since the last one (None if
+  none), as chain epoch `number`, its rewards on top of epoch `number - 1`'s (closed here or followed).
+- `follow_epoch(FollowedEpochRecord, cumulative) -> bool`: a chain epoch another validator anchored.
+- `abandon_epochs(from_number) -> [numbers]`: unanchored epochs whose number another validator took.
 - `mark_anchored(number, tx_hash) -> Entry | None`: the epoch's roots are on chain; journals an anchor entry.
 - `set_cursor(name, block)`.
 
@@ -45,13 +48,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import appends
 from ledger import epochs as epoch_math
-from ledger import journal, outbox, samples
+from ledger import journal, outbox, queries, samples
 from ledger.db import LedgerError, insert
 from ledger.journal import Entry, NewEntry, checksum, hash32
 from ledger.models import (
@@ -62,6 +65,8 @@ from ledger.models import (
     OUTCOMES,
     Epoch,
     EpochReward,
+    FollowedEpoch,
+    FollowedReward,
     Job,
     JournalEntry,
     JournalHead,
@@ -69,7 +74,7 @@ from ledger.models import (
     Verdict,
     Worker,
 )
-from ledger.queries import EpochRecord, StageRecord
+from ledger.queries import EpochRecord, FollowedEpochRecord, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -278,30 +283,41 @@ class LedgerTx:
 
     # --- epochs --------------------------------------------------------------------------------------
 
-    async def close_epoch(self) -> EpochRecord | None:
-        """Close an epoch over every entry since the last one; None when there is none."""
+    async def close_epoch(self, number: int | None = None) -> EpochRecord | None:
+        """Close an epoch over every entry since this ledger's last one; None when there is none.
+
+        `number` is the chain epoch it will be anchored as (default: the one after the latest this ledger
+        closed or followed). Its rewards root commits to the cumulative rewards of epoch `number - 1`, this
+        ledger's own or one it followed (LedgerError when it has neither), plus the rewards in its entries."""
         head_seq, _ = await self.lock()
-        last = (
-            await self.conn.execute(select(Epoch.number, Epoch.last_seq).order_by(Epoch.number.desc()).limit(1))
-        ).one_or_none()
-        number = 1 if last is None else last.number + 1
-        first_seq = 1 if last is None else last.last_seq + 1
+        first_seq = ((await self.conn.execute(select(func.max(Epoch.last_seq)))).scalar_one_or_none() or 0) + 1
         if head_seq < first_seq:
             return None
-        hashes = (
+        latest = await queries.latest_known_epoch(self.conn)
+        number = latest + 1 if number is None else number
+        if number <= latest:  # another process on this ledger closed it first, or it was followed meanwhile
+            return None
+        previous = await queries.epoch_cumulative(self.conn, number - 1) if number > 1 else {}
+        if number > 1 and previous is None:
+            raise LedgerError(f"epoch {number - 1} is neither closed nor followed here: its rewards are not known yet")
+        rows = (
             await self.conn.execute(
-                select(_J.c.entry_hash).where(_J.c.seq.between(first_seq, head_seq)).order_by(_J.c.seq)
+                select(_J.c.entry_hash, _J.c.kind, _J.c.worker, _J.c.amount)
+                .where(_J.c.seq.between(first_seq, head_seq))
+                .order_by(_J.c.seq)
             )
-        ).scalars().all()
-        # Under the head lock the worker totals are exactly the cumulative rewards up to head_seq.
-        rows = (await self.conn.execute(select(_W.c.address, _W.c.rewards).where(_W.c.rewards > 0))).all()
-        cumulative = {r.address: r.rewards for r in rows}
+        ).all()
+        cumulative = dict(previous or {})
+        for row in rows:
+            if row.kind == journal.REWARD:
+                cumulative[row.worker] = cumulative.get(row.worker, 0) + int(row.amount)
+        cumulative = {w: a for w, a in cumulative.items() if a > 0}
         record = {
             "number": number,
             "first_seq": first_seq,
             "last_seq": head_seq,
-            "entry_count": len(hashes),
-            "entries_root": epoch_math.entries_root(hashes),
+            "entry_count": len(rows),
+            "entries_root": epoch_math.entries_root([r.entry_hash for r in rows]),
             "rewards_root": epoch_math.rewards_root(cumulative),
             "total_rewards": sum(cumulative.values()),
             "closed_at": _now(),
@@ -314,6 +330,39 @@ class LedgerTx:
             )
         log.info("closed epoch %d: entries %d..%d, %d workers rewarded", number, first_seq, head_seq, len(cumulative))
         return EpochRecord(**record, anchor_tx=None, anchored_at=None)
+
+    async def follow_epoch(self, followed: FollowedEpochRecord, cumulative: dict[str, int]) -> bool:
+        """Record a chain epoch another validator anchored, with the cumulative rewards it closed with (its
+        package checked against the chain by the caller); False when this ledger already has that epoch."""
+        await self.lock()
+        if await queries.has_epoch(self.conn, followed.number):
+            return False
+        await self.conn.execute(FollowedEpoch.__table__.insert().values(**followed.to_row(), followed_at=_now()))
+        if cumulative:
+            await self.conn.execute(
+                FollowedReward.__table__.insert(),
+                [{"epoch": followed.number, "worker": w, "cumulative": a} for w, a in cumulative.items() if a > 0],
+            )
+        log.info("followed epoch %d, anchored by %s (%d entries)", followed.number, followed.proposer, followed.entry_count)
+        return True
+
+    async def abandon_epochs(self, from_number: int) -> list[int]:
+        """Give up this ledger's unanchored epochs numbered `from_number` or later (another validator anchored
+        that number first): their entries wait for the next epoch this ledger closes, and their anchors are
+        no longer owed. Returns the numbers given up; LedgerError for an anchored one."""
+        await self.lock()
+        rows = (await self.conn.execute(select(Epoch.number, Epoch.anchor_tx).where(Epoch.number >= from_number))).all()
+        if any(r.anchor_tx is not None for r in rows):
+            raise LedgerError(f"an epoch from {from_number} on is anchored: it cannot be given up")
+        numbers = sorted(r.number for r in rows)
+        if numbers:
+            await self.conn.execute(EpochReward.__table__.delete().where(EpochReward.epoch.in_(numbers)))
+            await self.conn.execute(Epoch.__table__.delete().where(Epoch.number.in_(numbers)))
+            await outbox.supersede(self.conn, "anchor", [str(n) for n in numbers],
+                                   "epoch number taken on chain by another validator's anchor")
+            log.warning("gave up epochs %s: another validator anchored epoch %d first; their entries go into the "
+                        "next epoch", numbers, from_number)
+        return numbers
 
     async def mark_anchored(self, number: int, tx_hash: str) -> Entry | None:
         """Epoch `number` is anchored on chain by `tx_hash`: store it and journal an anchor entry."""

@@ -114,6 +114,9 @@ PUBLIC_URL = Variable("STAGEWISE_PUBLIC_URL", str, None,
                       "this validator's API URL as its peers reach it (default http://HOST:PORT)")
 AUDIT_RATE = Variable("STAGEWISE_AUDIT_RATE", float, 0.1,
                       "fraction of a peer's rewarded jobs replayed before co-signing its anchor")
+PROPOSER_GRACE = Variable("STAGEWISE_PROPOSER_GRACE", float, 120.0,
+                          "seconds the chain waits at an epoch for the next epoch's proposer (validators take turns "
+                          "in address order) before any validator of the set may propose it")
 COSIGN_ONLY = Variable("STAGEWISE_COSIGN_ONLY", bool, False,
                        "only judge and co-sign peers' slash and anchor orders: no jobs, epochs or transactions")
 ACCEPT_UNISSUED_JOBS = Variable("STAGEWISE_ACCEPT_UNISSUED_JOBS", bool, False,

@@ -36,7 +36,7 @@ from ledger import json_input
 from ledger.chain.abi import STAKING, Artifact, ErrorDecoder, abi_signature
 from ledger.chain.embedded import EmbeddedProvider
 from ledger.chain.errors import ChainError, NoStakingContract, TransactionTimeout
-from ledger.chain.events import ChainEvent, EventDecoder
+from ledger.chain.events import Anchored, ChainEvent, EventDecoder, ValidatorAdded, ValidatorRemoved
 from ledger.chain.keys import Signer, as_account, tester_keys
 from ledger.chain.orders import AnchorOrder, OrderDomain, SlashOrder, pack_signatures, sign_order
 
@@ -446,6 +446,29 @@ class ChainClient:
         topics = ["0x" + topic0.hex(), *padded]
         logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
         return "0x" + bytes(logs[0]["transactionHash"]).hex() if logs else None
+
+    def anchored(self, epoch: int) -> Anchored | None:
+        """The Anchored event of chain epoch `epoch` (its roots and who sent it), from one topic-filtered log
+        query; None while the epoch is not anchored."""
+        topics = ["0x" + self.events.topic("Anchored").hex(), "0x" + int(epoch).to_bytes(32, "big").hex()]
+        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
+        events = [e for e in (self._decode_log(entry) for entry in logs) if isinstance(e, Anchored)]
+        return events[0] if events else None
+
+    def validator_set(self) -> list[str]:
+        """The contract's validators, in ascending address order (the order proposers take turns in), from its
+        ValidatorAdded and ValidatorRemoved events."""
+        topics = [["0x" + self.events.topic(name).hex() for name in ("ValidatorAdded", "ValidatorRemoved")]]
+        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
+        events = sorted((e for e in (self._decode_log(entry) for entry in logs) if e is not None),
+                        key=lambda e: (e.block_number, e.log_index))
+        members: set[str] = set()
+        for event in events:
+            if isinstance(event, ValidatorAdded):
+                members.add(event.validator)
+            elif isinstance(event, ValidatorRemoved):
+                members.discard(event.validator)
+        return sorted(members, key=lambda address: int(address, 16))
 
     def _decode_log(self, entry: Any) -> ChainEvent | None:
         return self.events.decode(self.contract, entry)

@@ -8,7 +8,8 @@ is one entry per evidence hash, so the Slashed event of a slash the validator ha
 blamed the stage) is skipped.
 
 Anchored events mark the ledger's epoch as anchored when the roots on chain are the ones the ledger closed,
-which completes an anchor whose sender crashed between sending and recording it. Withdrawn, Claimed and the
+which completes an anchor whose sender crashed between sending and recording it; another validator's epochs
+are followed by the node (node/validator/follow.py), which fetches their entries. Withdrawn, Claimed and the
 owner's events change no ledger total and are not journaled.
 """
 
@@ -147,16 +148,12 @@ class ChainSync:
 
     async def _mark_anchored(self, tx, event: Anchored) -> int:
         row = (await tx.conn.execute(select(Epoch).where(Epoch.number == event.epoch))).one_or_none()
-        if row is None:
-            log.warning("epoch %d anchored on chain by %s is not in this ledger", event.epoch, event.validator)
+        if row is None:  # another validator's epoch: the node follows it (node/validator/follow.py)
+            log.debug("epoch %d anchored on chain by %s is not this ledger's", event.epoch, event.validator)
             return 0
         on_chain = ("0x" + event.entries_root.hex(), "0x" + event.rewards_root.hex())
         if (row.entries_root, row.rewards_root) != on_chain:
-            log.warning(
-                "epoch %d anchored on chain with roots %s, the ledger closed it with %s",
-                event.epoch,
-                on_chain,
-                (row.entries_root, row.rewards_root),
-            )
+            log.info("epoch %d anchored on chain by %s with other roots than this ledger closed it with: the node "
+                     "gives its own up and follows that one", event.epoch, event.validator)
             return 0
         return 1 if await tx.mark_anchored(event.epoch, event.tx_hash) is not None else 0

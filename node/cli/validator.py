@@ -135,6 +135,7 @@ def validator_group() -> None:
             help="another validator of the contract's set (its API URL), asked to co-sign; repeatable")
 @env_option("--public-url", variable=settings.PUBLIC_URL, show_default="http://HOST:PORT")
 @env_option("--audit-rate", variable=settings.AUDIT_RATE)
+@env_option("--proposer-grace", variable=settings.PROPOSER_GRACE)
 @env_option("--cosign-only", variable=settings.COSIGN_ONLY)
 @env_option("--lease-seconds", variable=settings.LEASE_SECONDS)
 @env_option("--wei-per-work-unit", variable=settings.WEI_PER_WORK_UNIT, help="reward per layer x token, in wei (1 gwei)")

@@ -53,6 +53,7 @@ from node.worker.cheats import DEFAULTS, KINDS, WEIGHT_KINDS
 
 ETHER = 10**18
 DEVNET_SCRYPT_N = 1 << 14  # throwaway keys: fast to unlock in every process
+DEVNET_PROPOSER_GRACE_S = 2  # seconds: epochs the co-signers (who never propose) would take pass at once
 
 
 # The cheat a devnet shows when --cheat names no kind, by declared precision: in fp32 the smallest weight noise
@@ -191,6 +192,8 @@ class Devnet:
                 "--samples-per-task", str(self.args.samples_per_task),
                 "--temperature", str(self.args.temperature),
                 "--epoch-seconds", "15",
+                # the co-signers never propose: their turns (two epochs in three) pass after this grace
+                "--proposer-grace", str(DEVNET_PROPOSER_GRACE_S),
                 "--heartbeat-timeout", "20",
                 "--allow-private-stage-urls",  # every worker of a devnet is on loopback
                 "--bundle-deadline", "30",  # loopback delivers in seconds; a job cut short (its cheater evicted) ends soon
@@ -252,6 +255,7 @@ class Devnet:
                 "--no-orchestration", "--cosign-only",
                 "--peer", self.url, "--peer", self.dishonest.url, "--public-url", self.cosigner_url,
                 "--audit-rate", "0.25",
+                "--proposer-grace", str(DEVNET_PROPOSER_GRACE_S),
             ],
             # its replays are off the workers' path (a slash or an anchor may wait a few seconds for them):
             # on a small machine the stage workers come first

@@ -299,6 +299,7 @@ def _config(args, dirs: list[Path], secret: bytes) -> ValidatorConfig:
         peers=tuple(url.rstrip("/") for url in args.peers),
         public_url=args.public_url.rstrip("/") if args.public_url else None,
         audit_rate=args.audit_rate,
+        proposer_grace_seconds=args.proposer_grace,
         cosign_only=args.cosign_only,
     )
 

@@ -47,6 +47,10 @@ class ValidatorConfig:
     (made at random per process unless given)."""
     cosign_only: bool = False
     """Judge and co-sign peers' orders only: no validation, epochs or chain transactions of its own."""
+    proposer_grace_seconds: float = 120.0
+    """Epochs are proposed in turn by the contract's validators (node/validator/rotation.py); once the chain has
+    sat at an epoch this long without the next, any validator may propose it (its proposer is down, has
+    nothing to anchor, or only co-signs)."""
     order_ttl_seconds: int = 7 * 24 * 3600
     """How long the signatures of a slash or anchor order stay valid on chain."""
 
@@ -63,6 +67,8 @@ class ValidatorConfig:
         check_secret(self.sample_secret, self.sample_rate)
         if self.epoch_seconds <= 0 or self.epoch_entries <= 0:
             raise ValueError("epochs close after a positive number of seconds or entries")
+        if self.proposer_grace_seconds < 0:
+            raise ValueError("proposer_grace_seconds must be >= 0")
         if not 0.0 <= self.audit_rate <= 1.0:
             raise ValueError("audit_rate must be in [0, 1]")
         check_secret(self.audit_secret, self.audit_rate)

@@ -13,6 +13,8 @@ an address a request names.
   order's rewards root; every slash in the epoch is judged as above, and a sample of the rewarded jobs
   (`--audit-rate`, drawn with this node's own secret) is replayed and must pay what the entries say.
 - The order must be for the next epoch / an unused evidence hash and valid on this node's contract and chain.
+- An anchor order carries its proposer's own signature (`proposer_signature`), and the proposer must be the
+  validator whose turn the epoch is, or the chain must have waited `--proposer-grace` for it (rotation.py).
 
 A refusal raises `Refused` with a short code and the reason; the API logs it and counts it in
 `stagewise_cosign_refusals_total{kind, reason}` and answers 422. Nothing is signed on a refusal.
@@ -27,12 +29,22 @@ from typing import Any
 
 import aiohttp
 
+from ledger import epoch_package
 from ledger import epochs as epoch_math
 from ledger import journal, json_input
-from ledger.chain.orders import AnchorOrder, Order, SlashOrder, order_from_json, sign_order
+from ledger.chain.orders import (
+    AnchorOrder,
+    Order,
+    OrderSignatureError,
+    SlashOrder,
+    order_from_json,
+    sign_order,
+    signer_of,
+)
 from ledger.errors import InvalidInput, StagewiseError
 from node.protocol.job import JobSpec
 from node.validator.evidence import EVIDENCE_MAX_BYTES, Evidence, EvidenceError, evidence_hash, needs_model, recompute
+from node.validator.rotation import may_propose, proposer_of
 from node.validator.spot_check import is_replayed
 from node.validator.verdict import Outcome
 
@@ -121,53 +133,38 @@ def _require_blame(verdict: Any, spec: JobSpec, worker: str, amount: int) -> Non
         raise Refused("amount", f"the recomputed verdict slashes {verdict.slash_wei} wei, the order {amount}")
 
 
-def _entries(package: Any, epoch: int) -> tuple[list[journal.Entry], dict[str, int]]:
-    if not isinstance(package, dict) or package.get("epoch") != epoch or not isinstance(package.get("entries"), list):
-        raise Refused("entries_malformed", f"the proposer's answer is not the entries of epoch {epoch}")
+async def _require_turn(node: Any, order: AnchorOrder, proposer_signature: Any, latest_epoch: int) -> None:
+    """The order's proposer (whose own signature it carries) may propose its epoch now (rotation.py)."""
     try:
-        entries = []
-        for item in package["entries"]:
-            entry = object.__new__(journal.Entry)
-            fields = journal.NewEntry(
-                item["kind"], int(item["amount"]), worker=item["worker"], job_id=item["job_id"], stage=item["stage"],
-                work_units=item["work_units"], evidence_hash=item["evidence_hash"], epoch=item["epoch"], ref=item["ref"],
-                data=item["data"],
-            )
-            entry.__dict__.update(fields.__dict__, seq=int(item["seq"]), at_ms=int(item["at_ms"]),
-                                  prev_hash=journal.hash32(item["prev_hash"], "prev_hash"),
-                                  entry_hash=journal.hash32(item["entry_hash"], "entry_hash"))
-            entries.append(entry)
-        previous = {journal.checksum(w): int(a) for w, a in (package.get("previous_cumulative") or {}).items()}
-    except (InvalidInput, KeyError, TypeError, ValueError, AttributeError) as error:
-        raise Refused("entries_malformed", f"an entry of epoch {epoch} does not parse: {error}") from None
-    return entries, previous
+        signature = json_input.hex_bytes(proposer_signature, "proposer_signature", length=65)
+        proposer = signer_of(order, node.chain.domain, signature)
+    except (InvalidInput, OrderSignatureError) as error:
+        raise Refused("turn", f"an anchor order comes with its proposer's own signature: {error}") from None
+    validators = await asyncio.to_thread(node.chain.validator_set)
+    waited = node.epoch_clock.waited(latest_epoch)
+    if not may_propose(proposer, order.epoch, validators, waited, node.config.proposer_grace_seconds):
+        raise Refused("turn", f"epoch {order.epoch} is {proposer_of(order.epoch, validators)}'s to propose, not "
+                              f"{proposer}'s, for {node.config.proposer_grace_seconds - waited:.0f} s more")
 
 
-async def judge_anchor(node: Any, order: AnchorOrder, proposer: str) -> None:
+async def judge_anchor(node: Any, order: AnchorOrder, proposer: str, proposer_signature: Any = None) -> None:
     latest = await asyncio.to_thread(node.chain.latest_anchor)
     if order.epoch != latest.latest_epoch + 1:
         raise Refused("epoch", f"the chain's next epoch is {latest.latest_epoch + 1}, the order's {order.epoch}")
-    package = await _fetch_json(f"{proposer}/v1/epochs/{order.epoch}/entries", MAX_ENTRIES_BYTES, "entries")
-    entries, previous = _entries(package, order.epoch)
-    for before, entry in zip([None, *entries], entries):
-        if before is not None and (entry.seq != before.seq + 1 or entry.prev_hash != before.entry_hash):
-            raise Refused("entries_root", f"entry {entry.seq} does not follow entry {before.seq} in the hash chain")
-        if journal.hash_fields(journal.fields_of(entry), entry.seq, entry.at_ms, entry.prev_hash) != entry.entry_hash:
-            raise Refused("entries_root", f"entry {entry.seq}'s hash is not the hash of its fields")
-    if len(entries) != order.entry_count:
-        raise Refused("entries_root", f"the epoch has {len(entries)} entries, the order says {order.entry_count}")
-    if epoch_math.entries_root([e.entry_hash for e in entries]) != "0x" + order.entries_root.hex():
-        raise Refused("entries_root", f"epoch {order.epoch}'s entries do not have the order's entries root")
-    if latest.count == 0 and previous:
-        raise Refused("rewards_root", "before the first anchor nobody has a cumulative reward")
-    if latest.count and epoch_math.rewards_root(previous) != "0x" + latest.rewards_root.hex():
-        raise Refused("rewards_root", "the cumulative rewards served are not the ones the chain's latest root commits to")
-    cumulative: dict[str, int] = defaultdict(int, previous)
-    for entry in entries:
-        if entry.kind == journal.REWARD:
-            cumulative[entry.worker] += entry.amount
-    if epoch_math.rewards_root(dict(cumulative)) != "0x" + order.rewards_root.hex():
-        raise Refused("rewards_root", f"epoch {order.epoch}'s rewards do not add up to the order's rewards root")
+    await _require_turn(node, order, proposer_signature, latest.latest_epoch)
+    document = await _fetch_json(f"{proposer}/v1/epochs/{order.epoch}/entries", MAX_ENTRIES_BYTES, "entries")
+    roots = epoch_package.EpochRoots("0x" + order.entries_root.hex(), "0x" + order.rewards_root.hex(), order.entry_count)
+    try:
+        package = epoch_package.parse(document, order.epoch)
+        previous = package.previous_cumulative
+        if latest.count == 0 and previous:
+            raise Refused("rewards_root", "before the first anchor nobody has a cumulative reward")
+        if latest.count and epoch_math.rewards_root(previous) != "0x" + latest.rewards_root.hex():
+            raise Refused("rewards_root", "the cumulative rewards served are not the ones the chain's latest root commits to")
+        epoch_package.check(package, roots, previous)
+    except epoch_package.EpochPackageError as error:
+        raise Refused(error.code, str(error)) from None
+    entries = package.entries
     for entry in entries:
         if entry.kind == journal.SLASH:
             if entry.job_id is None:
@@ -212,7 +209,7 @@ async def cosign(node: Any, body: Any) -> dict[str, Any]:
         if isinstance(order, SlashOrder):
             await judge_slash(node, order, proposer, body.get("job_id"))
         else:
-            await judge_anchor(node, order, proposer)
+            await judge_anchor(node, order, proposer, body.get("proposer_signature"))
     except Refused as refusal:
         node.metrics.cosign_refusals.labels(kind, refusal.code).inc()
         log.warning("refused to co-sign a %s order from %s: %s (%s)", kind,

@@ -1,4 +1,6 @@
-"""Close epochs on a schedule: every `epoch_seconds`, or sooner once `epoch_entries` entries wait.
+"""Close epochs on a schedule: every `epoch_seconds`, or sooner once `epoch_entries` entries wait, when it is
+this validator's turn to propose the chain's next epoch (follow.py, rotation.py); follow the epochs other
+validators anchor meanwhile.
 
 Closing an epoch and owing its anchor happen in one ledger transaction (ValidatorNode.close_epoch); the
 outbox sends the anchor. Several validators on one ledger may all run this loop: closing takes the
@@ -12,36 +14,27 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import func, select
-
-from ledger.models import Epoch, JournalEntry
+from node.validator.follow import follow_chain, propose_epoch
 
 log = logging.getLogger(__name__)
 
 
-async def entries_waiting(node: Any) -> int:
-    """Journal entries not yet in a closed epoch, not counting anchor entries: an epoch holding nothing but
-    the previous epoch's anchor is not worth a transaction of its own (it rides with the next one)."""
-    async with node.ledger.reading() as conn:
-        last = (await conn.execute(select(func.max(Epoch.last_seq)))).scalar_one_or_none() or 0
-        return int(
-            (await conn.execute(select(func.count()).select_from(JournalEntry).where(JournalEntry.seq > last, JournalEntry.kind != "anchor"))).scalar_one()
-        )
-
-
-async def run_epochs(node: Any, *, poll_seconds: float = 0.5) -> None:
+async def run_epochs(node: Any, *, poll_seconds: float = 0.5, follow_seconds: float = 2.0) -> None:
     config = node.config
-    last_close = time.monotonic()
+    last_close = last_follow = time.monotonic()
     while True:
         await asyncio.sleep(min(poll_seconds, config.epoch_seconds))
         try:
-            waiting = await entries_waiting(node)
+            if node.chain is not None and time.monotonic() - last_follow >= follow_seconds:
+                last_follow = time.monotonic()
+                await follow_chain(node)  # claim proofs against other validators' anchors stay current
+            waiting = await node.ledger.entries_waiting()
             due = time.monotonic() - last_close >= config.epoch_seconds
             if waiting == 0 or (not due and waiting < config.epoch_entries):
                 continue
-            await node.close_epoch()
-            last_close = time.monotonic()
+            if await propose_epoch(node) is not None:
+                last_close = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("closing an epoch failed; will retry")
+            log.exception("following or closing an epoch failed; will retry")

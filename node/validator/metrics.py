@@ -44,6 +44,13 @@ class ValidatorMetrics:
             "stagewise_chain_transactions", "Outbox transactions confirmed on chain, by kind", ["kind"], registry=r
         )
         self.anchors = Counter("stagewise_anchors", "Epochs anchored on chain", registry=r)
+        self.epochs_followed = Counter(
+            "stagewise_epochs_followed", "Chain epochs other validators anchored, followed into this ledger", registry=r
+        )
+        self.epochs_unfollowed = Counter(
+            "stagewise_epochs_unfollowed",
+            "Attempts to follow a chain epoch that no peer served with entries matching its anchor", registry=r,
+        )
         self.chain_errors = Counter(
             "stagewise_chain_errors", "Failed attempts to reach or write the chain, by kind", ["kind"], registry=r
         )

@@ -36,7 +36,7 @@ from node.protocol.signing import SigningKey
 from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, run_deadlines
-from node.validator.epochs import entries_waiting, run_epochs
+from node.validator.epochs import run_epochs
 from node.validator.evidence import Evidence, evidence_hash
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
 from node.validator.intake import IntakeWriter, authenticate, read_bundle
@@ -45,6 +45,7 @@ from node.validator.outbox import run_outbox
 from node.validator.queue import ClaimedJob, JobQueue, utcnow
 from node.validator.replay import findings_of, skipped_findings
 from node.validator.replay_models import ReplayModels
+from node.validator.rotation import LatestEpochClock
 from node.validator.settle import settle
 from node.validator.spot_check import is_replayed
 from node.validator.verdict import Reason, Verdict, decide
@@ -88,6 +89,7 @@ class ValidatorNode:
         self.chain_key = chain_key
         self.rpc_url = rpc_url  # what workers are told (GET /health) to reach the chain
         self.metrics = ValidatorMetrics()
+        self.epoch_clock = LatestEpochClock()  # how long the chain has sat at its latest epoch (rotation.py)
         self.queue = JobQueue(ledger.write_engine, config.validator_id, config.claim_lease_seconds)
         self.intake = IntakeWriter(ledger, self.stakes_of, config.min_stake_wei)
         self._intake_slots = asyncio.Semaphore(INTAKE_CPU_SLOTS)
@@ -301,10 +303,11 @@ class ValidatorNode:
 
     # ------------------------------------------------------------------ epochs
 
-    async def close_epoch(self, *, force: bool = False) -> dict[str, Any] | None:
-        """Close an epoch over the entries since the last one and owe its anchor, in one transaction."""
+    async def close_epoch(self, *, number: int | None = None, force: bool = False) -> dict[str, Any] | None:
+        """Close an epoch over the entries since the last one and owe its anchor, in one transaction: chain
+        epoch `number` (default: the one after the latest this ledger closed or followed)."""
         async with self.ledger.transaction() as tx:
-            record = await tx.close_epoch()
+            record = await tx.close_epoch(number)
             if record is None:
                 return None
             await tx.enqueue(
@@ -326,7 +329,7 @@ class ValidatorNode:
         if record is None:
             return None
         entries = await self.ledger.entries(record.first_seq - 1, record.last_seq - record.first_seq + 1)
-        previous = await self.ledger.epoch_cumulative(number - 1) if number > 1 else {}
+        previous = await self.ledger.epoch_cumulative(number - 1) or {}
         return {"epoch": number, "entries": [e.to_json() for e in entries],
                 "previous_cumulative": {w: str(a) for w, a in previous.items()}}
 
@@ -438,7 +441,7 @@ class ValidatorNode:
         try:
             report["queue_depth"] = await self.queue.depth()
             report["journal_seq"] = (await self.ledger.head())[0]
-            report["entries_waiting"] = await entries_waiting(self)  # not yet in a closed epoch (anchors aside)
+            report["entries_waiting"] = await self.ledger.entries_waiting()  # not yet in a closed epoch (anchors aside)
         except Exception as error:
             report.update(status="degraded", ledger_error=f"{type(error).__name__}: {error}")
         return report

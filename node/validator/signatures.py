@@ -111,6 +111,8 @@ async def gather(node: Any, row: OutboxRow, threshold: int) -> tuple[Order, byte
     problems: list[str] = []
     if len(signatures) < threshold and node.config.peers:
         body = {"order": order.to_json(), "proposer": node.config.public_url}
+        if own in signatures:  # an anchor's co-signers check whose turn it is by this signature (rotation.py)
+            body["proposer_signature"] = "0x" + signatures[own].hex()
         if row.kind == "slash":
             body["job_id"] = row.payload.get("job_id")
         async with aiohttp.ClientSession() as session:

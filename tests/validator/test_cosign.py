@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ledger.chain.client import ChainClient
-from ledger.chain.orders import AnchorOrder, SlashOrder
+from ledger.chain.orders import AnchorOrder, SlashOrder, sign_order
 from ledger.chain.sync import ChainSync
 from ledger.models import OUTBOX_PENDING
 from ledger.store import Ledger
@@ -68,7 +68,8 @@ async def network(tmp_path, model_dir, model_id, worker_keys):
     nodes = []
     for index, key in enumerate([chain.dev_keys[0], *peer_keys]):
         ledger = await Ledger.open(f"sqlite+aiosqlite:///{tmp_path / f'ledger-{index}.db'}")
-        config = make_config(model_dir, audit_rate=1.0, validator_id=f"validator-{index}")
+        # grace 0: any validator may propose any epoch here; whose turn it is is tested in test_rotation.py
+        config = make_config(model_dir, audit_rate=1.0, validator_id=f"validator-{index}", proposer_grace_seconds=0)
         nodes.append(ValidatorNode(config, ledger, domain=domain, models=models, chain=chain,
                                    chain_key=key if isinstance(key, SigningKey) else SigningKey(bytes(key.key))))
     served = [await _serve(node) for node in nodes]
@@ -183,6 +184,13 @@ async def test_cosigners_refuse_fabricated_evidence_and_a_wrongly_blamed_stage(n
     assert all(network.chain.stake_of(k.address) == STAKE for k in worker_keys)
 
 
+def _anchor_body(network: Network, order: AnchorOrder) -> dict:
+    """A co-sign request for an anchor: the order, where its entries are, and its proposer's own signature."""
+    signature = sign_order(network.proposer.chain_key, order, network.chain.domain)
+    return {"order": order.to_json(), "proposer": network.proposer.config.public_url,
+            "proposer_signature": "0x" + signature.hex()}
+
+
 async def test_an_epoch_is_cosigned_only_when_its_roots_match_its_entries(network, worker_keys):
     await _judged(network, perturbed_stage=None)
     await _judged(network, perturbed_stage=1)
@@ -194,16 +202,15 @@ async def test_an_epoch_is_cosigned_only_when_its_roots_match_its_entries(networ
     await ChainSync(network.chain, network.proposer.ledger).sync_to_head()
     epoch = await network.proposer.close_epoch()
     peer = network.peers[0]
-    proposer_url = network.proposer.config.public_url
     wrong = AnchorOrder(epoch["number"], bytes.fromhex(epoch["entries_root"][2:]),
                         b"\x42" * 32, epoch["entry_count"], network.chain.order_deadline())  # a root that pays someone else
-    reason = await _refusal(network, peer, {"order": wrong.to_json(), "proposer": proposer_url})
+    reason = await _refusal(network, peer, _anchor_body(network, wrong))
     assert reason.startswith("rewards_root:"), reason
     short = dataclasses.replace(wrong, rewards_root=bytes.fromhex(epoch["rewards_root"][2:]),
                                 entry_count=epoch["entry_count"] - 1)
-    assert (await _refusal(network, peer, {"order": short.to_json(), "proposer": proposer_url})).startswith("entries_root:")
+    assert (await _refusal(network, peer, _anchor_body(network, short))).startswith("entries_root:")
     skipped = dataclasses.replace(short, epoch=epoch["number"] + 1, entry_count=epoch["entry_count"])
-    assert (await _refusal(network, peer, {"order": skipped.to_json(), "proposer": proposer_url})).startswith("epoch:")
+    assert (await _refusal(network, peer, _anchor_body(network, skipped))).startswith("epoch:")
 
     assert await deliver_once(network.proposer) == (1, 0)  # the true roots: both peers audit every job and sign
     assert network.chain.latest_anchor().latest_epoch == epoch["number"]
