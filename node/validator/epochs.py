@@ -36,5 +36,6 @@ async def run_epochs(node: Any, *, poll_seconds: float = 0.5, follow_seconds: fl
                 last_close = time.monotonic()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("following or closing an epoch failed; will retry")
+        except Exception as error:  # an unreachable chain, most often: said once a pass, the traceback at -v
+            log.warning("following or closing an epoch failed (%s: %s); will retry", type(error).__name__, error)
+            log.debug("the failure", exc_info=True)
