@@ -36,7 +36,8 @@ from ledger import json_input
 from ledger.chain.abi import STAKING, Artifact, ErrorDecoder, abi_signature
 from ledger.chain.embedded import EmbeddedProvider
 from ledger.chain.errors import ChainError, NoStakingContract, TransactionTimeout
-from ledger.chain.events import Anchored, ChainEvent, EventDecoder, ValidatorAdded, ValidatorRemoved
+from ledger.chain.event_log import EventLog
+from ledger.chain.events import ChainEvent, EventDecoder
 from ledger.chain.keys import Signer, as_account, tester_keys
 from ledger.chain.orders import AnchorOrder, OrderDomain, SlashOrder, pack_signatures, sign_order
 
@@ -104,7 +105,7 @@ class BoundedHTTPProvider(Web3.HTTPProvider):
             raise ChainError(f"the chain node answered something that is not JSON-RPC: {error}") from None
 
 
-class ChainClient:
+class ChainClient(EventLog):
     """The staking contract on one chain. Build with `embedded()` or `connect()`."""
 
     def __init__(
@@ -419,59 +420,6 @@ class ChainClient:
 
     def entries_root_of(self, epoch: int) -> bytes:
         return bytes(self.contract.functions.entriesRootOf(int(epoch)).call())
-
-    # ----------------------------------------------------------------- events
-
-    def events_since(self, from_block: int, to_block: int | None = None, *, chunk: int = 5_000) -> list[ChainEvent]:
-        """Every event of the staking contract in blocks [from_block, to_block] (default: latest), in order."""
-        last = self.block_number if to_block is None else int(to_block)
-        events: list[ChainEvent] = []
-        start = max(0, int(from_block))
-        while start <= last:
-            end = min(last, start + chunk - 1)
-            logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": start, "toBlock": end})
-            events.extend(e for e in (self._decode_log(entry) for entry in logs) if e is not None)
-            start = end + 1
-        events.sort(key=lambda e: (e.block_number, e.log_index))
-        return events
-
-    def event_tx(self, name: str, *indexed: bytes | None) -> str | None:
-        """The hash of the first transaction that emitted event `name` with these indexed arguments (in
-        declaration order; None matches any), from one topic-filtered log query over the whole chain:
-        the node searches its log index instead of this process reading every event since block 0."""
-        topic0 = self.events.topic(name)
-        if topic0 is None:
-            raise ValueError(f"the staking contract has no event {name!r}")
-        padded = (None if value is None else "0x" + bytes(value).rjust(32, b"\0").hex() for value in indexed)
-        topics = ["0x" + topic0.hex(), *padded]
-        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
-        return "0x" + bytes(logs[0]["transactionHash"]).hex() if logs else None
-
-    def anchored(self, epoch: int) -> Anchored | None:
-        """The Anchored event of chain epoch `epoch` (its roots and who sent it), from one topic-filtered log
-        query; None while the epoch is not anchored."""
-        topics = ["0x" + self.events.topic("Anchored").hex(), "0x" + int(epoch).to_bytes(32, "big").hex()]
-        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
-        events = [e for e in (self._decode_log(entry) for entry in logs) if isinstance(e, Anchored)]
-        return events[0] if events else None
-
-    def validator_set(self) -> list[str]:
-        """The contract's validators, in ascending address order (the order proposers take turns in), from its
-        ValidatorAdded and ValidatorRemoved events."""
-        topics = [["0x" + self.events.topic(name).hex() for name in ("ValidatorAdded", "ValidatorRemoved")]]
-        logs = self.w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest", "topics": topics})
-        events = sorted((e for e in (self._decode_log(entry) for entry in logs) if e is not None),
-                        key=lambda e: (e.block_number, e.log_index))
-        members: set[str] = set()
-        for event in events:
-            if isinstance(event, ValidatorAdded):
-                members.add(event.validator)
-            elif isinstance(event, ValidatorRemoved):
-                members.discard(event.validator)
-        return sorted(members, key=lambda address: int(address, 16))
-
-    def _decode_log(self, entry: Any) -> ChainEvent | None:
-        return self.events.decode(self.contract, entry)
 
     # ----------------------------------------------------------------- dev chains
 
