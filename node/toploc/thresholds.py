@@ -70,8 +70,8 @@ class ActivationThresholds:
     A chunk of few rows (a job's last decode chunk, a short prompt) is judged by the first of `short_tiers`
     (ascending `below_rows`) it falls under: its top-128 reaches down to small entries, whose low-precision
     rounding drifts far more than the large ones' (bf16, tiny models, honest worst chunk by rows: 1: mean 25.6,
-    2: 17.9, 4: 8.4, 8: 5.2, 15: 3.7; a chunk of 64 rows of width 64 commits to every entry of 2 rows). At most
-    one chunk of a job's decode rows is short, and the prefill when the prompt is."""
+    2: 17.9, 4: 8.4, 8: 5.2, 15: 4.2; the tiny models are 64 wide, so a 2-row chunk commits to all its entries).
+    At most one chunk of a job's decode rows is short, and the prefill when the prompt is."""
 
     max_exp_mismatches: int = 4
     max_sign_mismatches: int = 2
@@ -155,9 +155,13 @@ HANDOFF = HandoffThresholds()
 #   mantissa median   2    -> 5    <- 8 (int4)
 #   exponent / 128    21   -> 40   <- 28 (int4; caught by mean and median), other model 123
 #   sign / 128        1    -> 4    <- (negation; not a low-precision attack)
-# Short chunks (< 16 rows; honest worst by rows, tiny Llama, 17,280 one-row chunks: 1: 25.6 / 17 / 52,
-# 2: 17.9 / 11 / 39, 4: 8.4 / 6 / 20, 8: 5.2 / 4 / 16) are judged by the short_* bounds: they still catch
-# a skipped layer, another model or low-rank weights (>= 28 mean), not int4, which the job's full chunks catch.
+# Short chunks, bounds by row count (honest worst / bound / int4's weakest chunk, mean and median; tiny Llama and
+# Qwen2, decode rows sliced into chunks of 1-15 rows plus prefills of 1-15 rows, 11 honest setups and int4 / 2:4 at
+# stage 1, 8,448 chunks; an earlier 17,280-chunk run on tiny Llama gave the one- to eight-row tails):
+#   1-2 rows   25.6 / 17 (earlier run)  -> 34 / 24   <- int4 16.3 / 11 (passes: the floor), 2:4 26.4 / 18
+#   3-4 rows   8.4 / 6 (earlier run)    -> 10.5 / 7  <- int4 12.2 / 9 decode, 8.89 / 7 a 4-row prefill (passes)
+#   5-15 rows  5.77 / 5                 -> 6.5 / 5   <- int4 7.47 / 6, 2:4 15.7
+# (docs/verification.md, "Short jobs"). The tiny models are 64 wide: their 2-row chunk commits to every entry.
 BF16_ACTIVATION = ActivationThresholds(
     max_exp_mismatches=40, max_sign_mismatches=4, max_mant_err_mean=6.0, max_mant_err_median=5.0,
     short_tiers=(
