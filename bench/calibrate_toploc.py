@@ -4,6 +4,7 @@
     .venv/bin/python bench/calibrate_toploc.py --precision bf16         # bf16: long jobs, emulated GPU kernels
     .venv/bin/python bench/calibrate_toploc.py --quick [--precision bf16]   # tiny models, short jobs
     .venv/bin/python bench/calibrate_toploc.py --write docs/verification.md
+    .venv/bin/python bench/calibrate_toploc.py --precision bf16 --honest-only --first-job 10   # fresh honest jobs to add to a count
 
 Each row runs one job through a three-stage worker group computed one way (node/pipeline/calibration.py) and
 checks it as the validator does, in the declared precision: every stage's activation proofs against a
@@ -64,7 +65,7 @@ def models(args, work: Path) -> list[tuple[str, Path, list[tuple[int, int]], lis
     jobs = args.jobs or (1 if args.quick or not low else 2)
     tiny_jobs = [
         Job(prompt=tuple(range(3 + j, 3 + j + (8 if args.quick else 12))), new_tokens=new_tokens, params=PARAMS, seed=7 + j)
-        for j in range(jobs)
+        for j in range(args.first_job, args.first_job + jobs)
     ]
     chosen = []
     for arch in ("llama", "qwen2"):
@@ -179,6 +180,12 @@ def main() -> int:
     parser.add_argument(
         "--sequences", type=int, help="sequences per batch on the tiny models, each judged as a job (default 4 in bf16/fp16, else 1)"
     )
+    parser.add_argument(
+        "--first-job", type=int, default=0,
+        help="index of the first tiny-model job (prompt and seed), and the sampling drift's seeds move with it: another "
+        "value measures fresh jobs and positions, to add to an earlier run's count",
+    )
+    parser.add_argument("--honest-only", action="store_true", help="skip the attack matrix (to count honest chunks)")
     parser.add_argument("--write", type=Path, help="also write this precision's tables as markdown to this file")
     parser.add_argument("--dump", type=Path, help="also write every row's per-chunk figures as JSON (for re-analysis)")
     parser.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "stagewise-calibration")
@@ -188,7 +195,7 @@ def main() -> int:
     sequences = args.sequences or (4 if dtype != torch.float32 and not args.quick else 1)
     started = time.monotonic()
     selected = models(args, args.work_dir)
-    setups = honest_setups(dtype) + attack_setups(3, dtype)
+    setups = honest_setups(dtype) + ([] if args.honest_only else attack_setups(3, dtype))
     rows: list[Row] = []
     with tqdm(total=sum(len(setups) * len(jobs) for *_, jobs in selected), desc="calibration rows", file=sys.stderr) as bar:
         for name, directory, layout, jobs in selected:
@@ -219,7 +226,7 @@ def main() -> int:
         sections.append(("Whole jobs (job-level mean of the mantissa-error means, blamed stage)", job_level(rows)))
         positions = (4000 if args.quick else 100_000) if args.sampling_positions is None else args.sampling_positions
         if positions:
-            report, refused = sampling_drift(selected, dtype, PARAMS, positions, args.work_dir)
+            report, refused = sampling_drift(selected, dtype, PARAMS, positions, args.work_dir, first_seed=100 + 1000 * args.first_job)
             sampling_failures += refused
             sections.append(("Sampling margin: honest drift over teacher-forced positions", report))
         sections.append(

@@ -40,6 +40,7 @@ from node.pipeline.weights import load_stage
 from node.protocol.job import SamplingParams
 from node.toploc.activation import StageProofCheck, build_proofs, split_replay, verify_proofs
 from node.toploc.codec import ChunkFigures
+from node.toploc.job_statistics import stage_job_check
 from node.toploc.sampling import sample_next, verify_sampling
 from node.toploc.thresholds import (
     ACTIVATION,
@@ -47,6 +48,7 @@ from node.toploc.thresholds import (
     BF16_SAMPLING,
     FP16_ACTIVATION,
     FP16_SAMPLING,
+    JOB_THRESHOLDS,
     SAMPLING,
     ActivationThresholds,
     SamplingThresholds,
@@ -364,12 +366,14 @@ def check_rows(
 
 def _judge(model_name, setup, layout, job, run, boundaries, logits, thresholds, margin, dtype) -> Row:
     figures, blamed = [], None
+    job_thresholds = JOB_THRESHOLDS[next(name for name, d in PRECISIONS.items() if d == dtype)]
     for index, (hidden, (prefill, decode)) in enumerate(zip(boundaries, run.sent)):
         proofs = build_proofs(prefill, decode)
         replay_prefill, replay_decode = split_replay(hidden.float(), len(job.prompt))
         check = verify_proofs(replay_prefill, replay_decode, proofs, thresholds)
-        figures.append(_worst(index, check))
-        if blamed is None and not check.ok:
+        whole_job = stage_job_check(check.chunks, job_thresholds, thresholds.short_rows)  # as the verdict judges it
+        figures.append(_worst(index, check, whole_job.ok))
+        if blamed is None and not (check.ok and whole_job.ok):
             blamed = index
     prompt_len = len(job.prompt)
     replay_logits = logits[prompt_len - 1 :].float()
@@ -385,11 +389,11 @@ def _judge(model_name, setup, layout, job, run, boundaries, logits, thresholds, 
     )
 
 
-def _worst(stage: int, check: StageProofCheck) -> StageFigures:
+def _worst(stage: int, check: StageProofCheck, job_ok: bool = True) -> StageFigures:
     figures = [c.figures for c in check.chunks if c.figures is not None]
     return StageFigures(
         stage=stage,
-        ok=check.ok,
+        ok=check.ok and job_ok,
         exp_mismatches=max(f.exp_mismatches for f in figures),
         sign_mismatches=max(f.sign_mismatches for f in figures),
         mant_err_mean=max(f.mant_err_mean for f in figures),

@@ -68,10 +68,11 @@ def sequence_drift(
 
 def sampling_drift(
     selected: Sequence[tuple[str, Path, list, list]], dtype: torch.dtype, params: SamplingParams, positions: int,
-    work: Path,
+    work: Path, first_seed: int = 100,
 ) -> tuple[str, int]:
     """A markdown report of the honest drift over `positions` positions shared among the selected models
-    and the honest kernel variants, and the count of honest positions the margin refused."""
+    and the honest kernel variants, and the count of honest positions the margin refused. Sequence i is drawn
+    from seed `first_seed + i`: another `first_seed` measures fresh positions."""
     margin = declared_thresholds(dtype)[1].logit_margin
     variants = [(KernelVariant(), "eager"), *[(v, "sdpa") for v in gpu_like_variants(dtype)]]
     tiny = [entry for entry in selected if entry[0].startswith("tiny")] or list(selected)
@@ -87,7 +88,7 @@ def sampling_drift(
         count, seed = 0, 0
         while count < per_model:
             variant, attn = variants[seed % len(variants)]
-            results.append(sequence_drift(directory, dtype, params, min(length, per_model - count), 100 + seed, variant, attn, margin))
+            results.append(sequence_drift(directory, dtype, params, min(length, per_model - count), first_seed + seed, variant, attn, margin))
             count += results[-1]["positions"]
             seed += 1
         drifts = torch.cat([r["drifts"] for r in results])

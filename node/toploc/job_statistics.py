@@ -5,6 +5,9 @@ sit inside honest drift in the low precisions, but move the *average* of a stage
 - `job_figures(chunks)`: one stage's chunks in one job reduced to the mean of their mantissa-error means
   and the rate of exponent mismatches per compared entry; `job_passes(figures, thresholds)` compares them
   with a `JobThresholds` (node/toploc/thresholds.py) once the job has enough chunks for the mean to settle.
+  `stage_job_check(chunks, thresholds, full_rows)` is the verdict's form (node/validator/replay.py): the
+  figures over a stage's full chunks only (a short chunk's honest drift is several times a full one's and
+  would lift an honest job's mean; short chunks have their own per-chunk bounds).
 - `SequentialTest` + `sequential_step`: Wald's sequential probability ratio test on the per-job means of
   one (worker, stage), Gaussian model: honest mean `honest_mean` against a cheating `cheat_mean`, per-chunk
   spread `chunk_sd`. Each job adds its log-likelihood ratio; crossing `upper` flags the stage (false-alarm
@@ -54,6 +57,31 @@ def job_figures(chunks: Sequence[_ChunkFigures]) -> JobFigures:
 
 def job_passes(figures: JobFigures, thresholds: JobThresholds) -> bool:
     return figures.chunks < thresholds.min_chunks or figures.mant_err_mean <= thresholds.max_mant_err_mean
+
+
+class _CheckedChunk(Protocol):
+    rows: tuple[int, int]
+    figures: _ChunkFigures | None
+
+
+@dataclass(frozen=True)
+class StageJobCheck:
+    """A stage's whole-job check: whether it held, and the figures over its full chunks (None when it has none,
+    or too few to judge: then it holds)."""
+
+    ok: bool
+    figures: JobFigures | None
+    thresholds: JobThresholds
+
+
+def stage_job_check(chunks: Sequence[_CheckedChunk], thresholds: JobThresholds, full_rows: int) -> StageJobCheck:
+    """Judge one stage's chunk checks (node/toploc/activation.py's ChunkCheck) over the whole job: the chunks of at
+    least `full_rows` rows whose proofs could be read count."""
+    counted = [c.figures for c in chunks if c.figures is not None and c.rows[1] - c.rows[0] >= full_rows]
+    if not counted:
+        return StageJobCheck(True, None, thresholds)
+    figures = job_figures(counted)
+    return StageJobCheck(job_passes(figures, thresholds), figures, thresholds)
 
 
 @dataclass(frozen=True)

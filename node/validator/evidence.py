@@ -63,6 +63,7 @@ class Evidence:
                 "work_units": list(self.findings.work_units),
                 "handoff_faults": [[stage, reason.value] for stage, reason in self.findings.handoff_faults],
                 **({"replay_skipped": True} if self.findings.replay_skipped else {}),
+                **({"stage_jobs_ok": list(self.findings.stage_jobs_ok)} if self.findings.stage_jobs_ok else {}),
             },
             "figures": self.figures,
             "verdict": self.verdict.to_dict(),
@@ -89,6 +90,7 @@ class Evidence:
                     tuple(int(w) for w in raw["work_units"]),
                     tuple((int(stage), Reason(reason)) for stage, reason in raw["handoff_faults"]),
                     replay_skipped=raw.get("replay_skipped") is True,
+                    stage_jobs_ok=tuple(raw.get("stage_jobs_ok") or ()),
                 )
             )
             return cls(

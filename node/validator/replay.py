@@ -1,5 +1,8 @@
 """Replay a bundle: one prefill of the whole model, then every stage's proofs and the sampling (I4).
 
+Each stage's chunks are also judged together, over the whole job (node/toploc/job_statistics.py,
+`stage_job_check`): a stage whose every chunk passes but whose job mean does not is blamed (`job_figures`).
+
 The validator feeds prompt + output[:-1] (the last sampled token is never fed back) through the full
 model once (`node.pipeline.model.replay`), which yields the hidden states at every stage boundary and the
 logits at every position. Each boundary tensor is split the way the stage proved it (the proof schedule
@@ -62,6 +65,7 @@ def findings_of(
     # torch: imported where used, to keep it out of start-up
     from node.pipeline.model import replay, replay_from
     from node.toploc.activation import verify_proofs
+    from node.toploc.job_statistics import stage_job_check
     from node.toploc.sampling import verify_sampling
     from node.validator.defence import check_defence
     from node.pipeline.wire import WIRE_DTYPES  # torch too  # isort: skip
@@ -81,6 +85,7 @@ def findings_of(
         hidden, logits = replay(model, tokens, boundaries, logits_from=p - 1)  # logits[i] predicts output[i]
         timings["forward"] = time.perf_counter() - started
         proofs_ok: list[bool | None] = []
+        jobs_ok: list[bool | None] = []
         stage_figures: list[Any] = []
         faults = list(handoff_faults)
         defence_figures: dict[str, Any] = {}
@@ -101,19 +106,21 @@ def findings_of(
                                                 boundaries[stage:], logits_from=p - 1)
                     hidden[stage:] = rerun
             check = verify_proofs(hidden[stage][:p], hidden[stage][p:], list(proofs), thresholds.activation)
+            job = stage_job_check(check.chunks, thresholds.job, thresholds.activation.short_rows)
             proofs_ok.append(bool(check.ok))
-            stage_figures.append(_jsonable(check))
+            jobs_ok.append(job.ok)
+            stage_figures.append({**_jsonable(check), "job": _jsonable(job)})
         timings["proofs"] = time.perf_counter() - started - timings["forward"]
         sampling_ok: bool | None = None
         sampling_figures: Any = None
-        if all(proofs_ok) and output:
+        if all(proofs_ok) and all(jobs_ok) and output:
             check = verify_sampling(logits, output, spec.sampling, spec.seed, first_position=p,
                                     margin=thresholds.sampling.logit_margin)
             sampling_ok = bool(check.ok)
             sampling_figures = _sampling_summary(check)
-        elif all(proofs_ok):
+        elif all(proofs_ok) and all(jobs_ok):
             sampling_ok = True
-    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(faults))
+    findings = Findings(tuple(proofs_ok), sampling_ok, work_units, tuple(faults), stage_jobs_ok=tuple(jobs_ok))
     seconds = time.perf_counter() - started
     timings["sampling"] = seconds - timings["forward"] - timings["proofs"]
     figures = {"precision": spec.precision, "stages": stage_figures, "sampling": sampling_figures, "replayed_tokens": len(tokens),

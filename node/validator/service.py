@@ -59,8 +59,9 @@ STORED_JOBS_KEPT = 100_000  # job ids intake remembers to refuse a resubmission 
 STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
 DefenceSource = Callable[[JobSpec, int, int], Awaitable[tuple[Any, ...] | None]]  # spec, stage, byte limit
-# Verdicts a receiving stage may answer with the rows it received: its proofs, its sampling, or its handoff.
-DEFENSIBLE = (Reason.PROOF, Reason.SAMPLING, Reason.ALTERED_HANDOFF)
+# Verdicts a receiving stage may answer with the rows it received: its proofs (per chunk or over the job), its
+# sampling, or its handoff.
+DEFENSIBLE = (Reason.PROOF, Reason.JOB_FIGURES, Reason.SAMPLING, Reason.ALTERED_HANDOFF)
 
 
 def defence_limit(spec: JobSpec, model: Any) -> int:

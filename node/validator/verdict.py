@@ -7,7 +7,8 @@ handoff_faults.py); `decide` turns findings and a `Tariff` into a `Verdict`. Bec
 the same verdict (`stagewise verify-evidence`).
 
 Blame (I4): stages are checked in order 0..S-1 and the first faulty one is blamed. A stage is faulty when
-its proofs do not match the replay, or when the handoff evidence convicts it (I2): as a sender whose signed
+its proofs do not match the replay, when its figures over the whole job do not (every chunk under the per-chunk
+bounds, their mean over the job not: node/toploc/job_statistics.py), or when the handoff evidence convicts it (I2): as a sender whose signed
 bytes do not have the proof it signed, as a sender that signed two different proofs for one chunk, as a
 complainer whose evidence proves nothing, or as a sender whose signed bytes differ from the replay of its
 layers when its receiver defends itself. Only when every stage's proofs hold is the sampling proof
@@ -39,6 +40,7 @@ class Reason(str, Enum):
     EQUIVOCATION = "equivocation"  # this stage signed two different proofs for one chunk
     FALSE_INPUTS = "false_inputs"  # this stage's receipt names handoff proofs its predecessor never signed
     ALTERED_HANDOFF = "altered_handoff"  # bytes this stage signed and sent differ from the replay of its layers
+    JOB_FIGURES = "job_figures"  # each chunk passed, the stage's figures over the whole job do not
     SAMPLING = "sampling"  # an output token is not what the seeded sampler would pick
     INCOMPLETE = "incomplete"  # receipts missing by the deadline
 
@@ -69,6 +71,8 @@ class Findings:
     `stage_proofs_ok[s]` is None for a stage whose proofs were not checked (nothing to check against,
     e.g. after a complaint stopped the job). `sampling_ok` is None when the sampling was not checked.
     `handoff_faults` are (stage, reason) pairs the handoff evidence proves (handoff_faults.py).
+    `stage_jobs_ok[s]`: did stage s's figures over the whole job hold (node/toploc/job_statistics.py); empty
+    when no job-level test was run (a complaint judged without replay), else one per stage.
     `replay_skipped`: the spot-check draw left this job out of replay (sample rate below 1); nothing was
     checked, and the work is paid as its receipts claim it (the chance of a replay is the deterrent).
     """
@@ -78,15 +82,18 @@ class Findings:
     work_units: tuple[int, ...]
     handoff_faults: tuple[tuple[int, Reason], ...] = ()
     replay_skipped: bool = False
+    stage_jobs_ok: tuple[bool | None, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.stage_proofs_ok) != len(self.work_units):
             raise ValueError("one proof check and one work figure per stage")
+        if self.stage_jobs_ok and len(self.stage_jobs_ok) != len(self.work_units):
+            raise ValueError("one job-level check per stage, or none")
         if any(not 0 <= s < len(self.work_units) for s, _ in self.handoff_faults):
             raise ValueError("a handoff fault names a stage outside the group")
         if any(w < 0 for w in self.work_units):
             raise ValueError("work units are non-negative")
-        if self.replay_skipped and (self.handoff_faults or any(ok is not None for ok in self.stage_proofs_ok)):
+        if self.replay_skipped and (self.handoff_faults or any(ok is not None for ok in self.stage_proofs_ok + self.stage_jobs_ok)):
             raise ValueError("a job left out of replay has nothing checked; handoff evidence is always judged")
 
     @property
@@ -127,7 +134,8 @@ class Verdict:
 
 
 def first_faulty_stage(findings: Findings) -> tuple[int, Reason] | None:
-    """The first stage, in pipeline order, whose proofs failed or whom the handoff evidence convicts."""
+    """The first stage, in pipeline order, whose proofs or whole-job figures failed, or whom the handoff evidence
+    convicts."""
     convicted: dict[int, Reason] = {}
     for stage, reason in findings.handoff_faults:
         convicted.setdefault(stage, reason)
@@ -136,6 +144,8 @@ def first_faulty_stage(findings: Findings) -> tuple[int, Reason] | None:
             return stage, convicted[stage]
         if proof_ok is False:
             return stage, Reason.PROOF
+        if findings.stage_jobs_ok and findings.stage_jobs_ok[stage] is False:
+            return stage, Reason.JOB_FIGURES
     return None
 
 

@@ -14,6 +14,8 @@ from node.toploc.thresholds import ACTIVATION
 
 LAYOUT = [(0, 2), (2, 4), (4, 6)]
 JOB = Job(prompt=(3, 4, 5, 6, 7, 8, 9, 10), new_tokens=66, params=SamplingParams(temperature=0.8, top_k=50, top_p=0.95), seed=7)
+# Every chunk under 16 rows: an 8-row prefill and 7 decode rows (a short prompt, a short answer).
+SHORT_JOB = Job(prompt=(3, 4, 5, 6, 7, 8, 9, 10), new_tokens=8, params=JOB.params, seed=7)
 HONEST = {setup.name: setup for setup in honest_setups(torch.bfloat16) if setup.threads == 1 and setup.batch == 1}
 GROSS = {setup.name: setup for setup in attack_setups(len(LAYOUT), torch.bfloat16) if not setup.subtle}
 
@@ -53,6 +55,23 @@ def test_gross_bf16_cheats_are_blamed_on_the_cheating_stage(tiny_dirs, arch, nam
     row = check_row(arch, tiny_dirs[arch], LAYOUT, JOB, setup, dtype=torch.bfloat16)
     assert row.blamed == setup.blame == 1, row.stages
     assert row.stages[0].ok  # the honest stage before it is not blamed
+
+
+@pytest.mark.parametrize("name", list(HONEST))
+def test_an_honest_bf16_worker_passes_a_short_job_with_any_kernels(tiny_dirs, name):
+    row = check_row("llama", tiny_dirs["llama"], LAYOUT, SHORT_JOB, HONEST[name], dtype=torch.bfloat16)
+    assert row.blamed is None, row.stages
+
+
+@pytest.mark.parametrize("name", ["stage 1 int4 weights (per group of 64)", "stage 1 2:4-sparse weights"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_int4_and_2_4_cheats_are_blamed_on_a_short_job_too(tiny_dirs, arch, name):
+    """Attack: a job whose every chunk is under 16 rows was judged by the loose short-chunk bounds alone (made for
+    one-row chunks), which int4 and 2:4-sparse stages pass: the cheater was paid for short jobs."""
+    setup = GROSS[name]
+    row = check_row(arch, tiny_dirs[arch], LAYOUT, SHORT_JOB, setup, dtype=torch.bfloat16)
+    assert all(stage.chunks == 2 for stage in row.stages)
+    assert row.blamed == setup.blame == 1, row.stages
 
 
 @pytest.mark.parametrize("name", ["one prompt token changed", "stage 2 samples a draft model's tokens"])

@@ -105,3 +105,33 @@ def test_short_chunks_are_judged_by_their_own_bounds_in_bf16_only():
     assert not BF16_ACTIVATION.chunk_passes(one_row, rows=32)  # the same figures in a full chunk: a cheat
     assert not BF16_ACTIVATION.chunk_passes(one_row)  # rows unknown: the full-chunk bounds
     assert ACTIVATION.short_rows == 0 and not ACTIVATION.chunk_passes(one_row, rows=1)
+
+
+@dataclass(frozen=True)
+class Checked:
+    rows: tuple[int, int]
+    figures: Chunk | None
+
+
+def _checked(means: list[float], rows: int = 32) -> list[Checked]:
+    return [Checked((i * rows, (i + 1) * rows), Chunk(0, mean)) for i, mean in enumerate(means)]
+
+
+def test_the_verdicts_job_check_fails_a_stage_whose_full_chunks_average_too_high():
+    from node.toploc.job_statistics import stage_job_check
+
+    bf16 = JOB_THRESHOLDS["bf16"]
+    held = stage_job_check(_checked([2.5] * 8), bf16, full_rows=16)
+    assert held.ok and held.figures.chunks == 8
+    assert not stage_job_check(_checked([3.5] * 8), bf16, full_rows=16).ok  # each chunk under 6.0, the job is not
+    assert stage_job_check(_checked([3.5] * 7), bf16, full_rows=16).ok  # too few chunks for the mean to settle
+
+
+def test_short_chunks_do_not_count_in_the_job_mean():
+    """An honest one-row last chunk (mean up to ~25 in bf16) would otherwise lift an honest job over the bound."""
+    from node.toploc.job_statistics import stage_job_check
+
+    chunks = _checked([2.5] * 8) + [Checked((256, 257), Chunk(30, 25.0)), Checked((257, 258), None)]
+    check = stage_job_check(chunks, JOB_THRESHOLDS["bf16"], full_rows=16)
+    assert check.ok and check.figures.chunks == 8
+    assert stage_job_check(_checked([25.0], rows=4), JOB_THRESHOLDS["bf16"], full_rows=16).figures is None

@@ -88,6 +88,25 @@ async def test_a_bf16_cheater_on_the_last_stage_is_blamed_and_its_honest_predece
 
 
 @pytest.mark.slow
+async def test_short_bf16_jobs_pay_honest_workers_and_blame_an_int4_stage(model_dir):
+    """Attack: 8 new tokens on 5- to 9-token prompts, so every chunk a stage proves is under 16 rows (a 5-9-row
+    prefill, 7 decode rows). Such chunks were judged by bounds made for one-row chunks (mantissa mean <= 34), which
+    an int4 stage passes (10-15): it was paid. Bounds by row count (node/toploc/thresholds.py) blame it, and the
+    honest workers of the same short jobs are paid."""
+    from node.worker.cheats import Cheat
+
+    honest = replayed(model_dir, "bf16", await pipeline_jobs(model_dir, "bf16", max_new_tokens=8))
+    assert [verdict.outcome for verdict, _ in honest] == [Outcome.ACCEPTED] * len(PROMPTS), [f for _, f in honest]
+    assert all(stage["job"]["ok"] for _, f in honest for stage in f["stages"])  # the whole-job check is recorded
+    cheat = Cheat.parse("int4:64")
+    jobs = await pipeline_jobs(model_dir, "bf16", stage_options={1: {"cheat": cheat, "on_loaded": cheat.apply}},
+                               max_new_tokens=8)
+    for verdict, figures in replayed(model_dir, "bf16", jobs):
+        assert (verdict.outcome, verdict.blamed_stage, verdict.reason) == (Outcome.BLAMED, 1, Reason.PROOF), figures
+        assert verdict.rewards_wei[0] > 0
+
+
+@pytest.mark.slow
 async def test_a_worker_computing_in_bf16_when_the_job_declares_fp32_is_blamed(model_dir):
     """Attack: stage 1 loads its layers in bf16 (half the memory, faster kernels) and signs the fp32 job's
     receipts. The fp32 replay and fp32's thresholds blame it, and only it."""

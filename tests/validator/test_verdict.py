@@ -74,3 +74,23 @@ def test_verdict_round_trips_through_json_form():
     from node.validator.verdict import Verdict
 
     assert Verdict.from_dict(verdict.to_dict()) == verdict
+
+
+def test_a_stage_whose_whole_job_figures_fail_is_blamed_though_each_chunk_passed():
+    """Attack: every chunk of stage 1 sits under the per-chunk bounds, but its figures over the whole job do not
+    (node/toploc/job_statistics.py): stage 1 is blamed, stage 0 paid, and the sampling is not consulted."""
+    verdict = decide(Findings((True, True, True), True, WORK, stage_jobs_ok=(True, False, False)), TARIFF)
+    assert (verdict.outcome, verdict.blamed_stage, verdict.reason) == (Outcome.BLAMED, 1, Reason.JOB_FIGURES)
+    assert verdict.rewards_wei == (400, 0, 0) and verdict.slash_wei == 1000
+
+
+def test_a_chunk_failure_at_an_earlier_stage_wins_over_a_later_job_failure():
+    verdict = decide(Findings((False, True, True), None, WORK, stage_jobs_ok=(True, False, True)), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (0, Reason.PROOF)
+    verdict = decide(Findings((True, True, False), None, WORK, stage_jobs_ok=(False, True, True)), TARIFF)
+    assert (verdict.blamed_stage, verdict.reason) == (0, Reason.JOB_FIGURES)
+
+
+def test_job_checks_come_one_per_stage():
+    with pytest.raises(ValueError):
+        Findings((True, True, True), True, WORK, stage_jobs_ok=(True, True))
