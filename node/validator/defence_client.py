@@ -59,10 +59,12 @@ class StageDefences:
     def __init__(self, stage_url_of: Callable[[str], str | None], deadline_s: float = 30.0, poll_s: float = 0.5):
         self.stage_url_of, self.deadline_s, self.poll_s = stage_url_of, deadline_s, poll_s
 
-    async def __call__(self, spec: JobSpec, stage: int, limit: int = MAX_DEFENCE_BYTES) -> tuple[ReceivedHandoff, ...] | None:
+    async def __call__(self, spec: JobSpec, stage: int, limit: int = MAX_DEFENCE_BYTES, *, deadline_s: float | None = None
+                       ) -> tuple[ReceivedHandoff, ...] | None:
         worker = spec.stages[stage].worker
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.deadline_s
+        deadline_s = self.deadline_s if deadline_s is None else deadline_s
+        deadline = loop.time() + deadline_s
         last: Any = "no stage URL known"
         async with aiohttp.ClientSession() as session:
             while True:
@@ -77,8 +79,8 @@ class StageDefences:
                     except (aiohttp.ClientError, asyncio.TimeoutError, OSError, DefenceError) as error:
                         last = f"{type(error).__name__}: {error}"
                 if loop.time() + self.poll_s >= deadline:
-                    log.warning("job %s: no defence from stage %d (%s) within %.0f s: %s",
-                                spec.job_id_hex, stage, worker, self.deadline_s, last)
+                    log.warning("job %s: no received rows from stage %d (%s) within %.0f s: %s",
+                                spec.job_id_hex, stage, worker, deadline_s, last)
                     return None
                 await asyncio.sleep(self.poll_s)
 

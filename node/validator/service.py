@@ -48,7 +48,7 @@ from node.validator.replay_models import ReplayModels
 from node.validator.rotation import LatestEpochClock
 from node.validator.settle import settle
 from node.validator.spot_check import is_replayed
-from node.validator.verdict import Reason, Verdict, decide
+from node.validator.verdict import Outcome, Reason, Verdict, decide
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ STORED_JOBS_KEPT = 100_000  # job ids intake remembers to refuse a resubmission 
 
 STATUS_NAMES = {JOB_PENDING: "queued", "validating": "validating", JOB_DONE: "done", "awaiting": "awaiting_bundle"}
 SpecGuard = Callable[[JobSpec], Awaitable[str | None]]
-DefenceSource = Callable[[JobSpec, int, int], Awaitable[tuple[Any, ...] | None]]  # spec, stage, byte limit
+DefenceSource = Callable[..., Awaitable[tuple[Any, ...] | None]]  # (spec, stage, byte limit, deadline_s=None)
 # Verdicts a receiving stage may answer with the rows it received: its proofs (per chunk or over the job), its
 # sampling, or its handoff.
+AUDIT_DEADLINE_S = 5.0  # how long a passing low-precision job waits for stage 1's received rows (handoff audit)
 DEFENSIBLE = (Reason.PROOF, Reason.JOB_FIGURES, Reason.SAMPLING, Reason.ALTERED_HANDOFF)
 
 
@@ -189,6 +190,7 @@ class ValidatorNode:
             model = await self.models.get(spec.model_id, spec.precision)  # I8: replayed as declared
             proofs = [stage.proofs for stage in bundle.stages]
             asked: set[int] = set()
+            audited = False
             while True:
                 report = await asyncio.to_thread(findings_of, model, spec, bundle.output_token_ids, proofs, faults, defences)
                 self.metrics.replay_seconds.observe(report.seconds)
@@ -197,17 +199,29 @@ class ValidatorNode:
                 accused = verdict.blamed_stage
                 # A receiving stage blamed for what it computed may have computed honestly on inputs its
                 # predecessor altered where the proofs do not look (I2): the verdict waits for its defence.
-                if verdict.reason not in DEFENSIBLE or not accused or accused in asked or self.defence_source is None:
+                # In low precision the proofs can also miss what stage 0 embedded (a changed prompt token,
+                # docs/verification.md): stage 1's received rows are asked for on every job that would pass.
+                audit = accused is None and not audited and self._audits_first_handoff(spec)
+                if not audit and (verdict.reason not in DEFENSIBLE or not accused or accused in asked
+                                  or self.defence_source is None):
                     break
+                if audit:
+                    accused, audited = 1, True
                 asked.add(accused)
-                handed = await self.defence_source(spec, accused, defence_limit(spec, model))
-                if handed is not None:
-                    log.info("job %s: stage %d handed in its %d received chunks as its defence",
-                             spec.job_id_hex, accused, len(handed))
-                    defences[accused] = handed
-            # Only defences that held are evidence; the others changed nothing and would only weigh on the ledger.
+                limit = defence_limit(spec, model)
+                # an audited stage is not accused: a worker gone since the job does not hold the verdict for long
+                handed = await (self.defence_source(spec, 1, limit, deadline_s=AUDIT_DEADLINE_S) if audit
+                                else self.defence_source(spec, accused, limit))
+                if handed is None:
+                    break  # nothing new to judge: the verdict stands
+                log.info("job %s: stage %d handed in its %d received chunks as its %s", spec.job_id_hex, accused,
+                         len(handed), "handoff audit" if audit else "defence")
+                defences[accused] = handed
+            # Only defences that held are evidence, and an audit's rows only when they convicted someone; the others
+            # changed nothing and would only weigh on the ledger.
             defences = {stage: handed for stage, handed in defences.items()
-                        if (figures.get("defences") or {}).get(str(stage), {}).get("valid")}
+                        if (figures.get("defences") or {}).get(str(stage), {}).get("valid")
+                        and not (audited and stage == 1 and verdict.outcome is Outcome.ACCEPTED)}
         evidence = Evidence(
             model_id=spec.model_id,
             bundle=bundle.to_dict(),
@@ -219,6 +233,11 @@ class ValidatorNode:
             defences=defences,
         )
         return verdict, evidence
+
+    def _audits_first_handoff(self, spec: JobSpec) -> bool:
+        """Whether a job that passes is held until stage 1 hands in the rows stage 0 sent it: low-precision jobs of
+        several stages, when stages can be asked (an orchestrating validator)."""
+        return self.defence_source is not None and spec.precision != "fp32" and len(spec.stages) > 1
 
     async def _commit(self, claimed: ClaimedJob, verdict: Verdict, evidence: Evidence) -> None:
         spec = JobSpec.from_dict(evidence.bundle["spec"])
