@@ -5,6 +5,7 @@ the two accepted rows, and `verify_dataset` accepts them against the chain. The 
 completion, a dropped proof and a row forged from the blamed job each fail, naming the row.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -267,3 +268,30 @@ async def test_an_export_of_many_pages_over_several_epochs_keeps_every_row_in_or
     if ledger.dialect == "sqlite":
         async with ledger.reading() as conn:
             assert (await conn.exec_driver_sql("PRAGMA cache_size")).scalar() == -65536
+
+
+async def test_samples_of_one_task_on_two_models_give_a_pass_at_k_row_per_model(ledger, chain, tmp_path):
+    """Task t1 sampled three times on each of two models: one pass@k row per (task, model), with the unbiased
+    estimator, in the export and in the ledger's task lines (GET /v1/tasks)."""
+    other = h32(78)
+    outcomes = {MODEL: (True, False, False), other: (True, True, True)}
+    job = 0
+    for model_id, results in outcomes.items():
+        for correct in results:
+            job += 1
+            await ledger.record_bundle(h32(job), "{}", [], model_id=model_id)
+            await ledger.record_verdict(h32(job), "accepted", figures={"exp_mismatch": [0, 0]})
+            record = dataclasses.replace(sample(job, "t1", "x = 3" if correct else "x = 4", correct), model_id=model_id)
+            await ledger.record_sample(record)
+    await anchor_all(ledger, chain)
+
+    report = await export_dataset(ledger, tmp_path / "ds", "parquet", k=2)
+    assert report.models == tuple(sorted(outcomes)) and report.pairs == 2
+    rows = {r["model_id"]: r for r in pq.read_table(tmp_path / "ds" / "pass_at_k.parquet").to_pylist()}
+    assert (rows[MODEL]["n"], rows[MODEL]["correct"], rows[MODEL]["k"]) == (3, 1, 2)
+    assert rows[MODEL]["pass_at_1"] == pytest.approx(1 / 3)
+    assert rows[MODEL]["pass_at_k"] == pytest.approx(1 - 1 / 3)  # 1 - C(2,2)/C(3,2)
+    assert (rows[other]["n"], rows[other]["correct"], rows[other]["pass_at_1"], rows[other]["pass_at_k"]) == (3, 3, 1.0, 1.0)
+    lines = {line.model_id: line.to_json() for line in (await ledger.tasks()).items}
+    assert (lines[MODEL]["samples"], lines[MODEL]["correct"], lines[other]["correct"]) == (3, 1, 3)
+    assert verify_dataset(tmp_path / "ds", ChainRoots(chain)).held == 6
