@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import journal
@@ -41,6 +41,13 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
+def _inline(kind: str):
+    """A journal kind written into the statement's text, not bound: the journal's unique indexes are partial
+    (`WHERE kind = 'reward'`), and PostgreSQL's generic plan for a prepared statement (asyncpg prepares each)
+    can use one only if the kind is in the text; bound, every append would scan the whole journal."""
+    return literal(kind, literal_execute=True)
+
+
 async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[NewEntry]:
     """The entries whose identity (and ref) is neither journaled already nor repeated earlier in the batch."""
     by_kind: dict[str, list[NewEntry]] = {}
@@ -51,7 +58,7 @@ async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[New
     rewards = by_kind.get(journal.REWARD, [])
     for chunk in _chunks(sorted({e.job_id for e in rewards})):
         rows = await conn.execute(
-            select(_J.c.job_id, _J.c.stage).where(_J.c.kind == journal.REWARD, _J.c.job_id.in_(chunk))
+            select(_J.c.job_id, _J.c.stage).where(_J.c.kind == _inline(journal.REWARD), _J.c.job_id.in_(chunk))
         )
         seen.update((journal.REWARD, r.job_id, r.stage) for r in rows)
     for kind, column, attr in (
@@ -62,7 +69,7 @@ async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[New
     ):
         keys = sorted({getattr(e, attr) for e in by_kind.get(kind, [])})
         for chunk in _chunks(keys):
-            rows = await conn.execute(select(column).where(_J.c.kind == kind, column.in_(chunk)))
+            rows = await conn.execute(select(column).where(_J.c.kind == _inline(kind), column.in_(chunk)))
             seen.update((kind, value) for (value,) in rows)
     refs = sorted({e.ref for e in entries if e.ref is not None})
     for chunk in _chunks(refs):
