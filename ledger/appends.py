@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger import journal
@@ -41,6 +41,22 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
         yield items[start : start + size]
 
 
+# The identity lookups below are written out in full, kind and keys, not bound. asyncpg prepares every
+# statement, and after a few runs PostgreSQL may plan a prepared one once for any values (a generic plan):
+# with the kind bound, no partial index (`WHERE kind = 'reward'`) fits and every append scanned the whole
+# journal; with the keys bound (kind written out), a bench build on a journal not yet analyzed still read every
+# `sample` entry through the partial index on seq. Written out, each lookup is planned for its own values.
+# The values are the ledger's own validated hashes, numbers and kinds, quoted by SQLAlchemy.
+
+
+def _inline(kind: str):
+    return literal(kind, literal_execute=True)
+
+
+def _inline_list(values: list[Any]):
+    return bindparam("keys", values, expanding=True, literal_execute=True)
+
+
 async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[NewEntry]:
     """The entries whose identity (and ref) is neither journaled already nor repeated earlier in the batch."""
     by_kind: dict[str, list[NewEntry]] = {}
@@ -51,7 +67,7 @@ async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[New
     rewards = by_kind.get(journal.REWARD, [])
     for chunk in _chunks(sorted({e.job_id for e in rewards})):
         rows = await conn.execute(
-            select(_J.c.job_id, _J.c.stage).where(_J.c.kind == journal.REWARD, _J.c.job_id.in_(chunk))
+            select(_J.c.job_id, _J.c.stage).where(_J.c.kind == _inline(journal.REWARD), _J.c.job_id.in_(_inline_list(chunk)))
         )
         seen.update((journal.REWARD, r.job_id, r.stage) for r in rows)
     for kind, column, attr in (
@@ -62,7 +78,7 @@ async def unseen(conn: AsyncConnection, entries: Sequence[NewEntry]) -> list[New
     ):
         keys = sorted({getattr(e, attr) for e in by_kind.get(kind, [])})
         for chunk in _chunks(keys):
-            rows = await conn.execute(select(column).where(_J.c.kind == kind, column.in_(chunk)))
+            rows = await conn.execute(select(column).where(_J.c.kind == _inline(kind), column.in_(_inline_list(chunk))))
             seen.update((kind, value) for (value,) in rows)
     refs = sorted({e.ref for e in entries if e.ref is not None})
     for chunk in _chunks(refs):

@@ -86,11 +86,21 @@ def proof_from_levels(tree: Sequence[Sequence[bytes]], index: int) -> list[bytes
     return path
 
 
-def process_proof(leaf: bytes, path: Sequence[bytes]) -> bytes:
-    """The root that `path` leads to from `leaf` (OpenZeppelin MerkleProof.processProof)."""
+def process_proof(leaf: bytes, path: Sequence[bytes], memo: dict[bytes, bytes] | None = None) -> bytes:
+    """The root that `path` leads to from `leaf` (OpenZeppelin MerkleProof.processProof). `memo`: pair hashes
+    already computed, by the 64 bytes hashed (filled here): proofs of leaves of one tree share their upper
+    nodes, so checking many of them hashes each shared pair once."""
     computed = leaf
-    for sibling in path:  # hash_pair, inlined: a dataset verify walks millions of these
-        computed = keccak(computed + sibling) if computed < sibling else keccak(sibling + computed)
+    if memo is None:
+        for sibling in path:  # hash_pair, inlined: a dataset verify walks millions of these
+            computed = keccak(computed + sibling) if computed < sibling else keccak(sibling + computed)
+        return computed
+    for sibling in path:
+        pair = computed + sibling if computed < sibling else sibling + computed
+        found = memo.get(pair)
+        if found is None:
+            found = memo[pair] = keccak(pair)
+        computed = found
     return computed
 
 

@@ -33,12 +33,12 @@ class TaskTally:
     correct: int = 0
     unchecked: int = 0
 
-    def add(self, correct: bool | None) -> None:
+    def add(self, correct: bool | None, times: int = 1) -> None:
         if correct is None:
-            self.unchecked += 1
+            self.unchecked += times
             return
-        self.n += 1
-        self.correct += int(correct)
+        self.n += times
+        self.correct += times * int(correct)
 
     def row(self, k: int) -> dict:
         return {

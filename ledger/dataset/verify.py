@@ -28,6 +28,7 @@ from ledger.models import ACCEPTED
 from ledger.samples import SampleError, digest, sample_entry_hash
 
 READ_BATCH = 1_024
+MEMO_PAIRS = 1 << 16  # pair hashes kept for the proofs of one epoch (ledger.merkle.process_proof): about 12 MB
 MAX_LINE_BYTES = 64 << 20
 FAILURES_KEPT = 1_000
 
@@ -89,8 +90,10 @@ def _hash32(value: Any) -> bytes | None:
         return None
 
 
-def check_row(row: dict[str, Any], root_of: Callable[[int], bytes]) -> str | None:
-    """None when `row` holds, else what is wrong with it."""
+def check_row(row: dict[str, Any], root_of: Callable[[int], bytes], memo: dict[bytes, bytes] | None = None) -> str | None:
+    """None when `row` holds, else what is wrong with it. `merkle_proof` is a list of 32-byte hashes (bytes or
+    0x hex) or, as `_rows` reads it from Parquet, the hashes concatenated. `memo`: pair hashes already computed
+    for rows of the same epoch (ledger.merkle.process_proof)."""
     if row.get("verdict") != ACCEPTED:
         return f"its job's verdict is {row.get('verdict')!r}: only accepted jobs belong in the dataset"
     epoch, proof = row.get("epoch"), row.get("merkle_proof")
@@ -106,30 +109,49 @@ def check_row(row: dict[str, Any], root_of: Callable[[int], bytes]) -> str | Non
     if entry != row.get("entry_hash"):
         return (f"its content does not hash to its journal entry (entry {row.get('journal_seq')} would be {entry}, "
                 f"the row says {row.get('entry_hash')}): changed since it was exported")
-    if not all(type(p) is bytes and len(p) == 32 for p in proof):  # Parquet gives bytes; JSONL, hex
+    if type(proof) is bytes:  # Parquet, as `_rows` reads it
+        if len(proof) % 32:
+            return "its Merkle proof holds something other than 32-byte hashes"
+        proof = [proof[i:i + 32] for i in range(0, len(proof), 32)]
+    elif not all(type(p) is bytes and len(p) == 32 for p in proof):  # JSONL gives hex
         proof = [_hash32(p) for p in proof]
         if any(p is None for p in proof):
             return "its Merkle proof holds something other than 32-byte hashes"
     on_chain = root_of(int(epoch))
     if on_chain == merkle.ZERO_HASH:
         return f"epoch {epoch} is not anchored on chain"
-    if merkle.process_proof(bytes.fromhex(entry[2:]), proof) != on_chain:
+    if merkle.process_proof(bytes.fromhex(entry[2:]), proof, memo) != on_chain:
         return f"its Merkle proof does not lead to the entries root epoch {epoch} anchored on chain (0x{on_chain.hex()})"
     return None
 
 
+_HASHES = pa.list_(pa.binary(32))
+
+
 def _column(array: pa.Array) -> list[Any]:
-    """A column of a record batch as one value a row, as `to_pylist` gives it, except token ids without nulls:
-    numpy slices of the column's buffer (what the digest packs), not a Python int per token."""
+    """A column of a record batch as one value a row, as `to_pylist` gives it, except:
+    - token ids without nulls: numpy slices of the column's buffer (what the digest packs), not a Python int
+      per token; as uint64 when none is negative (the digest's packing, so nothing is converted per row);
+    - 32-byte hashes (the Merkle proofs): each row's hashes as one bytes object, not a bytes object per hash."""
     if pa.types.is_list(array.type) and pa.types.is_integer(array.type.value_type) and array.null_count == 0:
         offsets, values = array.offsets.to_numpy(), array.values.to_numpy()
+        if values.dtype == "<i8" and (not len(values) or values.min() >= 0):
+            values = values.view("<u8")
         return [values[offsets[i]:offsets[i + 1]] for i in range(len(array))]
+    if array.type == _HASHES and array.values.null_count == 0:
+        offsets = (array.offsets.to_numpy() * 32).tolist()
+        hashes = array.values
+        data = hashes.buffers()[1].to_pybytes()[hashes.offset * 32:(hashes.offset + len(hashes)) * 32]
+        valid = array.is_valid().to_pylist() if array.null_count else None
+        return [data[offsets[i]:offsets[i + 1]] if valid is None or valid[i] else None for i in range(len(array))]
     return array.to_pylist()
 
 
 def _rows(path: Path, fmt: str) -> Iterator[dict[str, Any]]:
     if fmt == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH):
+        # pre_buffer off: the reader would otherwise keep every row group's bytes it pre-buffered until the file
+        # is closed (about 1 MB a row group, so memory would grow with the dataset)
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=READ_BATCH):
             names = batch.schema.names
             for values in zip(*(_column(column) for column in batch.columns)):
                 yield dict(zip(names, values))
@@ -154,8 +176,13 @@ def verify_dataset(out: Path, root_of: Callable[[int], bytes], progress: Callabl
     result = VerifyResult()
     started = time.perf_counter()
     epochs: set[int] = set()
+    memo: dict[bytes, bytes] = {}
+    memo_epoch = None
     for index, row in enumerate(_rows(path, fmt)):
-        problem = row.get("_problem") or check_row(row, root_of)
+        if row.get("epoch") != memo_epoch or len(memo) > MEMO_PAIRS:
+            memo.clear()
+            memo_epoch = row.get("epoch")
+        problem = row.get("_problem") or check_row(row, root_of, memo)
         result.rows += 1
         if problem is None:
             result.held += 1

@@ -27,7 +27,8 @@ from ledger.store import Ledger
 from node import settings
 from node.errors import FIND_THE_STAKING_CONTRACT, CommandError
 from node.http.limits import HttpGuard, limits_from_args
-from node.orchestration.setup import build_orchestration
+from node.orchestration.setup import build_orchestrations
+from node.orchestration.setup import orchestrations_registrar
 from node.pipeline.smollm2 import smollm2_dir
 from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
@@ -153,13 +154,13 @@ async def _serve(args, dirs: list[Path]) -> None:
         node.spec_guard = awaited_by_ledger(ledger)
     elif args.no_orchestration:
         log.warning("--accept-unissued-jobs: bundles of any job are taken, seeds chosen by workers included")
-    orchestration = None
+    orchestrations = []
     if args.cosign_only and not args.no_orchestration:
         raise CommandError("--cosign-only runs no orchestrator: add --no-orchestration")
     if not args.no_orchestration:
-        orchestration = build_orchestration(args, node, dirs[0])
+        orchestrations = build_orchestrations(args, node, dirs)  # one per model: groups form per model
     guard = HttpGuard(limits_from_args(args), on_refused=_count_refused_bundle(node))
-    app = build_app(node, [orchestration.registrar] if orchestration is not None else [], guard=guard)
+    app = build_app(node, [orchestrations_registrar(orchestrations)] if orchestrations else [], guard=guard)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     guard(runner)
@@ -173,7 +174,7 @@ async def _serve(args, dirs: list[Path]) -> None:
                       "models": sorted(models.ids)}), flush=True)
     log.info("validator %s listening on http://%s:%d (models %s)", config.validator_id, args.host, port, ", ".join(sorted(models.ids)))
     node.start(validators=args.validation_workers)
-    if orchestration is not None:
+    for orchestration in orchestrations:
         await orchestration.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -183,7 +184,7 @@ async def _serve(args, dirs: list[Path]) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
-        if orchestration is not None:
+        for orchestration in orchestrations:
             await orchestration.stop()
         await node.stop()
         await runner.cleanup()

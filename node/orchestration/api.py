@@ -4,11 +4,14 @@
     POST /v1/workers/heartbeat           signed Heartbeat      -> 200 {worker, assignment}
     POST /v1/workers/leave               signed Leave          -> 200 {address, left: true}
     GET  /v1/workers/{address}/assignment                      -> 200 assignment (stage or spare)
-    GET  /v1/groups                                            -> 200 {model_id, groups, spares, workers}
-    GET  /v1/orchestrator/progress                             -> 200 tasks, correct answers, tokens/s
+    GET  /v1/groups[?model_id=0x..]                            -> 200 {model_id, groups, spares, workers}
+    GET  /v1/orchestrator/progress[?model_id=0x..]             -> 200 tasks, correct answers, tokens/s
 
 Use: `build_app(node, registrars=[orchestration_registrar(orchestrator)])`, or
-`register_routes(app, orchestrator)` on an app that is not frozen yet. Errors are the validator's JSON errors:
+`register_routes(app, orchestrator)` on an app that is not frozen yet; with several models, one orchestrator
+per model (`ModelOrchestrators`, node/orchestration/models.py): a registration goes to the model it names,
+everything else about a worker to the orchestrator that has it, and the two GETs answer for `model_id`
+(default: the first model). Errors are the validator's JSON errors:
 400 `bad_message` (malformed or badly signed, the message says which field), 400 `stale_message`,
 409 `replayed_message`, 403 `insufficient_stake`, 404 `not_registered`, 503 `stake_unavailable`, 503
 `not_orchestrating` (another validator process on the same ledger orchestrates: node/orchestration/leadership.py).
@@ -24,6 +27,7 @@ from aiohttp import web
 
 from ledger import json_input
 from node.http.json_errors import ApiError
+from node.orchestration.models import ModelOrchestrators
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.registry import RegistrationRefused
 from node.protocol.wire_types import ADDRESS_PATTERN
@@ -31,6 +35,7 @@ from node.protocol.worker_messages import (
     HeartbeatBody,
     LeaveBody,
     MessageError,
+    ModelId,
     RegistrationBody,
     parse_signed_heartbeat,
     parse_signed_leave,
@@ -43,22 +48,33 @@ from node.validator.schemas import AddressText, Groups, Left, Progress, Register
 _ADDRESS = re.compile(ADDRESS_PATTERN)
 
 
-def register_routes(app: web.Application, orchestrator: Orchestrator) -> None:
-    app[ORCHESTRATOR] = orchestrator
+def register_routes(app: web.Application, orchestrators: Orchestrator | ModelOrchestrators) -> None:
+    if isinstance(orchestrators, Orchestrator):
+        orchestrators = ModelOrchestrators([orchestrators])
+    app[ORCHESTRATOR] = orchestrators
     add_routes(app, ROUTES)
 
 
-def orchestration_registrar(orchestrator: Orchestrator) -> Callable[[web.Application], None]:
+def orchestration_registrar(orchestrators: Orchestrator | ModelOrchestrators) -> Callable[[web.Application], None]:
     """A registrar for `node.validator.app.build_app(node, registrars=[...])`."""
-    return lambda app: register_routes(app, orchestrator)
+    return lambda app: register_routes(app, orchestrators)
+
+
+def _of_model(request: web.Request) -> Orchestrator:
+    """The orchestrator of the `model_id` query parameter (the first model's without one); 404 for another."""
+    try:
+        return request.app[ORCHESTRATOR].of_model(request.query.get("model_id"))
+    except RegistrationRefused as refused:
+        raise ApiError(404, refused.code, str(refused)) from None
 
 
 async def register_worker(request: web.Request) -> web.Response:
-    """Register a staked worker (signed by its key, fresh nonce and timestamp)"""
-    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
+    """Register a staked worker (signed by its key, fresh nonce and timestamp) for the model it names"""
     data = await read_json_object(request)
     try:
-        record = await orchestrator.register(parse_signed_registration(data))
+        signed = parse_signed_registration(data)
+        orchestrator: Orchestrator = request.app[ORCHESTRATOR].for_registration(signed)
+        record = await orchestrator.register(signed)
     except MessageError as error:
         raise ApiError(400, "bad_message", str(error)) from None
     except RegistrationRefused as refused:
@@ -70,10 +86,11 @@ async def register_worker(request: web.Request) -> web.Response:
 
 async def heartbeat(request: web.Request) -> web.Response:
     """Keep a registered worker healthy (signed)"""
-    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     data = await read_json_object(request)
     try:
-        record = await orchestrator.heartbeat(parse_signed_heartbeat(data))
+        signed = parse_signed_heartbeat(data)
+        orchestrator: Orchestrator = request.app[ORCHESTRATOR].of_worker(signed.message.address)
+        record = await orchestrator.heartbeat(signed)
     except MessageError as error:
         raise ApiError(400, "bad_message", str(error)) from None
     except RegistrationRefused as refused:
@@ -83,11 +100,10 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def leave(request: web.Request) -> web.Response:
     """A worker shutting down leaves its group now (signed); the group is repaired with a spare"""
-    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     data = await read_json_object(request)
     try:
         signed = parse_signed_leave(data)
-        await orchestrator.leave(signed)
+        await request.app[ORCHESTRATOR].of_worker(signed.message.address).leave(signed)
     except MessageError as error:
         raise ApiError(400, "bad_message", str(error)) from None
     except RegistrationRefused as refused:
@@ -97,13 +113,13 @@ async def leave(request: web.Request) -> web.Response:
 
 async def assignment(request: web.Request) -> web.Response:
     """The stage a worker serves (group, index, layer range) or that it is a spare"""
-    orchestrator: Orchestrator = request.app[ORCHESTRATOR]
     address = request.match_info["address"]
     if not _ADDRESS.match(address):
         raise ApiError(400, "bad_address", f"{address!r} is not a 0x-prefixed 20-byte hex address")
     from eth_utils import to_checksum_address
 
     address = to_checksum_address(address)
+    orchestrator: Orchestrator = request.app[ORCHESTRATOR].of_worker(address)
     try:
         orchestrator.check_leading()
     except RegistrationRefused as refused:
@@ -115,12 +131,12 @@ async def assignment(request: web.Request) -> web.Response:
 
 async def groups(request: web.Request) -> web.Response:
     """Groups, their stages, layer ranges and throughput; spares; registered workers"""
-    return web.json_response(request.app[ORCHESTRATOR].groups_json())
+    return web.json_response(_of_model(request).groups_json())
 
 
 async def progress(request: web.Request) -> web.Response:
     """Tasks done, correct answers, tokens and tokens/s of the running task dispatch"""
-    figures = request.app[ORCHESTRATOR].progress
+    figures = _of_model(request).progress
     if figures is None:
         return web.json_response({"running": False})
     return web.json_response({"running": figures.finished_at is None, **figures.to_json()})
@@ -140,6 +156,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
+_MODEL = Param("model_id", "query", ModelId)
+
 ROUTES = (
     Route("POST", "/v1/workers/register", register_worker, request=RegistrationBody, response=RegisteredWorker,
           status=201, errors=(400, 403, 409, 413, 503), description="registered; its assignment"),
@@ -149,6 +167,7 @@ ROUTES = (
           description="left"),
     Route("GET", "/v1/workers/{address}/assignment", assignment, response=WorkerAssignment,
           parameters=(Param("address", "path", AddressText),), errors=(400, 404, 503), description="assignment"),
-    Route("GET", "/v1/groups", groups, response=Groups, description="groups"),
-    Route("GET", "/v1/orchestrator/progress", progress, response=Progress, description="progress"),
+    Route("GET", "/v1/groups", groups, response=Groups, parameters=(_MODEL,), errors=(404,), description="groups"),
+    Route("GET", "/v1/orchestrator/progress", progress, response=Progress, parameters=(_MODEL,), errors=(404,),
+          description="progress"),
 )

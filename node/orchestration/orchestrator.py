@@ -111,6 +111,13 @@ class Orchestrator:
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         self.check_leading()
         address = signed.message.address
+        if signed.message.model_id not in (None, self.model_id):
+            signed.verify()
+            raise RegistrationRefused(
+                "unknown_model",
+                f"{address} serves model {signed.message.model_id}; this orchestrator groups workers for {self.model_id}",
+                409,
+            )
         if self.precision not in signed.message.precisions:
             signed.verify()
             raise RegistrationRefused(

@@ -31,6 +31,7 @@ from node.orchestration.bans import ledger_bans
 from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import PREFERRED_STAGES, GroupingPolicy, ModelShape
 from node.orchestration.leadership import LEASE_S, Leadership
+from node.orchestration.models import ModelOrchestrators
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.progress import Progress
@@ -131,6 +132,27 @@ class Orchestration:
             await close()
 
 
+def build_orchestrations(args: Any, node: Any, model_dirs: list[Path]) -> list[Orchestration]:
+    """One orchestration per model the validator serves (`build_orchestration`), sharing what the node holds
+    once: the jobs issued (the spec guard accepts a bundle of any model's), the seed schedule (no two jobs
+    share a seed) and the stage URLs a defence is asked at. With `--tasks`, every model runs every task
+    `--samples-per-task` times, so each task gets a pass rate per model. Serve them with
+    `orchestrations_registrar(orchestrations)`."""
+    issued, seeds = IssuedJobs(), SeedSchedule(_seed_secret(getattr(args, "seed_secret_file", None)))
+    built = [build_orchestration(args, node, model_dir, issued=issued, seeds=seeds) for model_dir in model_dirs]
+    if len(built) > 1 and hasattr(node, "defence_source"):
+        registries = [o.orchestrator.registry for o in built]
+        node.defence_source = StageDefences(
+            lambda worker: next((url for r in registries if (url := stage_url_of(r, worker)) is not None), None),
+            deadline_s=getattr(args, "defence_seconds", 30.0))
+    return built
+
+
+def orchestrations_registrar(orchestrations: list[Orchestration]):
+    """The API routes of every model's orchestrator (node/orchestration/api.py), for `build_app`."""
+    return orchestration_registrar(ModelOrchestrators([o.orchestrator for o in orchestrations]))
+
+
 class _TaskLog:
     """The progress bar's figures as a log line: after the first task, at most every `every_s` seconds, and
     after the last."""
@@ -158,6 +180,8 @@ def build_orchestration(
     *,
     driver: PipelineDriver | None = None,
     stake_of: StakeLookup | None = None,
+    issued: IssuedJobs | None = None,
+    seeds: SeedSchedule | None = None,
 ) -> Orchestration:
     """Everything orchestration needs, from the parsed flags and the validator node (ledger stakes, min stake).
 
@@ -205,7 +229,7 @@ def build_orchestration(
     )
     if hasattr(node, "on_blamed"):
         node.on_blamed.append(orchestrator.worker_blamed)
-    issued = IssuedJobs()
+    issued = issued if issued is not None else IssuedJobs()
     if hasattr(node, "spec_guard"):
         node.spec_guard = _spec_guard(node, issued)
     if hasattr(node, "defence_source"):
@@ -217,7 +241,7 @@ def build_orchestration(
 
         tasks = load_task_source(args.tasks)
         tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)
-        seeds = SeedSchedule(_seed_secret(args.seed_secret_file))
+        seeds = seeds if seeds is not None else SeedSchedule(_seed_secret(args.seed_secret_file))
         new_dispatcher = lambda: Dispatcher(  # noqa: E731 (one per term as orchestrator: leadership.py)
             orchestrator,
             tasks,

@@ -70,6 +70,7 @@ Timestamp = Annotated[int, Strict(), Field(gt=0, lt=1 << 40, description="unix s
 Region = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_REGION_LENGTH, pattern=r"^[A-Za-z0-9._-]+$")]
 Device = Annotated[str, Strict(), Field(min_length=1, max_length=32, pattern=r"^[a-z]+(:[0-9]+)?$")]
 Precisions = Annotated[tuple[Precision, ...], Field(min_length=1, max_length=8)]
+ModelId = Annotated[str, Strict(), Field(pattern=r"^0x[0-9a-f]{64}$", description="keccak256 of the weight manifest")]
 CPU_ONLY = ("cpu", (DEFAULT_PRECISION,))  # what a registration that names neither means (workers from before I8)
 StageUrl = Annotated[
     str, Strict(), AfterValidator(_checked_url), WithJsonSchema({"type": "string", "maxLength": MAX_URL_LENGTH})
@@ -120,6 +121,8 @@ class Registration(WorkerMessage):
     chain_id: Annotated[int, Strict(), Field(ge=0, lt=1 << 64)] = 0
     device: Device = CPU_ONLY[0]  # the torch device its stage computes on (cpu, cuda, cuda:1, ...)
     precisions: Precisions = CPU_ONLY[1]  # what that device computes: the validator groups it only for these (I8)
+    model_id: ModelId | None = None  # the model its stage serves: a validator of several models groups it for that
+    # one; None (workers from before) means the validator's first model
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
@@ -127,6 +130,8 @@ class Registration(WorkerMessage):
             del data["device"], data["precisions"]
         else:
             data["precisions"] = list(self.precisions)
+        if self.model_id is None:  # the encoding workers signed before they named their model
+            del data["model_id"]
         return data
 
 
@@ -186,13 +191,13 @@ def new_nonce() -> str:
 def make_registration(
     key: SigningKey, capacity: Capacity, region: str, stage_url: str, now: float | None = None, *,
     validator: str = UNBOUND_VALIDATOR, chain_id: int = 0, device: str = CPU_ONLY[0],
-    precisions: tuple[str, ...] = CPU_ONLY[1],
+    precisions: tuple[str, ...] = CPU_ONLY[1], model_id: str | None = None,
 ) -> SignedRegistration:
     """What a worker sends to POST /v1/workers/register, for the validator `validator` on chain `chain_id`:
-    its stage computes on `device` in any of `precisions`."""
+    its stage computes on `device` in any of `precisions`, and serves the model `model_id`."""
     timestamp = int(time.time() if now is None else now)
     return Registration(key.address, capacity, region, stage_url, new_nonce(), timestamp, validator, chain_id,
-                        device, tuple(precisions)).sign(key)
+                        device, tuple(precisions), model_id).sign(key)
 
 
 def make_heartbeat(key: SigningKey, in_flight: int = 0, now: float | None = None) -> SignedHeartbeat:

@@ -112,6 +112,7 @@ class Worker:
         self.domain: ReceiptDomain | None = None
         self.server: Any = None
         self.stage_url: str | None = None
+        self.model_id: str | None = None  # the model it registers for (check_models): its first the validator runs
         self.controllers: tuple[str, ...] = ()  # the validator addresses whose control requests the stage obeys
         self.chain: ChainInfo | None = None  # where the stake and the validator set live (set by check_stake)
 
@@ -170,10 +171,13 @@ class Worker:
             except Exception as error:
                 raise WorkerError(f"cannot read the model in {directory}: {short_error(error)}") from None
         wanted = health.get("models")
-        if isinstance(wanted, list) and wanted and not set(ours) & {str(m).lower() for m in wanted}:
+        runs = {str(m).lower() for m in wanted} if isinstance(wanted, list) and wanted else set(ours)
+        served = [m for m in ours if m in runs]
+        if not served:
             raise WorkerError(
                 f"none of this worker's models ({', '.join(sorted(ours))}) is one the validator runs ({', '.join(wanted)})"
             )
+        self.model_id = served[0]  # a validator of several models groups workers per model
 
     async def start(self) -> None:
         """Everything up to a registered worker; on failure, whatever was started is stopped again."""
@@ -246,6 +250,7 @@ class Worker:
             chain_id=self.domain.chain_id if self.domain else 0,
             device=self.config.device,
             precisions=tuple(offered),
+            model_id=self.model_id,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -5,15 +5,18 @@ the two accepted rows, and `verify_dataset` accepts them against the chain. The 
 completion, a dropped proof and a row forged from the blamed job each fail, naming the row.
 """
 
+import dataclasses
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
-from ledger import journal
+from ledger import journal, merkle
 from ledger.chain.client import ChainClient
+from ledger.dataset import export as export_module
 from ledger.dataset.export import ExportError, export_dataset
 from ledger.dataset.passk import pass_at_k
 from ledger.dataset.verify import ChainRoots, verify_dataset
@@ -228,3 +231,67 @@ async def test_an_export_refuses_an_epoch_whose_entries_no_longer_give_its_root(
         await tx.conn.execute(text("UPDATE journal SET entry_hash = :h WHERE seq = 1"), {"h": h32(999)})
     with pytest.raises(ExportError, match="epoch 1: its journal entries do not give the entries root"):
         await export_dataset(anchored, tmp_path / "ds", "parquet")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 13])
+def test_an_epochs_proofs_gathered_at_once_are_the_proofs_of_its_entries(n):
+    """The export reads every proof of a page out of the epoch's tree in one gather (numpy, no object per
+    hash); each is the path `merkle.proof` gives, promoted nodes left out."""
+    leaves = [bytes([i]) * 32 for i in range(1, n + 1)]
+    levels = [b"".join(leaves)]
+    while len(levels[-1]) > 32:
+        levels.append(merkle.parent_level(levels[-1]))
+    tree = export_module._Tree(first_seq=100, levels=tuple(levels))
+    seqs = [100 + i for i in range(n - 1, -1, -1)]  # any order
+    assert tree.proofs(seqs).to_pylist() == [merkle.proof(leaves, seq - 100) for seq in seqs]
+
+
+async def test_an_export_of_many_pages_over_several_epochs_keeps_every_row_in_order(ledger, chain, tmp_path, monkeypatch):
+    """Pages of two rows, each read while the one before is written: seven rows in two epochs come out once
+    each, in journal order, and all verify; the SQLite page cache the export shrank is the ledger's again."""
+    monkeypatch.setattr(export_module, "BATCH", 2)
+    for job in range(1, 8):
+        await ledger.record_bundle(h32(job), "{}", [], model_id=MODEL)
+        async with ledger.transaction() as tx:
+            await tx.record_verdict(h32(job), "accepted", figures={"exp_mismatch": [0, 0]})
+            await tx.append([journal.reward(A, 10, job_id=h32(job), stage=0, work_units=5)])
+        await ledger.record_sample(sample(job, f"t{job % 3}", f"x = {job}", job % 2 == 0))
+        if job in (4, 7):
+            await anchor_all(ledger, chain)
+    report = await export_dataset(ledger, tmp_path / "ds", "parquet")
+    table = pq.read_table(tmp_path / "ds" / "samples.parquet")
+    assert report.rows == table.num_rows == 7 and report.epochs == 2
+    assert table.column("job_id").to_pylist() == [h32(job) for job in range(1, 8)]
+    assert np.all(np.diff(table.column("journal_seq").to_numpy()) > 0)
+    result = verify_dataset(tmp_path / "ds", ChainRoots(chain))
+    assert result.ok and result.held == 7 and result.epochs == 2
+    if ledger.dialect == "sqlite":
+        async with ledger.reading() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA cache_size")).scalar() == -65536
+
+
+async def test_samples_of_one_task_on_two_models_give_a_pass_at_k_row_per_model(ledger, chain, tmp_path):
+    """Task t1 sampled three times on each of two models: one pass@k row per (task, model), with the unbiased
+    estimator, in the export and in the ledger's task lines (GET /v1/tasks)."""
+    other = h32(78)
+    outcomes = {MODEL: (True, False, False), other: (True, True, True)}
+    job = 0
+    for model_id, results in outcomes.items():
+        for correct in results:
+            job += 1
+            await ledger.record_bundle(h32(job), "{}", [], model_id=model_id)
+            await ledger.record_verdict(h32(job), "accepted", figures={"exp_mismatch": [0, 0]})
+            record = dataclasses.replace(sample(job, "t1", "x = 3" if correct else "x = 4", correct), model_id=model_id)
+            await ledger.record_sample(record)
+    await anchor_all(ledger, chain)
+
+    report = await export_dataset(ledger, tmp_path / "ds", "parquet", k=2)
+    assert report.models == tuple(sorted(outcomes)) and report.pairs == 2
+    rows = {r["model_id"]: r for r in pq.read_table(tmp_path / "ds" / "pass_at_k.parquet").to_pylist()}
+    assert (rows[MODEL]["n"], rows[MODEL]["correct"], rows[MODEL]["k"]) == (3, 1, 2)
+    assert rows[MODEL]["pass_at_1"] == pytest.approx(1 / 3)
+    assert rows[MODEL]["pass_at_k"] == pytest.approx(1 - 1 / 3)  # 1 - C(2,2)/C(3,2)
+    assert (rows[other]["n"], rows[other]["correct"], rows[other]["pass_at_1"], rows[other]["pass_at_k"]) == (3, 3, 1.0, 1.0)
+    lines = {line.model_id: line.to_json() for line in (await ledger.tasks()).items}
+    assert (lines[MODEL]["samples"], lines[MODEL]["correct"], lines[other]["correct"]) == (3, 1, 3)
+    assert verify_dataset(tmp_path / "ds", ChainRoots(chain)).held == 6

@@ -39,6 +39,19 @@ def test_every_leaf_proves_and_a_wrong_one_does_not(n):
             assert not merkle.verify(leaves[i], path[:-1] + [leaf(999)], root)
 
 
+def test_proofs_checked_with_a_shared_memo_give_the_same_roots_and_still_catch_a_wrong_sibling():
+    """A dataset verify checks every row's proof with one memo of pair hashes per epoch."""
+    leaves = [leaf(i) for i in range(33)]
+    root, memo = merkle.root(leaves), {}
+    for i in range(33):
+        assert merkle.process_proof(leaves[i], merkle.proof(leaves, i), memo) == root
+    assert memo  # the upper pairs were hashed once and looked up after
+    wrong = merkle.proof(leaves, 5)
+    wrong[-1] = leaf(999)
+    assert merkle.process_proof(leaves[5], wrong, memo) != root
+    assert merkle.process_proof(leaves[5], wrong, memo) == merkle.process_proof(leaves[5], wrong)
+
+
 def test_reward_leaf_is_the_double_hash_of_abi_encoding():
     worker = address(0xABC)
     expected = keccak(keccak(encode(["address", "uint256"], [worker, 10**21])))

@@ -146,3 +146,32 @@ async def test_answers_have_the_shapes_the_openapi_document_declares(served, wor
     from node.protocol.worker_messages import make_leave
 
     Left.model_validate(await (await client.post("/v1/workers/leave", json=make_leave(worker_keys[0]).to_json())).json())
+
+
+async def test_a_validator_of_two_models_routes_each_worker_to_its_models_groups(model_dir, worker_keys):
+    """Two orchestrators behind one app (ModelOrchestrators): a registration goes to the model it names, a
+    heartbeat and an assignment to the orchestrator that has the worker, GET /v1/groups?model_id= answers per
+    model; a model the validator does not run is refused (409 on registration, 404 on the GETs)."""
+    from node.orchestration.models import ModelOrchestrators
+
+    first, second = "0x" + "ab" * 32, "0x" + "cd" * 32
+    stakes = stake_lookup({k.address: 10**18 for k in worker_keys})
+    driver = LocalPipeline(model_dir, {k.address: LocalWorker(k.address, model_dir) for k in worker_keys})
+    orchestrators = [Orchestrator(Registry(stakes, RegistryPolicy()), driver, model, ModelShape(10, 4 * MIB),
+                                  GroupingPolicy(stages_per_group=2)) for model in (first, second)]
+    app = build_app(SimpleNamespace(config=ValidatorConfig()), dashboard=False,
+                    registrars=[orchestration_registrar(ModelOrchestrators(orchestrators))])
+    async with TestClient(TestServer(app)) as client:
+        for key, model in zip(worker_keys[:3], (first, second, None)):  # None: a worker older than the field
+            body = make_registration(key, CAPACITIES[0], "eu", "http://127.0.0.1:9100", model_id=model).to_json()
+            assert (await client.post("/v1/workers/register", json=body)).status == 201
+        workers = {m: {w["address"] for w in (await (await client.get(f"/v1/groups?model_id={m}")).json())["workers"]}
+                   for m in (first, second)}
+        assert workers == {first: {worker_keys[0].address, worker_keys[2].address}, second: {worker_keys[1].address}}
+        assignment = await (await client.get(f"/v1/workers/{worker_keys[1].address}/assignment")).json()
+        assert assignment["model_id"] == second
+        assert (await client.post("/v1/workers/heartbeat", json=make_heartbeat(worker_keys[1]).to_json())).status == 200
+        stray = make_registration(worker_keys[3], CAPACITIES[0], "eu", "http://127.0.0.1:9100", model_id="0x" + "ee" * 32)
+        refused = await client.post("/v1/workers/register", json=stray.to_json())
+        assert refused.status == 409 and (await refused.json())["error"]["code"] == "unknown_model"
+        assert (await client.get("/v1/groups?model_id=0x" + "ee" * 32)).status == 404

@@ -163,3 +163,28 @@ def test_validator_run_prefers_a_three_stage_pipeline_unless_told_otherwise(mode
     assert default.orchestrator.policy.preferred_stages == 3 and default.orchestrator.policy.stages_per_group is None
     asked = build_orchestration(parse("--stages-per-group", "2"), node, model_dir, driver=LocalPipeline(model_dir, {}))
     assert asked.orchestrator.policy.stages_per_group == 2
+
+
+async def test_a_validator_of_two_models_builds_one_orchestration_per_model_and_every_one_runs_every_task(
+        tmp_path, model_dir, worker_keys):
+    """`validator run --model-dir A --model-dir B --tasks F --samples-per-task 2`: one orchestrator per model,
+    each dispatching every task twice, with one seed schedule and one record of issued jobs between them."""
+    from node.orchestration.models import ModelOrchestrators
+    from node.orchestration.setup import build_orchestrations
+    from node.pipeline.tiny import tiny_model_dir
+    from node.pipeline.weights import model_id
+
+    qwen_dir = tiny_model_dir("qwen2", seed=9, path=tmp_path / "qwen2", num_layers=4)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(json.dumps({"id": f"q{i}", "prompt": f"{i} + {i}?", "answer": str(2 * i), "checker": "number"})
+                               for i in range(3)))
+    args = parse("--tasks", str(tasks), "--samples-per-task", "2")
+    node = SimpleNamespace(config=ValidatorConfig(), spec_guard=None, chain_key=SigningKey(b"\x55" * 32))
+    built = build_orchestrations(args, node, [model_dir, qwen_dir])
+    assert [o.orchestrator.model_id for o in built] == [model_id(model_dir), model_id(qwen_dir)]
+    assert [o.dispatcher.progress.tasks_total for o in built] == [6, 6]
+    assert built[0].dispatcher.seeds is built[1].dispatcher.seeds and built[0].issued is built[1].issued
+    assert node.spec_guard is not None
+    for orchestration in built:
+        await orchestration.orchestrator.driver.close()
+    assert ModelOrchestrators([o.orchestrator for o in built]).of_model(model_id(qwen_dir)) is built[1].orchestrator
