@@ -183,7 +183,7 @@ FP16_ACTIVATION = BF16_ACTIVATION
 # SmolLM2), but mostly common to all ids: what a token's check sees is the *gap* between its perturbed score and
 # the best one, at most 0.42 on SmolLM2 (1,400 teacher-forced positions; 1 gap above 0.25) and under 0.5 on the
 # tiny models (0 refused at margin 0.5 over 14,000; at 1.0, 0 of 100,000, gap max 0.18). 1.0 leaves 2.4x over the
-# largest honest gap (0 refused in 101,400 positions: <= 3e-5 per token at 95 %, 1e-5 not yet shown); the price is the
+# largest honest gap (0 refused in 301,400 positions: <= 1.0e-5 per token at 95 %); the price is the
 # per-token bite: an id drawn from the other top-50 candidates passes 59 % (SmolLM2) to 68 % (tiny Llama) of the
 # time at 1.0 (8.8 % at 0.5, 96 % at 2.0), so single injected tokens are caught statistically, a run of k of
 # them with probability 1 - 0.68^k. docs/verification.md has the positions and the bound reached.
