@@ -67,7 +67,7 @@ def findings_of(
     from node.toploc.activation import verify_proofs
     from node.toploc.job_statistics import stage_job_check
     from node.toploc.sampling import verify_sampling
-    from node.validator.defence import check_defence
+    from node.validator.defence import check_defence  # torch too
     from node.pipeline.wire import WIRE_DTYPES  # torch too  # isort: skip
 
     if model.dtype != WIRE_DTYPES[spec.precision]:
