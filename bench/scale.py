@@ -32,6 +32,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,12 +69,15 @@ def _load(name: str):
 # ------------------------------------------------------------------------------------------ the validator under test
 
 
-def start_validator(home: Path, db_url: str, model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+def start_validator(home: Path, db_url: str, model_dir: Path, *extra: str,
+                    profile: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """A `validator run` process and its URL; with `profile`, run under cProfile, its stats written there on exit."""
     env = {**os.environ, "STAGEWISE_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "STAGEWISE_VALIDATOR_KEY": "0x" + VALIDATOR_KEY.secret.hex(),
            "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     command = [
-        sys.executable, "-m", "node.cli.main", "--db", db_url, "validator", "run", "--no-chain",
+        sys.executable, *profiler, "-m", "node.cli.main", "--db", db_url, "validator", "run", "--no-chain",
         "--chain-id", str(CHAIN_ID), "--contract", CONTRACT, "--model-dir", str(model_dir), "--port", "0",
         "--requests-per-second", "1000000", "--max-connections", "16000", "--max-connections-per-client", "16000",
         *extra,
@@ -155,7 +159,8 @@ async def validator_rows(args, tmp: Path, model_dir: Path, figures: dict) -> Non
                                                        for u in urls])
     signing_s = time.monotonic() - started
     process, base = start_validator(tmp, db_url, model_dir, "--allow-private-stage-urls", "--heartbeat-timeout", "3600",
-                                    "--regroup-interval", "2", "--validation-workers", "1")
+                                    "--regroup-interval", "2", "--validation-workers", "1",
+                                    profile=args.profile)
     try:
         connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
@@ -353,6 +358,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="registration stops sending after this many seconds (the rest of the rows use those registered)")
     parser.add_argument("--skip", action="append", default=[], choices=["validator", "grouping", "epoch", "intake"])
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--logs", type=Path, help="keep the validators' logs in this directory")
+    parser.add_argument("--profile", type=Path,
+                        help="run the validator of the registration and heartbeat rows under cProfile, stats written here")
     args = parser.parse_args(argv)
     args.workers = args.workers or (1_000 if args.quick else 10_000)
     args.entries = args.entries or (100_000 if args.quick else 1_000_000)
@@ -455,6 +463,10 @@ def main(argv=None) -> int:
             except Exception:  # the other rows still run and print; this one is a miss
                 failed.append(name)
                 traceback.print_exc()
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("validator-*.log"):
+                shutil.copy(log, args.logs / log.name)
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     misses = report(args, figures) + [f"{name} (failed)" for name in failed]
     if args.json:

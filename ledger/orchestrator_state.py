@@ -1,8 +1,9 @@
 """What an orchestrator must not forget across a restart: the workers registered with it and the groups it
 formed, per model. It moves no money, so it lives beside the journal, not in it.
 
-`save_worker` on every accepted registration (with the registration's signed timestamp, so that a replayed
-older registration is refused after a restart as well), `forget_worker` when a worker leaves,
+`save_workers` on every accepted registration (those accepted together share one transaction; with the
+registration's signed timestamp, so that a replayed older registration is refused after a restart as well),
+`forget_worker` when a worker leaves,
 `save_groups` after every regrouping, and `load_orchestrator_state` once, on start. Heartbeats are not
 written: a restored worker has one heartbeat timeout to be heard from again.
 
@@ -38,13 +39,20 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-async def save_worker(ledger, model_id: str, address: str, record: dict[str, Any], signed_at: float) -> None:
-    row = {"model_id": model_id, "address": address, "record": record, "signed_at": signed_at, "updated_at": _now()}
+async def save_workers(ledger, model_id: str, records: list[tuple[str, dict[str, Any], float]]) -> None:
+    """Upsert (address, record, signed_at) rows in one transaction; of one address given twice, the last."""
+    now = _now()
+    latest = {address: (record, signed_at) for address, record, signed_at in records}
+    rows = [{"model_id": model_id, "address": address, "record": record, "signed_at": signed_at, "updated_at": now}
+            for address, (record, signed_at) in latest.items()]
+    if not rows:
+        return
     async with ledger.transaction() as tx:
-        statement = insert(tx.dialect, OrchestratorWorker.__table__).values(**row)
+        statement = insert(tx.dialect, OrchestratorWorker.__table__).values(rows)
         await tx.conn.execute(statement.on_conflict_do_update(
             index_elements=["model_id", "address"],
-            set_={"record": row["record"], "signed_at": row["signed_at"], "updated_at": row["updated_at"]},
+            set_={"record": statement.excluded.record, "signed_at": statement.excluded.signed_at,
+                  "updated_at": statement.excluded.updated_at},
         ))
 
 

@@ -28,13 +28,14 @@ from typing import Any
 from node import settings
 from node.orchestration.api import orchestration_registrar
 from node.orchestration.bans import ledger_bans
+from node.orchestration.batched_calls import BatchedCalls
 from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import PREFERRED_STAGES, GroupingPolicy, ModelShape
 from node.orchestration.leadership import LEASE_S, Leadership
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.progress import Progress
-from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
+from node.orchestration.registry import LEDGER_READS, Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
 from node.orchestration.resume import SavedOrchestration
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_LOG_EVERY_S = 10.0  # without a terminal, task progress is a log line at most this often
 KV_HEADROOM = 1.25  # a layer needs its weights plus room for the KV cache of the sequences in flight
+BATCHED_READS = 100_000  # lookups waiting at once for a batched statement (each is one small future)
 
 
 @dataclass
@@ -170,8 +172,10 @@ def build_orchestration(
     model_dir = Path(model_dir)
     shape = shape_of_model(model_dir)
     precision = getattr(args, "precision", "fp32")  # what this model's jobs declare (PROTOCOL I8)
+    ledger_reads = LEDGER_READS
     if stake_of is None:
         stake_of = _ledger_stake(node)
+        ledger_reads = BATCHED_READS  # stakes and bans: one statement in flight at a time however many wait
     registry = Registry(
         stake_of,
         RegistryPolicy(
@@ -182,6 +186,7 @@ def build_orchestration(
             allow_private_urls=getattr(args, "allow_private_stage_urls", True),
         ),
         banned_until=ledger_bans(node.ledger) if getattr(node, "ledger", None) is not None else None,
+        ledger_reads=ledger_reads,
     )
     if driver is None:
         key = getattr(node, "chain_key", None)
@@ -386,16 +391,24 @@ def _history_check(node: Any, model_id: str, model_dir: Path, precision: str = "
 
 def _ledger_stake(node: Any) -> StakeLookup:
     """Stake as the ledger follows it from chain events; when that says too little and the node has a chain,
-    the chain itself (a worker that staked a moment ago registers before the ledger has caught up)."""
+    the chain itself (a worker that staked a moment ago registers before the ledger has caught up). Reads
+    that arrive together share one statement (batched_calls.py): every heartbeat reads its worker's stake."""
     minimum = int(getattr(node.config, "min_stake_wei", 1))
+    chain_reads = asyncio.Semaphore(LEDGER_READS)
+
+    async def stakes_in_order(addresses) -> list[int]:
+        stakes = await node.stakes_of(list(dict.fromkeys(addresses)))
+        lowered = {a.lower(): v for a, v in stakes.items()}
+        return [int(stakes.get(a, lowered.get(a.lower(), 0))) for a in addresses]
+
+    read = BatchedCalls(stakes_in_order)
 
     async def stake_of(address: str) -> int:
-        stakes = await node.stakes_of([address])
-        lowered = {a.lower(): v for a, v in stakes.items()}
-        stake = int(stakes.get(address, lowered.get(address.lower(), 0)))
+        stake = await read(address)
         chain = getattr(node, "chain", None)
         if stake < minimum and chain is not None:
-            stake = int(await asyncio.to_thread(chain.stake_of, address))
+            async with chain_reads:
+                stake = int(await asyncio.to_thread(chain.stake_of, address))
         return stake
 
     return stake_of
