@@ -38,6 +38,7 @@ from node.orchestration.progress import Progress
 from node.orchestration.registry import LEDGER_READS, Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
 from node.orchestration.resume import SavedOrchestration
+from node.orchestration.saved_dispatch import SavedDispatch
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
 from node.orchestration.tasks import load_task_source, load_tokenizer
 from node.protocol.job import SamplingParams
@@ -223,6 +224,7 @@ def build_orchestration(
         tasks = load_task_source(args.tasks)
         tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)
         seeds = SeedSchedule(_seed_secret(args.seed_secret_file))
+        ledger = getattr(node, "ledger", None)
         new_dispatcher = lambda: Dispatcher(  # noqa: E731 (one per term as orchestrator: leadership.py)
             orchestrator,
             tasks,
@@ -243,6 +245,7 @@ def build_orchestration(
             history_check=_history_check(node, orchestrator.model_id, model_dir, precision),
             verdict_of=_verdict_of(node),
             on_sample=_on_sample(node),
+            saved=SavedDispatch(ledger, orchestrator.model_id) if ledger is not None else None,
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
     leadership = None
