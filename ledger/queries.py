@@ -308,6 +308,16 @@ async def slashes(
     return Page(items, total, offset, limit)
 
 
+async def verdict_outcomes(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, str]:
+    """job id -> its verdict's outcome, for those of `job_ids` that have one, in one statement (the
+    orchestrator waits on the verdicts of every job it finished: node/orchestration/setup.py)."""
+    wanted = sorted({hash32(j, "job_id") for j in job_ids})
+    if not wanted:
+        return {}
+    rows = (await conn.execute(select(Verdict.job_id, Verdict.outcome).where(Verdict.job_id.in_(wanted)))).all()
+    return {job_id: outcome for job_id, outcome in rows}
+
+
 async def slash_times_ms(conn: AsyncConnection, workers: Sequence[str], per_worker: int) -> dict[str, list[int]]:
     """The times (ms) of each of `workers`' latest `per_worker` slashes, newest first, in one statement:
     what a ban is decided from (node/orchestration/bans.py). Workers never slashed are left out."""

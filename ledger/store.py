@@ -165,6 +165,7 @@ class Ledger:
     worker_history = _reading(queries.worker_history)
     slashes = _reading(queries.slashes)
     slash_times_ms = _reading(queries.slash_times_ms)
+    verdict_outcomes = _reading(queries.verdict_outcomes)
     epochs = _reading(queries.epochs)
     epoch = _reading(queries.epoch)
     tasks = _reading(queries.tasks)

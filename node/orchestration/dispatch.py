@@ -146,6 +146,8 @@ class Dispatcher:
         self._active: dict[asyncio.Task, tuple[SequenceRun, str]] = {}
         self._settling: set[asyncio.Task] = set()
         self._suspect: dict[str, int] = {}  # group id -> failures being settled
+        self._done: deque[asyncio.Task] = deque()  # tasks that ended, for the main loop
+        self._woken = asyncio.Event()
 
     async def run(self) -> Progress:
         """Dispatch every task to completion (or failure) and return the figures."""
@@ -156,28 +158,17 @@ class Dispatcher:
         try:
             while self._tasks or self._retry or self._active or self._delayed or self._settling:
                 self._fill()
-                waiting = set(self._active) | self._settling
-                if not waiting:
+                if not self._active and not self._settling:
                     await self._wait_for_groups()
                     continue
-                done, _ = await asyncio.wait(waiting, timeout=self.policy.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    if finished in self._settling:
-                        self._settling.discard(finished)
-                        finished.result()  # a bug in settling must not pass silently
-                        continue
-                    run, group_id = self._active.pop(finished)
-                    if finished.exception() is None and self.verdict_of is None:
-                        self._finish(run, None)
-                    elif finished.exception() is None:
-                        confirming = asyncio.create_task(self._confirm(run), name=f"verdict {run.task.task_id}")
-                        self._settling.add(confirming)
-                    else:
-                        # rerouting waits for a regroup (maybe a group loading its layers): off the main loop,
-                        # so the other groups keep getting work meanwhile
-                        self._suspect[group_id] = self._suspect.get(group_id, 0) + 1  # no new work there meanwhile
-                        settling = asyncio.create_task(self._settle(run, group_id, finished), name=f"reroute {run.task.task_id}")
-                        self._settling.add(settling)
+                if not self._done:
+                    try:
+                        await asyncio.wait_for(self._woken.wait(), timeout=self.policy.idle_poll_s)
+                    except asyncio.TimeoutError:
+                        pass
+                self._woken.clear()
+                while self._done:
+                    self._handle(self._done.popleft())
         finally:
             for task in [*self._active, *self._settling]:
                 task.cancel()
@@ -186,6 +177,34 @@ class Dispatcher:
         if self.saved is not None:
             await self.saved.flush()
         return self.progress
+
+    def _track(self, task: asyncio.Task) -> asyncio.Task:
+        """Have the main loop woken when `task` ends. (Not asyncio.wait over every task in flight: that costs
+        each turn of the loop a callback per task, and a network of thousands of groups holds ten thousands.)"""
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if task in self._active or task in self._settling:
+            self._done.append(task)
+            self._woken.set()
+
+    def _handle(self, finished: asyncio.Task) -> None:
+        if finished in self._settling:
+            self._settling.discard(finished)
+            finished.result()  # a bug in settling must not pass silently
+            return
+        run, group_id = self._active.pop(finished)
+        if finished.exception() is None and self.verdict_of is None:
+            self._finish(run, None)
+        elif finished.exception() is None:
+            self._settling.add(self._track(asyncio.create_task(self._confirm(run), name=f"verdict {run.task.task_id}")))
+        else:
+            # rerouting waits for a regroup (maybe a group loading its layers): off the main loop, so the other
+            # groups keep getting work meanwhile
+            self._suspect[group_id] = self._suspect.get(group_id, 0) + 1  # no new work there meanwhile
+            self._settling.add(self._track(asyncio.create_task(self._settle(run, group_id, finished),
+                                                               name=f"reroute {run.task.task_id}")))
 
     async def _resume(self) -> None:
         """Leave out the tasks an earlier orchestrator finished; issue seeds after its last."""
@@ -229,6 +248,7 @@ class Dispatcher:
     def _start(self, run: SequenceRun, group: Group) -> None:
         task = asyncio.create_task(self._advance(run, group), name=f"sequence {run.task.task_id} on {group.group_id}")
         self._active[task] = (run, group.group_id)
+        self._track(task)
 
     async def _advance(self, run: SequenceRun, group: Group) -> None:
         short = await self.orchestrator.registry.understaked(stage.worker for stage in group.stages)

@@ -204,19 +204,23 @@ class Orchestrator:
             return
         self.registry.restore(workers)
         records = {r.address: r for r in self.registry.all()}
-        kept = []
-        async with self._lock:
-            for group in groups:
-                if group.num_layers != self.shape.num_layers or not all(w in records for w in group.workers):
-                    continue
+        room = asyncio.Semaphore(PREPARE_AT_ONCE)
+
+        async def prepared(group: Group) -> Group | None:
+            async with room:
                 try:
                     await self.driver.prepare(group, records)
                 except StageFailure as failure:
                     log.warning("saved group %s not resumed: %s", group.group_id, failure)
                     self.registry.leave(failure.worker)
                     await self._forget(failure.worker)
-                    continue
-                kept.append(group)
+                    return None
+            return group
+
+        async with self._lock:
+            usable = [g for g in groups
+                      if g.num_layers == self.shape.num_layers and all(w in records for w in g.workers)]
+            kept = [g for g in await asyncio.gather(*(prepared(g) for g in usable)) if g is not None]
             self.grouping = Grouping(tuple(kept), ())
         log.info("resumed %d worker(s) and %d of %d group(s) kept in the ledger before the restart", len(workers),
                  len(kept), len(groups))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger.journal import hash32
 from node import settings
 from node.orchestration.api import orchestration_registrar
 from node.orchestration.bans import ledger_bans
@@ -260,6 +261,13 @@ def _on_job(node: Any, issued: IssuedJobs):
     so a job that never completes (a stage died and the sequence went on as a continuation) is
     soft-invalidated at the deadline: nobody paid, nobody slashed."""
     expect = getattr(node, "expect", None)
+    if hasattr(node, "expect_many"):  # jobs issued together are written in one transaction
+
+        async def expect_together(specs) -> list[None]:
+            await node.expect_many(list(specs))
+            return [None] * len(specs)
+
+        expect = BatchedCalls(expect_together)
 
     async def on_job(spec) -> None:
         await issued.record(spec)
@@ -279,7 +287,16 @@ async def stage_answers_as(url: str, address: str) -> bool:
 
 
 def _verdict_of(node: Any):
-    """The outcome of a job's verdict in the node's ledger, for the dispatcher (None: a node without one)."""
+    """The outcome of a job's verdict in the node's ledger, for the dispatcher (None: a node without one).
+    Every finished sequence asks until its verdict comes: asked together, they share one statement."""
+    ledger = getattr(node, "ledger", None)
+    if ledger is not None and hasattr(ledger, "verdict_outcomes"):
+
+        async def outcomes(job_ids) -> list[str | None]:
+            found = await ledger.verdict_outcomes(job_ids)
+            return [found.get(hash32(j, "job_id")) for j in job_ids]
+
+        return BatchedCalls(outcomes)
     if not hasattr(node, "job"):
         return None
 
