@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class Orchestrator:
         self._free_since: dict[str, float] = {}  # worker -> when it was first seen outside any group (monotonic)
         self._waiting: frozenset[str] = frozenset()
         self._settled: tuple | None = None  # what the last round saw, when a timer round could change nothing
+        self._settled_until = 0.0  # ... until then (monotonic): when a spare's short-group wait runs out
         self.rounds = 0  # regroup rounds computed (a timer round that finds nothing changed is not one)
         self.progress = None  # set by the dispatcher when one runs
 
@@ -260,8 +262,8 @@ class Orchestrator:
         async with self._lock:
             if queued:
                 self._queued = None  # from here on, a registration needs a round of its own
-            if timer and self._settled is not None and self._settled == self._round_inputs():
-                return self.grouping  # same workers, same grouping, no spare's wait running out: same result
+            if timer and time.monotonic() < self._settled_until and self._settled == self._round_inputs():
+                return self.grouping  # same workers, same grouping, no spare's wait run out: same result
             try:
                 return await self._regroup()
             finally:
@@ -330,10 +332,11 @@ class Orchestrator:
             log.info("regrouped %d healthy worker(s) in %.2f s: %d group(s), %d new, %d spare(s)",
                      len(candidates), time.monotonic() - started, len(new.groups), len(formed), len(new.spares))
         self._say_who_waits(new)
-        waits_running_out = self.policy.short_group_wait_s > 0 and any(
-            free_s.get(a, 0.0) < self.policy.short_group_wait_s for a in new.spares)
-        if not excluded and not waits_running_out:
+        waits = [self.policy.short_group_wait_s - free_s.get(a, 0.0) for a in new.spares
+                 if free_s.get(a, 0.0) < self.policy.short_group_wait_s]
+        if not excluded:
             self._settled = self._round_inputs()
+            self._settled_until = started + min(waits) if waits else math.inf
         return self.grouping
 
     def _count_free_time(self, old: Grouping) -> dict[str, float]:
