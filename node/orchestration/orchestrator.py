@@ -272,17 +272,20 @@ class Orchestrator:
                     self.changed.notify_all()
 
     def _round_inputs(self) -> tuple:
-        """What a round's result depends on, apart from time: the grouping it starts from and the healthy
-        workers grouping may use."""
-        workers = frozenset((r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
-                            for r in self.registry.healthy() if self.precision in r.precisions)
-        return self.grouping, workers  # the grouping object itself (compared by identity first, then content)
+        """What a round's result depends on, apart from time: the grouping it starts from (the object itself,
+        compared by identity first) and the healthy workers grouping may use."""
+        return self.grouping, self._usable_workers()
+
+    def _usable_workers(self) -> frozenset:
+        return frozenset((r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
+                         for r in self.registry.healthy() if self.precision in r.precisions)
 
     async def _regroup(self) -> Grouping:
         """refresh()'s work, under its lock."""
         self.rounds += 1
         self._settled = None
         started = time.monotonic()
+        seen = self._usable_workers()  # what this round groups (those heard from again meanwhile need another)
         old = self.grouping
         free_s = self._count_free_time(old)
         excluded: set[str] = set()
@@ -335,7 +338,7 @@ class Orchestrator:
         waits = [self.policy.short_group_wait_s - free_s.get(a, 0.0) for a in new.spares
                  if free_s.get(a, 0.0) < self.policy.short_group_wait_s]
         if not excluded:
-            self._settled = self._round_inputs()
+            self._settled = (self.grouping, seen)
             self._settled_until = started + min(waits) if waits else math.inf
         return self.grouping
 
