@@ -18,6 +18,11 @@ Rows (one run, side by side, each beside its target; --quick: 1,000 workers, els
   job dispatch per second                       a second validator process resumes the groups from the
                                                 ledger and dispatches; the stage 0s stream at once; reported
 
+Registrations and heartbeats are sent with at most --concurrency (256) in flight: a registration is answered
+after the regroup round it joins, so the registration rate is also bounded by 256 / the round's time
+(docs/scaling.md). --profile runs the validators under cProfile; --logs keeps their logs (their "regrouped"
+lines time every round).
+
 The validator runs with its HTTP limits raised (--requests-per-second, --max-connections,
 --max-connections-per-client): every simulated worker shares the bench's one loopback address, which the
 defaults (200 requests/s, 128 connections per address) would refuse as one abusive client.
