@@ -90,6 +90,8 @@ class SavedDispatch:
             self.finished = FinishedTasks.from_json(state.finished.get("positions", {}))
             for name in FIGURES:
                 setattr(progress, name, int(state.finished.get(name, 0)))
+            if progress.tasks_done + progress.tasks_failed >= progress.tasks_total:
+                progress.finished_at = progress.clock()  # nothing left: the run reads as over, not running
             log.info("dispatch goes on where the last orchestrator left it: %d of %d tasks finished",
                      progress.tasks_done + progress.tasks_failed, progress.tasks_total)
         return state.seeds_reserved

@@ -71,6 +71,9 @@ async def test_a_takeover_runs_only_the_tasks_not_yet_finished_with_seeds_never_
     assert not {seed for _, seed in first_jobs.jobs} & {seed for _, seed in second_jobs.jobs}
     assert FinishedTasks.from_json((await load_dispatch_progress(ledger, orchestrator.model_id)).finished["positions"]) \
         == FinishedTasks(below=40)
+    third_jobs = SeedLog()  # and the one after that finds nothing left to do
+    progress = await dispatcher_on(ledger, orchestrator, 40, third_jobs).run()
+    assert third_jobs.jobs == [] and progress.tasks_done == 40 and progress.finished_at is not None
 
 
 async def test_another_task_list_starts_from_its_first_task_and_still_never_reuses_a_seed(ledger, model_dir, worker_keys):
