@@ -175,3 +175,28 @@ async def test_spares_waiting_for_others_get_their_shorter_group_once_their_wait
     await asyncio.sleep(0.6)
     await orchestrator._refresh(timer=True)
     assert orchestrator.rounds == rounds + 1 and len(orchestrator.grouping.spares) < waiting
+
+
+async def test_verdicts_asked_together_answer_each_job_with_its_own_outcome():
+    """Attack: a blamed job's sequence asks for its verdict in the same statement as accepted ones; it must not
+    be counted done (and its output recorded as a dataset row) on their outcome."""
+    from node.orchestration.setup import _verdict_of
+
+    accepted, blamed, pending = ("0x" + c * 64 for c in "abc")
+
+    class VerdictLedger:
+        """ledger.verdict_outcomes: outcomes by lowercase job id, for the ids asked that have a verdict."""
+
+        statements = 0
+
+        async def verdict_outcomes(self, job_ids):
+            self.statements += 1
+            await asyncio.sleep(0.005)
+            decided = {accepted: "accepted", blamed: "blamed"}
+            return {j.lower(): decided[j.lower()] for j in job_ids if j.lower() in decided}
+
+    ledger = VerdictLedger()
+    verdict_of = _verdict_of(SimpleNamespace(ledger=ledger))
+    asked = (accepted, blamed, pending, "0x" + accepted[2:].upper())
+    outcomes = await asyncio.gather(*(verdict_of(j) for j in asked))
+    assert outcomes == ["accepted", "blamed", None, "accepted"] and ledger.statements == 1
