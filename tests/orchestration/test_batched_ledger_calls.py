@@ -165,14 +165,14 @@ async def test_a_timer_round_that_could_change_nothing_computes_nothing_and_a_si
 async def test_spares_waiting_for_others_get_their_shorter_group_once_their_wait_runs_out(model_dir, worker_keys):
     from node.orchestration.grouping import GroupingPolicy
 
-    orchestrator, _, _ = await start(model_dir, worker_keys, GroupingPolicy(preferred_stages=3, short_group_wait_s=0.5))
+    orchestrator, _, _ = await start(model_dir, worker_keys, GroupingPolicy(preferred_stages=3, short_group_wait_s=1.5))
     await orchestrator.refresh()
     waiting = len(orchestrator.grouping.spares)
     assert waiting >= 2, orchestrator.grouping
     rounds = orchestrator.rounds
     await orchestrator._refresh(timer=True)
     assert orchestrator.rounds == rounds  # nothing changed, and their wait has not run out
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.6)
     await orchestrator._refresh(timer=True)
     assert orchestrator.rounds == rounds + 1 and len(orchestrator.grouping.spares) < waiting
 
