@@ -2,7 +2,8 @@
 
 Every simulated worker has its own key and sends real signed registrations and heartbeats over loopback HTTP;
 its stage server (one aiohttp app in this process, one listening port a worker, since a stage URL is a server
-root) answers the validator's signed control requests (PUT/DELETE /v1/assignment, GET /health) and computes
+root) answers the validator's signed control requests (PUT/DELETE /v1/assignment, GET /health, POST /v1/jobs and its
+stream) and computes
 nothing. Stakes are seeded into the validator's ledger, as chain sync would have written them (--no-chain).
 
 Rows (one run, side by side, each beside its target; --quick: 1,000 workers, else 10,000):
@@ -14,8 +15,13 @@ Rows (one run, side by side, each beside its target; --quick: 1,000 workers, els
   resident memory per registered worker         /proc/PID/status VmRSS before and after; reported
   epoch close + anchor, 1,000,000 entries       close on the ledger, anchor on the in-process EVM; reported
   intake CPU per bundle, two validators on one  PostgreSQL (--pg-url or STAGEWISE_TEST_PG_URL); reported
-Job dispatch per second is not measured: the dispatcher needs stage 0 to stream tokens and bundles to come
-back, which this bench's computeless stage servers do not do (docs/scaling.md says what bounds it).
+  job dispatch per second                       a second validator process resumes the groups from the
+                                                ledger and dispatches; the stage 0s stream at once; reported
+
+Registrations and heartbeats are sent with at most --concurrency (256) in flight: a registration is answered
+after the regroup round it joins, so the registration rate is also bounded by 256 / the round's time
+(docs/scaling.md). --profile runs the validators under cProfile; --logs keeps their logs (their "regrouped"
+lines time every round).
 
 The validator runs with its HTTP limits raised (--requests-per-second, --max-connections,
 --max-connections-per-client): every simulated worker shares the bench's one loopback address, which the
@@ -32,6 +38,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,12 +75,15 @@ def _load(name: str):
 # ------------------------------------------------------------------------------------------ the validator under test
 
 
-def start_validator(home: Path, db_url: str, model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+def start_validator(home: Path, db_url: str, model_dir: Path, *extra: str,
+                    profile: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """A `validator run` process and its URL; with `profile`, run under cProfile, its stats written there on exit."""
     env = {**os.environ, "STAGEWISE_HOME": str(home), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "STAGEWISE_VALIDATOR_KEY": "0x" + VALIDATOR_KEY.secret.hex(),
            "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     command = [
-        sys.executable, "-m", "node.cli.main", "--db", db_url, "validator", "run", "--no-chain",
+        sys.executable, *profiler, "-m", "node.cli.main", "--db", db_url, "validator", "run", "--no-chain",
         "--chain-id", str(CHAIN_ID), "--contract", CONTRACT, "--model-dir", str(model_dir), "--port", "0",
         "--requests-per-second", "1000000", "--max-connections", "16000", "--max-connections-per-client", "16000",
         *extra,
@@ -87,11 +97,11 @@ def start_validator(home: Path, db_url: str, model_dir: Path, *extra: str) -> tu
     return process, json.loads(line)["url"]
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen, wait_s: float = 15.0) -> None:
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(15)
+            process.wait(wait_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -155,7 +165,8 @@ async def validator_rows(args, tmp: Path, model_dir: Path, figures: dict) -> Non
                                                        for u in urls])
     signing_s = time.monotonic() - started
     process, base = start_validator(tmp, db_url, model_dir, "--allow-private-stage-urls", "--heartbeat-timeout", "3600",
-                                    "--regroup-interval", "2", "--validation-workers", "1")
+                                    "--regroup-interval", "2", "--validation-workers", "1",
+                                    profile=args.profile)
     try:
         connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
@@ -233,10 +244,49 @@ async def validator_rows(args, tmp: Path, model_dir: Path, figures: dict) -> Non
                 **settled,
             }
             figures["stage_requests"] = dict(stages.requests)
+            stop(process)
+            if "dispatch" not in args.skip:
+                print("  a second validator process takes the ledger over and dispatches tasks", flush=True)
+                figures["dispatch"] = await dispatch_row(args, tmp, db_url, model_dir, stages, session)
     finally:
         stop(process)
         await stages.stop()
     figures["load"] = os.getloadavg()
+
+
+async def dispatch_row(args, tmp: Path, db_url: str, model_dir: Path, stages: StageServers,
+                       session: aiohttp.ClientSession) -> dict:
+    """Jobs dispatched per second: a new validator process on the ledger the registrations went to resumes its
+    workers and groups (nobody registers again) and dispatches generated tasks to them; the simulated stage 0s
+    take each job and stream its tokens at once. Counted at the stage servers over `--dispatch-seconds` from
+    the first job, with the validator's CPU over the same window. A finished sequence then waits for its
+    job's verdict, which never comes (no bundles are sent): those waits are part of the cost measured."""
+    taken_before = len(stages.job_times)
+    started = time.monotonic()
+    process, base = start_validator(tmp, db_url, model_dir, "--allow-private-stage-urls", "--heartbeat-timeout", "3600",
+                                    "--regroup-interval", "2", "--validation-workers", "0",
+                                    "--tasks", f"gen:arithmetic:n={args.dispatch_tasks}", "--max-new-tokens", "4",
+                                    profile=args.profile.with_suffix(".dispatch" + args.profile.suffix) if args.profile else None)
+    try:
+        while len(stages.job_times) == taken_before and time.monotonic() - started < args.settle_timeout:
+            await asyncio.sleep(0.05)
+        first = time.monotonic()
+        resumed = await groups_view(session, base)
+        cpu_before, ours_before = cpu_s(process.pid), cpu_s()
+        await asyncio.sleep(args.dispatch_seconds)
+        cpu, ours = cpu_s(process.pid) - cpu_before, cpu_s() - ours_before
+        window_end = time.monotonic()
+        jobs = sum(1 for t in stages.job_times[taken_before:] if first <= t <= window_end)
+        async with session.get(base + "/v1/orchestrator/progress") as response:
+            progress = json.loads(await response.read())
+    finally:
+        stop(process, 120.0 if args.profile else 15.0)  # a profiled process writes its stats on the way out
+    return {"first_job_after_s": first - started, "seconds": window_end - first, "jobs": jobs,
+            "per_s": jobs / (window_end - first), "validator_cpu_ms_each": 1000 * cpu / max(1, jobs),
+            "validator_cores": cpu / (window_end - first), "stage_servers_cores": ours / (window_end - first),
+            "groups": len(resumed["groups"]),
+            "workers": len(resumed["workers"]), "progress_jobs": progress.get("jobs"),
+            "tasks_done": progress.get("tasks_done")}
 
 
 def grouping_row(n: int) -> dict:
@@ -351,8 +401,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--settle-timeout", type=float, default=300.0, help="longest wait for groups to settle")
     parser.add_argument("--phase-timeout", type=float, default=300.0,
                         help="registration stops sending after this many seconds (the rest of the rows use those registered)")
-    parser.add_argument("--skip", action="append", default=[], choices=["validator", "grouping", "epoch", "intake"])
+    parser.add_argument("--dispatch-seconds", type=float, default=15.0, help="how long the dispatch row counts jobs")
+    parser.add_argument("--dispatch-tasks", type=int, default=50_000, help="generated tasks the dispatch row offers")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["validator", "dispatch", "grouping", "epoch", "intake"])
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--logs", type=Path, help="keep the validators' logs in this directory")
+    parser.add_argument("--profile", type=Path,
+                        help="run the validators under cProfile, stats written here (the dispatch row's: NAME.dispatch.SUFFIX)")
     args = parser.parse_args(argv)
     args.workers = args.workers or (1_000 if args.quick else 10_000)
     args.entries = args.entries or (100_000 if args.quick else 1_000_000)
@@ -403,6 +459,14 @@ def report(args, figures: dict) -> list[str]:
             f"{v['groups']} groups after; statuses {v['leave_statuses']}")
         if not v["settled"]:
             misses.append("validator regroup did not settle")
+    if "dispatch" in figures:
+        d = figures["dispatch"]
+        row(f"job dispatch, {d['groups']} groups resumed", f"{d['per_s']:,.0f}/s", "reported", None if d["jobs"] else False,
+            f"{d['jobs']:,} jobs in {d['seconds']:.0f} s; validator CPU {d['validator_cpu_ms_each']:.2f} ms each "
+            f"({d['validator_cores']:.2f} cores; the simulated stages {d['stage_servers_cores']:.2f}); first job {d['first_job_after_s']:.1f} s after a new validator "
+            f"process started on the ledger ({d['workers']:,} workers resumed)")
+        if not d["jobs"]:
+            misses.append("dispatch")
     if "grouping" in figures:
         g = figures["grouping"]
         for key, label in (("form_s", "form_groups"), ("regroup_s", "regroup after 5 % drop")):
@@ -455,6 +519,10 @@ def main(argv=None) -> int:
             except Exception:  # the other rows still run and print; this one is a miss
                 failed.append(name)
                 traceback.print_exc()
+        if args.logs is not None:
+            args.logs.mkdir(parents=True, exist_ok=True)
+            for log in tmp.glob("validator-*.log"):
+                shutil.copy(log, args.logs / log.name)
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     misses = report(args, figures) + [f"{name} (failed)" for name in failed]
     if args.json:

@@ -1,5 +1,8 @@
 """The simulated side of bench/scale.py: many workers' stage servers in one process, their signed messages and
-the load they send, and what a process costs (/proc)."""
+the load they send, and what a process costs (/proc).
+
+A simulated stage 0 takes jobs (POST /v1/jobs, 202) and streams them at once, computing nothing: the job's
+`max_new_tokens` zeros, then done (GET /v1/jobs/{id}/stream, ndjson as node/pipeline/server.py writes it)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from node.protocol.signing import SigningKey
+from node.protocol.signing import SigningKey, keccak256
 from node.protocol.worker_messages import Capacity, make_heartbeat, make_leave, make_registration
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,13 +50,16 @@ class StageServers:
     def __init__(self) -> None:
         self.by_port: dict[int, str] = {}
         self.assignments: dict[str, dict | None] = {}
-        self.requests = {"PUT": 0, "DELETE": 0, "GET": 0}
+        self.requests = {"PUT": 0, "DELETE": 0, "GET": 0, "POST": 0}
+        self.jobs: dict[str, int] = {}  # job id -> tokens to stream (taken, not yet streamed)
+        self.job_times: list[float] = []  # monotonic time of every job taken
         self._runner: web.AppRunner | None = None
 
     async def start(self, workers: list[str]) -> list[str]:
         app = web.Application()
         app.add_routes([web.put("/v1/assignment", self._put), web.delete("/v1/assignment", self._delete),
-                        web.get("/health", self._health)])
+                        web.get("/health", self._health), web.post("/v1/jobs", self._job),
+                        web.get("/v1/jobs/{job_id}/stream", self._stream)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         urls = []
@@ -86,6 +92,22 @@ class StageServers:
         self.assignments[self._worker(request)] = None
         return web.json_response({"assignment": None})
 
+    async def _job(self, request: web.Request) -> web.Response:
+        self.requests["POST"] += 1
+        if "X-Stagewise-Signature" not in request.headers:
+            return web.json_response({"error": {"code": "unsigned", "message": "control requests are signed"}}, status=401)
+        spec = (await request.json())["spec"]
+        job_id = _job_id(spec)
+        self.jobs[job_id] = int(spec["sampling"]["max_new_tokens"])
+        self.job_times.append(time.monotonic())
+        return web.json_response({"job_id": job_id}, status=202)
+
+    async def _stream(self, request: web.Request) -> web.Response:
+        tokens = [0] * self.jobs.pop(request.match_info["job_id"], 0)
+        body = json.dumps({"tokens": tokens}) + "\n" + json.dumps(
+            {"done": True, "finish_reason": "length", "output_token_ids": tokens}) + "\n"
+        return web.Response(body=body.encode(), content_type="application/x-ndjson")
+
     async def _health(self, request: web.Request) -> web.Response:
         self.requests["GET"] += 1
         address = self._worker(request)
@@ -93,6 +115,12 @@ class StageServers:
         return web.json_response({"status": "ok", "address": address, "assignment": assignment, "in_flight": 0,
                                   "link_up": True if assignment else None})
 
+
+
+def _job_id(spec: dict) -> str:
+    """JobSpec's id of the spec as the validator sent it (keccak256 of its canonical JSON), without parsing
+    it into a JobSpec: the stage servers share the bench's one process with the load it sends."""
+    return "0x" + keccak256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hex()
 
 
 # ------------------------------------------------------------------------------------------ load

@@ -470,6 +470,18 @@ class OrchestratorGroups(Base):
     groups: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
+class OrchestratorDispatch(Base):
+    """How far a model's task dispatch got: the positions in the task list (`tasks_digest` names the list)
+    that finished, with their figures, and the seed counter reserved so far. A later orchestrator goes on
+    from there; seeds are never issued twice from one secret, whatever the task list."""
+
+    __tablename__ = "orchestrator_dispatch"
+
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    tasks_digest: Mapped[str] = mapped_column(String(64))
+    finished: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seeds_reserved: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class OrchestratorLease(Base):

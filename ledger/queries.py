@@ -337,6 +337,34 @@ async def slashes(
     return Page(items, total, offset, limit)
 
 
+async def verdict_outcomes(conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, str]:
+    """job id -> its verdict's outcome, for those of `job_ids` that have one, in one statement (the
+    orchestrator waits on the verdicts of every job it finished: node/orchestration/setup.py)."""
+    wanted = sorted({hash32(j, "job_id") for j in job_ids})
+    if not wanted:
+        return {}
+    rows = (await conn.execute(select(Verdict.job_id, Verdict.outcome).where(Verdict.job_id.in_(wanted)))).all()
+    return {job_id: outcome for job_id, outcome in rows}
+
+
+async def slash_times_ms(conn: AsyncConnection, workers: Sequence[str], per_worker: int) -> dict[str, list[int]]:
+    """The times (ms) of each of `workers`' latest `per_worker` slashes, newest first, in one statement:
+    what a ban is decided from (node/orchestration/bans.py). Workers never slashed are left out."""
+    addresses = sorted({checksum(w) for w in workers})
+    if not addresses:
+        return {}
+    rows = (await conn.execute(
+        select(_J.c.worker, _J.c.at_ms).where(_J.c.kind == journal.SLASH, _J.c.worker.in_(addresses))
+        .order_by(_J.c.seq.desc())
+    )).all()
+    times: dict[str, list[int]] = {}
+    for worker, at_ms in rows:
+        kept = times.setdefault(worker, [])
+        if len(kept) < per_worker:
+            kept.append(int(at_ms))
+    return times
+
+
 def _epoch(row: Any) -> EpochRecord:
     return EpochRecord(
         number=row.number,

@@ -166,6 +166,8 @@ class Ledger:
     worker = _reading(queries.worker)
     worker_history = _reading(queries.worker_history)
     slashes = _reading(queries.slashes)
+    slash_times_ms = _reading(queries.slash_times_ms)
+    verdict_outcomes = _reading(queries.verdict_outcomes)
     epochs = _reading(queries.epochs)
     epoch = _reading(queries.epoch)
     tasks = _reading(queries.tasks)

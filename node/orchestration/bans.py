@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from ledger.journal import checksum
+from node.orchestration.batched_calls import BatchedCalls
+
 BanLookup = Callable[[str], Awaitable[float | None]]
 
 
@@ -34,10 +37,10 @@ def banned_until(slash_times_s: Sequence[float], policy: BanPolicy = BanPolicy()
 
 
 def ledger_bans(ledger, policy: BanPolicy = BanPolicy()) -> BanLookup:
-    """A `BanLookup` over the ledger's slash history."""
+    """A `BanLookup` over the ledger's slash history; lookups that arrive together share one statement."""
 
-    async def lookup(address: str) -> float | None:
-        page = await ledger.slashes(limit=policy.history, worker=address)
-        return banned_until([record.at_ms / 1000 for record in page.items], policy)
+    async def many(addresses: Sequence[str]) -> list[float | None]:
+        times = await ledger.slash_times_ms(addresses, policy.history)
+        return [banned_until([ms / 1000 for ms in times.get(checksum(a), ())], policy) for a in addresses]
 
-    return lookup
+    return BatchedCalls(many)

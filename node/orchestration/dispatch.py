@@ -30,6 +30,7 @@ from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import JobInterrupted, StageFailure
 from node.orchestration.progress import Progress, TaskResult
 from node.orchestration.rerouting import HistoryCheck, SequenceRun, continuation_spec
+from node.orchestration.saved_dispatch import SavedDispatch, tasks_digest
 from node.orchestration.tasks import Task, Tokenizer
 from node.protocol.job import JobSpec, SamplingParams
 
@@ -52,6 +53,15 @@ class SeedSchedule:
         if len(self._secret) < 16:
             raise ValueError("a seed secret has at least 16 bytes")
         self._counter = 0
+
+    @property
+    def counter(self) -> int:
+        """The counter of the last seed handed out."""
+        return self._counter
+
+    def skip_to(self, counter: int) -> None:
+        """Hand out seeds after `counter` only (those up to it were issued by an earlier orchestrator)."""
+        self._counter = max(self._counter, counter)
 
     def seed(self, counter: int) -> int:
         digest = hmac.new(self._secret, b"stagewise/seed" + counter.to_bytes(8, "big"), hashlib.sha256).digest()
@@ -112,8 +122,10 @@ class Dispatcher:
         history_check: HistoryCheck | None = None,
         verdict_of: VerdictLookup | None = None,
         on_sample: SampleHook | None = None,
+        saved: SavedDispatch | None = None,
     ) -> None:
-        """`verdict_of(job_id)`: the outcome of a job's verdict ("accepted", "blamed", ...) or None while it
+        """`saved`: where the progress is kept for the next orchestrator, which goes on from there
+        (node/orchestration/saved_dispatch.py). `verdict_of(job_id)`: the outcome of a job's verdict ("accepted", "blamed", ...) or None while it
         has none. With it, a task counts as done only once the job that produced its output was accepted; any
         other verdict runs it again from the prompt (a blamed worker is evicted meanwhile)."""
         self.orchestrator = orchestrator
@@ -125,7 +137,8 @@ class Dispatcher:
         self.history_check = history_check
         self.verdict_of = verdict_of
         self.on_sample = on_sample
-        self._tasks = deque(task for task in tasks for _ in range(policy.samples_per_task))
+        self.saved = saved
+        self._tasks = deque(enumerate(task for task in tasks for _ in range(policy.samples_per_task)))
         self.progress = Progress(tasks_total=len(self._tasks))
         orchestrator.progress = self.progress
         self._retry: deque[SequenceRun] = deque()
@@ -133,40 +146,71 @@ class Dispatcher:
         self._active: dict[asyncio.Task, tuple[SequenceRun, str]] = {}
         self._settling: set[asyncio.Task] = set()
         self._suspect: dict[str, int] = {}  # group id -> failures being settled
+        self._done: deque[asyncio.Task] = deque()  # tasks that ended, for the main loop
+        self._woken = asyncio.Event()
 
     async def run(self) -> Progress:
         """Dispatch every task to completion (or failure) and return the figures."""
+        if self.saved is not None:
+            await self._resume()
         while self._tasks and len(self.orchestrator.grouping.groups) < self.policy.wait_for_groups:
             await self._wait_for_groups()
         try:
             while self._tasks or self._retry or self._active or self._delayed or self._settling:
                 self._fill()
-                waiting = set(self._active) | self._settling
-                if not waiting:
+                if not self._active and not self._settling:
                     await self._wait_for_groups()
                     continue
-                done, _ = await asyncio.wait(waiting, timeout=self.policy.idle_poll_s, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    if finished in self._settling:
-                        self._settling.discard(finished)
-                        finished.result()  # a bug in settling must not pass silently
-                        continue
-                    run, group_id = self._active.pop(finished)
-                    if finished.exception() is None and self.verdict_of is None:
-                        self._finish(run, None)
-                    elif finished.exception() is None:
-                        confirming = asyncio.create_task(self._confirm(run), name=f"verdict {run.task.task_id}")
-                        self._settling.add(confirming)
-                    else:
-                        # rerouting waits for a regroup (maybe a group loading its layers): off the main loop,
-                        # so the other groups keep getting work meanwhile
-                        self._suspect[group_id] = self._suspect.get(group_id, 0) + 1  # no new work there meanwhile
-                        settling = asyncio.create_task(self._settle(run, group_id, finished), name=f"reroute {run.task.task_id}")
-                        self._settling.add(settling)
+                if not self._done:
+                    try:
+                        await asyncio.wait_for(self._woken.wait(), timeout=self.policy.idle_poll_s)
+                    except asyncio.TimeoutError:
+                        pass
+                self._woken.clear()
+                while self._done:
+                    self._handle(self._done.popleft())
         finally:
             for task in [*self._active, *self._settling]:
                 task.cancel()
+            if self.saved is not None:
+                self.saved.stop()  # cancelled: the lease may be another's now, whose progress is newer
+        if self.saved is not None:
+            await self.saved.flush()
         return self.progress
+
+    def _track(self, task: asyncio.Task) -> asyncio.Task:
+        """Have the main loop woken when `task` ends. (Not asyncio.wait over every task in flight: that costs
+        each turn of the loop a callback per task, and a network of thousands of groups holds ten thousands.)"""
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if task in self._active or task in self._settling:
+            self._done.append(task)
+            self._woken.set()
+
+    def _handle(self, finished: asyncio.Task) -> None:
+        if finished in self._settling:
+            self._settling.discard(finished)
+            finished.result()  # a bug in settling must not pass silently
+            return
+        run, group_id = self._active.pop(finished)
+        if finished.exception() is None and self.verdict_of is None:
+            self._finish(run, None)
+        elif finished.exception() is None:
+            self._settling.add(self._track(asyncio.create_task(self._confirm(run), name=f"verdict {run.task.task_id}")))
+        else:
+            # rerouting waits for a regroup (maybe a group loading its layers): off the main loop, so the other
+            # groups keep getting work meanwhile
+            self._suspect[group_id] = self._suspect.get(group_id, 0) + 1  # no new work there meanwhile
+            self._settling.add(self._track(asyncio.create_task(self._settle(run, group_id, finished),
+                                                               name=f"reroute {run.task.task_id}")))
+
+    async def _resume(self) -> None:
+        """Leave out the tasks an earlier orchestrator finished; issue seeds after its last."""
+        digest = tasks_digest(task for _, task in self._tasks)
+        self.seeds.skip_to(await self.saved.resume(digest, self.progress))
+        self._tasks = deque((position, task) for position, task in self._tasks if position not in self.saved.finished)
 
     def _fill(self) -> None:
         """Start sequences one group at a time in turn, so that groups share the work evenly."""
@@ -191,18 +235,20 @@ class Dispatcher:
             return self._retry.popleft()
         if not self._tasks:
             return None
-        task = self._tasks.popleft()
+        position, task = self._tasks.popleft()
         prompt = task.prompt_token_ids or tuple(self.tokenizer.encode_prompt(task.prompt or ""))
         return SequenceRun(
             task=task,
             prompt_token_ids=tuple(prompt),
             seed=self.seeds.next(),
             max_new_tokens=task.max_new_tokens or self.policy.max_new_tokens,
+            position=position,
         )
 
     def _start(self, run: SequenceRun, group: Group) -> None:
         task = asyncio.create_task(self._advance(run, group), name=f"sequence {run.task.task_id} on {group.group_id}")
         self._active[task] = (run, group.group_id)
+        self._track(task)
 
     async def _advance(self, run: SequenceRun, group: Group) -> None:
         short = await self.orchestrator.registry.understaked(stage.worker for stage in group.stages)
@@ -213,6 +259,8 @@ class Dispatcher:
             raise StageFailure(worker, f"no job issued: {refused}")
         spec = continuation_spec(run, group, self.orchestrator.model_id, self.policy.sampling,
                                  self.orchestrator.precision)
+        if self.saved is not None:
+            await self.saved.reserve(self.seeds.counter)  # before any worker sees the seed (I1)
         run.job_ids.append(spec.job_id_hex)
         run.groups.append(group.group_id)
         if self.on_job is not None:
@@ -341,6 +389,8 @@ class Dispatcher:
             error=error,
         )
         self.progress.task_finished(result)
+        if self.saved is not None:
+            self.saved.task_finished(run.position)
         if self.results_path is not None:
             with open(self.results_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(result.to_json()) + "\n")

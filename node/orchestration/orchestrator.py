@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from node.protocol.worker_messages import SignedHeartbeat, SignedLeave, SignedRe
 log = logging.getLogger(__name__)
 
 MAX_PREPARE_ROUNDS = 8
+PREPARE_AT_ONCE = 64  # groups prepared concurrently: a real stage takes minutes to load its layers
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class Orchestrator:
         self._queued: asyncio.Task | None = None  # the regroup round registrations wait for, not yet begun
         self._free_since: dict[str, float] = {}  # worker -> when it was first seen outside any group (monotonic)
         self._waiting: frozenset[str] = frozenset()
+        self._settled: tuple | None = None  # what the last round saw, when a timer round could change nothing
+        self._settled_until = 0.0  # ... until then (monotonic): when a spare's short-group wait runs out
+        self.rounds = 0  # regroup rounds computed (a timer round that finds nothing changed is not one)
         self.progress = None  # set by the dispatcher when one runs
 
     # ------------------------------------------------------------------ workers
@@ -208,19 +213,23 @@ class Orchestrator:
             return
         self.registry.restore(workers)
         records = {r.address: r for r in self.registry.all()}
-        kept = []
-        async with self._lock:
-            for group in groups:
-                if group.num_layers != self.shape.num_layers or not all(w in records for w in group.workers):
-                    continue
+        room = asyncio.Semaphore(PREPARE_AT_ONCE)
+
+        async def prepared(group: Group) -> Group | None:
+            async with room:
                 try:
                     await self.driver.prepare(group, records)
                 except StageFailure as failure:
                     log.warning("saved group %s not resumed: %s", group.group_id, failure)
                     self.registry.leave(failure.worker)
                     await self._forget(failure.worker)
-                    continue
-                kept.append(group)
+                    return None
+            return group
+
+        async with self._lock:
+            usable = [g for g in groups
+                      if g.num_layers == self.shape.num_layers and all(w in records for w in g.workers)]
+            kept = [g for g in await asyncio.gather(*(prepared(g) for g in usable)) if g is not None]
             self.grouping = Grouping(tuple(kept), ())
         log.info("resumed %d worker(s) and %d of %d group(s) kept in the ledger before the restart", len(workers),
                  len(kept), len(groups))
@@ -256,10 +265,12 @@ class Orchestrator:
         """Regroup from the healthy workers; prepare new groups; release vanished ones."""
         return await self._refresh()
 
-    async def _refresh(self, queued: bool = False) -> Grouping:
+    async def _refresh(self, queued: bool = False, timer: bool = False) -> Grouping:
         async with self._lock:
             if queued:
                 self._queued = None  # from here on, a registration needs a round of its own
+            if timer and time.monotonic() < self._settled_until and self._settled == self._round_inputs():
+                return self.grouping  # same workers, same grouping, no spare's wait run out: same result
             try:
                 return await self._regroup()
             finally:
@@ -267,8 +278,21 @@ class Orchestrator:
                 async with self.changed:
                     self.changed.notify_all()
 
+    def _round_inputs(self) -> tuple:
+        """What a round's result depends on, apart from time: the grouping it starts from (the object itself,
+        compared by identity first) and the healthy workers grouping may use."""
+        return self.grouping, self._usable_workers()
+
+    def _usable_workers(self) -> frozenset:
+        return frozenset((r.address, r.capacity.memory_bytes, r.capacity.layer_tokens_per_s, r.region)
+                         for r in self.registry.healthy() if self.precision in r.precisions)
+
     async def _regroup(self) -> Grouping:
         """refresh()'s work, under its lock."""
+        self.rounds += 1
+        self._settled = None
+        started = time.monotonic()
+        seen = self._usable_workers()  # what this round groups (those heard from again meanwhile need another)
         old = self.grouping
         free_s = self._count_free_time(old)
         excluded: set[str] = set()
@@ -279,14 +303,16 @@ class Orchestrator:
                 for r in self.registry.healthy()
                 if r.address not in excluded and self.precision in r.precisions
             ]
-            new = regroup(old, candidates, self.shape, self.policy)
+            # in a thread: at 10,000 workers a round computes for up to a second, and heartbeats go on meanwhile
+            new = await asyncio.to_thread(regroup, old, candidates, self.shape, self.policy)
             self.withdrawn = frozenset(g.group_id for g in old.groups if new.group(g.group_id) is None)
             failed = await self._prepare_new(old, new)
-            if failed is None:
+            if not failed:
                 break
-            excluded.add(failed)
-            self.registry.leave(failed)
-            await self._forget(failed)
+            excluded |= failed
+            for worker in failed:
+                self.registry.leave(worker)
+                await self._forget(worker)
         else:
             log.error("could not prepare groups after %d rounds; keeping none", MAX_PREPARE_ROUNDS)
             new = Grouping(spares=tuple(c.address for c in candidates))
@@ -303,16 +329,24 @@ class Orchestrator:
         for group_id in new.dissolved:
             log.info("group %s dissolved: no spare could take its place", group_id)
         before = {g.group_id for g in old.groups}
-        for group in new.groups:
-            if group.group_id not in before:
-                log.info(
-                    "group %s formed: %s", group.group_id,
-                    ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
-                )
+        formed = [g for g in new.groups if g.group_id not in before]
+        for group in formed:
+            log.info(
+                "group %s formed: %s", group.group_id,
+                ", ".join(f"{s.worker[:10]}[{s.layer_start},{s.layer_end})" for s in group.stages),
+            )
         self.grouping = Grouping(new.groups, new.spares)
         if self.saved is not None:
             await self.saved.groups_changed(self.grouping.groups)
+        if formed or len(new.groups) != len(old.groups):
+            log.info("regrouped %d healthy worker(s) in %.2f s: %d group(s), %d new, %d spare(s)",
+                     len(candidates), time.monotonic() - started, len(new.groups), len(formed), len(new.spares))
         self._say_who_waits(new)
+        waits = [self.policy.short_group_wait_s - free_s.get(a, 0.0) for a in new.spares
+                 if free_s.get(a, 0.0) < self.policy.short_group_wait_s]
+        if not excluded:
+            self._settled = (self.grouping, seen)
+            self._settled_until = started + min(waits) if waits else math.inf
         return self.grouping
 
     def _count_free_time(self, old: Grouping) -> dict[str, float]:
@@ -331,19 +365,23 @@ class Orchestrator:
                      self.policy.preferred_stages)
         self._waiting = waiting
 
-    async def _prepare_new(self, old: Grouping, new: Grouping) -> str | None:
-        """Prepare the groups that are new in `new`; the address of a worker that failed, or None."""
+    async def _prepare_new(self, old: Grouping, new: Grouping) -> set[str]:
+        """Prepare the groups that are new in `new`, `PREPARE_AT_ONCE` at a time; the workers that failed."""
         known = {g.group_id for g in old.groups}
         workers = {r.address: r for r in self.registry.all()}
-        for group in new.groups:
-            if group.group_id in known:
-                continue
-            try:
-                await self.driver.prepare(group, workers)
-            except StageFailure as failure:
-                log.warning("preparing group %s failed: %s", group.group_id, failure)
-                return failure.worker
-        return None
+        room = asyncio.Semaphore(PREPARE_AT_ONCE)
+        failed: set[str] = set()
+
+        async def prepare(group: Group) -> None:
+            async with room:
+                try:
+                    await self.driver.prepare(group, workers)
+                except StageFailure as failure:
+                    log.warning("preparing group %s failed: %s", group.group_id, failure)
+                    failed.add(failure.worker)
+
+        await asyncio.gather(*(prepare(group) for group in new.groups if group.group_id not in known))
+        return failed
 
     async def _drop_from_groups(self, address: str) -> None:
         found = self.grouping.group_of(address)
@@ -360,7 +398,7 @@ class Orchestrator:
         while True:
             await asyncio.sleep(self.regroup_interval_s)
             try:
-                await self.refresh()
+                await self._refresh(timer=True)
             except Exception:  # keep orchestrating; the next round tries again
                 log.exception("regrouping failed")
 

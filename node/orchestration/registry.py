@@ -114,8 +114,10 @@ class Registry:
         policy: RegistryPolicy = RegistryPolicy(),
         clock: Callable[[], float] = time.time,
         banned_until: Callable[[str], Awaitable[float | None]] | None = None,
+        ledger_reads: int = LEDGER_READS,
     ) -> None:
-        """`banned_until(address)`: when a ban on that worker ends, or None (node/orchestration/bans.py)."""
+        """`banned_until(address)`: when a ban on that worker ends, or None (node/orchestration/bans.py).
+        `ledger_reads`: stake and ban lookups in flight at once (more for lookups that batch them: setup.py)."""
         self._stake_of = stake_of
         self._banned_until = banned_until
         self.policy = policy
@@ -126,7 +128,7 @@ class Registry:
         self._lock = asyncio.Lock()
         # ledger reads (stake, ban) in flight at once: enough to overlap round trips, few enough to leave the
         # ledger's connection pool to intake and verdicts (a burst of heartbeats exhausted it: 503s)
-        self._reads = asyncio.Semaphore(LEDGER_READS)
+        self._reads = asyncio.Semaphore(ledger_reads)
 
     async def register(self, signed: SignedRegistration) -> WorkerRecord:
         message = signed.message

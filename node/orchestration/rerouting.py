@@ -57,6 +57,7 @@ class SequenceRun:
     job_ids: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     reroutes: int = 0
+    position: int = 0  # in the dispatcher's task list (one entry per sample): what saved progress counts
 
     def finished(self, stop_ids: tuple[int, ...]) -> bool:
         if len(self.generated) >= self.max_new_tokens:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from ledger.orchestrator_state import forget_worker, load_orchestrator_state, save_groups, save_worker
+from ledger.orchestrator_state import forget_worker, load_orchestrator_state, save_groups, save_workers
+from node.orchestration.batched_calls import BatchedCalls
 from node.orchestration.grouping import Group, GroupingError
 from node.orchestration.registry import WorkerRecord
 
@@ -27,9 +28,15 @@ class SavedOrchestration:
         self.ledger = ledger
         self.model_id = model_id
         self._saved_ids: list[str] | None = None
+        self._save = BatchedCalls(self._save_records)  # a burst of registrations: one transaction, not one each
 
     async def worker_registered(self, record: WorkerRecord) -> None:
-        await save_worker(self.ledger, self.model_id, record.address, record.to_saved(), record.signed_at)
+        """Returns once the record is committed (in a transaction shared with the registrations beside it)."""
+        await self._save(record)
+
+    async def _save_records(self, records: list[WorkerRecord]) -> list[None]:
+        await save_workers(self.ledger, self.model_id, [(r.address, r.to_saved(), r.signed_at) for r in records])
+        return [None] * len(records)
 
     async def worker_gone(self, address: str) -> None:
         await forget_worker(self.ledger, self.model_id, address)

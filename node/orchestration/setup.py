@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger.journal import hash32
 from node import settings
 from node.orchestration.api import orchestration_registrar
 from node.orchestration.bans import ledger_bans
+from node.orchestration.batched_calls import BatchedCalls
 from node.orchestration.dispatch import Dispatcher, DispatchPolicy, SeedSchedule
 from node.orchestration.grouping import PREFERRED_STAGES, GroupingPolicy, ModelShape
 from node.orchestration.leadership import LEASE_S, Leadership
@@ -35,9 +37,10 @@ from node.orchestration.models import ModelOrchestrators
 from node.orchestration.orchestrator import Orchestrator
 from node.orchestration.pipeline_driver import PipelineDriver
 from node.orchestration.progress import Progress
-from node.orchestration.registry import Registry, RegistryPolicy, StakeLookup
+from node.orchestration.registry import LEDGER_READS, Registry, RegistryPolicy, StakeLookup
 from node.orchestration.rerouting import verified_prefix
 from node.orchestration.resume import SavedOrchestration
+from node.orchestration.saved_dispatch import SavedDispatch
 from node.orchestration.stage_control import HttpPipelineDriver, stage_health
 from node.orchestration.tasks import load_task_source, load_tokenizer
 from node.protocol.job import SamplingParams
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_LOG_EVERY_S = 10.0  # without a terminal, task progress is a log line at most this often
 KV_HEADROOM = 1.25  # a layer needs its weights plus room for the KV cache of the sequences in flight
+BATCHED_READS = 100_000  # lookups waiting at once for a batched statement (each is one small future)
 
 
 @dataclass
@@ -194,8 +198,10 @@ def build_orchestration(
     model_dir = Path(model_dir)
     shape = shape_of_model(model_dir)
     precision = getattr(args, "precision", "fp32")  # what this model's jobs declare (PROTOCOL I8)
+    ledger_reads = LEDGER_READS
     if stake_of is None:
         stake_of = _ledger_stake(node)
+        ledger_reads = BATCHED_READS  # stakes and bans: one statement in flight at a time however many wait
     registry = Registry(
         stake_of,
         RegistryPolicy(
@@ -206,6 +212,7 @@ def build_orchestration(
             allow_private_urls=getattr(args, "allow_private_stage_urls", True),
         ),
         banned_until=ledger_bans(node.ledger) if getattr(node, "ledger", None) is not None else None,
+        ledger_reads=ledger_reads,
     )
     if driver is None:
         key = getattr(node, "chain_key", None)
@@ -242,6 +249,7 @@ def build_orchestration(
         tasks = load_task_source(args.tasks)
         tokenizer = load_tokenizer(model_dir, ModelConfig.from_dir(model_dir).vocab_size)
         seeds = seeds if seeds is not None else SeedSchedule(_seed_secret(args.seed_secret_file))
+        ledger = getattr(node, "ledger", None)
         new_dispatcher = lambda: Dispatcher(  # noqa: E731 (one per term as orchestrator: leadership.py)
             orchestrator,
             tasks,
@@ -262,6 +270,7 @@ def build_orchestration(
             history_check=_history_check(node, orchestrator.model_id, model_dir, precision),
             verdict_of=_verdict_of(node),
             on_sample=_on_sample(node),
+            saved=SavedDispatch(ledger, orchestrator.model_id) if ledger is not None else None,
         )
         log.info("%d tasks from %s", len(tasks), args.tasks)
     leadership = None
@@ -276,6 +285,13 @@ def _on_job(node: Any, issued: IssuedJobs):
     so a job that never completes (a stage died and the sequence went on as a continuation) is
     soft-invalidated at the deadline: nobody paid, nobody slashed."""
     expect = getattr(node, "expect", None)
+    if hasattr(node, "expect_many"):  # jobs issued together are written in one transaction
+
+        async def expect_together(specs) -> list[None]:
+            await node.expect_many(list(specs))
+            return [None] * len(specs)
+
+        expect = BatchedCalls(expect_together)
 
     async def on_job(spec) -> None:
         await issued.record(spec)
@@ -295,7 +311,16 @@ async def stage_answers_as(url: str, address: str) -> bool:
 
 
 def _verdict_of(node: Any):
-    """The outcome of a job's verdict in the node's ledger, for the dispatcher (None: a node without one)."""
+    """The outcome of a job's verdict in the node's ledger, for the dispatcher (None: a node without one).
+    Every finished sequence asks until its verdict comes: asked together, they share one statement."""
+    ledger = getattr(node, "ledger", None)
+    if ledger is not None and hasattr(ledger, "verdict_outcomes"):
+
+        async def outcomes(job_ids) -> list[str | None]:
+            found = await ledger.verdict_outcomes(job_ids)
+            return [found.get(hash32(j, "job_id")) for j in job_ids]
+
+        return BatchedCalls(outcomes)
     if not hasattr(node, "job"):
         return None
 
@@ -410,16 +435,24 @@ def _history_check(node: Any, model_id: str, model_dir: Path, precision: str = "
 
 def _ledger_stake(node: Any) -> StakeLookup:
     """Stake as the ledger follows it from chain events; when that says too little and the node has a chain,
-    the chain itself (a worker that staked a moment ago registers before the ledger has caught up)."""
+    the chain itself (a worker that staked a moment ago registers before the ledger has caught up). Reads
+    that arrive together share one statement (batched_calls.py): every heartbeat reads its worker's stake."""
     minimum = int(getattr(node.config, "min_stake_wei", 1))
+    chain_reads = asyncio.Semaphore(LEDGER_READS)
+
+    async def stakes_in_order(addresses) -> list[int]:
+        stakes = await node.stakes_of(list(dict.fromkeys(addresses)))
+        lowered = {a.lower(): v for a, v in stakes.items()}
+        return [int(stakes.get(a, lowered.get(a.lower(), 0))) for a in addresses]
+
+    read = BatchedCalls(stakes_in_order)
 
     async def stake_of(address: str) -> int:
-        stakes = await node.stakes_of([address])
-        lowered = {a.lower(): v for a, v in stakes.items()}
-        stake = int(stakes.get(address, lowered.get(address.lower(), 0)))
+        stake = await read(address)
         chain = getattr(node, "chain", None)
         if stake < minimum and chain is not None:
-            stake = int(await asyncio.to_thread(chain.stake_of, address))
+            async with chain_reads:
+                stake = int(await asyncio.to_thread(chain.stake_of, address))
         return stake
 
     return stake_of

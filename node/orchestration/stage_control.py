@@ -36,6 +36,11 @@ from node.protocol.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 4096
+"""Requests to stage servers in flight at once. A job holds one (stage 0's token stream) for its whole run, and a
+validator runs two sequences per stage of every group: aiohttp's default of 100 left a network of 300 groups
+waiting on its own connection pool (bench/scale.py's dispatch row: 27 jobs/s). Each is a file descriptor."""
+
 
 class HttpPipelineDriver:
     def __init__(
@@ -50,6 +55,7 @@ class HttpPipelineDriver:
         job_timeout_s: float = 3600.0,
         precision: str = "fp32",
         wire_dtype: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         """`precision`: what the model's jobs declare (PROTOCOL I8); every stage computes in it and, unless
         `wire_dtype` says otherwise, hands its activations over in it."""
@@ -71,11 +77,12 @@ class HttpPipelineDriver:
         # worker -> the group ids last sent to it (PUT started): a stage that serves one of them was moved by us,
         # even while its new group is still being prepared (its other stages loading their layers)
         self._offered: dict[str, deque[str]] = {}
+        self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self.max_connections))
         return self._session
 
     async def close(self) -> None:

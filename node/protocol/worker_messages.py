@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 from urllib.parse import urlparse
 
@@ -169,13 +169,19 @@ class Signed(Generic[M]):
 
     message: M
     signature: bytes
+    # both fields are frozen, so one successful recovery holds for the object's life: parsing verifies, and
+    # the registry's own verify() of the same object (it also takes objects built in process) costs nothing
+    _verified: bool = field(default=False, init=False, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"message": self.message.to_dict(), "signature": "0x" + self.signature.hex()}
 
     def verify(self) -> None:
         """Raise MessageError unless the signature recovers to the address the message names."""
+        if self._verified:
+            return
         _verify(self.message.canonical_bytes(), self.signature, self.message.address)
+        object.__setattr__(self, "_verified", True)
 
 
 SignedRegistration = Signed[Registration]

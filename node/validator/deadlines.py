@@ -54,6 +54,24 @@ async def expect(node: Any, spec: JobSpec) -> bool:
     return result.rowcount == 1
 
 
+async def expect_many(node: Any, specs: list[JobSpec]) -> None:
+    """`expect` for jobs issued together, in one transaction (the dispatcher issues a job per sequence,
+    thousands at once when a network of groups starts: node/orchestration/setup.py batches them)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = {
+        spec.job_id_hex: {
+            "job_id": spec.job_id_hex, "group_id": spec.group_id[:66], "model_id": spec.model_id,
+            "stage_count": len(spec.stages), "received_at": now, "status": AWAITING, "attempts": 0,
+            "bundle": json.dumps({"expected": spec.to_dict()}, sort_keys=True, separators=(",", ":")),
+        }
+        for spec in specs
+    }
+    if not rows:
+        return
+    async with node.ledger.transaction() as tx:
+        await tx.conn.execute(insert(node.ledger.dialect, Job.__table__).values(list(rows.values())).on_conflict_do_nothing())
+
+
 async def sweep_once(node: Any) -> list[str]:
     """Soft-invalidate every awaiting job past its deadline; returns their ids."""
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=node.config.bundle_deadline_seconds)

@@ -35,7 +35,7 @@ from node.protocol.receipts import ReceiptDomain
 from node.protocol.signing import SigningKey
 from node.validator import insight
 from node.validator.config import ValidatorConfig
-from node.validator.deadlines import expect, run_deadlines
+from node.validator.deadlines import expect, expect_many, run_deadlines
 from node.validator.epochs import run_epochs
 from node.validator.evidence import Evidence, evidence_hash
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
@@ -146,6 +146,10 @@ class ValidatorNode:
         """The orchestrator issued this job (call before any worker sees it): without a complete bundle
         within `bundle_deadline_seconds` it is soft-invalidated (deadlines.py)."""
         return await expect(self, spec)
+
+    async def expect_many(self, specs: list[JobSpec]) -> None:
+        """`expect` for many jobs, in one transaction."""
+        await expect_many(self, specs)
 
     async def stakes_of(self, addresses: list[str]) -> dict[str, int]:
         """Stakes as the ledger follows them from chain events."""

@@ -88,3 +88,19 @@ async def test_worker_history_pages_newest_first_and_filters_kinds(ledger):
     assert [e.kind for e in only.items] == ["slash", "stake"]
     with pytest.raises(ValueError):
         await ledger.worker_history(w, offset=-1)
+
+
+async def test_slash_times_and_verdict_outcomes_of_many_workers_and_jobs_in_one_call(ledger):
+    """What the orchestrator's batched ban and verdict lookups read (node/orchestration/batched_calls.py)."""
+    for k in range(3):
+        job = h32(k + 1)
+        await ledger.record_bundle(job, "{}", [])
+        async with ledger.transaction() as tx:
+            await tx.record_verdict(job, "blamed" if k < 2 else "accepted", blamed_stage=1 if k < 2 else None)
+            if k < 2:
+                await tx.append([journal.slash(address(2), 10**17, evidence_hash=h32(900 + k), job_id=job, stage=1)])
+    times = await ledger.slash_times_ms([address(2).lower(), address(3)], 1)
+    assert list(times) == [address(2)] and len(times[address(2)]) == 1  # the newest only, asked for one
+    assert len((await ledger.slash_times_ms([address(2)], 16))[address(2)]) == 2
+    outcomes = await ledger.verdict_outcomes([h32(1), h32(3), h32(77)])
+    assert outcomes == {h32(1): "blamed", h32(3): "accepted"}

@@ -92,6 +92,24 @@ async def test_evidence_cli_exports_from_the_ledger(client, node, group, model_d
     assert "verdict reproduced: accepted" in capsys.readouterr().out
 
 
+async def test_jobs_issued_together_await_their_bundles_like_jobs_issued_one_by_one(ledger, model_dir, group, worker_keys):
+    """expect_many (the dispatcher's batched on_job) writes what expect writes, and leaves a known job as it is."""
+    from node.validator.deadlines import sweep_once
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
+    from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all
+
+    await stake_all(ledger, worker_keys)
+    node = ValidatorNode(make_config(model_dir, bundle_deadline_seconds=0.0), ledger, domain=TEST_DOMAIN,
+                         models=ReplayModels([model_dir]))
+    arrived, *late = [group.spec(PROMPT, max_new_tokens=6, seed=s) for s in (1, 2, 3)]
+    await node.submit_bundle(run_job(group, arrived).to_json().encode())
+    await node.expect_many([arrived, *late, late[0]])
+    assert [(await node.job(s.job_id_hex))["status"] for s in late] == ["awaiting_bundle"] * 2
+    assert (await node.job(arrived.job_id_hex))["status"] != "awaiting_bundle"  # its bundle came: untouched
+    assert sorted(await sweep_once(node)) == sorted(s.job_id_hex for s in late)
+
+
 async def test_an_issued_job_without_a_bundle_by_its_deadline_is_soft_invalidated(ledger, model_dir, group, worker_keys):
     from node.validator.deadlines import sweep_once
     from node.validator.replay_models import ReplayModels
