@@ -47,11 +47,12 @@ def accepted_jobs(url: str, workers: list[str]) -> set[str]:
             if job["outcome"] == "accepted"}
 
 
-@pytest.fixture
-def shared_ledger(pg_url) -> str:
-    """PostgreSQL, where several validator processes share a ledger in production (the same takeover on SQLite,
-    in process, is tests/orchestration/test_resume.py; as processes it passes too, at two more minutes)."""
-    return pg_url.replace("+asyncpg", "")
+@pytest.fixture(params=["postgresql", "sqlite"])
+def shared_ledger(request, tmp_path) -> str:
+    """The ledger both validator processes open: PostgreSQL, as in production, and one SQLite file."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("pg_url").replace("+asyncpg", "")
 
 
 def test_kill_9_of_the_orchestrating_validator_hands_its_group_to_the_other_and_jobs_go_on(tmp_path, shared_ledger):
