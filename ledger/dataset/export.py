@@ -39,7 +39,7 @@ from ledger.dataset.passk import TaskTally
 from ledger.errors import InvalidInput
 from ledger.models import Epoch, JournalEntry, Sample
 
-BATCH = 2_000
+BATCH = 5_000
 _J = JournalEntry.__table__
 _S = Sample.__table__
 
