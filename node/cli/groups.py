@@ -19,6 +19,7 @@ DEFAULT_VALIDATOR = "http://127.0.0.1:8700"
 @click.command("groups", context_settings=CONTEXT_SETTINGS,
                short_help="list a running validator's groups: stages, layer ranges, throughput, spares")
 @env_option("--validator", variable=settings.VALIDATOR_URL, default=DEFAULT_VALIDATOR, help="validator base URL")
+@click.option("--model-id", help="the model whose groups to show, for a validator of several (default: its first)")
 @click.option("--json", is_flag=True, help="print the raw JSON instead of a table")
 @click.option("--timeout", type=float, default=10.0, help="seconds to wait for the validator")
 def groups_command(**_: object) -> int:
@@ -34,9 +35,10 @@ def cmd_groups(args) -> int:
     from node.errors import CommandError
 
     base = args.validator.rstrip("/")
-    groups = _get(base + "/v1/groups", args.timeout, CommandError)
+    query = f"?model_id={args.model_id}" if args.model_id else ""
+    groups = _get(base + "/v1/groups" + query, args.timeout, CommandError)
     try:
-        progress = _get(base + "/v1/orchestrator/progress", args.timeout, CommandError)
+        progress = _get(base + "/v1/orchestrator/progress" + query, args.timeout, CommandError)
     except CommandError:
         progress = None
     if args.json:
@@ -49,6 +51,9 @@ def cmd_groups(args) -> int:
 def render(groups: dict[str, Any], progress: dict[str, Any] | None = None) -> str:
     """The table `stagewise groups` prints (a pure function of the two JSON documents)."""
     lines = [f"model {groups.get('model_id', '?')}  layers {groups.get('num_layers', '?')}  groups {len(groups.get('groups', []))}"]
+    others = [m for m in groups.get("models", []) if m != groups.get("model_id")]
+    if others:
+        lines.append(f"(this validator also runs {', '.join(others)}: --model-id to see its groups)")
     for group in groups.get("groups", []):
         measured = group.get("measured_tokens_per_s")
         lines.append(

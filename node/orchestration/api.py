@@ -4,7 +4,7 @@
     POST /v1/workers/heartbeat           signed Heartbeat      -> 200 {worker, assignment}
     POST /v1/workers/leave               signed Leave          -> 200 {address, left: true}
     GET  /v1/workers/{address}/assignment                      -> 200 assignment (stage or spare)
-    GET  /v1/groups[?model_id=0x..]                            -> 200 {model_id, groups, spares, workers}
+    GET  /v1/groups[?model_id=0x..]                            -> 200 {model_id, groups, spares, workers, models}
     GET  /v1/orchestrator/progress[?model_id=0x..]             -> 200 tasks, correct answers, tokens/s
 
 Use: `build_app(node, registrars=[orchestration_registrar(orchestrator)])`, or
@@ -130,8 +130,8 @@ async def assignment(request: web.Request) -> web.Response:
 
 
 async def groups(request: web.Request) -> web.Response:
-    """Groups, their stages, layer ranges and throughput; spares; registered workers"""
-    return web.json_response(_of_model(request).groups_json())
+    """Groups, their stages, layer ranges and throughput; spares; registered workers; the models served"""
+    return web.json_response({**_of_model(request).groups_json(), "models": list(request.app[ORCHESTRATOR].model_ids)})
 
 
 async def progress(request: web.Request) -> web.Response:

@@ -154,6 +154,7 @@ class Groups(_Open):
     spares: list[str]
     workers: list[dict[str, Any]]
     standing_by: str | None = None  # who orchestrates while this validator process stands by
+    models: list[str] = []  # every model this validator orchestrates (?model_id= picks one; the first by default)
 
 
 class CosignRequest(_Open):

@@ -168,6 +168,7 @@ async def test_a_validator_of_two_models_routes_each_worker_to_its_models_groups
         workers = {m: {w["address"] for w in (await (await client.get(f"/v1/groups?model_id={m}")).json())["workers"]}
                    for m in (first, second)}
         assert workers == {first: {worker_keys[0].address, worker_keys[2].address}, second: {worker_keys[1].address}}
+        assert (await (await client.get("/v1/groups")).json())["models"] == [first, second]  # the first's by default
         assignment = await (await client.get(f"/v1/workers/{worker_keys[1].address}/assignment")).json()
         assert assignment["model_id"] == second
         assert (await client.post("/v1/workers/heartbeat", json=make_heartbeat(worker_keys[1]).to_json())).status == 200

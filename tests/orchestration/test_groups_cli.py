@@ -66,3 +66,10 @@ def test_groups_command_reads_a_running_validator(capsys):
 def test_groups_command_says_when_no_validator_answers(capsys):
     assert main(["groups", "--validator", "http://127.0.0.1:9", "--timeout", "2"]) == 1
     assert "cannot read http://127.0.0.1:9/v1/groups" in capsys.readouterr().err
+
+
+def test_a_validator_of_several_models_is_shown_one_model_at_a_time_saying_which_others_it_runs():
+    other = "0x" + "cd" * 32
+    text = render({**GROUPS, "models": [GROUPS["model_id"], other]}, PROGRESS)
+    assert f"also runs {other}: --model-id" in text
+    assert "also runs" not in render({**GROUPS, "models": [GROUPS["model_id"]]}, PROGRESS)
