@@ -15,21 +15,12 @@ from node.orchestration.batched_calls import BatchedCalls
 from node.orchestration.registry import RegistrationRefused, Registry, RegistryPolicy
 from node.orchestration.setup import BATCHED_READS, _ledger_stake
 from node.protocol.signing import SigningKey
-from node.protocol.worker_messages import Capacity, MessageError, Signed, make_heartbeat, make_registration
+from node.protocol.worker_messages import MessageError, Signed, make_heartbeat, make_registration
 
 from .test_orchestration import start
+from .test_registry import CAPACITY, NOW, Clock
 
-NOW = 1_800_000_000.0
-CAPACITY = Capacity(memory_bytes=8 << 30, layer_tokens_per_s=5000.0)
 MIN_STAKE = 10**18
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
