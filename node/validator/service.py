@@ -212,10 +212,9 @@ class ValidatorNode:
                 if audit:
                     accused, audited = 1, True
                 asked.add(accused)
-                limit = defence_limit(spec, model)
                 # an audited stage is not accused: a worker gone since the job does not hold the verdict for long
-                handed = await (self.defence_source(spec, 1, limit, deadline_s=AUDIT_DEADLINE_S) if audit
-                                else self.defence_source(spec, accused, limit))
+                handed = await self.defence_source(spec, accused, defence_limit(spec, model),
+                                                   deadline_s=AUDIT_DEADLINE_S if audit else None)
                 if handed is None:
                     break  # nothing new to judge: the verdict stands
                 log.info("job %s: stage %d handed in its %d received chunks as its %s", spec.job_id_hex, accused,
