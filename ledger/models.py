@@ -447,6 +447,39 @@ class NodeSecret(Base):
 
 
 
+class DriftTest(Base):
+    """A worker's running sequential test over its accepted jobs in one model and precision (the validator's
+    cross-job check, node/toploc/job_statistics.py): the log-likelihood ratio since the test last restarted and
+    how many jobs it holds. Not a journal fact: it moves no money."""
+
+    __tablename__ = "drift_tests"
+
+    worker: Mapped[str] = mapped_column(String(42), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    precision: Mapped[str] = mapped_column(String(8), primary_key=True)
+    log_ratio: Mapped[float] = mapped_column(Numeric(20, 6, asdecimal=False))
+    jobs: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DriftFlag(Base):
+    """A worker whose running figures drifted: the job whose figures decided it, the stage it served there, and
+    the test's state at the decision. The worker is kept out of this ledger's groups for a while
+    (node/orchestration/bans.py); one flag per job."""
+
+    __tablename__ = "drift_flags"
+    __table_args__ = (Index("ix_drift_flags_worker_at_ms", "worker", "at_ms"),)
+
+    job_id: Mapped[str] = mapped_column(String(66), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(42))
+    model_id: Mapped[str] = mapped_column(String(66))
+    precision: Mapped[str] = mapped_column(String(8))
+    stage: Mapped[int] = mapped_column(Integer)
+    log_ratio: Mapped[float] = mapped_column(Numeric(20, 6, asdecimal=False))
+    jobs: Mapped[int] = mapped_column(Integer)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class OrchestratorWorker(Base):
     """A worker registered with an orchestrator, kept so that a restarted validator resumes it (not a
     journal fact: it moves no money). `record` is the registry's JSON of it; `signed_at` the timestamp of

@@ -27,7 +27,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger import audit, db
+from ledger import audit, db, drift
 from ledger import outbox as chain_outbox
 from ledger import proofs, queries
 from ledger.epochs import RewardProof
@@ -176,6 +176,8 @@ class Ledger:
     first_unsettled_epoch = _reading(queries.first_unsettled_epoch)
     entries_waiting = _reading(queries.entries_waiting)
     followed_epoch = _reading(queries.followed_epoch)
+    drift_flags = _reading(drift.flags)
+    latest_drift_flag_ms = _reading(drift.latest_flag_ms)
 
     # --- proofs (ledger.proofs) and the audit (ledger.audit) ------------------------------------------
 

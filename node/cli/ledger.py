@@ -111,14 +111,19 @@ def _worker(args: Any) -> int:
         if standing is None:
             raise CommandError(f"no worker {args.address} in the ledger")
         history = await ledger.worker_history(args.address, args.offset, args.limit)
+        flags = await ledger.drift_flags(worker=args.address, limit=5)
         if args.json:
-            _print_json({"standing": standing.to_json(), "history": history.to_json()})
+            _print_json({"standing": standing.to_json(), "history": history.to_json(),
+                         "drift_flags": [flag.__dict__ for flag in flags]})
             return 0
         print(f"worker {standing.address}: rank {standing.rank}, stake {ether(standing.stake)}")
         print(
             f"  rewards {ether(standing.rewards)} over {standing.accepted_jobs} accepted stages"
             f" ({standing.work_units} work units); {standing.slashes} slashes ({ether(standing.slashed_amount)})"
         )
+        for flag in flags:
+            print(f"  drift flag: job {flag.job_id} stage {flag.stage} ({flag.precision}, over {flag.jobs} jobs): "
+                  "kept out of the groups for a while")
         for e in history.items:
             where = f" job {e.job_id} stage {e.stage}" if e.job_id else ""
             print(f"  entry {e.seq}: {e.kind} {ether(e.amount)}{where}")

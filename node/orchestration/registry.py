@@ -172,7 +172,8 @@ class Registry:
             until = await self._banned_until(address)
         if until is not None and until > now:
             raise RegistrationRefused(
-                "banned", f"{address} was blamed again and again: it may register in {until - now:.0f} s", 403
+                "banned", f"{address} is kept out (blamed again and again, or its figures drifted across jobs): "
+                f"it may register in {until - now:.0f} s", 403
             )
 
     def _check_new_registration(self, message: Registration, now: float) -> WorkerRecord | None:

@@ -12,10 +12,11 @@ sit inside honest drift in the low precisions, but move the *average* of a stage
   one (worker, stage), Gaussian model: honest mean `honest_mean` against a cheating `cheat_mean`, per-chunk
   spread `chunk_sd`. Each job adds its log-likelihood ratio; crossing `upper` flags the stage (false-alarm
   probability per decision <= alpha / (1 - beta), Wald's bound), falling under `lower` clears it and the
-  test restarts (so a long honest history never builds credit a later cheat can spend). The state is
-  per stage. A stage's figures also carry the drift of every stage before it (the validator replays from
-  tokens, not from what the stage received), so `first_flagged` blames the first flagged stage in
-  pipeline order, as PROTOCOL I4 does for single chunks.
+  test restarts (so a long honest history never builds credit a later cheat can spend).
+- `drift_step`: one accepted job's update of every stage's test, and whom it blames. A stage's figures also
+  carry the drift of every stage before it (the validator replays from tokens, not from what the stage
+  received), so a stage that crosses is blamed only when every stage before it cleared in the same job;
+  otherwise its test restarts. `SEQUENTIAL_TESTS` holds the test of each precision that has one.
 
 All pure functions on small frozen values: the caller (the validator's verdict, or a bench) keeps the state.
 """
@@ -143,9 +144,59 @@ def sequential_step(test: SequentialTest, state: SequentialState, figures: JobFi
     return SequentialState(total, state.jobs + 1), "continue"
 
 
-def first_flagged(decisions: Sequence[str]) -> int | None:
-    """The stage to blame from one job's decisions, one per stage in pipeline order: the first "flag"."""
-    return next((stage for stage, decision in enumerate(decisions) if decision == "flag"), None)
+@dataclass(frozen=True)
+class DriftStep:
+    """One accepted job's update of its stages' running tests: each stage's new state, what was decided for it,
+    and the stage to blame (None: nobody). Decisions: "flag" (blamed), "inherited" (crossed, but an earlier stage
+    did not clear: its drift may be what this stage carries, so the test restarts), "clear", "continue",
+    "restart" (a stage after the blamed one: its figures carried the blamed stage's drift), "none" (no full
+    chunks: nothing to add)."""
+
+    states: tuple[SequentialState, ...]
+    decisions: tuple[str, ...]
+    blamed: int | None
+
+
+def drift_step(test: SequentialTest, states: Sequence[SequentialState],
+               figures: Sequence[JobFigures | None]) -> DriftStep:
+    """Add one job to the running test of each of its stages' workers (`states`, `figures`: one per stage in
+    pipeline order) and decide whom to blame.
+
+    A stage's figures carry the drift of every stage before it (the replay starts from the tokens), so a stage
+    that crosses the upper boundary is blamed only when every earlier stage of the job has just cleared its own
+    test (decided honest, which a cheating stage does with probability <= beta); otherwise its test restarts.
+    An honest stage after a cheater is therefore blamed only if the cheater clears in the very job in which the
+    honest stage's inherited figures cross. Blame restarts the blamed stage and every stage after it."""
+    if len(states) != len(figures):
+        raise ValueError("one state and one figure (or None) per stage")
+    new_states: list[SequentialState] = []
+    decisions: list[str] = []
+    blamed: int | None = None
+    vouched = True  # has every earlier stage of this job cleared?
+    for stage, (state, job) in enumerate(zip(states, figures)):
+        if blamed is not None:
+            new_states.append(SequentialState())
+            decisions.append("restart")
+            continue
+        if job is None:
+            new_states.append(state)
+            decisions.append("none")
+            vouched = vouched and state.log_ratio <= 0
+            continue
+        total = state.log_ratio + test.log_ratio(job)
+        if total >= test.upper and not vouched:
+            new_states.append(SequentialState())
+            decisions.append("inherited")
+        elif total >= test.upper:
+            new_states.append(SequentialState())
+            decisions.append("flag")
+            blamed = stage
+        else:
+            state, decision = sequential_step(test, state, job)
+            new_states.append(state)
+            decisions.append(decision)
+        vouched = vouched and decisions[-1] == "clear"
+    return DriftStep(tuple(new_states), tuple(decisions), blamed)
 
 
 # bf16, from bench/calibrate_toploc.py --precision bf16 (docs/verification.md): the worst honest kernel's job mean
@@ -154,3 +205,6 @@ def first_flagged(decisions: Sequence[str]) -> int | None:
 # BF16_SEQUENTIAL.chunks_needed() = 72.5 (about 2,300 decode tokens of one stage); false alarms <= 1.01e-4 per
 # decision while honest chunk means stay <= 2.6 on average.
 BF16_SEQUENTIAL = SequentialTest(honest_mean=2.6, cheat_mean=2.9, chunk_sd=0.6, alpha=1e-4, beta=1e-2)
+# fp16 rounds finer than bf16 (3 more mantissa bits) while the proof compares bf16 fields, so honest fp16 job means
+# sit at or under bf16's and bf16's test bounds fp16's false alarms from above.
+SEQUENTIAL_TESTS: dict[str, SequentialTest] = {"bf16": BF16_SEQUENTIAL, "fp16": BF16_SEQUENTIAL}

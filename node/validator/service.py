@@ -36,6 +36,7 @@ from node.protocol.signing import SigningKey
 from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, expect_many, run_deadlines
+from node.validator.drift import add_to_running_tests, flagged_workers
 from node.validator.epochs import run_epochs
 from node.validator.evidence import Evidence, evidence_hash
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
@@ -270,20 +271,30 @@ class ValidatorNode:
             await tx.append(list(settlement.entries))
             for order in settlement.orders:
                 await tx.enqueue(order.kind, order.key, order.payload)
+            drifted = None
+            if verdict.accepted and evidence.replayed:  # the cross-job test (I8): this job counts once, here
+                drifted = await add_to_running_tests(tx.conn, spec, job_id, evidence.figures, int(time.time() * 1000))
         self.metrics.verdicts.labels(verdict.outcome.value, verdict.reason.value if verdict.reason else "").inc()
         self.metrics.verdict_latency.observe((utcnow() - _aware(claimed.received_at)).total_seconds())
         slash_payload = settlement.slashed
         if slash_payload is not None:
             self.metrics.slashes.inc()
-            for hook in self.on_blamed:
-                try:
-                    await hook(slash_payload["worker"], verdict.reason.value)
-                except Exception:  # the verdict is committed; a failed eviction must not undo or repeat it
-                    log.exception("job %s: could not act on the blame of %s", job_id, slash_payload["worker"])
+            await self._evict(job_id, slash_payload["worker"], verdict.reason.value)
+        if drifted is not None:
+            log.warning("job %s: %s's figures at stage %d drifted over its last %d job(s) (the cross-job test); "
+                        "it is kept out of the groups", job_id, drifted.worker, drifted.stage, drifted.jobs)
+            await self._evict(job_id, drifted.worker, "drift")
         log.info(
             "job %s: %s%s", job_id, verdict.outcome.value,
             f", stage {verdict.blamed_stage} blamed ({verdict.reason.value})" if verdict.blamed_stage is not None else "",
         )
+
+    async def _evict(self, job_id: str, worker: str, reason: str) -> None:
+        for hook in self.on_blamed:
+            try:
+                await hook(worker, reason)
+            except Exception:  # the verdict is committed; a failed eviction must not undo or repeat it
+                log.exception("job %s: could not act on the blame of %s", job_id, worker)
 
     async def run_validation(self, *, idle_seconds: float = 1.0) -> None:
         """Validate jobs until cancelled; reclaims this validator id's own unfinished jobs first."""
@@ -440,7 +451,9 @@ class ValidatorNode:
         if standing is None:
             return None
         history = await self.ledger.worker_history(address, 0, 20)
-        return {**standing.to_json(), "recent_entries": [e.to_json() for e in history.items]}
+        flags = await self.ledger.drift_flags(worker=address, limit=20)
+        return {**standing.to_json(), "recent_entries": [e.to_json() for e in history.items],
+                "drift_flags": flagged_workers(flags)}
 
     async def epochs(self, *, limit: int, offset: int = 0) -> dict[str, Any]:
         """A page: `items`, `total`, `offset`, `limit`."""

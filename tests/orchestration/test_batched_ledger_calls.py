@@ -103,6 +103,9 @@ class SlashLedger:
         await asyncio.sleep(0.005)
         return {w: self.slashed_at_ms[w][:per_worker] for w in workers if w in self.slashed_at_ms}
 
+    async def latest_drift_flag_ms(self, workers):
+        return {}
+
 
 async def test_a_banned_worker_registering_beside_others_is_refused_and_they_are_not(keys):
     """Attack: a worker banned for being blamed twice registers in the same burst as honest ones."""

@@ -14,7 +14,6 @@ from node.toploc.job_statistics import (
     JobFigures,
     SequentialState,
     SequentialTest,
-    first_flagged,
     job_figures,
     job_passes,
     sequential_step,
@@ -84,11 +83,6 @@ def test_only_the_stage_whose_figures_drift_is_flagged():
     assert flagged == {1}
 
 
-def test_blame_goes_to_the_first_flagged_stage_since_later_stages_inherit_its_drift():
-    assert first_flagged(["continue", "flag", "flag"]) == 1
-    assert first_flagged(["clear", "continue", "continue"]) is None
-
-
 def test_the_false_alarm_bound_and_the_boundaries_follow_wald():
     assert TEST.upper > 0 > TEST.lower
     assert TEST.false_alarm_bound == pytest.approx(1e-4 / 0.99)
@@ -135,3 +129,65 @@ def test_short_chunks_do_not_count_in_the_job_mean():
     check = stage_job_check(chunks, JOB_THRESHOLDS["bf16"], full_rows=16)
     assert check.ok and check.figures.chunks == 8
     assert stage_job_check(_checked([25.0], rows=4), JOB_THRESHOLDS["bf16"], full_rows=16).figures is None
+
+
+# The attack on the cross-job test: a stage that cheats subtly passes its drift on to every later stage (the
+# replay starts from the tokens, so stage 2's figures measure stage 1's cheat too). Its honest neighbour must
+# never be the one blamed, even when the drift it inherits reads higher than the cheater's own.
+def _inheriting_group(rng: random.Random, cheat: float, inherited_extra: float, chunks: int = 10) -> list[JobFigures]:
+    own = [rng.gauss(cheat, TEST.chunk_sd) for _ in range(chunks)]
+    later = [mean + inherited_extra + rng.gauss(0.0, 0.2) for mean in own]
+    honest_first = [rng.gauss(TEST.honest_mean - 0.3, TEST.chunk_sd) for _ in range(chunks)]
+    return [JobFigures(chunks, sum(c) / chunks, 0.0) for c in (honest_first, own, later)]
+
+
+@pytest.mark.parametrize("inherited_extra", [0.0, 0.15, 0.4])
+def test_a_subtle_cheater_is_blamed_not_the_honest_stage_after_it_that_inherits_its_drift(inherited_extra):
+    from node.toploc.job_statistics import drift_step
+
+    blamed = []
+    for history in range(300):
+        rng = random.Random(history)
+        states = (SequentialState(),) * 3
+        for _ in range(200):
+            step = drift_step(TEST, states, _inheriting_group(rng, TEST.cheat_mean, inherited_extra))
+            states = step.states
+            if step.blamed is not None:
+                blamed.append(step.blamed)
+                break
+    assert len(blamed) == 300  # every cheater is found
+    assert blamed.count(2) == 0 and blamed.count(0) == 0, f"honest stages blamed: {blamed.count(0)} first, {blamed.count(2)} last"
+
+
+def test_a_subtle_cheater_after_an_honest_stage_is_still_blamed():
+    """Restarting a crossing stage while an earlier one has not cleared must not shelter for good a cheater that
+    sits behind an honest stage whose figures run high (the most drifting honest kernels): it is found later."""
+    from node.toploc.job_statistics import drift_step
+
+    rng = random.Random(5)
+    for _ in range(50):
+        states, blamed, jobs = (SequentialState(),) * 2, None, 0
+        while blamed is None and jobs < 400:
+            drifting_honest = JobFigures(10, sum(rng.gauss(TEST.honest_mean, TEST.chunk_sd) for _ in range(10)) / 10, 0.0)
+            cheater = JobFigures(10, sum(rng.gauss(TEST.cheat_mean, TEST.chunk_sd) for _ in range(10)) / 10, 0.0)
+            step = drift_step(TEST, states, [drifting_honest, cheater])
+            states, blamed, jobs = step.states, step.blamed, jobs + 1
+        assert blamed == 1
+
+
+def test_an_honest_group_is_never_blamed_and_a_stage_without_full_chunks_keeps_its_state():
+    from node.toploc.job_statistics import drift_step
+
+    rng = random.Random(6)
+    states = (SequentialState(),) * 3
+    for _ in range(3000):
+        figures = [JobFigures(10, sum(rng.gauss(TEST.honest_mean, TEST.chunk_sd) for _ in range(10)) / 10, 0.0)
+                   for _ in range(3)]
+        step = drift_step(TEST, states, figures)
+        assert step.blamed is None
+        states = step.states
+    kept = SequentialState(3.0, 4)
+    step = drift_step(TEST, (kept, kept), [None, None])
+    assert step.states == (kept, kept) and step.decisions == ("none", "none")
+    with pytest.raises(ValueError):
+        drift_step(TEST, (kept,), [None, None])

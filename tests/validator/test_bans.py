@@ -24,6 +24,13 @@ def test_one_blame_evicts_the_second_bans_and_each_further_one_doubles_the_ban()
     assert banned_until([0.0, 100_000.0], policy) is None  # the earlier blame is outside the window
 
 
+def test_a_worker_the_cross_job_test_flagged_is_kept_out_for_drift_s():
+    policy = BanPolicy(first_s=600, max_s=3600, window_s=86_400, drift_s=7200)
+    assert banned_until([], policy, drift_flagged_s=1000.0) == 1000 + 7200
+    assert banned_until([1000.0, 2000.0], policy, drift_flagged_s=0.0) == 7200  # the later end counts
+    assert banned_until([1000.0, 9000.0], policy, drift_flagged_s=0.0) == 9000 + 600
+
+
 async def test_a_blamed_worker_is_evicted_and_a_repeatedly_blamed_one_is_banned(ledger, model_dir, group, worker_keys):
     from node.cli.validator import parse_orchestration_flags
     from node.orchestration.registry import RegistrationRefused
