@@ -26,7 +26,7 @@ from node.toploc.job_statistics import SEQUENTIAL_TESTS, JobFigures, SequentialS
 
 
 @dataclass(frozen=True)
-class DriftFlag:
+class Flagged:
     worker: str
     stage: int
     jobs: int
@@ -52,7 +52,7 @@ def stage_job_figures(figures: dict[str, Any], stages: int) -> list[JobFigures |
 
 
 async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str, figures: dict[str, Any],
-                               at_ms: int) -> DriftFlag | None:
+                               at_ms: int) -> Flagged | None:
     """Add an accepted, replayed job to its workers' running tests (inside the verdict's transaction); the
     worker flagged by it, if any."""
     test = SEQUENTIAL_TESTS.get(spec.precision)
@@ -73,10 +73,10 @@ async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str
                       before.log_ratio + test.log_ratio(per_stage[step.blamed]), before.jobs + 1, at_ms)
     if not await drift.record_flag(conn, flag):
         return None
-    return DriftFlag(flag.worker, flag.stage, flag.jobs)
+    return Flagged(flag.worker, flag.stage, flag.jobs)
 
 
-def flagged_workers(flags: Sequence[drift.Flag]) -> list[dict[str, Any]]:
+def flags_json(flags: Sequence[drift.Flag]) -> list[dict[str, Any]]:
     """Flags as the API shows them."""
     return [{"job_id": f.job_id, "model_id": f.model_id, "precision": f.precision, "stage": f.stage,
              "log_ratio": f.log_ratio, "jobs": f.jobs, "at_ms": f.at_ms} for f in flags]

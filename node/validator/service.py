@@ -36,7 +36,7 @@ from node.protocol.signing import SigningKey
 from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, expect_many, run_deadlines
-from node.validator.drift import add_to_running_tests, flagged_workers
+from node.validator.drift import add_to_running_tests, flags_json
 from node.validator.epochs import run_epochs
 from node.validator.evidence import Evidence, evidence_hash
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
@@ -453,7 +453,7 @@ class ValidatorNode:
         history = await self.ledger.worker_history(address, 0, 20)
         flags = await self.ledger.drift_flags(worker=address, limit=20)
         return {**standing.to_json(), "recent_entries": [e.to_json() for e in history.items],
-                "drift_flags": flagged_workers(flags)}
+                "drift_flags": flags_json(flags)}
 
     async def epochs(self, *, limit: int, offset: int = 0) -> dict[str, Any]:
         """A page: `items`, `total`, `offset`, `limit`."""
