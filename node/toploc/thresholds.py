@@ -220,6 +220,11 @@ FP16_SAMPLING = SamplingThresholds(logit_margin=0.25)
 # 227 jobs x 3 stages; 0.5 sits 1.41x above and blames on stage 1 in every measured job (tiny models, 10 full chunks)
 # int8 per-channel weights (weakest job mean 0.650), an fp8 KV cache (0.546, 1.09x: thin) and fp8 weights (2.74), which
 # bf16 cannot separate; an int8 KV cache (0.131-0.184) and 1e-3 weight noise (0.157-0.205) stay inside honest drift.
+# Caveat, measured: stage 2's figures carry stage 1's drift, and SmolLM2 amplifies it 2x by stage 2, so in a 290-token
+# SmolLM2 job an int8 KV cache in stage 1 reads job mean 0.500 at stage 1 (passes) and 1.005 at stage 2: stage 2 is
+# blamed, and must defend (its replay from the rows it received clears it). Every job-mean bound has such a window
+# (a cheat just under it upstream): at the former 3.0, fp8 weights in SmolLM2's stage 1 (1.79 -> 3.23 at stage 2) fell
+# in it; 0.5 moves the window down to the weakest cheats and blames the stronger ones where they are.
 JOB_THRESHOLDS = {
     "fp32": JobThresholds(max_mant_err_mean=0.05, min_chunks=1),
     "bf16": JobThresholds(max_mant_err_mean=3.0, min_chunks=8),
