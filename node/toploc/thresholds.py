@@ -175,8 +175,24 @@ BF16_ACTIVATION = ActivationThresholds(
         ShortChunkBounds(below_rows=16, max_exp_mismatches=40, max_mant_err_mean=6.5, max_mant_err_median=6.0),
     ),
 )
-# fp16 has 3 more mantissa bits than bf16, so the same kernel differences move it less in fp16 units, but the
-# proof compares bf16 fields: bf16's thresholds bound fp16 from above. Not separately calibrated here.
+# fp16 (bench/calibrate_toploc.py --precision fp16; docs/verification.md, "fp16 declared"). fp16 keeps 3 more mantissa
+# bits than bf16, so honest kernel differences rarely move the bf16 fields the proof compares. Honest matrix: 7,092
+# chunks, 0 failing (tiny Llama and Qwen2: 208 jobs of 12 + 321 tokens in two runs, 4 sequences a batch; SmolLM2-135M:
+# 19 jobs of 40 + 96 tokens), the bf16 matrix's setups and emulated GPU kernels. Worst chunk, honest -> threshold <-
+# weakest gross attack's worst chunk at the stage it must blame (every gross attack blamed on it in every job):
+#   mantissa mean     0.477 (0.914 in 16-31-row tiles) -> 6.0 <- 8.93 (int4 per group of 64, tiny Llama; SmolLM2 21.3)
+#   mantissa median   0 (1 in 16-31-row tiles)         -> 5   <- 7 (int4, tiny Llama)
+#   exponent / 128    6                                -> 40  <- 28 (int4; caught by mean and median), other model 122
+#   sign / 128        1                                -> 4   <- (negation; not a low-precision attack)
+#   short chunks (bf16's tiers; bench/calibrate_short_chunks.py --precision fp16, tiny Llama, 62,244 honest tiles):
+#   1-2 rows 6.40 / 3 / 12 -> 34 / 24 / 80 (int4 14.5: the floor stays bf16's); 3-4 rows 1.34 -> 10.5; 5-15 rows 0.92 -> 6.5
+# bf16's bounds, kept: they catch every gross attack, and tighter ones blame the wrong stage. At a mean bound of 1.5
+# (3x the honest worst) an fp8 or int8 KV cache in SmolLM2's stage 1 reads 1.06 / 0.58 there but 2.57 / 2.03 in
+# stage 2, whose figures carry stage 1's drift: stage 2 would be blamed. A bound must sit above what a sub-threshold
+# cheat upstream does downstream; the whole-job mean (JOB_THRESHOLDS["fp16"]) is where fp16's narrow honest spread pays.
+# Not counted as honest: kernel_variants' RMSNorm computed wholly in fp16 overflows on SmolLM2 (its massive activations
+# square past 65,504): stage 0 reads 128 exponent mismatches, logit drift 33. That worker does not compute the model and
+# is blamed; with the sum of squares in fp32 (as fused fp16 kernels keep it) the same kernels pass (worst 0.31).
 FP16_ACTIVATION = BF16_ACTIVATION
 # bf16 sampling margin. Honest drift between the logits a bf16 last stage sampled from and a bf16 replay is
 # large (decode rows: max 0.71 tiny, 1.44 SmolLM2; teacher-forced with emulated kernels: p99.9 0.35 tiny, max 2.78
@@ -188,14 +204,31 @@ FP16_ACTIVATION = BF16_ACTIVATION
 # time at 1.0 (8.8 % at 0.5, 96 % at 2.0), so single injected tokens are caught statistically, a run of k of
 # them with probability 1 - 0.68^k. docs/verification.md has the positions and the bound reached.
 BF16_SAMPLING = SamplingThresholds(logit_margin=1.0)
-FP16_SAMPLING = SamplingThresholds(logit_margin=1.0)  # not calibrated separately: bf16's bounds fp16 from above
+# fp16 sampling margin. Honest drift between an fp16 last stage's logits and an fp16 replay is far smaller than bf16's
+# (teacher-forced, every emulated kernel: p99.9 0.044, max 0.103 tiny; p99.9 0.14, max 0.92 SmolLM2), and the gap a
+# token's check sees smaller still: max 0.034 over 400,000 tiny-model positions, 0.026 over 7,000 on SmolLM2. 0.25 is 7x
+# the largest honest gap: 0 refused at 0.25 in 307,000 fresh positions (300,000 tiny, 7,000 SmolLM2 with the kernels
+# that keep fp32 norms, see FP16_ACTIVATION's note): <= 9.8e-6 per token at 95 %; 0 of the honest matrix's 33,384
+# decode positions judged at 0.25 either. The bite is far sharper than bf16's 1.0: an injected top-50 id passes 2.5-2.8 %
+# of the time (68 % at 1.0), and a draft model's tokens are refused at 60-64 % of positions (17-19 % at 1.0): every draft
+# job is blamed at 0.25 (64 of 64 tiny-model jobs of 34 and 321 tokens), where 1.0 missed one 34-token job.
+FP16_SAMPLING = SamplingThresholds(logit_margin=0.25)
 # Job level (node/toploc/job_statistics.py): bf16 honest job means (mean over a stage's chunks of their mantissa
 # means) reach 2.54 (tiny models, the most drifting kernels; SmolLM2 1.17); gross attacks' jobs >= 7.8; the
 # subtle attacks sit under or at the honest spread (docs/verification.md, detection floor).
+# fp16: honest job means (full chunks) reach 0.354 (tiny models, fp16 split-K + flash + fp16 norms; SmolLM2 0.206) over
+# 227 jobs x 3 stages; 0.5 sits 1.41x above and blames on stage 1 in every measured job (tiny models, 10 full chunks)
+# int8 per-channel weights (weakest job mean 0.650), an fp8 KV cache (0.546, 1.09x: thin) and fp8 weights (2.74), which
+# bf16 cannot separate; an int8 KV cache (0.131-0.184) and 1e-3 weight noise (0.157-0.205) stay inside honest drift.
+# Caveat, measured: stage 2's figures carry stage 1's drift, and SmolLM2 amplifies it 2x by stage 2, so in a 290-token
+# SmolLM2 job an int8 KV cache in stage 1 reads job mean 0.500 at stage 1 (passes) and 1.005 at stage 2: stage 2 is
+# blamed, and must defend (its replay from the rows it received clears it). Every job-mean bound has such a window
+# (a cheat just under it upstream): at the former 3.0, fp8 weights in SmolLM2's stage 1 (1.79 -> 3.23 at stage 2) fell
+# in it; 0.5 moves the window down to the weakest cheats and blames the stronger ones where they are.
 JOB_THRESHOLDS = {
     "fp32": JobThresholds(max_mant_err_mean=0.05, min_chunks=1),
     "bf16": JobThresholds(max_mant_err_mean=3.0, min_chunks=8),
-    "fp16": JobThresholds(max_mant_err_mean=3.0, min_chunks=8),
+    "fp16": JobThresholds(max_mant_err_mean=0.5, min_chunks=8),
 }
 
 
