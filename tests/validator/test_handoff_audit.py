@@ -7,6 +7,9 @@ docs/verification.md), and the later stages compute honestly on what they got, s
 rows themselves differ at the changed position by a relative L1 of ~1.65 against an honest ~0.03.
 """
 
+import dataclasses
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -35,30 +38,39 @@ class PromptTokenCheat:
         model.embed_tokens.register_forward_pre_hook(swap)
 
 
-async def _judged(sqlite_url, text: str, new_tokens: int, seeds: tuple[int, int], *, middle: bool = False,
-                  top_p: float = 1.0, with_honest: bool = True):
-    """An honest SmolLM2 bf16 job (unless not `with_honest`) and one whose stage 0 changed a prompt token, through three
-    stage servers, judged by a bf16 validator whose defence source is the rows stages 1 and 2 kept: (verdicts, the
-    stages asked, bundles)."""
-    from ledger.store import Ledger
+@dataclass(frozen=True)
+class Run:
+    """One job through the pipeline: its chat prompt, length, seed, and whether stage 0 changes a prompt token (at
+    CHANGED_POSITION, or at the prompt's middle)."""
+
+    text: str
+    new_tokens: int
+    seed: int
+    change_prompt: bool = False
+    middle: bool = False
+    top_p: float = 1.0
+
+
+async def _pipeline_bundles(runs, stage_1_loaded=None):
+    """SmolLM2 in bf16 through three stage servers: the signed bundle of each run, the rows stages 1 and 2 kept,
+    and the keys."""
     from node.pipeline.local import LocalPipeline
     from node.pipeline.smollm2 import chat_prompt_ids, load_tokenizer, smollm2_dir
     from node.protocol.bundle import Bundle, SignedStage
     from node.protocol.receipts import expected_receipt, sign_receipt
-    from node.validator.replay_models import ReplayModels
-    from node.validator.service import ValidatorNode
-    from tests.validator.conftest import make_config, stake_all
 
     torch.set_num_threads(1)
     model_dir = smollm2_dir()
-    prompt = chat_prompt_ids(load_tokenizer(model_dir), text)
-    cheat, kept, bundles = PromptTokenCheat(len(prompt) // 2 if middle else CHANGED_POSITION), [], []
+    tokenizer = load_tokenizer(model_dir)
+    cheat, kept, bundles = PromptTokenCheat(), [], []
+    stage_1 = {"on_result": kept.append, **({"on_loaded": stage_1_loaded} if stage_1_loaded else {})}
     async with LocalPipeline(model_dir, 3, precision="bf16", stage_options={
-            0: {"on_loaded": cheat}, 1: {"on_result": kept.append}, 2: {"on_result": kept.append}}) as pipe:
-        for cheating in (False, True) if with_honest else (True,):
-            cheat.on = cheating
-            sampling = SamplingParams(temperature=0.8, top_k=50, top_p=top_p, max_new_tokens=new_tokens)
-            spec = pipe.spec(prompt, sampling, seed=seeds[cheating])
+            0: {"on_loaded": cheat}, 1: stage_1, 2: {"on_result": kept.append}}) as pipe:
+        for run in runs:
+            prompt = chat_prompt_ids(tokenizer, run.text)
+            cheat.on, cheat.position = run.change_prompt, len(prompt) // 2 if run.middle else CHANGED_POSITION
+            sampling = SamplingParams(temperature=0.8, top_k=50, top_p=run.top_p, max_new_tokens=run.new_tokens)
+            spec = pipe.spec(prompt, sampling, seed=run.seed)
             output = await pipe.run(spec)
             stages = []
             for index, (result, key) in enumerate(zip(await pipe.stage_results(spec.job_id_hex), pipe.keys)):
@@ -67,41 +79,81 @@ async def _judged(sqlite_url, text: str, new_tokens: int, seeds: tuple[int, int]
                 stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
             bundles.append(Bundle(spec, tuple(stages), tuple(output)))
         keys = list(pipe.keys)
+    return bundles, kept, keys
+
+
+async def _judged(sqlite_url, bundles, kept, keys):
+    """Each bundle judged by a bf16 validator whose defence source is the rows stages 1 and 2 kept: its verdict and
+    the stages asked for their rows, in order."""
+    from ledger.store import Ledger
+    from node.pipeline.smollm2 import smollm2_dir
+    from node.validator.replay_models import ReplayModels
+    from node.validator.service import ValidatorNode
+    from tests.validator.conftest import make_config, stake_all
+
     asked = []
 
     async def received_rows(spec, stage, limit, deadline_s=None):
         asked.append((spec.job_id_hex, stage))
         return next((tuple(r.handoffs) for r in kept if r.job_id == spec.job_id_hex and r.stage_index == stage), None)
 
+    judged = []
     async with await Ledger.open(sqlite_url) as ledger:
         await stake_all(ledger, keys)
-        node = ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN,
-                             models=ReplayModels([model_dir], precision="bf16"))
+        node = ValidatorNode(make_config(smollm2_dir()), ledger, domain=TEST_DOMAIN,
+                             models=ReplayModels([smollm2_dir()], precision="bf16"))
         node.defence_source = received_rows
-        verdicts = []
         for bundle in bundles:
+            job = bundle.spec.job_id_hex
             await node.submit_bundle(bundle.to_json().encode())
-            assert await node.validate_next() == bundle.spec.job_id_hex
-            verdicts.append((await node.job(bundle.spec.job_id_hex))["verdict"])
-    return verdicts, asked, bundles
+            assert await node.validate_next() == job
+            judged.append(((await node.job(job))["verdict"], [stage for asked_job, stage in asked if asked_job == job]))
+    return judged
 
 
 @pytest.mark.slow
-async def test_a_changed_prompt_token_that_every_proof_misses_is_blamed_on_stage_0_by_the_rows_it_sent(sqlite_url):
-    """Short jobs (4 new tokens): every proof of the cheating job passes. Without the audit both were accepted."""
-    (honest, cheated), asked, bundles = await _judged(sqlite_url, "Explain in two sentences why the sky is blue.", 4, (3, 4))
-    assert asked == [(b.spec.job_id_hex, 1) for b in bundles]  # every proof passed: only the audit asked for rows
+async def test_a_changed_prompt_token_is_blamed_on_stage_0_by_the_rows_it_sent(sqlite_url):
+    """Three jobs through one pipeline. Short jobs (4 new tokens), honest and cheating: every proof of the cheating
+    one passes, and without the audit both were accepted; the audit blames stage 0. Then the attack on an honest
+    neighbour: over 64 new tokens the changed token's drift reaches the last stage, whose proofs or sampling fail
+    against the replay from the real prompt. The last stage must not pay: its defence (the rows it received) holds,
+    the stage before it defends itself in turn, and the rows stage 0 sent convict stage 0."""
+    runs = [Run("Explain in two sentences why the sky is blue.", 4, 3),
+            Run("Explain in two sentences why the sky is blue.", 4, 4, change_prompt=True),
+            Run("Name three prime numbers larger than 50.", 64, 12, change_prompt=True, middle=True, top_p=0.95)]
+    (honest, honest_asked), (cheated, cheated_asked), (drifted, drifted_asked) = await _judged(
+        sqlite_url, *await _pipeline_bundles(runs))
+    assert honest_asked == [1] and cheated_asked == [1]  # every proof passed: only the audit asked for rows
     assert honest["outcome"] == "accepted", honest
     assert (cheated["outcome"], cheated["blamed_stage"], cheated["reason"]) == ("blamed", 0, Reason.ALTERED_HANDOFF.value)
+    assert drifted_asked == [2, 1]  # the last stage was accused first; each defence held
+    assert (drifted["outcome"], drifted["blamed_stage"], drifted["reason"]) == ("blamed", 0, Reason.ALTERED_HANDOFF.value)
 
 
 @pytest.mark.slow
-async def test_a_changed_prompt_token_whose_drift_fails_the_last_stage_is_still_blamed_on_stage_0(sqlite_url):
-    """Attack on an honest neighbour: over 64 new tokens the changed token's drift reaches the last stage, whose
-    proofs (or the sampling) then fail against the replay from the real prompt. The honest last stage must not
-    pay: its defence (the rows it received) holds, the stage before it defends itself in turn, and the rows stage
-    0 sent convict stage 0."""
-    (cheated,), asked, bundles = await _judged(sqlite_url, "Name three prime numbers larger than 50.", 64, (11, 12),
-                                               middle=True, top_p=0.95, with_honest=False)
-    assert [stage for _, stage in asked] == [2, 1]  # the last stage was accused first; each defence held
-    assert (cheated["outcome"], cheated["blamed_stage"], cheated["reason"]) == ("blamed", 0, Reason.ALTERED_HANDOFF.value), (cheated, asked)
+async def test_a_stage_whose_job_figures_carry_its_predecessors_cheat_defends_itself(sqlite_url, monkeypatch):
+    """Attack on an honest neighbour through the whole-job test: SmolLM2 doubles the drift of stage 1 in the stage
+    after it. Measured over a 40 + 290-token bf16 job, int8 weights in stage 1 read a job mean of 1.91 there and 3.35
+    at the honest stage 2, so bf16's bound of 3.0 blames stage 2 first. The same window on a short job: the bound
+    is placed between the two stages' figures (one full chunk suffices here). Stage 2 must not pay: its received rows
+    hold (int8 weights move what stage 1 sends far less than the handoff tolerance), it is judged on what it really
+    received, and stage 1 is judged by its own figures."""
+    from node.pipeline.calibration_cheats import cheat_weights
+    from node.pipeline.smollm2 import smollm2_dir
+    from node.pipeline.weights import load_stage
+    from node.toploc import thresholds
+    from node.validator.replay import findings_of
+
+    bundles, kept, keys = await _pipeline_bundles([Run("Tell me a story about a lighthouse keeper.", 34, 21)],
+                                                  stage_1_loaded=lambda model: cheat_weights(model, "int8"))
+    bundle = bundles[0]
+    model = load_stage(smollm2_dir(), dtype=torch.bfloat16)
+    report = findings_of(model, bundle.spec, bundle.output_token_ids, [stage.proofs for stage in bundle.stages])
+    stage_1, stage_2 = (report.figures["stages"][s]["job"]["figures"]["mant_err_mean"] for s in (1, 2))
+    assert stage_2 > 1.3 * stage_1, (stage_1, stage_2)  # the honest stage reads the cheat's drift, amplified
+    bound = thresholds.JobThresholds(max_mant_err_mean=(stage_1 + stage_2) / 2, min_chunks=1)
+    monkeypatch.setitem(thresholds.BY_PRECISION, "bf16", dataclasses.replace(thresholds.BY_PRECISION["bf16"], job=bound))
+
+    ((verdict, asked),) = await _judged(sqlite_url, bundles, kept, keys)
+    assert asked[0] == 2  # accused first: the whole-job test failed at stage 2
+    assert verdict["blamed_stage"] in (None, 1), (verdict, asked)
