@@ -35,6 +35,11 @@ from node.toploc.job_statistics import SEQUENTIAL_TESTS, JobFigures, SequentialS
 
 PARAMS = SamplingParams(temperature=0.8, top_k=50, top_p=0.95)
 LAYOUT = [(0, 2), (2, 4), (4, 6)]
+# Stages judged on figures of their own in a bf16 job of an orchestrating validator: stage 0 (it starts from the
+# tokens) and stage 1 (the handoff audit replays it from the rows it received). Stage 2's figures here are replayed
+# from the tokens: when its test would cross on them, the validator asks it for its rows (not modelled here), so a
+# crossing stage 2 is held, never blamed.
+AUDITED = frozenset({0, 1})
 
 
 def real_jobs(model_dir: Path, setup, jobs: int, dtype: torch.dtype) -> list[tuple[JobFigures, ...]]:
@@ -53,7 +58,7 @@ def jobs_to_flag(test, cheat: list[tuple[JobFigures, ...]], histories: int, limi
         rng = random.Random(history)
         states = (SequentialState(),) * 3
         for n in range(limit):
-            step = drift_step(test, states, list(rng.choice(cheat)))
+            step = drift_step(test, states, list(rng.choice(cheat)), isolated=AUDITED)
             states = step.states
             if step.blamed is not None:
                 wrong += step.blamed != 1
@@ -66,10 +71,10 @@ def honest_flags(test, honest: list[tuple[JobFigures, ...]], jobs: int) -> tuple
     rng = random.Random(7)
     states, flags, decisions = (SequentialState(),) * 3, 0, 0
     for _ in range(jobs):
-        step = drift_step(test, states, list(rng.choice(honest)))
+        step = drift_step(test, states, list(rng.choice(honest)), isolated=AUDITED)
         states = step.states
         flags += step.blamed is not None
-        decisions += sum(d in ("clear", "flag", "inherited") for d in step.decisions)
+        decisions += sum(d in ("clear", "flag", "unconfirmed") for d in step.decisions)
     return flags, decisions
 
 

@@ -15,8 +15,8 @@ sit inside honest drift in the low precisions, but move the *average* of a stage
   test restarts (so a long honest history never builds credit a later cheat can spend).
 - `drift_step`: one accepted job's update of every stage's test, and whom it blames. A stage's figures also
   carry the drift of every stage before it (the validator replays from tokens, not from what the stage
-  received), so a stage that crosses is blamed only when every stage before it cleared in the same job;
-  otherwise its test restarts. `SEQUENTIAL_TESTS` holds the test of each precision that has one.
+  received), so a stage is blamed only when it crosses on figures of its own: replayed from the rows it
+  received. `SEQUENTIAL_TESTS` holds the test of each precision that has one.
 
 All pure functions on small frozen values: the caller (the validator's verdict, or a bench) keeps the state.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Collection, Protocol, Sequence
 
 from node.toploc.thresholds import JobThresholds
 
@@ -147,8 +147,8 @@ def sequential_step(test: SequentialTest, state: SequentialState, figures: JobFi
 @dataclass(frozen=True)
 class DriftStep:
     """One accepted job's update of its stages' running tests: each stage's new state, what was decided for it,
-    and the stage to blame (None: nobody). Decisions: "flag" (blamed), "inherited" (crossed, but an earlier stage
-    did not clear: its drift may be what this stage carries, so the test restarts), "clear", "continue",
+    and the stage to blame (None: nobody). Decisions: "flag" (blamed), "unconfirmed" (crossed on figures that may
+    carry an earlier stage's drift: held at the boundary until figures of its own decide), "clear", "continue",
     "restart" (a stage after the blamed one: its figures carried the blamed stage's drift), "none" (no full
     chunks: nothing to add)."""
 
@@ -157,22 +157,22 @@ class DriftStep:
     blamed: int | None
 
 
-def drift_step(test: SequentialTest, states: Sequence[SequentialState],
-               figures: Sequence[JobFigures | None]) -> DriftStep:
+def drift_step(test: SequentialTest, states: Sequence[SequentialState], figures: Sequence[JobFigures | None],
+               isolated: Collection[int] = (0,)) -> DriftStep:
     """Add one job to the running test of each of its stages' workers (`states`, `figures`: one per stage in
     pipeline order) and decide whom to blame.
 
-    A stage's figures carry the drift of every stage before it (the replay starts from the tokens), so a stage
-    that crosses the upper boundary is blamed only when every earlier stage of the job has just cleared its own
-    test (decided honest, which a cheating stage does with probability <= beta); otherwise its test restarts.
-    An honest stage after a cheater is therefore blamed only if the cheater clears in the very job in which the
-    honest stage's inherited figures cross. Blame restarts the blamed stage and every stage after it."""
+    A stage's figures carry the drift of every stage before it (the replay starts from the tokens), and a model may
+    amplify it (SmolLM2 doubles stage 1's drift by stage 2), unless the validator replayed the stage from the rows
+    it received: the stages in `isolated` (stage 0 always is). A stage that crosses the upper boundary is blamed
+    only on figures of its own, when it is isolated in this job; otherwise it is held at the boundary
+    ("unconfirmed"), and the validator asks it for its rows the next time its test would cross (node/validator/
+    drift.py). Blame restarts the blamed stage and every stage after it."""
     if len(states) != len(figures):
         raise ValueError("one state and one figure (or None) per stage")
     new_states: list[SequentialState] = []
     decisions: list[str] = []
     blamed: int | None = None
-    vouched = True  # has every earlier stage of this job cleared?
     for stage, (state, job) in enumerate(zip(states, figures)):
         if blamed is not None:
             new_states.append(SequentialState())
@@ -181,12 +181,11 @@ def drift_step(test: SequentialTest, states: Sequence[SequentialState],
         if job is None:
             new_states.append(state)
             decisions.append("none")
-            vouched = vouched and state.log_ratio <= 0
             continue
         total = state.log_ratio + test.log_ratio(job)
-        if total >= test.upper and not vouched:
-            new_states.append(SequentialState())
-            decisions.append("inherited")
+        if total >= test.upper and stage not in isolated:
+            new_states.append(SequentialState(test.upper, state.jobs + 1))
+            decisions.append("unconfirmed")
         elif total >= test.upper:
             new_states.append(SequentialState())
             decisions.append("flag")
@@ -195,7 +194,6 @@ def drift_step(test: SequentialTest, states: Sequence[SequentialState],
             state, decision = sequential_step(test, state, job)
             new_states.append(state)
             decisions.append(decision)
-        vouched = vouched and decisions[-1] == "clear"
     return DriftStep(tuple(new_states), tuple(decisions), blamed)
 
 

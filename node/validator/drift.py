@@ -2,9 +2,12 @@
 running sequential tests, and a worker whose figures drift is flagged and kept out of the groups for a while.
 
 A subtle cheat (fp8 weights on the tiny models, docs/verification.md) passes every chunk and every job, but
-moves a stage's average over many jobs. `drift_step` (node/toploc/job_statistics.py) decides, and blames only
-the first drifting stage whose predecessors all cleared in the same job. The state lives in the ledger
-(ledger/drift.py) and is updated in the transaction that records the job's verdict: a job counts once.
+moves a stage's average over many jobs. `drift_step` (node/toploc/job_statistics.py) decides, and blames a stage
+only on figures of its own: stage 0's (it starts from the tokens), or a later stage's replayed from the rows it
+received (a defence or the handoff audit, `isolated_stages`). Before a job whose figures would take a later stage
+over the boundary is committed, the validator asks that stage for its rows (`stage_to_isolate`, called by
+node/validator/service.py). The state lives in the ledger (ledger/drift.py) and is updated in the transaction that
+records the job's verdict: a job counts once.
 
 A flag is not a slash: a slash must be co-signed by validators recomputing it from one job's evidence (I7),
 while a flag rests on every job since the test last restarted. It keeps the worker out of this ledger's groups
@@ -13,7 +16,7 @@ while a flag rests on every job since the test last restarted. It keeps the work
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +54,13 @@ def stage_job_figures(figures: dict[str, Any], stages: int) -> list[JobFigures |
     return found
 
 
-async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str, figures: dict[str, Any],
-                               at_ms: int) -> Flagged | None:
-    """Add an accepted, replayed job to its workers' running tests (inside the verdict's transaction); the
-    worker flagged by it, if any."""
+def isolated_stages(figures: dict[str, Any]) -> frozenset[int]:
+    """The stages whose figures are their own: stage 0, and every stage replayed from the rows it handed in."""
+    defences = figures.get("defences") or {}
+    return frozenset({0} | {int(stage) for stage, found in defences.items() if (found or {}).get("valid")})
+
+
+async def _step(conn: AsyncConnection, spec: JobSpec, figures: dict[str, Any]):
     test = SEQUENTIAL_TESTS.get(spec.precision)
     workers = [checksum(stage.worker) for stage in spec.stages]
     per_stage = stage_job_figures(figures, len(workers))
@@ -62,7 +68,28 @@ async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str
         return None
     saved = await drift.running_tests(conn, spec.model_id, spec.precision, workers)
     states = [SequentialState(saved[w].log_ratio, saved[w].jobs) for w in workers]
-    step = drift_step(test, states, per_stage)
+    return test, workers, per_stage, states, drift_step(test, states, per_stage, isolated_stages(figures))
+
+
+async def stage_to_isolate(conn: AsyncConnection, spec: JobSpec, figures: dict[str, Any],
+                           asked: Collection[int]) -> int | None:
+    """The first stage (not in `asked`) this accepted job would take over the boundary on figures that may carry
+    an earlier stage's drift: the validator asks it for the rows it received before committing. Reads only."""
+    found = await _step(conn, spec, figures)
+    if found is None:
+        return None
+    decisions = found[-1].decisions
+    return next((s for s, d in enumerate(decisions) if d == "unconfirmed" and s not in asked), None)
+
+
+async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str, figures: dict[str, Any],
+                               at_ms: int) -> Flagged | None:
+    """Add an accepted, replayed job to its workers' running tests (inside the verdict's transaction); the
+    worker flagged by it, if any."""
+    found = await _step(conn, spec, figures)
+    if found is None:
+        return None
+    test, workers, per_stage, states, step = found
     await drift.save_running_tests(conn, spec.model_id, spec.precision, {
         worker: drift.RunningTest(state.log_ratio, state.jobs) for worker, state in zip(workers, step.states)
     })

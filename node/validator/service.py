@@ -36,7 +36,7 @@ from node.protocol.signing import SigningKey
 from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, expect_many, run_deadlines
-from node.validator.drift import add_to_running_tests, flags_json
+from node.validator.drift import add_to_running_tests, flags_json, stage_to_isolate
 from node.validator.epochs import run_epochs
 from node.validator.evidence import Evidence, evidence_hash
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
@@ -195,6 +195,7 @@ class ValidatorNode:
             model = await self.models.get(spec.model_id, spec.precision)  # I8: replayed as declared
             proofs = [stage.proofs for stage in bundle.stages]
             asked: set[int] = set()
+            checked: set[int] = set()  # asked for their rows without being accused (the audit, the cross-job test)
             audited = False
             while True:
                 report = await asyncio.to_thread(findings_of, model, spec, bundle.output_token_ids, proofs, faults, defences)
@@ -207,25 +208,38 @@ class ValidatorNode:
                 # In low precision the proofs can also miss what stage 0 embedded (a changed prompt token,
                 # docs/verification.md): stage 1's received rows are asked for on every job that would pass.
                 audit = accused is None and not audited and self._audits_first_handoff(spec)
-                if not audit and (verdict.reason not in DEFENSIBLE or not accused or accused in asked
-                                  or self.defence_source is None):
+                # The cross-job test blames a stage only on figures of its own (node/validator/drift.py): one this
+                # job would take over the boundary is judged from the rows it received before the job is committed.
+                isolate = None
+                if accused is None and not audit and self.defence_source is not None:
+                    async with self.ledger.reading() as conn:
+                        isolate = await stage_to_isolate(conn, spec, figures, asked)
+                checking = audit or isolate is not None  # rows asked of a stage nobody accuses
+                if not checking and (verdict.reason not in DEFENSIBLE or not accused or accused in asked
+                                     or self.defence_source is None):
                     break
                 if audit:
                     accused, audited = 1, True
+                elif isolate is not None:
+                    accused = isolate
                 asked.add(accused)
-                # an audited stage is not accused: a worker gone since the job does not hold the verdict for long
+                if checking:
+                    checked.add(accused)
+                # a stage asked but not accused: a worker gone since the job does not hold the verdict for long
                 handed = await self.defence_source(spec, accused, defence_limit(spec, model),
-                                                   deadline_s=AUDIT_DEADLINE_S if audit else None)
+                                                   deadline_s=AUDIT_DEADLINE_S if checking else None)
                 if handed is None:
                     break  # nothing new to judge: the verdict stands
                 log.info("job %s: stage %d handed in its %d received chunks as its %s", spec.job_id_hex, accused,
-                         len(handed), "handoff audit" if audit else "defence")
+                         len(handed), "handoff audit" if audit else "figures' own rows" if isolate is not None
+                         else "defence")
                 defences[accused] = handed
-            # Only defences that held are evidence, and an audit's rows only when they convicted someone; the others
-            # changed nothing and would only weigh on the ledger.
+            # Only defences that held are evidence; rows asked of stages nobody accused only when the job was not
+            # accepted (they convicted someone): an accepted job's verdict stands without them, and they would only
+            # weigh on the ledger.
             defences = {stage: handed for stage, handed in defences.items()
                         if (figures.get("defences") or {}).get(str(stage), {}).get("valid")
-                        and not (audited and stage == 1 and verdict.outcome is Outcome.ACCEPTED)}
+                        and not (verdict.outcome is Outcome.ACCEPTED and stage in checked)}
         evidence = Evidence(
             model_id=spec.model_id,
             bundle=bundle.to_dict(),

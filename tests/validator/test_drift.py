@@ -76,14 +76,18 @@ def drifting_honest_figures():
     return _real_figures("GPU kernels: split-K x4 in the declared dtype + flash + low-precision norms", batches=1)
 
 
-async def _run_jobs(ledger, workers, figures, jobs, first_seed=0):
+AUDITED = {"1": {"valid": True}}  # the handoff audit replayed stage 1 from the rows it received (a bf16 job)
+
+
+async def _run_jobs(ledger, workers, figures, jobs, first_seed=0, defences=AUDITED):
     from node.validator.drift import add_to_running_tests
 
     flags = []
     for n in range(jobs):
         spec = _spec(workers, first_seed + n)
         async with ledger.transaction() as tx:
-            flag = await add_to_running_tests(tx.conn, spec, spec.job_id_hex, {"stages": figures[n % len(figures)]},
+            flag = await add_to_running_tests(tx.conn, spec, spec.job_id_hex,
+                                              {"stages": figures[n % len(figures)], "defences": defences},
                                               int(time.time() * 1000))
         if flag is not None:
             flags.append((n + 1, flag))
@@ -116,6 +120,31 @@ async def test_an_fp8_weight_stage_is_flagged_across_jobs_and_its_honest_neighbo
 
     honest = [_address(f"honest-{i}") for i in range(3)]
     assert await _run_jobs(ledger, honest, drifting_honest_figures, jobs=300, first_seed=1000) == []
+
+
+async def test_a_stage_that_would_cross_on_inherited_figures_is_asked_for_its_rows_not_blamed(ledger):
+    """Attack on an honest neighbour: SmolLM2 doubles stage 1's drift by stage 2, so a cheat whose own figures look
+    honest (and clear every job) can lift the honest stage 2's figures to a cheat's level. Stage 2 is blamed only on
+    figures of its own: the validator asks it for its rows first (`stage_to_isolate`), and without them it is held."""
+    from node.validator.drift import add_to_running_tests, stage_to_isolate
+
+    workers = [_address(f"amplified-{i}") for i in range(3)]
+    looks_honest, amplified = (JobFiguresDict(1.2), JobFiguresDict(3.4))
+    flags = []
+    for n in range(40):
+        spec = _spec(workers, 5000 + n)
+        figures = {"stages": [JobFiguresDict(0.2), looks_honest, amplified], "defences": AUDITED}
+        async with ledger.reading() as conn:
+            to_isolate = await stage_to_isolate(conn, spec, figures, asked={1})
+        async with ledger.transaction() as tx:
+            flags.append(await add_to_running_tests(tx.conn, spec, spec.job_id_hex, figures, n))
+        if n > 10:
+            assert to_isolate == 2  # its test sits at the boundary: its rows are asked for before each commit
+    assert flags == [None] * 40
+
+
+def JobFiguresDict(mean: float, chunks: int = 10) -> dict:
+    return {"job": {"figures": {"chunks": chunks, "mant_err_mean": mean, "exp_rate": 0.0}}}
 
 
 async def test_a_job_adds_to_the_running_tests_once_and_fp32_jobs_not_at_all(ledger):
@@ -153,7 +182,9 @@ async def test_a_job_adds_to_the_running_tests_once_and_fp32_jobs_not_at_all(led
 async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledger, model_dir, monkeypatch):
     """Through the validator: a bf16 pipeline job accepted and committed adds to its workers' running tests; when
     a test decides, the worker is evicted from its group (the orchestrator's hook) and `GET /v1/workers` lists the
-    flag. The test here is made to decide on one real job (a cheat level below honest drift) to see the wiring."""
+    flag. The test here is made to decide on one real job (a cheat level below honest drift) to see the wiring; the
+    workers of stages 0 and 1 come with long honest histories, so stage 2 is the one that crosses, and the validator
+    asks it for its rows before it is flagged."""
     from aiohttp.test_utils import TestClient, TestServer
 
     from node.pipeline.local import LocalPipeline
@@ -166,7 +197,9 @@ async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledg
     from tests.validator.conftest import TEST_DOMAIN, make_config, stake_all
 
     torch.set_num_threads(1)
-    async with LocalPipeline(model_dir, 3, precision="bf16") as pipe:
+    kept = []
+    async with LocalPipeline(model_dir, 3, precision="bf16",
+                             stage_options={1: {"on_result": kept.append}, 2: {"on_result": kept.append}}) as pipe:
         spec = pipe.spec([3, 1, 4, 1, 5, 9, 2, 6], SamplingParams(temperature=0.8, top_k=50, max_new_tokens=40), seed=5)
         output = await pipe.run(spec)
         results = await pipe.stage_results(spec.job_id_hex)
@@ -180,12 +213,22 @@ async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledg
     monkeypatch.setitem(job_statistics.SEQUENTIAL_TESTS, "bf16", hair_trigger)
     node = ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN,
                          models=ReplayModels([model_dir], precision="bf16"))
-    evicted = []
+    evicted, asked = [], []
 
     async def hook(worker, reason):
         evicted.append((worker, reason))
 
+    async def received_rows(spec, stage, limit, deadline_s=None):
+        asked.append(stage)
+        return next((tuple(r.handoffs) for r in kept if r.job_id == spec.job_id_hex and r.stage_index == stage), None)
+
     node.on_blamed.append(hook)
+    node.defence_source = received_rows
+    from ledger import drift
+
+    async with ledger.transaction() as tx:  # stages 0 and 1 have long honest histories: only stage 2 crosses
+        await drift.save_running_tests(tx.conn, spec.model_id, "bf16", {
+            keys[0].address: drift.RunningTest(-1e6, 50), keys[1].address: drift.RunningTest(-1e6, 50)})
     client = TestClient(TestServer(build_app(node)))
     await client.start_server()
     try:
@@ -193,8 +236,11 @@ async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledg
         assert await node.validate_next() == spec.job_id_hex
         job = await (await client.get(f"/v1/jobs/{spec.job_id_hex}")).json()
         assert job["verdict"]["outcome"] == "accepted", job  # the job itself is paid
-        assert evicted == [(keys[0].address, "drift")]  # the first stage: nobody before it to carry drift from
-        worker = await (await client.get(f"/v1/workers/{keys[0].address}")).json()
-        assert [(f["job_id"], f["stage"]) for f in worker["drift_flags"]] == [(spec.job_id_hex, 0)]
+        # stage 1's rows for the handoff audit; stage 2's because its test would cross on figures replayed from the
+        # tokens: replayed from its own rows it crosses still, and only then is it flagged
+        assert asked == [1, 2]
+        assert evicted == [(keys[2].address, "drift")]
+        worker = await (await client.get(f"/v1/workers/{keys[2].address}")).json()
+        assert [(f["job_id"], f["stage"]) for f in worker["drift_flags"]] == [(spec.job_id_hex, 2)]
     finally:
         await client.close()
