@@ -203,6 +203,11 @@ def drift_step(test: SequentialTest, states: Sequence[SequentialState], figures:
 # BF16_SEQUENTIAL.chunks_needed() = 72.5 (about 2,300 decode tokens of one stage); false alarms <= 1.01e-4 per
 # decision while honest chunk means stay <= 2.6 on average.
 BF16_SEQUENTIAL = SequentialTest(honest_mean=2.6, cheat_mean=2.9, chunk_sd=0.6, alpha=1e-4, beta=1e-2)
-# fp16 rounds finer than bf16 (3 more mantissa bits) while the proof compares bf16 fields, so honest fp16 job means
-# sit at or under bf16's and bf16's test bounds fp16's false alarms from above.
-SEQUENTIAL_TESTS: dict[str, SequentialTest] = {"bf16": BF16_SEQUENTIAL, "fp16": BF16_SEQUENTIAL}
+# fp16 (bench/calibrate_toploc.py --precision fp16 dumps, tiny Llama and Qwen2, 12 honest setups, 8-16 jobs of 10 full
+# chunks each): honest job means average <= 0.33 per setup and stage (largest single job 0.354), their job-to-job
+# spread a per-chunk sd <= 0.09. H0 0.36 sits above every setup's average; H1 0.45 is under the whole-job bound of 0.5
+# (JOB_THRESHOLDS["fp16"]), so a cheat whose jobs straddle the bound (SmolLM2's stage-1 int8 KV cache: 0.500) is
+# flagged across jobs when single jobs pass. chunks_needed() = 22.4 (~2-3 jobs); resampling the honest jobs, 0 flags
+# in 100,000 jobs per setup; a stage-1 cheat at 0.50 flagged after a median 2 jobs (p99 4), never at another stage.
+FP16_SEQUENTIAL = SequentialTest(honest_mean=0.36, cheat_mean=0.45, chunk_sd=0.1, alpha=1e-4, beta=1e-2)
+SEQUENTIAL_TESTS: dict[str, SequentialTest] = {"bf16": BF16_SEQUENTIAL, "fp16": FP16_SEQUENTIAL}
