@@ -10,8 +10,9 @@ node/validator/service.py). The state lives in the ledger (ledger/drift.py) and 
 records the job's verdict: a job counts once.
 
 A flag is not a slash: a slash must be co-signed by validators recomputing it from one job's evidence (I7),
-while a flag rests on every job since the test last restarted. It keeps the worker out of this ledger's groups
-(node/orchestration/bans.py) and is listed by `GET /v1/workers/{address}`.
+while a flag rests on every job since the test last restarted, through the figures recorded with each verdict (the
+rows an accepted job's stages handed in are not kept: they would weigh on the ledger for every job). It keeps the
+worker out of this ledger's groups (node/orchestration/bans.py) and is listed by `GET /v1/workers/{address}`.
 """
 
 from __future__ import annotations
