@@ -6,7 +6,7 @@ import json
 import pytest
 from sqlalchemy import text
 
-from ledger import journal
+from ledger import drift, journal
 from ledger.store import Ledger
 from node.cli.main import main
 from tests.ledger.helpers import address, h32
@@ -80,6 +80,18 @@ def test_reading_commands(filled, capsys):
     assert main(["ledger", "proof", A]) == 0
     proof = json.loads(capsys.readouterr().out)
     assert proof["epoch"] == 2 and int(proof["cumulative"]) == 10**15 * (2 + 4 + 6)
+
+
+def test_a_worker_flagged_by_the_cross_job_test_shows_its_flag(filled, capsys):
+    async def flag():
+        async with await Ledger.open(filled) as ledger, ledger.transaction() as tx:
+            await drift.record_flag(tx.conn, drift.Flag(h32(9), A, h32(1), "bf16", 1, 9.4, 8, 1_700_000_000_000))
+
+    asyncio.run(flag())
+    assert main(["ledger", "worker", A]) == 0
+    assert f"drift flag: job {h32(9)} stage 1 (bf16, over 8 jobs)" in capsys.readouterr().out
+    assert main(["ledger", "worker", A, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["drift_flags"][0]["jobs"] == 8
 
 
 def test_user_errors_are_one_line(filled, capsys):
