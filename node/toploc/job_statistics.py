@@ -15,8 +15,9 @@ sit inside honest drift in the low precisions, but move the *average* of a stage
   test restarts (so a long honest history never builds credit a later cheat can spend).
 - `drift_step`: one accepted job's update of every stage's test, and whom it blames. A stage's figures also
   carry the drift of every stage before it (the validator replays from tokens, not from what the stage
-  received), so a stage is blamed only when it crosses on figures of its own: replayed from the rows it
-  received. `SEQUENTIAL_TESTS` holds the test of each precision that has one.
+  received), so only a stage judged on figures of its own (stage 0, or replayed from the rows it received)
+  adds to its test; `leans_to_cheat` tells the validator which stages to ask for their rows.
+  `SEQUENTIAL_TESTS` holds the test of each precision that has one.
 
 All pure functions on small frozen values: the caller (the validator's verdict, or a bench) keeps the state.
 """
@@ -94,6 +95,8 @@ class SequentialTest:
     chunk_sd: float
     alpha: float = 1e-4  # false alarms per decision (honest stage flagged)
     beta: float = 1e-2  # misses per decision (cheating stage cleared)
+    max_chunks: int = 16  # the most chunks one job counts
+    max_mean: float = 100.0  # the largest job mean counted
 
     def __post_init__(self) -> None:
         if not (self.cheat_mean > self.honest_mean and self.chunk_sd > 0 and 0 < self.alpha < 1 and 0 < self.beta < 1):
@@ -113,10 +116,14 @@ class SequentialTest:
         return self.alpha / (1 - self.beta)
 
     def log_ratio(self, figures: JobFigures) -> float:
-        """log L(H1) / L(H0) of a job whose `chunks` chunks average `mant_err_mean`."""
+        """log L(H1) / L(H0) of a job whose `chunks` chunks average `mant_err_mean`. A job counts at most
+        `max_chunks` chunks: drift common to a whole job (its prompt, its length) does not average out over its
+        chunks, and the calibration measured jobs of ~11; a job's mean counts at most `max_mean` (a chunk without
+        any exponent match reads 2**64)."""
         shift = self.cheat_mean - self.honest_mean
         middle = (self.cheat_mean + self.honest_mean) / 2
-        return figures.chunks * shift * (min(figures.mant_err_mean, NO_MATCH) - middle) / self.chunk_sd**2
+        chunks = min(figures.chunks, self.max_chunks)
+        return chunks * shift * (min(figures.mant_err_mean, self.max_mean) - middle) / self.chunk_sd**2
 
     def chunks_needed(self) -> float:
         """Expected chunks to reach a decision against a cheat at `cheat_mean` (Wald's average sample number)."""
@@ -147,10 +154,9 @@ def sequential_step(test: SequentialTest, state: SequentialState, figures: JobFi
 @dataclass(frozen=True)
 class DriftStep:
     """One accepted job's update of its stages' running tests: each stage's new state, what was decided for it,
-    and the stage to blame (None: nobody). Decisions: "flag" (blamed), "unconfirmed" (crossed on figures that may
-    carry an earlier stage's drift: held at the boundary until figures of its own decide), "clear", "continue",
-    "restart" (a stage after the blamed one: its figures carried the blamed stage's drift), "none" (no full
-    chunks: nothing to add)."""
+    and the stage to blame (None: nobody). Decisions: "flag" (blamed; its test restarts), "clear", "continue",
+    "inherited" (its figures may carry an earlier stage's drift: they do not count, its state is unchanged),
+    "none" (no full chunks: nothing to add)."""
 
     states: tuple[SequentialState, ...]
     decisions: tuple[str, ...]
@@ -158,43 +164,39 @@ class DriftStep:
 
 
 def drift_step(test: SequentialTest, states: Sequence[SequentialState], figures: Sequence[JobFigures | None],
-               isolated: Collection[int] = (0,)) -> DriftStep:
+               judged: Collection[int] = (0,)) -> DriftStep:
     """Add one job to the running test of each of its stages' workers (`states`, `figures`: one per stage in
     pipeline order) and decide whom to blame.
 
     A stage's figures carry the drift of every stage before it (the replay starts from the tokens), and a model may
-    amplify it (SmolLM2 doubles stage 1's drift by stage 2), unless the validator replayed the stage from the rows
-    it received: the stages in `isolated` (stage 0 always is). A stage that crosses the upper boundary is blamed
-    only on figures of its own, when it is isolated in this job; otherwise it is held at the boundary
-    ("unconfirmed"), and the validator asks it for its rows the next time its test would cross (node/validator/
-    drift.py). Blame restarts the blamed stage and every stage after it."""
+    amplify it (SmolLM2 doubles stage 1's drift by stage 2). Only the stages in `judged` add to their tests: stage 0
+    (it starts from the tokens), a stage replayed from the rows it received, and a stage that was asked for them
+    and did not hand them in (judged on the figures the validator has). The others' states do not move, so drift a
+    stage inherits never builds up in its test. The first stage to cross the upper boundary is blamed."""
     if len(states) != len(figures):
         raise ValueError("one state and one figure (or None) per stage")
     new_states: list[SequentialState] = []
     decisions: list[str] = []
     blamed: int | None = None
     for stage, (state, job) in enumerate(zip(states, figures)):
-        if blamed is not None:
-            new_states.append(SequentialState())
-            decisions.append("restart")
-            continue
-        if job is None:
+        if job is None or stage not in judged:
             new_states.append(state)
-            decisions.append("none")
+            decisions.append("none" if job is None else "inherited")
             continue
-        total = state.log_ratio + test.log_ratio(job)
-        if total >= test.upper and stage not in isolated:
-            new_states.append(SequentialState(test.upper, state.jobs + 1))
-            decisions.append("unconfirmed")
-        elif total >= test.upper:
-            new_states.append(SequentialState())
-            decisions.append("flag")
+        state, decision = sequential_step(test, state, job)
+        if decision == "flag" and blamed is None:
             blamed = stage
-        else:
-            state, decision = sequential_step(test, state, job)
-            new_states.append(state)
-            decisions.append(decision)
+        elif decision == "flag":  # a second crossing in one job: judged on the next one
+            state, decision = SequentialState(test.upper, state.jobs), "continue"
+        new_states.append(state)
+        decisions.append(decision)
     return DriftStep(tuple(new_states), tuple(decisions), blamed)
+
+
+def leans_to_cheat(test: SequentialTest, state: SequentialState, figures: JobFigures | None) -> bool:
+    """Would this job's figures, added to the stage's test, lean it towards a cheat? The validator then asks the
+    stage for the rows it received, so that its figures are its own (node/validator/drift.py)."""
+    return figures is not None and state.log_ratio + test.log_ratio(figures) > 0
 
 
 # bf16, from bench/calibrate_toploc.py --precision bf16 (docs/verification.md): the worst honest kernel's job mean

@@ -2,12 +2,12 @@
 running sequential tests, and a worker whose figures drift is flagged and kept out of the groups for a while.
 
 A subtle cheat (fp8 weights on the tiny models, docs/verification.md) passes every chunk and every job, but
-moves a stage's average over many jobs. `drift_step` (node/toploc/job_statistics.py) decides, and blames a stage
-only on figures of its own: stage 0's (it starts from the tokens), or a later stage's replayed from the rows it
-received (a defence or the handoff audit, `isolated_stages`). Before a job whose figures would take a later stage
-over the boundary is committed, the validator asks that stage for its rows (`stage_to_isolate`, called by
-node/validator/service.py). The state lives in the ledger (ledger/drift.py) and is updated in the transaction that
-records the job's verdict: a job counts once.
+moves a stage's average over many jobs. `drift_step` (node/toploc/job_statistics.py) adds a job's figures only to
+the tests of the stages judged on figures of their own (`judged_stages`): stage 0 (it starts from the tokens), a
+later stage replayed from the rows it received (the handoff audit's stage 1, or a stage asked because its figures
+from the tokens lean towards a cheat, `stages_to_ask`, called by node/validator/service.py before the commit), and a
+stage asked that did not hand its rows in (judged on the figures the validator has). The state lives in the ledger
+(ledger/drift.py) and is updated in the transaction that records the job's verdict: a job counts once.
 
 A flag is not a slash: a slash must be co-signed by validators recomputing it from one job's evidence (I7),
 while a flag rests on every job since the test last restarted, through the figures recorded with each verdict (the
@@ -17,7 +17,7 @@ worker out of this ledger's groups (node/orchestration/bans.py) and is listed by
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ledger import drift
 from ledger.journal import checksum
 from node.protocol.job import JobSpec
-from node.toploc.job_statistics import SEQUENTIAL_TESTS, JobFigures, SequentialState, drift_step
+from node.toploc.job_statistics import SEQUENTIAL_TESTS, JobFigures, SequentialState, drift_step, leans_to_cheat
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,12 @@ def stage_job_figures(figures: dict[str, Any], stages: int) -> list[JobFigures |
     return found
 
 
-def isolated_stages(figures: dict[str, Any]) -> frozenset[int]:
-    """The stages whose figures are their own: stage 0, and every stage replayed from the rows it handed in."""
+def judged_stages(figures: dict[str, Any]) -> frozenset[int]:
+    """The stages whose figures count in their tests: stage 0, every stage replayed from the rows it handed in, and
+    every stage asked for them that did not hand them in (or handed in rows that do not hold)."""
     defences = figures.get("defences") or {}
-    return frozenset({0} | {int(stage) for stage, found in defences.items() if (found or {}).get("valid")})
+    withheld = figures.get("rows_withheld") or []
+    return frozenset({0} | {int(stage) for stage in defences} | {int(stage) for stage in withheld})
 
 
 async def _step(conn: AsyncConnection, spec: JobSpec, figures: dict[str, Any]):
@@ -69,18 +71,19 @@ async def _step(conn: AsyncConnection, spec: JobSpec, figures: dict[str, Any]):
         return None
     saved = await drift.running_tests(conn, spec.model_id, spec.precision, workers)
     states = [SequentialState(saved[w].log_ratio, saved[w].jobs) for w in workers]
-    return test, workers, per_stage, states, drift_step(test, states, per_stage, isolated_stages(figures))
+    return test, workers, per_stage, states
 
 
-async def stage_to_isolate(conn: AsyncConnection, spec: JobSpec, figures: dict[str, Any],
-                           asked: Collection[int]) -> int | None:
-    """The first stage (not in `asked`) this accepted job would take over the boundary on figures that may carry
-    an earlier stage's drift: the validator asks it for the rows it received before committing. Reads only."""
+async def stages_to_ask(conn: AsyncConnection, spec: JobSpec, figures: dict[str, Any]) -> list[int]:
+    """The stages after the first whose figures in this job, replayed from the tokens, lean their tests towards a
+    cheat: the validator asks them for the rows they received, so that figures of their own are what counts. Reads
+    only."""
     found = await _step(conn, spec, figures)
     if found is None:
-        return None
-    decisions = found[-1].decisions
-    return next((s for s, d in enumerate(decisions) if d == "unconfirmed" and s not in asked), None)
+        return []
+    test, _, per_stage, states = found
+    judged = judged_stages(figures)
+    return [s for s in range(1, len(states)) if s not in judged and leans_to_cheat(test, states[s], per_stage[s])]
 
 
 async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str, figures: dict[str, Any],
@@ -90,7 +93,8 @@ async def add_to_running_tests(conn: AsyncConnection, spec: JobSpec, job_id: str
     found = await _step(conn, spec, figures)
     if found is None:
         return None
-    test, workers, per_stage, states, step = found
+    test, workers, per_stage, states = found
+    step = drift_step(test, states, per_stage, judged_stages(figures))
     await drift.save_running_tests(conn, spec.model_id, spec.precision, {
         worker: drift.RunningTest(state.log_ratio, state.jobs) for worker, state in zip(workers, step.states)
     })

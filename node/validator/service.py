@@ -36,7 +36,7 @@ from node.protocol.signing import SigningKey
 from node.validator import insight
 from node.validator.config import ValidatorConfig
 from node.validator.deadlines import expect, expect_many, run_deadlines
-from node.validator.drift import add_to_running_tests, flags_json, stage_to_isolate
+from node.validator.drift import add_to_running_tests, flags_json, stages_to_ask
 from node.validator.epochs import run_epochs
 from node.validator.evidence import Evidence, evidence_hash
 from node.validator.handoff_faults import findings_without_replay, handoff_faults
@@ -196,44 +196,52 @@ class ValidatorNode:
             proofs = [stage.proofs for stage in bundle.stages]
             asked: set[int] = set()
             checked: set[int] = set()  # asked for their rows without being accused (the audit, the cross-job test)
-            audited = False
+            withheld: set[int] = set()  # of those, the ones that did not hand them in
+            limit = defence_limit(spec, model)
             while True:
                 report = await asyncio.to_thread(findings_of, model, spec, bundle.output_token_ids, proofs, faults, defences)
                 self.metrics.replay_seconds.observe(report.seconds)
                 findings, figures = report.findings, report.figures
                 verdict = decide(findings, self.config.tariff)
                 accused = verdict.blamed_stage
-                # A receiving stage blamed for what it computed may have computed honestly on inputs its
-                # predecessor altered where the proofs do not look (I2): the verdict waits for its defence.
-                # In low precision the proofs can also miss what stage 0 embedded (a changed prompt token,
-                # docs/verification.md): stage 1's received rows are asked for on every job that would pass.
-                audit = accused is None and not audited and self._audits_first_handoff(spec)
-                # The cross-job test blames a stage only on figures of its own (node/validator/drift.py): one this
-                # job would take over the boundary is judged from the rows it received before the job is committed.
-                isolate = None
-                if accused is None and not audit and self.defence_source is not None:
-                    async with self.ledger.reading() as conn:
-                        isolate = await stage_to_isolate(conn, spec, figures, asked)
-                checking = audit or isolate is not None  # rows asked of a stage nobody accuses
-                if not checking and (verdict.reason not in DEFENSIBLE or not accused or accused in asked
-                                     or self.defence_source is None):
+                if self.defence_source is None:
                     break
-                if audit:
-                    accused, audited = 1, True
-                elif isolate is not None:
-                    accused = isolate
-                asked.add(accused)
-                if checking:
-                    checked.add(accused)
-                # a stage asked but not accused: a worker gone since the job does not hold the verdict for long
-                handed = await self.defence_source(spec, accused, defence_limit(spec, model),
-                                                   deadline_s=AUDIT_DEADLINE_S if checking else None)
-                if handed is None:
-                    break  # nothing new to judge: the verdict stands
-                log.info("job %s: stage %d handed in its %d received chunks as its %s", spec.job_id_hex, accused,
-                         len(handed), "handoff audit" if audit else "figures' own rows" if isolate is not None
-                         else "defence")
-                defences[accused] = handed
+                if accused is not None:
+                    # A receiving stage blamed for what it computed may have computed honestly on inputs its
+                    # predecessor altered where the proofs do not look (I2): the verdict waits for its defence.
+                    if verdict.reason not in DEFENSIBLE or accused == 0 or accused in asked:
+                        break  # stage 0 received nothing: it has no defence
+                    asked.add(accused)
+                    handed = await self.defence_source(spec, accused, limit)
+                    if handed is None:
+                        break  # nothing new to judge: the verdict stands
+                    log.info("job %s: stage %d handed in its %d received chunks as its defence", spec.job_id_hex,
+                             accused, len(handed))
+                    defences[accused] = handed
+                    continue
+                # A job that would pass. In low precision the proofs can miss what stage 0 embedded (a changed prompt
+                # token, docs/verification.md): stage 1's received rows are asked for on every such job (the handoff
+                # audit). The cross-job test counts only figures of a stage's own (node/validator/drift.py): a stage
+                # whose figures from the tokens lean towards a cheat is asked for the rows it received.
+                wanted = [1] if 1 not in asked and self._audits_first_handoff(spec) else []
+                async with self.ledger.reading() as conn:
+                    wanted += [s for s in await stages_to_ask(conn, spec, figures) if s not in asked and s not in wanted]
+                handed_in = False
+                for stage in wanted:  # not accused: a worker gone since the job does not hold the verdict for long
+                    asked.add(stage)
+                    checked.add(stage)
+                    handed = await self.defence_source(spec, stage, limit, deadline_s=AUDIT_DEADLINE_S)
+                    if handed is None:
+                        withheld.add(stage)
+                        continue
+                    log.info("job %s: stage %d handed in its %d received chunks (%s)", spec.job_id_hex, stage,
+                             len(handed), "handoff audit" if stage == 1 else "cross-job test")
+                    defences[stage] = handed
+                    handed_in = True
+                if not handed_in:
+                    break
+            # A stage asked for its rows that did not hand them in is judged on the figures the validator has.
+            figures["rows_withheld"] = sorted(withheld)
             # Only defences that held are evidence; rows asked of stages nobody accused only when the job was not
             # accepted (they convicted someone): an accepted job's verdict stands without them, and they would only
             # weigh on the ledger.

@@ -151,7 +151,7 @@ def test_a_subtle_cheater_is_blamed_not_the_honest_stage_after_it_that_inherits_
         rng = random.Random(history)
         states = (SequentialState(),) * 3
         for _ in range(200):
-            step = drift_step(TEST, states, _inheriting_group(rng, TEST.cheat_mean, inherited_extra), isolated={0, 1})
+            step = drift_step(TEST, states, _inheriting_group(rng, TEST.cheat_mean, inherited_extra), judged={0, 1})
             states = step.states
             if step.blamed is not None:
                 blamed.append(step.blamed)
@@ -160,19 +160,28 @@ def test_a_subtle_cheater_is_blamed_not_the_honest_stage_after_it_that_inherits_
     assert blamed.count(2) == 0 and blamed.count(0) == 0, f"honest stages blamed: {blamed.count(0)} first, {blamed.count(2)} last"
 
 
-def test_a_stage_crossing_on_inherited_figures_is_held_until_figures_of_its_own_decide():
-    """A stage that crosses on figures replayed from the tokens is held at the boundary, not blamed; replayed from
-    the rows it received, an honest stage's figures fall back, a cheater's cross and it is blamed."""
-    from node.toploc.job_statistics import drift_step
+def test_figures_a_stage_may_have_inherited_do_not_count_in_its_test():
+    """Attack on an honest neighbour: a cheat upstream (or SmolLM2's doubling of an honest upstream drift) lifts a
+    stage's figures from the tokens. Those never move its test, so they cannot carry it to the boundary for one
+    job of its own to finish; judged on its own rows, an honest stage's figures clear it, a cheater's flag it."""
+    from node.toploc.job_statistics import drift_step, leans_to_cheat
 
     high, low = JobFigures(10, TEST.cheat_mean + 0.5, 0.0), JobFigures(10, TEST.honest_mean - 0.3, 0.0)
-    near = (SequentialState(), SequentialState(TEST.upper - 1.0, 6))
-    held = drift_step(TEST, near, [low, high])
-    assert held.blamed is None and held.decisions[1] == "unconfirmed"
-    assert held.states[1] == SequentialState(TEST.upper, 7)
-    assert drift_step(TEST, held.states, [low, low], isolated={0, 1}).blamed is None  # its own rows: honest
-    assert drift_step(TEST, held.states, [low, high], isolated={0, 1}).blamed == 1  # its own rows: the cheat
+    states = (SequentialState(), SequentialState(TEST.upper - 1.0, 6))
+    for _ in range(50):
+        step = drift_step(TEST, states, [low, high])  # stage 1 not judged on its own rows
+        assert step.blamed is None and step.decisions[1] == "inherited" and step.states[1] == states[1]
+        states = step.states
+    assert leans_to_cheat(TEST, states[1], high)  # the validator would ask stage 1 for its rows
+    assert drift_step(TEST, states, [low, low], judged={0, 1}).blamed is None  # its own rows: honest
+    assert drift_step(TEST, states, [low, high], judged={0, 1}).blamed == 1  # its own rows: the cheat
     assert drift_step(TEST, (SequentialState(TEST.upper - 1.0, 6),), [high]).blamed == 0  # stage 0 starts from tokens
+
+
+def test_one_long_job_counts_as_a_calibrated_one_and_a_job_without_any_match_does_not_overflow():
+    long_job = JobFigures(2000, TEST.cheat_mean, 0.0)
+    assert TEST.log_ratio(long_job) == TEST.log_ratio(JobFigures(TEST.max_chunks, TEST.cheat_mean, 0.0))
+    assert abs(TEST.log_ratio(JobFigures(10, NO_MATCH, 0.0))) < 1e6
 
 
 def test_a_subtle_cheater_after_an_honest_stage_is_blamed_on_its_own_figures():
@@ -186,7 +195,7 @@ def test_a_subtle_cheater_after_an_honest_stage_is_blamed_on_its_own_figures():
         while blamed is None and jobs < 200:
             drifting_honest = JobFigures(10, sum(rng.gauss(TEST.honest_mean, TEST.chunk_sd) for _ in range(10)) / 10, 0.0)
             cheater = JobFigures(10, sum(rng.gauss(TEST.cheat_mean, TEST.chunk_sd) for _ in range(10)) / 10, 0.0)
-            step = drift_step(TEST, states, [drifting_honest, cheater], isolated={0, 1})
+            step = drift_step(TEST, states, [drifting_honest, cheater], judged={0, 1})
             states, blamed, jobs = step.states, step.blamed, jobs + 1
         assert blamed == 1
 
@@ -199,7 +208,7 @@ def test_an_honest_group_is_never_blamed_and_a_stage_without_full_chunks_keeps_i
     for _ in range(3000):
         figures = [JobFigures(10, sum(rng.gauss(TEST.honest_mean, TEST.chunk_sd) for _ in range(10)) / 10, 0.0)
                    for _ in range(3)]
-        step = drift_step(TEST, states, figures, isolated={0, 1, 2})
+        step = drift_step(TEST, states, figures, judged={0, 1, 2})
         assert step.blamed is None
         states = step.states
     kept = SequentialState(3.0, 4)

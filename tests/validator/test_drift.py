@@ -122,25 +122,35 @@ async def test_an_fp8_weight_stage_is_flagged_across_jobs_and_its_honest_neighbo
     assert await _run_jobs(ledger, honest, drifting_honest_figures, jobs=300, first_seed=1000) == []
 
 
-async def test_a_stage_that_would_cross_on_inherited_figures_is_asked_for_its_rows_not_blamed(ledger):
+async def test_figures_a_stage_inherited_never_count_and_its_own_rows_clear_it(ledger):
     """Attack on an honest neighbour: SmolLM2 doubles stage 1's drift by stage 2, so a cheat whose own figures look
-    honest (and clear every job) can lift the honest stage 2's figures to a cheat's level. Stage 2 is blamed only on
-    figures of its own: the validator asks it for its rows first (`stage_to_isolate`), and without them it is held."""
-    from node.validator.drift import add_to_running_tests, stage_to_isolate
+    honest can lift the honest stage 2's figures from the tokens to a cheat's level, job after job. Those figures
+    lean stage 2's test towards a cheat, so the validator asks it for its rows (`stages_to_ask`); figures from the
+    tokens never count, and replayed from its own rows stage 2 reads honest. A stage that withholds its rows is judged
+    on the figures the validator has, and flagged on them."""
+    from node.validator.drift import add_to_running_tests, stages_to_ask
 
     workers = [_address(f"amplified-{i}") for i in range(3)]
-    looks_honest, amplified = (JobFiguresDict(1.2), JobFiguresDict(3.4))
-    flags = []
+    from_tokens = [JobFiguresDict(0.2), JobFiguresDict(1.2), JobFiguresDict(3.4)]
+    own_rows = [JobFiguresDict(0.2), JobFiguresDict(1.2), JobFiguresDict(1.0)]
+    outcomes = []
     for n in range(40):
         spec = _spec(workers, 5000 + n)
-        figures = {"stages": [JobFiguresDict(0.2), looks_honest, amplified], "defences": AUDITED}
         async with ledger.reading() as conn:
-            to_isolate = await stage_to_isolate(conn, spec, figures, asked={1})
+            assert await stages_to_ask(conn, spec, {"stages": from_tokens, "defences": AUDITED}) == [2]
+        handed = {"stages": own_rows, "defences": {**AUDITED, "2": {"valid": True}}}
+        not_asked = {"stages": from_tokens, "defences": AUDITED}
         async with ledger.transaction() as tx:
-            flags.append(await add_to_running_tests(tx.conn, spec, spec.job_id_hex, figures, n))
-        if n > 10:
-            assert to_isolate == 2  # its test sits at the boundary: its rows are asked for before each commit
-    assert flags == [None] * 40
+            outcomes.append(await add_to_running_tests(tx.conn, spec, spec.job_id_hex, handed if n % 2 else not_asked, n))
+    assert outcomes == [None] * 40
+
+    withheld = {"stages": from_tokens, "defences": AUDITED, "rows_withheld": [2]}
+    flags = []
+    for n in range(40):
+        spec = _spec(workers, 6000 + n)
+        async with ledger.transaction() as tx:
+            flags.append(await add_to_running_tests(tx.conn, spec, spec.job_id_hex, withheld, n))
+    assert any(f is not None and (f.worker, f.stage) == (workers[2], 2) for f in flags)
 
 
 def JobFiguresDict(mean: float, chunks: int = 10) -> dict:

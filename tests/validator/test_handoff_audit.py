@@ -8,6 +8,7 @@ rows themselves differ at the changed position by a relative L1 of ~1.65 against
 """
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -98,6 +99,8 @@ async def _judged(sqlite_url, bundles, kept, keys):
         return next((tuple(r.handoffs) for r in kept if r.job_id == spec.job_id_hex and r.stage_index == stage), None)
 
     judged = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # the replays: nothing else runs beside them now
     async with await Ledger.open(sqlite_url) as ledger:
         await stake_all(ledger, keys)
         node = ValidatorNode(make_config(smollm2_dir()), ledger, domain=TEST_DOMAIN,
@@ -108,6 +111,7 @@ async def _judged(sqlite_url, bundles, kept, keys):
             await node.submit_bundle(bundle.to_json().encode())
             assert await node.validate_next() == job
             judged.append(((await node.job(job))["verdict"], [stage for asked_job, stage in asked if asked_job == job]))
+    torch.set_num_threads(threads)
     return judged
 
 
@@ -115,15 +119,17 @@ async def _judged(sqlite_url, bundles, kept, keys):
 async def test_a_changed_prompt_token_is_blamed_on_stage_0_by_the_rows_it_sent(sqlite_url):
     """Three jobs through one pipeline. Short jobs (4 new tokens), honest and cheating: every proof of the cheating
     one passes, and without the audit both were accepted; the audit blames stage 0. Then the attack on an honest
-    neighbour: over 64 new tokens the changed token's drift reaches the last stage, whose proofs or sampling fail
+    neighbour: over 40 new tokens the changed token's drift reaches the last stage, whose proofs or sampling fail
     against the replay from the real prompt. The last stage must not pay: its defence (the rows it received) holds,
     the stage before it defends itself in turn, and the rows stage 0 sent convict stage 0."""
     runs = [Run("Explain in two sentences why the sky is blue.", 4, 3),
             Run("Explain in two sentences why the sky is blue.", 4, 4, change_prompt=True),
-            Run("Name three prime numbers larger than 50.", 64, 12, change_prompt=True, middle=True, top_p=0.95)]
+            Run("Name three prime numbers larger than 50.", 40, 12, change_prompt=True, middle=True, top_p=0.95)]
     (honest, honest_asked), (cheated, cheated_asked), (drifted, drifted_asked) = await _judged(
         sqlite_url, *await _pipeline_bundles(runs))
-    assert honest_asked == [1] and cheated_asked == [1]  # every proof passed: only the audit asked for rows
+    # every proof passed: nobody was accused, the audit asked stage 1 for its rows (and the cross-job test may ask
+    # stage 2, whose figures carry the changed token)
+    assert honest_asked == [1] and cheated_asked[0] == 1
     assert honest["outcome"] == "accepted", honest
     assert (cheated["outcome"], cheated["blamed_stage"], cheated["reason"]) == ("blamed", 0, Reason.ALTERED_HANDOFF.value)
     assert drifted_asked == [2, 1]  # the last stage was accused first; each defence held
