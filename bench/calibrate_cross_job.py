@@ -37,8 +37,8 @@ PARAMS = SamplingParams(temperature=0.8, top_k=50, top_p=0.95)
 LAYOUT = [(0, 2), (2, 4), (4, 6)]
 # Stages judged on figures of their own in a bf16 job of an orchestrating validator: stage 0 (it starts from the
 # tokens) and stage 1 (the handoff audit replays it from the rows it received). Stage 2's figures here are replayed
-# from the tokens: when its test would cross on them, the validator asks it for its rows (not modelled here), so a
-# crossing stage 2 is held, never blamed.
+# from the tokens, which never count in its test (the validator would ask it for its rows when they lean to a cheat;
+# its own rows are not modelled here).
 AUDITED = frozenset({0, 1})
 
 
@@ -58,7 +58,7 @@ def jobs_to_flag(test, cheat: list[tuple[JobFigures, ...]], histories: int, limi
         rng = random.Random(history)
         states = (SequentialState(),) * 3
         for n in range(limit):
-            step = drift_step(test, states, list(rng.choice(cheat)), isolated=AUDITED)
+            step = drift_step(test, states, list(rng.choice(cheat)), judged=AUDITED)
             states = step.states
             if step.blamed is not None:
                 wrong += step.blamed != 1
@@ -71,10 +71,10 @@ def honest_flags(test, honest: list[tuple[JobFigures, ...]], jobs: int) -> tuple
     rng = random.Random(7)
     states, flags, decisions = (SequentialState(),) * 3, 0, 0
     for _ in range(jobs):
-        step = drift_step(test, states, list(rng.choice(honest)), isolated=AUDITED)
+        step = drift_step(test, states, list(rng.choice(honest)), judged=AUDITED)
         states = step.states
         flags += step.blamed is not None
-        decisions += sum(d in ("clear", "flag", "unconfirmed") for d in step.decisions)
+        decisions += sum(d in ("clear", "flag") for d in step.decisions)
     return flags, decisions
 
 
