@@ -1,7 +1,7 @@
 """The cross-job test (PROTOCOL I8): a subtle cheat whose every chunk and every job pass is caught by its worker's
 running figures over many jobs, blamed on the stage that drifts, and the worker is kept out of the groups.
 
-Figures are real: tiny Llama in bf16, three stages, four sequences a batch (each judged as a job), the verdict's
+Figures are real: tiny Llama in bf16, three stages, two sequences a batch (each judged as a job), the verdict's
 whole-job figures of every stage. The cheater loads fp8 (e4m3) weights on stage 1; its drift reaches stage 2,
 whose worker is honest. Both live in the same ledger a validator keeps (SQLite and PostgreSQL)."""
 
@@ -37,7 +37,7 @@ def _real_figures(setup_name: str, batches: int) -> list[list[dict]]:
     torch.set_num_threads(1)
     model_dir = tiny_model_dir("llama", 0, Path("/tmp") / "stagewise-test-drift-llama")
     setup = next(s for s in honest_setups(torch.bfloat16) + attack_setups(3, torch.bfloat16) if s.name == setup_name)
-    setup = dataclasses.replace(setup, batch=4)
+    setup = dataclasses.replace(setup, batch=2)
     found = []
     for j in range(batches):
         job = Job(prompt=tuple(range(3 + j, 15 + j)), new_tokens=330,
