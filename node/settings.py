@@ -50,6 +50,8 @@ def _variables(*variables: Variable) -> dict[str, Variable]:
 
 # ------------------------------------------------------------------------------------------- every command
 HOME = Variable("STAGEWISE_HOME", Path, None, "where keys, caches and the default SQLite ledger live")
+CACHE_DIR = Variable("STAGEWISE_CACHE_DIR", Path, None,
+                     "where converted models go, rebuilt at any time (default <STAGEWISE_HOME>/cache)")
 DB = Variable("STAGEWISE_DB", str, None, "SQLAlchemy URL of the ledger")
 DB_PASSWORD_FILE = Variable("STAGEWISE_DB_PASSWORD_FILE", Path, None,
                             "file holding the ledger database's password, put into the STAGEWISE_DB URL")
@@ -156,8 +158,9 @@ def data_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Converted models and other derived files that can be rebuilt at any time."""
-    path = data_dir() / "cache"
+    """Converted models and other derived files that can be rebuilt at any time (`STAGEWISE_CACHE_DIR`, else the
+    data directory's cache/)."""
+    path = Path(CACHE_DIR.get() or data_dir() / "cache").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

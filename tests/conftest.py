@@ -53,8 +53,15 @@ def db_url(request) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(scope="session")
+def _shared_cache(tmp_path_factory):
+    """One cache for the whole run: SmolLM2 is converted from its GGUF once (~25 s), not once per test using it."""
+    return tmp_path_factory.mktemp("stagewise-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
+def _isolated_home(tmp_path, monkeypatch, _shared_cache):
     """No test reads or writes the user's ~/.stagewise."""
     monkeypatch.setenv("STAGEWISE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("STAGEWISE_CACHE_DIR", str(_shared_cache))
     monkeypatch.delenv("STAGEWISE_DB", raising=False)

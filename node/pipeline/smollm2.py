@@ -45,7 +45,8 @@ def gguf_path() -> Path:
 
 
 def smollm2_dir(cache_dir: Path | None = None) -> Path:
-    """The converted model directory (config.json, model.safetensors, tokenizer, chat template), made on first use."""
+    """The converted model directory (config.json, model.safetensors, tokenizer, chat template), made on first use
+    in `cache_dir` (default: STAGEWISE_CACHE_DIR, else the data directory's cache/)."""
     target = (cache_dir or settings.cache_dir()) / DIR_NAME
     if _is_complete(target):
         return target
