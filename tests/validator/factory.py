@@ -125,3 +125,13 @@ def signed_bundle(group: Group, spec: JobSpec, output: Sequence[int], *, proof_s
         receipt = expected_receipt(spec, index, output, proofs, received_proofs=signed[-1].proofs if signed else ())
         signed.append(SignedStage(receipt, sign_receipt(key, receipt, group.domain), proofs))
     return Bundle(spec, tuple(signed), tuple(output))
+
+
+def pipeline_bundle(spec: JobSpec, output: Sequence[int], results: Sequence, keys: Sequence[SigningKey],
+                    domain: ReceiptDomain) -> Bundle:
+    """The bundle a pipeline job's stages submit: each stage's receipt over what it proved and received, signed."""
+    stages = []
+    for index, (result, key) in enumerate(zip(results, keys)):
+        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
+        stages.append(SignedStage(receipt, sign_receipt(key, receipt, domain), tuple(result.proofs)))
+    return Bundle(spec, tuple(stages), tuple(output))

@@ -17,6 +17,7 @@ import torch
 from node.protocol.job import JobSpec, SamplingParams, StageAssignment
 from node.protocol.signing import SigningKey
 from node.toploc.job_statistics import BF16_SEQUENTIAL
+from tests.validator.factory import pipeline_bundle
 
 MODEL_ID = "0x" + "ab" * 32
 
@@ -198,8 +199,6 @@ async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledg
     from aiohttp.test_utils import TestClient, TestServer
 
     from node.pipeline.local import LocalPipeline
-    from node.protocol.bundle import Bundle, SignedStage
-    from node.protocol.receipts import expected_receipt, sign_receipt
     from node.toploc import job_statistics
     from node.validator.app import build_app
     from node.validator.replay_models import ReplayModels
@@ -214,10 +213,7 @@ async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledg
         output = await pipe.run(spec)
         results = await pipe.stage_results(spec.job_id_hex)
         keys = list(pipe.keys)
-    stages = []
-    for index, (result, key) in enumerate(zip(results, keys)):
-        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
-        stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
+    bundle = pipeline_bundle(spec, output, results, keys, TEST_DOMAIN)
     await stake_all(ledger, keys)
     hair_trigger = job_statistics.SequentialTest(honest_mean=1e-4, cheat_mean=1e-3, chunk_sd=1e-3, alpha=0.4, beta=0.4)
     monkeypatch.setitem(job_statistics.SEQUENTIAL_TESTS, "bf16", hair_trigger)
@@ -242,7 +238,7 @@ async def test_a_validator_that_flags_a_worker_evicts_it_and_lists_the_flag(ledg
     client = TestClient(TestServer(build_app(node)))
     await client.start_server()
     try:
-        assert (await client.post("/v1/bundles", data=Bundle(spec, tuple(stages), tuple(output)).to_json())).status == 202
+        assert (await client.post("/v1/bundles", data=bundle.to_json())).status == 202
         assert await node.validate_next() == spec.job_id_hex
         job = await (await client.get(f"/v1/jobs/{spec.job_id_hex}")).json()
         assert job["verdict"]["outcome"] == "accepted", job  # the job itself is paid

@@ -17,6 +17,7 @@ import torch
 from node.protocol.job import SamplingParams
 from node.validator.verdict import Reason
 from tests.validator.conftest import TEST_DOMAIN
+from tests.validator.factory import pipeline_bundle
 
 CHANGED_POSITION = 19
 
@@ -57,8 +58,6 @@ async def _pipeline_bundles(runs, stage_1_loaded=None):
     and the keys."""
     from node.pipeline.local import LocalPipeline
     from node.pipeline.smollm2 import chat_prompt_ids, load_tokenizer, smollm2_dir
-    from node.protocol.bundle import Bundle, SignedStage
-    from node.protocol.receipts import expected_receipt, sign_receipt
 
     torch.set_num_threads(1)
     model_dir = smollm2_dir()
@@ -73,12 +72,7 @@ async def _pipeline_bundles(runs, stage_1_loaded=None):
             sampling = SamplingParams(temperature=0.8, top_k=50, top_p=run.top_p, max_new_tokens=run.new_tokens)
             spec = pipe.spec(prompt, sampling, seed=run.seed)
             output = await pipe.run(spec)
-            stages = []
-            for index, (result, key) in enumerate(zip(await pipe.stage_results(spec.job_id_hex), pipe.keys)):
-                receipt = expected_receipt(spec, index, output, result.proofs,
-                                           received_proofs=[h.claim.proof for h in result.handoffs])
-                stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
-            bundles.append(Bundle(spec, tuple(stages), tuple(output)))
+            bundles.append(pipeline_bundle(spec, output, await pipe.stage_results(spec.job_id_hex), pipe.keys, TEST_DOMAIN))
         keys = list(pipe.keys)
     return bundles, kept, keys
 

@@ -3,10 +3,9 @@ streamed proofs) is submitted to the validator over HTTP, replayed, accepted and
 
 import pytest
 
-from node.protocol.bundle import Bundle, SignedStage
 from node.protocol.job import SamplingParams
-from node.protocol.receipts import expected_receipt, sign_receipt
 from tests.validator.conftest import TEST_DOMAIN, stake_all
+from tests.validator.factory import pipeline_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -19,13 +18,9 @@ async def test_a_loopback_pipeline_job_is_accepted_and_every_stage_rewarded(clie
         output = await pipe.run(spec)
         results = await pipe.stage_results(spec.job_id_hex)
         keys = list(pipe.keys)
-    stages = []
-    for index, (result, key) in enumerate(zip(results, keys)):
-        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
-        stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
     await stake_all(ledger, keys)
 
-    response = await client.post("/v1/bundles", data=Bundle(spec, tuple(stages), tuple(output)).to_json())
+    response = await client.post("/v1/bundles", data=pipeline_bundle(spec, output, results, keys, TEST_DOMAIN).to_json())
     assert response.status == 202, await response.text()
     assert await node.validate_next() == spec.job_id_hex
     job = await (await client.get(f"/v1/jobs/{spec.job_id_hex}")).json()

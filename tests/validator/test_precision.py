@@ -10,7 +10,7 @@ import torch
 from node.protocol.job import SamplingParams
 from node.validator.verdict import Outcome, Reason, Tariff, decide
 from tests.validator.conftest import TEST_DOMAIN
-from tests.validator.factory import signed_bundle
+from tests.validator.factory import pipeline_bundle, signed_bundle
 
 PROMPTS = ([3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8], [1, 4, 1, 4, 2, 1, 3, 5, 6], [5, 7, 7, 2, 1])
 
@@ -166,8 +166,6 @@ async def test_a_bf16_job_is_accepted_over_http_and_its_evidence_recomputes_in_b
     from aiohttp.test_utils import TestClient, TestServer
 
     from node.pipeline.local import LocalPipeline
-    from node.protocol.bundle import Bundle, SignedStage
-    from node.protocol.receipts import expected_receipt, sign_receipt
     from node.validator.app import build_app
     from node.validator.evidence import Evidence, check_evidence
     from node.validator.replay_models import ReplayModels
@@ -180,18 +178,15 @@ async def test_a_bf16_job_is_accepted_over_http_and_its_evidence_recomputes_in_b
         output = await pipe.run(spec)
         results = await pipe.stage_results(spec.job_id_hex)
         keys = list(pipe.keys)
-    stages = []
-    for index, (result, key) in enumerate(zip(results, keys)):
-        receipt = expected_receipt(spec, index, output, result.proofs, received_proofs=[h.claim.proof for h in result.handoffs])
-        assert receipt.precision == "bf16"
-        stages.append(SignedStage(receipt, sign_receipt(key, receipt, TEST_DOMAIN), tuple(result.proofs)))
+    bundle = pipeline_bundle(spec, output, results, keys, TEST_DOMAIN)
+    assert all(stage.receipt.precision == "bf16" for stage in bundle.stages)
     await stake_all(ledger, keys)
     node = ValidatorNode(make_config(model_dir), ledger, domain=TEST_DOMAIN,
                          models=ReplayModels([model_dir], precision="bf16"))
     client = TestClient(TestServer(build_app(node)))
     await client.start_server()
     try:
-        response = await client.post("/v1/bundles", data=Bundle(spec, tuple(stages), tuple(output)).to_json())
+        response = await client.post("/v1/bundles", data=bundle.to_json())
         assert response.status == 202, await response.text()
         assert await node.validate_next() == spec.job_id_hex
         job = await (await client.get(f"/v1/jobs/{spec.job_id_hex}")).json()
